@@ -1,0 +1,53 @@
+"""Named settings that fix a trial's sequence length, evaluation, budget and starting constants."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+
+from agent.errors import ArenaError
+from agent.template import template_dir
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    device: str
+    vocab_size: int
+    seq_len: int
+    eval_tokens: int
+    eval_batch_rows: int
+    time_budget: float
+    warmup_batches: int
+    startup_allowance: float
+    eval_timeout: float
+    constants: dict = field(default_factory=dict)
+
+    def harness_config(self, seed: int) -> dict:
+        """The run.json the harness reads: everything about a trial that the trial cannot change."""
+        return {"device": self.device, "seed": seed, "seq_len": self.seq_len, "eval_tokens": self.eval_tokens,
+                "eval_batch_rows": self.eval_batch_rows, "time_budget": self.time_budget,
+                "warmup_batches": self.warmup_batches}
+
+
+def load_presets() -> dict[str, Preset]:
+    raw = tomllib.loads((template_dir() / "presets.toml").read_text())
+    return {name: Preset(name=name, **fields) for name, fields in raw.items()}
+
+
+def get_preset(name: str, *, time_budget: float | None = None, eval_tokens: int | None = None) -> Preset:
+    presets = load_presets()
+    if name not in presets:
+        raise ArenaError(f"unknown preset '{name}'; choose one of: {', '.join(presets)}")
+    preset = presets[name]
+    changes = {}
+    if time_budget is not None:
+        if time_budget <= 0:
+            raise ArenaError(f"--budget must be a positive number of seconds, got {time_budget}")
+        changes["time_budget"] = float(time_budget)
+    if eval_tokens is not None:
+        if eval_tokens <= 0 or eval_tokens % preset.seq_len:
+            raise ArenaError(f"--eval-tokens must be a positive multiple of the sequence length {preset.seq_len}")
+        changes["eval_tokens"] = eval_tokens
+    return Preset(**{**preset.__dict__, **changes}) if changes else preset

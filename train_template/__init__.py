@@ -1,0 +1,1 @@
+"""The training template that trials copy and edit; shipped as package data (see agent/template.py)."""

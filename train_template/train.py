@@ -1,0 +1,325 @@
+"""A small modern GPT, trained for a fixed wall-clock budget. This is the file trials edit.
+
+Contract with the harness (prepare.py / harness.py, which trials cannot change):
+    train(ctx) -> torch.nn.Module mapping token ids (B, T) to logits (B, T, vocab).
+`ctx` offers the device, the seed, the vocabulary size, the sequence length, training batches
+(`ctx.batches(n)`), the training clock (`ctx.progress()`, `ctx.should_stop()`) and a progress
+line (`ctx.log_step(step, loss)`). The harness scores the returned model itself (val_bpb).
+The model must be exportable with torch.export (plain tensor code, no data-dependent Python).
+
+Lineage: the architecture and optimizer follow karpathy/nanochat and karpathy/autoresearch
+(RMSNorm, rotary, QK-norm, ReLU^2, value embeddings, sliding windows, Muon + AdamW).
+"""
+
+# ==== ARENA CONSTANTS BEGIN (fixed-space methods edit only the lines up to ARENA CONSTANTS END) ====
+DEPTH = 8                 # transformer layers
+ASPECT_RATIO = 64         # model width = DEPTH * ASPECT_RATIO, rounded up to a multiple of HEAD_DIM
+HEAD_DIM = 128            # channels per attention head
+WINDOW_PATTERN = "SSSL"   # attention window per layer, tiled: S = short window, L = full context
+TOTAL_BATCH_SIZE = 2**19  # tokens per optimizer step
+DEVICE_BATCH_SIZE = 128   # sequences per forward/backward; gradients accumulate up to TOTAL_BATCH_SIZE
+EMBEDDING_LR = 0.6        # AdamW, token and value embeddings
+UNEMBEDDING_LR = 0.004    # AdamW, output head
+MATRIX_LR = 0.04          # Muon, hidden matrices
+SCALAR_LR = 0.5           # AdamW, per-layer residual scalars
+WEIGHT_DECAY = 0.2        # Muon weight decay, itself decayed linearly to 0 over the budget
+WARMUP_RATIO = 0.0        # fraction of the budget spent ramping the learning rate up
+WARMDOWN_RATIO = 0.5      # fraction of the budget spent ramping the learning rate down at the end
+FINAL_LR_FRAC = 0.0       # learning rate at the end of the budget, as a fraction of the peak
+# ==== ARENA CONSTANTS END ====
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+SHORT_WINDOW_DIVISOR = 8  # S window = seq_len / 8; autoresearch's mar8 session kept 1/8 over 1/2
+LOGIT_SOFTCAP = 15.0      # logits = cap * tanh(logits / cap), as in nanochat
+ROPE_BASE = 10_000
+VE_GATE_CHANNELS = 32     # value-embedding gate reads the first 32 channels of the residual stream
+ADAM_BETAS = (0.8, 0.95)
+MUON_MOMENTUM = (0.85, 0.95, 300)  # momentum ramps from the first to the second value over this many steps
+REFERENCE_WIDTH = 768     # AdamW learning rates scale with (width / 768) ** -0.5 (nanochat's muP-style rule)
+
+
+# ---------------------------------------------------------------------------- model
+
+@dataclass
+class GPTConfig:
+    vocab_size: int
+    seq_len: int
+    n_layer: int
+    n_head: int
+    head_dim: int
+    windows: tuple[int, ...]
+
+    @property
+    def width(self) -> int:
+        return self.n_head * self.head_dim
+
+
+def build_config(vocab_size: int, seq_len: int) -> GPTConfig:
+    width = math.ceil(DEPTH * ASPECT_RATIO / HEAD_DIM) * HEAD_DIM
+    pattern = (WINDOW_PATTERN * DEPTH)[:DEPTH]
+    if set(pattern) - {"S", "L"}:
+        raise ValueError(f"WINDOW_PATTERN {WINDOW_PATTERN!r} may only contain S and L")
+    short = max(1, seq_len // SHORT_WINDOW_DIVISOR)
+    windows = tuple(short if c == "S" else seq_len for c in pattern[:-1]) + (seq_len,)  # last layer sees everything
+    return GPTConfig(vocab_size, seq_len, DEPTH, width // HEAD_DIM, HEAD_DIM, windows)
+
+
+def norm(x: torch.Tensor) -> torch.Tensor:
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def rotary_tables(seq_len: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = 1.0 / ROPE_BASE ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)
+    return angles.cos()[None, :, None, :], angles.sin()[None, :, None, :]
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
+
+
+_block_masks: dict = {}
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> torch.Tensor:
+    """Causal attention over (B, H, T, D) with a sliding window of `window` keys."""
+    T = q.size(-2)
+    if window >= T:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)  # cuDNN/flash on GPU: the fastest path
+    if q.is_cuda and torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+        key = (T, window, q.device)
+        if key not in _block_masks:
+            def sliding(b, h, qi, ki):
+                return (qi >= ki) & (qi - ki < window)
+            _block_masks[key] = create_block_mask(sliding, None, None, T, T, device=q.device)
+        return flex_attention(q, k, v, block_mask=_block_masks[key])
+    pos = torch.arange(T, device=q.device)
+    offset = pos[:, None] - pos[None, :]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=(offset >= 0) & (offset < window))
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: GPTConfig, layer: int, has_value_embedding: bool):
+        super().__init__()
+        width, self.n_head, self.head_dim = cfg.width, cfg.n_head, cfg.head_dim
+        self.c_q = nn.Linear(width, width, bias=False)
+        self.c_k = nn.Linear(width, width, bias=False)
+        self.c_v = nn.Linear(width, width, bias=False)
+        self.c_proj = nn.Linear(width, width, bias=False)
+        self.window = cfg.windows[layer]
+        self.ve_gate = nn.Linear(VE_GATE_CHANNELS, cfg.n_head, bias=False) if has_value_embedding else None
+
+    def forward(self, x, value_embedding, cos, sin):
+        B, T, C = x.shape
+        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
+        k = self.c_k(x).view(B, T, self.n_head, self.head_dim)
+        v = self.c_v(x).view(B, T, self.n_head, self.head_dim)
+        if self.ve_gate is not None:  # value residual: mix a per-token embedding into v, gated per head
+            gate = 2 * torch.sigmoid(self.ve_gate(x[..., :VE_GATE_CHANNELS]))
+            v = v + gate.unsqueeze(-1) * value_embedding.view(B, T, self.n_head, self.head_dim)
+        q, k = norm(apply_rotary(q, cos, sin)), norm(apply_rotary(k, cos, sin))
+        y = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), self.window)
+        return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class MLP(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.c_fc = nn.Linear(width, 4 * width, bias=False)
+        self.c_proj = nn.Linear(4 * width, width, bias=False)
+
+    def forward(self, x):
+        return self.c_proj(F.relu(self.c_fc(x)).square())
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig, layer: int, has_value_embedding: bool):
+        super().__init__()
+        self.attn = Attention(cfg, layer, has_value_embedding)
+        self.mlp = MLP(cfg.width)
+
+    def forward(self, x, value_embedding, cos, sin):
+        x = x + self.attn(norm(x), value_embedding, cos, sin)
+        return x + self.mlp(norm(x))
+
+
+def has_value_embedding(layer: int, n_layer: int) -> bool:
+    return layer % 2 == (n_layer - 1) % 2  # alternate layers, always including the last
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.width)
+        self.blocks = nn.ModuleList(
+            Block(cfg, i, has_value_embedding(i, cfg.n_layer)) for i in range(cfg.n_layer))
+        self.value_embeds = nn.ModuleDict({
+            str(i): nn.Embedding(cfg.vocab_size, cfg.width)
+            for i in range(cfg.n_layer) if has_value_embedding(i, cfg.n_layer)})
+        self.lm_head = nn.Linear(cfg.width, cfg.vocab_size, bias=False)
+        self.resid_lambdas = nn.Parameter(torch.ones(cfg.n_layer))
+        self.x0_lambdas = nn.Parameter(torch.zeros(cfg.n_layer))
+        cos, sin = rotary_tables(cfg.seq_len, cfg.head_dim)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        bound = 3 ** 0.5 * self.cfg.width ** -0.5  # uniform with std 1/sqrt(width)
+        nn.init.normal_(self.wte.weight, std=1.0)
+        nn.init.normal_(self.lm_head.weight, std=0.001)
+        for block in self.blocks:
+            for lin in (block.attn.c_q, block.attn.c_k, block.attn.c_v, block.mlp.c_fc):
+                nn.init.uniform_(lin.weight, -bound, bound)
+            nn.init.zeros_(block.attn.c_proj.weight)  # every block starts as the identity
+            nn.init.zeros_(block.mlp.c_proj.weight)
+            if block.attn.ve_gate is not None:
+                nn.init.zeros_(block.attn.ve_gate.weight)  # gate 2*sigmoid(0) = 1: plain value residual
+        for emb in self.value_embeds.values():
+            nn.init.uniform_(emb.weight, -bound, bound)
+        self.resid_lambdas.fill_(1.0)
+        self.x0_lambdas.fill_(0.1)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, vocab) in float32, or the mean cross-entropy when targets are given."""
+        T = idx.size(1)
+        cos, sin = self.cos[:, :T], self.sin[:, :T]
+        x = x0 = norm(self.wte(idx))
+        for i, block in enumerate(self.blocks):
+            x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
+            ve = self.value_embeds[str(i)](idx) if str(i) in self.value_embeds else None
+            x = block(x, ve, cos, sin)
+        logits = self.lm_head(norm(x)).float()
+        logits = LOGIT_SOFTCAP * torch.tanh(logits / LOGIT_SOFTCAP)
+        if targets is None:
+            return logits
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+
+    def estimate_flops(self) -> float:
+        """Training FLOPs per token: 6 per matmul weight plus the attention score and value products."""
+        matmul_params = sum(p.numel() for n, p in self.named_parameters()
+                            if p.dim() == 2 and not n.startswith(("wte", "value_embeds")))
+        attention = sum(12 * self.cfg.width * min(w, self.cfg.seq_len) for w in self.cfg.windows)
+        return 6 * matmul_params + attention
+
+
+# ---------------------------------------------------------------------------- optimizer
+
+def orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """Approximate the nearest semi-orthogonal matrix with a quintic Newton-Schulz iteration.
+
+    Coefficients from Keller Jordan's Muon; works on a stack of matrices (..., rows, cols).
+    """
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g.bfloat16() if g.is_cuda else g.float()
+    tall = x.size(-2) > x.size(-1)
+    if tall:
+        x = x.mT
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)
+    for _ in range(steps):
+        gram = x @ x.mT
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return (x.mT if tall else x).to(g.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """SGD with Nesterov momentum whose updates are orthogonalized; params of one shape are batched."""
+
+    def __init__(self, params, lr: float, momentum: float, weight_decay: float):
+        params = list(params)
+        shapes = sorted({p.shape for p in params})
+        groups = [{"params": [p for p in params if p.shape == s]} for s in shapes]
+        super().__init__(groups, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = torch.stack([p.grad for p in params])
+            state = self.state[params[0]]
+            if "momentum" not in state:
+                state["momentum"] = torch.zeros_like(grads)
+            buf = state["momentum"]
+            buf.lerp_(grads, 1 - group["momentum"])
+            update = orthogonalize(grads.lerp_(buf, group["momentum"]))  # Nesterov look-ahead
+            rows, cols = params[0].shape[-2:]
+            update *= max(1.0, rows / cols) ** 0.5
+            lr, wd = group["lr"], group["weight_decay"]
+            for p, u in zip(params, update):
+                p.mul_(1 - lr * wd).add_(u, alpha=-lr)
+
+
+def build_optimizers(model: GPT, fused: bool) -> list[torch.optim.Optimizer]:
+    scale = (model.cfg.width / REFERENCE_WIDTH) ** -0.5
+    adam_groups = [
+        dict(params=[model.lm_head.weight], lr=UNEMBEDDING_LR * scale),
+        dict(params=[model.wte.weight, *model.value_embeds.parameters()], lr=EMBEDDING_LR * scale),
+        dict(params=[model.resid_lambdas], lr=SCALAR_LR * 0.01),
+        dict(params=[model.x0_lambdas], lr=SCALAR_LR, betas=(0.96, 0.95)),
+    ]
+    adam = torch.optim.AdamW(adam_groups, betas=ADAM_BETAS, eps=1e-10, weight_decay=0.0, fused=fused)
+    muon = Muon(model.blocks.parameters(), lr=MATRIX_LR, momentum=MUON_MOMENTUM[0], weight_decay=WEIGHT_DECAY)
+    optimizers = [adam, muon]
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["initial_lr"] = group["lr"]
+    return optimizers
+
+
+def lr_multiplier(progress: float) -> float:
+    if progress < WARMUP_RATIO:
+        return progress / WARMUP_RATIO
+    if progress <= 1 - WARMDOWN_RATIO:
+        return 1.0
+    cooldown = (1 - progress) / WARMDOWN_RATIO
+    return cooldown + (1 - cooldown) * FINAL_LR_FRAC
+
+
+# ---------------------------------------------------------------------------- training
+
+def train(ctx) -> nn.Module:
+    cfg = build_config(ctx.vocab_size, ctx.seq_len)
+    cuda = ctx.device.startswith("cuda")
+    model = GPT(cfg).to(ctx.device)
+    model.init_weights()
+    optimizers = build_optimizers(model, fused=cuda)
+    muon = optimizers[-1]
+    forward = torch.compile(model, dynamic=False) if cuda else model
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
+    accum_steps = max(1, TOTAL_BATCH_SIZE // (DEVICE_BATCH_SIZE * ctx.seq_len))
+    batches = ctx.batches(DEVICE_BATCH_SIZE)
+
+    step = 0
+    while not ctx.should_stop():
+        for _ in range(accum_steps):
+            x, y = next(batches)
+            with autocast:
+                loss = forward(x, y)
+            (loss / accum_steps).backward()
+        progress = ctx.progress()
+        for opt in optimizers:
+            for group in opt.param_groups:
+                group["lr"] = group["initial_lr"] * lr_multiplier(progress)
+        start, end, ramp = MUON_MOMENTUM
+        for group in muon.param_groups:
+            group["momentum"] = start + (end - start) * min(1.0, step / ramp)
+            group["weight_decay"] = WEIGHT_DECAY * (1 - progress)
+        for opt in optimizers:
+            opt.step()
+        model.zero_grad(set_to_none=True)
+        ctx.log_step(step, loss.item())  # the harness stops a diverged run here
+        step += 1
+    return model
