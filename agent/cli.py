@@ -19,7 +19,7 @@ from agent.presets import Preset, get_preset, load_presets
 from agent.template import HARNESS_FILES, template_dir
 from train_template.prepare import DEFAULT_VAL_FRACTION, read_meta
 
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, soft_wrap=True)  # errors stay on one line
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:

@@ -88,11 +88,11 @@ def _parquet_documents(path: Path, name: str, column: str) -> list[Document]:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path, columns=[column])
-    except (KeyError, ValueError) as e:
-        raise DataError(f"{name}: no '{column}' column in this parquet file; pass --text-column NAME") from e
+        table = pq.ParquetFile(path).read(columns=[column]) if column in pq.read_schema(path).names else None
     except Exception as e:  # pyarrow raises several types for corrupt files
         raise DataError(f"{name}: not a readable parquet file ({e}); remove or replace it") from e
+    if table is None:
+        raise DataError(f"{name}: no '{column}' column in this parquet file; pass --text-column NAME")
     texts = table.column(column).to_pylist()
     return [Document(f"{name}#{i}", _clean(t.encode("utf-8", "ignore"))) for i, t in enumerate(texts) if t and t.strip()]
 
@@ -428,14 +428,14 @@ class BpbTally:
 
 
 def score_logits(logits, targets, token_bytes, tally: BpbTally) -> None:
-    """Add one batch: cross-entropy in float32 computed here, never by the model; special-token targets skipped."""
+    """Add one batch: cross-entropy computed here in float64 (never by the model); special-token targets skipped."""
     import torch
 
     nbytes = token_bytes[targets]
     counted = nbytes > 0
-    logp = torch.log_softmax(logits.float(), dim=-1)
+    logp = torch.log_softmax(logits.double(), dim=-1)
     nll = -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    tally.nats += float(nll[counted].double().sum())
+    tally.nats += float(nll[counted].sum())
     tally.bytes += int(nbytes.sum())
     tally.tokens += int(counted.sum())
 

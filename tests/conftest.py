@@ -1,0 +1,43 @@
+"""Shared fixtures: one real dataset (the default offline corpus) built once per test session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from train_template import prepare
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU_VOCAB = 2048  # the cpu preset's vocabulary
+
+
+@pytest.fixture(scope="session")
+def cache_root(tmp_path_factory) -> Path:
+    """The dataset cache shared by the session; ARENA_TEST_CACHE reuses one across sessions."""
+    shared = os.environ.get("ARENA_TEST_CACHE")
+    return Path(shared) if shared else tmp_path_factory.mktemp("arena-cache")
+
+
+@pytest.fixture(scope="session")
+def stdlib_dataset(cache_root) -> Path:
+    return prepare.prepare("stdlib", cache_root, vocab_size=CPU_VOCAB)
+
+
+def run_arena(*args: str, cache: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """The real `arena` command in a child process, as a user runs it."""
+    env = {**os.environ, "ARENA_CACHE": str(cache)}
+    return subprocess.run([sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout, cwd=ROOT)
+
+
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+    """Assert the command failed with exactly one 'error:' line and no traceback; return that line."""
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    return lines[0]

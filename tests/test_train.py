@@ -1,0 +1,101 @@
+"""The template, trained for real through `arena train`, and the command's errors on bad input."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from agent.constants import render_constants
+from agent.presets import get_preset
+from agent.template import template_dir
+from tests.conftest import one_line_error, run_arena
+from train_template import prepare
+
+
+def untrained_val_bpb(tmp_path, data_dir, preset) -> float:
+    """val_bpb of the template's model at initialisation, scored by the same metric."""
+    path = tmp_path / "train_untrained.py"
+    path.write_text(render_constants((template_dir() / "train.py").read_text(), preset.constants))
+    spec = importlib.util.spec_from_file_location("train_untrained", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.manual_seed(0)
+    model = module.GPT(module.build_config(prepare.read_meta(data_dir)["vocab_size"], preset.seq_len))
+    model.init_weights()
+    model.eval()
+    return prepare.evaluate_bpb(model, data_dir, preset.seq_len, preset.eval_tokens, batch_rows=16).bpb
+
+
+def result_of(stdout: str) -> dict:
+    line = next(l for l in reversed(stdout.splitlines()) if l.startswith("ARENA_RESULT "))
+    return json.loads(line.removeprefix("ARENA_RESULT "))
+
+
+@pytest.mark.slow
+def test_template_trains_on_the_default_corpus(tmp_path, cache_root, stdlib_dataset):
+    proc = run_arena("train", "--preset", "cpu", "--budget", "20", cache=cache_root)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = result_of(proc.stdout)
+    preset = get_preset("cpu")
+    untrained = untrained_val_bpb(tmp_path, stdlib_dataset, preset)
+    vocab = prepare.read_meta(stdlib_dataset)["vocab_size"]
+    # at initialisation the head is nearly uniform: about log2(V) bits per token
+    assert untrained == pytest.approx(math.log2(vocab) * result["val_tokens"] / result["val_bytes"], rel=0.02)
+    assert result["val_bpb"] < untrained - 0.5, (result["val_bpb"], untrained)
+    assert result["dataset_fingerprint"] == prepare.read_meta(stdlib_dataset)["fingerprint"]
+    assert 20 <= result["training_seconds"] < 25 and result["steps"] > 5
+    assert result["val_tokens"] < result["eval_tokens"] == preset.eval_tokens  # BOS targets not scored
+    # autoresearch's human summary and the progress lines are there
+    for key in ("val_bpb:", "training_seconds:", "peak_vram_mb:", "mfu_percent:", "total_tokens_M:",
+                "num_steps:", "num_params_M:", "depth:"):
+        assert any(line.startswith(key) for line in proc.stdout.splitlines()), key
+    steps = [l for l in proc.stdout.splitlines() if l.startswith("step=")]
+    losses = [float(l.split()[1].removeprefix("loss=")) for l in steps]
+    assert len(steps) == result["steps"] and np.mean(losses[-3:]) < np.mean(losses[:3])
+    assert proc.stderr.strip().splitlines()[-1].startswith("ok: val_bpb")
+
+
+def test_gpu_preset_without_cuda_is_refused(cache_root):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert "needs a CUDA GPU" in one_line_error(run_arena("train", "--preset", "gpu", cache=cache_root))
+
+
+def test_unknown_preset_is_refused(cache_root):
+    assert "unknown preset 'tpu'" in one_line_error(run_arena("train", "--preset", "tpu", cache=cache_root))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s.replace("# ==== ARENA CONSTANTS END ====\n", ""), "exactly one constants block"),
+    (lambda s: s.replace("DEPTH = 8 ", "DEPTH = eight "), "constants block is malformed"),
+])
+def test_broken_constants_block_is_refused(tmp_path, cache_root, edit, message):
+    bad = tmp_path / "train.py"
+    bad.write_text(edit((template_dir() / "train.py").read_text()))
+    assert message in one_line_error(run_arena("train", "--train-py", str(bad), cache=cache_root))
+
+
+def test_missing_train_py_is_refused(tmp_path, cache_root):
+    line = one_line_error(run_arena("train", "--train-py", str(tmp_path / "nope.py"), cache=cache_root))
+    assert "cannot read" in line and "--train-py" in line
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--corpus", "/definitely/not/here"], "does not exist"),
+    (["--vocab-size", "64"], "too small; use at least 512"),
+    (["--shards", "0"], "--shards must be at least 1"),
+])
+def test_prepare_errors_are_one_line(cache_root, args, message):
+    assert message in one_line_error(run_arena("prepare", *args, cache=cache_root))
+
+
+def test_prepare_prints_the_dataset(cache_root, stdlib_dataset):
+    proc = run_arena("prepare", cache=cache_root)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(stdlib_dataset)
+    assert prepare.read_meta(stdlib_dataset)["fingerprint"] in proc.stderr
