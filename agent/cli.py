@@ -3,32 +3,40 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
+import tomllib
 from pathlib import Path
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch the cost map at run time
 
 from rich.console import Console
+from rich.markup import escape
 
 from agent.constants import render_constants
 from agent.datasets import prepare_dataset
 from agent.errors import ArenaError
 from agent.presets import Preset, get_preset, load_presets
+from agent.run import RunSettings
 from agent.template import HARNESS_FILES, template_dir
 from train_template.prepare import DEFAULT_VAL_FRACTION, read_meta
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)  # errors stay on one line
 
 
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--corpus", default="stdlib",
+def add_data_arguments(parser: argparse.ArgumentParser, defaults: bool = True) -> None:
+    """Corpus flags. Without defaults (arena run), an absent flag means 'as the run was started'."""
+    def default(value):
+        return value if defaults else None
+
+    parser.add_argument("--corpus", default=default("stdlib"),
                         help="'stdlib' (default, offline), a directory of .txt/.parquet files, or an http(s) URL "
                              "of a .parquet/.txt file; '{shard:05d}' in the URL expands to --shards files")
-    parser.add_argument("--shards", type=int, default=1, help="how many shards a '{shard}' URL expands to")
-    parser.add_argument("--text-column", default="text", help="parquet column that holds the text")
-    parser.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION,
+    parser.add_argument("--shards", type=int, default=default(1), help="how many shards a '{shard}' URL expands to")
+    parser.add_argument("--text-column", default=default("text"), help="parquet column that holds the text")
+    parser.add_argument("--val-fraction", type=float, default=default(DEFAULT_VAL_FRACTION),
                         help="share of documents held out for validation, chosen by a hash of each document")
     parser.add_argument("--cache", type=Path, default=None,
                         help="dataset cache directory (default $ARENA_CACHE or ~/.cache/autoresearch-arena)")
@@ -46,7 +54,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     data_dir = dataset_for(args, vocab_size)
     meta = read_meta(data_dir)
     console.print(f"dataset {meta['fingerprint']}  corpus={meta['corpus']}  vocab={meta['vocab_size']}  "
-                  f"train={meta['tokens']['train']:,} tokens  val={meta['tokens']['val']:,} tokens")
+                  f"train={meta['tokens']['train']:,} tokens  val={meta['tokens']['val']:,} tokens", markup=False)
     print(data_dir)
     return 0
 
@@ -78,11 +86,60 @@ def cmd_train(args: argparse.Namespace) -> int:
                          config=preset.harness_config(args.seed), startup_allowance=preset.startup_allowance,
                          eval_timeout=preset.eval_timeout)
         console.print(f"training the template with preset '{preset.name}' ({preset.description}), "
-                      f"budget {preset.time_budget:g} s, seed {args.seed}")
+                      f"budget {preset.time_budget:g} s, seed {args.seed}", markup=False)
         outcome = LocalBackend().run(spec, on_log=lambda line: print(line, end="", flush=True))
     style = "green" if outcome.status is Status.OK else "red"
-    console.print(f"[{style}]{outcome.status.value}[/]: {outcome.reason}")
+    console.print(f"[{style}]{outcome.status.value}[/]: {escape(outcome.reason)}")
     return 0 if outcome.status is Status.OK else 1
+
+
+SETTING_KEYS = {f.name for f in dataclasses.fields(RunSettings)}
+
+
+def read_config_file(path: Path) -> dict:
+    """Settings from a TOML file; keys are the long flag names (dashes or underscores)."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as e:
+        raise ArenaError(f"cannot read config file {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ArenaError(f"config file {path} is not valid TOML ({e}); fix it") from None
+    config = {key.replace("-", "_"): value for key, value in raw.items()}
+    unknown = sorted(set(config) - SETTING_KEYS - {"trials", "hours", "runs_dir"})
+    if unknown:
+        raise ArenaError(f"config file {path} has unknown keys {', '.join(unknown)}; "
+                         f"known: {', '.join(sorted(SETTING_KEYS | {'trials', 'hours', 'runs_dir'}))}")
+    return config
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from agent.loop import StopRule, run_loop
+    from agent.run import best_of, open_run
+
+    given = read_config_file(args.config) if args.config else {}
+    given.update({k: v for k, v in vars(args).items() if v is not None and k in SETTING_KEYS | {"trials", "hours",
+                                                                                                "runs_dir"}})
+    if isinstance(given.get("gpus"), str):
+        given["gpus"] = [g.strip() for g in given["gpus"].split(",") if g.strip()]
+    trials, hours = given.pop("trials", None), given.pop("hours", None)
+    runs_dir = Path(given.pop("runs_dir", "runs"))
+    if trials is None and hours is None:
+        trials = 10
+    if (trials is not None and trials < 1) or (hours is not None and hours <= 0):
+        raise ArenaError("--trials must be at least 1 and --hours positive")
+    given.setdefault("name", f"{given.get('method', 'random')}-{given.get('preset', 'cpu')}-s{given.get('seed', 42)}")
+    run = open_run(runs_dir, given, cache_root=args.cache)
+    if run.settings.backend == "local":
+        require_device(run.preset)
+    done = len(run.ledger)
+    console.print(f"run '{run.settings.name}' in {run.dir}: method {run.settings.method}, preset "
+                  f"{run.preset.name}, backend {run.settings.backend}, {done} trials recorded"
+                  + (", resuming" if done else ""), markup=False)
+    run_loop(run, StopRule(trials=trials, hours=hours), report=lambda line: console.print(line, markup=False))
+    best_trial, best_value = best_of(run.ledger.records)
+    console.print(f"done: {len(run.ledger)} trials, best val_bpb {best_value:.6f} (trial {best_trial}); "
+                  f"its train.py: {run.dir / 'best_train.py'}; history: git -C {run.dir / 'repo'} log best", markup=False)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,6 +162,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-tokens", type=int, default=None, help="validation tokens (default: the preset's)")
     p.add_argument("--train-py", type=Path, default=None, help="train this file instead of the template's")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("run", help="run a search: trials proposed by a method, each a git commit, best kept")
+    add_data_arguments(p, defaults=False)
+    p.add_argument("--name", default=None, help="run name; an existing run of that name is resumed")
+    p.add_argument("--method", default=None, help="search method: random (default)")
+    p.add_argument("--preset", default=None, help=f"one of: {', '.join(presets)} (default cpu)")
+    p.add_argument("--trials", type=int, default=None, help="stop at this many trials, baseline included "
+                   "(default 10)")
+    p.add_argument("--hours", type=float, default=None, help="stop after this much trial time")
+    p.add_argument("--budget", type=float, default=None, help="training seconds per trial (default: the preset's)")
+    p.add_argument("--eval-tokens", type=int, default=None, help="validation tokens (default: the preset's)")
+    p.add_argument("--backend", default=None, help="local (default) or docker")
+    p.add_argument("--image", default=None, help="docker image for trials (docker backend)")
+    p.add_argument("--gpus", default=None, help="GPU ids for trials, e.g. 0 or 0,1")
+    p.add_argument("--mem-limit", default=None, help="memory limit per trial container, e.g. 64g (docker)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the method and of every trial (default 42)")
+    p.add_argument("--noise-margin", type=float, default=None,
+                   help="keep only trials better than the best by more than this (default 0)")
+    p.add_argument("--confirm", type=int, default=None,
+                   help="re-run a would-be best with this many other seeds; keep it only if the mean still wins")
+    p.add_argument("--space", default=None, help="your own space.toml for fixed-space methods (default: the "
+                   "template's)")
+    p.add_argument("--config", type=Path, default=None, help="TOML file with any of these settings")
+    p.add_argument("--runs-dir", type=Path, default=None, help="where runs live (default ./runs)")
+    p.set_defaults(func=cmd_run)
     return parser
 
 
@@ -113,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ArenaError as e:
-        console.print(f"[red]error:[/] {e}")
+        console.print(f"[red]error:[/] {escape(str(e))}")
         return 2
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")

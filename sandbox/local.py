@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -19,17 +20,28 @@ PASSED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "CUDA_VISIBLE_DEVICES", "OMP_NUM_T
               "TRITON_CACHE_DIR")
 
 
-def scrubbed_env(workdir: Path) -> dict[str, str]:
+def scrubbed_env(workdir: Path, gpus: list[str] | None = None) -> dict[str, str]:
     env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
     env.update(HOME=str(workdir), TMPDIR=str(workdir), PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
     return env
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In the child before exec: the kernel kills it if arena dies (even by kill -9), so no trial outlives a run."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def run_process(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float, on_log: LogSink) -> PhaseRun:
     """Run `cmd` in a new session; stream its merged output; kill the whole group at `timeout`."""
     start = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True, text=True, errors="replace", bufsize=1)
+                            start_new_session=True, preexec_fn=die_with_parent, text=True, errors="replace",
+                            bufsize=1)
     lines: list[str] = []
 
     def pump() -> None:
@@ -58,14 +70,15 @@ def run_process(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float, 
 class LocalBackend:
     """Runs trials as child processes of arena, on this machine's CPU or GPUs."""
 
-    def __init__(self, python: str = sys.executable):
+    def __init__(self, python: str = sys.executable, gpus: list[str] | None = None):
         self.python = python
+        self.gpus = gpus
 
     def run(self, spec: TrialSpec, on_log: LogSink) -> Outcome:
         with tempfile.TemporaryDirectory(prefix="arena-trial-") as tmp:
             workdir = Path(tmp)
             stage_workdir(spec, workdir)
-            env = scrubbed_env(workdir)
+            env = scrubbed_env(workdir, self.gpus)
             common = ["--config", "run.json", "--data", str(spec.data_dir), "--out", "out"]
             train = run_process([self.python, "harness.py", "train", *common], workdir, env,
                                 spec.train_timeout, on_log)

@@ -1,0 +1,249 @@
+"""The trial loop: propose, apply, commit, run, judge, record — one trial at a time, resumable anywhere.
+
+Crash safety rests on one order of writes per trial:
+  1. the proposal is journaled (state/pending.pkl) before anything runs, so a restart reuses it;
+  2. the commit lands on refs/trials/<n>; a restart drops refs of unrecorded trials and re-runs them;
+  3. the ledger line is appended and fsynced: from here on the trial is done;
+  4. the method observes it and its state is saved (a restart replays missed observations);
+  5. the best branch moves if the trial is kept (a restart recomputes it from the ledger).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from agent.constants import read_constants
+from agent.errors import ArenaError
+from agent.methods import Context, Proposal
+from agent.patches import InvalidPatch, apply_diff, check_train_py, diff_stats, make_diff, render_config
+from agent.run import Run, best_of
+from agent.template import EDITABLE_FILE, HARNESS_FILES, template_dir
+from sandbox import Backend, LocalBackend, Outcome, Status, TrialSpec
+
+Reporter = Callable[[str], None]
+CRASH_ENV = "ARENA_CRASH_AT"  # fault injection for the crash-safety tests: "<point>:<trial>"
+
+
+def crash_point(point: str, trial: int) -> None:
+    """Die here, as `kill -9` would, when the tests ask for it; otherwise nothing."""
+    if os.environ.get(CRASH_ENV) == f"{point}:{trial}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass
+class StopRule:
+    trials: int | None = None   # total trials in the ledger, baseline included
+    hours: float | None = None  # total sandbox and proposal time over all trials
+
+    def reached(self, records: list[dict]) -> bool:
+        if self.trials is not None and len(records) >= self.trials:
+            return True
+        return self.hours is not None and sum(r["total_seconds"] for r in records) >= self.hours * 3600
+
+
+@dataclass
+class Job:
+    trial: int
+    kind: str            # baseline | proposal | confirm
+    proposal: Proposal
+    parent: str | None   # the commit the trial builds on (None for the baseline, which is commit 0)
+    seed: int
+    confirms: int | None = None
+    propose_seconds: float = 0.0
+
+
+def make_backend(run: Run) -> Backend:
+    settings = run.settings
+    if settings.backend == "docker":
+        from sandbox.docker import DockerBackend
+
+        return DockerBackend(image=settings.image, gpus=settings.gpus, mem_limit=settings.mem_limit,
+                             compile_cache=run.dir / "compile-cache", run_name=settings.name)
+    return LocalBackend(gpus=settings.gpus)
+
+
+def run_loop(run: Run, stop: StopRule, report: Reporter = print) -> None:
+    backend = make_backend(run)
+    while not stop.reached(run.ledger.records):
+        job = next_job(run)
+        record = execute(run, backend, job, report)
+        if job.kind == "baseline" and record["status"] != Status.OK.value:
+            # not recorded: without a working baseline there is nothing to compare against; a resume retries it
+            raise ArenaError(f"the baseline trial failed ({record['status']}: {record['reason']}); "
+                             f"see {run.log_path(0)} and fix the environment, then run the same command again")
+        record_trial(run, record, report)
+
+
+def open_candidate(run: Run) -> dict | None:
+    """A would-be best still waiting for its confirmation runs."""
+    if run.settings.confirm == 0:
+        return None
+    for record in reversed(run.ledger.records):
+        if record.get("candidate"):
+            done = sum(1 for r in run.ledger.records if r.get("confirms") == record["trial"])
+            return record if done < run.settings.confirm else None
+    return None
+
+
+def next_job(run: Run) -> Job:
+    trial = len(run.ledger)
+    seed = run.settings.seed
+    if trial == 0:
+        return Job(0, "baseline", Proposal("baseline: the template, unmodified"), None, seed)
+    candidate = open_candidate(run)
+    if candidate is not None:
+        k = sum(1 for r in run.ledger.records if r.get("confirms") == candidate["trial"]) + 1
+        return Job(trial, "confirm", Proposal(f"confirm trial {candidate['trial']} with seed {seed + k}"),
+                   candidate["commit"], seed + k, confirms=candidate["trial"])
+    best_trial, _ = best_of(run.ledger.records)
+    parent = run.repo.best()
+    pending = run.load_pending()
+    if pending is not None and pending["trial"] == trial:
+        run.method.restore(pending["state"])
+        return Job(trial, "proposal", pending["proposal"], parent, seed)
+    start = time.monotonic()
+    ctx = Context(trial, run.ledger.records, run.ledger.records[best_trial],
+                  run.repo.show(parent, EDITABLE_FILE), run.space)
+    proposal = run.method.propose(ctx)
+    run.save_pending(trial, proposal)
+    crash_point("proposed", trial)
+    return Job(trial, "proposal", proposal, parent, seed, propose_seconds=time.monotonic() - start)
+
+
+def build_source(run: Run, job: Job, parent_source: str) -> str:
+    """The trial's train.py; raises InvalidPatch when the proposal breaks a rule."""
+    proposal = job.proposal
+    if job.kind != "proposal":
+        return parent_source
+    if proposal.config is not None:
+        source = render_config(parent_source, proposal.config)
+    elif proposal.diff is not None:
+        source = apply_diff(parent_source, proposal.diff)
+    else:
+        raise InvalidPatch("the proposal holds neither a config nor a diff")
+    check_train_py(source, parent_source, fixed_space=run.method.fixed_space,
+                   space=run.space if run.method.fixed_space else None)
+    return source
+
+
+def execute(run: Run, backend: Backend, job: Job, report: Reporter) -> dict:
+    started = time.time()
+    parent_source = run.repo.show(job.parent or run.repo.trial_commit(0), EDITABLE_FILE)
+    record = {"trial": job.trial, "kind": job.kind, "method": run.settings.method if job.kind == "proposal"
+              else job.kind, "description": job.proposal.description, "parent": job.parent, "seed": job.seed,
+              "confirms": job.confirms, "proposal_meta": job.proposal.meta, "propose_seconds": job.propose_seconds,
+              "host": socket.gethostname(), "harness_hash": run.info["harness_hash"],
+              "dataset_fingerprint": run.info["dataset_fingerprint"], "kept": False, "candidate": False,
+              "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started))}
+    try:
+        source = build_source(run, job, parent_source)
+    except InvalidPatch as e:
+        outcome = Outcome(Status.INVALID_PATCH, e.reason)
+        return finish(run, record, outcome, None, job.proposal.diff or "", None, started)
+    diff = make_diff(parent_source, source)
+    crash_point("applied", job.trial)
+    if job.kind == "baseline":
+        commit = run.repo.trial_commit(0)
+    else:
+        trailers = {"Arena-Trial": job.trial, "Arena-Method": record["method"], "Arena-Parent": job.parent}
+        if job.confirms is not None:
+            trailers["Arena-Confirms"] = job.confirms
+        commit = run.repo.commit_trial(job.trial, job.parent, {EDITABLE_FILE: source}, job.proposal.description,
+                                       trailers)
+    crash_point("committed", job.trial)
+    report(f"trial {job.trial} [{record['method']}] {job.proposal.description}")
+    outcome = run_sandbox(run, backend, job, source)
+    crash_point("ran", job.trial)
+    return finish(run, record, outcome, commit, diff, source, started)
+
+
+def run_sandbox(run: Run, backend: Backend, job: Job, source: str) -> Outcome:
+    log_path = run.log_path(job.trial)
+    with tempfile.TemporaryDirectory(prefix="arena-tree-") as tree, open(log_path, "a") as log:
+        log.write(f"=== trial {job.trial} started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        (Path(tree) / EDITABLE_FILE).write_text(source)
+        spec = TrialSpec(tree=Path(tree), data_dir=run.data_dir, harness_dir=template_dir(),
+                         harness_files=HARNESS_FILES, config=run.preset.harness_config(job.seed),
+                         startup_allowance=run.preset.startup_allowance, eval_timeout=run.preset.eval_timeout)
+
+        def on_log(line: str) -> None:
+            log.write(line)
+            log.flush()
+
+        return backend.run(spec, on_log)
+
+
+def finish(run: Run, record: dict, outcome: Outcome, commit: str | None, diff: str, source: str | None,
+           started: float) -> dict:
+    """Judge the outcome, attach the result to the commit as a note, and complete the record."""
+    result = outcome.result or {}
+    ok = outcome.status is Status.OK
+    _, best_value = best_of(run.ledger.records)
+    value = result.get("val_bpb") if ok else None
+    margin = run.settings.noise_margin
+    better = ok and (best_value is None or value < best_value - margin)
+    if record["kind"] == "baseline":
+        record["kept"] = ok
+    elif record["kind"] == "proposal" and better:
+        record["candidate" if run.settings.confirm else "kept"] = True
+    record.update(
+        commit=commit, diff=diff, diff_stats=diff_stats(diff) if diff else None,
+        config=read_constants(source) if source else None,
+        status=outcome.status.value, reason=outcome.reason, val_bpb=value,
+        peak_memory_gb=result.get("peak_memory_gb"), training_seconds=result.get("training_seconds"),
+        tokens_per_second=result.get("tokens_per_second"), mfu_percent=result.get("mfu_percent"),
+        steps=result.get("steps"), num_params=result.get("num_params"), gpu=result.get("device_name"),
+        train_wall_seconds=outcome.train_wall_seconds, eval_wall_seconds=outcome.eval_wall_seconds,
+        overhead_seconds=outcome.train_wall_seconds + outcome.eval_wall_seconds - (result.get("training_seconds") or 0),
+        log_tail=outcome.log_tail,
+    )
+    if record["kind"] == "confirm":
+        record["decision"] = confirmation_decision(run, record, best_value)
+    record["total_seconds"] = time.time() - started + record["propose_seconds"]
+    if commit is not None:
+        run.repo.add_note(commit, {k: record[k] for k in ("trial", "status", "reason", "val_bpb", "peak_memory_gb",
+                                                          "training_seconds", "seed", "kept", "candidate")})
+        crash_point("noted", record["trial"])
+    return record
+
+
+def confirmation_decision(run: Run, record: dict, best_value: float | None) -> dict | None:
+    """After the last confirmation run: keep the candidate only if its mean over all seeds still wins."""
+    candidate = run.ledger.records[record["confirms"]]
+    runs = [candidate] + [r for r in run.ledger.records if r.get("confirms") == candidate["trial"]] + [record]
+    if len(runs) < run.settings.confirm + 1:
+        return None
+    values = [r["val_bpb"] for r in runs]
+    if any(v is None for v in values):
+        return {"trial": candidate["trial"], "kept": False, "mean_val_bpb": None, "values": values}
+    mean = sum(values) / len(values)
+    return {"trial": candidate["trial"], "kept": mean < best_value - run.settings.noise_margin,
+            "mean_val_bpb": mean, "values": values}
+
+
+def record_trial(run: Run, record: dict, report: Reporter) -> None:
+    run.ledger.append(record)  # the commit point of the trial
+    crash_point("recorded", record["trial"])
+    run.method.observe(record)
+    run.save_method_state(record["trial"])
+    crash_point("observed", record["trial"])
+    run.clear_pending()
+    best_trial, best_value = best_of(run.ledger.records)
+    best_commit = run.repo.trial_commit(best_trial)
+    if run.repo.best() != best_commit:
+        run.repo.set_best(best_commit)
+    run.write_views(best_commit)
+    verdict = "keep" if record["kept"] else ("candidate" if record["candidate"] else "discard")
+    if record.get("decision"):
+        verdict = f"{'kept' if record['decision']['kept'] else 'rejected'} trial {record['decision']['trial']}"
+    score = f"val_bpb {record['val_bpb']:.6f}" if record["val_bpb"] is not None else record["reason"]
+    best = f"{best_value:.6f}" if best_value is not None else "-"
+    report(f"trial {record['trial']} {record['status']}: {score} -> {verdict} "
+           f"(best {best} at trial {best_trial}, {record['total_seconds']:.0f} s)")

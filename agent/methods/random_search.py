@@ -1,0 +1,35 @@
+"""Random search: every constant drawn independently from its range (log-uniform where the space says so)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from agent.methods.base import Context, Proposal
+from agent.space import SearchSpace
+
+
+def describe(config: dict) -> str:
+    return " ".join(f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={value}"
+                    for name, value in config.items())
+
+
+class RandomSearch:
+    name = "random"
+    fixed_space = True
+
+    def __init__(self, space: SearchSpace, seed: int):
+        self.space = space
+        self.rng = np.random.default_rng(seed)
+
+    def propose(self, ctx: Context) -> Proposal:
+        config = self.space.sample(self.rng)
+        return Proposal(description=f"random: {describe(config)}", config=config)
+
+    def observe(self, record: dict) -> None:
+        pass  # random search learns nothing
+
+    def state(self) -> object:
+        return self.rng.bit_generator.state
+
+    def restore(self, state: object) -> None:
+        self.rng.bit_generator.state = state

@@ -1,0 +1,236 @@
+"""A run on disk: its settings, git repository, ledger and method state, and how it is resumed.
+
+runs/<name>/
+    run.json        settings, dataset fingerprint and harness hash (written once, at creation)
+    repo/           bare git repository: branch `best`, refs/trials/<n>, notes refs/notes/arena
+    ledger.jsonl    one line per finished trial (the source of truth on resume)
+    results.tsv     autoresearch's format, rebuilt from the ledger
+    best_train.py   the current best train.py, for reading
+    state/          method.pkl (after the last recorded trial), pending.pkl (a proposal being run)
+    logs/           trial-<n>.log, the full output of each trial
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pickle
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.constants import render_constants
+from agent.datasets import prepare_dataset
+from agent.errors import ArenaError
+from agent.ledger import Ledger, fsync_write, results_tsv
+from agent.methods import Method, make_method
+from agent.presets import Preset, get_preset
+from agent.space import SearchSpace, load_space
+from agent.template import EDITABLE_FILE, HARNESS_FILES, harness_hash, template_dir
+from agent.workspace import RunRepo, trial_ref
+from train_template.prepare import read_meta
+
+TEMPLATE_FILES = (EDITABLE_FILE, *HARNESS_FILES, "program.md", "space.toml")
+BACKENDS = ("local", "docker")
+
+
+@dataclass
+class RunSettings:
+    """What a run is. Every field but the name and the GPU ids must match when a run is resumed."""
+    name: str
+    method: str = "random"
+    preset: str = "cpu"
+    budget: float | None = None
+    eval_tokens: int | None = None
+    backend: str = "local"
+    image: str | None = None
+    gpus: list[str] | None = None
+    seed: int = 42
+    noise_margin: float = 0.0
+    confirm: int = 0
+    corpus: str = "stdlib"
+    shards: int = 1
+    text_column: str = "text"
+    val_fraction: float = 0.1
+    mem_limit: str | None = None
+    space: str | None = None  # a space.toml of your own; copied into the run at creation
+
+    MUTABLE = ("name", "gpus")
+
+    def validate(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ArenaError(f"unknown backend '{self.backend}'; choose one of: {', '.join(BACKENDS)}")
+        if self.backend == "docker" and not self.image:
+            raise ArenaError("the docker backend needs --image; build one with `docker build -t arena-gpu .`")
+        if self.noise_margin < 0:
+            raise ArenaError(f"--noise-margin must be zero or positive, got {self.noise_margin}")
+        if self.confirm < 0:
+            raise ArenaError(f"--confirm must be zero or positive, got {self.confirm}")
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise ArenaError(f"--name '{self.name}' must be a plain directory name")
+
+
+@dataclass
+class Run:
+    """An open run: everything the loop needs, reconciled with the ledger."""
+    dir: Path
+    settings: RunSettings
+    preset: Preset
+    space: SearchSpace
+    data_dir: Path
+    repo: RunRepo
+    ledger: Ledger
+    method: Method
+    info: dict = field(default_factory=dict)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.dir / "state"
+
+    def log_path(self, trial: int) -> Path:
+        return self.dir / "logs" / f"trial-{trial:05d}.log"
+
+    def save_method_state(self, observed_through: int) -> None:
+        """After the ledger line of trial `observed_through` and method.observe() on it."""
+        _atomic_pickle(self.state_dir / "method.pkl", {"observed_through": observed_through,
+                                                       "state": self.method.state()})
+
+    def save_pending(self, trial: int, proposal) -> None:
+        """Right after propose(): a restart runs this same proposal instead of asking again."""
+        _atomic_pickle(self.state_dir / "pending.pkl", {"trial": trial, "proposal": proposal,
+                                                        "state": self.method.state()})
+
+    def load_pending(self) -> dict | None:
+        path = self.state_dir / "pending.pkl"
+        return pickle.loads(path.read_bytes()) if path.exists() else None
+
+    def clear_pending(self) -> None:
+        (self.state_dir / "pending.pkl").unlink(missing_ok=True)
+
+    def write_views(self, best_commit: str) -> None:
+        """The human-facing files derived from the ledger and the repository."""
+        fsync_write(self.dir / "results.tsv", results_tsv(self.ledger.records))
+        fsync_write(self.dir / "best_train.py", self.repo.show(best_commit, EDITABLE_FILE))
+
+
+def _atomic_pickle(path: Path, obj: object) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        pickle.dump(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def merge_settings(stored: dict, given: dict) -> RunSettings:
+    """Settings of an existing run; a flag given now must agree with what the run was started with."""
+    for key, value in given.items():
+        if value is None or key in RunSettings.MUTABLE:
+            continue
+        if key in stored and stored[key] != value:
+            raise ArenaError(f"run '{stored['name']}' was started with {key}={stored[key]!r}, not {value!r}; "
+                             "resume it with the same settings or choose another --name")
+    merged = {**stored, **{k: v for k, v in given.items() if v is not None and k in RunSettings.MUTABLE}}
+    return RunSettings(**merged)
+
+
+def open_run(runs_dir: Path, given: dict, cache_root: Path | None = None) -> Run:
+    """Create the run named in `given`, or resume it; either way reconciled and ready for the loop."""
+    run_dir = runs_dir / given["name"]
+    if run_dir.exists():
+        settings_path = run_dir / "run.json"
+        if not settings_path.exists():
+            raise ArenaError(f"{run_dir} exists but is not a run (no run.json); choose another --name")
+        info = json.loads(settings_path.read_text())
+        settings = merge_settings(info["settings"], given)
+    else:
+        settings = RunSettings(**{k: v for k, v in given.items() if v is not None})
+        info = None
+    settings.validate()
+    preset = get_preset(settings.preset, time_budget=settings.budget, eval_tokens=settings.eval_tokens)
+    space_file = run_dir / "space.toml" if info else (Path(settings.space).expanduser() if settings.space else None)
+    space = load_space(settings.preset, space_file)
+    make_method(settings.method, space, settings.seed)  # an unknown method fails before any work
+    data_dir = prepare_dataset(settings.corpus, preset.vocab_size, val_fraction=settings.val_fraction,
+                               shards=settings.shards, column=settings.text_column, cache_root=cache_root)
+    fingerprint = read_meta(data_dir)["fingerprint"]
+    if info is None:
+        info = create_run_dir(run_dir, settings, preset, fingerprint, space_file)
+    if info["dataset_fingerprint"] != fingerprint:
+        raise ArenaError(f"the dataset changed since run '{settings.name}' started (fingerprint "
+                         f"{info['dataset_fingerprint']} then, {fingerprint} now); restore the corpus or start a new run")
+    if info["harness_hash"] != harness_hash():
+        raise ArenaError(f"the harness (prepare.py/harness.py) changed since run '{settings.name}' started; "
+                         "finish it with the arena version that started it or start a new run")
+    run = Run(run_dir, settings, preset, space, data_dir, RunRepo(run_dir / "repo"),
+              Ledger.open(run_dir / "ledger.jsonl"), make_method(settings.method, space, settings.seed), info)
+    reconcile(run)
+    return run
+
+
+def create_run_dir(run_dir: Path, settings: RunSettings, preset: Preset, fingerprint: str,
+                   space_file: Path | None) -> dict:
+    """Build the run in a scratch directory and rename it into place, so a kill leaves no half-made run."""
+    scratch = run_dir.with_name(f".{run_dir.name}.creating-{os.getpid()}")
+    shutil.rmtree(scratch, ignore_errors=True)
+    (scratch / "state").mkdir(parents=True)
+    (scratch / "logs").mkdir()
+    files = {name: (template_dir() / name).read_text() for name in TEMPLATE_FILES}
+    files[EDITABLE_FILE] = render_constants(files[EDITABLE_FILE], preset.constants)
+    if space_file is not None:
+        files["space.toml"] = space_file.read_text()
+    (scratch / "space.toml").write_text(files["space.toml"])
+    repo = RunRepo.create(scratch / "repo", files, f"baseline: the template with preset '{preset.name}'",
+                          {"Arena-Trial": 0, "Arena-Method": "baseline"})
+    repo.git.update_ref(trial_ref(0), repo.best())
+    info = {"settings": dataclasses.asdict(settings), "dataset_fingerprint": fingerprint,
+            "harness_hash": harness_hash(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    fsync_write(scratch / "run.json", json.dumps(info, indent=2) + "\n")
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    scratch.rename(run_dir)
+    return info
+
+
+def best_of(records: list[dict]) -> tuple[int, float | None]:
+    """The trial number and score of the current best, replaying the keep decisions in the ledger."""
+    best_trial, best_value = 0, None
+    for record in records:
+        decision = record.get("decision")
+        if record["kept"]:
+            best_trial, best_value = record["trial"], record["val_bpb"]
+        elif decision and decision["kept"]:
+            best_trial, best_value = decision["trial"], decision["mean_val_bpb"]
+    return best_trial, best_value
+
+
+def reconcile(run: Run) -> None:
+    """Bring git and the method state in line with the ledger after any interruption."""
+    records = run.ledger.records
+    best_trial, _ = best_of(records)
+    best_commit = run.repo.trial_commit(best_trial)
+    if best_commit is None:
+        raise ArenaError(f"the run repository lost refs/trials/{best_trial}; the run is damaged — restore it")
+    if run.repo.best() != best_commit:
+        run.repo.set_best(best_commit)  # killed between recording a keep and moving the branch
+    for trial in run.repo.trial_numbers():
+        if trial >= max(1, len(records)):  # trial 0 is the baseline commit made with the run
+            run.repo.drop_trial(trial)  # an interrupted trial: it runs again
+    pending = run.load_pending()
+    if pending is not None and pending["trial"] < len(records):
+        run.clear_pending()  # recorded already; killed before the journal was cleared
+    # The method state on disk may lag the ledger by the trials recorded just before a kill;
+    # observing is cheap and deterministic, so those observations are replayed.
+    observed_through = -1
+    method_path = run.state_dir / "method.pkl"
+    if method_path.exists():
+        saved = pickle.loads(method_path.read_bytes())
+        run.method.restore(saved["state"])
+        observed_through = saved["observed_through"]
+        if observed_through >= len(records):
+            raise ArenaError(f"the method state in {method_path} is ahead of the ledger (trial {observed_through} "
+                             f"observed, {len(records)} recorded); the ledger lost lines — restore it from a backup")
+    for record in records[observed_through + 1:]:
+        run.method.observe(record)
+    run.write_views(best_commit)

@@ -1,0 +1,214 @@
+"""The trial pipeline end to end: real runs of `arena run` (random search, local backend, real training),
+crash-and-resume at every step of a trial, settings checks, and the defences of the metric."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.ledger import Ledger
+from agent.space import load_space
+from agent.workspace import RunRepo, read_trailers
+from tests.conftest import ROOT, one_line_error, run_arena
+
+FAST = ["--budget", "2", "--eval-tokens", "4096"]  # real training, kept short
+
+
+def arena_run(runs: Path, cache: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "ARENA_CACHE": str(cache), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "agent.cli", "run", "--runs-dir", str(runs), *args],
+                          capture_output=True, text=True, env=full_env, timeout=900, cwd=ROOT)
+
+
+def check_run_consistent(run_dir: Path, n_trials: int) -> list[dict]:
+    """Ledger, git refs, notes, branch and derived files agree; every trial counted once."""
+    records = Ledger.open(run_dir / "ledger.jsonl").records
+    assert [r["trial"] for r in records] == list(range(n_trials))
+    repo = RunRepo(run_dir / "repo")
+    assert repo.trial_numbers() == [r["trial"] for r in records if r["commit"]]
+    kept = [r for r in records if r["kept"]]
+    branch = repo.branch_log()
+    assert branch == [r["commit"] for r in reversed(kept)]  # the branch is exactly the kept trials
+    for r in records:
+        if r["commit"] is None:
+            continue
+        assert repo.trial_commit(r["trial"]) == r["commit"]
+        note = repo.note(r["commit"])
+        assert note["trial"] == r["trial"] and note["status"] == r["status"] and note["val_bpb"] == r["val_bpb"]
+        if r["trial"]:
+            trailers = read_trailers(repo.message(r["commit"]))
+            assert trailers["Arena-Trial"] == str(r["trial"]) and trailers["Arena-Parent"] == r["parent"]
+            assert repo.repo.commit(r["commit"]).parents[0].hexsha == r["parent"]
+    assert (run_dir / "best_train.py").read_text() == repo.show("best", "train.py")
+    tsv = (run_dir / "results.tsv").read_text().splitlines()
+    assert tsv[0].split("\t") == ["commit", "val_bpb", "memory_gb", "status", "description"]
+    assert len(tsv) == n_trials + 1
+    return records
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory, cache_root, stdlib_dataset) -> Path:
+    """A real 3-trial random-search run; crash tests copy it and go on from there."""
+    runs = tmp_path_factory.mktemp("runs")
+    proc = arena_run(runs, cache_root, "--name", "base", "--trials", "3", *FAST)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return runs / "base"
+
+
+@pytest.mark.slow
+def test_random_search_run_records_every_trial(base_run):
+    records = check_run_consistent(base_run, 3)
+    assert records[0]["kind"] == "baseline" and records[0]["kept"]
+    space = load_space("cpu")
+    for r in records[1:]:
+        assert r["method"] == "random" and r["status"] == "ok" and r["val_bpb"] > 0
+        space.check(r["config"])  # what ran is inside the bounds
+        assert r["diff_stats"]["files"] == 1 and r["diff"].startswith("--- a/train.py")
+    for key in ("val_bpb", "peak_memory_gb", "training_seconds", "overhead_seconds", "total_seconds",
+                "tokens_per_second", "seed", "host", "harness_hash", "dataset_fingerprint", "commit", "config"):
+        assert all(key in r for r in records), key
+    log = (base_run / "logs" / "trial-00001.log").read_text()
+    assert "step=0 " in log and "ARENA_RESULT" in log
+
+
+CRASH_POINTS = ["applied", "committed", "ran", "recorded", "observed"]  # apply, commit, run, record, branch move
+
+
+@pytest.fixture(scope="module")
+def straight_run(base_run, tmp_path_factory, cache_root) -> list[dict]:
+    """The base run continued to 4 trials without interruption: what every resumed run must match."""
+    runs = tmp_path_factory.mktemp("straight")
+    shutil.copytree(base_run, runs / "base")
+    assert arena_run(runs, cache_root, "--name", "base", "--trials", "4").returncode == 0
+    return Ledger.open(runs / "base" / "ledger.jsonl").records
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_kill_at_any_point_then_resume(point, base_run, straight_run, tmp_path, cache_root):
+    """kill -9 during trial 3 at `point`; the resumed run records trial 3 exactly once, as proposed."""
+    reference = Ledger.open(base_run / "ledger.jsonl").records
+    runs = tmp_path / "runs"
+    shutil.copytree(base_run, runs / "base")
+    killed = arena_run(runs, cache_root, "--name", "base", "--trials", "4", env={"ARENA_CRASH_AT": f"{point}:3"})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    resumed = arena_run(runs, cache_root, "--name", "base", "--trials", "4")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    records = check_run_consistent(runs / "base", 4)
+    assert records[:3] == reference
+    assert not (runs / "base" / "state" / "pending.pkl").exists()
+    assert records[3]["config"] == straight_run[3]["config"]  # the same proposal, interrupted or not
+
+
+def trial_processes(tmp: Path) -> list[int]:
+    """PIDs of processes whose working directory lies under `tmp` (the trials' temp dirs)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and os.readlink(proc / "cwd").startswith(str(tmp)):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_kill_during_training_leaves_no_trial_behind(base_run, straight_run, tmp_path, cache_root):
+    import signal
+    import time
+
+    runs, tmp = tmp_path / "runs", tmp_path / "tmp"
+    tmp.mkdir()
+    shutil.copytree(base_run, runs / "base")
+    env = {**os.environ, "ARENA_CACHE": str(cache_root), "TMPDIR": str(tmp)}
+    arena = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--runs-dir", str(runs), "--name", "base",
+                              "--trials", "4"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    log = runs / "base" / "logs" / "trial-00003.log"
+    deadline = time.monotonic() + 120
+    while not (log.exists() and "step=" in log.read_text()):
+        assert time.monotonic() < deadline and arena.poll() is None
+        time.sleep(0.05)
+    assert trial_processes(tmp)  # training is under way
+    arena.send_signal(signal.SIGKILL)
+    arena.wait()
+    deadline = time.monotonic() + 10
+    while trial_processes(tmp) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not trial_processes(tmp)  # the trial died with arena
+    assert arena_run(runs, cache_root, "--name", "base", "--trials", "4").returncode == 0
+    records = check_run_consistent(runs / "base", 4)
+    assert records[3]["config"] == straight_run[3]["config"]
+    assert log.read_text().count("=== trial 3 started") == 2  # both attempts' output kept
+
+
+def test_resume_with_other_settings_is_refused_and_harmless(base_run, tmp_path, cache_root):
+    runs = tmp_path / "runs"
+    shutil.copytree(base_run, runs / "base")
+    before = {p: p.read_bytes() for p in (runs / "base").rglob("*") if p.is_file()}
+    for args, message in [(["--seed", "7"], "seed=42, not 7"), (["--preset", "gpu"], "preset='cpu'"),
+                          (["--budget", "9"], "budget=2.0, not 9.0")]:
+        line = one_line_error(arena_run(runs, cache_root, "--name", "base", *args))
+        assert message in line and "choose another --name" in line
+    after = {p: p.read_bytes() for p in (runs / "base").rglob("*") if p.is_file()}
+    assert after == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "gradient-descent"], "unknown method 'gradient-descent'"),
+    (["--backend", "cloud"], "unknown backend 'cloud'"),
+    (["--preset", "tpu"], "unknown preset 'tpu'"),
+    (["--backend", "docker"], "needs --image"),
+    (["--trials", "0"], "--trials must be at least 1"),
+    (["--name", "../escape"], "plain directory name"),
+])
+def test_bad_run_flags_are_one_line_errors(tmp_path, cache_root, stdlib_dataset, args, message):
+    line = one_line_error(arena_run(tmp_path / "runs", cache_root, *args))
+    assert message in line
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_bad_space_file_is_refused(tmp_path, cache_root, stdlib_dataset):
+    space = tmp_path / "space.toml"
+    space.write_text('[cpu.DEPTH]\nkind = "int"\nlow = 9\nhigh = 3\n')
+    line = one_line_error(arena_run(tmp_path / "runs", cache_root, "--space", str(space)))
+    assert "DEPTH" in line
+
+
+def test_config_file_settings(tmp_path, cache_root, stdlib_dataset):
+    config = tmp_path / "run.toml"
+    config.write_text('method = "random"\nseeed = 3\n')
+    assert "unknown keys seeed" in one_line_error(arena_run(tmp_path / "runs", cache_root, "--config", str(config)))
+    config.write_text('method = "random"\n[oops\n')
+    assert "not valid TOML" in one_line_error(arena_run(tmp_path / "runs", cache_root, "--config", str(config)))
+
+
+def test_damaged_runs_are_refused(base_run, tmp_path, cache_root):
+    runs = tmp_path / "runs"
+    (runs / "notarun").mkdir(parents=True)
+    assert "not a run" in one_line_error(arena_run(runs, cache_root, "--name", "notarun"))
+    shutil.copytree(base_run, runs / "edited")
+    lines = (runs / "edited" / "ledger.jsonl").read_text().splitlines()
+    (runs / "edited" / "ledger.jsonl").write_text(lines[0] + "\n{garbage\n" + lines[2] + "\n")
+    assert "line 2 is not valid JSON" in one_line_error(arena_run(runs, cache_root, "--name", "edited"))
+    shutil.copytree(base_run, runs / "norepo")
+    shutil.rmtree(runs / "norepo" / "repo")
+    assert "not a git repository" in one_line_error(arena_run(runs, cache_root, "--name", "norepo"))
+
+
+def test_torn_ledger_line_is_dropped_and_rerun(base_run, tmp_path, cache_root):
+    """A kill in the middle of writing trial 3's ledger line leaves a torn line; it is cut and trial 3 re-run."""
+    runs = tmp_path / "runs"
+    shutil.copytree(base_run, runs / "base")
+    killed = arena_run(runs, cache_root, "--name", "base", "--trials", "4", env={"ARENA_CRASH_AT": "noted:3"})
+    assert killed.returncode == -9
+    with open(runs / "base" / "ledger.jsonl", "a") as ledger:
+        ledger.write('{"trial": 3, "kind": "proposal", "val_b')
+    assert arena_run(runs, cache_root, "--name", "base", "--trials", "4").returncode == 0
+    check_run_consistent(runs / "base", 4)
