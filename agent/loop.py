@@ -187,12 +187,8 @@ def finish(run: Run, record: dict, outcome: Outcome, commit: str | None, diff: s
     ok = outcome.status is Status.OK
     _, best_value = best_of(run.ledger.records)
     value = result.get("val_bpb") if ok else None
-    margin = run.settings.noise_margin
-    better = ok and (best_value is None or value < best_value - margin)
-    if record["kind"] == "baseline":
-        record["kept"] = ok
-    elif record["kind"] == "proposal" and better:
-        record["candidate" if run.settings.confirm else "kept"] = True
+    record["kept"], record["candidate"] = judge(record["kind"], value, best_value, run.settings.noise_margin,
+                                                run.settings.confirm)
     record.update(
         commit=commit, diff=diff, diff_stats=diff_stats(diff) if diff else None,
         config=read_constants(source) if source else None,
@@ -214,6 +210,15 @@ def finish(run: Run, record: dict, outcome: Outcome, commit: str | None, diff: s
     return record
 
 
+def judge(kind: str, value: float | None, best_value: float | None, margin: float, confirm: int) -> tuple[bool, bool]:
+    """(kept, candidate): only an ok trial better than the best by more than `margin` wins; with
+    confirmation runs it first becomes a candidate. The baseline is kept whenever it ran."""
+    if kind == "baseline":
+        return value is not None, False
+    better = kind == "proposal" and value is not None and (best_value is None or value < best_value - margin)
+    return (better and not confirm), (better and bool(confirm))
+
+
 def confirmation_decision(run: Run, record: dict, best_value: float | None) -> dict | None:
     """After the last confirmation run: keep the candidate only if its mean over all seeds still wins."""
     candidate = run.ledger.records[record["confirms"]]
@@ -221,11 +226,15 @@ def confirmation_decision(run: Run, record: dict, best_value: float | None) -> d
     if len(runs) < run.settings.confirm + 1:
         return None
     values = [r["val_bpb"] for r in runs]
+    return {"trial": candidate["trial"], "values": values, **decide(values, best_value, run.settings.noise_margin)}
+
+
+def decide(values: list[float | None], best_value: float | None, margin: float) -> dict:
+    """A failed confirmation run sinks the candidate; otherwise the mean must beat the best by the margin."""
     if any(v is None for v in values):
-        return {"trial": candidate["trial"], "kept": False, "mean_val_bpb": None, "values": values}
+        return {"kept": False, "mean_val_bpb": None}
     mean = sum(values) / len(values)
-    return {"trial": candidate["trial"], "kept": mean < best_value - run.settings.noise_margin,
-            "mean_val_bpb": mean, "values": values}
+    return {"kept": best_value is None or mean < best_value - margin, "mean_val_bpb": mean}
 
 
 def record_trial(run: Run, record: dict, report: Reporter) -> None:
