@@ -24,6 +24,7 @@ class TrialSpec:
     config: dict              # run.json for the harness
     startup_allowance: float
     eval_timeout: float
+    export_grace: float = EXPORT_GRACE_SECONDS  # tests shorten it to see a timeout in seconds
 
     @property
     def train_limit(self) -> float:
@@ -31,7 +32,7 @@ class TrialSpec:
 
     @property
     def train_timeout(self) -> float:
-        return self.train_limit + EXPORT_GRACE_SECONDS
+        return self.train_limit + self.export_grace
 
 
 class Backend(Protocol):
