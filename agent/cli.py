@@ -182,6 +182,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep only trials better than the best by more than this (default 0)")
     p.add_argument("--confirm", type=int, default=None,
                    help="re-run a would-be best with this many other seeds; keep it only if the mean still wins")
+    llm = p.add_argument_group("LLM methods (centaur, llm, code)")
+    llm.add_argument("--model", default=None, help="LiteLLM model, e.g. ollama_chat/qwen3:8b, hosted_vllm/ID, "
+                     "openai/ID with --api-base, anthropic/claude-..., gemini/...")
+    llm.add_argument("--api-base", default=None, help="base URL of an OpenAI-compatible or local server")
+    llm.add_argument("--temperature", type=float, default=None, help="sampling temperature (default 0.7)")
+    llm.add_argument("--max-tokens", type=int, default=None, help="answer length cap (default 4096)")
+    llm.add_argument("--llm-timeout", type=float, default=None, help="seconds per LLM call (default 120)")
+    llm.add_argument("--llm-retries", type=int, default=None, help="retries on rate limits, 5xx, timeouts "
+                     "(default 3)")
+    llm.add_argument("--llm-ratio", type=float, default=None, help="Centaur: share of trials the LLM proposes "
+                     "after warm-up (default 0.3)")
+    llm.add_argument("--llm-warmup", type=int, default=None, help="Centaur: CMA-ES-only trials first (default 10)")
+    llm.add_argument("--top-k", type=int, default=None, help="best trials shown to the LLM (default 5)")
+    llm.add_argument("--last-n", type=int, default=None, help="recent trials shown to the LLM (default 20)")
+    llm.add_argument("--repairs", type=int, default=None, help="code agent: repair attempts for a rejected "
+                     "diff (default 2)")
+    llm.add_argument("--llm-replay", default=None, help="answer from this run's recorded llm.jsonl instead of "
+                     "calling the model")
     p.add_argument("--space", default=None, help="your own space.toml for fixed-space methods (default: the "
                    "template's)")
     p.add_argument("--config", type=Path, default=None, help="TOML file with any of these settings")

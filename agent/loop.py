@@ -108,6 +108,7 @@ def next_job(run: Run) -> Job:
     if pending is not None and pending["trial"] == trial:
         run.method.restore(pending["state"])
         return Job(trial, "proposal", pending["proposal"], parent, seed)
+    run.set_status(phase="proposing", trial=trial, method=run.settings.method)
     start = time.monotonic()
     ctx = Context(trial, run.ledger.records, run.ledger.records[best_trial],
                   run.repo.show(parent, EDITABLE_FILE), run.space)
@@ -142,6 +143,7 @@ def execute(run: Run, backend: Backend, job: Job, report: Reporter) -> dict:
               "host": socket.gethostname(), "harness_hash": run.info["harness_hash"],
               "dataset_fingerprint": run.info["dataset_fingerprint"], "kept": False, "candidate": False,
               "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started))}
+    run.set_status(phase="applying", trial=job.trial, description=job.proposal.description, started=started)
     try:
         source = build_source(run, job, parent_source)
     except InvalidPatch as e:
@@ -158,6 +160,8 @@ def execute(run: Run, backend: Backend, job: Job, report: Reporter) -> dict:
         commit = run.repo.commit_trial(job.trial, job.parent, {EDITABLE_FILE: source}, job.proposal.description,
                                        trailers)
     crash_point("committed", job.trial)
+    run.set_status(phase="running", trial=job.trial, description=job.proposal.description, started=started,
+                   commit=commit, diff=diff)
     report(f"trial {job.trial} [{record['method']}] {job.proposal.description}")
     outcome = run_sandbox(run, backend, job, source)
     crash_point("ran", job.trial)
@@ -249,6 +253,7 @@ def record_trial(run: Run, record: dict, report: Reporter) -> None:
     if run.repo.best() != best_commit:
         run.repo.set_best(best_commit)
     run.write_views(best_commit)
+    run.set_status(phase="idle", trial=record["trial"] + 1)
     verdict = "keep" if record["kept"] else ("candidate" if record["candidate"] else "discard")
     if record.get("decision"):
         verdict = f"{'kept' if record['decision']['kept'] else 'rejected'} trial {record['decision']['trial']}"

@@ -56,8 +56,21 @@ class RunSettings:
     val_fraction: float = 0.1
     mem_limit: str | None = None
     space: str | None = None  # a space.toml of your own; copied into the run at creation
+    # LLM methods (centaur, llm, code): a LiteLLM model string and how to call it
+    model: str | None = None
+    api_base: str | None = None
+    temperature: float = 0.7
+    max_tokens: int = 4096
+    llm_timeout: float = 120.0
+    llm_retries: int = 3
+    llm_ratio: float = 0.3     # Centaur: share of trials after warm-up that go to the LLM
+    llm_warmup: int = 10       # Centaur: trials before the LLM is first asked
+    top_k: int = 5             # best trials shown to an LLM
+    last_n: int = 20           # most recent trials shown to an LLM
+    repairs: int = 2           # code agent: how often a rejected diff is sent back for repair
+    llm_replay: str | None = None  # a run directory whose llm.jsonl answers instead of the model
 
-    MUTABLE = ("name", "gpus")
+    MUTABLE = ("name", "gpus", "llm_replay", "api_base", "llm_timeout", "llm_retries")
 
     def validate(self) -> None:
         if self.backend not in BACKENDS:
@@ -88,6 +101,10 @@ class Run:
     @property
     def state_dir(self) -> Path:
         return self.dir / "state"
+
+    def set_status(self, **status) -> None:
+        """state/status.json: what the loop is doing now, for `arena watch` and the live view."""
+        fsync_write(self.state_dir / "status.json", json.dumps({**status, "time": time.time()}) + "\n")
 
     def log_path(self, trial: int) -> Path:
         return self.dir / "logs" / f"trial-{trial:05d}.log"
@@ -152,7 +169,7 @@ def open_run(runs_dir: Path, given: dict, cache_root: Path | None = None) -> Run
     preset = get_preset(settings.preset, time_budget=settings.budget, eval_tokens=settings.eval_tokens)
     space_file = run_dir / "space.toml" if info else (Path(settings.space).expanduser() if settings.space else None)
     space = load_space(settings.preset, space_file)
-    make_method(settings.method, space, settings.seed)  # an unknown method fails before any work
+    make_method(settings, space, None)  # an unknown method or missing model fails before any work
     data_dir = prepare_dataset(settings.corpus, preset.vocab_size, val_fraction=settings.val_fraction,
                                shards=settings.shards, column=settings.text_column, cache_root=cache_root)
     fingerprint = read_meta(data_dir)["fingerprint"]
@@ -165,7 +182,7 @@ def open_run(runs_dir: Path, given: dict, cache_root: Path | None = None) -> Run
         raise ArenaError(f"the harness (prepare.py/harness.py) changed since run '{settings.name}' started; "
                          "finish it with the arena version that started it or start a new run")
     run = Run(run_dir, settings, preset, space, data_dir, RunRepo(run_dir / "repo"),
-              Ledger.open(run_dir / "ledger.jsonl"), make_method(settings.method, space, settings.seed), info)
+              Ledger.open(run_dir / "ledger.jsonl"), make_method(settings, space, run_dir), info)
     reconcile(run)
     return run
 

@@ -84,6 +84,7 @@ class LocalBackend:
                                 spec.train_timeout, on_log)
             evaluation = None
             if train.exit_code == 0 and not train.timed_out:
+                on_log("=== eval phase\n")
                 evaluation = run_process([self.python, "harness.py", "eval", *common], workdir, env,
                                          spec.eval_timeout, on_log)
             return judge(train, evaluation, spec.train_limit)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from agent.errors import ArenaError
 from agent.methods.base import Context, Method, Proposal
 from agent.methods.random_search import RandomSearch
@@ -10,10 +12,11 @@ from agent.space import SearchSpace
 METHODS = {"random": RandomSearch}
 
 
-def make_method(name: str, space: SearchSpace, seed: int) -> Method:
-    if name not in METHODS:
-        raise ArenaError(f"unknown method '{name}'; choose one of: {', '.join(METHODS)}")
-    return METHODS[name](space, seed)
+def make_method(settings, space: SearchSpace, run_dir: Path | None) -> Method:
+    """The method a run's settings name. `run_dir` is None for a dry check before the run exists."""
+    if settings.method not in METHODS:
+        raise ArenaError(f"unknown method '{settings.method}'; choose one of: {', '.join(METHODS)}")
+    return METHODS[settings.method](space, settings, run_dir)
 
 
 __all__ = ["METHODS", "Context", "Method", "Proposal", "make_method"]

@@ -17,9 +17,9 @@ class RandomSearch:
     name = "random"
     fixed_space = True
 
-    def __init__(self, space: SearchSpace, seed: int):
+    def __init__(self, space: SearchSpace, settings, run_dir=None):
         self.space = space
-        self.rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng(settings.seed)
 
     def propose(self, ctx: Context) -> Proposal:
         config = self.space.sample(self.rng)
