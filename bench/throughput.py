@@ -1,0 +1,204 @@
+"""Throughput benchmark of the training template on one CUDA GPU, measured exactly as a trial runs.
+
+    python bench/throughput.py [--budget 300] [--cache DIR] [--compile-cache DIR] [--train-py FILE]
+                               [--eval-tokens N]
+
+It prepares the offline dataset (the running Python's standard library, BPE vocabulary from the
+`gpu` preset) if the cache lacks it, renders the `gpu` preset's constants into train.py, stages
+train.py beside the pristine harness files and runs the two phases as separate processes, as the
+sandbox does: `harness.py train` (train(ctx), then torch.export) and `harness.py eval` (val_bpb of
+the exported program). The figures come from the harness's own ARENA_RESULT line.
+
+Only the standard library is imported here, and prepare.py (numpy; tokenizers and torch when
+used), so it runs on a bare GPU machine with torch, numpy and tokenizers, without the arena package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE = ROOT / "train_template"
+HARNESS_FILES = ("harness.py", "prepare.py")
+RESULT_PREFIX = "ARENA_RESULT "
+BEGIN_MARKER = "# ==== ARENA CONSTANTS BEGIN"
+END_MARKER = "# ==== ARENA CONSTANTS END"
+
+
+def fail(message: str) -> None:
+    print(f"throughput: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def require_cuda() -> None:
+    # A subprocess keeps this process free of CUDA state and gives one clean line on a CPU-only torch.
+    probe = subprocess.run([sys.executable, "-c", "import torch; print(int(torch.cuda.is_available()))"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        fail(f"cannot import torch ({probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else 'no output'})")
+    if probe.stdout.strip() != "1":
+        fail("no CUDA GPU visible to torch; this benchmark measures the 'gpu' preset and needs one")
+
+
+def load_preset(name: str) -> dict:
+    presets = tomllib.loads((TEMPLATE / "presets.toml").read_text())
+    if name not in presets:
+        fail(f"unknown preset '{name}'; presets.toml has: {', '.join(presets)}")
+    return presets[name]
+
+
+def render_constants(source: str, constants: dict) -> str:
+    """Set each NAME = value line of the constants block to the preset's value, keeping its comment.
+
+    A small stand-in for agent.constants.render_constants, which this script cannot import.
+    """
+    lines = source.splitlines(keepends=True)
+    try:
+        begin = next(i for i, line in enumerate(lines) if line.startswith(BEGIN_MARKER))
+        end = next(i for i, line in enumerate(lines) if line.startswith(END_MARKER))
+    except StopIteration:
+        fail("train.py has no ARENA CONSTANTS block")
+    missing = set(constants)
+    for i in range(begin + 1, end):
+        match = re.match(r"^([A-Z_][A-Z0-9_]*)(\s*=\s*)(.*?)(\s+#.*)?(\n?)$", lines[i])
+        if match and match.group(1) in constants:
+            name, eq, _, comment, newline = match.groups()
+            value = constants[name]
+            text = json.dumps(value) if isinstance(value, str) else repr(value)
+            lines[i] = f"{name}{eq}{text}{comment or ''}{newline}"
+            missing.discard(name)
+    if missing:
+        fail(f"train.py's constants block lacks {', '.join(sorted(missing))}")
+    return "".join(lines)
+
+
+def prepare_dataset(cache: Path, corpus: str, vocab_size: int) -> Path:
+    sys.path.insert(0, str(TEMPLATE))
+    import prepare  # the template's own data code: the same dataset a trial gets
+
+    start = time.perf_counter()
+    data_dir = prepare.prepare(corpus, cache, vocab_size=vocab_size)
+    meta = prepare.read_meta(data_dir)
+    print(f"dataset {data_dir} ({meta['tokens']['train']:,} train tokens, vocab {meta['vocab_size']}) "
+          f"ready in {time.perf_counter() - start:.1f} s", flush=True)
+    return data_dir
+
+
+def run_phase(phase: str, workdir: Path, data_dir: Path, env: dict, log) -> tuple[float, list[str], int]:
+    """Run one harness phase as its own process; stream its output; return (wall seconds, lines, exit code)."""
+    cmd = [sys.executable, "harness.py", phase, "--config", "run.json", "--data", str(data_dir), "--out", "out"]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, errors="replace", bufsize=1)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        log.write(line)
+        # Every step line of the train phase would flood the terminal: show one in 20.
+        if not line.startswith("step=") or int(line[5:].split(" ", 1)[0]) % 20 == 0:
+            print(f"[{phase}] {line}", end="", flush=True)
+    code = proc.wait()
+    return time.perf_counter() - start, lines, code
+
+
+def print_table(result: dict, walls: dict) -> None:
+    overhead = result["train_call_seconds"] - result["training_seconds"]
+    mfu = result["mfu_percent"]
+    rows = [
+        ("device", result["device_name"]),
+        ("tokens/s (steady state)", f"{result['tokens_per_second']:,.0f}"),
+        ("MFU %", "n/a" if mfu is None else f"{mfu:.1f}"),
+        ("peak memory GB", f"{result['peak_memory_gb']:.1f}"),
+        ("training seconds", f"{result['training_seconds']:.1f}"),
+        ("train-call seconds", f"{result['train_call_seconds']:.1f}"),
+        ("startup+compile overhead s", f"{overhead:.1f}"),
+        ("eval seconds", f"{result['eval_seconds']:.1f}"),
+        ("val_bpb", f"{result['val_bpb']:.4f}"),
+        ("optimizer steps", f"{result['steps']}"),
+        ("tokens trained", f"{result['tokens']:,}"),
+        ("train process wall s", f"{walls['train']:.1f}"),
+        ("eval process wall s", f"{walls['eval']:.1f}"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    print("\n" + "-" * (width + 24))
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+    print("-" * (width + 24), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="tokens/s, MFU, memory and val_bpb of the template on one GPU")
+    parser.add_argument("--budget", type=float, default=300, help="training seconds (default 300, the preset's)")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="dataset cache directory (default $ARENA_CACHE or ~/.cache/autoresearch-arena)")
+    parser.add_argument("--compile-cache", type=Path, default=None,
+                        help="TorchInductor/Triton cache directory; reuse one to measure a warm compile")
+    parser.add_argument("--preset", default="gpu", help="preset whose settings and constants are used (default gpu)")
+    parser.add_argument("--corpus", default="stdlib", help="corpus for the dataset (default: the offline stdlib)")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--eval-tokens", type=int, default=None,
+                        help="validation tokens (default: the preset's); for corpora whose validation split is smaller")
+    parser.add_argument("--train-py", type=Path, default=TEMPLATE / "train.py",
+                        help="the train.py to measure (default: the template's); the preset's constants are rendered in")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="keep the trial directory (logs, model.pt2, stats) here instead of a temp dir")
+    parser.add_argument("--json", type=Path, default=None, help="also write the result and wall times here")
+    args = parser.parse_args(argv)
+    if args.budget <= 0:
+        fail(f"--budget must be positive, got {args.budget}")
+
+    preset = load_preset(args.preset)
+    if not str(preset["device"]).startswith("cuda"):
+        fail(f"preset '{args.preset}' runs on {preset['device']}; this benchmark is for a CUDA preset")
+    require_cuda()
+    cache = args.cache or Path(os.environ.get("ARENA_CACHE", Path.home() / ".cache" / "autoresearch-arena"))
+    data_dir = prepare_dataset(cache, args.corpus, preset["vocab_size"])
+
+    config = {"device": preset["device"], "seed": args.seed, "seq_len": preset["seq_len"],
+              "eval_tokens": args.eval_tokens or preset["eval_tokens"], "eval_batch_rows": preset["eval_batch_rows"],
+              "time_budget": float(args.budget), "warmup_batches": preset["warmup_batches"]}
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
+    if args.compile_cache:
+        args.compile_cache.mkdir(parents=True, exist_ok=True)
+        env["TORCHINDUCTOR_CACHE_DIR"] = str(args.compile_cache.resolve())
+        env["TRITON_CACHE_DIR"] = str(args.compile_cache.resolve() / "triton")
+
+    with tempfile.TemporaryDirectory(prefix="arena-bench-") as tmp:
+        workdir = args.keep or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "train.py").write_text(render_constants(args.train_py.read_text(), preset["constants"]))
+        for name in HARNESS_FILES:
+            shutil.copy2(TEMPLATE / name, workdir / name)
+        (workdir / "run.json").write_text(json.dumps(config, indent=2) + "\n")
+        (workdir / "out").mkdir(exist_ok=True)
+        print(f"preset '{args.preset}', budget {args.budget:g} s, trial directory {workdir}", flush=True)
+
+        walls = {}
+        with open(workdir / "log.txt", "w") as log:
+            walls["train"], _, code = run_phase("train", workdir, data_dir, env, log)
+            if code != 0:
+                fail(f"the train phase exited with code {code}; see the output above")
+            walls["eval"], lines, code = run_phase("eval", workdir, data_dir, env, log)
+            if code != 0:
+                fail(f"the eval phase exited with code {code}; see the output above")
+    results = [json.loads(line[len(RESULT_PREFIX):]) for line in lines if line.startswith(RESULT_PREFIX)]
+    if not results:
+        fail("the eval phase printed no ARENA_RESULT line")
+    print_table(results[-1], walls)
+    if args.json:
+        args.json.write_text(json.dumps({"result": results[-1], "wall_seconds": walls}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
