@@ -1,0 +1,20 @@
+# The GPU trial image for the Docker backend: CUDA PyTorch, numpy and a C compiler, nothing of this
+# project (each trial mounts its train.py, the harness and its data files read-only).
+#
+#   docker build -t arena-gpu .
+#
+# The backend (sandbox/docker.py) runs `python3 harness.py train|eval ...` in a new container per
+# phase, as a non-root user, with no network and only the GPUs it is given; the host needs the
+# NVIDIA Container Toolkit for those.
+FROM pytorch/pytorch:2.10.0-cuda12.8-cudnn9-runtime
+
+# torch.compile's Triton backend builds a small C launcher per kernel; the runtime image has no compiler
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+RUN pip install --no-cache-dir numpy
+
+RUN useradd --create-home arena
+USER arena
+WORKDIR /trial
+ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
