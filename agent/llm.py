@@ -1,0 +1,339 @@
+"""The one LLM client every LLM method uses: LiteLLM, streamed, retried by us, logged, and replayable.
+
+* Every call streams (`stream_path` holds the text of the answer so far, for a live view) and asks
+  for usage in the last chunk; tokens come from the server, cost from LiteLLM's offline price map
+  (0.0 for a model it does not price, such as a local one).
+* Retries are ours (LiteLLM's are off): rate limits, timeouts, lost connections and 5xx errors are
+  retried with exponential backoff (honouring Retry-After); anything else fails at once. A call that
+  fails for good raises LLMError, whose message is one line.
+* Each call appends one JSON line to `log_path` (the run's llm.jsonl) and fsyncs it. Calls are
+  numbered through the run, so a resumed run continues the numbering and the usage totals.
+* `replay_from` (another run's llm.jsonl, or its directory) answers call N with that log's line N,
+  after checking that it was made for the same purpose and trial; no network is touched.
+
+extract_json and extract_diff read what a model wrote; both forgive prose and code fences around the
+payload, and raise ValueError with a short reason an LLM can act on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from agent.errors import ArenaError
+
+LOG_NAME = "llm.jsonl"
+BACKOFF_CAP_S = 30.0
+REACHABLE_TIMEOUT_S = 10.0
+USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "cost_usd", "latency_s")
+# reading answers: a ``` fenced block, the first line of a diff, markdown around a description line
+_FENCED_BLOCK = re.compile(r"^```[^\n]*\n(.*?)^```", re.DOTALL | re.MULTILINE)
+_DIFF_START = re.compile(r"^(diff --git |--- |@@ )", re.MULTILINE)
+_DECORATION = re.compile(r"^[#*>\s]*(description\s*:)?[*\s]*", re.IGNORECASE)
+
+
+class LLMError(ArenaError):
+    """An LLM call that failed for good: after the last retry, at once when retrying cannot help,
+    or a replay that no longer matches its recording. The message is one line."""
+
+
+@dataclass
+class LLMReply:
+    text: str               # "" when the model answered nothing; callers decide what that means
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    latency_s: float        # the whole call, retries and backoff included
+    attempts: int
+    model: str
+
+
+def _litellm():
+    """LiteLLM, imported on first use: the import takes seconds, which commands that never call a
+    model should not pay. The local price map keeps the import from fetching one over the network."""
+    os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+    import litellm
+
+    litellm.suppress_debug_info = True
+    return litellm
+
+
+class LLMClient:
+    def __init__(self, model: str, api_base: str | None = None, temperature: float = 0.7, max_tokens: int = 4096,
+                 timeout: float = 120.0, retries: int = 3, log_path: str | Path | None = None,
+                 stream_path: str | Path | None = None, replay_from: str | Path | None = None, *,
+                 backoff_base: float = 1.0, sleep: Callable[[float], None] = time.sleep):
+        self.model = model
+        self.api_base = api_base
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.timeout = timeout
+        self.retries = retries
+        self.log_path = Path(log_path) if log_path is not None else None
+        self.stream_path = Path(stream_path) if stream_path is not None else None
+        self.backoff_base = backoff_base
+        self._sleep = sleep
+        self._totals = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0, "latency_s": 0.0}
+        for record in self._open_log():
+            self._count(record)
+        self._replay = _load_replay(Path(replay_from)) if replay_from is not None else None
+
+    # ------------------------------------------------------------------------ public
+
+    def complete(self, messages: list[dict], purpose: str, trial: int | None = None) -> LLMReply:
+        """The model's answer to `messages`; raises LLMError. `purpose` and `trial` label the log line."""
+        call = self._totals["calls"]
+        if self._replay is not None:
+            result = self._replayed(call, purpose, trial)
+            self._write_stream(result["response"] or "")
+        else:
+            result = self._live(messages)
+        record = {"trial": trial, "purpose": purpose, "call": call, "model": self.model, "messages": messages,
+                  **result, "replayed": self._replay is not None, "time": time.time()}
+        self._append(record)
+        if result["error"] is not None:
+            raise LLMError(result["error"])
+        return LLMReply(result["response"], result["prompt_tokens"], result["completion_tokens"],
+                        result["cost_usd"], result["latency_s"], result["attempts"], self.model)
+
+    def check_reachable(self) -> None:
+        """Fail fast, before any trial, when the model cannot be reached; raises ArenaError."""
+        if self._replay is not None:
+            return  # a replay never touches the network
+        try:
+            if self.api_base and self.model.startswith("openai/"):
+                self._list_models()
+            else:
+                self._one_token()
+        except Exception as error:  # whatever the cause, the user gets one line that says what to do
+            where = self.api_base or "its provider's endpoint"
+            raise ArenaError(f"cannot reach model {self.model} at {where}: {_one_line(error)}; "
+                             "start the server or check --model/--api-base") from None
+
+    def usage_totals(self) -> dict:
+        """{"calls", "prompt_tokens", "completion_tokens", "cost_usd", "latency_s"} over the whole run."""
+        return dict(self._totals)
+
+    # ------------------------------------------------------------------------ calling the model
+
+    def _live(self, messages: list[dict]) -> dict:
+        """One call with retries, as the result part of a log line."""
+        _litellm()  # the first import takes seconds; it is not the model's latency
+        start = time.monotonic()
+        for attempt in itertools.count(1):
+            try:
+                text, usage = self._stream_once(messages)
+            except Exception as error:  # LiteLLM raises one of its exceptions for any failed request
+                if attempt > self.retries or not _retryable(error):
+                    plural = "s" if attempt > 1 else ""
+                    message = f"{self.model} failed after {attempt} attempt{plural}: {_one_line(error)}"
+                    return _result(None, message, 0, 0, 0.0, time.monotonic() - start, attempt)
+                self._sleep(self._backoff(attempt, error))
+                continue
+            prompt_tokens = getattr(usage, "prompt_tokens", 0) or 0
+            completion_tokens = getattr(usage, "completion_tokens", 0) or 0
+            return _result(text, None, prompt_tokens, completion_tokens, self._cost(prompt_tokens, completion_tokens),
+                           time.monotonic() - start, attempt)
+
+    def _stream_once(self, messages: list[dict]) -> tuple[str, object]:
+        """One request: the answer's text, written to the stream file as it arrives, and its usage."""
+        pieces, usage = [], None
+        with open(self.stream_path or os.devnull, "w") as live:  # truncated: it shows this attempt only
+            # drop_params: a model that takes no temperature (say) gets the request without it, not a 400
+            response = _litellm().completion(
+                model=self.model, messages=messages, api_base=self.api_base, api_key=self._api_key(),
+                temperature=self.temperature, max_tokens=self.max_tokens, timeout=self.timeout, num_retries=0,
+                stream=True, stream_options={"include_usage": True}, drop_params=True)
+            for chunk in response:
+                usage = getattr(chunk, "usage", None) or usage
+                delta = chunk.choices[0].delta.content if chunk.choices else None
+                if delta:
+                    pieces.append(delta)
+                    live.write(delta)
+                    live.flush()
+        return "".join(pieces), usage
+
+    def _api_key(self) -> str | None:
+        # Local OpenAI-compatible servers ignore the key, but the OpenAI client refuses to send none.
+        if self.api_base and self.model.startswith("openai/") and not os.environ.get("OPENAI_API_KEY"):
+            return "no-key"
+        return None  # LiteLLM reads the provider's usual environment variable
+
+    def _backoff(self, attempt: int, error: Exception) -> float:
+        delay = max(self.backoff_base * 2 ** (attempt - 1), _retry_after(error))
+        return min(delay, BACKOFF_CAP_S)
+
+    def _cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        litellm = _litellm()
+        try:
+            prompt_cost, completion_cost = litellm.cost_per_token(
+                model=self.model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+            return float((prompt_cost or 0.0) + (completion_cost or 0.0))
+        except Exception:  # LiteLLM has no price for this model (a local one): it is free, and registered so
+            litellm.register_model({self.model: {  # that LiteLLM's own bookkeeping stops failing on it
+                "input_cost_per_token": 0.0, "output_cost_per_token": 0.0, "cache_creation_input_token_cost": 0.0,
+                "cache_read_input_token_cost": 0.0, "mode": "chat"}})
+            return 0.0
+
+    def _list_models(self) -> None:
+        key = self._api_key() or os.environ.get("OPENAI_API_KEY", "")
+        request = urllib.request.Request(f"{self.api_base.rstrip('/')}/models", headers={"Authorization": f"Bearer {key}"})
+        with urllib.request.urlopen(request, timeout=min(self.timeout, REACHABLE_TIMEOUT_S)):
+            pass  # any 2xx answer will do; urlopen raises on errors
+
+    def _one_token(self) -> None:
+        _litellm().completion(model=self.model, messages=[{"role": "user", "content": "Say OK."}],
+                              api_base=self.api_base, api_key=self._api_key(), max_tokens=1,
+                              timeout=min(self.timeout, REACHABLE_TIMEOUT_S), num_retries=0)
+
+    # ------------------------------------------------------------------------ replay, stream file and log
+
+    def _replayed(self, call: int, purpose: str, trial: int | None) -> dict:
+        if call >= len(self._replay):
+            raise LLMError(f"replay diverged at call {call}: the recording holds only {len(self._replay)} calls")
+        recorded = self._replay[call]
+        if (recorded["purpose"], recorded["trial"]) != (purpose, trial):
+            raise LLMError(f"replay diverged at call {call}: recorded {recorded['purpose']!r} for trial "
+                           f"{recorded['trial']}, asked {purpose!r} for trial {trial}")
+        return _result(recorded["response"], recorded["error"], recorded["prompt_tokens"],
+                       recorded["completion_tokens"], recorded["cost_usd"], recorded["latency_s"], recorded["attempts"])
+
+    def _write_stream(self, text: str) -> None:
+        if self.stream_path is not None:
+            self.stream_path.write_text(text)
+
+    def _open_log(self) -> list[dict]:
+        """The calls already in this run's log (a resumed run); a line torn by a kill is cut off."""
+        if self.log_path is None or not self.log_path.exists():
+            return []
+        records, good_bytes = _read_log(self.log_path)
+        if good_bytes < self.log_path.stat().st_size:
+            os.truncate(self.log_path, good_bytes)
+        return records
+
+    def _append(self, record: dict) -> None:
+        self._count(record)
+        if self.log_path is None:
+            return
+        with open(self.log_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _count(self, record: dict) -> None:
+        self._totals["calls"] += 1
+        for name in USAGE_FIELDS:
+            self._totals[name] += record[name]
+
+
+def _result(response: str | None, error: str | None, prompt_tokens: int, completion_tokens: int, cost_usd: float,
+            latency_s: float, attempts: int) -> dict:
+    """The outcome part of a log line, shared by live and replayed calls."""
+    return {"response": response, "error": error, "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens, "cost_usd": cost_usd, "latency_s": latency_s,
+            "attempts": attempts}
+
+
+def _retryable(error: Exception) -> bool:
+    """Rate limits, timeouts, lost connections and server errors may pass; a bad request or key will not."""
+    litellm = _litellm()
+    transient = (litellm.RateLimitError, litellm.Timeout, litellm.APIConnectionError, litellm.InternalServerError,
+                 litellm.ServiceUnavailableError, litellm.BadGatewayError)
+    status = getattr(error, "status_code", None)
+    return isinstance(error, transient) or (isinstance(status, int) and status >= 500)
+
+
+def _retry_after(error: Exception) -> float:
+    """The server's Retry-After in seconds, 0 when it sent none (or a date, which we do not parse)."""
+    headers = getattr(error, "litellm_response_headers", None) or {}
+    try:
+        return float(headers.get("retry-after"))
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())[:400] or type(error).__name__
+
+
+def _read_log(path: Path) -> tuple[list[dict], int]:
+    """The complete lines of an llm.jsonl and the bytes they span; a torn last line is left out."""
+    data = path.read_bytes()
+    *lines, torn = data.split(b"\n")
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise LLMError(f"{path} line {number} is not valid JSON; the LLM log was edited or damaged — "
+                           "restore it from a backup") from None
+    return records, len(data) - len(torn)
+
+
+def _load_replay(path: Path) -> list[dict]:
+    log = path / LOG_NAME if path.is_dir() else path
+    if not log.is_file():
+        raise LLMError(f"nothing to replay: {log} does not exist; give a run directory that holds {LOG_NAME}")
+    return _read_log(log)[0]
+
+
+# ---------------------------------------------------------------------------- reading answers
+
+def extract_json(text: str) -> dict:
+    """The first JSON object in `text`; whatever surrounds it (fences, prose, more text) is ignored."""
+    if not text.strip():
+        raise ValueError("the answer is empty; reply with a JSON object")
+    decoder = json.JSONDecoder()
+    first_error = None
+    for match in re.finditer(r"\{", text):
+        try:
+            value, _ = decoder.raw_decode(text, match.start())
+        except json.JSONDecodeError as error:
+            first_error = first_error or error
+            continue
+        if isinstance(value, dict):
+            return value
+    if first_error is None:
+        raise ValueError("no JSON object in the answer; reply with one object in {...}")
+    raise ValueError(f"the JSON object in the answer does not parse: {first_error.msg} "
+                     f"(line {first_error.lineno}, column {first_error.colno})")
+
+
+def extract_diff(text: str) -> tuple[str, str]:
+    """(description, diff): the first line of prose before the diff, and the diff itself.
+
+    The diff is the fenced blocks that hold diff lines, joined, or else everything from the first
+    diff line (`diff --git`, `--- ` or `@@ `) on. The description may be a heading or carry a
+    'Description:' label; both are stripped.
+    """
+    blocks = [m for m in _FENCED_BLOCK.finditer(text) if _DIFF_START.search(m.group(1))]
+    if blocks:
+        diff, diff_at = "".join(m.group(1) for m in blocks), blocks[0].start()
+    else:
+        start = _DIFF_START.search(text)
+        if start is None:
+            raise ValueError("no unified diff in the answer; write '--- a/train.py', '+++ b/train.py' and '@@' hunks")
+        diff, diff_at = text[start.start():], start.start()
+    description = _first_prose_line(text[:diff_at])
+    if not description:
+        raise ValueError("no description before the diff; start the answer with one line saying what the change does")
+    return description, diff if diff.endswith("\n") else diff + "\n"
+
+
+def _first_prose_line(text: str) -> str:
+    for line in text.splitlines():
+        if line.strip().startswith("```"):
+            continue
+        stripped = _DECORATION.sub("", line).strip().rstrip("*").strip()
+        if stripped:
+            return stripped
+    return ""

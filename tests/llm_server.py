@@ -1,0 +1,228 @@
+"""A real OpenAI-compatible chat server on 127.0.0.1 that plays a script, for tests of LLM clients.
+
+    with ScriptedLLMServer() as server:                    # or the `llm_server` fixture
+        server.script("first answer", Fault.http(429, retry_after=1), Fault.empty())
+        client = LLMClient("openai/test-model", api_base=server.api_base)
+
+Each POST to /v1/chat/completions (or /chat/completions) takes the next scripted answer: a plain
+string is the reply's text; a `Fault` is an HTTP error, a delay, a dropped connection or an empty
+reply. With nothing left in the script the server answers HTTP 400, so a test that asks once too
+often fails at once instead of retrying. Streaming requests get SSE chunks of a few characters each,
+a usage chunk when `stream_options.include_usage` is set, then `data: [DONE]`. Usage counts words:
+prompt_tokens over all message contents, completion_tokens over the answer. GET /v1/models lists
+the one model `test-model`. Every chat request body is kept in `requests`, in arrival order.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+MODEL = "test-model"
+CHAT_PATHS = ("/v1/chat/completions", "/chat/completions")
+MODELS_PATHS = ("/v1/models", "/models")
+CHUNK_CHARS = 4  # small chunks, so even a short answer streams as several deltas
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A scripted answer other than plain text; build one with the class methods."""
+    status: int = 200
+    retry_after: float | None = None
+    delay: float = 0.0
+    drop: bool = False
+    text: str = ""
+
+    @classmethod
+    def http(cls, status: int, retry_after: float | None = None) -> "Fault":
+        """An HTTP error with an OpenAI-style error body (429 may carry Retry-After)."""
+        return cls(status=status, retry_after=retry_after)
+
+    @classmethod
+    def slow(cls, seconds: float, text: str = "too late") -> "Fault":
+        """Answer `text`, but only after `seconds` (longer than the client's timeout, to provoke one)."""
+        return cls(delay=seconds, text=text)
+
+    @classmethod
+    def dropped(cls) -> "Fault":
+        """Close the connection without sending a byte of response."""
+        return cls(drop=True)
+
+    @classmethod
+    def empty(cls) -> "Fault":
+        """A well-formed reply whose content is empty."""
+        return cls()
+
+
+Answer = str | Fault
+
+
+def _words(text: str | None) -> int:
+    return len(text.split()) if text else 0
+
+
+def _prompt_tokens(messages: list[dict]) -> int:
+    return sum(_words(m.get("content")) for m in messages if isinstance(m.get("content"), str))
+
+
+class ScriptedLLMServer:
+    """The server; start() or `with` runs it in a daemon thread on a free port."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict] = []  # chat request bodies, in arrival order
+        self.models_requests = 0
+        self._script: deque[Fault] = deque()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()  # wakes handlers that sleep through a scripted delay
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_class(self))
+        self._httpd.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return self._httpd.server_address[1]
+
+    @property
+    def api_base(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def script(self, *answers: Answer) -> None:
+        """Queue answers for the next chat requests, in order."""
+        with self._lock:
+            self._script.extend(Fault(text=a) if isinstance(a, str) else a for a in answers)
+
+    @property
+    def remaining(self) -> int:
+        return len(self._script)
+
+    def start(self) -> "ScriptedLLMServer":
+        # a short poll interval makes stop() quick (shutdown waits for the next poll)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02},
+                                        name="llm-server", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join()
+
+    def __enter__(self) -> "ScriptedLLMServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _next(self, body: dict) -> Fault | None:
+        with self._lock:
+            self.requests.append(body)
+            return self._script.popleft() if self._script else None
+
+    def _wait(self, seconds: float) -> bool:
+        """Sleep through a scripted delay; False when the server is stopping meanwhile."""
+        return not self._stopping.wait(seconds)
+
+
+def _handler_class(server: ScriptedLLMServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(_Handler):
+        scripted = server
+    return Handler
+
+
+class _Handler(BaseHTTPRequestHandler):
+    scripted: ScriptedLLMServer
+
+    def log_message(self, format: str, *args) -> None:
+        pass  # keep test output clean
+
+    def do_GET(self) -> None:
+        if self.path.rstrip("/") not in MODELS_PATHS:
+            return self._error(404, f"no route {self.path}")
+        self.scripted.models_requests += 1
+        self._json(200, {"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "test"}]})
+
+    def do_POST(self) -> None:
+        if self.path.rstrip("/") not in CHAT_PATHS:
+            return self._error(404, f"no route {self.path}")
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        answer = self.scripted._next(body)
+        if answer is None:
+            return self._error(400, "the test server's script is exhausted")
+        if answer.delay and not self.scripted._wait(answer.delay):
+            return
+        if answer.drop:
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if answer.status != 200:
+            headers = {"Retry-After": f"{answer.retry_after:g}"} if answer.retry_after is not None else {}
+            return self._error(answer.status, f"scripted HTTP {answer.status}", headers)
+        usage = {"prompt_tokens": _prompt_tokens(body.get("messages", [])), "completion_tokens": _words(answer.text)}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        try:
+            if body.get("stream"):
+                self._stream(answer.text, usage if (body.get("stream_options") or {}).get("include_usage") else None)
+            else:
+                self._json(200, _completion(answer.text, usage))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (e.g. its timeout fired first)
+
+    def _stream(self, text: str, usage: dict | None) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.end_headers()  # HTTP/1.0: the stream ends when the connection closes
+        pieces = [text[i:i + CHUNK_CHARS] for i in range(0, len(text), CHUNK_CHARS)]
+        self._event(_chunk({"role": "assistant", "content": ""}, None))
+        for piece in pieces:
+            self._event(_chunk({"content": piece}, None))
+        self._event(_chunk({}, "stop"))
+        if usage is not None:
+            self._event({**_chunk({}, None), "choices": [], "usage": usage})
+        self.wfile.write(b"data: [DONE]\n\n")
+        self.wfile.flush()
+
+    def _event(self, payload: dict) -> None:
+        self.wfile.write(b"data: " + json.dumps(payload).encode() + b"\n\n")
+        self.wfile.flush()
+
+    def _json(self, status: int, payload: dict, headers: dict | None = None) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, status: int, message: str, headers: dict | None = None) -> None:
+        kind = "invalid_request_error" if status < 500 else "server_error"
+        self._json(status, {"error": {"message": message, "type": kind, "code": status}}, headers)
+
+
+def _completion(text: str, usage: dict) -> dict:
+    return {"id": "chatcmpl-test", "object": "chat.completion", "created": int(time.time()), "model": MODEL,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": usage}
+
+
+def _chunk(delta: dict, finish_reason: str | None) -> dict:
+    return {"id": "chatcmpl-test", "object": "chat.completion.chunk", "created": int(time.time()), "model": MODEL,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+
+
+@pytest.fixture
+def llm_server():
+    """A running ScriptedLLMServer, stopped after the test."""
+    with ScriptedLLMServer() as server:
+        yield server

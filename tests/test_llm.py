@@ -1,0 +1,265 @@
+"""The LLM client for real: LiteLLM over HTTP against the scripted loopback server, then replay offline."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+
+from agent.errors import ArenaError
+from agent.llm import LLMClient, LLMError, extract_diff, extract_json
+from tests.llm_server import Fault, ScriptedLLMServer, llm_server  # noqa: F401 (llm_server is a fixture)
+
+MODEL = "openai/test-model"
+# LiteLLM itself touches fields pydantic 2.11 deprecates; that is not ours to see
+pytestmark = pytest.mark.filterwarnings("ignore:Accessing the 'model_:DeprecationWarning")
+LOG_FIELDS = {"trial", "purpose", "call", "model", "messages", "response", "error", "prompt_tokens",
+              "completion_tokens", "cost_usd", "latency_s", "attempts", "time"}
+
+
+def ask(text: str) -> list[dict]:
+    return [{"role": "system", "content": "You tune GPTs."}, {"role": "user", "content": text}]
+
+
+@pytest.fixture
+def sleeps() -> list[float]:
+    return []
+
+
+@pytest.fixture
+def make_client(tmp_path, sleeps):
+    """A client on the run directory tmp_path whose backoff sleeps are recorded, not slept."""
+    def make(api_base: str | None, **overrides) -> LLMClient:
+        options = dict(timeout=5.0, retries=2, log_path=tmp_path / "llm.jsonl", stream_path=tmp_path / "stream.txt",
+                       backoff_base=0.01, sleep=sleeps.append)
+        return LLMClient(overrides.pop("model", MODEL), api_base, **{**options, **overrides})
+    return make
+
+
+def closed_port_base() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def read_log(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# ---------------------------------------------------------------------------- answers
+
+def test_plain_answer_counts_the_servers_usage(llm_server, make_client):
+    llm_server.script("raise the matrix learning rate")
+    reply = make_client(llm_server.api_base, temperature=0.2, max_tokens=64).complete(
+        ask("one two three four"), "propose", 1)
+    assert reply.text == "raise the matrix learning rate"
+    assert (reply.prompt_tokens, reply.completion_tokens) == (3 + 4, 5)  # the server counts words
+    assert reply.latency_s > 0 and reply.attempts == 1 and reply.model == MODEL
+    body = llm_server.requests[0]
+    assert body["model"] == "test-model" and body["messages"] == ask("one two three four")
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    assert body["temperature"] == 0.2 and body["max_tokens"] == 64
+
+
+def test_streamed_text_lands_in_the_stream_file(llm_server, make_client, tmp_path):
+    (tmp_path / "stream.txt").write_text("an older answer that must not survive")
+    llm_server.script("a long answer that arrives in many small chunks")
+    reply = make_client(llm_server.api_base).complete(ask("go"), "propose", 1)
+    assert (tmp_path / "stream.txt").read_text() == reply.text == "a long answer that arrives in many small chunks"
+
+
+def test_cost_is_zero_for_an_unpriced_model_and_priced_otherwise(llm_server, make_client):
+    llm_server.script("free answer", "paid answer")
+    assert make_client(llm_server.api_base).complete(ask("hi"), "propose", 1).cost_usd == 0.0
+    priced = make_client(llm_server.api_base, model="openai/gpt-4o-mini").complete(ask("hi"), "propose", 2)
+    assert priced.cost_usd > 0
+
+
+def test_empty_answer_is_an_empty_string(llm_server, make_client):
+    llm_server.script(Fault.empty())
+    reply = make_client(llm_server.api_base).complete(ask("go"), "propose", 1)
+    assert reply.text == "" and reply.completion_tokens == 0
+
+
+# ---------------------------------------------------------------------------- retries
+
+def test_rate_limit_then_server_error_then_success(llm_server, make_client, sleeps):
+    llm_server.script(Fault.http(429, retry_after=0.05), Fault.http(500), "third time lucky")
+    reply = make_client(llm_server.api_base).complete(ask("go"), "propose", 1)
+    assert reply.text == "third time lucky" and reply.attempts == 3
+    assert len(llm_server.requests) == 3
+    assert sleeps == [0.05, 0.02]  # Retry-After beats the first backoff (0.01); then 0.01 * 2
+
+
+def test_dropped_connection_is_retried(llm_server, make_client):
+    llm_server.script(Fault.dropped(), "after the drop")
+    reply = make_client(llm_server.api_base).complete(ask("go"), "propose", 1)
+    assert reply.text == "after the drop" and reply.attempts == 2
+
+
+@pytest.mark.parametrize("status", [401, 400])
+def test_client_errors_are_not_retried(llm_server, make_client, sleeps, status):
+    llm_server.script(Fault.http(status), "never asked for")
+    with pytest.raises(LLMError) as caught:
+        make_client(llm_server.api_base).complete(ask("go"), "propose", 1)
+    message = str(caught.value)
+    assert len(llm_server.requests) == 1 and llm_server.remaining == 1 and sleeps == []
+    assert "\n" not in message and "after 1 attempt:" in message and f"HTTP {status}" in message
+
+
+def test_timeouts_are_retried_then_fail(llm_server, make_client, sleeps):
+    llm_server.script(Fault.slow(5), Fault.slow(5))
+    with pytest.raises(LLMError, match="failed after 2 attempts: .*Timeout"):
+        make_client(llm_server.api_base, timeout=0.3, retries=1).complete(ask("go"), "propose", 1)
+    assert len(llm_server.requests) == 2 and sleeps == [0.01]
+
+
+def test_connection_refused_fails_after_the_retries(make_client, sleeps):
+    with pytest.raises(LLMError, match="failed after 3 attempts"):
+        make_client(closed_port_base()).complete(ask("go"), "propose", 1)
+    assert sleeps == [0.01, 0.02]
+
+
+def test_backoff_is_capped(make_client):
+    client = make_client(None, backoff_base=1.0)
+    assert [client._backoff(attempt, RuntimeError()) for attempt in (1, 2, 6, 7)] == [1.0, 2.0, 30.0, 30.0]
+
+
+# ---------------------------------------------------------------------------- reachability
+
+def test_check_reachable_lists_models_without_using_the_script(llm_server, make_client):
+    make_client(llm_server.api_base).check_reachable()
+    assert llm_server.models_requests == 1 and llm_server.requests == []
+
+
+def test_check_reachable_asks_for_one_token_where_no_model_list_applies(llm_server, make_client):
+    llm_server.script("OK", Fault.http(401))
+    client = make_client(llm_server.api_base, model="hosted_vllm/test-model")  # not an openai/ model
+    client.check_reachable()
+    assert llm_server.requests[0]["max_tokens"] == 1
+    with pytest.raises(ArenaError, match="^cannot reach model hosted_vllm/test-model at .*scripted HTTP 401"):
+        client.check_reachable()
+
+
+def test_check_reachable_names_model_and_base_when_down(make_client):
+    base = closed_port_base()
+    with pytest.raises(ArenaError) as caught:
+        make_client(base).check_reachable()
+    message = str(caught.value)
+    assert message.startswith(f"cannot reach model {MODEL} at {base}: ")
+    assert message.endswith("start the server or check --model/--api-base") and "\n" not in message
+
+
+# ---------------------------------------------------------------------------- log and replay
+
+def record_a_run(server: ScriptedLLMServer, make_client) -> LLMClient:
+    """Three calls: two answers around a call that fails for good (401)."""
+    server.script("first proposal", Fault.http(401), "second proposal")
+    client = make_client(server.api_base)
+    client.complete(ask("trial one"), "propose", 1)
+    with pytest.raises(LLMError):
+        client.complete(ask("trial two"), "propose", 2)
+    client.complete(ask("trial two again"), "repair", 2)
+    return client
+
+
+def test_every_call_is_one_log_line(llm_server, make_client, tmp_path):
+    client = record_a_run(llm_server, make_client)
+    lines = read_log(tmp_path / "llm.jsonl")
+    assert [line["call"] for line in lines] == [0, 1, 2]
+    assert all(LOG_FIELDS <= line.keys() for line in lines)
+    assert [(line["purpose"], line["trial"]) for line in lines] == [("propose", 1), ("propose", 2), ("repair", 2)]
+    assert [line["response"] for line in lines] == ["first proposal", None, "second proposal"]
+    assert lines[1]["error"].startswith(f"{MODEL} failed after 1 attempt") and lines[0]["error"] is None
+    assert lines[0]["messages"] == ask("trial one")
+    totals = client.usage_totals()
+    assert totals["calls"] == 3
+    assert totals["prompt_tokens"] == sum(line["prompt_tokens"] for line in lines) > 0
+    assert totals["completion_tokens"] == 4 and totals["cost_usd"] == 0.0
+
+
+def test_a_resumed_run_continues_numbering_and_totals(llm_server, make_client, tmp_path):
+    record_a_run(llm_server, make_client)
+    with open(tmp_path / "llm.jsonl", "a") as log:
+        log.write('{"trial": 3, "purp')  # a kill in the middle of a write
+    llm_server.script("after the resume")
+    client = make_client(llm_server.api_base)
+    assert client.usage_totals()["calls"] == 3
+    client.complete(ask("trial three"), "propose", 3)
+    assert [line["call"] for line in read_log(tmp_path / "llm.jsonl")] == [0, 1, 2, 3]
+
+
+def test_replay_reproduces_the_run_without_a_server(make_client, tmp_path):
+    with ScriptedLLMServer() as server:
+        record_a_run(server, make_client)
+    replay_dir = tmp_path / "replay"
+    replay_dir.mkdir()
+    client = make_client(closed_port_base(), log_path=replay_dir / "llm.jsonl", stream_path=replay_dir / "stream.txt",
+                         replay_from=tmp_path)  # a run directory, or its llm.jsonl
+    client.check_reachable()  # a replay needs no server
+    assert client.complete(ask("trial one"), "propose", 1).text == "first proposal"
+    with pytest.raises(LLMError, match=f"^{MODEL} failed after 1 attempt"):
+        client.complete(ask("trial two"), "propose", 2)
+    assert client.complete(ask("trial two again"), "repair", 2).text == "second proposal"
+    assert (replay_dir / "stream.txt").read_text() == "second proposal"
+    original, replayed = read_log(tmp_path / "llm.jsonl"), read_log(replay_dir / "llm.jsonl")
+    assert [line["response"] for line in replayed] == [line["response"] for line in original]
+    assert all(line["replayed"] for line in replayed)
+    with pytest.raises(LLMError, match="replay diverged at call 3: the recording holds only 3 calls"):
+        client.complete(ask("more"), "propose", 3)
+
+
+def test_replay_that_diverges_raises(llm_server, make_client, tmp_path):
+    record_a_run(llm_server, make_client)
+    client = make_client(None, log_path=None, replay_from=tmp_path / "llm.jsonl")
+    with pytest.raises(LLMError, match="replay diverged at call 0: recorded 'propose' for trial 1, asked 'repair'"):
+        client.complete(ask("trial one"), "repair", 1)
+
+
+def test_replay_of_a_missing_log_is_a_one_line_error(tmp_path):
+    with pytest.raises(LLMError, match="nothing to replay"):
+        LLMClient(MODEL, replay_from=tmp_path)
+
+
+# ---------------------------------------------------------------------------- parsing answers
+
+def test_extract_json_from_prose_and_a_fence():
+    text = 'I would try this:\n```json\n{"matrix_lr": 0.04, "note": "braces } in strings"}\n```\nGood luck.'
+    assert extract_json(text) == {"matrix_lr": 0.04, "note": "braces } in strings"}
+
+
+def test_extract_json_ignores_trailing_text_and_stray_braces():
+    assert extract_json('Use {x} wisely. {"depth": 4} and then {"depth": 5}') == {"depth": 4}
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("", "empty"),
+    ("no object here", "no JSON object"),
+    ('```json\n{"depth": 4,}\n```', "does not parse"),
+])
+def test_extract_json_errors(text, reason):
+    with pytest.raises(ValueError, match=reason):
+        extract_json(text)
+
+
+DIFF = "--- a/train.py\n+++ b/train.py\n@@ -1,1 +1,1 @@\n-DEPTH = 3\n+DEPTH = 4\n"
+
+
+def test_extract_diff_from_a_fence_with_a_description():
+    text = f"**Description:** deeper model\n\nWhy: more capacity.\n\n```diff\n{DIFF}```\nThat is all."
+    assert extract_diff(text) == ("deeper model", DIFF)
+
+
+def test_extract_diff_without_a_fence():
+    assert extract_diff(f"# Deeper model\n{DIFF.rstrip()}") == ("Deeper model", DIFF)
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("just prose, no diff", "no unified diff"),
+    (f"```diff\n{DIFF}```", "no description"),
+])
+def test_extract_diff_errors(text, reason):
+    with pytest.raises(ValueError, match=reason):
+        extract_diff(text)
