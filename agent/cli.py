@@ -131,6 +131,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     run = open_run(runs_dir, given, cache_root=args.cache)
     if run.settings.backend == "local":
         require_device(run.preset)
+    check_ready = getattr(run.method, "check_ready", None)
+    if check_ready is not None:
+        check_ready()  # an unreachable model stops the run here, before any trial
     done = len(run.ledger)
     console.print(f"run '{run.settings.name}' in {run.dir}: method {run.settings.method}, preset "
                   f"{run.preset.name}, backend {run.settings.backend}, {done} trials recorded"
@@ -173,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hours", type=float, default=None, help="stop after this much trial time")
     p.add_argument("--budget", type=float, default=None, help="training seconds per trial (default: the preset's)")
     p.add_argument("--eval-tokens", type=int, default=None, help="validation tokens (default: the preset's)")
+    p.add_argument("--startup-allowance", type=float, default=None,
+                   help="seconds a trial's training phase may spend outside the budget (start-up, compile) "
+                        "before it is over_budget (default: the preset's)")
     p.add_argument("--backend", default=None, help="local (default) or docker")
     p.add_argument("--image", default=None, help="docker image for trials (docker backend)")
     p.add_argument("--gpus", default=None, help="GPU ids for trials, e.g. 0 or 0,1")

@@ -123,6 +123,8 @@ def build_source(run: Run, job: Job, parent_source: str) -> str:
     proposal = job.proposal
     if job.kind != "proposal":
         return parent_source
+    if proposal.meta.get("invalid"):
+        raise InvalidPatch(proposal.meta["invalid"])  # the method could not produce a proposal (e.g. bad JSON)
     if proposal.config is not None:
         source = render_config(parent_source, proposal.config)
     elif proposal.diff is not None:
@@ -132,6 +134,26 @@ def build_source(run: Run, job: Job, parent_source: str) -> str:
     check_train_py(source, parent_source, fixed_space=run.method.fixed_space,
                    space=run.space if run.method.fixed_space else None)
     return source
+
+
+def apply_with_repairs(run: Run, job: Job, parent_source: str) -> tuple[str | None, list[dict]]:
+    """The trial's source, sending a rejected proposal back to a method that can repair it (bounded).
+
+    Returns (None, attempts) when every attempt was rejected. Each repaired proposal is journaled,
+    so a restart does not ask the model again.
+    """
+    attempts: list[dict] = []
+    while True:
+        try:
+            return build_source(run, job, parent_source), attempts
+        except InvalidPatch as e:
+            attempts.append({"description": job.proposal.description, "diff": job.proposal.diff,
+                             "config": job.proposal.config, "reason": e.reason})
+            repair = getattr(run.method, "repair", None)
+            if job.kind != "proposal" or repair is None or len(attempts) > run.settings.repairs:
+                return None, attempts
+            job.proposal = repair(job.proposal, e.reason, job.trial)
+            run.save_pending(job.trial, job.proposal)
 
 
 def execute(run: Run, backend: Backend, job: Job, report: Reporter) -> dict:
@@ -144,10 +166,11 @@ def execute(run: Run, backend: Backend, job: Job, report: Reporter) -> dict:
               "dataset_fingerprint": run.info["dataset_fingerprint"], "kept": False, "candidate": False,
               "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started))}
     run.set_status(phase="applying", trial=job.trial, description=job.proposal.description, started=started)
-    try:
-        source = build_source(run, job, parent_source)
-    except InvalidPatch as e:
-        outcome = Outcome(Status.INVALID_PATCH, e.reason)
+    source, repairs = apply_with_repairs(run, job, parent_source)
+    record["repairs"] = repairs
+    record["description"] = job.proposal.description
+    if source is None:
+        outcome = Outcome(Status.INVALID_PATCH, repairs[-1]["reason"])
         return finish(run, record, outcome, None, job.proposal.diff or "", None, started)
     diff = make_diff(parent_source, source)
     crash_point("applied", job.trial)

@@ -36,7 +36,8 @@ def load_presets() -> dict[str, Preset]:
     return {name: Preset(name=name, **fields) for name, fields in raw.items()}
 
 
-def get_preset(name: str, *, time_budget: float | None = None, eval_tokens: int | None = None) -> Preset:
+def get_preset(name: str, *, time_budget: float | None = None, eval_tokens: int | None = None,
+               startup_allowance: float | None = None) -> Preset:
     presets = load_presets()
     if name not in presets:
         raise ArenaError(f"unknown preset '{name}'; choose one of: {', '.join(presets)}")
@@ -50,4 +51,8 @@ def get_preset(name: str, *, time_budget: float | None = None, eval_tokens: int 
         if eval_tokens <= 0 or eval_tokens % preset.seq_len:
             raise ArenaError(f"--eval-tokens must be a positive multiple of the sequence length {preset.seq_len}")
         changes["eval_tokens"] = eval_tokens
+    if startup_allowance is not None:
+        if startup_allowance < 0:
+            raise ArenaError(f"--startup-allowance must be zero or positive, got {startup_allowance}")
+        changes["startup_allowance"] = float(startup_allowance)
     return Preset(**{**preset.__dict__, **changes}) if changes else preset

@@ -44,6 +44,7 @@ class RunSettings:
     preset: str = "cpu"
     budget: float | None = None
     eval_tokens: int | None = None
+    startup_allowance: float | None = None  # seconds outside the budget before a trial is over_budget
     backend: str = "local"
     image: str | None = None
     gpus: list[str] | None = None
@@ -166,7 +167,8 @@ def open_run(runs_dir: Path, given: dict, cache_root: Path | None = None) -> Run
         settings = RunSettings(**{k: v for k, v in given.items() if v is not None})
         info = None
     settings.validate()
-    preset = get_preset(settings.preset, time_budget=settings.budget, eval_tokens=settings.eval_tokens)
+    preset = get_preset(settings.preset, time_budget=settings.budget, eval_tokens=settings.eval_tokens,
+                        startup_allowance=settings.startup_allowance)
     space_file = run_dir / "space.toml" if info else (Path(settings.space).expanduser() if settings.space else None)
     space = load_space(settings.preset, space_file)
     make_method(settings, space, None)  # an unknown method or missing model fails before any work

@@ -17,7 +17,8 @@ from agent.space import load_space
 from agent.workspace import RunRepo, read_trailers
 from tests.conftest import ROOT, one_line_error, run_arena
 
-FAST = ["--budget", "2", "--eval-tokens", "4096"]  # real training, kept short
+# real training, kept short; a generous start-up allowance so a loaded machine is not over budget
+FAST = ["--budget", "2", "--eval-tokens", "4096", "--startup-allowance", "300"]
 
 
 def arena_run(runs: Path, cache: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:

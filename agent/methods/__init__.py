@@ -6,10 +6,16 @@ from pathlib import Path
 
 from agent.errors import ArenaError
 from agent.methods.base import Context, Method, Proposal
+from agent.methods.centaur import Centaur
+from agent.methods.cmaes_method import CMAES
+from agent.methods.code_agent import CodeAgent
+from agent.methods.llm_fixed import LLMFixedSpace
 from agent.methods.random_search import RandomSearch
+from agent.methods.tpe import TPE
 from agent.space import SearchSpace
 
-METHODS = {"random": RandomSearch}
+METHODS = {"random": RandomSearch, "tpe": TPE, "cmaes": CMAES, "llm": LLMFixedSpace, "code": CodeAgent,
+           "centaur": Centaur}
 
 
 def make_method(settings, space: SearchSpace, run_dir: Path | None) -> Method:

@@ -45,3 +45,8 @@ class Method(Protocol):
 
     def restore(self, state: object) -> None:
         ...
+
+    # Optional, for LLM methods:
+    #   check_ready() -> None: raise ArenaError before any trial runs if the model cannot be reached.
+    #   repair(proposal, reason, trial) -> Proposal: called when a proposal was rejected (bounded by --repairs).
+    # A proposal that could not be made sets meta["invalid"] to the reason; it is recorded as invalid_patch.

@@ -1,0 +1,120 @@
+"""Centaur: CMA-ES proposes every trial; after a warm-up a share r of them goes to an LLM that sees
+CMA-ES's state in the constants' own units, and its point replaces CMA-ES's candidate before the tell.
+
+Differences from the paper's Centaur (Ferreira et al. 2026), each on purpose:
+* the LLM share is exactly r over the run: trial i after warm-up is the LLM's when floor((i+1) r) >
+  floor(i r), so after n trials it has had floor(n r) of them (the paper used every round(1/r)-th
+  trial, which is 1/3 for r = 0.3 and every trial for r = 0.8);
+* the prompt shows the mean, the spread of each constant and the strongest correlations in the
+  constants' units (the paper showed sigma and C in Optuna's normalised space, and never the mean);
+* an unusable LLM answer falls back to CMA-ES's own candidate and is recorded as such;
+* failures reach CMA-ES as worst success + 0.05 (agent/methods/failure.py), not a fixed 100.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from agent.errors import ArenaError
+from agent.llm import LLMError
+from agent.methods.base import Context, Proposal
+from agent.methods.cmaes_method import CMAES
+from agent.methods.llm_base import client_for, task_facts
+from agent.methods.llm_fixed import parse_config
+from agent.methods.prompts import (describe_space, format_config, format_value, history_section,
+                                   json_answer_rules, task_section)
+from agent.space import SearchSpace, SpaceError
+
+
+def is_llm_turn(index: int, ratio: Fraction) -> bool:
+    """Whether the index-th proposal after warm-up (0-based) goes to the LLM; exact share `ratio`."""
+    return index >= 0 and math.floor((index + 1) * ratio) > math.floor(index * ratio)
+
+
+class Centaur:
+    name = "centaur"
+    fixed_space = True
+
+    def __init__(self, space: SearchSpace, settings, run_dir: Path | None):
+        if not 0 <= settings.llm_ratio <= 1:
+            raise ArenaError(f"--llm-ratio must be between 0 and 1, got {settings.llm_ratio}")
+        self.space = space
+        self.settings = settings
+        self.ratio = Fraction(str(settings.llm_ratio))
+        self.cma = CMAES(space, settings, run_dir)
+        self.client = client_for(settings, run_dir, self.name)
+        self.facts = task_facts(settings)
+        self.proposals = 0
+
+    def check_ready(self) -> None:
+        self.client.check_reachable()
+
+    def propose(self, ctx: Context) -> Proposal:
+        turn = is_llm_turn(self.proposals - self.settings.llm_warmup, self.ratio)
+        self.proposals += 1
+        if not turn:
+            return self.labelled(self.cma.propose(ctx), "cmaes")
+        candidate = self.cma.next_candidate()
+        messages = self.prompt(ctx, candidate)
+        try:
+            reply = self.client.complete(messages, purpose="propose", trial=ctx.trial)
+            config = parse_config(reply.text, self.space)
+            self.cma.replace_candidate(config)
+        except (LLMError, ValueError, SpaceError) as e:
+            return self.labelled(self.cma.propose(ctx), "cmaes-fallback", llm_error=str(e))
+        return self.labelled(self.cma.propose(ctx), "llm", answer=reply.text)
+
+    def labelled(self, proposal: Proposal, source: str, **meta) -> Proposal:
+        proposal.meta.update(source=source, **meta)
+        proposal.description = f"centaur/{source}: {format_config(proposal.config)}"
+        return proposal
+
+    def cma_state_text(self, candidate: dict) -> str:
+        cma = self.cma
+        mean = cma.mean_config
+        mean_unit = self.space.to_unit(mean)
+        spread = np.sqrt(np.diag(cma.covariance))
+        lines = [f"CMA-ES state (generation {cma.generation}, population {cma.population_size}, "
+                 f"step size sigma {cma.sigma:.3g}; smaller sigma = a more focused search):",
+                 "Mean and one-standard-deviation range of each constant:"]
+        for i, param in enumerate(self.space.numeric):
+            low = param.from_unit(float(np.clip(mean_unit[i] - spread[i], 0, 1)))
+            high = param.from_unit(float(np.clip(mean_unit[i] + spread[i], 0, 1)))
+            lines.append(f"- {param.name}: mean {format_value(mean[param.name])}, "
+                         f"range {format_value(low)} to {format_value(high)}")
+        for name, probabilities in cma.category_probabilities.items():
+            lines.append(f"- {name}: " + ", ".join(f"{c} {p:.0%}" for c, p in probabilities.items()))
+        correlations = cma.correlations(top=5)
+        if correlations:
+            lines.append("Strongest correlations between constants (positive: they rise together):")
+            lines += [f"- {a} and {b}: {rho:+.2f}" for a, b, rho in correlations]
+        lines.append("CMA-ES's own next candidate: " + format_config(candidate))
+        return "\n".join(lines)
+
+    def prompt(self, ctx: Context, candidate: dict) -> list[dict]:
+        s = self.settings
+        text = "\n\n".join([
+            task_section(self.facts["device"], float(self.facts["time_budget"]), self.facts["memory"]),
+            "Search space:\n" + describe_space(self.space),
+            self.cma_state_text(candidate),
+            history_section(ctx.records, s.top_k, s.last_n),
+            "Use the CMA-ES state as guidance: exploit near the mean when sigma is small, help it explore with "
+            "your knowledge of transformer training when sigma is large, and steer away from regions that "
+            "failed. Propose the next configuration. " + json_answer_rules(self.space),
+        ])
+        return [{"role": "system", "content": "You are an expert in tuning the training of small transformers, "
+                 "working together with a CMA-ES optimizer."}, {"role": "user", "content": text}]
+
+    def observe(self, record: dict) -> None:
+        self.cma.observe(record)
+
+    def state(self) -> object:
+        return {"cma": self.cma.state(), "proposals": self.proposals}
+
+    def restore(self, state: object) -> None:
+        self.cma.restore(state["cma"])
+        self.proposals = state["proposals"]

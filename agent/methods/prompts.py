@@ -1,0 +1,75 @@
+"""The text LLM methods show a model: the space, the history, the failures, in the constants' own units."""
+
+from __future__ import annotations
+
+import json
+
+from agent.space import SearchSpace
+
+FAILED = ("oom", "crash", "nan", "timeout", "over_budget", "invalid_patch")
+
+
+def format_value(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else json.dumps(value) if isinstance(value, str) else str(value)
+
+
+def format_config(config: dict | None) -> str:
+    if not config:
+        return "(no config)"
+    return ", ".join(f"{name}={format_value(value)}" for name, value in config.items())
+
+
+def describe_space(space: SearchSpace) -> str:
+    lines = []
+    for param in space.values():
+        if param.kind == "categorical":
+            lines.append(f"- {param.name}: one of {', '.join(json.dumps(c) for c in param.choices)}")
+        else:
+            scale = "powers of two" if param.kind == "pow2" else ("log scale" if param.log else "linear")
+            kind = "integer" if param.kind in ("int", "pow2") else "float"
+            lines.append(f"- {param.name}: {kind} in [{format_value(param.low)}, {format_value(param.high)}], {scale}")
+    return "\n".join(lines)
+
+
+def outcome_line(record: dict) -> str:
+    memory = f", peak memory {record['peak_memory_gb']:.1f} GB" if record.get("peak_memory_gb") else ""
+    if record["status"] == "ok":
+        verdict = "kept" if record["kept"] else "discarded"
+        return f"val_bpb {record['val_bpb']:.6f} ({verdict}{memory})"
+    return f"FAILED: {record['status']} ({record['reason'][:200]}{memory})"
+
+
+def best_trials(records: list[dict], k: int) -> list[dict]:
+    ok = [r for r in records if r["status"] == "ok" and r["val_bpb"] is not None]
+    return sorted(ok, key=lambda r: r["val_bpb"])[:k]
+
+
+def history_section(records: list[dict], top_k: int, last_n: int, with_configs: bool = True) -> str:
+    """The best k trials, the last n trials with outcomes, and every configuration that failed."""
+    def line(r: dict) -> str:
+        what = format_config(r["config"]) if with_configs else r["description"]
+        return f"trial {r['trial']}: {what} -> {outcome_line(r)}"
+
+    parts = [f"Best {top_k} trials so far:"]
+    parts += [line(r) for r in best_trials(records, top_k)] or ["(none yet)"]
+    parts += ["", f"Last {last_n} trials:"]
+    parts += [line(r) for r in records[-last_n:]]
+    failures = [r for r in records if r["status"] in ("oom", "over_budget", "timeout") and r["config"]]
+    if failures and with_configs:
+        parts += ["", "Configurations that ran out of memory or time (avoid their neighbourhood):"]
+        parts += [f"trial {r['trial']}: {format_config(r['config'])} -> {r['status']}" for r in failures[-20:]]
+    return "\n".join(parts)
+
+
+def task_section(device: str, budget: float, memory: str) -> str:
+    return (f"The script trains a small GPT language model from scratch for a fixed {budget:g} seconds of "
+            f"wall-clock training on {device} (memory: {memory}), then a harness measures val_bpb "
+            "(bits per byte on held-out text; lower is better). Failed trials (out of memory, crash, "
+            "divergence, over budget) waste a whole trial: avoiding them matters more than anything else.")
+
+
+def json_answer_rules(space: SearchSpace) -> str:
+    names = ", ".join(space)
+    return ("Answer with ONE JSON object and nothing else, mapping every one of these names to a value: "
+            f"{names}. Integers must be integers, powers of two must be powers of two, every value inside "
+            "its range.")

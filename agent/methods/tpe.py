@@ -1,0 +1,182 @@
+"""TPE: Optuna's Tree-structured Parzen Estimator over the fixed space, driven through ask and tell.
+
+Search space. One Optuna distribution per constant, named after it:
+  float -> FloatDistribution(low, high, log)      int -> IntDistribution(low, high, log)
+  pow2  -> IntDistribution over the exponent, named "log2(NAME)", mapped back to 2**e
+  categorical -> CategoricalDistribution(choices)
+The sampler is TPESampler with Optuna's defaults (in Optuna 5: multivariate TPE, constant liar, 10
+random start-up trials).
+
+The study lives in the run: run_dir/state/optuna.journal (a JournalStorage on a JournalFileBackend),
+so a resumed run continues it. With run_dir None (the dry check before a run exists) it lives in memory.
+Each Optuna trial carries the arena trial number as the user attribute "arena_trial"; that link is
+how observe() finds what to tell, so it survives any kill.
+
+What is told:
+* each of this method's proposals, as a COMPLETE trial: its val_bpb, or for a failure the shared
+  failure value (agent/methods/failure.py). Not as FAIL: Optuna's TPE reads only COMPLETE and PRUNED
+  trials (optuna/samplers/_tpe/sampler.py), so a FAIL trial would teach it nothing and it would
+  sample the failing region again;
+* the baseline, with study.add_trial (a COMPLETE trial of the starting constants), so TPE starts from
+  a measured point; not enqueue_trial, which would spend a trial running the baseline config again;
+* not the confirmation runs: they repeat a told configuration with another seed (their val_bpb still
+  counts towards the failure value's worst success).
+
+Exact resume. Every proposal gets a fresh TPESampler seeded from (settings.seed, arena trial number),
+so a proposal depends only on the seed, the trial number and the trials in storage; there is no RNG
+stream to save. (Reseeding one TPESampler with settings.seed on resume would not do: its stream would
+restart, and the resumed run would repeat the draws of the run's first proposals.) The kills:
+* between ask and the loop's journal of the proposal: the resumed loop proposes again. At propose
+  time every earlier proposal has been observed, so a RUNNING trial is such a leftover; it is told
+  FAIL first, which TPE ignores (with the constant liar it would count a RUNNING trial as a bad one),
+  and the same sampler seed over the same trials asks the same point again;
+* after the journal: the loop restores the journaled state and observes; the trial is told by its link;
+* after the tell, before the method state was saved: the loop replays observe(); the trial is
+  finished already and nothing is told twice (the baseline likewise: it is added once).
+state() is what storage does not hold: the successful values seen, for the failure value.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.storages import BaseStorage, InMemoryStorage, JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+
+from agent.methods.base import Context, Proposal
+from agent.methods.failure import failure_value, success_value
+from agent.methods.random_search import describe
+from agent.space import Param, SearchSpace, SpaceError
+
+STUDY_NAME = "arena"
+JOURNAL_FILE = "optuna.journal"
+LINK_ATTR = "arena_trial"  # user attribute of an Optuna trial: the arena trial number it belongs to
+TOLD_KINDS = ("baseline", "proposal")
+
+
+def _exponent(power_of_two: int) -> int:
+    return power_of_two.bit_length() - 1
+
+
+def optuna_name(param: Param) -> str:
+    return f"log2({param.name})" if param.kind == "pow2" else param.name
+
+
+def distribution(param: Param) -> BaseDistribution:
+    if param.kind == "categorical":
+        return CategoricalDistribution(param.choices)
+    if param.kind == "pow2":
+        return IntDistribution(_exponent(param.low), _exponent(param.high))
+    if param.kind == "int":
+        return IntDistribution(param.low, param.high, log=param.log)
+    return FloatDistribution(param.low, param.high, log=param.log)
+
+
+def to_params(space: SearchSpace, config: dict) -> dict:
+    """A configuration as Optuna parameters (pow2 constants as exponents)."""
+    return {optuna_name(p): _exponent(config[p.name]) if p.kind == "pow2" else config[p.name]
+            for p in space.values()}
+
+
+def to_config(space: SearchSpace, params: dict) -> dict:
+    """Optuna parameters as a configuration, with the Python types the constants block expects."""
+    config = {}
+    for p in space.values():
+        value = params[optuna_name(p)]
+        if p.kind == "pow2":
+            config[p.name] = 1 << int(value)
+        elif p.kind == "int":
+            config[p.name] = int(value)
+        elif p.kind == "float":
+            config[p.name] = float(value)
+        else:
+            config[p.name] = value
+    return config
+
+
+def trial_seed(seed: int, trial: int) -> int:
+    """The sampler seed of arena trial `trial`: independent streams per trial, from one run seed."""
+    return int(np.random.SeedSequence([seed, trial]).generate_state(1)[0])
+
+
+def open_storage(run_dir: Path | None) -> BaseStorage:
+    if run_dir is None:
+        return InMemoryStorage()
+    path = Path(run_dir) / "state" / JOURNAL_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+class TPE:
+    name = "tpe"
+    fixed_space = True
+
+    def __init__(self, space: SearchSpace, settings, run_dir: Path | None = None):
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # no line per told trial on the console
+        self.space = space
+        self.seed = settings.seed
+        self.distributions = {optuna_name(p): distribution(p) for p in space.values()}
+        # the study's sampler is replaced before every ask (see trial_seed)
+        self.study = optuna.create_study(storage=open_storage(run_dir), study_name=STUDY_NAME,
+                                         direction="minimize", load_if_exists=True)
+        self.successes: list[float] = []
+
+    # -- the Method protocol
+
+    def propose(self, ctx: Context) -> Proposal:
+        self._fail_leftovers()
+        self.study.sampler = optuna.samplers.TPESampler(seed=trial_seed(self.seed, ctx.trial))
+        trial = self.study.ask(self.distributions)
+        trial.set_user_attr(LINK_ATTR, ctx.trial)
+        config = to_config(self.space, trial.params)
+        return Proposal(description=f"tpe: {describe(config)}", config=config,
+                        meta={"optuna_trial": trial.number})
+
+    def observe(self, record: dict) -> None:
+        value = success_value(record)
+        told = value if value is not None else failure_value(self.successes)
+        if value is not None:
+            self.successes.append(value)
+        if record["kind"] not in TOLD_KINDS:
+            return
+        trial = self.linked_trial(record["trial"])
+        if trial is None:
+            self._add_measured(record, told)
+        elif trial.state == TrialState.RUNNING:
+            self.study.tell(trial.number, told)
+        # else finished already: a replayed observation (see the module docstring)
+
+    def state(self) -> object:
+        return {"successes": list(self.successes)}
+
+    def restore(self, state: object) -> None:
+        self.successes = list(state["successes"])
+
+    # -- the study
+
+    def linked_trial(self, arena_trial: int) -> FrozenTrial | None:
+        """The latest Optuna trial linked to arena trial `arena_trial`, or None."""
+        linked = [t for t in self.study.get_trials(deepcopy=False) if t.user_attrs.get(LINK_ATTR) == arena_trial]
+        return linked[-1] if linked else None
+
+    def _fail_leftovers(self) -> None:
+        """Tell FAIL to trials asked by a proposal that was killed before the loop journaled it."""
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            self.study.tell(trial.number, state=TrialState.FAIL)
+
+    def _add_measured(self, record: dict, value: float) -> None:
+        """A configuration measured without an ask (the baseline) joins the study as a COMPLETE trial."""
+        if record["config"] is None:
+            return  # nothing ran: there is no point to tell
+        config = {name: record["config"][name] for name in self.space}
+        try:
+            self.space.check(config)
+        except SpaceError:
+            return  # starting constants outside a custom space: TPE cannot represent them
+        self.study.add_trial(optuna.trial.create_trial(
+            params=to_params(self.space, config), distributions=self.distributions, value=value,
+            user_attrs={LINK_ATTR: record["trial"]}))

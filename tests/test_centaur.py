@@ -1,0 +1,119 @@
+"""Centaur: the exact LLM share, the CMA-ES state in the prompt, fallbacks, and an identical resume."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from fractions import Fraction
+
+import pytest
+
+from agent.methods.base import Context
+from agent.methods.centaur import Centaur, is_llm_turn
+from agent.presets import get_preset
+from agent.run import RunSettings
+from agent.space import load_space
+from tests.llm_server import Fault, ScriptedLLMServer
+from tests.test_llm_methods import FAST, llm_args
+from tests.test_pipeline import arena_run, check_run_consistent
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+SPACE = load_space("cpu")
+START = get_preset("cpu").constants
+
+
+@pytest.mark.parametrize("ratio", ["0.3", "0.25", "0.8", "0.1", "1", "0"])
+def test_llm_share_is_exact(ratio):
+    r = Fraction(ratio)
+    turns = [is_llm_turn(i, r) for i in range(100)]
+    assert abs(sum(turns) - 100 * r) < 1
+    for n in range(1, 101):  # at every point of the run, not only at the end
+        assert abs(sum(turns[:n]) - n * r) < 1
+
+
+def fake_record(trial: int, config: dict, value: float | None) -> dict:
+    return {"trial": trial, "kind": "proposal", "method": "centaur", "status": "ok" if value else "oom",
+            "val_bpb": value, "config": config, "kept": False, "reason": "", "peak_memory_gb": 1.0,
+            "description": "x"}
+
+
+def objective(config: dict) -> float | None:
+    if config["DEVICE_BATCH_SIZE"] * config["DEPTH"] >= 96:
+        return None  # pretend big models run out of memory
+    return 2.0 + abs(config["MATRIX_LR"] - 0.05) + 0.01 * config["DEPTH"]
+
+
+def drive(centaur: Centaur, records: list[dict], n: int) -> list:
+    proposals = []
+    for _ in range(n):
+        trial = len(records)
+        best = min((r for r in records if r["val_bpb"]), key=lambda r: r["val_bpb"])
+        proposal = centaur.propose(Context(trial, records, best, "", SPACE))
+        record = fake_record(trial, proposal.config, objective(proposal.config))
+        records.append(record)
+        centaur.observe(record)
+        proposals.append(proposal)
+    return proposals
+
+
+def test_centaur_share_prompt_fallback_and_resume(tmp_path):
+    settings = RunSettings(name="c", method="centaur", model="openai/test-model", llm_ratio=0.3, llm_warmup=10,
+                           llm_timeout=2, llm_retries=0)
+    llm_config = {**START, "MATRIX_LR": 0.05}
+    with ScriptedLLMServer() as server:
+        # 100 proposals: 10 warm-up, then floor(90 * 0.3) = 27 LLM turns; two of them answer badly
+        server.script("no JSON here", json.dumps({**START, "DEPTH": 99}), *[json.dumps(llm_config)] * 25)
+        settings.api_base = server.api_base
+        (tmp_path / "state").mkdir()
+        centaur = Centaur(SPACE, settings, tmp_path)
+        baseline = fake_record(0, START, objective(START)) | {"kind": "baseline", "method": "baseline"}
+        records = [baseline]
+        centaur.observe(baseline)
+        proposals = drive(centaur, records, 60)
+        saved = pickle.dumps(centaur.state())
+        later = drive(centaur, records, 40)
+        requests = list(server.requests)
+        assert server.remaining == 0
+    sources = [p.meta["source"] for p in proposals + later]
+    assert sources[:10] == ["cmaes"] * 10
+    assert sources.count("llm") + sources.count("cmaes-fallback") == 27
+    assert sources.count("cmaes-fallback") == 2
+    fallbacks = [p for p in proposals + later if p.meta["source"] == "cmaes-fallback"]
+    assert "not" in fallbacks[0].meta["llm_error"].lower() or "json" in fallbacks[0].meta["llm_error"].lower()
+    assert "DEPTH" in fallbacks[1].meta["llm_error"]
+    assert all(p.config == llm_config for p in proposals + later if p.meta["source"] == "llm")
+    for p in proposals + later:
+        SPACE.check(p.config)
+    prompt = requests[-1]["messages"][1]["content"]
+    assert any(r["status"] == "oom" for r in records[:-1])
+    assert "CMA-ES state" in prompt and "CMA-ES's own next candidate" in prompt
+    assert "MATRIX_LR: mean" in prompt and "Strongest correlations" in prompt and "Best 5 trials" in prompt
+    assert "ran out of memory or time" in prompt  # the failed configurations are shown
+    # resume: a fresh Centaur restored from the mid-run state proposes exactly what the original did
+    with ScriptedLLMServer() as server:
+        server.script(*[json.dumps(llm_config)] * 40)
+        settings.api_base = server.api_base
+        (tmp_path / "again" / "state").mkdir(parents=True)
+        restored = Centaur(SPACE, settings, tmp_path / "again")
+        restored.restore(pickle.loads(saved))
+        records2 = records[:61]
+        again = drive(restored, records2, 40)
+    assert [p.config for p in again] == [p.config for p in later]
+    assert [p.meta["source"] for p in again] == [p.meta["source"] for p in later]
+
+
+@pytest.mark.slow
+def test_centaur_run_end_to_end(tmp_path, cache_root, stdlib_dataset):
+    runs = tmp_path / "runs"
+    with ScriptedLLMServer() as server:
+        server.script(json.dumps({**START, "WARMDOWN_RATIO": 0.6}), Fault.http(500), "{not json",
+                      json.dumps({**START, "EMBEDDING_LR": 0.3}))
+        proc = arena_run(runs, cache_root, "--name", "centaur", *llm_args(server, "centaur"),
+                         "--llm-warmup", "1", "--llm-ratio", "0.75", "--llm-retries", "1", *FAST)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    records = check_run_consistent(runs / "centaur", 6)
+    sources = [r["proposal_meta"].get("source") for r in records[1:]]
+    # warm-up 1, then trial i after warm-up is the LLM's when floor((i+1)*0.75) > floor(i*0.75): 1, 2, 3
+    assert sources == ["cmaes", "cmaes", "llm", "cmaes-fallback", "llm"], sources
+    assert records[3]["config"]["WARMDOWN_RATIO"] == 0.6 and records[5]["config"]["EMBEDDING_LR"] == 0.3
+    assert (runs / "centaur" / "state" / "method.pkl").exists()

@@ -1,0 +1,145 @@
+"""LLM methods end to end: real `arena run`, real training, the real LiteLLM client talking to a real
+OpenAI-compatible server on loopback that plays scripted answers, bad answers included."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from agent.constants import read_constants, render_constants
+from agent.ledger import Ledger
+from agent.patches import make_diff
+from agent.presets import get_preset
+from agent.template import template_dir
+from tests.conftest import one_line_error
+from tests.llm_server import Fault, ScriptedLLMServer
+from tests.test_pipeline import arena_run, check_run_consistent
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+FAST = ["--budget", "1", "--eval-tokens", "2048", "--trials", "6", "--startup-allowance", "300"]
+BASELINE = render_constants((template_dir() / "train.py").read_text(), get_preset("cpu").constants)
+
+
+def edit(old: str, new: str, source: str = BASELINE) -> str:
+    assert old in source
+    return make_diff(source, source.replace(old, new, 1))
+
+
+def code_answer(description: str, diff: str) -> str:
+    return f"{description}\n\nHere is the change:\n```diff\n{diff}```\n"
+
+
+def llm_args(server, method: str) -> list[str]:
+    return ["--method", method, "--model", "openai/test-model", "--api-base", server.api_base,
+            "--llm-timeout", "3", "--llm-retries", "2", "--repairs", "2"]
+
+
+@pytest.fixture(scope="module")
+def code_run(tmp_path_factory, cache_root, stdlib_dataset):
+    runs = tmp_path_factory.mktemp("code-runs")
+    bad_context = edit("ADAM_BETAS = (0.8, 0.95)", "ADAM_BETAS = (0.85, 0.95)").replace(
+        "VE_GATE_CHANNELS = 32", "VE_GATE_CHANNELS = 33")
+    crash = edit("    cfg = build_config(ctx.vocab_size, ctx.seq_len)\n",
+                 "    raise RuntimeError('the agent broke training')\n")
+    with ScriptedLLMServer() as server:
+        server.script(
+            code_answer("longer warmdown", edit("WARMDOWN_RATIO = 0.5", "WARMDOWN_RATIO = 0.6")),   # trial 1
+            Fault.http(500), code_answer("adam betas", bad_context),                                # trial 2 ...
+            code_answer("adam betas, fixed", edit("ADAM_BETAS = (0.8, 0.95)", "ADAM_BETAS = (0.85, 0.95)")),
+            code_answer("peek at the metric", "--- a/prepare.py\n+++ b/prepare.py\n@@ -1 +1 @@\n-x\n+y\n"),  # 3
+            "I would rather not change anything today.",
+            "Still no diff, sorry.",
+            Fault.http(429, retry_after=0.1), code_answer("break it", crash),                       # trial 4
+            Fault.empty(), code_answer("narrower ref width", edit("REFERENCE_WIDTH = 768", "REFERENCE_WIDTH = 512")),
+        )
+        proc = arena_run(runs, cache_root, "--name", "code", *llm_args(server, "code"), *FAST)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert server.remaining == 0
+        requests = list(server.requests)
+    return runs / "code", requests
+
+
+@pytest.mark.slow
+def test_code_agent_run(code_run):
+    run_dir, requests = code_run
+    records = check_run_consistent(run_dir, 6)
+    assert [r["status"] for r in records] == ["ok", "ok", "ok", "invalid_patch", "crash", "ok"]
+    assert records[1]["config"]["WARMDOWN_RATIO"] == 0.6 and records[1]["description"] == "longer warmdown"
+    # trial 2: the unappliable diff went back with its reason and the repaired diff ran
+    assert len(records[2]["repairs"]) == 1 and "hunk 1" in records[2]["repairs"][0]["reason"]
+    assert "ADAM_BETAS = (0.85, 0.95)" in records[2]["diff"]
+    repair_prompt = requests[3]["messages"][-1]["content"]
+    assert "rejected" in repair_prompt and "hunk 1" in repair_prompt
+    # trial 3: a diff against prepare.py, then prose twice: recorded as invalid_patch after 2 repairs
+    assert len(records[3]["repairs"]) == 3 and "prepare.py" in records[3]["repairs"][0]["reason"]
+    assert records[3]["commit"] is None
+    assert "the agent broke training" in records[4]["log_tail"]
+    assert len(records[5]["repairs"]) == 1  # the empty answer was sent back once
+    # the prompt: program.md's rules, the best train.py, recent trials with their outcomes
+    system, user = requests[-1]["messages"][0]["content"], requests[-1]["messages"][1]["content"]
+    assert "Change only `train.py`" in system and "{time_budget}" not in system
+    assert "def train(ctx)" in user and "FAILED: crash" in user and "the agent broke training" in user
+    calls = [json.loads(line) for line in (run_dir / "llm.jsonl").read_text().splitlines()]
+    assert len(calls) == 9 and all(c["cost_usd"] == 0.0 for c in calls)
+    assert [c["attempts"] for c in calls][:3] == [1, 2, 1]  # the 500 was retried inside one call
+
+
+@pytest.mark.slow
+def test_replayed_run_reproduces_the_recorded_one(code_run, tmp_path, cache_root):
+    run_dir, _ = code_run
+    runs = tmp_path / "runs"
+    proc = arena_run(runs, cache_root, "--name", "again", "--method", "code", "--model", "openai/test-model",
+                     "--llm-replay", str(run_dir), *FAST)  # no server: every answer comes from llm.jsonl
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    original = Ledger.open(run_dir / "ledger.jsonl").records
+    replayed = check_run_consistent(runs / "again", 6)
+    for a, b in zip(original, replayed):
+        assert (a["description"], a["diff"], a["status"], len(a.get("repairs") or [])) == \
+               (b["description"], b["diff"], b["status"], len(b.get("repairs") or []))
+
+
+def config_answer(**changes) -> str:
+    config = {**get_preset("cpu").constants, **changes}
+    return "Here is my proposal:\n```json\n" + json.dumps(config) + "\n```\nGood luck!"
+
+
+@pytest.mark.slow
+def test_llm_fixed_space_run(tmp_path, cache_root, stdlib_dataset):
+    runs = tmp_path / "runs"
+    with ScriptedLLMServer() as server:
+        server.script(
+            config_answer(MATRIX_LR=0.05),                                        # trial 1
+            "I think a deeper model would help.", config_answer(DEPTH=4),        # trial 2: prose, repaired
+            json.dumps({**get_preset("cpu").constants, "DROPOUT": 0.1}),          # trial 3: unknown key ...
+            config_answer(DEPTH=40), config_answer(HEAD_DIM=48),                  # ... out of bounds twice
+            Fault.slow(6), config_answer(WARMUP_RATIO=0.1),                       # trial 4: a timeout, retried
+            config_answer(EMBEDDING_LR=0.3),                                      # trial 5
+        )
+        proc = arena_run(runs, cache_root, "--name", "llm", *llm_args(server, "llm"), *FAST)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        requests = list(server.requests)
+    records = check_run_consistent(runs / "llm", 6)
+    assert [r["status"] for r in records] == ["ok", "ok", "ok", "invalid_patch", "ok", "ok"]
+    assert records[1]["config"]["MATRIX_LR"] == 0.05 and records[2]["config"]["DEPTH"] == 4
+    reasons = [a["reason"] for a in records[3]["repairs"]]
+    assert "unknown keys DROPOUT" in reasons[0] and "DEPTH" in reasons[1] and "HEAD_DIM" in reasons[2]
+    assert records[4]["config"]["WARMUP_RATIO"] == 0.1
+    prompt = requests[-1]["messages"][1]["content"]
+    assert "MATRIX_LR: float in [0.005, 0.2], log scale" in prompt and "Best 5 trials" in prompt
+    assert "FAILED: invalid_patch" in prompt
+
+
+def test_unreachable_model_stops_before_any_trial(tmp_path, cache_root, stdlib_dataset):
+    server = ScriptedLLMServer().start()
+    base = server.api_base
+    server.stop()  # nothing listens there now
+    line = one_line_error(arena_run(tmp_path / "runs", cache_root, "--name", "x", "--method", "code",
+                                    "--model", "openai/test-model", "--api-base", base, "--llm-timeout", "2"))
+    assert "cannot reach model openai/test-model" in line
+    assert not (tmp_path / "runs" / "x" / "ledger.jsonl").read_text()  # no trial ran
+
+
+def test_llm_method_without_a_model_is_refused(tmp_path, cache_root, stdlib_dataset):
+    assert "needs a model" in one_line_error(arena_run(tmp_path / "runs", cache_root, "--method", "llm"))
