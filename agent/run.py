@@ -236,20 +236,24 @@ def reconcile(run: Run) -> None:
     for trial in run.repo.trial_numbers():
         if trial >= max(1, len(records)):  # trial 0 is the baseline commit made with the run
             run.repo.drop_trial(trial)  # an interrupted trial: it runs again
-    pending = run.load_pending()
-    if pending is not None and pending["trial"] < len(records):
-        run.clear_pending()  # recorded already; killed before the journal was cleared
-    # The method state on disk may lag the ledger by the trials recorded just before a kill;
-    # observing is cheap and deterministic, so those observations are replayed.
-    observed_through = -1
+    # The method state to start from is the newest on disk: method.pkl (after observing trial k), or
+    # the journaled proposal's state (after proposing trial p > k). Observations the kill cut off are
+    # then replayed from the ledger: observing is cheap and deterministic, proposing is not.
+    state, observed_through = None, -1
     method_path = run.state_dir / "method.pkl"
     if method_path.exists():
         saved = pickle.loads(method_path.read_bytes())
-        run.method.restore(saved["state"])
-        observed_through = saved["observed_through"]
+        state, observed_through = saved["state"], saved["observed_through"]
         if observed_through >= len(records):
             raise ArenaError(f"the method state in {method_path} is ahead of the ledger (trial {observed_through} "
                              f"observed, {len(records)} recorded); the ledger lost lines — restore it from a backup")
+    pending = run.load_pending()
+    if pending is not None and pending["trial"] > observed_through:
+        state, observed_through = pending["state"], pending["trial"] - 1
+    if state is not None:
+        run.method.restore(state)
     for record in records[observed_through + 1:]:
         run.method.observe(record)
+    if pending is not None and pending["trial"] < len(records):
+        run.clear_pending()  # recorded already; killed before the journal was cleared
     run.write_views(best_commit)

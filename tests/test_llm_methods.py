@@ -4,11 +4,10 @@ OpenAI-compatible server on loopback that plays scripted answers, bad answers in
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
-from agent.constants import read_constants, render_constants
+from agent.constants import render_constants
 from agent.ledger import Ledger
 from agent.patches import make_diff
 from agent.presets import get_preset

@@ -3,7 +3,6 @@ crash-and-resume at every step of a trial, settings checks, and the defences of 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -15,7 +14,7 @@ import pytest
 from agent.ledger import Ledger
 from agent.space import load_space
 from agent.workspace import RunRepo, read_trailers
-from tests.conftest import ROOT, one_line_error, run_arena
+from tests.conftest import ROOT, one_line_error
 
 # real training, kept short; a generous start-up allowance so a loaded machine is not over budget
 FAST = ["--budget", "2", "--eval-tokens", "4096", "--startup-allowance", "300"]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.llm import LLMError, extract_diff
+from agent.llm import extract_diff
 from agent.methods.base import Context, Proposal
-from agent.methods.llm_base import client_for, task_facts
+from agent.methods.llm_base import ConversationMethod
 from agent.methods.prompts import outcome_line
 from agent.space import SearchSpace
 from agent.template import template_dir
@@ -32,18 +32,12 @@ def recent_trials(records: list[dict], last_n: int) -> str:
     return "\n".join(lines) or "(none yet)"
 
 
-class CodeAgent:
+class CodeAgent(ConversationMethod):
     name = "code"
     fixed_space = False
 
     def __init__(self, space: SearchSpace, settings, run_dir: Path | None):
-        self.settings = settings
-        self.client = client_for(settings, run_dir, self.name)
-        self.facts = task_facts(settings)
-        self.conversation: list[dict] = []
-
-    def check_ready(self) -> None:
-        self.client.check_reachable()
+        super().__init__(settings, run_dir)
 
     def prompt(self, ctx: Context) -> list[dict]:
         user = "\n\n".join([
@@ -55,32 +49,9 @@ class CodeAgent:
         return [{"role": "system", "content": program_text(self.facts, ctx.best.get("val_bpb"))},
                 {"role": "user", "content": user}]
 
-    def propose(self, ctx: Context) -> Proposal:
-        return self.ask(self.prompt(ctx), ctx.trial, "propose")
-
-    def repair(self, proposal: Proposal, reason: str, trial: int) -> Proposal:
-        note = (f"Your diff was rejected: {reason}\nSend a corrected description and diff against the same "
-                "train.py as before.")
-        return self.ask(self.conversation + [{"role": "user", "content": note}], trial, "repair")
-
-    def ask(self, messages: list[dict], trial: int, purpose: str) -> Proposal:
-        try:
-            reply = self.client.complete(messages, purpose=purpose, trial=trial)
-        except LLMError as e:
-            self.conversation = messages
-            return Proposal("code: no answer", meta={"invalid": f"LLM call failed: {e}"})
-        self.conversation = messages + [{"role": "assistant", "content": reply.text}]
-        try:
-            description, diff = extract_diff(reply.text)
-        except ValueError as e:
-            return Proposal("code: unusable answer", meta={"invalid": f"answer rejected: {e}", "answer": reply.text})
+    def parse(self, text: str) -> Proposal:
+        description, diff = extract_diff(text)
         return Proposal(description, diff=diff)
 
-    def observe(self, record: dict) -> None:
-        pass  # the ledger is the memory: recent trials are shown afresh at each proposal
-
-    def state(self) -> object:
-        return {"conversation": self.conversation}
-
-    def restore(self, state: object) -> None:
-        self.conversation = state["conversation"]
+    def repair_note(self, reason: str) -> str:
+        return f"Your diff was rejected: {reason}\nSend a corrected description and diff against the same train.py as before."

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from agent.errors import ArenaError
-from agent.llm import LLMClient
+from agent.llm import LLMClient, LLMError
+from agent.methods.base import Context, Proposal
 from agent.presets import get_preset
 
 
@@ -35,3 +36,56 @@ def task_facts(settings) -> dict[str, str]:
     else:
         memory = "the machine's RAM"
     return {"time_budget": f"{preset.time_budget:g}", "device": device, "memory": memory}
+
+
+class ConversationMethod:
+    """An LLM method that asks once per trial and, when the answer is rejected, continues the same
+    conversation with the reason. Subclasses give the prompt, the parser and the repair note."""
+    name = "llm-base"
+
+    def __init__(self, settings, run_dir: Path | None):
+        self.settings = settings
+        self.client = client_for(settings, run_dir, self.name)
+        self.facts = task_facts(settings)
+        self.conversation: list[dict] = []  # the current trial's exchange, for repairs
+
+    def prompt(self, ctx: Context) -> list[dict]:
+        raise NotImplementedError
+
+    def parse(self, text: str) -> Proposal:
+        """The proposal in an answer; raises ValueError saying what is wrong with it."""
+        raise NotImplementedError
+
+    def repair_note(self, reason: str) -> str:
+        raise NotImplementedError
+
+    def check_ready(self) -> None:
+        self.client.check_reachable()
+
+    def propose(self, ctx: Context) -> Proposal:
+        return self.ask(self.prompt(ctx), ctx.trial, "propose")
+
+    def repair(self, proposal: Proposal, reason: str, trial: int) -> Proposal:
+        return self.ask(self.conversation + [{"role": "user", "content": self.repair_note(reason)}], trial, "repair")
+
+    def ask(self, messages: list[dict], trial: int, purpose: str) -> Proposal:
+        try:
+            reply = self.client.complete(messages, purpose=purpose, trial=trial)
+        except LLMError as e:
+            self.conversation = messages
+            return Proposal(f"{self.name}: no answer", meta={"invalid": f"LLM call failed: {e}"})
+        self.conversation = messages + [{"role": "assistant", "content": reply.text}]
+        try:
+            return self.parse(reply.text)
+        except ValueError as e:
+            return Proposal(f"{self.name}: unusable answer", meta={"invalid": f"answer rejected: {e}",
+                                                                 "answer": reply.text})
+
+    def observe(self, record: dict) -> None:
+        pass  # the ledger is the memory: the history is shown afresh at each proposal
+
+    def state(self) -> object:
+        return {"conversation": self.conversation}
+
+    def restore(self, state: object) -> None:
+        self.conversation = state["conversation"]
