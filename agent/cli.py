@@ -138,7 +138,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     console.print(f"run '{run.settings.name}' in {run.dir}: method {run.settings.method}, preset "
                   f"{run.preset.name}, backend {run.settings.backend}, {done} trials recorded"
                   + (", resuming" if done else ""), markup=False)
-    run_loop(run, StopRule(trials=trials, hours=hours), report=lambda line: console.print(line, markup=False))
+    stop = StopRule(trials=trials, hours=hours)
+    if sys.stdout.isatty() and not args.no_tui:
+        from agent.ui.live import live_view
+
+        with live_view(run.dir, stop) as report:
+            run_loop(run, stop, report=report)
+    else:
+        run_loop(run, stop, report=lambda line: console.print(line, markup=False))
     best_trial, best_value = best_of(run.ledger.records)
     console.print(f"done: {len(run.ledger)} trials, best val_bpb {best_value:.6f} (trial {best_trial}); "
                   f"its train.py: {run.dir / 'best_train.py'}; history: git -C {run.dir / 'repo'} log best", markup=False)
@@ -210,7 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "template's)")
     p.add_argument("--config", type=Path, default=None, help="TOML file with any of these settings")
     p.add_argument("--runs-dir", type=Path, default=None, help="where runs live (default ./runs)")
+    p.add_argument("--no-tui", action="store_true", help="plain progress lines instead of the live view")
     p.set_defaults(func=cmd_run)
+
+    from agent.ui import compare, live, replay
+
+    live.add_parser(sub)
+    replay.add_parser(sub)
+    compare.add_parser(sub)
     return parser
 
 

@@ -140,6 +140,7 @@ class DockerBackend:
             train = self.run_phase("train", spec, workdir, spec.train_timeout, on_log)
             evaluation = None
             if train.exit_code == 0 and not train.timed_out and not train.oom_killed:
+                on_log("=== eval phase\n")
                 evaluation = self.run_phase("eval", spec, workdir, spec.eval_timeout, on_log)
             return judge(train, evaluation, spec.train_limit)
 

@@ -1,0 +1,251 @@
+"""A run's history as a list of trials, read without writing anything.
+
+This module holds the shared model (RunHistory, TrialView, LlmCall) and the reader of arena run
+directories; imports.py reads the foreign formats and sources.py picks the reader for a path.
+Reading never writes, so it is safe on a run that is still going: a half-written last line of a
+JSON-lines file is skipped with a warning, never cut off as `arena run` would on resume.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import git
+
+from agent.errors import ArenaError
+from agent.presets import get_preset
+
+FAILURE_KINDS = ("oom", "crash", "nan", "timeout", "over_budget", "invalid_patch")
+LOG_TAIL_LINES = 30
+
+
+@dataclass
+class LlmCall:
+    """One model call from llm.jsonl: the prompt it was sent and what came back."""
+    trial: int | None
+    purpose: str
+    model: str | None
+    messages: list[dict]  # {"role": ..., "content": text}
+    response: str
+    error: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+
+
+@dataclass
+class TrialView:
+    trial: int
+    method: str
+    kind: str                # baseline | proposal | confirm
+    description: str
+    status: str              # ok or one of FAILURE_KINDS
+    reason: str = ""
+    val_bpb: float | None = None
+    memory_gb: float | None = None
+    training_seconds: float | None = None
+    wall_seconds: float | None = None     # train + eval phases: the time the accelerator was held
+    total_seconds: float | None = None    # everything the trial cost, proposal included
+    propose_seconds: float | None = None
+    kept: bool = False
+    commit: str | None = None
+    parent: str | None = None
+    diff: str = ""
+    diff_note: str = ""      # what the diff is, or why there is none
+    config: dict | None = None
+    seed: int | None = None
+    llm_calls: list[LlmCall] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)  # why each attempt before a repair was refused
+    log_tail: str = ""
+
+    @property
+    def score(self) -> float | None:
+        """The val_bpb this trial found, if it counts as a search result (confirmation re-runs do not)."""
+        return self.val_bpb if self.status == "ok" and self.kind != "confirm" else None
+
+
+@dataclass
+class RunHistory:
+    name: str
+    source: str              # arena | autoresearch | paper
+    path: Path
+    method: str
+    model: str | None = None
+    seed: int | None = None
+    budget: float | None = None          # training seconds per trial; None when the source does not say
+    eval_tokens: int | None = None
+    dataset_fingerprint: str | None = None
+    trials: list[TrialView] = field(default_factory=list)
+    llm_calls: list[LlmCall] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def group(self) -> str:
+        """What compare ranks: the method, and the model for LLM methods."""
+        return f"{self.method} ({self.model})" if self.model else self.method
+
+    def trial_range(self) -> str:
+        if not self.trials:
+            return "none recorded yet"
+        return f"{self.trials[0].trial}-{self.trials[-1].trial}"
+
+    def trial(self, number: int) -> TrialView:
+        for view in self.trials:
+            if view.trial == number:
+                return view
+        raise ArenaError(f"{self.name} has no trial {number}; its trials are {self.trial_range()}")
+
+    def best(self) -> TrialView | None:
+        scored = [view for view in self.trials if view.score is not None]
+        return min(scored, key=lambda view: view.score) if scored else None
+
+
+def read_jsonl(path: Path, warnings: list[str]) -> list[dict]:
+    """The records of a JSON-lines file. A torn last line (its writer was killed, or is still writing)
+    is skipped with a warning; damage anywhere else is an error."""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
+    except OSError as e:
+        raise ArenaError(f"cannot read {path}: {e.strerror}") from None
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    records = []
+    for index, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if index == last:
+                warnings.append(f"{path}: ignoring a half-written last line ({len(line)} characters)")
+                break
+            raise ArenaError(f"{path} line {index + 1} is not valid JSON; the file was edited or damaged — "
+                             "restore it from a backup") from None
+        if not isinstance(record, dict):
+            raise ArenaError(f"{path} line {index + 1} is not a JSON object; is this the right file?")
+        records.append(record)
+    return records
+
+
+def _text(content: object) -> str:
+    """Message content as text: a string, or the text parts of a multi-part message."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in content)
+    return json.dumps(content, indent=2)
+
+
+def read_llm_calls(path: Path, warnings: list[str]) -> list[LlmCall]:
+    if not path.exists():
+        return []
+    calls = []
+    for record in read_jsonl(path, warnings):
+        messages = [{"role": str(m.get("role", "?")), "content": _text(m.get("content"))}
+                    for m in record.get("messages") or [] if isinstance(m, dict)]
+        calls.append(LlmCall(trial=record.get("trial"), purpose=str(record.get("purpose") or "call"),
+                             model=record.get("model"), messages=messages, response=_text(record.get("response")),
+                             error=record.get("error"), prompt_tokens=int(record.get("prompt_tokens") or 0),
+                             completion_tokens=int(record.get("completion_tokens") or 0),
+                             cost_usd=float(record.get("cost_usd") or 0.0)))
+    return calls
+
+
+def git_diff(repo: git.Repo, parent: str | None, commit: str) -> str | None:
+    """The change a commit made against `parent` (its own first parent when None); None when git cannot say."""
+    try:
+        if parent:
+            return repo.git.diff(parent, commit, strip_newline_in_stdout=False)
+        if repo.commit(commit).parents:
+            return repo.git.diff(f"{commit}^", commit, strip_newline_in_stdout=False)
+        return repo.git.show("--format=", commit, strip_newline_in_stdout=False)  # a root commit: all added
+    except (git.GitCommandError, ValueError):
+        return None
+
+
+def _open_repo(path: Path) -> git.Repo | None:
+    try:
+        return git.Repo(path)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        return None
+
+
+def _record_diff(record: dict, repo: git.Repo | None) -> tuple[str, str]:
+    """(diff, note): the ledger's diff, or one computed from git when the ledger lacks it."""
+    diff = record.get("diff")
+    if diff is None and record.get("commit") and repo is not None:
+        diff = git_diff(repo, record.get("parent"), record["commit"])
+    kind, status = record.get("kind"), record.get("status")
+    if kind == "baseline":
+        return diff or "", "the baseline: train.py as the run started"
+    if kind == "confirm":
+        return "", f"a re-run of trial {record.get('confirms')}'s commit with seed {record.get('seed')}"
+    if status == "invalid_patch":
+        return diff or "", "the proposed diff; it was rejected before anything ran, so there is no commit"
+    if diff is None:
+        return "", "diff not recorded and its commit is not in the run's repository"
+    return diff, "" if diff else "no change to train.py"
+
+
+def _log_tail(run_dir: Path, trial: int) -> str:
+    path = run_dir / "logs" / f"trial-{trial:05d}.log"
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:])
+    except OSError:
+        return ""
+
+
+def _wall_seconds(record: dict) -> float | None:
+    phases = [record.get("train_wall_seconds"), record.get("eval_wall_seconds")]
+    return sum(p for p in phases if p is not None) if any(p is not None for p in phases) else None
+
+
+def _arena_trial(record: dict, repo: git.Repo | None, run_dir: Path, calls: list[LlmCall]) -> TrialView:
+    diff, note = _record_diff(record, repo)
+    number = int(record["trial"])
+    return TrialView(
+        trial=number, method=str(record.get("method") or "?"), kind=str(record.get("kind") or "proposal"),
+        description=str(record.get("description") or ""), status=str(record.get("status") or "?"),
+        reason=str(record.get("reason") or ""), val_bpb=record.get("val_bpb"),
+        memory_gb=record.get("peak_memory_gb"), training_seconds=record.get("training_seconds"),
+        wall_seconds=_wall_seconds(record), total_seconds=record.get("total_seconds"),
+        propose_seconds=record.get("propose_seconds"), kept=bool(record.get("kept")), commit=record.get("commit"),
+        parent=record.get("parent"), diff=diff, diff_note=note, config=record.get("config"),
+        seed=record.get("seed"), llm_calls=[c for c in calls if c.trial == number],
+        rejected=[str(attempt.get("reason")) for attempt in record.get("repairs") or []],
+        log_tail=record.get("log_tail") or _log_tail(run_dir, number))
+
+
+def _limits(settings: dict) -> tuple[float | None, int | None]:
+    """The budget and validation tokens a run's trials had: its overrides, else its preset's."""
+    try:
+        preset = get_preset(settings.get("preset", "cpu"), time_budget=settings.get("budget"),
+                            eval_tokens=settings.get("eval_tokens"))
+    except ArenaError:  # a preset this version does not know: only what the run recorded
+        return settings.get("budget"), settings.get("eval_tokens")
+    return preset.time_budget, preset.eval_tokens
+
+
+def load_arena_run(run_dir: Path) -> RunHistory:
+    try:
+        info = json.loads((run_dir / "run.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ArenaError(f"cannot read {run_dir / 'run.json'} ({e}); the run directory is damaged") from None
+    settings = info.get("settings") or {}
+    warnings: list[str] = []
+    ledger = run_dir / "ledger.jsonl"
+    records = read_jsonl(ledger, warnings) if ledger.exists() else []
+    calls = read_llm_calls(run_dir / "llm.jsonl", warnings)
+    repo = _open_repo(run_dir / "repo")  # without it the ledger's own diffs still show
+    if repo is None:
+        warnings.append(f"{run_dir / 'repo'} is missing or not a git repository; showing the ledger's diffs only")
+    budget, eval_tokens = _limits(settings)
+    return RunHistory(name=str(settings.get("name") or run_dir.name), source="arena", path=run_dir,
+                      method=str(settings.get("method") or "?"), model=settings.get("model"),
+                      seed=settings.get("seed"), budget=budget, eval_tokens=eval_tokens,
+                      dataset_fingerprint=info.get("dataset_fingerprint"),
+                      trials=[_arena_trial(r, repo, run_dir, calls) for r in records], llm_calls=calls,
+                      warnings=warnings)

@@ -1,0 +1,655 @@
+"""The live view of a run: one screen built from the run directory alone.
+
+`arena run` shows it in-process (`live_view` around the loop) and `arena watch` shows it from another
+process. Both only read what the loop writes — run.json, ledger.jsonl, state/status.json,
+logs/trial-<n>.log, state/llm_stream.txt and llm.jsonl — so the view never writes into the run
+directory and holds no lock the loop could wait on. Reads stay cheap: append-only JSONL files are read
+from where the last read stopped, logs and the LLM stream only from their last few KB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import queue
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+from rich.cells import cell_len, set_cell_size
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.markup import escape
+from rich.panel import Panel
+from rich.progress_bar import ProgressBar
+from rich.syntax import Syntax
+from rich.table import Table
+from rich.text import Text
+
+from agent.errors import ArenaError
+from agent.presets import Preset, get_preset
+from agent.run import best_of
+
+if TYPE_CHECKING:
+    from agent.loop import Reporter, StopRule
+
+REFRESH_PER_SECOND = 4
+TAIL_BYTES = 16 * 1024      # enough for the last step line, the eval marker and a screenful of stream
+RECENT_TRIALS = 10
+LEADERS = 5
+LOG_LINES = 3
+MIN_BODY_LINES, MAX_BODY_LINES = 6, 60
+STREAM_SLACK_S = 1.0        # file times on some file systems are coarser than time.time()
+STALE_IDLE_S = 10.0         # idle for longer than this: the run has most likely ended
+QUIET_S = 30.0              # a trial log silent for longer than this is worth pointing out
+SPARK_LEVELS = "▁▂▃▄▅▆▇█"
+STEP_FIELD = re.compile(r"(\w+)=(\S+)")
+PHASE_STYLES = {"proposing": "magenta", "applying": "cyan", "running": "yellow", "evaluating": "blue",
+                "idle": "dim", "starting": "dim"}
+# resource limits read yellow, broken code red
+FAILURE_STYLES = {"oom": "yellow", "timeout": "yellow", "over_budget": "yellow",
+                  "crash": "red", "nan": "red", "invalid_patch": "red"}
+
+# ---------------------------------------------------------------- reading the run directory
+
+def read_run_info(run_dir: Path) -> dict:
+    """run.json of a run directory; anything else is the user's mistake, told in one line."""
+    if not run_dir.is_dir():
+        raise ArenaError(f"no run directory {run_dir}; pass a run's name (and --runs-dir) or its directory")
+    try:
+        info = json.loads((run_dir / "run.json").read_text())
+    except FileNotFoundError:
+        raise ArenaError(f"{run_dir} is not a run (no run.json); pass a directory made by `arena run`") from None
+    except (OSError, ValueError) as e:
+        raise ArenaError(f"cannot read {run_dir / 'run.json'} ({e}); is {run_dir} a run made by `arena run`?") from None
+    if not isinstance(info, dict) or not isinstance(info.get("settings"), dict):
+        raise ArenaError(f"{run_dir / 'run.json'} holds no run settings; pass a directory made by `arena run`")
+    return info
+
+
+def read_json(path: Path) -> dict | None:
+    """A small JSON file the loop replaces atomically; None when absent or unreadable."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+class JsonlFollower:
+    """An append-only JSONL file, read incrementally.
+
+    Only bytes after the last complete line are read, and only when the size changed, so a half-written
+    last line is read again once it is whole. A file that shrank or was replaced is read from the start.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.records: list[dict] = []
+        self.generation = 0  # bumped whenever reading starts over, so derived data can be rebuilt
+        self._offset = 0
+        self._inode: int | None = None
+
+    def poll(self) -> list[dict]:
+        try:
+            stat = os.stat(self.path)
+        except OSError:
+            return self.records
+        if stat.st_ino != self._inode or stat.st_size < self._offset:
+            self.records, self._offset, self._inode = [], 0, stat.st_ino
+            self.generation += 1
+        if stat.st_size == self._offset:
+            return self.records
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                chunk = f.read(stat.st_size - self._offset)
+        except OSError:
+            return self.records
+        complete = chunk.rfind(b"\n") + 1
+        for line in chunk[:complete].splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # blank or damaged: the loop's business, not the view's
+            if isinstance(record, dict):
+                self.records.append(record)
+        self._offset += complete
+        return self.records
+
+
+def read_tail(path: Path, max_bytes: int = TAIL_BYTES) -> tuple[str, bool]:
+    """The last `max_bytes` of a file as text ('' when absent), and whether the start was cut off."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            start = max(0, size - max_bytes)
+            f.seek(start)
+            data = f.read(max_bytes)
+    except OSError:
+        return "", False
+    return data.decode("utf-8", errors="replace"), start > 0
+
+
+class FileTail:
+    """The tail of one file at a time (the path may change), re-read only when the file changed."""
+
+    def __init__(self):
+        self._key: tuple[Path, int, int] | None = None
+        self._tail: tuple[str, bool] = ("", False)
+
+    def get(self, path: Path) -> tuple[str, bool, float | None]:
+        """(text, cut, mtime); mtime None when the file does not exist."""
+        try:
+            stat = os.stat(path)
+        except OSError:
+            return "", False, None
+        key = (path, stat.st_size, stat.st_mtime_ns)
+        if key != self._key:
+            self._key, self._tail = key, read_tail(path)
+        return *self._tail, stat.st_mtime
+
+
+@dataclass
+class Training:
+    """What the log of the running trial says: its last step line, the phase, its last lines."""
+    step: dict[str, float] = field(default_factory=dict)
+    evaluating: bool = False
+    lines: list[str] = field(default_factory=list)
+    written: float | None = None  # when the log last grew
+
+
+def parse_step(line: str) -> dict[str, float]:
+    """The fields of a harness progress line `step=12 loss=3.4 progress=0.41 tok_per_s=9123 ...`."""
+    fields = {}
+    for key, value in STEP_FIELD.findall(line):
+        try:
+            fields[key] = float(value)
+        except ValueError:
+            continue
+    return fields
+
+
+def parse_log(text: str, cut: bool, written: float | None = None) -> Training:
+    if cut:
+        text = text.partition("\n")[2]  # the seek landed inside a line
+    attempt = text.rfind("=== trial ")
+    if attempt >= 0:
+        text = text[attempt:]  # a resumed trial appends to its log; only the latest attempt counts
+    lines = text.splitlines()
+    step = next((parse_step(line) for line in reversed(lines) if line.startswith("step=")), {})
+    return Training(step=step, evaluating="=== eval phase" in text,
+                    lines=[line for line in lines if line.strip()][-LOG_LINES:], written=written)
+
+
+@dataclass
+class Snapshot:
+    """Everything one frame shows, read from the run directory at `now`."""
+    name: str
+    settings: dict
+    preset: Preset | None  # None when the run names a preset this arena does not know
+    records: list[dict]
+    best_curve: list[float | None]
+    status: dict
+    trial_started: float | None
+    training: Training | None
+    stream: str | None  # the LLM answer streaming for the proposal being made, if one is
+    llm_calls: list[dict]
+    now: float
+
+    @property
+    def phase(self) -> str:
+        phase = self.status.get("phase") or "starting"
+        if phase == "running" and self.training is not None and self.training.evaluating:
+            return "evaluating"
+        return phase
+
+    @property
+    def trial(self) -> int:
+        return int(self.status.get("trial", len(self.records)))
+
+    @property
+    def elapsed(self) -> float:
+        return max(0.0, self.now - self.trial_started) if self.trial_started is not None else 0.0
+
+
+class RunReader:
+    """Reads a run directory into snapshots; keeps only cheap incremental state between reads."""
+
+    def __init__(self, run_dir: Path):
+        self.dir = run_dir
+        self.info = read_run_info(run_dir)
+        self.settings = self.info["settings"]
+        self.preset = preset_of(self.settings)
+        self.ledger = JsonlFollower(run_dir / "ledger.jsonl")
+        self.llm_log = JsonlFollower(run_dir / "llm.jsonl")
+        self.log_tail = FileTail()
+        self.stream_tail = FileTail()
+        self._curve: list[float | None] = []
+        self._curve_generation = -1
+        self._proposing: tuple[int, float] | None = None  # (trial, when its proposal began), if seen
+
+    def snapshot(self) -> Snapshot:
+        records = self.ledger.poll()
+        status = read_json(self.dir / "state" / "status.json") or {}
+        phase = status.get("phase")
+        training = self._training(status) if phase == "running" else None
+        return Snapshot(name=self.settings.get("name", self.dir.name), settings=self.settings,
+                        preset=self.preset, records=records, best_curve=self._best_curve(records),
+                        status=status, trial_started=self._trial_started(status), training=training,
+                        stream=self._stream(status) if phase == "proposing" else None,
+                        llm_calls=self.llm_log.poll(), now=time.time())
+
+    def _best_curve(self, records: list[dict]) -> list[float | None]:
+        """The current best after each trial, extended only by the trials added since the last read."""
+        if self.ledger.generation != self._curve_generation:
+            self._curve, self._curve_generation = [], self.ledger.generation
+        for end in range(len(self._curve) + 1, len(records) + 1):
+            self._curve.append(best_of(records[:end])[1])
+        return self._curve
+
+    def _trial_started(self, status: dict) -> float | None:
+        """When the current trial began: its proposal if this reader saw it, else the sandbox start."""
+        phase, trial = status.get("phase"), status.get("trial")
+        if phase in (None, "idle"):
+            return None
+        if phase == "proposing" and (self._proposing is None or self._proposing[0] != trial):
+            self._proposing = (trial, status.get("time", time.time()))
+        if self._proposing is not None and self._proposing[0] == trial:
+            return self._proposing[1]
+        return status.get("started", status.get("time"))
+
+    def _training(self, status: dict) -> Training:
+        text, cut, written = self.log_tail.get(self.dir / "logs" / f"trial-{int(status.get('trial', 0)):05d}.log")
+        return parse_log(text, cut, written)
+
+    def _stream(self, status: dict) -> str | None:
+        """The streamed answer, when written during this proposal (an older one belongs to an earlier trial)."""
+        text, _, mtime = self.stream_tail.get(self.dir / "state" / "llm_stream.txt")
+        if mtime is None or mtime < status.get("time", 0.0) - STREAM_SLACK_S:
+            return None
+        return text
+
+
+def preset_of(settings: dict) -> Preset | None:
+    """The run's preset with its --budget: the training seconds per trial and the device."""
+    try:
+        return get_preset(settings.get("preset", "cpu"), time_budget=settings.get("budget"))
+    except ArenaError:
+        return None
+
+
+# ---------------------------------------------------------------- drawing a frame
+
+def fmt_duration(seconds: float) -> str:
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def fmt_bpb(value: float | None) -> str:
+    return f"{value:.6f}" if value is not None else "-"
+
+
+def one_line(text: object) -> str:
+    return " ".join(str(text or "").split())
+
+
+def sparkline(values: list[float | None], width: int) -> str:
+    """One block per trial, higher for a higher val_bpb (so improvements step down); with more trials
+    than columns, each column shows the last value of its share of the trials."""
+    if len(values) > width:
+        values = [values[(column + 1) * len(values) // width - 1] for column in range(width)]
+    known = [v for v in values if v is not None]
+    if not known:
+        return " " * len(values)
+    low, high = min(known), max(known)
+    top = len(SPARK_LEVELS) - 1
+    return "".join(" " if v is None else SPARK_LEVELS[round((v - low) / (high - low) * top) if high > low else 0]
+                   for v in values)
+
+
+def verdict(record: dict) -> str:
+    """Same words as the loop's report line."""
+    decision = record.get("decision")
+    if decision:
+        return f"{'kept' if decision.get('kept') else 'rejected'} {decision.get('trial')}"
+    if record.get("kept"):
+        return "keep"
+    return "candidate" if record.get("candidate") else "discard"
+
+
+def row_style(record: dict) -> str:
+    if record.get("status") != "ok":
+        return FAILURE_STYLES.get(record.get("status"), "red")
+    if record.get("kept"):
+        return "green"
+    return "cyan" if record.get("candidate") else ""
+
+
+def device_of(snap: Snapshot) -> str:
+    for record in reversed(snap.records):
+        if record.get("gpu"):
+            return str(record["gpu"])
+    gpus = snap.settings.get("gpus")
+    if gpus:
+        return f"GPU {','.join(gpus)}"
+    return snap.preset.device if snap.preset else "-"
+
+
+def trial_seconds(records: list[dict]) -> float:
+    return sum(r.get("total_seconds") or 0.0 for r in records)
+
+
+def eta(snap: Snapshot, used: float, stop_rule: StopRule | None) -> float | None:
+    """Seconds left until the stop rule, from the mean time of the trials so far."""
+    if stop_rule is None or not snap.records:
+        return None
+    mean = trial_seconds(snap.records) / len(snap.records)
+    left = []
+    if stop_rule.trials is not None:
+        left.append((stop_rule.trials - len(snap.records)) * mean - snap.elapsed)
+    if stop_rule.hours is not None:
+        left.append(stop_rule.hours * 3600 - used)
+    return max(0.0, min(left)) if left else None
+
+
+def llm_totals(calls: list[dict]) -> tuple[int, int, int, float]:
+    def total(key: str) -> float:
+        return sum(call.get(key) or 0 for call in calls)
+
+    return len(calls), int(total("prompt_tokens")), int(total("completion_tokens")), float(total("cost_usd"))
+
+
+def header_lines(snap: Snapshot, stop_rule: StopRule | None, width: int) -> list[Text]:
+    """Who runs (name, method, model, backend, device, preset), how far along, the best so far, LLM spend."""
+    s = snap.settings
+    budget = f" · {snap.preset.time_budget:g} s/trial" if snap.preset else ""
+    model = f"  model [bold]{escape(str(s['model']))}[/]" if s.get("model") else ""
+    identity = (f"[bold]{escape(snap.name)}[/]  method [bold]{escape(str(s.get('method')))}[/]{model}  backend "
+                f"{escape(str(s.get('backend')))}  device {escape(device_of(snap))}  preset "
+                f"{escape(str(s.get('preset')))}{budget}")
+    used = trial_seconds(snap.records) + snap.elapsed
+    done = len(snap.records)
+    trials = f"trials [bold]{done}[/]" + (f"/{stop_rule.trials}" if stop_rule and stop_rule.trials else "")
+    hours = f"/{fmt_duration(stop_rule.hours * 3600)}" if stop_rule and stop_rule.hours else ""
+    progress = f"{trials} · time {fmt_duration(used)}{hours}"
+    if done:
+        progress += f" · mean trial {fmt_duration(trial_seconds(snap.records) / done)}"
+    left = eta(snap, used, stop_rule)
+    if left is not None:
+        progress += f" · ETA {fmt_duration(left)}"
+    lines = [Text.from_markup(identity), Text.from_markup(progress)]
+    if snap.records:
+        best_trial, best_value = best_of(snap.records)
+        prefix = f"best {fmt_bpb(best_value)} (trial {best_trial})  "
+        curve = sparkline(snap.best_curve, max(8, width - 4 - len(prefix)))
+        lines.append(Text.assemble(prefix, (curve, "green")))
+    if snap.llm_calls or s.get("model"):
+        calls, prompt, completion, cost = llm_totals(snap.llm_calls)
+        lines.append(Text(f"LLM {calls} calls · {prompt:,} prompt + {completion:,} completion tokens · ${cost:.4f}"))
+    for line in lines:
+        line.no_wrap, line.overflow = True, "ellipsis"
+    return lines
+
+
+def render_training(snap: Snapshot, training: Training) -> RenderableType:
+    step = training.step
+    rows: list[RenderableType] = []
+    if step:
+        budget = f" / {snap.preset.time_budget:g} s" if snap.preset else ""
+        rows.append(Text(f"step {int(step.get('step', 0))}  loss {step.get('loss', float('nan')):.4f}  "
+                         f"tok/s {step.get('tok_per_s', 0):,.0f}  mem {step.get('mem_gb', 0):.2f} GB  "
+                         f"train {step.get('train_s', 0):.1f} s{budget}", style="bold"))
+        progress = min(1.0, max(0.0, step.get("progress", 0.0)))
+        bar = Table.grid(padding=(0, 1))
+        bar.add_column(width=40)
+        bar.add_column(width=5)
+        bar.add_row(ProgressBar(total=1.0, completed=progress, width=40), f"{progress:.0%}")
+        rows.append(bar)
+    else:
+        rows.append(Text("waiting for the first training step", style="dim"))
+    rows.extend(Text(line, style="dim", no_wrap=True, overflow="ellipsis") for line in training.lines)
+    return Group(*rows)
+
+
+def tail_lines(console: Console, text: str, width: int, limit: int) -> Text:
+    """The last `limit` screen lines of `text` wrapped to `width`: the newest part of a stream."""
+    wrapped = Text(text.rstrip("\n")).wrap(console, max(10, width))
+    return Text("\n").join(wrapped[-limit:])
+
+
+def head_syntax(diff: str, limit: int) -> RenderableType:
+    lines = diff.rstrip("\n").splitlines()
+    shown = Syntax("\n".join(lines[:limit]), "diff", theme="ansi_dark", background_color="default")
+    if len(lines) <= limit:
+        return shown
+    return Group(shown, Text(f"… {len(lines) - limit} more lines", style="dim"))
+
+
+def render_current(snap: Snapshot, console: Console, width: int, body_lines: int) -> Panel:
+    phase = snap.phase
+    style = PHASE_STYLES.get(phase, "")
+    title = f"trial {snap.trial} · [{style}]{phase}[/]"
+    if snap.trial_started is not None:
+        title += f" · {fmt_duration(snap.elapsed)}"
+    written = snap.training.written if snap.training else None
+    if written is not None and snap.now - written > QUIET_S:
+        title += f" · [yellow]no output for {fmt_duration(snap.now - written)}[/]"
+    rows: list[RenderableType] = []
+    description = snap.status.get("description")
+    if description:
+        rows.append(Text(one_line(description), style="bold", no_wrap=True, overflow="ellipsis"))
+    if phase == "proposing":
+        rows.append(render_proposing(snap, console, width, body_lines))
+    elif phase == "applying":
+        rows.append(Text("applying the proposal to train.py", style="dim"))
+    elif phase in ("running", "evaluating"):
+        if snap.status.get("diff"):
+            rows.append(head_syntax(snap.status["diff"], body_lines))
+        if snap.training is not None:
+            rows.append(render_training(snap, snap.training))
+    else:
+        rows.append(render_idle(snap))
+    return Panel(Group(*rows), title=title, title_align="left", border_style=style or "white")
+
+
+def render_proposing(snap: Snapshot, console: Console, width: int, body_lines: int) -> RenderableType:
+    method = snap.status.get("method") or snap.settings.get("method")
+    if snap.stream is None:
+        return Text(f"{method} is proposing trial {snap.trial}", style="dim")
+    if not snap.stream.strip():
+        return Text(f"{method} asked the model; waiting for its first token", style="dim")
+    return Group(Text(f"{method}: the model's answer, streaming", style="magenta"),
+                 tail_lines(console, snap.stream, width - 4, body_lines))
+
+
+def render_idle(snap: Snapshot) -> Text:
+    if not snap.status:
+        return Text("the run has not started a trial yet", style="dim")
+    age = snap.now - float(snap.status.get("time", snap.now))
+    if age > STALE_IDLE_S:
+        return Text(f"no trial running for {fmt_duration(age)}: the run has finished or was stopped", style="dim")
+    return Text(f"between trials; trial {snap.trial} comes next", style="dim")
+
+
+def fit(text: str, width: int) -> str:
+    """`text` cut (with an ellipsis) or padded to exactly `width` cells."""
+    if cell_len(text) > width:
+        return set_cell_size(text, max(0, width - 1)) + "…"
+    return set_cell_size(text, width)
+
+
+# The two tables are drawn as plain lines of text: a rich Table measures every cell on every frame,
+# which costs a 2-core CPU run noticeable training time at 4 frames a second.
+RECENT_HEADER = f"{'#':>4}  {'method':<9}  {'status':<13}  {'val_bpb':>8}  {'verdict':<10}  {'time':>5}  description"
+LEADER_HEADER = f"{'rank':>4}  {'trial':>5}  {'val_bpb':>8}  {'vs baseline':>11}  method"
+LEADER_WIDTH = len(LEADER_HEADER) + 4
+SIDE_BY_SIDE_WIDTH = 110  # narrower screens show the leaderboard below the recent trials
+
+
+def recent_lines(records: list[dict]) -> list[tuple[str, str]]:
+    """(line, style) for the last trials: number, method, status, val_bpb, verdict, time, description."""
+    lines = [(f"recent trials (last {RECENT_TRIALS})", "bold"), (RECENT_HEADER, "bold")]
+    for r in records[-RECENT_TRIALS:]:
+        lines.append((f"{r.get('trial')!s:>4}  {fit(str(r.get('method')), 9)}  {fit(str(r.get('status')), 13)}  "
+                      f"{fmt_bpb(r.get('val_bpb')):>8}  {fit(verdict(r), 10)}  "
+                      f"{fmt_duration(r.get('total_seconds') or 0.0):>5}  {one_line(r.get('description'))}",
+                      row_style(r)))
+    return lines
+
+
+def leader_lines(records: list[dict]) -> list[tuple[str, str]]:
+    """(line, style) for the best trials by val_bpb, with their change against the baseline."""
+    scored = sorted((r for r in records if r.get("status") == "ok" and r.get("val_bpb") is not None),
+                    key=lambda r: (r["val_bpb"], r["trial"]))
+    baseline = records[0].get("val_bpb") if records else None
+    lines = [(f"leaderboard (top {LEADERS})", "bold"), (LEADER_HEADER, "bold")]
+    for rank, r in enumerate(scored[:LEADERS], start=1):
+        change = f"{(r['val_bpb'] / baseline - 1) * 100:+.2f}%" if baseline else "-"
+        lines.append((f"{rank:>4}  {r['trial']:>5}  {fmt_bpb(r['val_bpb']):>8}  {change:>11}  {r.get('method')}",
+                      "green" if rank == 1 else ""))
+    return lines
+
+
+def side_by_side(left: list[tuple[str, str]], right: list[tuple[str, str]], width: int) -> Text:
+    """Two lists of styled lines as two columns, each line cut to its column; the right one (the
+    leaderboard) takes what it needs, the left one (with the descriptions) the rest."""
+    left_width = width - 2 - LEADER_WIDTH
+    rows = []
+    for index in range(max(len(left), len(right))):
+        (l_text, l_style), (r_text, r_style) = [(side[index] if index < len(side) else ("", ""))
+                                                for side in (left, right)]
+        rows.append(Text.assemble((fit(l_text, left_width), l_style), "  ",
+                                  (fit(r_text, LEADER_WIDTH).rstrip(), r_style)))
+    return Text("\n").join(rows)
+
+
+def stacked(lines: list[tuple[str, str]], width: int) -> Text:
+    return Text("\n").join(Text(fit(text, width).rstrip(), style) for text, style in lines)
+
+
+def render_frame(snap: Snapshot, console: Console, stop_rule: StopRule | None = None) -> RenderableType:
+    """The whole screen for a console of the given size; the diff or stream gets the spare height."""
+    width, height = console.size
+    header = header_lines(snap, stop_rule, width)
+    recent, leaders = recent_lines(snap.records), leader_lines(snap.records)
+    if width >= SIDE_BY_SIDE_WIDTH:
+        tables = side_by_side(recent, leaders, width)
+    else:
+        tables = stacked([*recent, ("", ""), *leaders], width)
+    # borders, the header, the trial's description, label and training lines, the tables
+    fixed = 2 + len(header) + 2 + 2 + 2 + LOG_LINES + len(tables.split())
+    body_lines = min(MAX_BODY_LINES, max(MIN_BODY_LINES, height - fixed))
+    return Group(Panel(Group(*header), title="arena", title_align="left", border_style="blue"),
+                 render_current(snap, console, width, body_lines), tables)
+
+
+def frame_key(snap: Snapshot, console: Console, generation: int) -> tuple:
+    """What a frame shows, at the resolution it shows it (whole seconds): an equal key, an equal frame."""
+    return (console.size, generation, len(snap.records), snap.status, snap.training, snap.stream,
+            len(snap.llm_calls), int(snap.now))
+
+
+class RunView:
+    """A run directory and what to draw from it; `frame` never raises, so a display problem never
+    reaches the loop it runs beside."""
+
+    def __init__(self, run_dir: Path, stop_rule: StopRule | None = None):
+        self.reader = RunReader(run_dir)
+        self.stop_rule = stop_rule
+        self._last_key: tuple | None = None
+
+    def frame(self, console: Console, only_if_changed: bool = False) -> RenderableType | None:
+        """The current frame; with only_if_changed, None when it would equal the last one."""
+        try:
+            snap = self.reader.snapshot()
+            key = frame_key(snap, console, self.reader.ledger.generation)
+            if only_if_changed and key == self._last_key:
+                return None
+            self._last_key = key
+            return render_frame(snap, console, self.stop_rule)
+        except Exception as e:  # whatever went wrong is shown on screen; it must not stop the run
+            return Text(f"live view: cannot draw {self.reader.dir}: {type(e).__name__}: {e}", style="red")
+
+
+# ---------------------------------------------------------------- running the display
+
+def _drive(live: Live, view: RunView, lines: queue.SimpleQueue, stop: threading.Event) -> None:
+    """The display thread: REFRESH_PER_SECOND times a second, print the queued report lines above the
+    view and redraw it if anything it shows changed; one last round after `stop`, so the final lines
+    and state stay on screen. Live's own refresh thread is not used: it would read the run directory
+    under the console's lock, which report lines printed from the loop would then wait on."""
+    while True:
+        stopping = stop.is_set()
+        while not lines.empty():
+            live.console.print(lines.get(), markup=False, highlight=False)
+        frame = view.frame(live.console, only_if_changed=True)
+        if frame is not None:
+            live.update(frame, refresh=True)
+        if stopping:
+            return
+        stop.wait(1 / REFRESH_PER_SECOND)
+
+
+@contextlib.contextmanager
+def live_view(run_dir: Path, stop_rule: StopRule | None = None,
+              console: Console | None = None) -> Iterator[Reporter]:
+    """Show the live view of `run_dir` while the body runs; yields report(line), which prints a line
+    above the view. report only queues the line, so the caller never waits on the screen."""
+    view = RunView(run_dir, stop_rule)
+    lines: queue.SimpleQueue[str] = queue.SimpleQueue()
+    stop = threading.Event()
+    with Live(console=console or Console(), auto_refresh=False) as live:
+        thread = threading.Thread(target=_drive, args=(live, view, lines, stop), name="arena-live", daemon=True)
+        thread.start()
+        try:
+            yield lines.put
+        finally:
+            stop.set()
+            thread.join()
+
+
+# ---------------------------------------------------------------- arena watch
+
+def resolve_run_dir(run: str, runs_dir: Path) -> Path:
+    """A run's name under `runs_dir`, or else a path to a run directory."""
+    named = runs_dir / run
+    return named if named.exists() or not Path(run).exists() else Path(run)
+
+
+def watch(run_dir: Path, once: bool = False, console: Console | None = None) -> int:
+    console = console or Console()
+    if once:
+        console.print(RunView(run_dir).frame(console))
+        return 0
+    with live_view(run_dir, console=console):
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass  # Ctrl-C is how the user leaves the view
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    return watch(resolve_run_dir(args.run, args.runs_dir), once=args.once)
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register `arena watch` on the CLI's subparsers."""
+    p = subparsers.add_parser("watch", help="show the live view of a run, e.g. one running in another terminal "
+                              "(read-only)")
+    p.add_argument("run", help="the run's name under --runs-dir, or the path of a run directory")
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs live (default ./runs)")
+    p.add_argument("--once", action="store_true", help="print one frame and exit")
+    p.set_defaults(func=cmd_watch)
+    return p
