@@ -18,6 +18,8 @@ from tests.conftest import ROOT, one_line_error
 
 # real training, kept short; a generous start-up allowance so a loaded machine is not over budget
 FAST = ["--budget", "2", "--eval-tokens", "4096", "--startup-allowance", "300"]
+BASE = 6  # trials in the shared base run; the crash tests interrupt trial BASE and resume
+NEXT = str(BASE + 1)
 
 
 def arena_run(runs: Path, cache: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -54,16 +56,16 @@ def check_run_consistent(run_dir: Path, n_trials: int) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory, cache_root, stdlib_dataset) -> Path:
-    """A real 3-trial random-search run; crash tests copy it and go on from there."""
+    """A real 6-trial random-search run; crash tests copy it and go on from there."""
     runs = tmp_path_factory.mktemp("runs")
-    proc = arena_run(runs, cache_root, "--name", "base", "--trials", "3", *FAST)
+    proc = arena_run(runs, cache_root, "--name", "base", "--trials", str(BASE), *FAST)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return runs / "base"
 
 
 @pytest.mark.slow
 def test_random_search_run_records_every_trial(base_run):
-    records = check_run_consistent(base_run, 3)
+    records = check_run_consistent(base_run, BASE)
     assert records[0]["kind"] == "baseline" and records[0]["kept"]
     space = load_space("cpu")
     for r in records[1:]:
@@ -85,25 +87,25 @@ def straight_run(base_run, tmp_path_factory, cache_root) -> list[dict]:
     """The base run continued to 4 trials without interruption: what every resumed run must match."""
     runs = tmp_path_factory.mktemp("straight")
     shutil.copytree(base_run, runs / "base")
-    assert arena_run(runs, cache_root, "--name", "base", "--trials", "4").returncode == 0
+    assert arena_run(runs, cache_root, "--name", "base", "--trials", NEXT).returncode == 0
     return Ledger.open(runs / "base" / "ledger.jsonl").records
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("point", CRASH_POINTS)
 def test_kill_at_any_point_then_resume(point, base_run, straight_run, tmp_path, cache_root):
-    """kill -9 during trial 3 at `point`; the resumed run records trial 3 exactly once, as proposed."""
+    """kill -9 during trial BASE at `point`; the resumed run records it exactly once, as proposed."""
     reference = Ledger.open(base_run / "ledger.jsonl").records
     runs = tmp_path / "runs"
     shutil.copytree(base_run, runs / "base")
-    killed = arena_run(runs, cache_root, "--name", "base", "--trials", "4", env={"ARENA_CRASH_AT": f"{point}:3"})
+    killed = arena_run(runs, cache_root, "--name", "base", "--trials", NEXT, env={"ARENA_CRASH_AT": f"{point}:{BASE}"})
     assert killed.returncode == -9, killed.stderr[-2000:]
-    resumed = arena_run(runs, cache_root, "--name", "base", "--trials", "4")
+    resumed = arena_run(runs, cache_root, "--name", "base", "--trials", NEXT)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    records = check_run_consistent(runs / "base", 4)
-    assert records[:3] == reference
+    records = check_run_consistent(runs / "base", BASE + 1)
+    assert records[:BASE] == reference
     assert not (runs / "base" / "state" / "pending.pkl").exists()
-    assert records[3]["config"] == straight_run[3]["config"]  # the same proposal, interrupted or not
+    assert records[BASE]["config"] == straight_run[BASE]["config"]  # the same proposal, interrupted or not
 
 
 def trial_processes(tmp: Path) -> list[int]:
@@ -128,9 +130,9 @@ def test_kill_during_training_leaves_no_trial_behind(base_run, straight_run, tmp
     shutil.copytree(base_run, runs / "base")
     env = {**os.environ, "ARENA_CACHE": str(cache_root), "TMPDIR": str(tmp)}
     arena = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--runs-dir", str(runs), "--name", "base",
-                              "--trials", "4"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                              "--trials", NEXT], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
-    log = runs / "base" / "logs" / "trial-00003.log"
+    log = runs / "base" / "logs" / f"trial-{BASE:05d}.log"
     deadline = time.monotonic() + 120
     while not (log.exists() and "step=" in log.read_text()):
         assert time.monotonic() < deadline and arena.poll() is None
@@ -142,10 +144,10 @@ def test_kill_during_training_leaves_no_trial_behind(base_run, straight_run, tmp
     while trial_processes(tmp) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not trial_processes(tmp)  # the trial died with arena
-    assert arena_run(runs, cache_root, "--name", "base", "--trials", "4").returncode == 0
-    records = check_run_consistent(runs / "base", 4)
-    assert records[3]["config"] == straight_run[3]["config"]
-    assert log.read_text().count("=== trial 3 started") == 2  # both attempts' output kept
+    assert arena_run(runs, cache_root, "--name", "base", "--trials", NEXT).returncode == 0
+    records = check_run_consistent(runs / "base", BASE + 1)
+    assert records[BASE]["config"] == straight_run[BASE]["config"]
+    assert log.read_text().count(f"=== trial {BASE} started") == 2  # both attempts' output kept
 
 
 def test_resume_with_other_settings_is_refused_and_harmless(base_run, tmp_path, cache_root):
@@ -203,12 +205,12 @@ def test_damaged_runs_are_refused(base_run, tmp_path, cache_root):
 
 
 def test_torn_ledger_line_is_dropped_and_rerun(base_run, tmp_path, cache_root):
-    """A kill in the middle of writing trial 3's ledger line leaves a torn line; it is cut and trial 3 re-run."""
+    """A kill in the middle of writing a ledger line leaves a torn line; it is cut and that trial re-run."""
     runs = tmp_path / "runs"
     shutil.copytree(base_run, runs / "base")
-    killed = arena_run(runs, cache_root, "--name", "base", "--trials", "4", env={"ARENA_CRASH_AT": "noted:3"})
+    killed = arena_run(runs, cache_root, "--name", "base", "--trials", NEXT, env={"ARENA_CRASH_AT": f"noted:{BASE}"})
     assert killed.returncode == -9
     with open(runs / "base" / "ledger.jsonl", "a") as ledger:
-        ledger.write('{"trial": 3, "kind": "proposal", "val_b')
-    assert arena_run(runs, cache_root, "--name", "base", "--trials", "4").returncode == 0
-    check_run_consistent(runs / "base", 4)
+        ledger.write(f'{{"trial": {BASE}, "kind": "proposal", "val_b')
+    assert arena_run(runs, cache_root, "--name", "base", "--trials", NEXT).returncode == 0
+    check_run_consistent(runs / "base", BASE + 1)
