@@ -17,7 +17,8 @@ import pytest
 from rich.console import Console
 
 from agent.loop import StopRule
-from agent.ui.live import SPARK_LEVELS, RunView, fmt_bpb, live_view, parse_step
+from agent.ui.live import SPARK_LEVELS, RunView, fmt_bpb, live_view
+from agent.ui.live_reader import parse_step
 from tests.conftest import ROOT, one_line_error, run_arena
 
 FAST = ["--budget", "2", "--eval-tokens", "4096", "--startup-allowance", "300"]  # real training, kept short

@@ -11,13 +11,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import os
 import queue
-import re
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
@@ -31,258 +27,24 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
-from agent.errors import ArenaError
-from agent.presets import Preset, get_preset
 from agent.run import best_of
+from agent.ui.live_reader import LOG_LINES, RunReader, Snapshot, Training
 
 if TYPE_CHECKING:
     from agent.loop import Reporter, StopRule
 
 REFRESH_PER_SECOND = 4
-TAIL_BYTES = 16 * 1024      # enough for the last step line, the eval marker and a screenful of stream
 RECENT_TRIALS = 10
 LEADERS = 5
-LOG_LINES = 3
 MIN_BODY_LINES, MAX_BODY_LINES = 6, 60
-STREAM_SLACK_S = 1.0        # file times on some file systems are coarser than time.time()
 STALE_IDLE_S = 10.0         # idle for longer than this: the run has most likely ended
 QUIET_S = 30.0              # a trial log silent for longer than this is worth pointing out
 SPARK_LEVELS = "▁▂▃▄▅▆▇█"
-STEP_FIELD = re.compile(r"(\w+)=(\S+)")
 PHASE_STYLES = {"proposing": "magenta", "applying": "cyan", "running": "yellow", "evaluating": "blue",
                 "idle": "dim", "starting": "dim"}
 # resource limits read yellow, broken code red
 FAILURE_STYLES = {"oom": "yellow", "timeout": "yellow", "over_budget": "yellow",
                   "crash": "red", "nan": "red", "invalid_patch": "red"}
-
-# ---------------------------------------------------------------- reading the run directory
-
-def read_run_info(run_dir: Path) -> dict:
-    """run.json of a run directory; anything else is the user's mistake, told in one line."""
-    if not run_dir.is_dir():
-        raise ArenaError(f"no run directory {run_dir}; pass a run's name (and --runs-dir) or its directory")
-    try:
-        info = json.loads((run_dir / "run.json").read_text())
-    except FileNotFoundError:
-        raise ArenaError(f"{run_dir} is not a run (no run.json); pass a directory made by `arena run`") from None
-    except (OSError, ValueError) as e:
-        raise ArenaError(f"cannot read {run_dir / 'run.json'} ({e}); is {run_dir} a run made by `arena run`?") from None
-    if not isinstance(info, dict) or not isinstance(info.get("settings"), dict):
-        raise ArenaError(f"{run_dir / 'run.json'} holds no run settings; pass a directory made by `arena run`")
-    return info
-
-
-def read_json(path: Path) -> dict | None:
-    """A small JSON file the loop replaces atomically; None when absent or unreadable."""
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-class JsonlFollower:
-    """An append-only JSONL file, read incrementally.
-
-    Only bytes after the last complete line are read, and only when the size changed, so a half-written
-    last line is read again once it is whole. A file that shrank or was replaced is read from the start.
-    """
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.records: list[dict] = []
-        self.generation = 0  # bumped whenever reading starts over, so derived data can be rebuilt
-        self._offset = 0
-        self._inode: int | None = None
-
-    def poll(self) -> list[dict]:
-        try:
-            stat = os.stat(self.path)
-        except OSError:
-            return self.records
-        if stat.st_ino != self._inode or stat.st_size < self._offset:
-            self.records, self._offset, self._inode = [], 0, stat.st_ino
-            self.generation += 1
-        if stat.st_size == self._offset:
-            return self.records
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self._offset)
-                chunk = f.read(stat.st_size - self._offset)
-        except OSError:
-            return self.records
-        complete = chunk.rfind(b"\n") + 1
-        for line in chunk[:complete].splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue  # blank or damaged: the loop's business, not the view's
-            if isinstance(record, dict):
-                self.records.append(record)
-        self._offset += complete
-        return self.records
-
-
-def read_tail(path: Path, max_bytes: int = TAIL_BYTES) -> tuple[str, bool]:
-    """The last `max_bytes` of a file as text ('' when absent), and whether the start was cut off."""
-    try:
-        with open(path, "rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            start = max(0, size - max_bytes)
-            f.seek(start)
-            data = f.read(max_bytes)
-    except OSError:
-        return "", False
-    return data.decode("utf-8", errors="replace"), start > 0
-
-
-class FileTail:
-    """The tail of one file at a time (the path may change), re-read only when the file changed."""
-
-    def __init__(self):
-        self._key: tuple[Path, int, int] | None = None
-        self._tail: tuple[str, bool] = ("", False)
-
-    def get(self, path: Path) -> tuple[str, bool, float | None]:
-        """(text, cut, mtime); mtime None when the file does not exist."""
-        try:
-            stat = os.stat(path)
-        except OSError:
-            return "", False, None
-        key = (path, stat.st_size, stat.st_mtime_ns)
-        if key != self._key:
-            self._key, self._tail = key, read_tail(path)
-        return *self._tail, stat.st_mtime
-
-
-@dataclass
-class Training:
-    """What the log of the running trial says: its last step line, the phase, its last lines."""
-    step: dict[str, float] = field(default_factory=dict)
-    evaluating: bool = False
-    lines: list[str] = field(default_factory=list)
-    written: float | None = None  # when the log last grew
-
-
-def parse_step(line: str) -> dict[str, float]:
-    """The fields of a harness progress line `step=12 loss=3.4 progress=0.41 tok_per_s=9123 ...`."""
-    fields = {}
-    for key, value in STEP_FIELD.findall(line):
-        try:
-            fields[key] = float(value)
-        except ValueError:
-            continue
-    return fields
-
-
-def parse_log(text: str, cut: bool, written: float | None = None) -> Training:
-    if cut:
-        text = text.partition("\n")[2]  # the seek landed inside a line
-    attempt = text.rfind("=== trial ")
-    if attempt >= 0:
-        text = text[attempt:]  # a resumed trial appends to its log; only the latest attempt counts
-    lines = text.splitlines()
-    step = next((parse_step(line) for line in reversed(lines) if line.startswith("step=")), {})
-    return Training(step=step, evaluating="=== eval phase" in text,
-                    lines=[line for line in lines if line.strip()][-LOG_LINES:], written=written)
-
-
-@dataclass
-class Snapshot:
-    """Everything one frame shows, read from the run directory at `now`."""
-    name: str
-    settings: dict
-    preset: Preset | None  # None when the run names a preset this arena does not know
-    records: list[dict]
-    best_curve: list[float | None]
-    status: dict
-    trial_started: float | None
-    training: Training | None
-    stream: str | None  # the LLM answer streaming for the proposal being made, if one is
-    llm_calls: list[dict]
-    now: float
-
-    @property
-    def phase(self) -> str:
-        phase = self.status.get("phase") or "starting"
-        if phase == "running" and self.training is not None and self.training.evaluating:
-            return "evaluating"
-        return phase
-
-    @property
-    def trial(self) -> int:
-        return int(self.status.get("trial", len(self.records)))
-
-    @property
-    def elapsed(self) -> float:
-        return max(0.0, self.now - self.trial_started) if self.trial_started is not None else 0.0
-
-
-class RunReader:
-    """Reads a run directory into snapshots; keeps only cheap incremental state between reads."""
-
-    def __init__(self, run_dir: Path):
-        self.dir = run_dir
-        self.info = read_run_info(run_dir)
-        self.settings = self.info["settings"]
-        self.preset = preset_of(self.settings)
-        self.ledger = JsonlFollower(run_dir / "ledger.jsonl")
-        self.llm_log = JsonlFollower(run_dir / "llm.jsonl")
-        self.log_tail = FileTail()
-        self.stream_tail = FileTail()
-        self._curve: list[float | None] = []
-        self._curve_generation = -1
-        self._proposing: tuple[int, float] | None = None  # (trial, when its proposal began), if seen
-
-    def snapshot(self) -> Snapshot:
-        records = self.ledger.poll()
-        status = read_json(self.dir / "state" / "status.json") or {}
-        phase = status.get("phase")
-        training = self._training(status) if phase == "running" else None
-        return Snapshot(name=self.settings.get("name", self.dir.name), settings=self.settings,
-                        preset=self.preset, records=records, best_curve=self._best_curve(records),
-                        status=status, trial_started=self._trial_started(status), training=training,
-                        stream=self._stream(status) if phase == "proposing" else None,
-                        llm_calls=self.llm_log.poll(), now=time.time())
-
-    def _best_curve(self, records: list[dict]) -> list[float | None]:
-        """The current best after each trial, extended only by the trials added since the last read."""
-        if self.ledger.generation != self._curve_generation:
-            self._curve, self._curve_generation = [], self.ledger.generation
-        for end in range(len(self._curve) + 1, len(records) + 1):
-            self._curve.append(best_of(records[:end])[1])
-        return self._curve
-
-    def _trial_started(self, status: dict) -> float | None:
-        """When the current trial began: its proposal if this reader saw it, else the sandbox start."""
-        phase, trial = status.get("phase"), status.get("trial")
-        if phase in (None, "idle"):
-            return None
-        if phase == "proposing" and (self._proposing is None or self._proposing[0] != trial):
-            self._proposing = (trial, status.get("time", time.time()))
-        if self._proposing is not None and self._proposing[0] == trial:
-            return self._proposing[1]
-        return status.get("started", status.get("time"))
-
-    def _training(self, status: dict) -> Training:
-        text, cut, written = self.log_tail.get(self.dir / "logs" / f"trial-{int(status.get('trial', 0)):05d}.log")
-        return parse_log(text, cut, written)
-
-    def _stream(self, status: dict) -> str | None:
-        """The streamed answer, when written during this proposal (an older one belongs to an earlier trial)."""
-        text, _, mtime = self.stream_tail.get(self.dir / "state" / "llm_stream.txt")
-        if mtime is None or mtime < status.get("time", 0.0) - STREAM_SLACK_S:
-            return None
-        return text
-
-
-def preset_of(settings: dict) -> Preset | None:
-    """The run's preset with its --budget: the training seconds per trial and the device."""
-    try:
-        return get_preset(settings.get("preset", "cpu"), time_budget=settings.get("budget"))
-    except ArenaError:
-        return None
-
 
 # ---------------------------------------------------------------- drawing a frame
 
