@@ -22,6 +22,8 @@ BASELINE = render_constants((template_dir() / "train.py").read_text(), get_prese
 
 
 def edit(old: str, new: str, source: str = BASELINE) -> str:
+    """A diff against the baseline. Each scripted edit's context lines must stay clear of the others' edits,
+    since which of them were kept (and so the parent's text) depends on measured val_bpb."""
     assert old in source
     return make_diff(source, source.replace(old, new, 1))
 
@@ -51,7 +53,7 @@ def code_run(tmp_path_factory, cache_root, stdlib_dataset):
             "I would rather not change anything today.",
             "Still no diff, sorry.",
             Fault.http(429, retry_after=0.1), code_answer("break it", crash),                       # trial 4
-            Fault.empty(), code_answer("narrower ref width", edit("REFERENCE_WIDTH = 768", "REFERENCE_WIDTH = 512")),
+            Fault.empty(), code_answer("larger head init", edit("lm_head.weight, std=0.001", "lm_head.weight, std=0.002")),
         )
         proc = arena_run(runs, cache_root, "--name", "code", *llm_args(server, "code"), *FAST)
         assert proc.returncode == 0, proc.stderr[-3000:]
