@@ -320,7 +320,7 @@ def test_compare_real_runs(groups, tmp_path, capsys):
              for label, paths in groups.items()}
     target = max(max(values) for values in bests.values())  # every run reaches it
     out = tmp_path / "cmp"
-    assert arena("compare", *runs, "--out", out, "--target", f"{target:.6f}") == 0
+    assert arena("compare", *runs, "--out", out, "--target", repr(target)) == 0  # exact: no rounding below a best
     console = capsys.readouterr().out
     for label in labels:
         assert label in console
