@@ -38,12 +38,13 @@ def client_if_up() -> docker.DockerClient | None:
         return None
 
 
-def install_docker() -> None:
+def apt_install(*packages: str) -> None:
+    """Install Debian packages the tests need (a fresh machine has neither dockerd nor tmux)."""
     if os.geteuid() != 0:
-        raise EngineUnavailable("dockerd is not installed and only root can install it; install docker.io, "
+        raise EngineUnavailable(f"{', '.join(packages)} missing and only root can install it; install it, "
                                 "or set ARENA_SKIP_DOCKER=1 to skip the Docker tests")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "docker.io"]):
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *packages]):
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode:
             raise EngineUnavailable(f"`{' '.join(cmd)}` failed: {proc.stderr.strip()[-500:]}")
@@ -77,7 +78,7 @@ def ensure_engine() -> docker.DockerClient:
     if client:
         return client
     if shutil.which("dockerd") is None:
-        install_docker()
+        apt_install("docker.io")
     return start_dockerd()
 
 

@@ -19,6 +19,7 @@ from rich.console import Console
 from agent.loop import StopRule
 from agent.ui.live import SPARK_LEVELS, RunView, fmt_bpb, live_view
 from agent.ui.live_reader import parse_step
+from tests.docker_env import apt_install
 from tests.conftest import ROOT, one_line_error, run_arena
 
 FAST = ["--budget", "2", "--eval-tokens", "4096", "--startup-allowance", "300"]  # real training, kept short
@@ -30,7 +31,7 @@ ROW = re.compile(r"^\s*(\d+)\s+(baseline|random)\s+(\w+)\s+([\d.]+|-)\s+(\w+)") 
 class WatchedRun:
     dir: Path
     records: list[dict]
-    screens: list[str] | None  # what `arena watch` showed in tmux, in order; None without tmux
+    screens: list[str]  # what `arena watch` showed in tmux, in order
 
 
 def tmux(socket: Path, *args: str) -> subprocess.CompletedProcess:
@@ -67,13 +68,13 @@ def watched_run(tmp_path_factory, cache_root, stdlib_dataset) -> WatchedRun:
     with open(output, "w") as out:
         run = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--runs-dir", str(runs), "--name", NAME,
                                 "--trials", "3", *FAST], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    screens = None
     try:
         deadline = time.monotonic() + 120
         while not (runs / NAME / "run.json").exists() and run.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
-        if shutil.which("tmux"):
-            screens = watch_in_tmux(run, runs, tmp_path_factory.mktemp("tmux") / "socket")
+        if not shutil.which("tmux"):
+            apt_install("tmux")  # as the Docker tests install docker.io: a fresh machine lacks it
+        screens = watch_in_tmux(run, runs, tmp_path_factory.mktemp("tmux") / "socket")
         run.wait(timeout=600)
     finally:
         if run.poll() is None:
@@ -214,8 +215,6 @@ def test_live_view_prints_report_lines_above_the_view(watched_run):
 
 @pytest.mark.slow
 def test_watch_in_tmux_follows_the_run(watched_run):
-    if watched_run.screens is None:
-        pytest.fail("tmux is needed for this test: apt-get install tmux")
     screens = watched_run.screens
     titles = [int(m[1]) for s in screens for m in [re.search(r"trial (\d+) · (?:proposing|applying|running|"
                                                               r"evaluating)", s)] if m]
