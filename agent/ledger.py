@@ -34,6 +34,31 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def read_appended_jsonl(path: Path, what: str, cut_torn: bool) -> list[dict]:
+    """The records of a JSON-lines file that is only ever appended to, one fsynced line at a time.
+
+    Every line is written with its newline, so a last piece without one is a write a kill cut short:
+    it is left out (and cut from the file when `cut_torn`, so the next append starts on a fresh line).
+    Damage anywhere else is not ours to repair.
+    """
+    data = path.read_bytes()
+    *lines, torn = data.split(b"\n")
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise ArenaError(f"{path} line {number} is not valid JSON; {what} was edited or damaged — "
+                             "restore it from a backup") from None
+    if torn and cut_torn:
+        with open(path, "r+b") as f:
+            f.truncate(len(data) - len(torn))
+            os.fsync(f.fileno())
+    return records
+
+
 class Ledger:
     def __init__(self, path: Path, records: list[dict]):
         self.path = path
@@ -45,25 +70,7 @@ class Ledger:
         if not path.exists():
             path.touch()
             return cls(path, [])
-        raw = path.read_bytes()
-        lines = raw.split(b"\n")
-        records, good_bytes = [], 0
-        for index, line in enumerate(lines):
-            if not line:
-                good_bytes += 1 if index < len(lines) - 1 else 0
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                if index < len(lines) - 1:  # damage before the last line is not ours to repair
-                    raise ArenaError(f"{path} line {index + 1} is not valid JSON; the ledger was edited or "
-                                     "damaged — restore it from a backup") from None
-                break
-            good_bytes += len(line) + 1
-        if good_bytes < len(raw):
-            with open(path, "r+b") as f:
-                f.truncate(good_bytes)
-                os.fsync(f.fileno())
+        records = read_appended_jsonl(path, "the ledger", cut_torn=True)
         for expected, record in enumerate(records):
             if record.get("trial") != expected:
                 raise ArenaError(f"{path} holds trial {record.get('trial')} where trial {expected} belongs; "

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from agent.errors import ArenaError
+from agent.ledger import read_appended_jsonl
 
 LOG_NAME = "llm.jsonl"
 BACKOFF_CAP_S = 30.0
@@ -213,10 +214,7 @@ class LLMClient:
         """The calls already in this run's log (a resumed run); a line torn by a kill is cut off."""
         if self.log_path is None or not self.log_path.exists():
             return []
-        records, good_bytes = _read_log(self.log_path)
-        if good_bytes < self.log_path.stat().st_size:
-            os.truncate(self.log_path, good_bytes)
-        return records
+        return read_appended_jsonl(self.log_path, "the LLM log", cut_torn=True)
 
     def _append(self, record: dict) -> None:
         self._count(record)
@@ -263,27 +261,11 @@ def _one_line(error: Exception) -> str:
     return " ".join(str(error).split())[:400] or type(error).__name__
 
 
-def _read_log(path: Path) -> tuple[list[dict], int]:
-    """The complete lines of an llm.jsonl and the bytes they span; a torn last line is left out."""
-    data = path.read_bytes()
-    *lines, torn = data.split(b"\n")
-    records = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            raise LLMError(f"{path} line {number} is not valid JSON; the LLM log was edited or damaged — "
-                           "restore it from a backup") from None
-    return records, len(data) - len(torn)
-
-
 def _load_replay(path: Path) -> list[dict]:
     log = path / LOG_NAME if path.is_dir() else path
     if not log.is_file():
         raise LLMError(f"nothing to replay: {log} does not exist; give a run directory that holds {LOG_NAME}")
-    return _read_log(log)[0]
+    return read_appended_jsonl(log, "the LLM log", cut_torn=False)
 
 
 # ---------------------------------------------------------------------------- reading answers
