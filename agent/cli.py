@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
-import tempfile
 import tomllib
 from pathlib import Path
 
@@ -19,8 +19,9 @@ from agent.constants import render_constants
 from agent.datasets import prepare_dataset
 from agent.errors import ArenaError
 from agent.presets import Preset, get_preset, load_presets
-from agent.run import RunSettings
-from agent.template import HARNESS_FILES, template_dir
+from agent.run import ISOLATIONS, RunSettings
+from agent.template import HARNESS_FILES, harness_hash, template_dir
+from sandbox.errors import SandboxError
 from train_template.prepare import DEFAULT_VAL_FRACTION, read_meta
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)  # errors stay on one line
@@ -69,7 +70,8 @@ def require_device(preset: Preset) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from sandbox import LocalBackend, Status, TrialSpec
+    from sandbox import BudgetRule, LocalBackend, Status, TrialSpec
+    from sandbox.outcome import summary
 
     preset = get_preset(args.preset, time_budget=args.budget, eval_tokens=args.eval_tokens)
     require_device(preset)
@@ -80,14 +82,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ArenaError(f"cannot read {source_path}: {e.strerror}; pass an existing file to --train-py") from None
     source = render_constants(source, preset.constants)
     data_dir = dataset_for(args, preset.vocab_size)
-    with tempfile.TemporaryDirectory(prefix="arena-train-") as tree:
-        (Path(tree) / "train.py").write_text(source)
-        spec = TrialSpec(tree=Path(tree), data_dir=data_dir, harness_dir=template_dir(), harness_files=HARNESS_FILES,
-                         config=preset.harness_config(args.seed), startup_allowance=preset.startup_allowance,
-                         eval_timeout=preset.eval_timeout)
-        console.print(f"training the template with preset '{preset.name}' ({preset.description}), "
-                      f"budget {preset.time_budget:g} s, seed {args.seed}", markup=False)
-        outcome = LocalBackend().run(spec, on_log=lambda line: print(line, end="", flush=True))
+    backend = LocalBackend(isolation=args.isolation)
+    spec = TrialSpec(source=source, data_dir=data_dir, harness_dir=template_dir(), harness_files=HARNESS_FILES,
+                     harness_hash=harness_hash(), config=preset.harness_config(args.seed),
+                     budget=BudgetRule(preset.time_budget, preset.startup_allowance), eval_timeout=preset.eval_timeout)
+    console.print(f"training the template with preset '{preset.name}' ({preset.description}), "
+                  f"budget {preset.time_budget:g} s, seed {args.seed}, isolation {backend.isolation}", markup=False)
+    outcome = backend.run(spec, on_log=lambda line: print(line, end="", flush=True))
+    result = {**(outcome.result or {}), "status": outcome.status.value, "seed": args.seed,
+              "time_budget": preset.time_budget, "isolation": backend.isolation}
+    print(summary(outcome) + "ARENA_RESULT " + json.dumps(result), flush=True)
     style = "green" if outcome.status is Status.OK else "red"
     console.print(f"[{style}]{outcome.status.value}[/]: {escape(outcome.reason)}")
     return 0 if outcome.status is Status.OK else 1
@@ -171,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=float, default=None, help="training seconds (default: the preset's)")
     p.add_argument("--eval-tokens", type=int, default=None, help="validation tokens (default: the preset's)")
     p.add_argument("--train-py", type=Path, default=None, help="train this file instead of the template's")
+    p.add_argument("--isolation", default="bwrap", choices=ISOLATIONS, help="bwrap (default): each phase in a "
+                   "bubblewrap sandbox; none: unisolated, only for code you trust")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("run", help="run a search: trials proposed by a method, each a git commit, best kept")
@@ -187,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds a trial's training phase may spend outside the budget (start-up, compile) "
                         "before it is over_budget (default: the preset's)")
     p.add_argument("--backend", default=None, help="local (default) or docker")
+    p.add_argument("--isolation", default=None, help="local backend: bwrap (default), each phase in a bubblewrap "
+                   "sandbox; none runs trials unisolated (recorded, and marked by compare)")
     p.add_argument("--image", default=None, help="docker image for trials (docker backend)")
     p.add_argument("--gpus", default=None, help="GPU ids for trials, e.g. 0 or 0,1")
     p.add_argument("--mem-limit", default=None, help="memory limit per trial container, e.g. 64g (docker)")
@@ -232,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ArenaError as e:
+    except (ArenaError, SandboxError) as e:
         console.print(f"[red]error:[/] {escape(str(e))}")
         return 2
     except KeyboardInterrupt:

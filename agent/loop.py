@@ -25,7 +25,8 @@ from agent.methods import Context, Proposal
 from agent.patches import InvalidPatch, apply_diff, check_train_py, diff_stats, make_diff, render_config
 from agent.run import Run, best_of
 from agent.template import EDITABLE_FILE, HARNESS_FILES, template_dir
-from sandbox import Backend, LocalBackend, Outcome, Status, TrialSpec
+from sandbox import Backend, BudgetRule, LocalBackend, Outcome, Status, TrialSpec
+from sandbox.outcome import reported_mfu, reported_rate, summary
 
 Reporter = Callable[[str], None]
 CRASH_ENV = "ARENA_CRASH_AT"  # fault injection for the crash-safety tests: "<point>:<trial>"
@@ -65,8 +66,8 @@ def make_backend(run: Run) -> Backend:
         from sandbox.docker import DockerBackend
 
         return DockerBackend(image=settings.image, gpus=settings.gpus, mem_limit=settings.mem_limit,
-                             compile_cache=run.dir / "compile-cache", run_name=settings.name)
-    return LocalBackend(gpus=settings.gpus)
+                             run_name=settings.name)
+    return LocalBackend(isolation=settings.isolation, gpus=settings.gpus)
 
 
 def run_loop(run: Run, stop: StopRule, report: Reporter = print) -> None:
@@ -163,7 +164,8 @@ def execute(run: Run, backend: Backend, job: Job, report: Reporter) -> dict:
               else job.kind, "description": job.proposal.description, "parent": job.parent, "seed": job.seed,
               "confirms": job.confirms, "proposal_meta": job.proposal.meta, "propose_seconds": job.propose_seconds,
               "host": socket.gethostname(), "harness_hash": run.info["harness_hash"],
-              "dataset_fingerprint": run.info["dataset_fingerprint"], "kept": False, "candidate": False,
+              "dataset_fingerprint": run.info["dataset_fingerprint"], "isolation": backend.isolation,
+              "kept": False, "candidate": False,
               "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started))}
     run.set_status(phase="applying", trial=job.trial, description=job.proposal.description, started=started)
     source, repairs = apply_with_repairs(run, job, parent_source)
@@ -191,20 +193,30 @@ def execute(run: Run, backend: Backend, job: Job, report: Reporter) -> dict:
     return finish(run, record, outcome, commit, diff, source, started)
 
 
+def budget_rule(run: Run) -> BudgetRule:
+    """The budget, and the allowance outside it: the preset's cap until the baseline has measured its own."""
+    baseline = run.ledger.records[0] if run.ledger.records else {}
+    reference = None
+    if baseline.get("outside_seconds") is not None and baseline.get("ready_seconds"):
+        reference = (baseline["outside_seconds"], baseline["ready_seconds"])
+    return BudgetRule(run.preset.time_budget, run.preset.startup_allowance, reference)
+
+
 def run_sandbox(run: Run, backend: Backend, job: Job, source: str) -> Outcome:
-    log_path = run.log_path(job.trial)
-    with tempfile.TemporaryDirectory(prefix="arena-tree-") as tree, open(log_path, "a") as log:
+    spec = TrialSpec(source=source, data_dir=run.data_dir, harness_dir=template_dir(), harness_files=HARNESS_FILES,
+                     harness_hash=run.info["harness_hash"], config=run.preset.harness_config(job.seed),
+                     budget=budget_rule(run), eval_timeout=run.preset.eval_timeout,
+                     compile_cache=run.dir / "compile-cache", trusted=job.kind == "baseline")
+    with open(run.log_path(job.trial), "a") as log:
         log.write(f"=== trial {job.trial} started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        (Path(tree) / EDITABLE_FILE).write_text(source)
-        spec = TrialSpec(tree=Path(tree), data_dir=run.data_dir, harness_dir=template_dir(),
-                         harness_files=HARNESS_FILES, config=run.preset.harness_config(job.seed),
-                         startup_allowance=run.preset.startup_allowance, eval_timeout=run.preset.eval_timeout)
 
         def on_log(line: str) -> None:
             log.write(line)
             log.flush()
 
-        return backend.run(spec, on_log)
+        outcome = backend.run(spec, on_log)
+        log.write(summary(outcome) + f"{outcome.status.value}: {outcome.reason}\n")
+    return outcome
 
 
 def finish(run: Run, record: dict, outcome: Outcome, commit: str | None, diff: str, source: str | None,
@@ -216,15 +228,18 @@ def finish(run: Run, record: dict, outcome: Outcome, commit: str | None, diff: s
     value = result.get("val_bpb") if ok else None
     record["kept"], record["candidate"] = judge(record["kind"], value, best_value, run.settings.noise_margin,
                                                 run.settings.confirm)
+    reported = result.get("reported") or {}
     record.update(
         commit=commit, diff=diff, diff_stats=diff_stats(diff) if diff else None,
         config=read_constants(source) if source else None,
         status=outcome.status.value, reason=outcome.reason, val_bpb=value,
-        peak_memory_gb=result.get("peak_memory_gb"), training_seconds=result.get("training_seconds"),
-        tokens_per_second=result.get("tokens_per_second"), mfu_percent=result.get("mfu_percent"),
-        steps=result.get("steps"), num_params=result.get("num_params"), gpu=result.get("device_name"),
+        peak_memory_gb=result.get("peak_memory_gb"), training_seconds=result.get("work_seconds"),
+        outside_seconds=result.get("outside_seconds"), allowance_seconds=result.get("allowance_seconds"),
+        ready_seconds=result.get("ready_seconds"), num_params=result.get("num_params"),
+        tokens_per_second=reported_rate(reported), mfu_percent=reported_mfu(reported),
+        steps=reported.get("steps"), gpu=reported.get("device_name"), reported=reported,
         train_wall_seconds=outcome.train_wall_seconds, eval_wall_seconds=outcome.eval_wall_seconds,
-        overhead_seconds=outcome.train_wall_seconds + outcome.eval_wall_seconds - (result.get("training_seconds") or 0),
+        overhead_seconds=outcome.train_wall_seconds + outcome.eval_wall_seconds - (result.get("work_seconds") or 0),
         log_tail=outcome.log_tail,
     )
     if record["kind"] == "confirm":

@@ -17,9 +17,8 @@ class Preset:
     vocab_size: int
     seq_len: int
     eval_tokens: int
-    eval_batch_rows: int
     time_budget: float
-    warmup_batches: int
+    warmup_steps: int
     startup_allowance: float
     eval_timeout: float
     constants: dict = field(default_factory=dict)
@@ -27,8 +26,7 @@ class Preset:
     def harness_config(self, seed: int) -> dict:
         """The run.json the harness reads: everything about a trial that the trial cannot change."""
         return {"device": self.device, "seed": seed, "seq_len": self.seq_len, "eval_tokens": self.eval_tokens,
-                "eval_batch_rows": self.eval_batch_rows, "time_budget": self.time_budget,
-                "warmup_batches": self.warmup_batches}
+                "time_budget": self.time_budget, "warmup_steps": self.warmup_steps}
 
 
 def load_presets() -> dict[str, Preset]:

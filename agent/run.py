@@ -30,6 +30,7 @@ from agent.presets import Preset, get_preset
 from agent.space import SearchSpace, load_space
 from agent.template import EDITABLE_FILE, HARNESS_FILES, harness_hash, template_dir
 from agent.workspace import RunRepo, trial_ref
+from sandbox.local import ISOLATIONS
 from train_template.prepare import read_meta
 
 TEMPLATE_FILES = (EDITABLE_FILE, *HARNESS_FILES, "program.md", "space.toml")
@@ -46,6 +47,7 @@ class RunSettings:
     eval_tokens: int | None = None
     startup_allowance: float | None = None  # seconds outside the budget before a trial is over_budget
     backend: str = "local"
+    isolation: str = "bwrap"   # local backend: each phase in a bubblewrap sandbox, or "none" (unisolated)
     image: str | None = None
     gpus: list[str] | None = None
     seed: int = 42
@@ -76,6 +78,10 @@ class RunSettings:
     def validate(self) -> None:
         if self.backend not in BACKENDS:
             raise ArenaError(f"unknown backend '{self.backend}'; choose one of: {', '.join(BACKENDS)}")
+        if self.isolation not in ISOLATIONS:
+            raise ArenaError(f"unknown isolation '{self.isolation}'; choose one of: {', '.join(ISOLATIONS)}")
+        if self.backend == "docker" and self.isolation == "none":
+            raise ArenaError("--isolation none applies to the local backend; Docker always isolates each phase")
         if self.backend == "docker" and not self.image:
             raise ArenaError("the docker backend needs --image; build one with `docker build -t arena-gpu .`")
         if self.noise_margin < 0:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from importlib.resources import files
 from pathlib import Path
 
-HARNESS_FILES = ("prepare.py", "harness.py")  # read-only: always taken from here, never from a trial
+from sandbox.phases import harness_hash as hash_files
+
+HARNESS_FILES = ("prepare.py", "harness.py", "exported.py")  # read-only: always from here, never from a trial
 EDITABLE_FILE = "train.py"
 
 
@@ -16,8 +17,4 @@ def template_dir() -> Path:
 
 def harness_hash(directory: Path | None = None) -> str:
     """One digest over the harness files, recorded with every result."""
-    directory = directory or template_dir()
-    digest = hashlib.sha256()
-    for name in HARNESS_FILES:
-        digest.update(name.encode() + b"\0" + (directory / name).read_bytes())
-    return digest.hexdigest()[:16]
+    return hash_files(directory or template_dir(), HARNESS_FILES)

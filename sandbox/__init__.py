@@ -1,7 +1,8 @@
 """Run one trial in isolation and say what happened."""
 
+from sandbox.errors import SandboxError
 from sandbox.local import LocalBackend
-from sandbox.outcome import Outcome, Status
+from sandbox.outcome import BudgetRule, Outcome, Status
 from sandbox.trial import Backend, TrialSpec
 
-__all__ = ["Backend", "LocalBackend", "Outcome", "Status", "TrialSpec"]
+__all__ = ["Backend", "BudgetRule", "LocalBackend", "Outcome", "SandboxError", "Status", "TrialSpec"]

@@ -1,9 +1,10 @@
-"""The local backend: each phase in a fresh temp dir, its own process group, a scrubbed environment."""
+"""The local backend: each phase of a trial in its own bubblewrap sandbox on this machine (or, only when
+asked with isolation "none", as a plain child process of arena)."""
 
 from __future__ import annotations
 
-import ctypes
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,44 +13,24 @@ import threading
 import time
 from pathlib import Path
 
-from sandbox.outcome import Outcome, PhaseRun, judge
-from sandbox.trial import LogSink, TrialSpec, stage_workdir
+from sandbox.bwrap import ADVICE, bwrap_argv, find_bwrap
+from sandbox.errors import SandboxError
+from sandbox.outcome import Outcome, PhaseRun
+from sandbox.phases import Phase, PathMap, install_supervisor, make_dir, sandbox_user
+from sandbox.trial import OUTER_GRACE_SECONDS, PhaseOutput, TrialSpec, run_trial
 
-# Only these variables reach trial code: no API keys, tokens or credentials from the caller's shell.
-PASSED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "TORCHINDUCTOR_CACHE_DIR",
-              "TRITON_CACHE_DIR")
-
-
-def scrubbed_env(workdir: Path, gpus: list[str] | None = None) -> dict[str, str]:
-    env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
-    env.update(HOME=str(workdir), TMPDIR=str(workdir), PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
-    if gpus:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
-    return env
+ISOLATIONS = ("bwrap", "none")
+PREFLIGHT_SECONDS = 120
+NEEDED_MODULES = "numpy, torch, safetensors"
 
 
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:
-    """In the child before exec: the kernel kills it if arena dies (even by kill -9), so no trial outlives a run."""
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def run_process(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float, on_log: LogSink) -> PhaseRun:
+def run_process(cmd: list[str], cwd: Path | None, env: dict[str, str], timeout: float,
+                output: PhaseOutput) -> PhaseRun:
     """Run `cmd` in a new session; stream its merged output; kill the whole group at `timeout`."""
     start = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True, preexec_fn=die_with_parent, text=True, errors="replace",
-                            bufsize=1)
-    lines: list[str] = []
-
-    def pump() -> None:
-        for line in proc.stdout:
-            lines.append(line)
-            on_log(line)
-
-    reader = threading.Thread(target=pump, daemon=True)
+                            stdin=subprocess.DEVNULL, start_new_session=True, text=True, errors="replace", bufsize=1)
+    reader = threading.Thread(target=lambda: [output(line) for line in proc.stdout], daemon=True)
     reader.start()
     timed_out = False
     try:
@@ -58,33 +39,70 @@ def run_process(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float, 
         timed_out = True
     finally:
         try:
-            os.killpg(proc.pid, signal.SIGKILL)  # also reaps children the trial left behind
+            os.killpg(proc.pid, signal.SIGKILL)  # bwrap, and with it its whole pid namespace
         except ProcessLookupError:
             pass
         proc.wait()
         reader.join(timeout=5)
     return PhaseRun(exit_code=proc.returncode, timed_out=timed_out, wall_seconds=time.monotonic() - start,
-                    log=lines)
+                    lines=list(output.lines))
+
+
+def parent_death_guard() -> list[str]:
+    """A prefix that makes an unisolated phase die with arena (bwrap has --die-with-parent for the rest)."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL"] if setpriv else []
 
 
 class LocalBackend:
-    """Runs trials as child processes of arena, on this machine's CPU or GPUs."""
+    """Runs trials on this machine's CPU or GPUs, each phase sandboxed by bubblewrap unless isolation is "none"."""
 
-    def __init__(self, python: str = sys.executable, gpus: list[str] | None = None):
+    def __init__(self, isolation: str = "bwrap", python: str = sys.executable, gpus: list[str] | None = None):
+        if isolation not in ISOLATIONS:
+            raise SandboxError(f"unknown isolation '{isolation}'; choose one of: {', '.join(ISOLATIONS)}")
+        self.isolation = isolation
         self.python = python
         self.gpus = gpus
+        self.owner = sandbox_user() if isolation == "bwrap" else (os.getuid(), os.getgid())
+        if isolation == "bwrap":
+            self.bwrap = find_bwrap()
+            self.preflight()
 
-    def run(self, spec: TrialSpec, on_log: LogSink) -> Outcome:
-        with tempfile.TemporaryDirectory(prefix="arena-trial-") as tmp:
-            workdir = Path(tmp)
-            stage_workdir(spec, workdir)
-            env = scrubbed_env(workdir, self.gpus)
-            common = ["--config", "run.json", "--data", str(spec.data_dir), "--out", "out"]
-            train = run_process([self.python, "harness.py", "train", *common], workdir, env,
-                                spec.train_timeout, on_log)
-            evaluation = None
-            if train.exit_code == 0 and not train.timed_out:
-                on_log("=== eval phase\n")
-                evaluation = run_process([self.python, "harness.py", "eval", *common], workdir, env,
-                                         spec.eval_timeout, on_log)
-            return judge(train, evaluation, spec.train_limit)
+    def run(self, spec: TrialSpec, on_log) -> Outcome:
+        return run_trial(spec, self.run_phase, self.owner, on_log)
+
+    def environment(self, phase: Phase) -> None:
+        if self.gpus:
+            phase.env["CUDA_VISIBLE_DEVICES"] = ",".join(self.gpus)
+        if "OMP_NUM_THREADS" in os.environ:
+            phase.env["OMP_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"]
+
+    def run_phase(self, phase: Phase, output: PhaseOutput, inner: list[str] | None = None) -> PhaseRun:
+        self.environment(phase)
+        timeout = phase.deadline + OUTER_GRACE_SECONDS
+        if self.isolation == "bwrap":
+            return run_process(bwrap_argv(self.bwrap, phase, self.python, self.gpus, inner), None, {}, timeout,
+                               output)
+        paths = PathMap(phase)
+        command = parent_death_guard() + phase.command(self.python, None, paths, inner)
+        return run_process(command, phase.trial_dir, phase.phase_env(paths), timeout, output)
+
+    def preflight(self) -> None:
+        """One empty sandbox before any trial: bwrap works here and its Python imports what the harness needs."""
+        with tempfile.TemporaryDirectory(prefix="arena-preflight-") as tmp:
+            phase = Phase("train", Path(tmp), PREFLIGHT_SECONDS)
+            make_dir(phase.trial_dir)
+            install_supervisor(phase.trial_dir)
+            make_dir(phase.out_dir, self.owner)
+            run = self.run_phase(phase, PhaseOutput(lambda line: None),
+                                 inner=[self.python, "-c", f"import {NEEDED_MODULES}"])
+        report = run.report
+        if report is not None and report.exit_code == 0:
+            return
+        last = run.last_line() or f"exit code {run.exit_code}"
+        if report is None:
+            raise SandboxError(f"bubblewrap cannot create a sandbox here ({self.bwrap}: {last[:200]}); allow "
+                               "unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1 or "
+                               f"kernel.apparmor_restrict_unprivileged_userns=0), or {ADVICE}")
+        raise SandboxError(f"inside the sandbox, {self.python} cannot import {NEEDED_MODULES} ({last[:200]}); "
+                           f"install them into that interpreter's own environment (a venv), or {ADVICE}")

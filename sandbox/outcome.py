@@ -1,17 +1,30 @@
-"""What happened to a trial: one status out of a fixed set, with the evidence kept."""
+"""What happened to a trial: one status out of a fixed set, judged only on what was measured outside it."""
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from enum import Enum
 
-RESULT_PREFIX = "ARENA_RESULT "
-EXIT_DIVERGED = 3  # harness.py's exit code for a NaN or exploding loss
+RESULT_PREFIX = "ARENA_EVAL "
+PHASE_PREFIX = "ARENA_PHASE "
+REJECTED_PREFIX = "ARENA_REJECTED "
+EXIT_DIVERGED = 3   # harness.py: the loss diverged (NaN or exploding)
+EXIT_CONTRACT = 4   # harness.py: the model broke the contract (not a module, not exportable)
+EXIT_REJECTED = 5   # harness.py: the exported model failed a check of the eval phase
 OOM_PATTERNS = re.compile(r"CUDA out of memory|OutOfMemoryError|MemoryError|CUBLAS_STATUS_ALLOC_FAILED|"
                           r"Cannot allocate memory|HIP out of memory")
 LOG_TAIL_LINES = 60
+LOG_TAIL_LINE_CHARS = 300
+LOG_TAIL_BYTES = 8192
+# The allowance for time outside the budget (start-up, compile warm-up, export), once the baseline has
+# measured its own: ALLOWANCE_MARGIN times the baseline's, plus ALLOWANCE_FLOOR seconds, stretched by
+# how much slower the machine is now than then (measured on the harness's own start-up, before any trial
+# code runs), and never more than the preset's cap.
+ALLOWANCE_MARGIN = 2.0
+ALLOWANCE_FLOOR = 10.0
 
 
 class Status(str, Enum):
@@ -21,17 +34,65 @@ class Status(str, Enum):
     NAN = "nan"
     TIMEOUT = "timeout"
     OVER_BUDGET = "over_budget"
+    REJECTED = "rejected"
     INVALID_PATCH = "invalid_patch"
+
+
+@dataclass(frozen=True)
+class BudgetRule:
+    """How long a train phase may take: the budget plus an allowance for the work outside it."""
+    budget: float
+    cap: float                                  # the preset's start-up allowance: the most any trial gets
+    reference: tuple[float, float] | None = None  # the baseline's (seconds outside the budget, start-up seconds)
+
+    def allowance(self, ready_seconds: float) -> float:
+        if self.reference is None:
+            return self.cap
+        outside, startup = self.reference
+        slowdown = max(1.0, ready_seconds / max(startup, 0.1))
+        return min(self.cap, (ALLOWANCE_MARGIN * max(outside, 0.0) + ALLOWANCE_FLOOR) * slowdown)
+
+
+@dataclass(frozen=True)
+class PhaseReport:
+    """The supervisor's account of a phase: exit status, times since its start, the largest process."""
+    exit_code: int | None
+    signal: int | None
+    ready: float | None
+    end: float | None
+    deadline: bool
+    max_rss_kb: int
+
+    @classmethod
+    def parse(cls, line: str) -> "PhaseReport | None":
+        try:
+            raw = json.loads(line[len(PHASE_PREFIX):])
+            return cls(raw["exit_code"], raw["signal"], raw["ready"], raw["end"], bool(raw["deadline"]),
+                       int(raw["max_rss_kb"]))
+        except (ValueError, KeyError, TypeError):
+            return None
 
 
 @dataclass
 class PhaseRun:
-    """How one process (train or eval phase) ended, as seen from outside it."""
-    exit_code: int | None
-    timed_out: bool
+    """How one phase ended, as seen from outside it."""
+    exit_code: int | None     # of the sandbox process or container: 0 when the supervisor finished its work
+    timed_out: bool           # killed by the backend's own outer deadline
     wall_seconds: float
-    log: list[str] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
     oom_killed: bool = False  # the container engine or kernel killed it for memory
+
+    @property
+    def report(self) -> PhaseReport | None:
+        """The supervisor's last line, trusted only when the supervisor itself exited cleanly."""
+        if self.exit_code != 0:
+            return None
+        last = next((line for line in reversed(self.lines) if line.startswith(PHASE_PREFIX)), None)
+        return PhaseReport.parse(last) if last else None
+
+    def last_line(self, prefix: str = "") -> str | None:
+        return next((line.strip() for line in reversed(self.lines)
+                     if line.strip() and line.startswith(prefix) and not line.startswith(PHASE_PREFIX)), None)
 
 
 @dataclass
@@ -48,49 +109,121 @@ class Outcome:
         return self.result["val_bpb"] if self.result else None
 
 
-def tail(lines: list[str], n: int = LOG_TAIL_LINES) -> str:
-    return "".join(lines[-n:])
+def tail(lines: list[str]) -> str:
+    """The end of the train phase's output, bounded in lines and bytes: what a code agent may be shown."""
+    kept = [line if len(line) <= LOG_TAIL_LINE_CHARS else line[:LOG_TAIL_LINE_CHARS] + "…\n"
+            for line in lines if not line.startswith(PHASE_PREFIX) and line.strip()][-LOG_TAIL_LINES:]
+    text = "".join(kept)
+    return text[-LOG_TAIL_BYTES:]
 
 
 def parse_result(lines: list[str]) -> dict | None:
     for line in reversed(lines):
         if line.startswith(RESULT_PREFIX):
             try:
-                return json.loads(line[len(RESULT_PREFIX):])
-            except json.JSONDecodeError:
+                result = json.loads(line[len(RESULT_PREFIX):])
+            except (ValueError, RecursionError):
                 return None
+            return result if isinstance(result, dict) and isinstance(result.get("val_bpb"), (int, float)) else None
     return None
 
 
-def classify_failure(phase: str, run: PhaseRun) -> tuple[Status, str]:
-    text = "".join(run.log)
-    if run.oom_killed or OOM_PATTERNS.search(text):
+def phase_failure(phase: str, run: PhaseRun) -> tuple[Status, str] | None:
+    """Why a phase failed, or None when it exited cleanly. Eval-phase reasons carry no output of the
+    phase beyond the harness's own verdict lines, so nothing measured on validation data leaks out."""
+    report = run.report
+    if run.oom_killed or (phase == "train" and OOM_PATTERNS.search("".join(run.lines[-200:]))):
         return Status.OOM, f"{phase} phase ran out of memory"
-    if run.timed_out:
+    if run.timed_out or (report is not None and report.deadline):
         return Status.TIMEOUT, f"{phase} phase killed after {run.wall_seconds:.0f} s"
-    if run.exit_code == EXIT_DIVERGED:
-        return Status.NAN, next((l.strip() for l in run.log if l.startswith("ARENA_DIVERGED")), "loss diverged")
-    last = next((l.strip() for l in reversed(run.log) if l.strip()), "no output")
-    return Status.CRASH, f"{phase} phase exited with code {run.exit_code}: {last[:300]}"
+    if report is None:
+        return Status.CRASH, (f"{phase} phase ended without its supervisor's report (sandbox exit code "
+                              f"{run.exit_code}): the sandbox itself failed or was killed")
+    if report.signal is not None:
+        return Status.CRASH, f"{phase} phase was killed by signal {report.signal}"
+    if report.exit_code == 0:
+        return None
+    if phase == "eval":
+        if report.exit_code == EXIT_REJECTED:
+            verdict = run.last_line(REJECTED_PREFIX) or "rejected"
+            return Status.REJECTED, verdict.removeprefix(REJECTED_PREFIX)[:300]
+        verdict = run.last_line("ARENA_")
+        return Status.CRASH, f"eval phase exited with code {report.exit_code}" + (f": {verdict[:300]}" if verdict else "")
+    if report.exit_code == EXIT_DIVERGED:
+        return Status.NAN, (run.last_line("ARENA_DIVERGED") or "loss diverged")[:300]
+    last = (run.last_line("ARENA_CONTRACT") if report.exit_code == EXIT_CONTRACT else None) or run.last_line()
+    return Status.CRASH, f"train phase exited with code {report.exit_code}: {(last or 'no output')[:300]}"
 
 
-def judge(train: PhaseRun, evaluation: PhaseRun | None, train_limit: float) -> Outcome:
-    """Classify a trial from its two phases. `train_limit` is budget plus start-up allowance, in seconds."""
-    logs = train.log + (evaluation.log if evaluation else [])
-    walls = dict(train_wall_seconds=train.wall_seconds,
-                 eval_wall_seconds=evaluation.wall_seconds if evaluation else 0.0, log_tail=tail(logs))
-    if train.exit_code != 0 or train.timed_out or train.oom_killed:
-        status, reason = classify_failure("train", train)
-        return Outcome(status, reason, **walls)
+def measured(train: PhaseRun, rule: BudgetRule) -> dict:
+    """Time and memory of the train phase, from its supervisor: nothing here comes from the trial."""
+    report = train.report
+    work = report.end - report.ready
+    return {"work_seconds": work, "outside_seconds": work - rule.budget, "ready_seconds": report.ready,
+            "allowance_seconds": rule.allowance(report.ready), "peak_memory_gb": report.max_rss_kb * 1024 / 1e9}
+
+
+def judge(train: PhaseRun, evaluation: PhaseRun | None, rule: BudgetRule, reported: dict,
+          missing: str = "evaluation did not run") -> Outcome:
+    """Classify a trial from its two phases; `missing` says why there was no eval phase."""
+    walls = dict(train_wall_seconds=train.wall_seconds, log_tail=tail(train.lines),
+                 eval_wall_seconds=evaluation.wall_seconds if evaluation else 0.0)
+    failure = phase_failure("train", train)
+    if failure is None and train.report.ready is None:
+        failure = Status.CRASH, "the harness never started trial code"
+    if failure is not None:
+        return Outcome(*failure, **walls)
     if evaluation is None:
-        return Outcome(Status.CRASH, "evaluation did not run", **walls)
-    if evaluation.exit_code != 0 or evaluation.timed_out or evaluation.oom_killed:
-        status, reason = classify_failure("eval", evaluation)
-        return Outcome(status, reason, **walls)
-    result = parse_result(evaluation.log)  # only the eval phase's output counts: train.py cannot print a score
+        return Outcome(Status.CRASH, missing, **walls)
+    failure = phase_failure("eval", evaluation)
+    if failure is not None:
+        return Outcome(*failure, **walls)
+    result = parse_result(evaluation.lines)
     if result is None:
         return Outcome(Status.CRASH, "evaluation printed no result", **walls)
-    if train.wall_seconds > train_limit:
-        return Outcome(Status.OVER_BUDGET, f"training phase took {train.wall_seconds:.1f} s, "
-                       f"limit {train_limit:.0f} s", result, **walls)
+    result = {**result, **measured(train, rule), "reported": reported}
+    if not math.isfinite(result["val_bpb"]):
+        return Outcome(Status.NAN, f"val_bpb is {result['val_bpb']}", result, **walls)
+    if result["outside_seconds"] > result["allowance_seconds"]:
+        return Outcome(Status.OVER_BUDGET, f"the train phase ran {result['work_seconds']:.1f} s of trial code, "
+                       f"{result['outside_seconds']:.1f} s past the {rule.budget:g} s budget; "
+                       f"allowance {result['allowance_seconds']:.1f} s", result, **walls)
     return Outcome(Status.OK, f"val_bpb {result['val_bpb']:.6f}", result, **walls)
+
+
+def reported_rate(reported: dict) -> float | None:
+    """Tokens per second while the trial's own clock ran, as the trial reported them."""
+    seconds, tokens = reported.get("training_seconds"), reported.get("timed_tokens")
+    return tokens / seconds if isinstance(tokens, (int, float)) and isinstance(seconds, (int, float)) and seconds > 0 \
+        else None
+
+
+def reported_mfu(reported: dict) -> float | None:
+    rate, flops, peak = reported_rate(reported), reported.get("flops_per_token"), reported.get("peak_flops")
+    if rate is None or not isinstance(flops, (int, float)) or not isinstance(peak, (int, float)) or peak <= 0:
+        return None
+    return 100 * flops * rate / peak
+
+
+def summary(outcome: Outcome) -> str:
+    """autoresearch's summary block: measured values first, then what the trial reported."""
+    result = outcome.result or {}
+    reported = result.get("reported") or {}
+
+    def number(value, spec: str) -> str:
+        return "n/a" if not isinstance(value, (int, float)) else format(value, spec)
+
+    mfu = reported_mfu(reported)
+    memory = result.get("peak_memory_gb")
+    rows = [("val_bpb", number(result.get("val_bpb"), ".6f")),
+            ("training_seconds", number(result.get("work_seconds"), ".1f")),
+            ("outside_budget_s", number(result.get("outside_seconds"), ".1f")),
+            ("allowance_s", number(result.get("allowance_seconds"), ".1f")),
+            ("total_seconds", number(outcome.train_wall_seconds + outcome.eval_wall_seconds, ".1f")),
+            ("peak_mem_mb", number(memory * 1e9 / 2**20 if memory is not None else None, ".1f")),
+            ("mfu_percent", number(mfu, ".2f")),
+            ("total_tokens_M", number((reported.get("tokens") or 0) / 1e6 if reported else None, ".1f")),
+            ("num_steps", number(reported.get("steps"), ".0f")),
+            ("num_params_M", number((result.get("num_params") or 0) / 1e6 if result else None, ".1f")),
+            ("depth", str(reported.get("depth", "n/a")))]
+    return "\n".join(["---"] + [f"{name + ':':<18}{value}" for name, value in rows]) + "\n"

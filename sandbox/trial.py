@@ -1,51 +1,121 @@
-"""A trial as a sandbox sees it: a tree holding train.py, the data, and the fixed settings."""
+"""One trial as every backend runs it: stage the train phase, run it, carry the exported model into a
+freshly staged eval phase, run that, and judge both on what was measured outside them."""
 
 from __future__ import annotations
 
 import json
-import shutil
+import tempfile
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
-from sandbox.outcome import Outcome
+from sandbox.outcome import BudgetRule, Outcome, PhaseRun, judge
+from sandbox.phases import (PHASE_DATA, Phase, copy_cache, copy_harness, copy_model, install_supervisor, link_data,
+                            make_dir, promote_cache, read_reported)
 
 LogSink = Callable[[str], None]
 
-EXPORT_GRACE_SECONDS = 60.0  # past budget + allowance: time to save the exported model before a hard kill
+EXPORT_GRACE_SECONDS = 60.0  # past budget + allowance: time to export the model before the phase is killed
+OUTER_GRACE_SECONDS = 30.0   # past a phase's own deadline: when the backend kills the whole sandbox itself
+LOG_LIMIT_BYTES = 32 << 20   # per phase: a print loop cannot fill the disk
+KEPT_LINES = 5000            # lines of a phase kept in memory for judging (all of it goes to the log sink)
 
 
 @dataclass(frozen=True)
 class TrialSpec:
-    tree: Path                # a directory with the trial's train.py
+    source: str               # the trial's train.py
     data_dir: Path            # the prepared dataset
     harness_dir: Path         # where the pristine harness files come from (the template)
     harness_files: tuple[str, ...]
-    config: dict              # run.json for the harness
-    startup_allowance: float
+    harness_hash: str         # what their hash must be: a changed harness stops the run
+    config: dict              # run.json for the harness: the preset's fixed settings and the seed
+    budget: BudgetRule
     eval_timeout: float
     export_grace: float = EXPORT_GRACE_SECONDS  # tests shorten it to see a timeout in seconds
+    compile_cache: Path | None = None  # the run's trusted compile cache; each phase works on a copy
+    trusted: bool = False     # the unmodified template: its compile cache may become the trusted one
 
     @property
-    def train_limit(self) -> float:
-        return self.config["time_budget"] + self.startup_allowance
+    def train_deadline(self) -> float:
+        return self.budget.budget + self.budget.cap + self.export_grace
 
-    @property
-    def train_timeout(self) -> float:
-        return self.train_limit + self.export_grace
+
+class PhaseRunner(Protocol):
+    def __call__(self, phase: Phase, output: "PhaseOutput") -> PhaseRun:
+        """Run one staged phase in the backend's sandbox until it ends or `phase.deadline` (plus grace) passes."""
+        ...
 
 
 class Backend(Protocol):
+    isolation: str  # how trial code is confined: "bwrap", "docker" or "none"
+
     def run(self, spec: TrialSpec, on_log: LogSink) -> Outcome:
         """Run both phases of one trial and classify what happened; never raises for trial failures."""
         ...
 
 
-def stage_workdir(spec: TrialSpec, workdir: Path) -> None:
-    """Lay out a fresh working directory: the trial's train.py beside pristine harness files."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(spec.tree / "train.py", workdir / "train.py")
-    for name in spec.harness_files:
-        shutil.copy2(spec.harness_dir / name, workdir / name)
-    (workdir / "run.json").write_text(json.dumps(spec.config, indent=2) + "\n")
-    (workdir / "out").mkdir(exist_ok=True)
+class PhaseOutput:
+    """Collects a phase's output lines: every line to the sink up to a size limit, the last ones kept."""
+
+    def __init__(self, on_log: LogSink):
+        self.on_log = on_log
+        self.lines: deque[str] = deque(maxlen=KEPT_LINES)
+        self.written = 0
+        self.truncated = False
+
+    def __call__(self, line: str) -> None:
+        self.lines.append(line)
+        if self.truncated and not line.startswith("ARENA_"):
+            return
+        self.written += len(line)
+        if self.written > LOG_LIMIT_BYTES and not self.truncated:
+            self.truncated = True
+            self.on_log(f"[arena: output cut here, more than {LOG_LIMIT_BYTES >> 20} MB]\n")
+            return
+        self.on_log(line)
+
+
+def stage(spec: TrialSpec, name: str, root: Path, owner: tuple[int, int], model_from: Path | None = None) -> Phase:
+    """Lay out one phase under `root`; `owner` is the user its trial code runs as."""
+    deadline = spec.train_deadline if name == "train" else spec.eval_timeout
+    phase = Phase(name, root, deadline)
+    make_dir(root)
+    trial = make_dir(phase.trial_dir)
+    copy_harness(spec.harness_dir, spec.harness_files, spec.harness_hash, trial)
+    install_supervisor(trial)
+    (trial / "run.json").write_text(json.dumps(spec.config, indent=2) + "\n")
+    if name == "train":
+        (trial / "train.py").write_text(spec.source)
+    for path in trial.iterdir():
+        path.chmod(0o644)
+    make_dir(phase.out_dir, owner)
+    if model_from is not None:
+        make_dir(phase.in_dir)
+        copy_model(model_from, phase.in_dir)
+        for path in phase.in_dir.iterdir():
+            path.chmod(0o644)
+    phase.data_files = link_data(spec.data_dir, PHASE_DATA[name], root / "data")
+    if name == "train" and spec.compile_cache is not None:
+        copy_cache(spec.compile_cache, phase.cache_dir, owner)
+    return phase
+
+
+def run_trial(spec: TrialSpec, run_phase: PhaseRunner, owner: tuple[int, int], on_log: LogSink) -> Outcome:
+    """The two phases of a trial in fresh directories, each run by `run_phase`, then judged."""
+    with tempfile.TemporaryDirectory(prefix="arena-trial-") as tmp:
+        train = stage(spec, "train", Path(tmp) / "train", owner)
+        train_run = run_phase(train, PhaseOutput(on_log))
+        report = train_run.report
+        evaluation, missing = None, "evaluation did not run"
+        if report is not None and report.exit_code == 0 and not report.deadline and not train_run.oom_killed:
+            if spec.trusted and spec.compile_cache is not None:
+                promote_cache(train, spec.compile_cache)
+            try:
+                phase = stage(spec, "eval", Path(tmp) / "eval", owner, model_from=train.out_dir)
+            except OSError as e:
+                missing = f"the train phase left no usable exported model ({e})"
+            else:
+                on_log("=== eval phase\n")
+                evaluation = run_phase(phase, PhaseOutput(on_log))
+        return judge(train_run, evaluation, spec.budget, read_reported(train.out_dir), missing)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import docker_env
 from train_template import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,3 +42,22 @@ def one_line_error(proc: subprocess.CompletedProcess) -> str:
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     return lines[0]
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    """A real Docker engine, started here when none answers; ARENA_SKIP_DOCKER=1 skips its tests."""
+    if os.environ.get("ARENA_SKIP_DOCKER") == "1":
+        pytest.skip("ARENA_SKIP_DOCKER=1")
+    try:
+        return docker_env.ensure_engine()
+    except docker_env.EngineUnavailable as e:
+        pytest.fail(f"no Docker engine for the Docker tests: {e}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def trial_image(docker_client) -> str:
+    try:
+        return docker_env.ensure_test_image()
+    except docker_env.EngineUnavailable as e:
+        pytest.fail(str(e), pytrace=False)

@@ -17,6 +17,7 @@ from pathlib import Path
 import docker
 import numpy
 import requests
+import safetensors
 import torch
 
 BUILD_SCRIPT = Path(__file__).with_name("build_test_image.sh")
@@ -83,8 +84,8 @@ def ensure_engine() -> docker.DockerClient:
 
 
 def trial_image_tag() -> str:
-    """Named after the build recipe and the torch and numpy it installs: a change to any builds anew."""
-    recipe = BUILD_SCRIPT.read_bytes() + f"|{torch.__version__}|{numpy.__version__}".encode()
+    """Named after the build recipe and the torch, numpy and safetensors it installs: a change to any builds anew."""
+    recipe = BUILD_SCRIPT.read_bytes() + f"|{torch.__version__}|{numpy.__version__}|{safetensors.__version__}".encode()
     return f"arena-cpu-test:{hashlib.sha256(recipe).hexdigest()[:12]}"
 
 

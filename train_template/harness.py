@@ -1,19 +1,23 @@
 """The read-only trial harness: runs train.py's train(ctx), then scores the model it returns.
 
-Two phases, two processes, so that the score is computed by code the trial cannot touch:
+Two phases, two processes, two sandboxes, so that the score is computed by code the trial cannot touch:
 
     python harness.py train --config run.json --data DIR --out OUT [--train-py train.py]
-        imports train.py, calls train(ctx), exports the returned model with torch.export
-        to OUT/model.pt2 and writes OUT/train_stats.json. Only train.bin is read.
-    python harness.py eval --config run.json --data DIR --out OUT
-        loads OUT/model.pt2 (a graph of tensor ops, no trial code), computes val_bpb on
-        the fixed validation set with prepare.py's metric and prints the result.
+        prints ARENA_READY before any trial code runs, imports train.py, calls train(ctx) and
+        exports the returned model (exported.py: a JSON graph of allowlisted tensor operators and a
+        safetensors weights file) to OUT. Only train.bin is read. OUT/train_stats.json holds what the
+        trial's own process reports (steps, tokens, its clock): shown, never trusted.
+    python harness.py eval --config run.json --data DIR --in MODEL_DIR --out OUT
+        checks and loads the exported model (no pickle, no trial code), checks on every validation
+        row that its logits are finite and causal (earlier positions unchanged when later tokens
+        change), computes val_bpb with prepare.py's metric and prints one ARENA_EVAL line.
 
-run.json holds the preset's fixed settings: device, seed, seq_len, eval_tokens,
-time_budget, warmup_batches, eval_batch_rows.
+run.json holds the preset's fixed settings: device, seed, seq_len, eval_tokens, time_budget,
+warmup_steps. Time, memory and wall-clock limits are measured and enforced outside, by the sandbox.
 
-Exit codes: 0 ok, 1 the trial raised, 3 the loss diverged (NaN or exploding), 4 the model broke
-the contract (not a module, wrong output shape, not exportable), 2 bad harness arguments.
+Exit codes: 0 ok, 1 the trial raised, 2 bad harness arguments or data, 3 the loss diverged (NaN or
+exploding), 4 the model broke the contract (not a module, not exportable), 5 the exported model was
+rejected by a check of the eval phase.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import json
 import math
 import os
 import resource
+import secrets
 import sys
 import time
 import traceback
@@ -34,12 +39,17 @@ os.environ.setdefault("PYTORCH_ALLOC_CONF", "expandable_segments:True")
 import numpy as np
 import torch
 
+import exported
 import prepare
 
-RESULT_PREFIX = "ARENA_RESULT "
+READY_LINE = "ARENA_READY"
+RESULT_PREFIX = "ARENA_EVAL "  # the eval phase's one result line, read by the sandbox
+EXIT_DATA = 2
 EXIT_DIVERGED = 3
 EXIT_CONTRACT = 4
+EXIT_REJECTED = 5
 DIVERGED_LOSS = 100.0  # a loss above this (or non-finite) ends the trial as diverged, like autoresearch
+CAUSALITY_TOLERANCE = 1e-3  # nats: what an earlier position's log-probabilities may move when later tokens change
 PEAK_BF16_FLOPS = {"H100": 989.5e12, "H200": 989.5e12, "B200": 2250e12, "A100": 312e12, "L40S": 362e12,
                    "A10": 125e12, "L4": 121e12, "RTX 4090": 165e12, "RTX 3090": 71e12}
 
@@ -66,9 +76,10 @@ def synchronize(device: str) -> None:
 class TrainContext:
     """What train(ctx) may use. The harness owns the clock and the data; the trial owns the rest.
 
-    The training clock starts at the fetch of batch number `warmup_batches + 1`, so compilation
-    in the first steps is free (as in autoresearch, which skips its first 10 steps); the whole
-    train() call is timed too and reported, so free warm-up cannot hide work.
+    The clock starts when train() is called. The first `warmup_steps` optimizer steps (counted by
+    log_step) are free, so compilation does not eat the budget (autoresearch skips its first 10
+    steps): the clock stands still until they are done. All of this is advisory, for the trial's own
+    schedule: the sandbox measures the whole phase from outside and judges the budget on that.
     """
 
     def __init__(self, config: dict, data_dir: Path):
@@ -78,14 +89,17 @@ class TrainContext:
         self.seq_len: int = config["seq_len"]
         self.vocab_size: int = meta["vocab_size"]
         self.time_budget: float = float(config["time_budget"])
-        self._warmup_batches: int = config["warmup_batches"]
+        self.warmup_steps: int = config["warmup_steps"]
         self._data = prepare.TrainBatches(data_dir, self.seq_len, self.seed)
-        self._fetched = 0
         self.tokens = 0
-        self.timed_tokens = 0  # tokens served after the clock started: the steady-state throughput
-        self._clock_start: float | None = None
+        self.timed_tokens = 0  # tokens served while the clock ran: the steady-state throughput
+        self._origin: float | None = None
         self._last_log: tuple[float, int] | None = None
         self.steps = 0
+
+    def start(self) -> None:
+        """Called by the harness right before train(ctx)."""
+        self._origin = time.perf_counter()
 
     def batches(self, batch_size: int):
         """Endless (inputs, targets) pairs of shape (batch_size, seq_len), on ctx.device."""
@@ -96,16 +110,15 @@ class TrainContext:
             rows = torch.from_numpy(self._data.next_batch(batch_size))
             if cuda:
                 rows = rows.pin_memory().to(self.device, non_blocking=True)
-            self._fetched += 1
             self.tokens += batch_size * self.seq_len
-            if self._fetched == self._warmup_batches + 1:
-                self._clock_start = time.perf_counter()
-            if self._clock_start is not None:
+            if self.steps >= self.warmup_steps:
                 self.timed_tokens += batch_size * self.seq_len
             yield rows[:, :-1], rows[:, 1:]
 
     def training_seconds(self) -> float:
-        return 0.0 if self._clock_start is None else time.perf_counter() - self._clock_start
+        if self._origin is None or self.steps < self.warmup_steps:
+            return 0.0
+        return time.perf_counter() - self._origin
 
     def progress(self) -> float:
         """Fraction of the training budget used, in [0, 1]."""
@@ -120,6 +133,8 @@ class TrainContext:
         if not math.isfinite(loss) or loss > DIVERGED_LOSS:
             raise LossDiverged(f"loss diverged at step {step}: {loss}")
         now = time.perf_counter()
+        if self.steps == self.warmup_steps:
+            self._origin = now  # the free warm-up ends here
         rate = 0.0
         if self._last_log is not None and now > self._last_log[0]:
             rate = (self.tokens - self._last_log[1]) / (now - self._last_log[0])
@@ -144,23 +159,17 @@ def autocast_for(device: str):
 
 
 def export_model(model: torch.nn.Module, config: dict, out: Path) -> None:
-    """Save the model as a torch.export program: a graph of tensor ops that runs without the trial's code."""
+    """Save the model as a graph of tensor operators plus weights: it runs without the trial's code."""
     model = getattr(model, "_orig_mod", model)  # a torch.compile wrapper exports as its original module
     if not isinstance(model, torch.nn.Module):
         raise ContractError(f"train() returned {type(model).__name__}, not a torch.nn.Module")
     model.eval()
-    example = torch.zeros((2, config["seq_len"]), dtype=torch.long, device=config["device"])
-    batch = torch.export.Dim("batch", min=1, max=4096)
     try:
-        with torch.no_grad(), autocast_for(config["device"]):
-            program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+        exported.save(model, config["seq_len"], config["device"], out)
     except Exception as e:
-        raise ContractError(f"the returned model cannot be exported with torch.export: {e}") from e
-    torch.export.save(program, out / "model.pt2")
-
-
-def count_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in getattr(model, "_orig_mod", model).parameters())
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise ContractError(f"the returned model cannot be exported with torch.export ({first}); "
+                            "keep forward() plain tensor code with no data-dependent Python") from e
 
 
 def peak_flops(device: str) -> float | None:
@@ -178,88 +187,76 @@ def run_train(config: dict, data_dir: Path, out: Path, train_py: Path) -> None:
         torch.cuda.reset_peak_memory_stats()
     torch.manual_seed(config["seed"])
     np.random.seed(config["seed"] % 2**32)
+    print(READY_LINE, flush=True)  # the sandbox's clock starts here: from now on, trial code runs
     module = load_train_module(train_py)
     ctx = TrainContext(config, data_dir)
-    start = time.perf_counter()
+    ctx.start()
     model = module.train(ctx)
     synchronize(device)
-    training_seconds = ctx.training_seconds()
-    train_call_seconds = time.perf_counter() - start
-    peak = peak_memory_bytes(device)
-    export_model(model, config, out)
-    flops = getattr(getattr(model, "_orig_mod", model), "estimate_flops", None)
-    flops_per_token = float(flops()) if callable(flops) else 6.0 * count_params(model)
-    stats = {
-        "training_seconds": training_seconds,
-        "train_call_seconds": train_call_seconds,
+    reported = {  # the trial's own account; the sandbox measures time and memory itself
+        "training_seconds": ctx.training_seconds(),
         "tokens": ctx.tokens,
         "timed_tokens": ctx.timed_tokens,
         "steps": ctx.steps,
-        "num_params": count_params(model),
-        "flops_per_token": flops_per_token,
-        "peak_memory_bytes": peak,
+        "peak_memory_bytes": peak_memory_bytes(device),
         "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
         "peak_flops": peak_flops(device),
         "depth": getattr(module, "DEPTH", None),
     }
-    (out / "train_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    flops = getattr(getattr(model, "_orig_mod", model), "estimate_flops", None)
+    export_model(model, config, out)
+    if callable(flops):
+        reported["flops_per_token"] = float(flops())
+    (out / "train_stats.json").write_text(json.dumps(reported, indent=2) + "\n")
 
 
-def run_eval(config: dict, data_dir: Path, out: Path) -> dict:
+def causality_check(forward, vocab_size: int, rng: np.random.Generator):
+    """A check for evaluate_bpb: finite logits, and logits at positions <= p unchanged when the tokens
+    after a random p are replaced by random ones (p drawn from the OS, so no model can predict it)."""
+    def check(inputs: torch.Tensor, logits: torch.Tensor) -> None:
+        if not bool(torch.isfinite(logits).all()):
+            raise exported.Rejected("finite", "the model returned NaN or infinite logits")
+        seq_len = inputs.size(1)
+        for row in range(inputs.size(0)):
+            p = int(rng.integers(0, seq_len - 1))
+            probe = inputs[row:row + 1].clone()
+            suffix = torch.from_numpy(rng.integers(0, vocab_size, seq_len - p - 1)).to(probe.device)
+            suffix[0] = (probe[0, p + 1] + 1 + suffix[0] % (vocab_size - 1)) % vocab_size  # surely different
+            probe[0, p + 1:] = suffix
+            before = torch.log_softmax(logits[row, :p + 1].double(), dim=-1)
+            after = torch.log_softmax(forward(probe)[0, :p + 1].double(), dim=-1)
+            drift = float((before - after).abs().max())
+            if not drift <= CAUSALITY_TOLERANCE:
+                raise exported.Rejected("causality", f"log-probabilities at positions up to {p} moved by {drift:.3g} "
+                                                     "when only later tokens changed: the model sees the future")
+    return check
+
+
+def run_eval(config: dict, data_dir: Path, model_dir: Path) -> dict:
     device = config["device"]
-    program = torch.export.load(out / "model.pt2")
-    forward = program.module()
-    stats = json.loads((out / "train_stats.json").read_text())
-    meta = prepare.read_meta(data_dir)
     start = time.perf_counter()
+    model = exported.load(model_dir, device, config["seq_len"])
+    meta = prepare.read_meta(data_dir)
+    check = causality_check(model, meta["vocab_size"], np.random.default_rng(secrets.randbits(128)))
     try:
         with autocast_for(device):
-            tally = prepare.evaluate_bpb(forward, data_dir, config["seq_len"], config["eval_tokens"], device,
-                                         batch_rows=config["eval_batch_rows"])
-    except prepare.DataError:
+            tally = prepare.evaluate_bpb(model, data_dir, config["seq_len"], config["eval_tokens"], device,
+                                         batch_rows=1, check=check)
+    except (prepare.DataError, exported.Rejected):
         raise
     except Exception as e:
-        raise ContractError(f"the exported model failed on the validation set: {e}") from e
-    train_s = max(stats["training_seconds"], 1e-9)
-    tokens_per_second = stats["timed_tokens"] / train_s
-    mfu = None
-    if stats["peak_flops"]:
-        mfu = 100 * stats["flops_per_token"] * tokens_per_second / stats["peak_flops"]
+        # The verdict names no value: an error message computed on validation data could carry some of it.
+        traceback.print_exc()
+        raise ContractError("the exported model failed on the validation set (the traceback is in the trial log)") from e
     return {
         "val_bpb": tally.bpb,
         "val_tokens": tally.tokens,
         "val_bytes": tally.bytes,
-        "training_seconds": stats["training_seconds"],
-        "train_call_seconds": stats["train_call_seconds"],
-        "eval_seconds": time.perf_counter() - start,
-        "peak_memory_gb": stats["peak_memory_bytes"] / 1e9,
-        "mfu_percent": mfu,
-        "tokens": stats["tokens"],
-        "tokens_per_second": tokens_per_second,
-        "steps": stats["steps"],
-        "num_params": stats["num_params"],
-        "device_name": stats["device_name"],
-        "dataset_fingerprint": meta["fingerprint"],
-        "seed": config["seed"],
-        "time_budget": config["time_budget"],
         "eval_tokens": config["eval_tokens"],
-        "depth": stats["depth"],
+        "num_params": sum(t.numel() for t in model.buffers()),  # every tensor the exported model holds
+        "dataset_fingerprint": meta["fingerprint"],
+        "eval_seconds": time.perf_counter() - start,
     }
-
-
-def print_summary(result: dict) -> None:
-    mfu = result["mfu_percent"]
-    print("---")
-    print(f"val_bpb:          {result['val_bpb']:.6f}")
-    print(f"training_seconds: {result['training_seconds']:.1f}")
-    print(f"total_seconds:    {result['train_call_seconds'] + result['eval_seconds']:.1f}")
-    print(f"peak_vram_mb:     {result['peak_memory_gb'] * 1e9 / 2**20:.1f}")
-    print(f"mfu_percent:      {'n/a' if mfu is None else f'{mfu:.2f}'}")
-    print(f"total_tokens_M:   {result['tokens'] / 1e6:.1f}")
-    print(f"num_steps:        {result['steps']}")
-    print(f"num_params_M:     {result['num_params'] / 1e6:.1f}")
-    print(f"depth:            {result['depth']}")
-    print(RESULT_PREFIX + json.dumps(result), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -268,24 +265,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--in", dest="model_dir", type=Path, default=None, help="eval: the exported model")
     parser.add_argument("--train-py", type=Path, default=Path("train.py"))
     args = parser.parse_args(argv)
     config = json.loads(args.config.read_text())
-    args.out.mkdir(parents=True, exist_ok=True)
     try:
         if args.phase == "train":
             run_train(config, args.data, args.out, args.train_py)
         else:
-            print_summary(run_eval(config, args.data, args.out))
+            print(RESULT_PREFIX + json.dumps(run_eval(config, args.data, args.model_dir or args.out)), flush=True)
     except LossDiverged as e:
         print(f"ARENA_DIVERGED {e}", flush=True)
         return EXIT_DIVERGED
     except ContractError as e:
         print(f"ARENA_CONTRACT {e}", flush=True)
         return EXIT_CONTRACT
+    except exported.Rejected as e:
+        print(f"ARENA_REJECTED {e}", flush=True)
+        return EXIT_REJECTED
     except prepare.DataError as e:
         print(f"ARENA_DATA {e}", flush=True)
-        return 2
+        return EXIT_DATA
     except Exception:
         traceback.print_exc()
         sys.stdout.flush()

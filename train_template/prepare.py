@@ -441,8 +441,11 @@ def score_logits(logits, targets, token_bytes, tally: BpbTally) -> None:
 
 
 def evaluate_bpb(forward, data_dir: Path | str, seq_len: int, eval_tokens: int, device: str = "cpu",
-                 batch_rows: int = 8, progress: Progress = _no_progress) -> BpbTally:
-    """val_bpb of `forward` (token ids (B, T) -> logits (B, T, V)) on the fixed validation set."""
+                 batch_rows: int = 8, progress: Progress = _no_progress, check=None) -> BpbTally:
+    """val_bpb of `forward` (token ids (B, T) -> logits (B, T, V)) on the fixed validation set.
+
+    `check(inputs, logits)`, when given, sees every batch before it is scored and raises to refuse it.
+    """
     import torch
 
     rows = validation_rows(data_dir, seq_len, eval_tokens)
@@ -455,6 +458,8 @@ def evaluate_bpb(forward, data_dir: Path | str, seq_len: int, eval_tokens: int, 
             if tuple(logits.shape[:2]) != tuple(batch[:, 1:].shape) or logits.shape[-1] != len(token_bytes):
                 raise ValueError(f"model returned logits of shape {tuple(logits.shape)}, expected "
                                  f"({len(batch)}, {seq_len}, {len(token_bytes)})")
+            if check is not None:
+                check(batch[:, :-1], logits)
             score_logits(logits, batch[:, 1:], token_bytes, tally)
             progress("evaluate", min(start + batch_rows, len(rows)), len(rows))
     return tally

@@ -6,9 +6,6 @@ import json
 
 from agent.space import SearchSpace
 
-FAILED = ("oom", "crash", "nan", "timeout", "over_budget", "invalid_patch")
-
-
 def format_value(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else json.dumps(value) if isinstance(value, str) else str(value)
 

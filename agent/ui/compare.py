@@ -95,7 +95,8 @@ def build_comparison(runs: list[RunHistory], target: float | None, allow_mixed: 
 
 def _run_row(s: RunStats) -> dict:
     return {"run": s.run.name, "path": str(s.run.path), "source": s.run.source, "group": s.run.group,
-            "seed": s.run.seed, "best_val_bpb": s.best, "trials": s.trials, "failures": dict(s.failures),
+            "seed": s.run.seed, "isolation": s.run.isolation, "best_val_bpb": s.best, "trials": s.trials,
+            "failures": dict(s.failures),
             "gpu_hours": s.gpu_hours, "llm_tokens": s.tokens, "llm_cost_usd": s.cost_usd,
             "target_trials": s.target_trials, "target_hours": s.target_hours}
 
@@ -144,7 +145,8 @@ def groups_table(comparison: Comparison) -> Table:
         table.add_column(f"to reach {comparison.target:g}")
     for group in comparison.groups:
         row = group.summary()
-        cells = [row["group"], f"{row['runs']} ({row['seeds']})",
+        name = row["group"] + (f" [{row['unisolated_runs']} unisolated]" if row["unisolated_runs"] else "")
+        cells = [name, f"{row['runs']} ({row['seeds']})",
                  f"{_number(row['best_mean'], '.6f')} ± {_number(row['best_std'], '.6f')}",
                  _number(row["best_median"], ".6f"), str(row["trials"]), _failures(row),
                  _number(row["gpu_hours"], ".3f"), f"{row['llm_tokens']:,}", f"{row['llm_cost_usd']:.2f}"]
@@ -177,6 +179,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if comparison.mixed:
         err.print(Text(f"WARNING: ranking runs measured differently (--allow-mixed): {comparison.mixed}; "
                        "their val_bpb are not comparable", style="bold red"))
+    unisolated = [s.run.name for s in comparison.runs if s.run.isolation == "none"]
+    if unisolated:
+        err.print(Text(f"WARNING: the trials of {', '.join(unisolated)} ran unisolated (--isolation none, or "
+                       "made before runs were isolated): nothing kept them from touching their own score",
+                       style="bold yellow"))
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)  # piped: keep rows whole
     console.print(groups_table(comparison))
     if comparison.tests:

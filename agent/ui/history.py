@@ -16,8 +16,9 @@ import git
 
 from agent.errors import ArenaError
 from agent.presets import get_preset
+from sandbox.outcome import Status
 
-FAILURE_KINDS = ("oom", "crash", "nan", "timeout", "over_budget", "invalid_patch")
+FAILURE_KINDS = tuple(status.value for status in Status if status is not Status.OK)
 LOG_TAIL_LINES = 30
 
 
@@ -77,6 +78,7 @@ class RunHistory:
     budget: float | None = None          # training seconds per trial; None when the source does not say
     eval_tokens: int | None = None
     dataset_fingerprint: str | None = None
+    isolation: str | None = None         # how its trials were confined: bwrap, docker, or none (unisolated)
     trials: list[TrialView] = field(default_factory=list)
     llm_calls: list[LlmCall] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -229,6 +231,16 @@ def _limits(settings: dict) -> tuple[float | None, int | None]:
     return preset.time_budget, preset.eval_tokens
 
 
+def _isolation(settings: dict, records: list[dict]) -> str:
+    """"none" when any trial ran unisolated (as every local trial did before runs recorded an isolation);
+    else how the run's trials were confined."""
+    if settings.get("backend") == "docker":
+        return "docker"
+    if "none" in {r.get("isolation") for r in records} or settings.get("isolation", "none") == "none":
+        return "none"
+    return str(settings["isolation"])
+
+
 def load_arena_run(run_dir: Path) -> RunHistory:
     try:
         info = json.loads((run_dir / "run.json").read_text())
@@ -246,6 +258,6 @@ def load_arena_run(run_dir: Path) -> RunHistory:
     return RunHistory(name=str(settings.get("name") or run_dir.name), source="arena", path=run_dir,
                       method=str(settings.get("method") or "?"), model=settings.get("model"),
                       seed=settings.get("seed"), budget=budget, eval_tokens=eval_tokens,
-                      dataset_fingerprint=info.get("dataset_fingerprint"),
+                      dataset_fingerprint=info.get("dataset_fingerprint"), isolation=_isolation(settings, records),
                       trials=[_arena_trial(r, repo, run_dir, calls) for r in records], llm_calls=calls,
                       warnings=warnings)

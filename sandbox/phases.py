@@ -1,0 +1,233 @@
+"""What a phase of a trial sees, described once for every backend.
+
+Every sandbox, whatever runs it, shows a phase the same tree and nothing else of the host:
+
+    /trial        read-only: the harness files (fresh copies, hash-checked), supervisor.py, and the
+                  run.json that arena wrote; the train phase also gets the trial's train.py
+    /trial/out    the phase's own output directory, the only writable place besides a private /tmp
+    /trial/in     eval phase only, read-only: the exported model, copied out of the train phase
+    /data         read-only, one file each: train.bin and meta.json for the train phase;
+                  val.bin, token_bytes.npy and meta.json for the eval phase
+    /cache        train phase only, writable: a private copy of the run's trusted compile cache
+
+A phase is staged in a fresh host directory (`Phase.root`) under a neutral temporary name, so even
+the mount table shows no path of the user's. Data files are hard links there when the dataset lives on
+the same filesystem (otherwise they are mounted from where they are).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sandbox.errors import SandboxError
+
+TRIAL = "/trial"
+OUT = "/trial/out"
+IN = "/trial/in"
+DATA = "/data"
+CACHE = "/cache"
+SUPERVISOR = Path(__file__).with_name("supervisor.py")
+PHASE_DATA = {"train": ("train.bin", "meta.json"),
+              "eval": ("val.bin", "token_bytes.npy", "meta.json")}
+MODEL_FILES = ("graph.json", "weights.safetensors")  # what crosses from the train phase to the eval phase
+MAX_MODEL_BYTES = 64 << 30
+MAX_STATS_BYTES = 1 << 16
+NOBODY = 65534
+SUPERVISOR_CAPABILITIES = ("CAP_SETUID", "CAP_SETGID", "CAP_KILL")  # a root supervisor's: hand over, then end
+
+
+def harness_hash(directory: Path, files: tuple[str, ...]) -> str:
+    """One digest over the harness files, recorded with every result and checked before every phase."""
+    digest = hashlib.sha256()
+    for name in files:
+        digest.update(name.encode() + b"\0" + (directory / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def sandbox_user() -> tuple[int, int]:
+    """Who trial code runs as: the user running arena, but never root (root's arena hands trials to nobody)."""
+    uid, gid = os.getuid(), os.getgid()
+    return (uid, gid) if uid != 0 else (NOBODY, NOBODY)
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: Path
+    target: str
+    writable: bool = False
+
+
+@dataclass
+class Phase:
+    """One staged phase: its host directory, what it mounts where, and how to start it."""
+    name: str                       # "train" or "eval"
+    root: Path
+    deadline: float                 # seconds the supervisor lets the phase run, from its start
+    data_files: dict[str, Path] = field(default_factory=dict)  # name in /data -> host file
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def trial_dir(self) -> Path:
+        return self.root / "trial"
+
+    @property
+    def out_dir(self) -> Path:
+        return self.trial_dir / "out"
+
+    @property
+    def in_dir(self) -> Path:
+        return self.trial_dir / "in"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.root / "cache"
+
+    def mounts(self) -> list[Mount]:
+        mounts = [Mount(self.trial_dir, TRIAL), Mount(self.out_dir, OUT, writable=True)]
+        if self.name == "eval":
+            mounts.append(Mount(self.in_dir, IN))
+        mounts += [Mount(source, f"{DATA}/{name}") for name, source in self.data_files.items()]
+        if self.cache_dir.exists():
+            mounts.append(Mount(self.cache_dir, CACHE, writable=True))
+        return mounts
+
+    def harness_command(self, python: str, paths: "PathMap") -> list[str]:
+        command = [python, "harness.py", self.name, "--config", "run.json", "--data", paths(DATA), "--out", paths(OUT)]
+        return command + (["--in", paths(IN)] if self.name == "eval" else [])
+
+    def command(self, python: str, user: tuple[int, int] | None, paths: "PathMap",
+                inner: list[str] | None = None) -> list[str]:
+        """The supervisor, which runs the harness (or `inner`) as `user` when it starts as root; in a
+        sandbox of its own (not unisolated) it ends every process of its pid namespace at the end."""
+        head = [python, paths(f"{TRIAL}/supervisor.py"), "--deadline", f"{self.deadline:.1f}"]
+        head += ["--user", f"{user[0]}:{user[1]}"] if user else []
+        head += ["--sandboxed"] if paths.sandboxed else []
+        return head + ["--", *(inner or self.harness_command(python, paths))]
+
+    def phase_env(self, paths: "PathMap") -> dict[str, str]:
+        env = {"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1",
+               "HOME": "/tmp", "TMPDIR": "/tmp", "USER": "arena", "LANG": "C.UTF-8",
+               "PATH": "/usr/local/bin:/usr/bin:/bin", **self.env}
+        if self.cache_dir.exists():
+            env.update(TORCHINDUCTOR_CACHE_DIR=paths(f"{CACHE}/inductor"), TRITON_CACHE_DIR=paths(f"{CACHE}/triton"))
+        return env
+
+
+class PathMap:
+    """Where an in-sandbox path lies for the process that runs the phase: itself inside a sandbox, or
+    its host path when a phase runs unisolated."""
+
+    def __init__(self, phase: Phase | None = None):
+        self.phase = phase
+        self.sandboxed = phase is None
+
+    def __call__(self, inside: str) -> str:
+        if self.phase is None:
+            return inside
+        for prefix, host in ((OUT, self.phase.out_dir), (IN, self.phase.in_dir), (TRIAL, self.phase.trial_dir),
+                             (DATA, self.phase.root / "data"), (CACHE, self.phase.cache_dir)):
+            if inside == prefix or inside.startswith(prefix + "/"):
+                return str(host) + inside[len(prefix):]
+        return inside
+
+
+def copy_harness(harness_dir: Path, files: tuple[str, ...], expected_hash: str, dest: Path) -> None:
+    """Fresh harness files for one phase; a copy whose hash differs from the run's stops everything."""
+    for name in files:
+        shutil.copyfile(harness_dir / name, dest / name)
+    found = harness_hash(dest, files)
+    if found != expected_hash:
+        raise SandboxError(f"the harness files in {harness_dir} (hash {found}) differ from this run's (hash "
+                           f"{expected_hash}); reinstall the arena version that started the run, or start a new run")
+
+
+def install_supervisor(dest: Path) -> None:
+    shutil.copyfile(SUPERVISOR, dest / "supervisor.py")
+
+
+def link_data(data_dir: Path, names: tuple[str, ...], dest: Path) -> dict[str, Path]:
+    """Hard links to the dataset files a phase may read, or the files themselves across filesystems."""
+    dest.mkdir()
+    files = {}
+    for name in names:
+        source = data_dir / name
+        if not source.is_file():
+            raise SandboxError(f"{source} is missing; run `arena prepare` again")
+        try:
+            os.link(source, dest / name)
+            files[name] = dest / name
+        except OSError:  # another filesystem: mount the file where it is (an unisolated phase follows a link)
+            (dest / name).symlink_to(source)
+            files[name] = source
+    return files
+
+
+def open_for_reading(path: Path, limit: int) -> int:
+    """A descriptor of `path` only if it is a regular file no larger than `limit` (never a symlink)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+        os.close(fd)
+        raise OSError(f"{path.name} is not a regular file of at most {limit:,} bytes")
+    return fd
+
+
+def copy_model(train_out: Path, dest: Path) -> None:
+    """Carry the exported model into the eval phase's /trial/in; raises OSError when it is missing or odd."""
+    for name in MODEL_FILES:
+        fd = open_for_reading(train_out / name, MAX_MODEL_BYTES)
+        with os.fdopen(fd, "rb") as source, open(dest / name, "wb") as target:
+            shutil.copyfileobj(source, target, 1 << 20)
+
+
+def read_reported(train_out: Path) -> dict:
+    """The numbers the trial's own process reported (train_stats.json): shown, never trusted."""
+    try:
+        with os.fdopen(open_for_reading(train_out / "train_stats.json", MAX_STATS_BYTES), "rb") as f:
+            raw = json.loads(f.read())
+    except (OSError, ValueError, RecursionError):
+        return {}
+    if not isinstance(raw, dict):
+        return {}
+    return {key: value for key, value in raw.items() if isinstance(key, str) and len(key) < 40
+            and (value is None or isinstance(value, (int, float)) or (isinstance(value, str) and len(value) < 100))}
+
+
+def make_dir(path: Path, owner: tuple[int, int] | None = None, mode: int = 0o755) -> Path:
+    """A directory with `mode`; owned by `owner` (the trial's user) when that is given and we may chown."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(mode)
+    if owner is not None and os.getuid() == 0:
+        os.chown(path, *owner)
+    return path
+
+
+def copy_cache(compile_cache: Path, dest: Path, owner: tuple[int, int]) -> None:
+    """A private, writable copy of the run's trusted compile cache (empty when there is none yet)."""
+    if compile_cache.is_dir():
+        shutil.copytree(compile_cache, dest, symlinks=True)
+    make_dir(dest, owner)
+    if os.getuid() == 0:
+        for path in dest.rglob("*"):
+            os.lchown(path, *owner)
+
+
+def promote_cache(phase: Phase, compile_cache: Path) -> None:
+    """Make a trusted phase's compile cache the run's: later trials start from a copy of it."""
+    if not phase.cache_dir.is_dir():
+        return
+    fresh = compile_cache.with_name(compile_cache.name + ".new")
+    shutil.rmtree(fresh, ignore_errors=True)
+    shutil.copytree(phase.cache_dir, fresh, symlinks=True)
+    old = compile_cache.with_name(compile_cache.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if compile_cache.exists():
+        compile_cache.rename(old)
+    fresh.rename(compile_cache)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,169 @@
+"""The exported-model format: what the eval phase loads, and everything it refuses to load."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import pytest
+import torch
+
+from agent.constants import render_constants
+from agent.presets import get_preset
+from agent.template import template_dir
+from train_template import exported
+from train_template.exported import Rejected
+
+SEQ = 256
+VOCAB = 2048
+
+
+def template_model(tmp_path):
+    path = tmp_path / "train_cpu.py"
+    path.write_text(render_constants((template_dir() / "train.py").read_text(), get_preset("cpu").constants))
+    spec = importlib.util.spec_from_file_location("train_cpu_export", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.manual_seed(0)
+    model = module.GPT(module.build_config(VOCAB, SEQ))
+    model.init_weights()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """The template's model, exported once: (directory, logits of the eager model on fixed tokens)."""
+    tmp = tmp_path_factory.mktemp("exported")
+    model = template_model(tmp)
+    with torch.no_grad():
+        torch.nn.init.normal_(model.lm_head.weight, std=0.05)  # make the logits differ by token
+    out = tmp / "model"
+    out.mkdir()
+    exported.save(model, SEQ, "cpu", out)
+    tokens = torch.randint(0, VOCAB, (1, SEQ), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        return out, tokens, model(tokens)
+
+
+def edited(saved_dir, tmp_path, edit):
+    """A copy of the saved model whose graph JSON went through `edit` (in place)."""
+    target = tmp_path / "edited"
+    target.mkdir(parents=True)
+    graph = json.loads((saved_dir / exported.GRAPH_FILE).read_text())
+    edit(graph)
+    (target / exported.GRAPH_FILE).write_text(json.dumps(graph))
+    (target / exported.WEIGHTS_FILE).write_bytes((saved_dir / exported.WEIGHTS_FILE).read_bytes())
+    return target
+
+
+def test_the_template_round_trips_exactly(saved):
+    directory, tokens, expected = saved
+    model = exported.load(directory, "cpu", SEQ)
+    with torch.no_grad():
+        logits = model(tokens)
+    assert torch.equal(logits, expected)
+    assert sum(t.numel() for t in model.buffers()) > 1_000_000
+    assert not list(model.parameters())  # plain tensors: nothing to train, nothing to pickle
+
+
+def replace_first_op(name: str, args=None):
+    def edit(graph):
+        node = next(n for n in graph["nodes"] if n["op"].startswith("aten.linear"))
+        node["op"] = name
+        if args is not None:
+            node["args"], node["kwargs"] = args, {}
+    return edit
+
+
+@pytest.mark.parametrize("op, check", [
+    ("aten.from_file.default", "operator"),        # reads a file
+    ("aten.add_.Tensor", "operator"),              # in place
+    ("aten.rand.default", "operator"),             # random state
+    ("aten.empty.memory_format", "operator"),      # uninitialised memory
+    ("aten.as_strided.default", "operator"),       # reads outside its input
+    ("aten.add.out", "operator"),                  # writes into an argument
+    ("aten._print.default", "operator"),           # I/O
+    ("mylib.read_validation.default", "operator"),  # a custom operator
+    ("torch.load", "operator"),
+    ("<call_module>", "operator"),
+])
+def test_operators_off_the_allowlist_are_refused(saved, tmp_path, op, check):
+    with pytest.raises(Rejected) as info:
+        exported.load(edited(saved[0], tmp_path, replace_first_op(op)), "cpu", SEQ)
+    assert info.value.check == check
+
+
+def test_dropout_only_when_off(saved, tmp_path):
+    def dropout(train: bool):
+        def edit(graph):
+            node = next(n for n in graph["nodes"] if n["op"].startswith("aten.linear"))
+            first = node["name"]
+            graph["nodes"].insert(graph["nodes"].index(node) + 1, {
+                "name": "drop", "op": "aten.dropout.default", "args": [{"node": first}, 0.5, train], "kwargs": {}})
+            for other in graph["nodes"][graph["nodes"].index(node) + 2:]:
+                other["args"] = json.loads(json.dumps(other["args"]).replace(f'{{"node": "{first}"}}',
+                                                                             '{"node": "drop"}'))
+        return edit
+    with pytest.raises(Rejected, match="random unless its train argument is False"):
+        exported.load(edited(saved[0], tmp_path / "on", dropout(True)), "cpu", SEQ)
+    model = exported.load(edited(saved[0], tmp_path / "off", dropout(False)), "cpu", SEQ)
+    with torch.no_grad():
+        assert torch.equal(model(saved[1]), saved[2])
+
+
+@pytest.mark.parametrize("edit, check", [
+    (lambda g: g.update(output_kinds=["user_output", "buffer_mutation"]), "state"),
+    (lambda g: g["inputs"].append({"name": "obj", "kind": "custom_obj"}), "graph"),
+    (lambda g: g["nodes"][0].update(args=[{"node": "defined_later"}]), "graph"),
+    (lambda g: g["nodes"][0].update(kwargs={"dtype": {"dtype": "load"}}), "graph"),
+    (lambda g: g.update(seq_len=512), "graph"),
+    (lambda g: g.update(output=[{"node": g["nodes"][0]["name"]}, {"node": g["nodes"][1]["name"]}]), "graph"),
+])
+def test_malformed_graphs_are_refused(saved, tmp_path, edit, check):
+    with pytest.raises(Rejected) as info:
+        exported.load(edited(saved[0], tmp_path, edit), "cpu", SEQ)
+    assert info.value.check == check
+
+
+def test_hostile_json_is_refused_without_a_crash(saved, tmp_path):
+    target = tmp_path / "deep"
+    target.mkdir()
+    (target / exported.GRAPH_FILE).write_text('{"format": 1, "nodes": ' + "[" * 100_000)
+    (target / exported.WEIGHTS_FILE).write_bytes((saved[0] / exported.WEIGHTS_FILE).read_bytes())
+    with pytest.raises(Rejected) as info:
+        exported.load(target, "cpu", SEQ)
+    assert info.value.check == "archive"
+
+
+def test_a_pickled_weights_file_is_never_unpickled(saved, tmp_path):
+    marker = tmp_path / "unpickled"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    target = tmp_path / "pickled"
+    target.mkdir()
+    (target / exported.GRAPH_FILE).write_bytes((saved[0] / exported.GRAPH_FILE).read_bytes())
+    torch.save({"weights": Payload()}, target / exported.WEIGHTS_FILE)
+    with pytest.raises(Rejected) as info:
+        exported.load(target, "cpu", SEQ)
+    assert info.value.check == "archive" and not marker.exists()
+
+
+def test_a_model_that_keeps_state_between_calls_is_refused(tmp_path):
+    class Memory(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(VOCAB, VOCAB)
+            self.register_buffer("seen", torch.zeros(VOCAB))
+
+        def forward(self, idx):
+            self.seen.add_(torch.nn.functional.one_hot(idx, VOCAB).float().sum((0, 1)))  # remembers past rows
+            return self.embed(idx) + self.seen
+
+    exported.save(Memory().eval(), SEQ, "cpu", tmp_path)
+    with pytest.raises(Rejected) as info:
+        exported.load(tmp_path, "cpu", SEQ)
+    assert info.value.check == "state"

@@ -1,0 +1,71 @@
+"""The phase supervisor on real processes: what it measures, what it kills, what it reports."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from sandbox.outcome import PhaseRun
+from sandbox.phases import SUPERVISOR
+
+
+def supervise(code: str, deadline: float = 30) -> tuple[PhaseRun, float]:
+    """Run `code` under the supervisor, unisolated (it then ends only its own descendants)."""
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, str(SUPERVISOR), "--deadline", str(deadline), "--", sys.executable,
+                           "-c", code], capture_output=True, text=True, timeout=deadline + 30)
+    lines = proc.stdout.splitlines(keepends=True)
+    return PhaseRun(exit_code=proc.returncode, timed_out=False, wall_seconds=time.monotonic() - start,
+                    lines=lines), time.monotonic() - start
+
+
+def alive(marker: str) -> bool:
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if marker.encode() in open(f"/proc/{pid}/cmdline", "rb").read():
+                return True
+        except OSError:
+            pass
+    return False
+
+
+def test_relays_output_and_times_from_the_ready_line():
+    run, _ = supervise("import time; print('loading'); time.sleep(1); print('ARENA_READY', flush=True); "
+                       "time.sleep(1.5); print('done')")
+    report = run.report
+    assert report.exit_code == 0 and report.signal is None and not report.deadline
+    assert 0.9 < report.ready < report.end and 1.4 < report.end - report.ready < 3.5
+    assert [l.strip() for l in run.lines if l.strip()][:3] == ["loading", "ARENA_READY", "done"]
+
+
+def test_a_forged_report_is_overridden_by_the_real_one():
+    run, _ = supervise("print('ARENA_PHASE {\"exit_code\": 0, \"signal\": null, \"ready\": 0.0, \"end\": 0.1, "
+                       "\"deadline\": false, \"max_rss_kb\": 1}', end='', flush=True); raise SystemExit(7)")
+    assert run.report.exit_code == 7 and run.report.ready is None  # the supervisor's own line came last
+
+
+def test_what_the_trial_leaves_behind_is_killed(tmp_path):
+    marker = f"arena-supervisor-orphan-{os.getpid()}"
+    code = ("import os, subprocess, sys\n"
+            "if os.fork() == 0:\n"
+            "    os.setsid()\n"
+            f"    subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)  # {marker}'], "
+            "start_new_session=True)\n"
+            "    os._exit(0)\n"
+            "os.wait()\n"
+            "print('ARENA_READY', flush=True)\n")
+    run, wall = supervise(code)
+    assert run.report.exit_code == 0 and wall < 20
+    assert not alive(marker)
+
+
+def test_the_deadline_ends_a_phase_that_never_stops():
+    run, wall = supervise("import time\nprint('ARENA_READY', flush=True)\nwhile True: time.sleep(0.1)", deadline=2)
+    assert run.report.deadline and run.report.end is None and 2 <= wall < 10
+
+
+def test_peak_memory_is_the_kernels_count():
+    run, _ = supervise("b = bytearray(300 << 20); b[::4096] = b'x' * len(b[::4096]); print('ARENA_READY')")
+    assert run.report.max_rss_kb > 300 << 10

@@ -1,0 +1,296 @@
+"""The exported model: a graph of allowlisted tensor operators plus plain weights, nothing else.
+
+The train phase writes it (`save`); the eval phase checks it and runs it (`load`). Nothing in it is
+unpickled or executed as code: the graph is JSON whose operators are looked up by name in an
+allowlist of ATen tensor operators (no file, I/O, random-state, in-place or custom operators), and
+the weights are a safetensors file (a JSON header and raw tensor bytes).
+
+    graph.json           {"format": 1, "inputs": [...], "nodes": [...], "output": NAME}
+    weights.safetensors  one tensor per lifted parameter, buffer or tensor constant
+
+The graph takes one input, token ids of shape (1, seq_len), so no row of the validation set can see
+another; it must not mutate anything (a functional graph: state cannot carry over between calls).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import operator
+import warnings
+from pathlib import Path
+
+import torch
+
+FORMAT = 1
+GRAPH_FILE = "graph.json"
+WEIGHTS_FILE = "weights.safetensors"
+MODEL_FILES = (GRAPH_FILE, WEIGHTS_FILE)
+MAX_GRAPH_BYTES = 64 << 20
+MAX_NODES = 200_000
+
+# Pure tensor math: arithmetic, reductions, linear algebra, normalisation, attention, shapes and views,
+# indexing, and constructors whose contents are defined. Not here, on purpose: anything that reads or
+# writes files or memory outside its inputs (from_file, as_strided, empty*, set_, resize_), draws random
+# numbers (rand*, bernoulli, normal, multinomial, ...), works in place (names ending in "_") or prints.
+ALLOWED_OPS = frozenset("""
+    abs absolute acos acosh add addbmm addcdiv addcmul addmm addmv addr alias all amax amin any arange
+    argmax argmin argsort asin asinh atan atan2 atanh avg_pool1d avg_pool2d baddbmm bitwise_and bitwise_not
+    bitwise_or bitwise_xor bmm broadcast_to bucketize cat ceil celu chunk clamp clamp_max clamp_min clip
+    clone constant_pad_nd contiguous conv1d conv2d convolution _convolution copysign cos cosh count_nonzero
+    cummax cummin cumprod cumsum detach diag diag_embed diagonal div divide dot einsum elu embedding eq erf
+    erfc erfinv exp exp2 expand expand_as expm1 eye fill flatten flip floor floor_divide fmax fmin fmod frac
+    full full_like gather ge gelu glu group_norm gt hardsigmoid hardswish hardtanh hypot index index_add
+    index_copy index_put index_select isfinite isinf isnan layer_norm le leaky_relu lerp lift_fresh_copy
+    linalg_vector_norm linear linspace log log10 log1p log2 log_sigmoid log_softmax logaddexp logical_and
+    logical_not logical_or logical_xor logit logsumexp lt masked_fill masked_scatter matmul max max_pool1d
+    max_pool2d maximum mean min minimum mish mm movedim mul multiply mv nan_to_num narrow native_group_norm
+    native_layer_norm ne neg new_full new_ones new_zeros norm one_hot ones ones_like outer permute pow prod
+    reciprocal relu relu6 remainder repeat repeat_interleave reshape rms_norm roll round rsqrt rsub
+    scalar_tensor scaled_dot_product_attention scatter scatter_add scatter_reduce select select_scatter selu
+    sigmoid sign sgn silu sin sinh slice slice_scatter softmax softplus sort split split_with_sizes sqrt square
+    squeeze stack std std_mean sub subtract sum swapaxes t take_along_dim tan tanh tensor_split tile topk
+    transpose tril triu true_divide trunc type_as unbind unflatten unfold unsqueeze var var_mean view view_as
+    where xlogy zeros zeros_like _assert_tensor_metadata _fused_rms_norm _log_softmax _native_batch_norm_legit_no_training
+    _reshape_alias _safe_softmax _scaled_dot_product_cudnn_attention _scaled_dot_product_efficient_attention
+    _scaled_dot_product_flash_attention _scaled_dot_product_flash_attention_for_cpu _softmax _to_copy
+    _unsafe_view to __and__ __or__ __xor__ __lshift__ __rshift__
+""".split())
+# Random only while training: allowed when their `train` argument is the constant False.
+DROPOUTS = frozenset({"dropout", "native_dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout"})
+
+
+class Rejected(Exception):
+    """The exported model breaks a rule of the eval phase; `check` names the rule."""
+
+    def __init__(self, check: str, detail: str):
+        super().__init__(f"{check}: {detail}")
+        self.check = check
+        self.detail = detail
+
+
+# ---------------------------------------------------------------------------- writing (train phase)
+
+def _encode(arg):
+    """A node argument as JSON: node references, scalars, lists, dtypes, devices, layouts, formats."""
+    if isinstance(arg, torch.fx.Node):
+        return {"node": arg.name}
+    if isinstance(arg, (list, tuple)):
+        return [_encode(a) for a in arg]
+    if arg is None or isinstance(arg, (bool, int, str)):
+        return arg
+    if isinstance(arg, float):
+        return arg if math.isfinite(arg) else {"float": repr(arg)}
+    for kind in (torch.dtype, torch.layout, torch.memory_format):
+        if isinstance(arg, kind):
+            return {kind.__name__: str(arg).removeprefix("torch.")}
+    if isinstance(arg, torch.device):
+        return {"device": arg.type}
+    raise TypeError(f"an operator argument of type {type(arg).__name__} cannot be saved")
+
+
+def _op_name(target) -> str:
+    if target is operator.getitem:
+        return "getitem"
+    if isinstance(target, torch._ops.OpOverload):
+        return f"{target.namespace}.{target._opname}.{target._overloadname}"
+    return repr(target)  # saved as is, so the eval phase can name what it refuses
+
+
+def save(model: torch.nn.Module, seq_len: int, device: str, out: Path) -> None:
+    """Export `model` (token ids (1, seq_len) -> logits) as a functional ATen graph and its weights."""
+    from safetensors.torch import save_file
+    from torch.export.graph_signature import InputKind
+
+    example = torch.zeros((1, seq_len), dtype=torch.long, device=device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch's own deprecations, printed on every export
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
+            program = torch.export.export(model, (example,))
+        program = program.run_decompositions({})  # functional: in-place ops and buffer writes become explicit
+    tensors = {**program.state_dict, **program.constants}
+    inputs, weights = [], {}
+    for spec in program.graph_signature.input_specs:
+        name = spec.arg.name
+        if spec.kind == InputKind.USER_INPUT:
+            inputs.append({"name": name, "kind": "tokens"})
+        elif spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
+            inputs.append({"name": name, "kind": "weight"})
+            weights[name] = tensors[spec.target].detach().to("cpu", copy=True).contiguous()
+        else:
+            inputs.append({"name": name, "kind": spec.kind.name.lower()})  # refused by the eval phase
+    nodes, output = [], None
+    for node in program.graph.nodes:
+        if node.op == "call_function":
+            nodes.append({"name": node.name, "op": _op_name(node.target), "args": _encode(node.args),
+                          "kwargs": {key: _encode(value) for key, value in node.kwargs.items()}})
+        elif node.op == "output":
+            output = _encode(node.args[0])
+        elif node.op != "placeholder":
+            nodes.append({"name": node.name, "op": f"<{node.op}>", "args": [], "kwargs": {}})
+    graph = {"format": FORMAT, "seq_len": seq_len, "inputs": inputs, "nodes": nodes, "output": output,
+             "output_kinds": [spec.kind.name.lower() for spec in program.graph_signature.output_specs]}
+    (out / GRAPH_FILE).write_text(json.dumps(graph))
+    save_file(weights, str(out / WEIGHTS_FILE))
+
+
+# ---------------------------------------------------------------------------- checking and loading (eval phase)
+
+def resolve_op(name: str):
+    """The callable for an operator name, or Rejected when it is not pure tensor math."""
+    if name == "getitem":
+        return operator.getitem
+    namespace, _, rest = name.partition(".")
+    opname, _, overload = rest.partition(".")
+    if namespace != "aten" or not overload:
+        raise Rejected("operator", f"the graph calls {name}, which is not an ATen tensor operator")
+    if opname not in ALLOWED_OPS and opname not in DROPOUTS:
+        raise Rejected("operator", f"the graph calls aten.{opname}, which is not on the allowlist of tensor "
+                                   "operators (no file, I/O, random-state, in-place or custom operators)")
+    packet = getattr(torch.ops.aten, opname, None)
+    op = getattr(packet, overload, None) if packet is not None else None
+    if not isinstance(op, torch._ops.OpOverload) or overload == "out" or op._schema.is_mutable:
+        raise Rejected("operator", f"the graph calls {name}, which does not exist or writes to its arguments")
+    return op
+
+
+def _constant(value, kind: str):
+    """A dtype, layout or memory format by name; only real ones."""
+    found = getattr(torch, value, None) if isinstance(value, str) else None
+    expected = {"dtype": torch.dtype, "layout": torch.layout, "memory_format": torch.memory_format}[kind]
+    if not isinstance(found, expected):
+        raise Rejected("graph", f"unknown {kind} {value!r}")
+    return found
+
+
+class _Decoder:
+    """Turns JSON arguments back into values, node references into fx nodes."""
+
+    def __init__(self, device: str):
+        self.device = torch.device(device)
+        self.nodes: dict[str, torch.fx.Node] = {}
+
+    def __call__(self, arg):
+        if isinstance(arg, list):
+            return [self(a) for a in arg]
+        if isinstance(arg, dict):
+            if len(arg) != 1:
+                raise Rejected("graph", f"malformed argument {str(arg)[:80]}")
+            (kind, value), = arg.items()
+            if kind == "node":
+                if value not in self.nodes:
+                    raise Rejected("graph", f"argument refers to {str(value)[:80]!r}, which is not defined before it")
+                return self.nodes[value]
+            if kind == "float" and value in ("inf", "-inf", "nan"):
+                return float(value)
+            if kind == "device":
+                return self.device  # every tensor the graph makes lives where the eval phase runs it
+            if kind in ("dtype", "layout", "memory_format"):
+                return _constant(value, kind)
+            raise Rejected("graph", f"unknown argument kind {kind!r}")
+        if arg is None or isinstance(arg, (bool, int, float, str)):
+            return arg
+        raise Rejected("graph", f"malformed argument {str(arg)[:80]}")
+
+    def kwargs(self, raw) -> dict:
+        if not isinstance(raw, dict) or not all(isinstance(k, str) for k in raw):
+            raise Rejected("graph", "malformed keyword arguments")
+        return {key: self(value) for key, value in raw.items()}
+
+
+def read_graph(path: Path) -> dict:
+    size = path.stat().st_size
+    if size > MAX_GRAPH_BYTES:
+        raise Rejected("archive", f"{path.name} is {size:,} bytes, more than {MAX_GRAPH_BYTES:,}")
+    try:
+        graph = json.loads(path.read_bytes())
+    except (ValueError, RecursionError) as e:
+        raise Rejected("archive", f"{path.name} is not valid JSON ({str(e)[:100]})") from None
+    if not isinstance(graph, dict) or graph.get("format") != FORMAT:
+        raise Rejected("archive", f"{path.name} is not a format-{FORMAT} exported graph")
+    if not isinstance(graph.get("nodes"), list) or len(graph["nodes"]) > MAX_NODES:
+        raise Rejected("archive", f"{path.name} has no node list, or more than {MAX_NODES:,} nodes")
+    return graph
+
+
+def read_weights(path: Path, device: str) -> dict[str, torch.Tensor]:
+    """Plain tensors from a safetensors file; anything else is refused."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    try:
+        return {name: tensor.to(device) for name, tensor in load(path.read_bytes()).items()}
+    except (SafetensorError, ValueError, TypeError, RuntimeError) as e:
+        raise Rejected("archive", f"{path.name} is not a plain safetensors file of tensors ({str(e)[:120]})") from None
+
+
+def load(directory: Path, device: str, seq_len: int) -> torch.fx.GraphModule:
+    """Check the exported model in `directory` and build it as a module of allowlisted operators."""
+    try:
+        return _build(directory, device, seq_len)
+    except Rejected:
+        raise
+    except Exception as e:  # whatever else a crafted archive provokes is the archive's fault
+        raise Rejected("archive", f"the exported model cannot be loaded ({type(e).__name__})") from e
+
+
+def _build(directory: Path, device: str, seq_len: int) -> torch.fx.GraphModule:
+    graph = read_graph(directory / GRAPH_FILE)
+    weights = read_weights(directory / WEIGHTS_FILE, device)
+    if graph.get("seq_len") != seq_len:
+        raise Rejected("graph", f"exported for sequence length {graph.get('seq_len')}, not {seq_len}")
+    kinds = graph.get("output_kinds")
+    if not isinstance(kinds, list) or any(kind != "user_output" for kind in kinds):
+        raise Rejected("state", "the model writes to its buffers or inputs: no state may carry over between "
+                                "evaluation calls")
+    if len(kinds) != 1:
+        raise Rejected("graph", f"the model returns {len(kinds)} values, not one tensor of logits")
+    inputs = graph.get("inputs")
+    if not isinstance(inputs, list) or [i.get("kind") for i in inputs if isinstance(i, dict)].count("tokens") != 1:
+        raise Rejected("graph", "the graph must take exactly one input, the token ids")
+    fx = torch.fx.Graph()
+    decode = _Decoder(device)
+    root = torch.nn.Module()
+    for number, spec in enumerate(inputs):
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise Rejected("graph", "malformed input list")
+        name, kind = spec["name"], spec.get("kind")
+        if kind == "tokens":
+            decode.nodes[name] = fx.placeholder("tokens")
+        elif kind == "weight":
+            if name not in weights:
+                raise Rejected("archive", f"the weights file has no tensor {name[:80]!r}")
+            attr = f"w{number}"
+            root.register_buffer(attr, weights[name])
+            decode.nodes[name] = fx.get_attr(attr)
+        else:
+            raise Rejected("graph", f"input {name[:80]!r} is a {str(kind)[:40]}, not a tensor (no custom objects)")
+    for raw in graph["nodes"]:
+        if not isinstance(raw, dict) or not isinstance(raw.get("op"), str) or not isinstance(raw.get("name"), str):
+            raise Rejected("graph", "malformed node")
+        op = resolve_op(raw["op"])
+        args = decode(raw.get("args", []))
+        if not isinstance(args, list):
+            raise Rejected("graph", "malformed node arguments")
+        kwargs = decode.kwargs(raw.get("kwargs", {}))
+        if op is not operator.getitem and op._opname in DROPOUTS and not _dropout_is_off(op, args, kwargs):
+            raise Rejected("operator", f"{raw['op']} is random unless its train argument is False")
+        decode.nodes[raw["name"]] = fx.call_function(op, tuple(args), kwargs)
+    output = decode(graph.get("output"))
+    if isinstance(output, list):
+        if len(output) != 1:
+            raise Rejected("graph", f"the graph returns {len(output)} values, not one tensor of logits")
+        output = output[0]
+    if not isinstance(output, torch.fx.Node):
+        raise Rejected("graph", "the graph returns no tensor")
+    fx.output(output)
+    return torch.fx.GraphModule(root, fx)
+
+
+def _dropout_is_off(op, args: list, kwargs: dict) -> bool:
+    names = [a.name for a in op._schema.arguments]
+    if "train" not in names:
+        return False
+    index = names.index("train")
+    value = args[index] if index < len(args) else kwargs.get("train")
+    return value is False
