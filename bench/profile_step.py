@@ -6,7 +6,7 @@ harness's own TrainContext and profiles two of them.
 Prints the time to the first step (compile included), the steady-state step time, the top kernels
 by GPU time, GPU time by kind of kernel and how busy the GPU was over the profiled steps. Set
 TORCH_LOGS=graph_breaks,recompiles to also see what torch.compile did. Needs CUDA; stdlib + the
-template's harness (torch, numpy) only.
+template's harness (torch, numpy, safetensors) only.
 """
 
 from __future__ import annotations
@@ -77,12 +77,13 @@ def main() -> int:
     torch.backends.cuda.matmul.allow_tf32 = True  # as harness.run_train sets them
     torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(0)
-    config = {"device": "cuda", "seed": 42, "seq_len": 2048, "time_budget": 1e9, "warmup_batches": 0}
+    config = {"device": "cuda", "seed": 42, "seq_len": 2048, "time_budget": 1e9, "warmup_steps": 0}
     activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     schedule = torch.profiler.schedule(wait=args.steps - 3, warmup=1, active=2, repeat=1)
     module = harness.load_train_module(args.train_py)
     with torch.profiler.profile(activities=activities, schedule=schedule) as prof:
         ctx = ProfiledContext(config, args.data, args.steps, prof)
+        ctx.start()
         start = time.perf_counter()
         module.train(ctx)
         torch.cuda.synchronize()

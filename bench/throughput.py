@@ -5,12 +5,15 @@
 
 It prepares the offline dataset (the running Python's standard library, BPE vocabulary from the
 `gpu` preset) if the cache lacks it, renders the `gpu` preset's constants into train.py, stages
-train.py beside the pristine harness files and runs the two phases as separate processes, as the
-sandbox does: `harness.py train` (train(ctx), then torch.export) and `harness.py eval` (val_bpb of
-the exported program). The figures come from the harness's own ARENA_RESULT line.
+train.py beside the pristine harness files and runs the two phases as separate processes under the
+sandbox's supervisor, as a trial runs (without the namespaces): `harness.py train` (train(ctx), then
+the export) and `harness.py eval` (val_bpb of the exported model). Times and peak memory come from the
+supervisor's ARENA_PHASE line, val_bpb from the eval phase's ARENA_EVAL line, tokens and steps from
+what the train phase reports (train_stats.json).
 
 Only the standard library is imported here, and prepare.py (numpy; tokenizers and torch when
-used), so it runs on a bare GPU machine with torch, numpy and tokenizers, without the arena package.
+used), so it runs on a bare GPU machine with torch, numpy, safetensors and tokenizers, without the
+arena package installed.
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "train_template"
-HARNESS_FILES = ("harness.py", "prepare.py")
-RESULT_PREFIX = "ARENA_RESULT "
+HARNESS_FILES = ("harness.py", "prepare.py", "exported.py")
+SUPERVISOR = ROOT / "sandbox" / "supervisor.py"
+EVAL_PREFIX = "ARENA_EVAL "
+PHASE_PREFIX = "ARENA_PHASE "
 BEGIN_MARKER = "# ==== ARENA CONSTANTS BEGIN"
 END_MARKER = "# ==== ARENA CONSTANTS END"
 
@@ -94,10 +99,12 @@ def prepare_dataset(cache: Path, corpus: str, vocab_size: int) -> Path:
     return data_dir
 
 
-def run_phase(phase: str, workdir: Path, data_dir: Path, env: dict, log) -> tuple[float, list[str], int]:
-    """Run one harness phase as its own process; stream its output; return (wall seconds, lines, exit code)."""
-    cmd = [sys.executable, "harness.py", phase, "--config", "run.json", "--data", str(data_dir), "--out", "out"]
-    start = time.perf_counter()
+def run_phase(phase: str, workdir: Path, data_dir: Path, env: dict, deadline: float, log) -> tuple[dict, list[str]]:
+    """Run one harness phase under the supervisor; stream its output; return (its ARENA_PHASE report, lines)."""
+    harness = [sys.executable, "harness.py", phase, "--config", "run.json", "--data", str(data_dir), "--out", "out"]
+    if phase == "eval":
+        harness += ["--in", "out"]
+    cmd = [sys.executable, str(SUPERVISOR), "--deadline", str(deadline), "--", *harness]
     proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, errors="replace", bufsize=1)
     lines = []
@@ -107,25 +114,31 @@ def run_phase(phase: str, workdir: Path, data_dir: Path, env: dict, log) -> tupl
         # Every step line of the train phase would flood the terminal: show one in 20.
         if not line.startswith("step=") or int(line[5:].split(" ", 1)[0]) % 20 == 0:
             print(f"[{phase}] {line}", end="", flush=True)
-    code = proc.wait()
-    return time.perf_counter() - start, lines, code
+    proc.wait()
+    reports = [json.loads(line[len(PHASE_PREFIX):]) for line in lines if line.startswith(PHASE_PREFIX)]
+    if proc.returncode or not reports:
+        fail(f"the {phase} phase's supervisor failed (exit code {proc.returncode}); see the output above")
+    return reports[-1], lines
 
 
-def print_table(result: dict, walls: dict) -> None:
-    overhead = result["train_call_seconds"] - result["training_seconds"]
-    mfu = result["mfu_percent"]
+def print_table(evaluation: dict, reported: dict, train: dict, budget: float, walls: dict) -> None:
+    work = train["end"] - train["ready"]
+    rate = reported["timed_tokens"] / reported["training_seconds"] if reported.get("training_seconds") else None
+    flops, peak = reported.get("flops_per_token"), reported.get("peak_flops")
+    mfu = 100 * flops * rate / peak if rate and flops and peak else None
     rows = [
-        ("device", result["device_name"]),
-        ("tokens/s (steady state)", f"{result['tokens_per_second']:,.0f}"),
+        ("device", reported["device_name"]),
+        ("tokens/s (steady state)", f"{rate:,.0f}" if rate else "n/a"),
         ("MFU %", "n/a" if mfu is None else f"{mfu:.1f}"),
-        ("peak memory GB", f"{result['peak_memory_gb']:.1f}"),
-        ("training seconds", f"{result['training_seconds']:.1f}"),
-        ("train-call seconds", f"{result['train_call_seconds']:.1f}"),
-        ("startup+compile overhead s", f"{overhead:.1f}"),
-        ("eval seconds", f"{result['eval_seconds']:.1f}"),
-        ("val_bpb", f"{result['val_bpb']:.4f}"),
-        ("optimizer steps", f"{result['steps']}"),
-        ("tokens trained", f"{result['tokens']:,}"),
+        ("peak memory GB (trial's report)", f"{reported['peak_memory_bytes'] / 1e9:.1f}"),
+        ("peak host memory GB (kernel)", f"{train['max_rss_kb'] * 1024 / 1e9:.1f}"),
+        ("training seconds (trial's clock)", f"{reported['training_seconds']:.1f}"),
+        ("trial code seconds (measured)", f"{work:.1f}"),
+        ("outside the budget s", f"{work - budget:.1f}"),
+        ("eval seconds", f"{evaluation['eval_seconds']:.1f}"),
+        ("val_bpb", f"{evaluation['val_bpb']:.4f}"),
+        ("optimizer steps", f"{reported['steps']}"),
+        ("tokens trained", f"{reported['tokens']:,}"),
         ("train process wall s", f"{walls['train']:.1f}"),
         ("eval process wall s", f"{walls['eval']:.1f}"),
     ]
@@ -151,22 +164,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-py", type=Path, default=TEMPLATE / "train.py",
                         help="the train.py to measure (default: the template's); the preset's constants are rendered in")
     parser.add_argument("--keep", type=Path, default=None,
-                        help="keep the trial directory (logs, model.pt2, stats) here instead of a temp dir")
+                        help="keep the trial directory (logs, exported model, stats) here instead of a temp dir")
     parser.add_argument("--json", type=Path, default=None, help="also write the result and wall times here")
     args = parser.parse_args(argv)
     if args.budget <= 0:
         fail(f"--budget must be positive, got {args.budget}")
 
     preset = load_preset(args.preset)
-    if not str(preset["device"]).startswith("cuda"):
-        fail(f"preset '{args.preset}' runs on {preset['device']}; this benchmark is for a CUDA preset")
-    require_cuda()
+    if str(preset["device"]).startswith("cuda"):
+        require_cuda()  # a cpu preset runs too: a quick check of the script itself
     cache = args.cache or Path(os.environ.get("ARENA_CACHE", Path.home() / ".cache" / "autoresearch-arena"))
     data_dir = prepare_dataset(cache, args.corpus, preset["vocab_size"])
 
     config = {"device": preset["device"], "seed": args.seed, "seq_len": preset["seq_len"],
-              "eval_tokens": args.eval_tokens or preset["eval_tokens"], "eval_batch_rows": preset["eval_batch_rows"],
-              "time_budget": float(args.budget), "warmup_batches": preset["warmup_batches"]}
+              "eval_tokens": args.eval_tokens or preset["eval_tokens"], "time_budget": float(args.budget),
+              "warmup_steps": preset["warmup_steps"]}
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
     if args.compile_cache:
         args.compile_cache.mkdir(parents=True, exist_ok=True)
@@ -184,19 +196,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"preset '{args.preset}', budget {args.budget:g} s, trial directory {workdir}", flush=True)
 
         walls = {}
+        train_deadline = args.budget + preset["startup_allowance"] + 60
         with open(workdir / "log.txt", "w") as log:
-            walls["train"], _, code = run_phase("train", workdir, data_dir, env, log)
-            if code != 0:
-                fail(f"the train phase exited with code {code}; see the output above")
-            walls["eval"], lines, code = run_phase("eval", workdir, data_dir, env, log)
-            if code != 0:
-                fail(f"the eval phase exited with code {code}; see the output above")
-    results = [json.loads(line[len(RESULT_PREFIX):]) for line in lines if line.startswith(RESULT_PREFIX)]
+            train, _ = run_phase("train", workdir, data_dir, env, train_deadline, log)
+            walls["train"] = train["end"] or 0.0
+            if train["exit_code"] != 0:
+                fail(f"the train phase exited with code {train['exit_code']}; see the output above")
+            reported = json.loads((workdir / "out" / "train_stats.json").read_text())
+            evaluation_report, lines = run_phase("eval", workdir, data_dir, env, preset["eval_timeout"], log)
+            walls["eval"] = evaluation_report["end"] or 0.0
+            if evaluation_report["exit_code"] != 0:
+                fail(f"the eval phase exited with code {evaluation_report['exit_code']}; see the output above")
+    results = [json.loads(line[len(EVAL_PREFIX):]) for line in lines if line.startswith(EVAL_PREFIX)]
     if not results:
-        fail("the eval phase printed no ARENA_RESULT line")
-    print_table(results[-1], walls)
+        fail("the eval phase printed no ARENA_EVAL line")
+    print_table(results[-1], reported, train, args.budget, walls)
     if args.json:
-        args.json.write_text(json.dumps({"result": results[-1], "wall_seconds": walls}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"eval": results[-1], "reported": reported, "train_phase": train,
+                                         "wall_seconds": walls}, indent=2) + "\n")
     return 0
 
 

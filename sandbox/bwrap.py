@@ -18,7 +18,6 @@ import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 from sandbox.errors import SandboxError
@@ -90,7 +89,7 @@ def root_filesystem(python: str, binds: Binds) -> list[str]:
         elif path.is_dir():
             args += ["--ro-bind", str(path), str(path)]
     for name in ETC_FILES:
-        args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+        binds.add("--ro-bind-try", f"/etc/{name}", f"/etc/{name}")
     for directory in python_dirs(python):
         binds.add("--ro-bind", str(directory), str(directory))
     return args

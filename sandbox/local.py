@@ -72,8 +72,8 @@ class LocalBackend:
         return run_trial(spec, self.run_phase, self.owner, on_log)
 
     def environment(self, phase: Phase) -> None:
-        if self.gpus:
-            phase.env["CUDA_VISIBLE_DEVICES"] = ",".join(self.gpus)
+        if self.gpus:  # in PCI order, as NVML numbers them for the supervisor's memory count
+            phase.env.update(CUDA_VISIBLE_DEVICES=",".join(self.gpus), CUDA_DEVICE_ORDER="PCI_BUS_ID")
         if "OMP_NUM_THREADS" in os.environ:
             phase.env["OMP_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"]
 

@@ -62,13 +62,14 @@ class PhaseReport:
     end: float | None
     deadline: bool
     max_rss_kb: int
+    gpu_peak_bytes: int | None = None
 
     @classmethod
     def parse(cls, line: str) -> "PhaseReport | None":
         try:
             raw = json.loads(line[len(PHASE_PREFIX):])
             return cls(raw["exit_code"], raw["signal"], raw["ready"], raw["end"], bool(raw["deadline"]),
-                       int(raw["max_rss_kb"]))
+                       int(raw["max_rss_kb"]), raw.get("gpu_peak_bytes"))
         except (ValueError, KeyError, TypeError):
             return None
 
@@ -156,11 +157,15 @@ def phase_failure(phase: str, run: PhaseRun) -> tuple[Status, str] | None:
 
 
 def measured(train: PhaseRun, rule: BudgetRule) -> dict:
-    """Time and memory of the train phase, from its supervisor: nothing here comes from the trial."""
+    """Time and memory of the train phase, from its supervisor: nothing here comes from the trial.
+    Peak memory is the GPUs' where the supervisor could read them, else the host's."""
     report = train.report
     work = report.end - report.ready
+    host = report.max_rss_kb * 1024 / 1e9
+    gpu = report.gpu_peak_bytes / 1e9 if report.gpu_peak_bytes is not None else None
     return {"work_seconds": work, "outside_seconds": work - rule.budget, "ready_seconds": report.ready,
-            "allowance_seconds": rule.allowance(report.ready), "peak_memory_gb": report.max_rss_kb * 1024 / 1e9}
+            "allowance_seconds": rule.allowance(report.ready), "peak_memory_gb": host if gpu is None else gpu,
+            "host_memory_gb": host, "gpu_memory_gb": gpu}
 
 
 def judge(train: PhaseRun, evaluation: PhaseRun | None, rule: BudgetRule, reported: dict,

@@ -8,10 +8,12 @@ before it imports any trial code). When COMMAND exits, or at the deadline, every
 phase is killed (with --sandboxed, every process of its pid namespace; unisolated, every descendant), so
 nothing the trial started outlives the phase. Then it prints one line of its own:
 
-    ARENA_PHASE {"exit_code": 0, "signal": null, "ready": 2.1, "end": 35.0, "deadline": false, "max_rss_kb": ...}
+    ARENA_PHASE {"exit_code": 0, "signal": null, "ready": 2.1, "end": 35.0, "deadline": false,
+                 "max_rss_kb": ..., "gpu_peak_bytes": ...}
 
 with times in seconds since it started. `max_rss_kb` is the largest resident set of any process of the
-phase, as the kernel counted it. Only a line printed by a supervisor that then exits with code 0 counts,
+phase, as the kernel counted it; `gpu_peak_bytes` the most GPU memory in use beyond what was in use at
+its start, sampled five times a second through NVML (null without an NVIDIA driver). Only a line printed by a supervisor that then exits with code 0 counts,
 and nothing of the trial is alive by then to print after it.
 
 As root (in a container, or under bubblewrap run by root) it hands COMMAND to `--user` and keeps only
@@ -107,6 +109,103 @@ def kill_everything_else(sandboxed: bool) -> None:
             pass
 
 
+class GpuMemory:
+    """Peak memory in use on the GPUs the phase may use, read through NVML (ctypes, no package); nothing
+    when there is no NVIDIA driver. A GPU runs one trial at a time, so what it uses is the trial's."""
+
+    class Info(ctypes.Structure):
+        _fields_ = [("total", ctypes.c_ulonglong), ("free", ctypes.c_ulonglong), ("used", ctypes.c_ulonglong)]
+
+    def __init__(self):
+        self.handles: list[ctypes.c_void_p] = []
+        self.peak: int | None = None
+        try:
+            self.nvml = ctypes.CDLL("libnvidia-ml.so.1")
+            count = ctypes.c_uint()
+            if self.nvml.nvmlInit_v2() or self.nvml.nvmlDeviceGetCount_v2(ctypes.byref(count)):
+                return
+        except (OSError, AttributeError):
+            return  # no driver: a CPU phase
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")  # NVML numbers GPUs in PCI order, as the phase's env
+        indices = [int(i) for i in visible.split(",")] if visible.replace(",", "").isdigit() else range(count.value)
+        for index in indices:
+            handle = ctypes.c_void_p()
+            if self.nvml.nvmlDeviceGetHandleByIndex_v2(index, ctypes.byref(handle)) == 0:
+                self.handles.append(handle)
+        if self.handles:
+            self.base = self.used()
+            self.peak = 0
+
+    def used(self) -> int:
+        total = 0
+        for handle in self.handles:
+            info = self.Info()
+            if self.nvml.nvmlDeviceGetMemoryInfo(handle, ctypes.byref(info)) == 0:
+                total += info.used
+        return total
+
+    def sample(self) -> None:
+        if self.handles:
+            self.peak = max(self.peak, self.used() - self.base)
+
+
+class Watch:
+    """The phase as the supervisor sees it: output relayed, the ready line timed, processes reaped."""
+
+    def __init__(self, child: int, pipe: int, origin: float, gpu: GpuMemory):
+        self.child, self.pipe, self.origin, self.gpu = child, pipe, origin, gpu
+        self.out = sys.stdout.buffer
+        self.ready: float | None = None
+        self.end: float | None = None
+        self.exit_code: int | None = None
+        self.signal: int | None = None
+        self.max_rss = 0
+        self.pending = b""  # the tail of the last chunk, so a ready line split across two reads is found
+        self.open = True
+
+    def now(self) -> float:
+        return time.monotonic() - self.origin
+
+    def relay(self, timeout: float) -> None:
+        readable, _, _ = select.select([self.pipe], [], [], timeout)
+        if not readable:
+            return
+        chunk = os.read(self.pipe, 1 << 16)
+        if not chunk:
+            self.open = False
+            return
+        if self.ready is None and READY_LINE in self.pending + chunk:
+            self.ready = self.now()
+        self.pending = (self.pending + chunk)[-len(READY_LINE):]
+        self.out.write(chunk)
+        self.out.flush()
+
+    def reaped(self, pid: int, status: int, usage) -> None:
+        self.max_rss = max(self.max_rss, usage.ru_maxrss)
+        if pid == self.child:
+            self.end = self.now()
+            if os.WIFEXITED(status):
+                self.exit_code = os.WEXITSTATUS(status)
+            else:
+                self.signal = os.WTERMSIG(status)
+
+    def reap(self) -> None:
+        """Collect whatever has exited: the harness, and orphans passed to us."""
+        while True:
+            try:
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self.reaped(pid, status, usage)
+
+    def report(self, deadline: bool) -> str:
+        return PHASE_PREFIX + json.dumps({"exit_code": self.exit_code, "signal": self.signal, "ready": self.ready,
+                                          "end": self.end, "deadline": deadline, "max_rss_kb": self.max_rss,
+                                          "gpu_peak_bytes": self.gpu.peak})
+
+
 def main(argv: list[str]) -> int:
     deadline, user, sandboxed, command = parse(argv)
     origin = time.monotonic()
@@ -114,60 +213,30 @@ def main(argv: list[str]) -> int:
     prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphans of the trial come to us, so we reap and count them
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_IGN)
-    child, pipe = start(command, user)
-    out = sys.stdout.buffer
-    ready = end = None
-    exit_code = killed_by = None
+    gpu = GpuMemory()  # before the harness starts: what the GPUs already use is not the trial's
+    watch = Watch(*start(command, user), origin, gpu)
     hit_deadline = False
-    max_rss = 0
-    pending = b""
-    open_pipe = True
-    while open_pipe or end is None:
-        remaining = deadline - (time.monotonic() - origin)
+    while watch.open or watch.end is None:
+        remaining = deadline - watch.now()
         if remaining <= 0:
             hit_deadline = True
             break
-        if open_pipe:
-            readable, _, _ = select.select([pipe], [], [], min(remaining, 0.2))
-            if readable:
-                chunk = os.read(pipe, 1 << 16)
-                if not chunk:
-                    open_pipe = False
-                else:
-                    if ready is None and READY_LINE in pending + chunk:
-                        ready = time.monotonic() - origin
-                    pending = (pending + chunk)[-len(READY_LINE):]
-                    out.write(chunk)
-                    out.flush()
+        if watch.open:
+            watch.relay(min(remaining, 0.2))
         else:
             time.sleep(0.05)
-        while True:  # reap what has exited: the harness, and orphans passed to us
-            try:
-                pid, status, usage = os.wait4(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
-            max_rss = max(max_rss, usage.ru_maxrss)
-            if pid == child:
-                end = time.monotonic() - origin
-                if os.WIFEXITED(status):
-                    exit_code = os.WEXITSTATUS(status)
-                else:
-                    killed_by = os.WTERMSIG(status)
-        if end is not None:
+        watch.gpu.sample()
+        watch.reap()
+        if watch.end is not None:
             kill_everything_else(sandboxed)  # the harness is done: whatever it left behind goes now
     while True:  # killed processes' own children come to us in turn, until none is left
         kill_everything_else(sandboxed)
         try:
-            _, _, usage = os.wait4(-1, 0)
-            max_rss = max(max_rss, usage.ru_maxrss)
+            watch.reaped(*os.wait4(-1, 0))
         except ChildProcessError:
             break
-    report = {"exit_code": exit_code, "signal": killed_by, "ready": ready, "end": end,
-              "deadline": hit_deadline, "max_rss_kb": max_rss}
-    out.write(("\n" + PHASE_PREFIX + json.dumps(report) + "\n").encode())
-    out.flush()
+    watch.out.write(("\n" + watch.report(hit_deadline) + "\n").encode())
+    watch.out.flush()
     return 0
 
 

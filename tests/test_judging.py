@@ -1,9 +1,13 @@
-"""Keep decisions: the noise margin, confirmation runs, and failures that can never win."""
+"""Keep decisions (the noise margin, confirmation runs, failures that never win) and the sandbox's verdict on a trial."""
 
 from __future__ import annotations
 
+import json
+
 from agent.loop import decide, judge
 from agent.run import best_of
+from sandbox.outcome import BudgetRule, PhaseRun, Status
+from sandbox.outcome import judge as judge_trial
 
 
 def test_only_a_clear_improvement_is_kept():
@@ -41,3 +45,68 @@ def test_best_follows_keeps_and_confirmed_candidates():
     assert best_of(records) == (1, 2.1)
     records.append({"trial": 4, "kept": True, "val_bpb": 2.0})
     assert best_of(records) == (4, 2.0)
+
+
+# ---------------------------------------------------------------------------- the sandbox's verdict
+
+
+def phase(lines: list[str], exit_code: int = 0, ready: float | None = 1.0, end: float = 40.0, code: int = 0,
+          rss_kb: int = 500_000, **kwargs) -> PhaseRun:
+    report = {"exit_code": code, "signal": None, "ready": ready, "end": end, "deadline": False, "max_rss_kb": rss_kb}
+    return PhaseRun(exit_code=exit_code, timed_out=False, wall_seconds=end + 1,
+                    lines=[*lines, "ARENA_PHASE " + json.dumps(report) + "\n"], **kwargs)
+
+
+def evaluation(val_bpb: float = 2.0) -> PhaseRun:
+    line = "ARENA_EVAL " + json.dumps({"val_bpb": val_bpb, "val_tokens": 10, "val_bytes": 30, "eval_tokens": 10,
+                                       "num_params": 5, "dataset_fingerprint": "f", "eval_seconds": 1.0})
+    return phase(["secret validation detail\n", line + "\n"], ready=None, end=3.0)
+
+
+def test_the_allowance_follows_the_baseline_and_the_machine():
+    assert BudgetRule(30, 30).allowance(1.0) == 30  # the baseline: the preset's cap
+    rule = BudgetRule(30, 30, reference=(3.0, 1.0))
+    assert rule.allowance(1.0) == 16.0           # 2 x 3 s + 10 s
+    assert rule.allowance(0.5) == 16.0           # a faster start never shrinks it
+    assert rule.allowance(1.5) == 24.0           # 1.5x slower machine, 1.5x the allowance
+    assert rule.allowance(10.0) == 30            # never past the cap
+
+
+def test_time_outside_the_budget_is_measured_not_reported():
+    rule = BudgetRule(30, 30, reference=(3.0, 1.0))
+    ok = judge_trial(phase(["step=0\n"], ready=1.0, end=46.0), evaluation(), rule, {"training_seconds": 1.0})
+    assert ok.status is Status.OK and ok.result["work_seconds"] == 45.0 and ok.result["outside_seconds"] == 15.0
+    assert ok.result["peak_memory_gb"] == 500_000 * 1024 / 1e9 and ok.result["reported"] == {"training_seconds": 1.0}
+    late = judge_trial(phase(["step=0\n"], ready=1.0, end=48.0), evaluation(), rule, {})
+    assert late.status is Status.OVER_BUDGET and "17.0 s past the 30 s budget; allowance 16.0 s" in late.reason
+    assert late.val_bpb == 2.0  # measured, kept for the record, never a winner
+
+
+def test_a_report_counts_only_from_a_supervisor_that_finished():
+    forged = phase(["step=0\n"], exit_code=137)  # its supervisor was killed: the last report may be forged
+    outcome = judge_trial(forged, evaluation(), BudgetRule(30, 30), {})
+    assert outcome.status is Status.CRASH and "without its supervisor's report" in outcome.reason
+
+
+def test_eval_output_never_reaches_the_log_tail():
+    outcome = judge_trial(phase(["step=0 loss=1.0\n"]), evaluation(), BudgetRule(30, 30), {})
+    assert "step=0" in outcome.log_tail and "secret validation detail" not in outcome.log_tail
+    rejected = phase(["secret validation detail\n", "ARENA_REJECTED causality: the model sees the future\n"],
+                     ready=None, code=5)
+    outcome = judge_trial(phase(["step=0\n"]), rejected, BudgetRule(30, 30), {})
+    assert outcome.status is Status.REJECTED and outcome.reason == "causality: the model sees the future"
+    assert "secret" not in outcome.reason + outcome.log_tail
+    crashed = judge_trial(phase(["step=0\n"]), phase(["secret validation detail\n"], ready=None, code=1),
+                          BudgetRule(30, 30), {})
+    assert crashed.status is Status.CRASH and crashed.reason == "eval phase exited with code 1"
+
+
+def test_a_long_log_tail_is_bounded():
+    outcome = judge_trial(phase(["x" * 10_000 + "\n"] * 200, code=1), None, BudgetRule(30, 30), {})
+    assert outcome.status is Status.CRASH and len(outcome.log_tail) <= 8192
+    assert all(len(line) <= 302 for line in outcome.log_tail.splitlines())
+
+
+def test_nan_is_never_ok():
+    outcome = judge_trial(phase(["step=0\n"]), evaluation(float("nan")), BudgetRule(30, 30), {})
+    assert outcome.status is Status.NAN

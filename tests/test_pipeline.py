@@ -72,11 +72,16 @@ def test_random_search_run_records_every_trial(base_run):
         assert r["method"] == "random" and r["status"] == "ok" and r["val_bpb"] > 0
         space.check(r["config"])  # what ran is inside the bounds
         assert r["diff_stats"]["files"] == 1 and r["diff"].startswith("--- a/train.py")
-    for key in ("val_bpb", "peak_memory_gb", "training_seconds", "overhead_seconds", "total_seconds",
-                "tokens_per_second", "seed", "host", "harness_hash", "dataset_fingerprint", "commit", "config"):
+    for key in ("val_bpb", "peak_memory_gb", "training_seconds", "outside_seconds", "allowance_seconds",
+                "overhead_seconds", "total_seconds", "tokens_per_second", "seed", "host", "harness_hash",
+                "dataset_fingerprint", "commit", "config", "reported"):
         assert all(key in r for r in records), key
+    assert {r["isolation"] for r in records} == {"bwrap"}  # the default: every phase in a bubblewrap sandbox
+    baseline = records[0]
+    for r in records[1:]:  # the allowance after the baseline comes from what the baseline needed
+        assert r["allowance_seconds"] >= 2 * baseline["outside_seconds"] + 10 - 1e-9
     log = (base_run / "logs" / "trial-00001.log").read_text()
-    assert "step=0 " in log and "ARENA_RESULT" in log
+    assert "step=0 " in log and "ARENA_EVAL " in log and "\nval_bpb:" in log
 
 
 CRASH_POINTS = ["applied", "committed", "ran", "recorded", "observed"]  # apply, commit, run, record, branch move
@@ -109,14 +114,16 @@ def test_kill_at_any_point_then_resume(point, base_run, straight_run, tmp_path, 
 
 
 def trial_processes(tmp: Path) -> list[int]:
-    """PIDs of processes whose working directory lies under `tmp` (the trials' temp dirs)."""
+    """PIDs of a trial's processes: bwrap (its command line names the phase directories under `tmp`) and
+    the supervisor and harness inside it (in their own mount namespace, so found by command line)."""
     found = []
     for proc in Path("/proc").iterdir():
         try:
-            if proc.name.isdigit() and os.readlink(proc / "cwd").startswith(str(tmp)):
-                found.append(int(proc.name))
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace") if proc.name.isdigit() else ""
         except OSError:
             continue
+        if str(tmp) in cmdline or "harness.py" in cmdline or "supervisor.py" in cmdline:
+            found.append(int(proc.name))
     return found
 
 

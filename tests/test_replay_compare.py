@@ -411,3 +411,20 @@ def test_mixed_setups_are_refused_unless_allowed(groups, tmp_path, capsys):
         assert arena("compare", base, copy, "--out", tmp_path / "cmp", "--allow-mixed") == 0
         assert "WARNING: ranking runs measured differently" in capsys.readouterr().err
         assert json.loads((tmp_path / "cmp" / "summary.json").read_text())["mixed_setups"]
+
+
+@pytest.mark.slow
+def test_compare_marks_runs_whose_trials_ran_unisolated(groups, tmp_path, capsys):
+    isolated = groups["random"][0]
+    assert {r["isolation"] for r in ledger(isolated)} == {"bwrap"}
+    unisolated = tmp_path / "unisolated"
+    shutil.copytree(groups["random"][1], unisolated)
+    info = json.loads((unisolated / "run.json").read_text())
+    info["settings"]["isolation"] = "none"
+    (unisolated / "run.json").write_text(json.dumps(info))
+    assert arena("compare", isolated, unisolated, "--out", tmp_path / "cmp") == 0
+    out = capsys.readouterr()
+    assert "[1 unisolated]" in out.out and "ran unisolated" in out.err and info["settings"]["name"] in out.err
+    summary = json.loads((tmp_path / "cmp" / "summary.json").read_text())
+    assert [r["isolation"] for r in summary["runs"]] == ["bwrap", "none"]
+    assert summary["groups"][0]["unisolated_runs"] == 1

@@ -48,3 +48,10 @@ def test_crash_nan_runaway_and_contract_are_classified(isolated, stdlib_dataset)
 def test_unknown_isolation_is_one_line():
     with pytest.raises(SandboxError, match="unknown isolation 'chroot'; choose one of: bwrap, none"):
         LocalBackend(isolation="chroot")
+
+
+def test_a_changed_harness_stops_before_anything_runs(stdlib_dataset, tmp_path):
+    spec = make_spec(stdlib_dataset, cpu_template())
+    tampered = spec.__class__(**{**spec.__dict__, "harness_hash": "0" * 16})
+    with pytest.raises(SandboxError, match=r"differ from this run's \(hash 0{16}\); reinstall"):
+        LocalBackend(isolation="none").run(tampered, lambda line: None)

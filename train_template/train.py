@@ -338,7 +338,7 @@ def train(ctx) -> nn.Module:
     batches = ctx.batches(DEVICE_BATCH_SIZE)
 
     step = 0
-    while not ctx.should_stop():
+    while True:  # at least one step: building the model already counts against the budget
         for _ in range(accum_steps):
             x, y = next(batches)
             with autocast:
@@ -357,4 +357,5 @@ def train(ctx) -> nn.Module:
         model.zero_grad(set_to_none=True)
         ctx.log_step(step, loss.item())  # the harness stops a diverged run here
         step += 1
-    return model
+        if ctx.should_stop():
+            return model
