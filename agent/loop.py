@@ -13,10 +13,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 from agent.constants import read_constants

@@ -30,7 +30,11 @@ def run_process(cmd: list[str], cwd: Path | None, env: dict[str, str], timeout: 
     start = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True, text=True, errors="replace", bufsize=1)
-    reader = threading.Thread(target=lambda: [output(line) for line in proc.stdout], daemon=True)
+    def pump() -> None:
+        for line in proc.stdout:
+            output(line)
+
+    reader = threading.Thread(target=pump, daemon=True)
     reader.start()
     timed_out = False
     try:

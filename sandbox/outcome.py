@@ -149,7 +149,8 @@ def phase_failure(phase: str, run: PhaseRun) -> tuple[Status, str] | None:
             verdict = run.last_line(REJECTED_PREFIX) or "rejected"
             return Status.REJECTED, verdict.removeprefix(REJECTED_PREFIX)[:300]
         verdict = run.last_line("ARENA_")
-        return Status.CRASH, f"eval phase exited with code {report.exit_code}" + (f": {verdict[:300]}" if verdict else "")
+        detail = f": {verdict[:300]}" if verdict else ""
+        return Status.CRASH, f"eval phase exited with code {report.exit_code}{detail}"
     if report.exit_code == EXIT_DIVERGED:
         return Status.NAN, (run.last_line("ARENA_DIVERGED") or "loss diverged")[:300]
     last = (run.last_line("ARENA_CONTRACT") if report.exit_code == EXIT_CONTRACT else None) or run.last_line()

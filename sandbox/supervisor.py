@@ -13,8 +13,9 @@ nothing the trial started outlives the phase. Then it prints one line of its own
 
 with times in seconds since it started. `max_rss_kb` is the largest resident set of any process of the
 phase, as the kernel counted it; `gpu_peak_bytes` the most GPU memory in use beyond what was in use at
-its start, sampled five times a second through NVML (null without an NVIDIA driver). Only a line printed by a supervisor that then exits with code 0 counts,
-and nothing of the trial is alive by then to print after it.
+its start, sampled five times a second through NVML (null without an NVIDIA driver). Only a line
+printed by a supervisor that then exits with code 0 counts, and nothing of the trial is alive by then to
+print after it.
 
 As root (in a container, or under bubblewrap run by root) it hands COMMAND to `--user` and keeps only
 the right to kill it; otherwise COMMAND runs as the same user, and the supervisor makes itself
@@ -26,6 +27,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import resource
 import select
 import signal
 import sys
@@ -35,6 +37,7 @@ READY_LINE = b"ARENA_READY"
 PHASE_PREFIX = "ARENA_PHASE "
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
+MAX_PROCESSES = 4096  # for the trial's user: a fork bomb fails here instead of taking the host's pids
 
 
 def prctl(option: int, value: int) -> None:
@@ -65,6 +68,9 @@ def start(command: list[str], user: tuple[int, int] | None) -> tuple[int, int]:
             os.close(write_end)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_DFL)
+            hard = resource.getrlimit(resource.RLIMIT_NPROC)[1]
+            limit = MAX_PROCESSES if hard == resource.RLIM_INFINITY else min(MAX_PROCESSES, hard)
+            resource.setrlimit(resource.RLIMIT_NPROC, (limit, limit))
             if user is not None:
                 os.setgroups([])
                 os.setgid(user[1])

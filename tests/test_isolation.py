@@ -18,7 +18,7 @@ import pytest
 from sandbox import SandboxError
 from sandbox.bwrap import BWRAP_ENV, find_bwrap
 from sandbox.local import LocalBackend
-from sandbox.phases import Phase, install_supervisor, link_data, make_dir, sandbox_user
+from sandbox.phases import Phase, install_supervisor, link_data, make_dir
 from sandbox.trial import PhaseOutput
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,5 @@
-"""Keep decisions (the noise margin, confirmation runs, failures that never win) and the sandbox's verdict on a trial."""
+"""Keep decisions (the noise margin, confirmation runs, failures that never win) and the sandbox's
+verdict on a trial."""
 
 from __future__ import annotations
 

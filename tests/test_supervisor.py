@@ -69,3 +69,8 @@ def test_the_deadline_ends_a_phase_that_never_stops():
 def test_peak_memory_is_the_kernels_count():
     run, _ = supervise("b = bytearray(300 << 20); b[::4096] = b'x' * len(b[::4096]); print('ARENA_READY')")
     assert run.report.max_rss_kb > 300 << 10
+
+
+def test_the_trial_runs_under_a_process_limit():  # a fork bomb fails there, not on the host
+    run, _ = supervise("import resource; print('limit', resource.getrlimit(resource.RLIMIT_NPROC))")
+    assert "limit (4096, 4096)" in "".join(run.lines)

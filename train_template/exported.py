@@ -51,7 +51,8 @@ ALLOWED_OPS = frozenset("""
     sigmoid sign sgn silu sin sinh slice slice_scatter softmax softplus sort split split_with_sizes sqrt square
     squeeze stack std std_mean sub subtract sum swapaxes t take_along_dim tan tanh tensor_split tile topk
     transpose tril triu true_divide trunc type_as unbind unflatten unfold unsqueeze var var_mean view view_as
-    where xlogy zeros zeros_like _assert_tensor_metadata _fused_rms_norm _log_softmax _native_batch_norm_legit_no_training
+    where xlogy zeros zeros_like _assert_tensor_metadata _fused_rms_norm _log_softmax
+    _native_batch_norm_legit_no_training
     _reshape_alias _safe_softmax _scaled_dot_product_cudnn_attention _scaled_dot_product_efficient_attention
     _scaled_dot_product_flash_attention _scaled_dot_product_flash_attention_for_cpu _softmax _to_copy
     _unsafe_view to __and__ __or__ __xor__ __lshift__ __rshift__

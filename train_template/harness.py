@@ -227,8 +227,10 @@ def causality_check(forward, vocab_size: int, rng: np.random.Generator):
             after = torch.log_softmax(forward(probe)[0, :p + 1].double(), dim=-1)
             drift = float((before - after).abs().max())
             if not drift <= CAUSALITY_TOLERANCE:
-                raise exported.Rejected("causality", f"log-probabilities at positions up to {p} moved by {drift:.3g} "
-                                                     "when only later tokens changed: the model sees the future")
+                print(f"causality probe: position {p}, largest change {drift:.3g} nats", flush=True)  # log only
+                # the verdict carries no number computed on validation data, which could carry some of it
+                raise exported.Rejected("causality", f"log-probabilities at positions up to {p} changed when only "
+                                                     "later tokens changed: the model sees the future")
     return check
 
 
@@ -247,7 +249,8 @@ def run_eval(config: dict, data_dir: Path, model_dir: Path) -> dict:
     except Exception as e:
         # The verdict names no value: an error message computed on validation data could carry some of it.
         traceback.print_exc()
-        raise ContractError("the exported model failed on the validation set (the traceback is in the trial log)") from e
+        raise ContractError("the exported model failed on the validation set (its traceback is in the trial log)") \
+            from e
     return {
         "val_bpb": tally.bpb,
         "val_tokens": tally.tokens,
