@@ -67,6 +67,22 @@ def test_the_template_round_trips_exactly(saved):
     assert not list(model.parameters())  # plain tensors: nothing to train, nothing to pickle
 
 
+def test_a_model_trained_under_autocast_is_scored_as_it_ran(tmp_path):
+    """bf16 autocast, as on CUDA (here the CPU's): the export keeps its casts and scores like the model."""
+    model = template_model(tmp_path)
+    with torch.no_grad():
+        torch.nn.init.normal_(model.lm_head.weight, std=0.05)
+
+    def bf16():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+
+    exported.save(model, SEQ, "cpu", tmp_path, bf16)
+    loaded = exported.load(tmp_path, "cpu", SEQ)
+    tokens = torch.randint(0, VOCAB, (1, SEQ), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad(), bf16():
+        assert torch.equal(loaded(tokens), model(tokens))
+
+
 def replace_first_op(name: str, args=None):
     def edit(graph):
         node = next(n for n in graph["nodes"] if n["op"].startswith("aten.linear"))

@@ -14,11 +14,13 @@ another; it must not mutate anything (a functional graph: state cannot carry ove
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import operator
 import warnings
 from pathlib import Path
+from typing import Callable, ContextManager
 
 import torch
 
@@ -54,7 +56,9 @@ ALLOWED_OPS = frozenset("""
     where xlogy zeros zeros_like _assert_tensor_metadata _fused_rms_norm _log_softmax
     _native_batch_norm_legit_no_training
     _reshape_alias _safe_softmax _scaled_dot_product_cudnn_attention _scaled_dot_product_efficient_attention
-    _scaled_dot_product_flash_attention _scaled_dot_product_flash_attention_for_cpu _softmax _to_copy
+    _scaled_dot_product_flash_attention _scaled_dot_product_flash_attention_for_cpu
+    _scaled_dot_product_fused_attention_overrideable _flash_attention_forward _efficient_attention_forward
+    _cudnn_attention_forward _softmax _to_copy
     _unsafe_view to __and__ __or__ __xor__ __lshift__ __rshift__
 """.split())
 # Random only while training: allowed when their `train` argument is the constant False.
@@ -98,16 +102,21 @@ def _op_name(target) -> str:
     return repr(target)  # saved as is, so the eval phase can name what it refuses
 
 
-def save(model: torch.nn.Module, seq_len: int, device: str, out: Path) -> None:
-    """Export `model` (token ids (1, seq_len) -> logits) as a functional ATen graph and its weights."""
+def save(model: torch.nn.Module, seq_len: int, device: str, out: Path,
+         precision: Callable[[], ContextManager] = contextlib.nullcontext) -> None:
+    """Export `model` (token ids (1, seq_len) -> logits) as a functional ATen graph and its weights.
+
+    `precision()` is the autocast the model trained and is scored under (bf16 on CUDA). Both traces run
+    inside it: the second (the decomposition to functional ops) writes its casts into the graph, and
+    outside it would fail on the mixed dtypes the first one recorded.
+    """
     from safetensors.torch import save_file
     from torch.export.graph_signature import InputKind
 
     example = torch.zeros((1, seq_len), dtype=torch.long, device=device)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), torch.no_grad(), precision():
         warnings.simplefilter("ignore", FutureWarning)  # torch's own deprecations, printed on every export
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
-            program = torch.export.export(model, (example,))
+        program = torch.export.export(model, (example,))
         program = program.run_decompositions({})  # functional: in-place ops and buffer writes become explicit
     tensors = {**program.state_dict, **program.constants}
     inputs, weights = [], {}

@@ -165,7 +165,7 @@ def export_model(model: torch.nn.Module, config: dict, out: Path) -> None:
         raise ContractError(f"train() returned {type(model).__name__}, not a torch.nn.Module")
     model.eval()
     try:
-        exported.save(model, config["seq_len"], config["device"], out)
+        exported.save(model, config["seq_len"], config["device"], out, lambda: autocast_for(config["device"]))
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         raise ContractError(f"the returned model cannot be exported with torch.export ({first}); "
