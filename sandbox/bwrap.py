@@ -122,7 +122,7 @@ def bwrap_argv(bwrap: str, phase: Phase, python: str, gpus: list[str] | None,
     for mount in phase.mounts():
         binds.add("--bind" if mount.writable else "--ro-bind", str(mount.source), mount.target)
     args += binds.args + ["--remount-ro", "/"]  # the root bwrap built (a tmpfs) is read-only too
-    for key, value in phase.phase_env(PathMap()).items():
+    for key, value in {"PATH": "/usr/local/bin:/usr/bin:/bin", **phase.phase_env(PathMap())}.items():
         args += ["--setenv", key, value]
     user = sandbox_user() if root else None
     return args + ["--chdir", "/trial", "--", *phase.command(python, user, PathMap(), inner)]

@@ -89,7 +89,8 @@ class LocalBackend:
                                output)
         paths = PathMap(phase)
         command = parent_death_guard() + phase.command(self.python, None, paths, inner)
-        return run_process(command, phase.trial_dir, phase.phase_env(paths), timeout, output)
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **phase.phase_env(paths)}
+        return run_process(command, phase.trial_dir, env, timeout, output)
 
     def preflight(self) -> None:
         """One empty sandbox before any trial: bwrap works here and its Python imports what the harness needs."""

@@ -112,8 +112,7 @@ class Phase:
 
     def phase_env(self, paths: "PathMap") -> dict[str, str]:
         env = {"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1",
-               "HOME": "/tmp", "TMPDIR": "/tmp", "USER": "arena", "LANG": "C.UTF-8",
-               "PATH": "/usr/local/bin:/usr/bin:/bin", **self.env}
+               "HOME": "/tmp", "TMPDIR": "/tmp", "USER": "arena", "LANG": "C.UTF-8", **self.env}
         if self.cache_dir.exists():
             env.update(TORCHINDUCTOR_CACHE_DIR=paths(f"{CACHE}/inductor"), TRITON_CACHE_DIR=paths(f"{CACHE}/triton"))
         return env

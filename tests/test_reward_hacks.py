@@ -186,8 +186,8 @@ EVIL_EXPORT = """
     exported = sys.modules["exported"]
     real_save = exported.save
 
-    def evil_save(model, seq_len, device, out):
-        real_save(model, seq_len, device, out)
+    def evil_save(model, seq_len, device, out, *rest):
+        real_save(model, seq_len, device, out, *rest)
         tamper(out)
 
     exported.save = evil_save
