@@ -8,6 +8,7 @@ runs/<name>/
     best_train.py   the current best train.py, for reading
     state/          method.pkl (after the last recorded trial), pending.pkl (a proposal being run)
     logs/           trial-<n>.log, the full output of each trial
+    compile-cache/  written by the baseline's train phase only; each trial compiles on a private copy
 """
 
 from __future__ import annotations
