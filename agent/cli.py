@@ -117,7 +117,7 @@ def read_config_file(path: Path) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from agent.loop import StopRule, run_loop
+    from agent.loop import StopRule, make_backend, run_loop
     from agent.run import best_of, open_run
 
     given = read_config_file(args.config) if args.config else {}
@@ -132,12 +132,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     if (trials is not None and trials < 1) or (hours is not None and hours <= 0):
         raise ArenaError("--trials must be at least 1 and --hours positive")
     given.setdefault("name", f"{given.get('method', 'random')}-{given.get('preset', 'cpu')}-s{given.get('seed', 42)}")
-    run = open_run(runs_dir, given, cache_root=args.cache)
-    if run.settings.backend == "local":
-        require_device(run.preset)
-    check_ready = getattr(run.method, "check_ready", None)
-    if check_ready is not None:
-        check_ready()  # an unreachable model stops the run here, before any trial
+    backends = []
+
+    def preflight(settings, preset, method) -> None:
+        """Whatever can refuse the run, before anything of it is created or changed."""
+        if settings.backend == "local":
+            require_device(preset)
+        backends.append(make_backend(settings))  # bwrap can sandbox here, or the Docker engine and image are there
+        check_ready = getattr(method, "check_ready", None)
+        if check_ready is not None:
+            check_ready()  # an unreachable model stops the run here, before any trial
+
+    run = open_run(runs_dir, given, cache_root=args.cache, preflight=preflight)
+    backend = backends[-1]
     done = len(run.ledger)
     console.print(f"run '{run.settings.name}' in {run.dir}: method {run.settings.method}, preset "
                   f"{run.preset.name}, backend {run.settings.backend}, {done} trials recorded"
@@ -147,9 +154,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         from agent.ui.live import live_view
 
         with live_view(run.dir, stop) as report:
-            run_loop(run, stop, report=report)
+            run_loop(run, backend, stop, report=report)
     else:
-        run_loop(run, stop, report=lambda line: console.print(line, markup=False))
+        run_loop(run, backend, stop, report=lambda line: console.print(line, markup=False))
     best_trial, best_value = best_of(run.ledger.records)
     console.print(f"done: {len(run.ledger)} trials, best val_bpb {best_value:.6f} (trial {best_trial}); "
                   f"its train.py: {run.dir / 'best_train.py'}; history: git -C {run.dir / 'repo'} log best", markup=False)

@@ -65,17 +65,28 @@ class Ledger:
         self.records = records
 
     @classmethod
-    def open(cls, path: Path) -> "Ledger":
-        """Load the ledger, dropping a torn final line left by a kill mid-write."""
-        if not path.exists():
-            path.touch()
-            return cls(path, [])
-        records = read_appended_jsonl(path, "the ledger", cut_torn=True)
+    def read(cls, path: Path) -> "Ledger":
+        """The ledger's complete lines, changing nothing on disk (a torn last line is left for repair())."""
+        records = read_appended_jsonl(path, "the ledger", cut_torn=False) if path.exists() else []
         for expected, record in enumerate(records):
             if record.get("trial") != expected:
                 raise ArenaError(f"{path} holds trial {record.get('trial')} where trial {expected} belongs; "
                                  "the ledger is damaged — restore it from a backup")
         return cls(path, records)
+
+    def repair(self) -> None:
+        """Cut a torn final line left by a kill mid-write, so the next append starts a line of its own."""
+        if self.path.exists():
+            read_appended_jsonl(self.path, "the ledger", cut_torn=True)
+        else:
+            self.path.touch()
+
+    @classmethod
+    def open(cls, path: Path) -> "Ledger":
+        """Load the ledger and repair it: for a run whose every check has passed."""
+        ledger = cls.read(path)
+        ledger.repair()
+        return ledger
 
     def append(self, record: dict) -> None:
         if record["trial"] != len(self.records):

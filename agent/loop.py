@@ -21,7 +21,7 @@ from agent.constants import read_constants
 from agent.errors import ArenaError
 from agent.methods import Context, Proposal
 from agent.patches import InvalidPatch, apply_diff, check_train_py, diff_stats, make_diff, render_config
-from agent.run import Run, best_of
+from agent.run import Run, RunSettings, best_of
 from agent.template import EDITABLE_FILE, HARNESS_FILES, template_dir
 from sandbox import Backend, BudgetRule, LocalBackend, Outcome, Status, TrialSpec
 from sandbox.outcome import reported_mfu, reported_rate, summary
@@ -58,8 +58,8 @@ class Job:
     propose_seconds: float = 0.0
 
 
-def make_backend(run: Run) -> Backend:
-    settings = run.settings
+def make_backend(settings: RunSettings) -> Backend:
+    """The run's sandbox, checked on creation: it raises SandboxError when it cannot run trials here."""
     if settings.backend == "docker":
         from sandbox.docker import DockerBackend
 
@@ -68,8 +68,7 @@ def make_backend(run: Run) -> Backend:
     return LocalBackend(isolation=settings.isolation, gpus=settings.gpus)
 
 
-def run_loop(run: Run, stop: StopRule, report: Reporter = print) -> None:
-    backend = make_backend(run)
+def run_loop(run: Run, backend: Backend, stop: StopRule, report: Reporter = print) -> None:
     while not stop.reached(run.ledger.records):
         job = next_job(run)
         record = execute(run, backend, job, report)

@@ -1,7 +1,9 @@
 """A run on disk: its settings, git repository, ledger and method state, and how it is resumed.
 
 runs/<name>/
-    run.json        settings, dataset fingerprint and harness hash (written once, at creation)
+    lock            flock-ed by the one arena process working on the run; holds its pid
+    run.json        settings, dataset fingerprint and harness hash (written at creation, and again while
+                    no trial is recorded if the settings change)
     repo/           bare git repository: branch `best`, refs/trials/<n>, notes refs/notes/arena
     ledger.jsonl    one line per finished trial (the source of truth on resume)
     results.tsv     autoresearch's format, rebuilt from the ledger
@@ -21,6 +23,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from agent.constants import render_constants
 from agent.datasets import prepare_dataset
@@ -29,6 +32,7 @@ from agent.ledger import Ledger, fsync_write, results_tsv
 from agent.methods import Method, make_method
 from agent.presets import Preset, get_preset
 from agent.space import SearchSpace, load_space
+from agent.runlock import RunLock
 from agent.template import EDITABLE_FILE, HARNESS_FILES, harness_hash, template_dir
 from agent.workspace import RunRepo, trial_ref
 from sandbox.local import ISOLATIONS
@@ -105,6 +109,7 @@ class Run:
     ledger: Ledger
     method: Method
     info: dict = field(default_factory=dict)
+    lock: RunLock | None = None  # held for as long as this process works on the run
 
     @property
     def state_dir(self) -> Path:
@@ -161,48 +166,99 @@ def merge_settings(stored: dict, given: dict) -> RunSettings:
     return RunSettings(**merged)
 
 
-def open_run(runs_dir: Path, given: dict, cache_root: Path | None = None) -> Run:
-    """Create the run named in `given`, or resume it; either way reconciled and ready for the loop."""
+Preflight = Callable[[RunSettings, Preset, Method], None]
+
+
+def open_run(runs_dir: Path, given: dict, cache_root: Path | None = None,
+             preflight: Preflight = lambda settings, preset, method: None) -> Run:
+    """Create the run named in `given`, or resume it; either way locked, reconciled and ready for the loop.
+
+    Nothing on disk changes until every check has passed and `preflight` (the sandbox, the device, the
+    model) returned: a refused run is left exactly as it was, and no run is created. While a run has no
+    recorded trial its settings may still change (it is made anew with them).
+    """
     run_dir = runs_dir / given["name"]
+    lock = None
     if run_dir.exists():
-        settings_path = run_dir / "run.json"
-        if not settings_path.exists():
+        if not (run_dir / "run.json").exists():
             raise ArenaError(f"{run_dir} exists but is not a run (no run.json); choose another --name")
-        info = json.loads(settings_path.read_text())
+        lock = RunLock.take(run_dir)  # before anything of the run is read
+    try:
+        return _open_locked(run_dir, given, cache_root, preflight, lock)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def _open_locked(run_dir: Path, given: dict, cache_root: Path | None, preflight: Preflight,
+                 lock: RunLock | None) -> Run:
+    info = json.loads((run_dir / "run.json").read_text()) if lock is not None else None
+    ledger = Ledger.read(run_dir / "ledger.jsonl")
+    if info is not None and ledger.records:
         settings = merge_settings(info["settings"], given)
     else:
-        settings = RunSettings(**{k: v for k, v in given.items() if v is not None})
-        info = None
+        stored = info["settings"] if info is not None else {}
+        settings = RunSettings(**{**stored, **{k: v for k, v in given.items() if v is not None}})
     settings.validate()
     preset = get_preset(settings.preset, time_budget=settings.budget, eval_tokens=settings.eval_tokens,
                         startup_allowance=settings.startup_allowance)
-    space_file = run_dir / "space.toml" if info else (Path(settings.space).expanduser() if settings.space else None)
+    recorded = info is not None and bool(ledger.records)
+    space_file = run_dir / "space.toml" if recorded else (Path(settings.space).expanduser() if settings.space else None)
     space = load_space(settings.preset, space_file)
-    make_method(settings, space, None)  # an unknown method or missing model fails before any work
+    probe = make_method(settings, space, None)  # an unknown method or missing model fails before any work
     data_dir = prepare_dataset(settings.corpus, preset.vocab_size, val_fraction=settings.val_fraction,
                                shards=settings.shards, column=settings.text_column, cache_root=cache_root)
     fingerprint = read_meta(data_dir)["fingerprint"]
-    if info is None:
-        info = create_run_dir(run_dir, settings, preset, fingerprint, space_file)
-    if info["dataset_fingerprint"] != fingerprint:
-        raise ArenaError(f"the dataset changed since run '{settings.name}' started (fingerprint "
-                         f"{info['dataset_fingerprint']} then, {fingerprint} now); restore the corpus or start a new run")
-    if info["harness_hash"] != harness_hash():
-        raise ArenaError(f"the harness (prepare.py/harness.py) changed since run '{settings.name}' started; "
-                         "finish it with the arena version that started it or start a new run")
-    run = Run(run_dir, settings, preset, space, data_dir, RunRepo(run_dir / "repo"),
-              Ledger.open(run_dir / "ledger.jsonl"), make_method(settings, space, run_dir), info)
+    if recorded:
+        check_unchanged(run_dir, info, fingerprint, len(ledger.records))
+    keeps = recorded or (info is not None and not changed(info["settings"], settings)
+                         and info["dataset_fingerprint"] == fingerprint and info["harness_hash"] == harness_hash())
+    preflight(settings, preset, probe)
+    # every check passed: from here on the run may change
+    if not keeps:
+        info, lock = create_run_dir(run_dir, settings, preset, fingerprint, space_file, lock)
+    lock.claim()
+    ledger.repair()
+    for folder in ("state", "logs"):  # a run whose folders were deleted gets them back empty
+        (run_dir / folder).mkdir(exist_ok=True)
+    run = Run(run_dir, settings, preset, space, data_dir, RunRepo(run_dir / "repo"), ledger,
+              make_method(settings, space, run_dir), info, lock)
     reconcile(run)
     return run
 
 
+def changed(stored: dict, settings: RunSettings) -> bool:
+    """Whether `settings` differ from a run's stored ones in anything a trial depends on."""
+    current = dataclasses.asdict(settings)
+    return any(stored.get(key) != current[key] for key in current if key not in RunSettings.MUTABLE)
+
+
+def check_unchanged(run_dir: Path, info: dict, fingerprint: str, recorded: int) -> None:
+    """What a resume needs to be the same run: its dataset, its harness, a method state the ledger covers."""
+    name = info["settings"]["name"]
+    if info["dataset_fingerprint"] != fingerprint:
+        raise ArenaError(f"the dataset changed since run '{name}' started (fingerprint "
+                         f"{info['dataset_fingerprint']} then, {fingerprint} now); restore the corpus or start a new run")
+    if info["harness_hash"] != harness_hash():
+        raise ArenaError(f"the harness (prepare.py/harness.py/exported.py) changed since run '{name}' started; "
+                         "finish it with the arena version that started it or start a new run")
+    method_path = run_dir / "state" / "method.pkl"
+    if method_path.exists():
+        observed_through = pickle.loads(method_path.read_bytes())["observed_through"]
+        if observed_through >= recorded:
+            raise ArenaError(f"the method state in {method_path} is ahead of the ledger (trial {observed_through} "
+                             f"observed, {recorded} recorded); the ledger lost lines — restore it from a backup")
+
+
 def create_run_dir(run_dir: Path, settings: RunSettings, preset: Preset, fingerprint: str,
-                   space_file: Path | None) -> dict:
-    """Build the run in a scratch directory and rename it into place, so a kill leaves no half-made run."""
+                   space_file: Path | None, held: RunLock | None) -> tuple[dict, RunLock]:
+    """Build the run in a scratch directory, locked, and rename it into place, so a kill leaves no half-made
+    run. A run with no recorded trial (`held`: its lock) is replaced; its logs are kept."""
     scratch = run_dir.with_name(f".{run_dir.name}.creating-{os.getpid()}")
     shutil.rmtree(scratch, ignore_errors=True)
     (scratch / "state").mkdir(parents=True)
-    (scratch / "logs").mkdir()
+    lock = RunLock.take(scratch)
     files = {name: (template_dir() / name).read_text() for name in TEMPLATE_FILES}
     files[EDITABLE_FILE] = render_constants(files[EDITABLE_FILE], preset.constants)
     if space_file is not None:
@@ -215,8 +271,23 @@ def create_run_dir(run_dir: Path, settings: RunSettings, preset: Preset, fingerp
             "harness_hash": harness_hash(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     fsync_write(scratch / "run.json", json.dumps(info, indent=2) + "\n")
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    scratch.rename(run_dir)
-    return info
+    if held is not None:  # replace the empty run we hold: its logs (failed baselines) move over
+        if (run_dir / "logs").is_dir():
+            shutil.move(run_dir / "logs", scratch / "logs")
+        old = run_dir.with_name(f".{run_dir.name}.replaced-{os.getpid()}")
+        run_dir.rename(old)
+        scratch.rename(run_dir)
+        held.release()
+        shutil.rmtree(old, ignore_errors=True)
+        return info, lock
+    try:
+        scratch.rename(run_dir)
+    except OSError:  # another arena created the same run a moment ago
+        lock.release()
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise ArenaError(f"run '{run_dir.name}' was created by another arena process just now; run the same "
+                         "command again to resume it (once that process is done with it)") from None
+    return info, lock
 
 
 def best_of(records: list[dict]) -> tuple[int, float | None]:
@@ -251,9 +322,6 @@ def reconcile(run: Run) -> None:
     if method_path.exists():
         saved = pickle.loads(method_path.read_bytes())
         state, observed_through = saved["state"], saved["observed_through"]
-        if observed_through >= len(records):
-            raise ArenaError(f"the method state in {method_path} is ahead of the ledger (trial {observed_through} "
-                             f"observed, {len(records)} recorded); the ledger lost lines — restore it from a backup")
     pending = run.load_pending()
     if pending is not None and pending["trial"] > observed_through:
         state, observed_through = pending["state"], pending["trial"] - 1

@@ -118,4 +118,4 @@ def run_trial(spec: TrialSpec, run_phase: PhaseRunner, owner: tuple[int, int], o
             else:
                 on_log("=== eval phase\n")
                 evaluation = run_phase(phase, PhaseOutput(on_log))
-        return judge(train_run, evaluation, spec.budget, read_reported(train.out_dir), missing)
+        return judge(train_run, evaluation, spec.budget, read_reported(train.out_dir), missing, spec.trusted)

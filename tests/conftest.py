@@ -1,18 +1,21 @@
-"""Shared fixtures: one real dataset (the default offline corpus) built once per test session."""
+"""Shared fixtures, built once per test session: the real dataset (the default offline corpus), a real
+Docker engine and trial image, and a real six-trial run that resume tests copy."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from agent.ledger import Ledger
 from tests import docker_env
+from tests.run_helpers import BASE, FAST, NEXT, ROOT, arena_run
 from train_template import prepare
 
-ROOT = Path(__file__).resolve().parents[1]
 CPU_VOCAB = 2048  # the cpu preset's vocabulary
 
 
@@ -61,3 +64,21 @@ def trial_image(docker_client) -> str:
         return docker_env.ensure_test_image()
     except docker_env.EngineUnavailable as e:
         pytest.fail(str(e), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def base_run(tmp_path_factory, cache_root, stdlib_dataset) -> Path:
+    """A real 6-trial random-search run; tests that interrupt or resume copy it and go on from there."""
+    runs = tmp_path_factory.mktemp("runs")
+    proc = arena_run(runs, cache_root, "--name", "base", "--trials", str(BASE), *FAST)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return runs / "base"
+
+
+@pytest.fixture(scope="session")
+def straight_run(base_run, tmp_path_factory, cache_root) -> list[dict]:
+    """The base run continued by one trial without interruption: what every resumed run must match."""
+    runs = tmp_path_factory.mktemp("straight")
+    shutil.copytree(base_run, runs / "base")
+    assert arena_run(runs, cache_root, "--name", "base", "--trials", NEXT).returncode == 0
+    return Ledger.read(runs / "base" / "ledger.jsonl").records

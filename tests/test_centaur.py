@@ -15,7 +15,7 @@ from agent.run import RunSettings
 from agent.space import load_space
 from tests.llm_server import Fault, ScriptedLLMServer
 from tests.test_llm_methods import FAST, llm_args
-from tests.test_pipeline import arena_run, check_run_consistent
+from tests.run_helpers import arena_run, check_run_consistent
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 SPACE = load_space("cpu")

@@ -111,3 +111,11 @@ def test_a_long_log_tail_is_bounded():
 def test_nan_is_never_ok():
     outcome = judge_trial(phase(["step=0\n"]), evaluation(float("nan")), BudgetRule(30, 30), {})
     assert outcome.status is Status.NAN
+
+
+def test_the_trusted_baseline_is_never_over_budget():
+    rule = BudgetRule(30, 30)
+    slow = phase(["step=0\n"], ready=1.0, end=120.0)  # a busy machine: 89 s outside a 30 s budget
+    assert judge_trial(slow, evaluation(), rule, {}).status is Status.OVER_BUDGET
+    outcome = judge_trial(slow, evaluation(), rule, {}, trusted=True)
+    assert outcome.status is Status.OK and outcome.result["outside_seconds"] == 89.0  # the measure for the rest

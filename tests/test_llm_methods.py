@@ -14,7 +14,7 @@ from agent.presets import get_preset
 from agent.template import template_dir
 from tests.conftest import one_line_error
 from tests.llm_server import Fault, ScriptedLLMServer
-from tests.test_pipeline import arena_run, check_run_consistent
+from tests.run_helpers import arena_run, check_run_consistent
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 FAST = ["--budget", "1", "--eval-tokens", "2048", "--trials", "6", "--startup-allowance", "300"]
@@ -94,7 +94,7 @@ def test_replayed_run_reproduces_the_recorded_one(code_run, tmp_path, cache_root
     proc = arena_run(runs, cache_root, "--name", "again", "--method", "code", "--model", "openai/test-model",
                      "--llm-replay", str(run_dir), *FAST)  # no server: every answer comes from llm.jsonl
     assert proc.returncode == 0, proc.stderr[-3000:]
-    original = Ledger.open(run_dir / "ledger.jsonl").records
+    original = Ledger.read(run_dir / "ledger.jsonl").records
     replayed = check_run_consistent(runs / "again", 6)
     for a, b in zip(original, replayed):
         assert (a["description"], a["diff"], a["status"], len(a.get("repairs") or [])) == \

@@ -26,7 +26,7 @@ from agent.methods.tpe import TPE
 from agent.presets import load_presets
 from agent.run import RunSettings
 from agent.space import load_space
-from tests.test_pipeline import FAST, arena_run, check_run_consistent
+from tests.run_helpers import FAST, arena_run, check_run_consistent
 
 SPACE = load_space("cpu")
 BASELINE = dict(load_presets()["cpu"].constants)
@@ -364,6 +364,22 @@ def test_records_replayed_over_an_older_state_continue_exactly(name, told_before
     resumed.method.restore(saved)
     resumed.observe(straight.records[16])  # the replay
     assert configs(resumed.run(10)) == expected
+
+
+@pytest.mark.parametrize("name", ["random", "tpe", "cmaes"])
+def test_a_lost_state_is_rebuilt_from_the_ledger(name, tmp_path):
+    """state/ deleted (method.pkl and TPE's journal with it): run.py replays every record into a new method."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    straight = FakeLoop(new_method(name, tmp_path / "a"), fails=every_fifth)
+    straight.baseline()
+    straight.run(15)  # mid-generation for CMA-ES
+    recorded = list(straight.records)
+    expected = configs(straight.run(10))
+    rebuilt = FakeLoop(new_method(name, tmp_path / "b"), fails=every_fifth)
+    for record in recorded:
+        rebuilt.observe(record)
+    assert configs(rebuilt.run(10)) == expected
 
 
 def test_cmaes_restarts_with_twice_the_population_at_the_incumbent(monkeypatch):

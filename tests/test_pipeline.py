@@ -13,55 +13,8 @@ import pytest
 
 from agent.ledger import Ledger
 from agent.space import load_space
-from agent.workspace import RunRepo, read_trailers
 from tests.conftest import ROOT, one_line_error
-
-# real training, kept short; a generous start-up allowance so a loaded machine is not over budget
-FAST = ["--budget", "2", "--eval-tokens", "4096", "--startup-allowance", "300"]
-BASE = 6  # trials in the shared base run; the crash tests interrupt trial BASE and resume
-NEXT = str(BASE + 1)
-
-
-def arena_run(runs: Path, cache: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "ARENA_CACHE": str(cache), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "agent.cli", "run", "--runs-dir", str(runs), *args],
-                          capture_output=True, text=True, env=full_env, timeout=900, cwd=ROOT)
-
-
-def check_run_consistent(run_dir: Path, n_trials: int) -> list[dict]:
-    """Ledger, git refs, notes, branch and derived files agree; every trial counted once."""
-    records = Ledger.open(run_dir / "ledger.jsonl").records
-    assert [r["trial"] for r in records] == list(range(n_trials))
-    repo = RunRepo(run_dir / "repo")
-    assert repo.trial_numbers() == [r["trial"] for r in records if r["commit"]]
-    kept = [r for r in records if r["kept"]]
-    branch = repo.branch_log()
-    assert branch == [r["commit"] for r in reversed(kept)]  # the branch is exactly the kept trials
-    for r in records:
-        if r["commit"] is None:
-            continue
-        assert repo.trial_commit(r["trial"]) == r["commit"]
-        note = repo.note(r["commit"])
-        assert note["trial"] == r["trial"] and note["status"] == r["status"] and note["val_bpb"] == r["val_bpb"]
-        if r["trial"]:
-            trailers = read_trailers(repo.message(r["commit"]))
-            assert trailers["Arena-Trial"] == str(r["trial"]) and trailers["Arena-Parent"] == r["parent"]
-            assert repo.repo.commit(r["commit"]).parents[0].hexsha == r["parent"]
-    assert (run_dir / "best_train.py").read_text() == repo.show("best", "train.py")
-    tsv = (run_dir / "results.tsv").read_text().splitlines()
-    assert tsv[0].split("\t") == ["commit", "val_bpb", "memory_gb", "status", "description"]
-    assert len(tsv) == n_trials + 1
-    return records
-
-
-@pytest.fixture(scope="module")
-def base_run(tmp_path_factory, cache_root, stdlib_dataset) -> Path:
-    """A real 6-trial random-search run; crash tests copy it and go on from there."""
-    runs = tmp_path_factory.mktemp("runs")
-    proc = arena_run(runs, cache_root, "--name", "base", "--trials", str(BASE), *FAST)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return runs / "base"
-
+from tests.run_helpers import BASE, NEXT, arena_run, check_run_consistent
 
 @pytest.mark.slow
 def test_random_search_run_records_every_trial(base_run):
@@ -87,20 +40,11 @@ def test_random_search_run_records_every_trial(base_run):
 CRASH_POINTS = ["applied", "committed", "ran", "recorded", "observed"]  # apply, commit, run, record, branch move
 
 
-@pytest.fixture(scope="module")
-def straight_run(base_run, tmp_path_factory, cache_root) -> list[dict]:
-    """The base run continued to 4 trials without interruption: what every resumed run must match."""
-    runs = tmp_path_factory.mktemp("straight")
-    shutil.copytree(base_run, runs / "base")
-    assert arena_run(runs, cache_root, "--name", "base", "--trials", NEXT).returncode == 0
-    return Ledger.open(runs / "base" / "ledger.jsonl").records
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("point", CRASH_POINTS)
 def test_kill_at_any_point_then_resume(point, base_run, straight_run, tmp_path, cache_root):
     """kill -9 during trial BASE at `point`; the resumed run records it exactly once, as proposed."""
-    reference = Ledger.open(base_run / "ledger.jsonl").records
+    reference = Ledger.read(base_run / "ledger.jsonl").records
     runs = tmp_path / "runs"
     shutil.copytree(base_run, runs / "base")
     killed = arena_run(runs, cache_root, "--name", "base", "--trials", NEXT, env={"ARENA_CRASH_AT": f"{point}:{BASE}"})

@@ -48,15 +48,13 @@ class Centaur:
         self.cma = CMAES(space, settings, run_dir)
         self.client = client_for(settings, run_dir, self.name)
         self.facts = task_facts(settings)
-        self.proposals = 0
 
     def check_ready(self) -> None:
         self.client.check_reachable()
 
     def propose(self, ctx: Context) -> Proposal:
-        turn = is_llm_turn(self.proposals - self.settings.llm_warmup, self.ratio)
-        self.proposals += 1
-        if not turn:
+        made = sum(1 for record in ctx.records if record["kind"] == "proposal")  # the ledger counts, not a state
+        if not is_llm_turn(made - self.settings.llm_warmup, self.ratio):
             return self.labelled(self.cma.propose(ctx), "cmaes")
         candidate = self.cma.next_candidate()
         messages = self.prompt(ctx, candidate)
@@ -113,8 +111,7 @@ class Centaur:
         self.cma.observe(record)
 
     def state(self) -> object:
-        return {"cma": self.cma.state(), "proposals": self.proposals}
+        return {"cma": self.cma.state()}
 
     def restore(self, state: object) -> None:
         self.cma.restore(state["cma"])
-        self.proposals = state["proposals"]

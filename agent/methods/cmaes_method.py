@@ -132,7 +132,7 @@ class CMAES:
             self.search.start = {name: record["config"][name] for name in self.space}
         if record["kind"] != "proposal":
             return  # the baseline and confirmation runs are not members of a generation
-        slot = self._slot(record["trial"])
+        slot = self._slot(record["trial"], record["config"])
         slot.observed, slot.value = True, value
         slots = self.search.slots
         if len(slots) == self.search.optimizer.population_size and all(s.observed for s in slots):
@@ -251,14 +251,18 @@ class CMAES:
         self.search.next = None
         return candidate
 
-    def _slot(self, trial: int) -> Slot:
-        """The slot of proposal `trial`. A proposal this object never made is one made after the state
-        it was restored from (run.py replays the ledger's records from the last saved state); the
-        candidate propose() would have taken is, by determinism, the one it took."""
+    def _slot(self, trial: int, config: dict | None) -> Slot:
+        """The slot of proposal `trial`, which ran `config`. A proposal this object never made is one made
+        after the state it was restored from, or all of them when the state was lost (run.py replays the
+        ledger's records): the candidate propose() would have taken is, by determinism, the one it took,
+        unless something ran in its place (Centaur's LLM), which then takes its place again."""
         for slot in self.search.slots:
             if slot.trial == trial:
                 return slot
-        slot = Slot(trial, self._take_next()[0])
+        solution, drawn = self._take_next()
+        if config is not None and {name: config.get(name) for name in self.space} != drawn:
+            solution = self._solution_of({name: config[name] for name in self.space})
+        slot = Slot(trial, solution)
         self.search.slots.append(slot)
         return slot
 

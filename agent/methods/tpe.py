@@ -108,6 +108,9 @@ def open_storage(run_dir: Path | None) -> BaseStorage:
         return InMemoryStorage()
     path = Path(run_dir) / "state" / JOURNAL_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
+    # A kill inside ask() or tell() leaves the journal's lock behind, and Optuna would wait for it to
+    # grow stale (~30 s). The run's own lock (agent/runlock.py) is held: no one else can be writing.
+    Path(f"{path}.lock").unlink(missing_ok=True)
     return JournalStorage(JournalFileBackend(str(path)))
 
 

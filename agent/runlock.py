@@ -1,0 +1,47 @@
+"""One exclusive lock per run, held for as long as an arena process works on it.
+
+The lock is `flock` on runs/<name>/lock: taken before anything of the run is read or written, released
+by the kernel when the process ends however it ends (kill -9 included), so it is never stale. The
+holder writes its pid into the file once the run is its to change, so a second arena can say who has it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from agent.errors import ArenaError
+
+LOCK_FILE = "lock"
+
+
+class RunLock:
+    def __init__(self, fd: int, path: Path):
+        self.fd = fd
+        self.path = path
+
+    @classmethod
+    def take(cls, run_dir: Path) -> "RunLock":
+        """The run's lock, or ArenaError naming the process that holds it."""
+        path = run_dir / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ArenaError(f"run '{run_dir.name}' is in use by arena process {holder}; wait for it to end, or "
+                             f"stop it (kill {holder}) and run the same command again") from None
+        return cls(fd, path)
+
+    def claim(self) -> None:
+        """Write our pid for others to read; done once the run is ours to change (a refused start leaves the
+        file as it was)."""
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # closing the last descriptor drops the flock
+            self.fd = -1

@@ -1,0 +1,118 @@
+"""A run under real use: one arena per run (a real second process), a refused start or resume that changes
+nothing, a lost state/ rebuilt from the ledger, settings that may change while no trial is recorded."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.ledger import Ledger
+from sandbox.bwrap import BWRAP_ENV
+from tests.conftest import ROOT, one_line_error
+from tests.run_helpers import BASE, FAST, NEXT, arena_run, check_run_consistent
+
+
+def snapshot(run_dir: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file() and p.name != "lock"}
+
+
+def start_arena(runs: Path, cache: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "ARENA_CACHE": str(cache)}
+    return subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--runs-dir", str(runs), *args],
+                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_a_second_arena_on_a_running_run_is_refused(base_run, tmp_path, cache_root):
+    runs = tmp_path / "runs"
+    shutil.copytree(base_run, runs / "base")
+    first = start_arena(runs, cache_root, "--name", "base", "--trials", NEXT)
+    log = runs / "base" / "logs" / f"trial-{BASE:05d}.log"
+    deadline = time.monotonic() + 120
+    while not log.exists():
+        assert time.monotonic() < deadline and first.poll() is None, first.communicate()
+        time.sleep(0.05)
+    second = arena_run(runs, cache_root, "--name", "base", "--trials", NEXT)
+    line = one_line_error(second)
+    assert f"in use by arena process {first.pid}" in line
+    _, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err[-2000:]
+    check_run_consistent(runs / "base", BASE + 1)  # the refused one wrote nothing
+
+
+@pytest.mark.slow
+def test_two_arenas_creating_one_run_at_once(tmp_path, cache_root, stdlib_dataset):
+    runs = tmp_path / "runs"
+    both = [start_arena(runs, cache_root, "--name", "twin", "--trials", "1", *FAST) for _ in range(2)]
+    results = [(proc.wait(timeout=600), proc.communicate()[1]) for proc in both]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    refused = next(err for code, err in results if code == 2)
+    lines = [line for line in refused.splitlines() if line.strip()]
+    assert len(lines) == 1 and ("in use by arena process" in lines[0] or "created by another" in lines[0]), refused
+    assert sorted(p.name for p in runs.iterdir()) == ["twin"]  # no half-made run left behind
+    check_run_consistent(runs / "twin", 1)
+
+
+@pytest.mark.slow
+def test_a_refused_resume_leaves_a_torn_ledger_as_it_was(base_run, tmp_path, cache_root):
+    runs = tmp_path / "runs"
+    shutil.copytree(base_run, runs / "base")
+    with open(runs / "base" / "ledger.jsonl", "a") as ledger:
+        ledger.write(f'{{"trial": {BASE}, "kind": "proposal", "val_b')  # a kill mid-write
+    before = snapshot(runs / "base")
+    assert "seed=42, not 7" in one_line_error(arena_run(runs, cache_root, "--name", "base", "--seed", "7"))
+    line = one_line_error(arena_run(runs, cache_root, "--name", "base", env={BWRAP_ENV: str(tmp_path / "no-bwrap")}))
+    assert "not an executable bwrap" in line  # refused by the sandbox's pre-flight, after every run check
+    assert snapshot(runs / "base") == before
+    assert arena_run(runs, cache_root, "--name", "base", "--trials", NEXT).returncode == 0
+    check_run_consistent(runs / "base", BASE + 1)  # the torn line was cut once the resume went ahead
+
+
+@pytest.mark.slow
+def test_a_lost_state_folder_is_rebuilt_from_the_ledger(base_run, straight_run, tmp_path, cache_root):
+    runs = tmp_path / "runs"
+    shutil.copytree(base_run, runs / "base")
+    shutil.rmtree(runs / "base" / "state")
+    assert arena_run(runs, cache_root, "--name", "base", "--trials", NEXT).returncode == 0
+    records = check_run_consistent(runs / "base", BASE + 1)
+    assert records[BASE]["config"] == straight_run[BASE]["config"]  # not trial 1's draw again
+    assert (runs / "base" / "state" / "status.json").exists()
+
+
+@pytest.mark.slow
+def test_a_failed_preflight_creates_nothing_and_its_advice_works(tmp_path, cache_root, stdlib_dataset):
+    runs = tmp_path / "runs"
+    line = one_line_error(arena_run(runs, cache_root, "--name", "x", "--method", "llm", "--model", "openai/x",
+                                    "--api-base", "http://127.0.0.1:9/v1", "--llm-timeout", "2"))
+    assert "cannot reach model openai/x" in line
+    line = one_line_error(arena_run(runs, cache_root, "--name", "x", env={BWRAP_ENV: str(tmp_path / "none")}))
+    assert "bwrap" in line
+    assert not runs.exists() or not any(runs.iterdir())
+    proc = arena_run(runs, cache_root, "--name", "x", "--trials", "1", *FAST)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((runs / "x" / "run.json").read_text())["settings"]["method"] == "random"
+
+
+@pytest.mark.slow
+def test_settings_may_change_while_no_trial_is_recorded(tmp_path, cache_root, stdlib_dataset):
+    runs = tmp_path / "runs"
+    too_many = ["--eval-tokens", str(256 * 100_000)]  # more than the validation split: the baseline fails
+    failed = arena_run(runs, cache_root, "--name", "y", "--trials", "1", "--budget", "1", *too_many)
+    assert failed.returncode == 2 and failed.stderr.splitlines()[-1].startswith("error: the baseline trial failed")
+    assert Ledger.read(runs / "y" / "ledger.jsonl").records == []
+    proc = arena_run(runs, cache_root, "--name", "y", "--trials", "1", *FAST)  # other settings: accepted
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    settings = json.loads((runs / "y" / "run.json").read_text())["settings"]
+    assert settings["eval_tokens"] == 4096 and settings["budget"] == 2.0
+    assert (runs / "y" / "logs" / "trial-00000.log").read_text().count("=== trial 0 started") == 2
+    check_run_consistent(runs / "y", 1)
+    line = one_line_error(arena_run(runs, cache_root, "--name", "y", "--seed", "7"))
+    assert "seed=42, not 7" in line  # with a trial recorded, the settings are the run's
