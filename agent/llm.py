@@ -3,16 +3,25 @@
 * Every call streams (`stream_path` holds the text of the answer so far, for a live view) and asks
   for usage in the last chunk; tokens come from the server, cost from LiteLLM's offline price map
   (0.0 for a model it does not price, such as a local one).
-* Retries are ours (LiteLLM's are off): rate limits, timeouts, lost connections and 5xx errors are
-  retried with exponential backoff (honouring Retry-After); anything else fails at once. A call that
-  fails for good raises LLMError, whose message is one line.
+* One deadline for the whole call (`timeout`): every attempt, every backoff and the streaming of the
+  answer fit in it; a server that drips an answer slowly is cut off at the deadline, and the request is
+  closed so the server can stop generating. Retries are ours (LiteLLM's are off): rate limits,
+  timeouts, lost connections and 5xx errors are retried with exponential backoff (honouring
+  Retry-After) while time is left; anything else fails at once. A call that fails for good raises
+  LLMError, whose message is one line.
+* An answer is at most MAX_ANSWER_CHARS long; one cut off there or at max_tokens says so
+  (`LLMReply.cut_off`), and the method treats it as an unusable answer, not as a failed call.
+* Secrets (the values of environment variables named like keys, tokens or passwords, and strings that
+  look like API keys) are redacted from every error, log line and answer before they go anywhere.
 * Each call appends one JSON line to `log_path` (the run's llm.jsonl) and fsyncs it. Calls are
   numbered through the run, so a resumed run continues the numbering and the usage totals.
 * `replay_from` (another run's llm.jsonl, or its directory) answers call N with that log's line N,
-  after checking that it was made for the same purpose and trial; no network is touched.
+  after checking that it was made for the same purpose and trial with the same prompt; no network is
+  touched. A replay that leaves its recording raises ReplayDiverged, which stops the run.
 
 extract_json and extract_diff read what a model wrote; both forgive prose and code fences around the
-payload, and raise ValueError with a short reason an LLM can act on.
+payload, and raise ValueError with a short reason an LLM can act on; neither can be made to recurse
+deeply or to take more than linear time.
 """
 
 from __future__ import annotations
@@ -22,7 +31,6 @@ import json
 import os
 import re
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -33,6 +41,14 @@ from agent.ledger import read_appended_jsonl
 LOG_NAME = "llm.jsonl"
 BACKOFF_CAP_S = 30.0
 REACHABLE_TIMEOUT_S = 10.0
+MAX_ANSWER_CHARS = 200_000   # ten times the template's train.py: room for any diff, no room for a flood
+MIN_ATTEMPT_S = 1.0          # a retry that would have less time than this left is not made
+MAX_JSON_DEPTH = 32
+MAX_JSON_TRIES = 50          # JSON objects tried in one answer, so a hostile answer cannot take quadratic time
+REDACTED = "[redacted]"
+_SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)$", re.IGNORECASE)
+_SECRET_SHAPE = re.compile(r"\b(sk-[A-Za-z0-9_\-]{8,}|sk_[A-Za-z0-9_\-]{8,}|AIza[0-9A-Za-z_\-]{20,}|hf_[A-Za-z0-9]{20,}|"
+                           r"gh[pousr]_[A-Za-z0-9]{20,}|xox[abpr]-[A-Za-z0-9\-]{10,})|(?i:bearer\s+)[A-Za-z0-9._\-]{8,}")
 USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "cost_usd", "latency_s")
 # reading answers: a ``` fenced block, the first line of a diff, markdown around a description line
 _FENCED_BLOCK = re.compile(r"^```[^\n]*\n(.*?)^```", re.DOTALL | re.MULTILINE)
@@ -41,8 +57,34 @@ _DECORATION = re.compile(r"^[#*>\s]*(description\s*:)?[*\s]*", re.IGNORECASE)
 
 
 class LLMError(ArenaError):
-    """An LLM call that failed for good: after the last retry, at once when retrying cannot help,
-    or a replay that no longer matches its recording. The message is one line."""
+    """An LLM call that failed for good: after the last retry, or at once when retrying cannot help.
+    The message is one line."""
+
+
+class ModelUnavailable(ArenaError):
+    """The model keeps failing: the run stops with this one line rather than record trials it did not make."""
+
+    def __init__(self, error: LLMError, trial: int):
+        super().__init__(f"the model failed ({error}); nothing was recorded for trial {trial}: check the server, "
+                         "--model and --api-base, then run the same command again to resume")
+
+
+class ReplayDiverged(ArenaError):
+    """A replayed run asked for something its recording does not hold: the run stops (a method never
+    treats this as a bad answer)."""
+
+
+def secret_values() -> list[str]:
+    """The values of environment variables named like secrets, longest first."""
+    values = {v for k, v in os.environ.items() if _SECRET_NAME.search(k) and len(v) >= 8}
+    return sorted(values, key=len, reverse=True)
+
+
+def redact(text: str) -> str:
+    """`text` with every secret this process knows of, and anything shaped like an API key, replaced."""
+    for value in secret_values():
+        text = text.replace(value, REDACTED)
+    return _SECRET_SHAPE.sub(REDACTED, text)
 
 
 @dataclass
@@ -54,12 +96,24 @@ class LLMReply:
     latency_s: float        # the whole call, retries and backoff included
     attempts: int
     model: str
+    finish_reason: str | None = None  # "length": cut off at max_tokens; "size": cut off at MAX_ANSWER_CHARS
+
+    def cut_off(self, max_tokens: int) -> str | None:
+        """Why the answer is incomplete, in words a model can act on; None when it is whole."""
+        if self.finish_reason == "length":
+            return f"the answer was cut off at --max-tokens {max_tokens} before it was complete; answer more briefly"
+        if self.finish_reason == "size":
+            return f"the answer passed {MAX_ANSWER_CHARS:,} characters and was cut off; answer with one short proposal"
+        return None
 
 
 def _litellm():
     """LiteLLM, imported on first use: the import takes seconds, which commands that never call a
     model should not pay. The local price map keeps the import from fetching one over the network."""
     os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+    # LiteLLM ends a stream that repeats one chunk 100 times with a server error, which we would retry and
+    # then take for an outage; a model caught in a loop gave an unusable answer, which the size limit ends.
+    os.environ.setdefault("REPEATED_STREAMING_CHUNK_LIMIT", str(MAX_ANSWER_CHARS))
     import litellm
 
     litellm.suppress_debug_info = True
@@ -92,7 +146,7 @@ class LLMClient:
         """The model's answer to `messages`; raises LLMError. `purpose` and `trial` label the log line."""
         call = self._totals["calls"]
         if self._replay is not None:
-            result = self._replayed(call, purpose, trial)
+            result = self._replayed(call, purpose, trial, messages)
             self._write_stream(result["response"] or "")
         else:
             result = self._live(messages)
@@ -102,17 +156,16 @@ class LLMClient:
         if result["error"] is not None:
             raise LLMError(result["error"])
         return LLMReply(result["response"], result["prompt_tokens"], result["completion_tokens"],
-                        result["cost_usd"], result["latency_s"], result["attempts"], self.model)
+                        result["cost_usd"], result["latency_s"], result["attempts"], self.model,
+                        result.get("finish_reason"))
 
     def check_reachable(self) -> None:
-        """Fail fast, before any trial, when the model cannot be reached; raises ArenaError."""
+        """Fail fast, before any trial, when the model cannot answer; raises ArenaError. The test is the
+        real thing, a one-token chat call (a server may answer chat without listing its models)."""
         if self._replay is not None:
             return  # a replay never touches the network
         try:
-            if self.api_base and self.model.startswith("openai/"):
-                self._list_models()
-            else:
-                self._one_token()
+            self._one_token()
         except Exception as error:  # whatever the cause, the user gets one line that says what to do
             where = self.api_base or "its provider's endpoint"
             raise ArenaError(f"cannot reach model {self.model} at {where}: {_one_line(error)}; "
@@ -125,41 +178,58 @@ class LLMClient:
     # ------------------------------------------------------------------------ calling the model
 
     def _live(self, messages: list[dict]) -> dict:
-        """One call with retries, as the result part of a log line."""
+        """One call with retries, all within the call's deadline, as the result part of a log line."""
         _litellm()  # the first import takes seconds; it is not the model's latency
         start = time.monotonic()
+        deadline = start + self.timeout
         for attempt in itertools.count(1):
             try:
-                text, usage = self._stream_once(messages)
+                text, usage, finish = self._stream_once(messages, deadline)
             except Exception as error:  # LiteLLM raises one of its exceptions for any failed request
-                if attempt > self.retries or not _retryable(error):
+                wait = self._backoff(attempt, error)
+                if (attempt > self.retries or not _retryable(error)
+                        or time.monotonic() + wait > deadline - MIN_ATTEMPT_S):
                     plural = "s" if attempt > 1 else ""
                     message = f"{self.model} failed after {attempt} attempt{plural}: {_one_line(error)}"
                     return _result(None, message, 0, 0, 0.0, time.monotonic() - start, attempt)
-                self._sleep(self._backoff(attempt, error))
+                self._sleep(wait)
                 continue
             prompt_tokens = getattr(usage, "prompt_tokens", 0) or 0
             completion_tokens = getattr(usage, "completion_tokens", 0) or 0
             return _result(text, None, prompt_tokens, completion_tokens, self._cost(prompt_tokens, completion_tokens),
-                           time.monotonic() - start, attempt)
+                           time.monotonic() - start, attempt, finish)
 
-    def _stream_once(self, messages: list[dict]) -> tuple[str, object]:
-        """One request: the answer's text, written to the stream file as it arrives, and its usage."""
-        pieces, usage = [], None
+    def _stream_once(self, messages: list[dict], deadline: float) -> tuple[str, object, str | None]:
+        """One request: the answer's text (written to the stream file as it arrives), its usage and why it
+        ended ("size" when it passed MAX_ANSWER_CHARS: a model caught in a loop); raises CallDeadline past
+        the deadline. Either way the request is closed, so the server stops generating for nobody."""
+        pieces, usage, finish, length = [], None, None, 0
         with open(self.stream_path or os.devnull, "w") as live:  # truncated: it shows this attempt only
             # drop_params: a model that takes no temperature (say) gets the request without it, not a 400
             response = _litellm().completion(
                 model=self.model, messages=messages, api_base=self.api_base, api_key=self._api_key(),
-                temperature=self.temperature, max_tokens=self.max_tokens, timeout=self.timeout, num_retries=0,
-                stream=True, stream_options={"include_usage": True}, drop_params=True)
-            for chunk in response:
-                usage = getattr(chunk, "usage", None) or usage
-                delta = chunk.choices[0].delta.content if chunk.choices else None
-                if delta:
-                    pieces.append(delta)
-                    live.write(delta)
-                    live.flush()
-        return "".join(pieces), usage
+                temperature=self.temperature, max_tokens=self.max_tokens,
+                timeout=max(deadline - time.monotonic(), 0.1), num_retries=0, stream=True,
+                stream_options={"include_usage": True}, drop_params=True)
+            try:
+                for chunk in response:
+                    usage = getattr(chunk, "usage", None) or usage
+                    choice = chunk.choices[0] if chunk.choices else None
+                    finish = getattr(choice, "finish_reason", None) or finish
+                    delta = choice.delta.content if choice is not None else None
+                    if delta:
+                        pieces.append(delta)
+                        length += len(delta)
+                        live.write(delta)
+                        live.flush()
+                    if length > MAX_ANSWER_CHARS:
+                        finish = "size"
+                        break
+                    if time.monotonic() > deadline:
+                        raise CallDeadline(f"no complete answer within --llm-timeout {self.timeout:g} s")
+            finally:
+                _close(response)
+        return redact("".join(pieces)[:MAX_ANSWER_CHARS]), usage, finish
 
     def _api_key(self) -> str | None:
         # Local OpenAI-compatible servers ignore the key, but the OpenAI client refuses to send none.
@@ -183,12 +253,6 @@ class LLMClient:
                 "cache_read_input_token_cost": 0.0, "mode": "chat"}})
             return 0.0
 
-    def _list_models(self) -> None:
-        key = self._api_key() or os.environ.get("OPENAI_API_KEY", "")
-        request = urllib.request.Request(f"{self.api_base.rstrip('/')}/models", headers={"Authorization": f"Bearer {key}"})
-        with urllib.request.urlopen(request, timeout=min(self.timeout, REACHABLE_TIMEOUT_S)):
-            pass  # any 2xx answer will do; urlopen raises on errors
-
     def _one_token(self) -> None:
         _litellm().completion(model=self.model, messages=[{"role": "user", "content": "Say OK."}],
                               api_base=self.api_base, api_key=self._api_key(), max_tokens=1,
@@ -196,15 +260,21 @@ class LLMClient:
 
     # ------------------------------------------------------------------------ replay, stream file and log
 
-    def _replayed(self, call: int, purpose: str, trial: int | None) -> dict:
+    def _replayed(self, call: int, purpose: str, trial: int | None, messages: list[dict]) -> dict:
+        where = f"replay diverged at call {call} ({purpose!r} for trial {trial})"
         if call >= len(self._replay):
-            raise LLMError(f"replay diverged at call {call}: the recording holds only {len(self._replay)} calls")
+            raise ReplayDiverged(f"{where}: the recording holds only {len(self._replay)} calls; replay a run "
+                                 "made with the same settings and arena version")
         recorded = self._replay[call]
         if (recorded["purpose"], recorded["trial"]) != (purpose, trial):
-            raise LLMError(f"replay diverged at call {call}: recorded {recorded['purpose']!r} for trial "
-                           f"{recorded['trial']}, asked {purpose!r} for trial {trial}")
+            raise ReplayDiverged(f"{where}: the recording made {recorded['purpose']!r} for trial {recorded['trial']} "
+                                 "there; replay a run made with the same settings and arena version")
+        if recorded["messages"] != messages:
+            raise ReplayDiverged(f"{where}: {_first_difference(recorded['messages'], messages)}; replay a run "
+                                 "made with the same settings and arena version")
         return _result(recorded["response"], recorded["error"], recorded["prompt_tokens"],
-                       recorded["completion_tokens"], recorded["cost_usd"], recorded["latency_s"], recorded["attempts"])
+                       recorded["completion_tokens"], recorded["cost_usd"], recorded["latency_s"], recorded["attempts"],
+                       recorded.get("finish_reason"))
 
     def _write_stream(self, text: str) -> None:
         if self.stream_path is not None:
@@ -221,7 +291,7 @@ class LLMClient:
         if self.log_path is None:
             return
         with open(self.log_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(redact(json.dumps(record)) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
@@ -231,16 +301,46 @@ class LLMClient:
             self._totals[name] += record[name]
 
 
+class CallDeadline(Exception):
+    """The call's deadline passed while the answer was still streaming."""
+
+
+def _close(response) -> None:
+    """Close a streamed response and the connection under it; whatever LiteLLM wrapped, try them all."""
+    for stream in (getattr(response, "completion_stream", None), response):
+        close = getattr(stream, "close", None)
+        if callable(close):
+            try:
+                close()
+            except Exception:  # noqa: BLE001 - closing is a courtesy to the server, never a failure of ours
+                pass
+
+
+def _first_difference(recorded: list[dict], asked: list[dict]) -> str:
+    if len(recorded) != len(asked):
+        return f"the recording sent {len(recorded)} messages, this run {len(asked)}"
+    for index, (a, b) in enumerate(zip(recorded, asked)):
+        if a != b:
+            text_a, text_b = str(a.get("content")), str(b.get("content"))
+            at = next((i for i, (x, y) in enumerate(zip(text_a, text_b)) if x != y), min(len(text_a), len(text_b)))
+            return (f"message {index} ({b.get('role')}) differs from the recording at character {at}: "
+                    f"recorded {text_a[at:at + 40]!r}, now {text_b[at:at + 40]!r}")
+    return "the prompt differs from the recording"
+
+
 def _result(response: str | None, error: str | None, prompt_tokens: int, completion_tokens: int, cost_usd: float,
-            latency_s: float, attempts: int) -> dict:
+            latency_s: float, attempts: int, finish_reason: str | None = None) -> dict:
     """The outcome part of a log line, shared by live and replayed calls."""
     return {"response": response, "error": error, "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens, "cost_usd": cost_usd, "latency_s": latency_s,
-            "attempts": attempts}
+            "attempts": attempts, "finish_reason": finish_reason}
 
 
 def _retryable(error: Exception) -> bool:
-    """Rate limits, timeouts, lost connections and server errors may pass; a bad request or key will not."""
+    """Rate limits, timeouts, lost connections and server errors may pass; a bad request or key will not,
+    nor an answer still streaming at the deadline."""
+    if isinstance(error, CallDeadline):
+        return False
     litellm = _litellm()
     transient = (litellm.RateLimitError, litellm.Timeout, litellm.APIConnectionError, litellm.InternalServerError,
                  litellm.ServiceUnavailableError, litellm.BadGatewayError)
@@ -258,7 +358,7 @@ def _retry_after(error: Exception) -> float:
 
 
 def _one_line(error: Exception) -> str:
-    return " ".join(str(error).split())[:400] or type(error).__name__
+    return redact(" ".join(str(error).split()))[:400] or type(error).__name__
 
 
 def _load_replay(path: Path) -> list[dict]:
@@ -270,24 +370,50 @@ def _load_replay(path: Path) -> list[dict]:
 
 # ---------------------------------------------------------------------------- reading answers
 
+def json_depth(text: str) -> int:
+    """How deeply brackets nest in `text`, outside strings: one linear pass, no recursion."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth = max(depth - 1, 0)
+    return deepest
+
+
 def extract_json(text: str) -> dict:
     """The first JSON object in `text`; whatever surrounds it (fences, prose, more text) is ignored."""
     if not text.strip():
         raise ValueError("the answer is empty; reply with a JSON object")
+    if json_depth(text) > MAX_JSON_DEPTH:
+        raise ValueError(f"the answer nests brackets more than {MAX_JSON_DEPTH} deep; reply with one flat JSON object")
     decoder = json.JSONDecoder()
     first_error = None
-    for match in re.finditer(r"\{", text):
+    for match in itertools.islice(re.finditer(r"\{", text), MAX_JSON_TRIES):
         try:
             value, _ = decoder.raw_decode(text, match.start())
-        except json.JSONDecodeError as error:
+        except (ValueError, RecursionError) as error:  # ValueError: also numbers too long to convert
             first_error = first_error or error
             continue
         if isinstance(value, dict):
             return value
     if first_error is None:
         raise ValueError("no JSON object in the answer; reply with one object in {...}")
-    raise ValueError(f"the JSON object in the answer does not parse: {first_error.msg} "
-                     f"(line {first_error.lineno}, column {first_error.colno})")
+    if isinstance(first_error, json.JSONDecodeError):
+        raise ValueError(f"the JSON object in the answer does not parse: {first_error.msg} "
+                         f"(line {first_error.lineno}, column {first_error.colno})")
+    raise ValueError(f"the JSON object in the answer does not parse: {str(first_error)[:120]}")
 
 
 def extract_diff(text: str) -> tuple[str, str]:

@@ -168,6 +168,7 @@ def execute(run: Run, backend: Backend, job: Job, report: Reporter) -> dict:
     source, repairs = apply_with_repairs(run, job, parent_source)
     record["repairs"] = repairs
     record["description"] = job.proposal.description
+    record["proposal_meta"] = job.proposal.meta  # the attempt that ran (or the last one refused), not the first
     if source is None:
         outcome = Outcome(Status.INVALID_PATCH, repairs[-1]["reason"])
         return finish(run, record, outcome, None, job.proposal.diff or "", None, started)

@@ -5,12 +5,16 @@
         client = LLMClient("openai/test-model", api_base=server.api_base)
 
 Each POST to /v1/chat/completions (or /chat/completions) takes the next scripted answer: a plain
-string is the reply's text; a `Fault` is an HTTP error, a delay, a dropped connection or an empty
-reply. With nothing left in the script the server answers HTTP 400, so a test that asks once too
-often fails at once instead of retrying. Streaming requests get SSE chunks of a few characters each,
-a usage chunk when `stream_options.include_usage` is set, then `data: [DONE]`. Usage counts words:
-prompt_tokens over all message contents, completion_tokens over the answer. GET /v1/models lists
-the one model `test-model`. Every chat request body is kept in `requests`, in arrival order.
+string is the reply's text; a `Fault` is an HTTP error (with a message of the test's choosing), a
+delay, a dropped connection, an empty reply, an answer dripped slowly, or one cut off at max_tokens.
+With nothing left in the script the server answers HTTP 400, so a test that asks once too often fails
+at once instead of retrying; a request for one token (max_tokens 1: a reachability check) is answered
+"OK" without touching the script. Streaming requests get SSE chunks of a few characters each, a usage
+chunk when `stream_options.include_usage` is set, then `data: [DONE]`. Usage counts words:
+prompt_tokens over all message contents, completion_tokens over the answer. GET /v1/models lists the
+one model `test-model`, unless the server was made with models=False (then it answers 501, as some
+local servers do). Every chat request body is kept in `requests`, in arrival order; `disconnects`
+counts answers the client stopped reading before their end.
 """
 
 from __future__ import annotations
@@ -39,11 +43,25 @@ class Fault:
     delay: float = 0.0
     drop: bool = False
     text: str = ""
+    message: str = ""
+    drip: float = 0.0                 # seconds between chunks
+    finish_reason: str = "stop"
+    chunk: int = CHUNK_CHARS          # characters per streamed chunk
 
     @classmethod
-    def http(cls, status: int, retry_after: float | None = None) -> "Fault":
+    def http(cls, status: int, retry_after: float | None = None, message: str = "") -> "Fault":
         """An HTTP error with an OpenAI-style error body (429 may carry Retry-After)."""
-        return cls(status=status, retry_after=retry_after)
+        return cls(status=status, retry_after=retry_after, message=message)
+
+    @classmethod
+    def dripped(cls, text: str, every: float) -> "Fault":
+        """Answer `text` one small chunk every `every` seconds (a slow or stuck local server)."""
+        return cls(text=text, drip=every)
+
+    @classmethod
+    def cut(cls, text: str) -> "Fault":
+        """Answer `text`, then say it stopped at max_tokens (finish_reason "length")."""
+        return cls(text=text, finish_reason="length")
 
     @classmethod
     def slow(cls, seconds: float, text: str = "too late") -> "Fault":
@@ -75,9 +93,11 @@ def _prompt_tokens(messages: list[dict]) -> int:
 class ScriptedLLMServer:
     """The server; start() or `with` runs it in a daemon thread on a free port."""
 
-    def __init__(self) -> None:
+    def __init__(self, models: bool = True) -> None:
         self.requests: list[dict] = []  # chat request bodies, in arrival order
         self.models_requests = 0
+        self.models = models
+        self.disconnects = 0
         self._script: deque[Fault] = deque()
         self._lock = threading.Lock()
         self._stopping = threading.Event()  # wakes handlers that sleep through a scripted delay
@@ -147,6 +167,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path.rstrip("/") not in MODELS_PATHS:
             return self._error(404, f"no route {self.path}")
+        if not self.scripted.models:
+            return self._error(501, "this server lists no models")
         self.scripted.models_requests += 1
         self._json(200, {"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "test"}]})
 
@@ -154,6 +176,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.rstrip("/") not in CHAT_PATHS:
             return self._error(404, f"no route {self.path}")
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        if body.get("max_tokens") == 1:  # a reachability check: answered, the script untouched
+            return self._json(200, _completion("OK", {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}))
         answer = self.scripted._next(body)
         if answer is None:
             return self._error(400, "the test server's script is exhausted")
@@ -165,27 +189,31 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if answer.status != 200:
             headers = {"Retry-After": f"{answer.retry_after:g}"} if answer.retry_after is not None else {}
-            return self._error(answer.status, f"scripted HTTP {answer.status}", headers)
+            return self._error(answer.status, answer.message or f"scripted HTTP {answer.status}", headers)
         usage = {"prompt_tokens": _prompt_tokens(body.get("messages", [])), "completion_tokens": _words(answer.text)}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         try:
             if body.get("stream"):
-                self._stream(answer.text, usage if (body.get("stream_options") or {}).get("include_usage") else None)
+                include_usage = (body.get("stream_options") or {}).get("include_usage")
+                self._stream(answer, usage if include_usage else None)
             else:
-                self._json(200, _completion(answer.text, usage))
+                self._json(200, _completion(answer.text, usage, answer.finish_reason))
         except (BrokenPipeError, ConnectionResetError):
-            pass  # the client gave up (e.g. its timeout fired first)
+            self.scripted.disconnects += 1  # the client gave up (e.g. its deadline came first)
 
-    def _stream(self, text: str, usage: dict | None) -> None:
+    def _stream(self, answer: Fault, usage: dict | None) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
         self.end_headers()  # HTTP/1.0: the stream ends when the connection closes
-        pieces = [text[i:i + CHUNK_CHARS] for i in range(0, len(text), CHUNK_CHARS)]
+        text = answer.text
+        pieces = [text[i:i + answer.chunk] for i in range(0, len(text), answer.chunk)]
         self._event(_chunk({"role": "assistant", "content": ""}, None))
         for piece in pieces:
+            if answer.drip and not self.scripted._wait(answer.drip):
+                return
             self._event(_chunk({"content": piece}, None))
-        self._event(_chunk({}, "stop"))
+        self._event(_chunk({}, answer.finish_reason))
         if usage is not None:
             self._event({**_chunk({}, None), "choices": [], "usage": usage})
         self.wfile.write(b"data: [DONE]\n\n")
@@ -210,9 +238,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(status, {"error": {"message": message, "type": kind, "code": status}}, headers)
 
 
-def _completion(text: str, usage: dict) -> dict:
+def _completion(text: str, usage: dict, finish_reason: str = "stop") -> dict:
     return {"id": "chatcmpl-test", "object": "chat.completion", "created": int(time.time()), "model": MODEL,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "finish_reason": finish_reason}],
             "usage": usage}
 
 

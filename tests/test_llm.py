@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 
 import pytest
 
 from agent.errors import ArenaError
-from agent.llm import LLMClient, LLMError, extract_diff, extract_json
+from agent.llm import MAX_ANSWER_CHARS, LLMClient, LLMError, ReplayDiverged, extract_diff, extract_json
 from tests.llm_server import Fault, ScriptedLLMServer, llm_server  # noqa: F401 (llm_server is a fixture)
 
 MODEL = "openai/test-model"
 # LiteLLM itself touches fields pydantic 2.11 deprecates; that is not ours to see
 pytestmark = pytest.mark.filterwarnings("ignore:Accessing the 'model_:DeprecationWarning")
 LOG_FIELDS = {"trial", "purpose", "call", "model", "messages", "response", "error", "prompt_tokens",
-              "completion_tokens", "cost_usd", "latency_s", "attempts", "time"}
+              "completion_tokens", "cost_usd", "latency_s", "attempts", "finish_reason", "time"}
 
 
 def ask(text: str) -> list[dict]:
@@ -109,11 +110,11 @@ def test_client_errors_are_not_retried(llm_server, make_client, sleeps, status):
     assert "\n" not in message and "after 1 attempt:" in message and f"HTTP {status}" in message
 
 
-def test_timeouts_are_retried_then_fail(llm_server, make_client, sleeps):
+def test_a_stalled_server_gets_one_deadline_not_one_per_retry(llm_server, make_client, sleeps):
     llm_server.script(Fault.slow(5), Fault.slow(5))
-    with pytest.raises(LLMError, match="failed after 2 attempts: .*Timeout"):
-        make_client(llm_server.api_base, timeout=0.3, retries=1).complete(ask("go"), "propose", 1)
-    assert len(llm_server.requests) == 2 and sleeps == [0.01]
+    with pytest.raises(LLMError, match="failed after 1 attempt: .*Timeout"):
+        make_client(llm_server.api_base, timeout=1.5, retries=3).complete(ask("go"), "propose", 1)
+    assert len(llm_server.requests) == 1 and sleeps == []  # no time was left for a second attempt
 
 
 def test_connection_refused_fails_after_the_retries(make_client, sleeps):
@@ -129,18 +130,19 @@ def test_backoff_is_capped(make_client):
 
 # ---------------------------------------------------------------------------- reachability
 
-def test_check_reachable_lists_models_without_using_the_script(llm_server, make_client):
-    make_client(llm_server.api_base).check_reachable()
-    assert llm_server.models_requests == 1 and llm_server.requests == []
+def test_check_reachable_asks_for_one_token_even_from_a_server_that_lists_no_models(make_client):
+    with ScriptedLLMServer(models=False) as server:  # GET /models answers 501, as on some local servers
+        for model in (MODEL, "hosted_vllm/test-model"):
+            make_client(server.api_base, model=model).check_reachable()
+        assert server.models_requests == 0 and server.remaining == 0
 
 
-def test_check_reachable_asks_for_one_token_where_no_model_list_applies(llm_server, make_client):
-    llm_server.script("OK", Fault.http(401))
-    client = make_client(llm_server.api_base, model="hosted_vllm/test-model")  # not an openai/ model
-    client.check_reachable()
-    assert llm_server.requests[0]["max_tokens"] == 1
-    with pytest.raises(ArenaError, match="^cannot reach model hosted_vllm/test-model at .*scripted HTTP 401"):
-        client.check_reachable()
+def test_check_reachable_fails_on_a_refused_token(make_client):
+    with ScriptedLLMServer() as server:
+        client = make_client(server.api_base, model="hosted_vllm/test-model")
+        server.stop()
+        with pytest.raises(ArenaError, match="^cannot reach model hosted_vllm/test-model at "):
+            client.check_reachable()
 
 
 def test_check_reachable_names_model_and_base_when_down(make_client):
@@ -207,20 +209,71 @@ def test_replay_reproduces_the_run_without_a_server(make_client, tmp_path):
     original, replayed = read_log(tmp_path / "llm.jsonl"), read_log(replay_dir / "llm.jsonl")
     assert [line["response"] for line in replayed] == [line["response"] for line in original]
     assert all(line["replayed"] for line in replayed)
-    with pytest.raises(LLMError, match="replay diverged at call 3: the recording holds only 3 calls"):
+    with pytest.raises(ReplayDiverged, match=r"replay diverged at call 3 \('propose' for trial 3\): the recording "
+                                             "holds only 3 calls"):
         client.complete(ask("more"), "propose", 3)
 
 
 def test_replay_that_diverges_raises(llm_server, make_client, tmp_path):
     record_a_run(llm_server, make_client)
     client = make_client(None, log_path=None, replay_from=tmp_path / "llm.jsonl")
-    with pytest.raises(LLMError, match="replay diverged at call 0: recorded 'propose' for trial 1, asked 'repair'"):
+    with pytest.raises(ReplayDiverged, match=r"call 0 \('repair' for trial 1\): the recording made 'propose'"):
         client.complete(ask("trial one"), "repair", 1)
+    client = make_client(None, log_path=None, replay_from=tmp_path / "llm.jsonl")
+    with pytest.raises(ReplayDiverged) as caught:  # the same call, another prompt: a replay that went off
+        client.complete(ask("trial 1"), "propose", 1)
+    assert "message 1 (user) differs from the recording at character 6: recorded 'one', now '1'" in str(caught.value)
 
 
 def test_replay_of_a_missing_log_is_a_one_line_error(tmp_path):
     with pytest.raises(LLMError, match="nothing to replay"):
         LLMClient(MODEL, replay_from=tmp_path)
+
+
+# ---------------------------------------------------------------------------- faults that must not hold or crash a run
+
+def test_one_deadline_for_the_whole_call(llm_server, make_client):
+    """A server that drips an answer (one chunk every 0.4 s, 30 s in all) is cut off at the call's deadline,
+    and the request is closed, so the server stops generating for nobody."""
+    llm_server.script(Fault.dripped("x" * 300, every=0.4))
+    client = make_client(llm_server.api_base, timeout=2.0, retries=3)
+    start = time.monotonic()
+    with pytest.raises(LLMError, match="failed after 1 attempt: no complete answer within --llm-timeout 2 s"):
+        client.complete(ask("go"), "propose", 1)
+    assert time.monotonic() - start < 15  # nowhere near the 30 s the server would take, nor 4 x 2 s
+    deadline = time.monotonic() + 10
+    while llm_server.disconnects == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert llm_server.disconnects == 1
+
+
+def test_an_answer_has_a_size_limit(llm_server, make_client, tmp_path):
+    """A model caught in a loop: its answer is cut at the limit (and LiteLLM's own loop check does not turn it
+    into a server error that would be retried and then taken for an outage)."""
+    llm_server.script(Fault(text="[" * (MAX_ANSWER_CHARS + 50_000), chunk=4096))
+    reply = make_client(llm_server.api_base, timeout=120).complete(ask("go"), "propose", 1)
+    assert len(reply.text) == MAX_ANSWER_CHARS and "passed 200,000 characters" in reply.cut_off(4096)
+    assert (tmp_path / "llm.jsonl").stat().st_size < 2 * MAX_ANSWER_CHARS
+
+
+def test_an_answer_cut_at_max_tokens_says_so(llm_server, make_client):
+    llm_server.script(Fault.cut('{"DEPTH": 4, "MATRIX'), "whole")
+    client = make_client(llm_server.api_base)
+    reply = client.complete(ask("go"), "propose", 1)
+    assert reply.text == '{"DEPTH": 4, "MATRIX' and "cut off at --max-tokens 64" in reply.cut_off(64)
+    assert client.complete(ask("go"), "propose", 2).cut_off(64) is None
+
+
+def test_secrets_are_redacted_everywhere(llm_server, make_client, tmp_path, monkeypatch):
+    secret = "sk-live-0123456789abcdefSECRET"
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    monkeypatch.setenv("MY_SERVICE_TOKEN", "token-value-987654321")
+    llm_server.script(Fault.http(401, message=f"Incorrect API key provided: {secret}. Also token-value-987654321"))
+    with pytest.raises(LLMError) as caught:
+        make_client(llm_server.api_base).complete(ask("go"), "propose", 1)
+    log = (tmp_path / "llm.jsonl").read_text()
+    for text in (str(caught.value), log):
+        assert secret not in text and "token-value-987654321" not in text and "[redacted]" in text
 
 
 # ---------------------------------------------------------------------------- parsing answers
@@ -263,3 +316,33 @@ def test_extract_diff_without_a_fence():
 def test_extract_diff_errors(text, reason):
     with pytest.raises(ValueError, match=reason):
         extract_diff(text)
+
+
+@pytest.mark.parametrize("text, reason", [
+    ('{"DEPTH": ' + "[" * 1200, "nests brackets more than 32 deep"),
+    ('{"MATRIX_LR": 1' + "0" * 5000 + "}", "does not parse"),  # more digits than Python converts
+    ('{"a": ' * 60_000 + "1" + "}" * 60_000, "nests brackets"),
+    ("{" * 200_000, "nests brackets"),
+])
+def test_hostile_json_answers_fail_quickly_and_plainly(text, reason):
+    start = time.monotonic()
+    with pytest.raises(ValueError, match=reason):
+        extract_json(text)
+    assert time.monotonic() - start < 10  # linear: milliseconds; the quadratic reader took minutes
+
+
+@pytest.mark.parametrize("value, reason", [
+    ("1" + "0" * 400, "far out of any range"),
+    ("1e999", "must be a finite number"),
+    ("NaN", "must be a finite number"),
+    ("[1, 2]", "must be a number or a string"),
+])
+def test_constants_from_an_llm_must_be_plain_finite_values(value, reason):
+    from agent.methods.llm_fixed import parse_config
+    from agent.presets import load_presets
+    from agent.space import load_space
+
+    config = {**load_presets()["cpu"].constants}
+    text = json.dumps(config).replace('"MATRIX_LR": 0.04', f'"MATRIX_LR": {value}')
+    with pytest.raises(ValueError, match=reason):
+        parse_config(text, load_space("cpu"))

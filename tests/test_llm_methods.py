@@ -115,7 +115,7 @@ def test_llm_fixed_space_run(tmp_path, cache_root, stdlib_dataset):
             "I think a deeper model would help.", config_answer(DEPTH=4),        # trial 2: prose, repaired
             json.dumps({**get_preset("cpu").constants, "DROPOUT": 0.1}),          # trial 3: unknown key ...
             config_answer(DEPTH=40), config_answer(HEAD_DIM=48),                  # ... out of bounds twice
-            Fault.slow(6), config_answer(WARMUP_RATIO=0.1),                       # trial 4: a timeout, retried
+            Fault.dropped(), config_answer(WARMUP_RATIO=0.1),                     # trial 4: dropped, retried
             config_answer(EMBEDDING_LR=0.3),                                      # trial 5
         )
         proc = arena_run(runs, cache_root, "--name", "llm", *llm_args(server, "llm"), *FAST)
@@ -126,6 +126,7 @@ def test_llm_fixed_space_run(tmp_path, cache_root, stdlib_dataset):
     assert records[1]["config"]["MATRIX_LR"] == 0.05 and records[2]["config"]["DEPTH"] == 4
     reasons = [a["reason"] for a in records[3]["repairs"]]
     assert "unknown keys DROPOUT" in reasons[0] and "DEPTH" in reasons[1] and "HEAD_DIM" in reasons[2]
+    assert '"DEPTH": 4' in records[2]["proposal_meta"]["answer"]  # the answer that ran, not the first one
     assert records[4]["config"]["WARMUP_RATIO"] == 0.1
     prompt = requests[-1]["messages"][1]["content"]
     assert "MATRIX_LR: float in [0.005, 0.2], log scale" in prompt and "Best 5 trials" in prompt
@@ -139,8 +140,70 @@ def test_unreachable_model_stops_before_any_trial(tmp_path, cache_root, stdlib_d
     line = one_line_error(arena_run(tmp_path / "runs", cache_root, "--name", "x", "--method", "code",
                                     "--model", "openai/test-model", "--api-base", base, "--llm-timeout", "2"))
     assert "cannot reach model openai/test-model" in line
-    assert not (tmp_path / "runs" / "x" / "ledger.jsonl").read_text()  # no trial ran
+    assert not (tmp_path / "runs" / "x").exists()  # refused before the run was created
 
 
 def test_llm_method_without_a_model_is_refused(tmp_path, cache_root, stdlib_dataset):
     assert "needs a model" in one_line_error(arena_run(tmp_path / "runs", cache_root, "--method", "llm"))
+
+
+def llm_method(server, tmp_path, method: str = "llm", **changes):
+    from agent.methods import make_method
+    from agent.run import RunSettings
+    from agent.space import load_space
+
+    settings = RunSettings(name="m", method=method, model="openai/test-model", api_base=server.api_base,
+                           llm_timeout=5, llm_retries=0, llm_warmup=0, llm_ratio=1.0, **changes)
+    (tmp_path / "state").mkdir(parents=True, exist_ok=True)
+    return make_method(settings, load_space("cpu"), tmp_path)
+
+
+def context(trial: int = 1):
+    from agent.methods.base import Context
+    from agent.space import load_space
+
+    baseline = {"trial": 0, "kind": "baseline", "method": "baseline", "status": "ok", "val_bpb": 3.0,
+                "config": dict(get_preset("cpu").constants), "kept": True, "reason": "", "description": "baseline"}
+    return Context(trial, [baseline], baseline, BASELINE, load_space("cpu"))
+
+
+@pytest.mark.parametrize("method", ["llm", "centaur"])
+def test_hostile_and_cut_answers_are_unusable_answers_not_crashes(method, tmp_path):
+    constants = json.dumps(get_preset("cpu").constants)
+    answers = ['{"DEPTH": ' + "[" * 1200, constants.replace('"MATRIX_LR": 0.04', '"MATRIX_LR": 1' + "0" * 400),
+               Fault.cut(constants[:40])]
+    with ScriptedLLMServer() as server:
+        server.script(*answers)
+        chosen = llm_method(server, tmp_path, method)
+        reasons = []
+        for _ in answers:
+            proposal = chosen.propose(context())
+            reasons.append(proposal.meta.get("invalid") or proposal.meta.get("llm_error"))
+    assert "nests brackets" in reasons[0] and "far out of any range" in reasons[1]
+    assert "cut off at --max-tokens 4096" in reasons[2]
+
+
+def test_a_model_that_fails_stops_the_run_instead_of_burning_trials(tmp_path):
+    from agent.llm import ModelUnavailable
+
+    with ScriptedLLMServer() as server:
+        server.script(Fault.http(503), *[Fault.http(500)] * 3)
+        with pytest.raises(ModelUnavailable, match=r"^the model failed \(openai/test-model failed after 1 attempt"):
+            llm_method(server, tmp_path / "llm", "llm").propose(context())
+        centaur = llm_method(server, tmp_path / "centaur", "centaur")
+        assert centaur.propose(context(1)).meta["source"] == "cmaes-fallback"  # one failed call: a fallback
+        assert centaur.propose(context(2)).meta["source"] == "cmaes-fallback"
+        with pytest.raises(ModelUnavailable, match="nothing was recorded for trial 3"):  # three in a row: an outage
+            centaur.propose(context(3))
+
+
+@pytest.mark.slow
+def test_an_outage_ends_the_run_with_one_line_and_records_nothing(tmp_path, cache_root, stdlib_dataset):
+    runs = tmp_path / "runs"
+    with ScriptedLLMServer() as server:
+        server.script(config_answer(MATRIX_LR=0.05), *[Fault.http(503)] * 3)
+        proc = arena_run(runs, cache_root, "--name", "down", *llm_args(server, "llm"), *FAST)
+    assert proc.returncode == 2 and proc.stderr.splitlines()[-1].startswith("error: the model failed")
+    assert "nothing was recorded for trial 2" in proc.stderr and "Traceback" not in proc.stderr
+    records = check_run_consistent(runs / "down", 2)
+    assert [r["status"] for r in records] == ["ok", "ok"]  # no invalid_patch for the outage

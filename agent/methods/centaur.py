@@ -7,7 +7,8 @@ Differences from the paper's Centaur (Ferreira et al. 2026), each on purpose:
   trial, which is 1/3 for r = 0.3 and every trial for r = 0.8);
 * the prompt shows the mean, the spread of each constant and the strongest correlations in the
   constants' units (the paper showed sigma and C in Optuna's normalised space, and never the mean);
-* an unusable LLM answer falls back to CMA-ES's own candidate and is recorded as such;
+* an unusable LLM answer falls back to CMA-ES's own candidate and is recorded as such; so does a failed
+  call, but three in a row stop the run (an outage should not quietly turn Centaur into CMA-ES);
 * failures reach CMA-ES as worst success + 0.05 (agent/methods/failure.py), not a fixed 100.
 """
 
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from agent.errors import ArenaError
-from agent.llm import LLMError
+from agent.llm import LLMError, ModelUnavailable
 from agent.methods.base import Context, Proposal
 from agent.methods.cmaes_method import CMAES
 from agent.methods.llm_base import client_for, task_facts
@@ -28,6 +29,9 @@ from agent.methods.llm_fixed import parse_config
 from agent.methods.prompts import (describe_space, format_config, format_value, history_section,
                                    json_answer_rules, task_section)
 from agent.space import SearchSpace, SpaceError
+
+
+FAILED_CALLS_TO_STOP = 3  # LLM calls failed in a row (each after the client's retries): the model is down
 
 
 def is_llm_turn(index: int, ratio: Fraction) -> bool:
@@ -48,6 +52,7 @@ class Centaur:
         self.cma = CMAES(space, settings, run_dir)
         self.client = client_for(settings, run_dir, self.name)
         self.facts = task_facts(settings)
+        self.failed_calls = 0  # in a row; at FAILED_CALLS_TO_STOP the run stops
 
     def check_ready(self) -> None:
         self.client.check_reachable()
@@ -60,10 +65,21 @@ class Centaur:
         messages = self.prompt(ctx, candidate)
         try:
             reply = self.client.complete(messages, purpose="propose", trial=ctx.trial)
+        except LLMError as e:
+            self.failed_calls += 1
+            if self.failed_calls >= FAILED_CALLS_TO_STOP:  # an outage, not a bad answer: stop, do not burn trials
+                raise ModelUnavailable(e, ctx.trial) from None
+            return self.labelled(self.cma.propose(ctx), "cmaes-fallback", llm_error=f"LLM call failed: {e}")
+        self.failed_calls = 0
+        try:
+            cut_off = reply.cut_off(self.settings.max_tokens)
+            if cut_off:
+                raise ValueError(cut_off)
             config = parse_config(reply.text, self.space)
             self.cma.replace_candidate(config)
-        except (LLMError, ValueError, SpaceError) as e:
-            return self.labelled(self.cma.propose(ctx), "cmaes-fallback", llm_error=str(e))
+        except (ValueError, SpaceError) as e:
+            return self.labelled(self.cma.propose(ctx), "cmaes-fallback", llm_error=f"answer rejected: {e}",
+                                 answer=reply.text)
         return self.labelled(self.cma.propose(ctx), "llm", answer=reply.text)
 
     def labelled(self, proposal: Proposal, source: str, **meta) -> Proposal:

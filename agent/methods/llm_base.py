@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from agent.errors import ArenaError
-from agent.llm import LLMClient, LLMError
+from agent.llm import LLMClient, LLMError, ModelUnavailable
 from agent.methods.base import Context, Proposal
 from agent.presets import get_preset
 
@@ -69,13 +69,17 @@ class ConversationMethod:
         return self.ask(self.conversation + [{"role": "user", "content": self.repair_note(reason)}], trial, "repair")
 
     def ask(self, messages: list[dict], trial: int, purpose: str) -> Proposal:
+        """The model's proposal. A call that fails (after the client's retries) stops the run: an outage is
+        no trial. An answer that cannot be used is a proposal marked invalid, which a repair may fix."""
         try:
             reply = self.client.complete(messages, purpose=purpose, trial=trial)
         except LLMError as e:
-            self.conversation = messages
-            return Proposal(f"{self.name}: no answer", meta={"invalid": f"LLM call failed: {e}"})
+            raise ModelUnavailable(e, trial) from None
         self.conversation = messages + [{"role": "assistant", "content": reply.text}]
         try:
+            cut_off = reply.cut_off(self.settings.max_tokens)
+            if cut_off:
+                raise ValueError(cut_off)
             return self.parse(reply.text)
         except ValueError as e:
             return Proposal(f"{self.name}: unusable answer", meta={"invalid": f"answer rejected: {e}",

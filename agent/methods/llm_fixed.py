@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from agent.llm import extract_json
@@ -10,6 +11,8 @@ from agent.methods.llm_base import ConversationMethod
 from agent.methods.prompts import (describe_space, format_config, history_section, json_answer_rules,
                                    task_section)
 from agent.space import SearchSpace
+
+MAX_INTEGER = 2**53  # beyond this an integer cannot even be compared with a float bound exactly
 
 
 def parse_config(text: str, space: SearchSpace) -> dict:
@@ -21,6 +24,13 @@ def parse_config(text: str, space: SearchSpace) -> dict:
     missing = [name for name in space if name not in config]
     if missing:
         raise ValueError(f"missing keys {', '.join(missing)}")
+    for name, value in config.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError(f"{name} must be a number or a string, not {type(value).__name__}")
+        if isinstance(value, int) and abs(value) > MAX_INTEGER:
+            raise ValueError(f"{name} = {str(value)[:12]}... is far out of any range")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, not {value}")
     return config
 
 
