@@ -18,6 +18,7 @@ from rich.markup import escape
 from agent.constants import render_constants
 from agent.datasets import prepare_dataset
 from agent.errors import ArenaError
+from agent.methods import METHODS
 from agent.presets import Preset, get_preset, load_presets
 from agent.run import ISOLATIONS, RunSettings
 from agent.template import HARNESS_FILES, harness_hash, template_dir
@@ -163,10 +164,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is an ArenaError: one `error:` line and exit code 2, as for any
+    other bad input (argparse itself would print its usage block first)."""
+
+    def error(self, message: str):
+        raise ArenaError(f"{message}; see `{self.prog} --help`")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="arena", description="An arena for agents and optimizers that improve a "
-                                     "small language model's training script under a fixed time budget.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="arena", description="An arena for agents and optimizers that improve a "
+                    "small language model's training script under a fixed time budget.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     presets = list(load_presets())
 
     p = sub.add_parser("prepare", help="build the tokenized dataset (cached by content)")
@@ -177,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="run the training template once, unmodified, and print its result")
     add_data_arguments(p)
-    p.add_argument("--preset", default="cpu", help=f"one of: {', '.join(presets)}")
+    p.add_argument("--preset", default="cpu", choices=presets, help=f"one of: {', '.join(presets)} (default cpu)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--budget", type=float, default=None, help="training seconds (default: the preset's)")
     p.add_argument("--eval-tokens", type=int, default=None, help="validation tokens (default: the preset's)")
@@ -189,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a search: trials proposed by a method, each a git commit, best kept")
     add_data_arguments(p, defaults=False)
     p.add_argument("--name", default=None, help="run name; an existing run of that name is resumed")
-    p.add_argument("--method", default=None, help="search method: random (default)")
+    p.add_argument("--method", default=None, help=f"search method, one of: {', '.join(METHODS)} (default random)")
     p.add_argument("--preset", default=None, help=f"one of: {', '.join(presets)} (default cpu)")
     p.add_argument("--trials", type=int, default=None, help="stop at this many trials, baseline included "
                    "(default 10)")
@@ -244,8 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return args.func(args)
     except (ArenaError, SandboxError) as e:
         console.print(f"[red]error:[/] {escape(str(e))}")

@@ -47,7 +47,8 @@ MAX_JSON_DEPTH = 32
 MAX_JSON_TRIES = 50          # JSON objects tried in one answer, so a hostile answer cannot take quadratic time
 REDACTED = "[redacted]"
 _SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)$", re.IGNORECASE)
-_SECRET_SHAPE = re.compile(r"\b(sk-[A-Za-z0-9_\-]{8,}|sk_[A-Za-z0-9_\-]{8,}|AIza[0-9A-Za-z_\-]{20,}|hf_[A-Za-z0-9]{20,}|"
+_SECRET_SHAPE = re.compile(r"\b(sk-[A-Za-z0-9_\-]{8,}|sk_[A-Za-z0-9_\-]{8,}|AIza[0-9A-Za-z_\-]{20,}|"
+                           r"hf_[A-Za-z0-9]{20,}|"
                            r"gh[pousr]_[A-Za-z0-9]{20,}|xox[abpr]-[A-Za-z0-9\-]{10,})|(?i:bearer\s+)[A-Za-z0-9._\-]{8,}")
 USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "cost_usd", "latency_s")
 # reading answers: a ``` fenced block, the first line of a diff, markdown around a description line

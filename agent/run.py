@@ -203,6 +203,9 @@ def _open_locked(run_dir: Path, given: dict, cache_root: Path | None, preflight:
     settings.validate()
     preset = get_preset(settings.preset, time_budget=settings.budget, eval_tokens=settings.eval_tokens,
                         startup_allowance=settings.startup_allowance)
+    if settings.gpus and not preset.device.startswith("cuda"):
+        raise ArenaError(f"--gpus applies to a GPU preset, and preset '{preset.name}' trains on the CPU; leave "
+                         "--gpus out or choose --preset gpu")
     recorded = info is not None and bool(ledger.records)
     space_file = run_dir / "space.toml" if recorded else (Path(settings.space).expanduser() if settings.space else None)
     space = load_space(settings.preset, space_file)
@@ -239,7 +242,8 @@ def check_unchanged(run_dir: Path, info: dict, fingerprint: str, recorded: int) 
     name = info["settings"]["name"]
     if info["dataset_fingerprint"] != fingerprint:
         raise ArenaError(f"the dataset changed since run '{name}' started (fingerprint "
-                         f"{info['dataset_fingerprint']} then, {fingerprint} now); restore the corpus or start a new run")
+                         f"{info['dataset_fingerprint']} then, {fingerprint} now); restore the corpus or start a new "
+                         "run")
     if info["harness_hash"] != harness_hash():
         raise ArenaError(f"the harness (prepare.py/harness.py/exported.py) changed since run '{name}' started; "
                          "finish it with the arena version that started it or start a new run")

@@ -30,7 +30,8 @@ def connect() -> docker.DockerClient:
         client = docker.from_env()
         client.ping()
     except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
-        raise SandboxError(f"no Docker engine reachable ({e}); start the Docker daemon or use --backend local") from None
+        raise SandboxError(f"no Docker engine reachable ({e}); start the Docker daemon or use --backend local") \
+            from None
     return client
 
 

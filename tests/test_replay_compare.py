@@ -331,7 +331,7 @@ def test_compare_real_runs(groups, tmp_path, capsys):
     for group in summary["groups"]:
         values = bests[group["group"]]
         assert group["runs"] == 2 and group["best_mean"] == pytest.approx(sum(values) / 2)
-        assert group["trials"] == 6 and group["target_reached"] == 2 and group["gpu_hours"] > 0
+        assert group["trials"] == 6 and group["target_reached"] == 2 and group["device_hours"] > 0
     test = summary["tests"][0]
     assert test["a"] == labels[0] and test["b"] == labels[1] and 0 < test["p_value"] <= 1
     assert test["ci_low"] <= test["mean_diff"] <= test["ci_high"]
@@ -384,7 +384,7 @@ def test_compare_imports_paper_trials(tmp_path, capsys):
     tpe, cmaes = summary["groups"]
     assert (tpe["group"], tpe["runs"], tpe["trials"]) == ("tpe", 2, 6)
     assert tpe["best_mean"] == pytest.approx(0.9805) and cmaes["failure_rate_oom"] == pytest.approx(2 / 6)
-    assert tpe["gpu_hours"] == pytest.approx(6 * 360 / 3600)
+    assert tpe["device_hours"] == pytest.approx(6 * 360 / 3600)
     assert tpe["target_reached"] == 2 and tpe["target_trials_mean"] == 2 and cmaes["target_reached"] == 0
     assert summary["tests"][0]["p_value"] == pytest.approx(1 / 3)  # 2 vs 2 runs, fully separated
     assert "tpe" in capsys.readouterr().out
@@ -428,3 +428,14 @@ def test_compare_marks_runs_whose_trials_ran_unisolated(groups, tmp_path, capsys
     summary = json.loads((tmp_path / "cmp" / "summary.json").read_text())
     assert [r["isolation"] for r in summary["runs"]] == ["bwrap", "none"]
     assert summary["groups"][0]["unisolated_runs"] == 1
+
+
+@pytest.mark.slow
+def test_single_runs_get_no_interval_and_cpu_runs_no_gpu_hours(groups, tmp_path, capsys):
+    assert arena("compare", groups["random"][0], groups["tpe"][0], "--out", tmp_path / "cmp") == 0
+    out = capsys.readouterr().out
+    assert "CPU-h" in out and "GPU-h" not in out
+    summary = json.loads((tmp_path / "cmp" / "summary.json").read_text())
+    test = summary["tests"][0]
+    assert test["ci_low"] is None and test["ci_high"] is None and "one run on a side" in test["note"]
+    assert {r["device"] for r in summary["runs"]} == {"cpu"}

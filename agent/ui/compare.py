@@ -13,18 +13,21 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from matplotlib.figure import Figure
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from agent.errors import ArenaError
 from agent.ui.history import FAILURE_KINDS, RunHistory
-from agent.ui.plots import constants_figure, convergence_figure
 from agent.ui.render import print_warnings
 from agent.ui.sources import open_runs
-from agent.ui.stats import GroupStats, RunStats, group_runs, pairwise_tests, run_stats
+
+if TYPE_CHECKING:  # scipy and matplotlib take a second to import: only `arena compare` pays for them
+    from matplotlib.figure import Figure
+
+    from agent.ui.stats import GroupStats, RunStats
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -84,6 +87,9 @@ def mixed_setups(runs: list[RunHistory], allow_mixed: bool) -> str | None:
 
 def build_comparison(runs: list[RunHistory], target: float | None, allow_mixed: bool) -> Comparison:
     mixed = mixed_setups(runs, allow_mixed)
+    from agent.ui.plots import constants_figure, convergence_figure
+    from agent.ui.stats import group_runs, pairwise_tests, run_stats
+
     stats = [run_stats(run, target) for run in runs]
     groups = group_runs(stats)
     figures = {"convergence.png": convergence_figure(groups)}
@@ -97,7 +103,8 @@ def _run_row(s: RunStats) -> dict:
     return {"run": s.run.name, "path": str(s.run.path), "source": s.run.source, "group": s.run.group,
             "seed": s.run.seed, "isolation": s.run.isolation, "best_val_bpb": s.best, "trials": s.trials,
             "failures": dict(s.failures),
-            "gpu_hours": s.gpu_hours, "llm_tokens": s.tokens, "llm_cost_usd": s.cost_usd,
+            "device": s.run.device, "device_hours": s.total_hours, "llm_tokens": s.tokens,
+            "llm_cost_usd": s.cost_usd,
             "target_trials": s.target_trials, "target_hours": s.target_hours}
 
 
@@ -138,8 +145,9 @@ def _target(row: dict) -> str:
 
 def groups_table(comparison: Comparison) -> Table:
     table = Table(title="best val_bpb per run, over seeds", title_justify="left")
-    for column in ("group", "runs (seeds)", "best mean ± std", "median", "trials", "failures", "GPU-h",
-                   "LLM tokens", "LLM $"):
+    on_gpu = any(s.run.device != "cpu" for s in comparison.runs)
+    for column in ("group", "runs (seeds)", "best mean ± std", "median", "trials", "failures",
+                   "GPU-h" if on_gpu else "CPU-h", "LLM tokens", "LLM $"):
         table.add_column(column)
     if comparison.target is not None:
         table.add_column(f"to reach {comparison.target:g}")
@@ -149,7 +157,7 @@ def groups_table(comparison: Comparison) -> Table:
         cells = [name, f"{row['runs']} ({row['seeds']})",
                  f"{_number(row['best_mean'], '.6f')} ± {_number(row['best_std'], '.6f')}",
                  _number(row["best_median"], ".6f"), str(row["trials"]), _failures(row),
-                 _number(row["gpu_hours"], ".3f"), f"{row['llm_tokens']:,}", f"{row['llm_cost_usd']:.2f}"]
+                 _number(row["device_hours"], ".3f"), f"{row['llm_tokens']:,}", f"{row['llm_cost_usd']:.2f}"]
         if comparison.target is not None:
             cells.append(_target(row))
         table.add_row(*(Text(cell) for cell in cells))

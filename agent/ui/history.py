@@ -79,6 +79,7 @@ class RunHistory:
     eval_tokens: int | None = None
     dataset_fingerprint: str | None = None
     isolation: str | None = None         # how its trials were confined: bwrap, docker, or none (unisolated)
+    device: str = "cuda"                 # what trained: "cpu" for arena's cpu preset; autoresearch and the paper: GPUs
     trials: list[TrialView] = field(default_factory=list)
     llm_calls: list[LlmCall] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -221,14 +222,14 @@ def _arena_trial(record: dict, repo: git.Repo | None, run_dir: Path, calls: list
         log_tail=record.get("log_tail") or _log_tail(run_dir, number))
 
 
-def _limits(settings: dict) -> tuple[float | None, int | None]:
-    """The budget and validation tokens a run's trials had: its overrides, else its preset's."""
+def _limits(settings: dict) -> tuple[float | None, int | None, str]:
+    """The budget, validation tokens and device a run's trials had: its overrides, else its preset's."""
     try:
         preset = get_preset(settings.get("preset", "cpu"), time_budget=settings.get("budget"),
                             eval_tokens=settings.get("eval_tokens"))
     except ArenaError:  # a preset this version does not know: only what the run recorded
-        return settings.get("budget"), settings.get("eval_tokens")
-    return preset.time_budget, preset.eval_tokens
+        return settings.get("budget"), settings.get("eval_tokens"), "cuda"
+    return preset.time_budget, preset.eval_tokens, preset.device
 
 
 def _isolation(settings: dict, records: list[dict]) -> str:
@@ -254,10 +255,10 @@ def load_arena_run(run_dir: Path) -> RunHistory:
     repo = _open_repo(run_dir / "repo")  # without it the ledger's own diffs still show
     if repo is None:
         warnings.append(f"{run_dir / 'repo'} is missing or not a git repository; showing the ledger's diffs only")
-    budget, eval_tokens = _limits(settings)
+    budget, eval_tokens, device = _limits(settings)
     return RunHistory(name=str(settings.get("name") or run_dir.name), source="arena", path=run_dir,
                       method=str(settings.get("method") or "?"), model=settings.get("model"),
-                      seed=settings.get("seed"), budget=budget, eval_tokens=eval_tokens,
+                      seed=settings.get("seed"), budget=budget, eval_tokens=eval_tokens, device=device,
                       dataset_fingerprint=info.get("dataset_fingerprint"), isolation=_isolation(settings, records),
                       trials=[_arena_trial(r, repo, run_dir, calls) for r in records], llm_calls=calls,
                       warnings=warnings)

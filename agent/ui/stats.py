@@ -34,7 +34,8 @@ class RunStats:
         return len(self.run.trials)
 
     @property
-    def gpu_hours(self) -> float | None:
+    def total_hours(self) -> float | None:
+        """Hours the device (GPU, or CPU for a CPU preset) was held: every trial's train and eval phases."""
         return self.hours[-1] if self.hours else None
 
 
@@ -73,7 +74,7 @@ class GroupStats:
     def summary(self) -> dict:
         """One flat row of the comparison table (also what summary.csv and summary.json hold)."""
         bests, trials = self.bests, sum(r.trials for r in self.runs)
-        hours = [r.gpu_hours for r in self.runs if r.gpu_hours is not None]
+        hours = [r.total_hours for r in self.runs if r.total_hours is not None]
         reached = [r for r in self.runs if r.target_trials is not None]
         reached_hours = [r.target_hours for r in reached if r.target_hours is not None]
         failures = Counter()
@@ -88,7 +89,7 @@ class GroupStats:
                "unisolated_runs": sum(1 for r in self.runs if r.run.isolation == "none")}
         row.update({f"failure_rate_{kind}": failures.get(kind, 0) / trials if trials else None
                     for kind in FAILURE_KINDS})
-        row.update(gpu_hours=sum(hours) if hours else None, llm_tokens=sum(r.tokens for r in self.runs),
+        row.update(device_hours=sum(hours) if hours else None, llm_tokens=sum(r.tokens for r in self.runs),
                    llm_cost_usd=sum(r.cost_usd for r in self.runs), target_reached=len(reached),
                    target_trials_mean=_mean([r.target_trials for r in reached]),
                    target_hours_mean=_mean(reached_hours))
@@ -120,10 +121,13 @@ def pair_test(a: GroupStats, b: GroupStats) -> dict:
         result["note"] = "no scored runs on one side: nothing to test"
         return result
     test = mannwhitneyu(x, y, alternative="two-sided")
-    low, high = bootstrap_ci(x, y)
-    result.update(u=float(test.statistic), p_value=float(test.pvalue), mean_diff=float(np.mean(x) - np.mean(y)),
-                  ci_low=low, ci_high=high)
-    if min(len(x), len(y)) < SMALL_N:
+    result.update(u=float(test.statistic), p_value=float(test.pvalue), mean_diff=float(np.mean(x) - np.mean(y)))
+    if min(len(x), len(y)) >= 2:  # from one run a side, resampling gives back that one difference: no interval
+        result["ci_low"], result["ci_high"] = bootstrap_ci(x, y)
+    if min(len(x), len(y)) < 2:
+        result["note"] = (f"{len(x)} vs {len(y)} runs: with one run on a side there is no spread to test against; "
+                          "run more seeds")
+    elif min(len(x), len(y)) < SMALL_N:
         floor = 2 / math.comb(len(x) + len(y), len(x))  # the smallest two-sided exact p these sizes allow
         result["note"] = (f"n is small ({len(x)} vs {len(y)} runs): even a complete separation gives "
                           f"p = {min(floor, 1.0):.3g}; run more seeds before reading anything into it")

@@ -1,0 +1,58 @@
+"""The command line as a user meets it: one error line for every bad input, help that names the choices,
+progress where a build takes a while, and a quick start."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from agent import datasets
+from tests.conftest import ROOT, one_line_error, run_arena
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--trials", "abc"], "argument --trials: invalid int value: 'abc'; see `arena run --help`"),
+    (["run", "--budget"], "argument --budget: expected one argument"),
+    (["bogus"], "invalid choice: 'bogus'"),
+    ([], "the following arguments are required: command; see `arena --help`"),
+    (["compare"], "the following arguments are required: RUN"),
+    (["run", "--gpus", "0", "--trials", "1"], "--gpus applies to a GPU preset, and preset 'cpu' trains on the CPU"),
+])
+def test_a_bad_command_line_is_one_error_line(cache_root, args, message):
+    proc = run_arena(*args, cache=cache_root)
+    assert message in one_line_error(proc)
+    assert proc.stderr.startswith("error: ") and proc.stderr.endswith("\n") and proc.stderr.count("\n") == 1
+
+
+def test_help_names_the_methods_and_presets(cache_root):
+    run_help = run_arena("run", "--help", cache=cache_root)
+    assert run_help.returncode == 0 and "random, tpe, cmaes, centaur, llm, code" in " ".join(run_help.stdout.split())
+    train_help = run_arena("train", "--help", cache=cache_root).stdout
+    assert "{cpu,gpu}" in train_help
+
+
+def test_the_command_line_starts_without_the_compare_libraries():
+    code = ("import sys; from agent import cli; cli.build_parser(); "
+            "print(sorted(m for m in ('scipy', 'matplotlib', 'litellm', 'optuna', 'torch') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.stdout.strip() == "[]", proc.stderr
+
+
+def test_a_dataset_build_off_a_terminal_prints_a_line_per_stage(tmp_path, monkeypatch):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    stdlib = sorted(Path(os.__file__).parent.glob("*.py"))[:80]  # real text: enough to learn 512 tokens
+    for i, path in enumerate(stdlib):
+        (corpus / f"doc{i}.txt").write_bytes(path.read_bytes())
+    monkeypatch.setattr(datasets, "QUIET_SECONDS", 0.0)  # a real build, just small: every stage is shown
+    out = io.StringIO()
+    datasets.prepare_dataset(str(corpus), 512, cache_root=tmp_path / "cache", console=Console(file=out))
+    lines = out.getvalue().splitlines()
+    assert [line.split(" (")[0] for line in lines] == ["dataset: read corpus", "dataset: train tokenizer",
+                                                       "dataset: tokenize train", "dataset: tokenize validation"]
