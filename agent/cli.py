@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
 import tomllib
 from pathlib import Path
@@ -17,7 +18,7 @@ from rich.markup import escape
 
 from agent.constants import render_constants
 from agent.datasets import prepare_dataset
-from agent.errors import ArenaError
+from agent.errors import ArenaError, Terminated, raise_terminated
 from agent.methods import METHODS
 from agent.presets import Preset, get_preset, load_presets
 from agent.run import ISOLATIONS, RunSettings
@@ -118,7 +119,7 @@ def read_config_file(path: Path) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from agent.loop import StopRule, make_backend, run_loop
+    from agent.loop import StopRule, final_status, make_backend, run_loop
     from agent.run import best_of, open_run
 
     given = read_config_file(args.config) if args.config else {}
@@ -151,13 +152,15 @@ def cmd_run(args: argparse.Namespace) -> int:
                   f"{run.preset.name}, backend {run.settings.backend}, {done} trials recorded"
                   + (", resuming" if done else ""), markup=False)
     stop = StopRule(trials=trials, hours=hours)
+    signal.signal(signal.SIGTERM, raise_terminated)
     if sys.stdout.isatty() and not args.no_tui:
         from agent.ui.live import live_view
 
-        with live_view(run.dir, stop) as report:
+        with live_view(run.dir, stop) as report, final_status(run):
             run_loop(run, backend, stop, report=report)
     else:
-        run_loop(run, backend, stop, report=lambda line: console.print(line, markup=False))
+        with final_status(run):
+            run_loop(run, backend, stop, report=lambda line: console.print(line, markup=False))
     best_trial, best_value = best_of(run.ledger.records)
     console.print(f"done: {len(run.ledger)} trials, best val_bpb {best_value:.6f} (trial {best_trial}); "
                   f"its train.py: {run.dir / 'best_train.py'}; history: git -C {run.dir / 'repo'} log best", markup=False)
@@ -262,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
         return 130
+    except Terminated:
+        console.print("[yellow]terminated (SIGTERM)[/]")
+        return 143
 
 
 if __name__ == "__main__":

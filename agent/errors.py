@@ -3,3 +3,12 @@
 
 class ArenaError(Exception):
     """A problem the user can fix; the message says what to do."""
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised as an exception so that every `finally` runs: the trial's sandbox is ended and the
+    run's last status written, as for Ctrl-C."""
+
+
+def raise_terminated(signum, frame) -> None:
+    raise Terminated()

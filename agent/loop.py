@@ -10,15 +10,16 @@ Crash safety rests on one order of writes per trial:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 from agent.constants import read_constants
-from agent.errors import ArenaError
+from agent.errors import ArenaError, Terminated
 from agent.methods import Context, Proposal
 from agent.patches import InvalidPatch, apply_diff, check_train_py, diff_stats, make_diff, render_config
 from agent.run import Run, RunSettings, best_of
@@ -66,6 +67,26 @@ def make_backend(settings: RunSettings) -> Backend:
         return DockerBackend(image=settings.image, gpus=settings.gpus, mem_limit=settings.mem_limit,
                              run_name=settings.name)
     return LocalBackend(isolation=settings.isolation, gpus=settings.gpus)
+
+
+@contextlib.contextmanager
+def final_status(run: Run) -> Iterator[None]:
+    """However the loop ends, status.json says so last: done, stopped (Ctrl-C, SIGTERM) or failed (and why)."""
+    resume = "run the same command to resume"
+    try:
+        yield
+    except KeyboardInterrupt:
+        run.set_status(phase="stopped", trial=len(run.ledger), reason=f"interrupted (Ctrl-C); {resume}")
+        raise
+    except Terminated:
+        run.set_status(phase="stopped", trial=len(run.ledger), reason=f"terminated (SIGTERM); {resume}")
+        raise
+    except BaseException as e:
+        run.set_status(phase="failed", trial=len(run.ledger), reason=" ".join((str(e) or type(e).__name__).split()))
+        raise
+    best_trial, best_value = best_of(run.ledger.records)
+    run.set_status(phase="done", trial=len(run.ledger),
+                   reason=f"{len(run.ledger)} trials, best val_bpb {best_value:.6f} (trial {best_trial})")
 
 
 def run_loop(run: Run, backend: Backend, stop: StopRule, report: Reporter = print) -> None:

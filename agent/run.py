@@ -20,6 +20,7 @@ import json
 import os
 import pickle
 import shutil
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,8 +117,10 @@ class Run:
         return self.dir / "state"
 
     def set_status(self, **status) -> None:
-        """state/status.json: what the loop is doing now, for `arena watch` and the live view."""
-        fsync_write(self.state_dir / "status.json", json.dumps({**status, "time": time.time()}) + "\n")
+        """state/status.json: what the loop is doing now, for `arena watch` and the live view, with the
+        writer's pid and host so that a view can tell a run in progress from an arena that was killed."""
+        status = {**status, "time": time.time(), "pid": os.getpid(), "host": socket.gethostname()}
+        fsync_write(self.state_dir / "status.json", json.dumps(status) + "\n")
 
     def log_path(self, trial: int) -> Path:
         return self.dir / "logs" / f"trial-{trial:05d}.log"

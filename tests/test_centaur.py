@@ -13,6 +13,9 @@ from agent.methods.centaur import Centaur, is_llm_turn
 from agent.presets import get_preset
 from agent.run import RunSettings
 from agent.space import load_space
+from agent.ui.export import html_report, markdown_report
+from agent.ui.report import trial_facts
+from agent.ui.sources import open_history
 from tests.llm_server import Fault, ScriptedLLMServer
 from tests.test_llm_methods import FAST, llm_args
 from tests.run_helpers import arena_run, check_run_consistent
@@ -117,3 +120,7 @@ def test_centaur_run_end_to_end(tmp_path, cache_root, stdlib_dataset):
     assert sources == ["cmaes", "cmaes", "llm", "cmaes-fallback", "llm"], sources
     assert records[3]["config"]["WARMDOWN_RATIO"] == 0.6 and records[5]["config"]["EMBEDDING_LR"] == 0.3
     assert (runs / "centaur" / "state" / "method.pkl").exists()
+    history = open_history(runs / "centaur")  # the audit shows why trial 4 fell back, not only the ledger
+    assert "LLM fallback" in dict(trial_facts(history.trial(4)))
+    assert "**LLM fallback**: answer rejected" in markdown_report(history, history.trials)
+    assert "LLM fallback" in html_report(history, history.trials)

@@ -7,6 +7,8 @@ import json
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -134,7 +136,8 @@ def test_frame_of_a_finished_run(watched_run):
     leaders = [line for line in text.splitlines() if "leaderboard" in line]
     first = text.splitlines()[text.splitlines().index(leaders[0]) + 2]  # below the title and column names
     assert re.search(rf"\b1\s+{best['trial']}\s+{best['val_bpb']:.6f}\s+[+-]\d+\.\d\d%", first), first
-    assert "trial 3 · idle" in text
+    assert "run done" in text and f"3 trials, best val_bpb {best['val_bpb']:.6f}" in text  # the run's last word
+    assert "comes next" not in text
 
 
 @pytest.mark.slow
@@ -149,7 +152,8 @@ def test_frame_while_running_and_evaluating(run_copy, watched_run):
     view = RunView(run_copy, StopRule(trials=5))
     text = frame(run_copy, view=view)
     assert "trial 3 · running · 1m15s" in text and "raise the matrix LR" in text
-    assert "--- a/train.py" in text and "+++ b/train.py" in text  # the diff being trained
+    changed = [l for l in proposal["diff"].splitlines() if l.startswith("+") and not l.startswith("+++")]
+    assert changed[0].strip() in text  # the diff being trained: its changed lines before its headers
     assert "step 16  loss 2.9000  tok/s 8,016  mem 0.73 GB  train 8.0 s / 2 s" in text and "40%" in text
     assert steps[-1].strip() in text  # the log's last lines
     assert "trials 3/5" in text and "ETA" in text
@@ -249,3 +253,127 @@ def test_watch_once_prints_one_frame(watched_run, cache_root):
     assert "arena" in proc.stdout and NAME in proc.stdout and "method random" in proc.stdout
     assert sorted(table_rows(proc.stdout)) == [0, 1, 2]
     assert tree_state(watched_run.dir) == before
+
+
+# ---------------------------------------------------------------- how a run ends, as a view tells it
+
+def start_run(runs: Path, cache: Path, name: str, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "ARENA_CACHE": str(cache)}
+    return subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--runs-dir", str(runs), "--name", name,
+                             *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_training(run_dir: Path, trial: int, proc: subprocess.Popen) -> None:
+    log = run_dir / "logs" / f"trial-{trial:05d}.log"
+    deadline = time.monotonic() + 180
+    while not (log.exists() and "step=" in log.read_text()):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.1)
+
+
+def status_of(run_dir: Path) -> dict:
+    return json.loads((run_dir / "state" / "status.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how, phase, words, code", [
+    (signal.SIGINT, "stopped", "interrupted (Ctrl-C)", 130),
+    (signal.SIGTERM, "stopped", "terminated (SIGTERM)", 143),
+])
+def test_every_way_out_leaves_a_final_status(how, phase, words, code, tmp_path, cache_root, stdlib_dataset):
+    runs = tmp_path / "runs"
+    proc = start_run(runs, cache_root, "stop", "--trials", "5", *FAST)
+    wait_for_training(runs / "stop", 0, proc)
+    proc.send_signal(how)
+    assert proc.wait(timeout=120) == code
+    status = status_of(runs / "stop")
+    assert status["phase"] == phase and words in status["reason"] and "run the same command" in status["reason"]
+    text = frame(runs / "stop")
+    assert f"run {phase}" in text and words in text
+    assert not [p for p in Path("/proc").iterdir() if p.name.isdigit() and _is_harness(p)]  # the sandbox ended
+
+
+def _is_harness(proc: Path) -> bool:
+    try:
+        return b"harness.py" in (proc / "cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_a_failed_run_says_why_and_a_killed_one_is_noticed(tmp_path, cache_root, stdlib_dataset):
+    runs = tmp_path / "runs"
+    too_many = ["--eval-tokens", str(256 * 100_000)]  # the baseline's evaluation fails: the run stops
+    failed = subprocess.run([sys.executable, "-m", "agent.cli", "run", "--runs-dir", str(runs), "--name", "fail",
+                             "--trials", "2", "--budget", "1", *too_many], cwd=ROOT, capture_output=True, text=True,
+                            env={**os.environ, "ARENA_CACHE": str(cache_root)}, timeout=600)
+    assert failed.returncode == 2
+    status = status_of(runs / "fail")
+    assert status["phase"] == "failed" and status["reason"].startswith("the baseline trial failed")
+    assert "run failed" in frame(runs / "fail")
+    proc = start_run(runs, cache_root, "killed", "--trials", "5", *FAST)
+    wait_for_training(runs / "killed", 0, proc)
+    proc.kill()  # kill -9: nothing of arena's can write a last word
+    proc.wait()
+    assert status_of(runs / "killed")["phase"] == "running"
+    text = frame(runs / "killed")
+    assert f"arena (pid {proc.pid}) is gone" in text and "to resume" in text
+    assert "running ·" not in text  # no clock ticking for a trial nobody runs
+
+
+def test_a_resumed_trials_quiet_time_counts_from_its_own_start(run_copy):
+    log = run_copy / "logs" / "trial-00003.log"
+    log.write_text("=== trial 3 started\nstep=0 loss=4.0 progress=0.0 tok_per_s=1 mem_gb=0.1 train_s=0.0\n")
+    old = time.time() - 3600
+    os.utime(log, (old, old))  # the killed attempt's output, an hour old
+    write_status(run_copy, phase="running", trial=3, started=time.time() - 5, pid=os.getpid(),
+                 host=socket.gethostname())
+    text = frame(run_copy)
+    assert "trial 3 · running" in text and "no output for" not in text
+
+
+def test_a_small_screen_shows_the_changed_lines_of_a_long_diff(run_copy):
+    from agent.constants import render_constants
+    from agent.patches import make_diff
+    from agent.presets import get_preset
+    from agent.template import template_dir
+
+    source = render_constants((template_dir() / "train.py").read_text(), get_preset("cpu").constants)
+    edited = source.replace("WARMDOWN_RATIO = 0.5", "WARMDOWN_RATIO = 0.7").replace(
+        "LOGIT_SOFTCAP = 15.0", "LOGIT_SOFTCAP = 20.0").replace("ROPE_BASE = 10_000", "ROPE_BASE = 50_000")
+    write_status(run_copy, phase="running", trial=3, started=time.time(), diff=make_diff(source, edited),
+                 pid=os.getpid(), host=socket.gethostname())
+    console = Console(record=True, width=80, height=24)
+    console.print(RunView(run_copy).frame(console))
+    text = console.export_text()
+    for line in ("+WARMDOWN_RATIO = 0.7", "+LOGIT_SOFTCAP = 20.0", "+ROPE_BASE = 50_000"):
+        assert line in text, text
+
+
+@pytest.mark.slow
+def test_watch_quits_on_q_and_redraws_cleanly_after_a_resize(watched_run, tmp_path):
+    socket_path = tmp_path / "tmux.sock"
+    command = f"{sys.executable} -m agent.cli watch {NAME} --runs-dir {watched_run.dir.parent}"
+    started = tmux(socket_path, "new-session", "-d", "-s", "w", "-x", "160", "-y", "50", "-c", str(ROOT), command,
+                   ";", "set-option", "-t", "w", "remain-on-exit", "on")
+    assert started.returncode == 0, started.stderr
+    try:
+        screen = ""
+        deadline = time.monotonic() + 60
+        while "press q" not in screen and time.monotonic() < deadline:
+            time.sleep(0.3)
+            screen = tmux(socket_path, "capture-pane", "-p", "-t", "w").stdout
+        assert "arena watch · read-only · press q (or Ctrl-C) to quit" in screen
+        tmux(socket_path, "resize-window", "-t", "w", "-x", "90", "-y", "30")
+        time.sleep(1.5)  # a few redraws
+        screen = tmux(socket_path, "capture-pane", "-p", "-t", "w").stdout
+        assert screen.count("method random") == 1 and screen.count("press q") == 1, screen  # no stale fragment
+        tmux(socket_path, "send-keys", "-t", "w", "q")
+        deadline = time.monotonic() + 20
+        dead = ""
+        while dead != "1" and time.monotonic() < deadline:
+            time.sleep(0.3)
+            dead = tmux(socket_path, "display-message", "-p", "-t", "w", "#{pane_dead}").stdout.strip()
+        assert dead == "1"  # watch ended on q
+    finally:
+        tmux(socket_path, "kill-server")

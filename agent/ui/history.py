@@ -59,6 +59,7 @@ class TrialView:
     seed: int | None = None
     llm_calls: list[LlmCall] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)  # why each attempt before a repair was refused
+    fallback: str = ""       # Centaur: why the LLM's turn fell back to CMA-ES's candidate
     log_tail: str = ""
 
     @property
@@ -219,6 +220,7 @@ def _arena_trial(record: dict, repo: git.Repo | None, run_dir: Path, calls: list
         parent=record.get("parent"), diff=diff, diff_note=note, config=record.get("config"),
         seed=record.get("seed"), llm_calls=[c for c in calls if c.trial == number],
         rejected=[str(attempt.get("reason")) for attempt in record.get("repairs") or []],
+        fallback=str((record.get("proposal_meta") or {}).get("llm_error") or ""),
         log_tail=record.get("log_tail") or _log_tail(run_dir, number))
 
 

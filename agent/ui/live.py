@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import queue
+import select
+import sys
+import termios
 import threading
 import time
+import tty
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
@@ -41,7 +46,7 @@ STALE_IDLE_S = 10.0         # idle for longer than this: the run has most likely
 QUIET_S = 30.0              # a trial log silent for longer than this is worth pointing out
 SPARK_LEVELS = "▁▂▃▄▅▆▇█"
 PHASE_STYLES = {"proposing": "magenta", "applying": "cyan", "running": "yellow", "evaluating": "blue",
-                "idle": "dim", "starting": "dim"}
+                "idle": "dim", "starting": "dim", "done": "green", "stopped": "yellow", "failed": "red"}
 # resource limits read yellow, broken code red
 FAILURE_STYLES = {"oom": "yellow", "timeout": "yellow", "over_budget": "yellow",
                   "crash": "red", "nan": "red", "invalid_patch": "red"}
@@ -189,23 +194,51 @@ def tail_lines(console: Console, text: str, width: int, limit: int) -> Text:
     return Text("\n").join(wrapped[-limit:])
 
 
-def head_syntax(diff: str, limit: int) -> RenderableType:
+def condense_diff(diff: str, limit: int) -> tuple[list[str], int]:
+    """The lines of `diff` that fit `limit` lines, what changed first: the whole diff when it fits, else
+    its hunks with less and less context (the file headers go first), else the changed lines alone, else
+    the added ones (the new code), cut to fit. Returns the lines and how many were left out."""
     lines = diff.rstrip("\n").splitlines()
-    shown = Syntax("\n".join(lines[:limit]), "diff", theme="ansi_dark", background_color="default")
     if len(lines) <= limit:
+        return lines, 0
+    body = [line for line in lines if not line.startswith(("--- ", "+++ "))]
+    changed = [i for i, line in enumerate(body) if line[:1] in "+-"]
+    candidates = [[i for i, line in enumerate(body) if line.startswith("@@") or any(abs(i - c) <= context
+                                                                                     for c in changed)]
+                  for context in (3, 2, 1, 0)]
+    candidates += [changed, [i for i in changed if body[i].startswith("+")]]
+    room = max(1, limit - 1)  # a line for saying what was left out
+    keep = next((kept for kept in candidates if len(kept) <= room), candidates[-1][:room])
+    return [body[i] for i in keep], len(lines) - len(keep)
+
+
+def diff_view(diff: str, limit: int) -> RenderableType:
+    lines, left_out = condense_diff(diff, limit)
+    shown = Syntax("\n".join(lines), "diff", theme="ansi_dark", background_color="default")
+    if not left_out:
         return shown
-    return Group(shown, Text(f"… {len(lines) - limit} more lines", style="dim"))
+    return Group(shown, Text(f"… {left_out} more lines (headers and context)", style="dim"))
 
 
 def render_current(snap: Snapshot, console: Console, width: int, body_lines: int) -> Panel:
     phase = snap.phase
     style = PHASE_STYLES.get(phase, "")
+    if snap.final:
+        return Panel(Text(one_line(snap.status.get("reason")) or phase, style=style), border_style=style,
+                     title=f"[{style}]run {phase}[/]", title_align="left")
+    if snap.writer_alive is False:
+        pid = snap.status.get("pid")
+        return Panel(Text(f"arena (pid {pid}) is gone: the run stopped during trial {snap.trial} ({phase}) without "
+                          "saying why (killed?); run the same `arena run` command to resume it", style="red"),
+                     title="[red]arena is gone[/]", title_align="left", border_style="red")
     title = f"trial {snap.trial} · [{style}]{phase}[/]"
     if snap.trial_started is not None:
         title += f" · {fmt_duration(snap.elapsed)}"
     written = snap.training.written if snap.training else None
-    if written is not None and snap.now - written > QUIET_S:
-        title += f" · [yellow]no output for {fmt_duration(snap.now - written)}[/]"
+    if written is not None:  # quiet since the later of the last output and this attempt's start (a resumed
+        quiet = snap.now - max(written, snap.trial_started or 0.0)  # trial's log holds the killed one's)
+        if quiet > QUIET_S:
+            title += f" · [yellow]no output for {fmt_duration(quiet)}[/]"
     rows: list[RenderableType] = []
     description = snap.status.get("description")
     if description:
@@ -216,7 +249,7 @@ def render_current(snap: Snapshot, console: Console, width: int, body_lines: int
         rows.append(Text("applying the proposal to train.py", style="dim"))
     elif phase in ("running", "evaluating"):
         if snap.status.get("diff"):
-            rows.append(head_syntax(snap.status["diff"], body_lines))
+            rows.append(diff_view(snap.status["diff"], body_lines))
         if snap.training is not None:
             rows.append(render_training(snap, snap.training))
     else:
@@ -238,7 +271,7 @@ def render_idle(snap: Snapshot) -> Text:
     if not snap.status:
         return Text("the run has not started a trial yet", style="dim")
     age = snap.now - float(snap.status.get("time", snap.now))
-    if age > STALE_IDLE_S:
+    if snap.writer_alive is None and age > STALE_IDLE_S:  # an arena elsewhere, or a status from before pids
         return Text(f"no trial running for {fmt_duration(age)}: the run has finished or was stopped", style="dim")
     return Text(f"between trials; trial {snap.trial} comes next", style="dim")
 
@@ -299,7 +332,8 @@ def stacked(lines: list[tuple[str, str]], width: int) -> Text:
     return Text("\n").join(Text(fit(text, width).rstrip(), style) for text, style in lines)
 
 
-def render_frame(snap: Snapshot, console: Console, stop_rule: StopRule | None = None) -> RenderableType:
+def render_frame(snap: Snapshot, console: Console, stop_rule: StopRule | None = None,
+                 footer: str | None = None) -> RenderableType:
     """The whole screen for a console of the given size; the diff or stream gets the spare height."""
     width, height = console.size
     header = header_lines(snap, stop_rule, width)
@@ -309,10 +343,13 @@ def render_frame(snap: Snapshot, console: Console, stop_rule: StopRule | None = 
     else:
         tables = stacked([*recent, ("", ""), *leaders], width)
     # borders, the header, the trial's description, label and training lines, the tables
-    fixed = 2 + len(header) + 2 + 2 + 2 + LOG_LINES + len(tables.split())
+    fixed = 2 + len(header) + 2 + 2 + 2 + LOG_LINES + len(tables.split()) + (1 if footer else 0)
     body_lines = min(MAX_BODY_LINES, max(MIN_BODY_LINES, height - fixed))
-    return Group(Panel(Group(*header), title="arena", title_align="left", border_style="blue"),
-                 render_current(snap, console, width, body_lines), tables)
+    parts = [Panel(Group(*header), title="arena", title_align="left", border_style="blue"),
+             render_current(snap, console, width, body_lines), tables]
+    if footer:
+        parts.append(Text(footer, style="dim"))
+    return Group(*parts)
 
 
 def frame_key(snap: Snapshot, console: Console, generation: int) -> tuple:
@@ -325,9 +362,10 @@ class RunView:
     """A run directory and what to draw from it; `frame` never raises, so a display problem never
     reaches the loop it runs beside."""
 
-    def __init__(self, run_dir: Path, stop_rule: StopRule | None = None):
+    def __init__(self, run_dir: Path, stop_rule: StopRule | None = None, footer: str | None = None):
         self.reader = RunReader(run_dir)
         self.stop_rule = stop_rule
+        self.footer = footer
         self._last_key: tuple | None = None
 
     def frame(self, console: Console, only_if_changed: bool = False) -> RenderableType | None:
@@ -338,7 +376,7 @@ class RunView:
             if only_if_changed and key == self._last_key:
                 return None
             self._last_key = key
-            return render_frame(snap, console, self.stop_rule)
+            return render_frame(snap, console, self.stop_rule, self.footer)
         except Exception as e:  # whatever went wrong is shown on screen; it must not stop the run
             return Text(f"live view: cannot draw {self.reader.dir}: {type(e).__name__}: {e}", style="red")
 
@@ -349,11 +387,16 @@ def _drive(live: Live, view: RunView, lines: queue.SimpleQueue, stop: threading.
     """The display thread: REFRESH_PER_SECOND times a second, print the queued report lines above the
     view and redraw it if anything it shows changed; one last round after `stop`, so the final lines
     and state stay on screen. Live's own refresh thread is not used: it would read the run directory
-    under the console's lock, which report lines printed from the loop would then wait on."""
+    under the console's lock, which report lines printed from the loop would then wait on. A resized
+    terminal is cleared first: the old frame, rewrapped to the new width, would leave fragments behind."""
+    size = live.console.size
     while True:
         stopping = stop.is_set()
         while not lines.empty():
             live.console.print(lines.get(), markup=False, highlight=False)
+        if live.console.size != size:
+            size = live.console.size
+            live.console.clear()
         frame = view.frame(live.console, only_if_changed=True)
         if frame is not None:
             live.update(frame, refresh=True)
@@ -363,11 +406,11 @@ def _drive(live: Live, view: RunView, lines: queue.SimpleQueue, stop: threading.
 
 
 @contextlib.contextmanager
-def live_view(run_dir: Path, stop_rule: StopRule | None = None,
-              console: Console | None = None) -> Iterator[Reporter]:
+def live_view(run_dir: Path, stop_rule: StopRule | None = None, console: Console | None = None,
+              footer: str | None = None) -> Iterator[Reporter]:
     """Show the live view of `run_dir` while the body runs; yields report(line), which prints a line
     above the view. report only queues the line, so the caller never waits on the screen."""
-    view = RunView(run_dir, stop_rule)
+    view = RunView(run_dir, stop_rule, footer)
     lines: queue.SimpleQueue[str] = queue.SimpleQueue()
     stop = threading.Event()
     with Live(console=console or Console(), auto_refresh=False) as live:
@@ -388,17 +431,36 @@ def resolve_run_dir(run: str, runs_dir: Path) -> Path:
     return named if named.exists() or not Path(run).exists() else Path(run)
 
 
+WATCH_FOOTER = "arena watch · read-only · press q (or Ctrl-C) to quit"
+
+
+def wait_for_quit() -> None:
+    """Until the user presses q (stdin a terminal, read key by key) or Ctrl-C; without a terminal, Ctrl-C."""
+    if not sys.stdin.isatty():
+        while True:
+            time.sleep(3600)
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    try:
+        tty.setcbreak(fd)  # keys arrive one at a time, unechoed; Ctrl-C still interrupts
+        while True:
+            readable, _, _ = select.select([fd], [], [], 0.25)
+            if readable and os.read(fd, 1).lower() == b"q":
+                return
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
 def watch(run_dir: Path, once: bool = False, console: Console | None = None) -> int:
     console = console or Console()
     if once:
         console.print(RunView(run_dir).frame(console))
         return 0
-    with live_view(run_dir, console=console):
+    with live_view(run_dir, console=console, footer=WATCH_FOOTER):
         try:
-            while True:
-                time.sleep(3600)
+            wait_for_quit()
         except KeyboardInterrupt:
-            pass  # Ctrl-C is how the user leaves the view
+            pass  # Ctrl-C leaves the view too
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ LOG_LINES = 3               # training log lines kept for the current-trial pane
 TAIL_BYTES = 16 * 1024      # enough for the last step line, the eval marker and a screenful of stream
 STREAM_SLACK_S = 1.0        # file times on some file systems are coarser than time.time()
 STEP_FIELD = re.compile(r"(\w+)=(\S+)")
+FINAL_PHASES = ("done", "stopped", "failed")
 
 def read_run_info(run_dir: Path) -> dict:
     """run.json of a run directory; anything else is the user's mistake, told in one line."""
@@ -166,6 +168,12 @@ class Snapshot:
     stream: str | None  # the LLM answer streaming for the proposal being made, if one is
     llm_calls: list[dict]
     now: float
+    writer_alive: bool | None = None  # whether the arena that wrote status.json still runs; None: cannot tell
+
+    @property
+    def final(self) -> bool:
+        """The run's last status: done, stopped or failed (with the reason in status["reason"])."""
+        return self.phase in FINAL_PHASES
 
     @property
     def phase(self) -> str:
@@ -208,7 +216,7 @@ class RunReader:
                         preset=self.preset, records=records, best_curve=self._best_curve(records),
                         status=status, trial_started=self._trial_started(status), training=training,
                         stream=self._stream(status) if phase == "proposing" else None,
-                        llm_calls=self.llm_log.poll(), now=time.time())
+                        llm_calls=self.llm_log.poll(), now=time.time(), writer_alive=writer_alive(status))
 
     def _best_curve(self, records: list[dict]) -> list[float | None]:
         """The current best after each trial, extended only by the trials added since the last read."""
@@ -221,7 +229,7 @@ class RunReader:
     def _trial_started(self, status: dict) -> float | None:
         """When the current trial began: its proposal if this reader saw it, else the sandbox start."""
         phase, trial = status.get("phase"), status.get("trial")
-        if phase in (None, "idle"):
+        if phase in (None, "idle", *FINAL_PHASES):
             return None
         if phase == "proposing" and (self._proposing is None or self._proposing[0] != trial):
             self._proposing = (trial, status.get("time", time.time()))
@@ -239,6 +247,20 @@ class RunReader:
         if mtime is None or mtime < status.get("time", 0.0) - STREAM_SLACK_S:
             return None
         return text
+
+
+def writer_alive(status: dict) -> bool | None:
+    """Whether the process that wrote `status` still runs; None when it is elsewhere or unnamed."""
+    pid = status.get("pid")
+    if not isinstance(pid, int) or status.get("host") != socket.gethostname():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it runs, as another user
+    return True
 
 
 def preset_of(settings: dict) -> Preset | None:

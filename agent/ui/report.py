@@ -66,6 +66,7 @@ def trial_facts(view: TrialView) -> list[tuple[str, str]]:
         ("seed", view.seed), ("commit", view.commit), ("parent", view.parent),
     ]
     facts += [(f"rejected attempt {n}", reason) for n, reason in enumerate(view.rejected, 1)]
+    facts.append(("LLM fallback", view.fallback))
     return [(label, str(value)) for label, value in facts if value not in (None, "")]
 
 
