@@ -101,6 +101,16 @@ def test_replayed_run_reproduces_the_recorded_one(code_run, tmp_path, cache_root
                (b["description"], b["diff"], b["status"], len(b.get("repairs") or []))
 
 
+@pytest.mark.slow
+def test_a_replay_that_goes_off_its_recording_stops_with_one_line(code_run, tmp_path, cache_root):
+    run_dir, _ = code_run
+    proc = arena_run(tmp_path / "runs", cache_root, "--name", "off", "--method", "code", "--model", "openai/test-model",
+                     "--llm-replay", str(run_dir), *FAST, "--last-n", "1")  # another history in every prompt
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    last = proc.stderr.splitlines()[-1]
+    assert last.startswith("error: replay diverged at call 1 ('propose' for trial 2): message 1 (user) differs")
+
+
 def config_answer(**changes) -> str:
     config = {**get_preset("cpu").constants, **changes}
     return "Here is my proposal:\n```json\n" + json.dumps(config) + "\n```\nGood luck!"

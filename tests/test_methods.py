@@ -382,6 +382,20 @@ def test_a_lost_state_is_rebuilt_from_the_ledger(name, tmp_path):
     assert configs(rebuilt.run(10)) == expected
 
 
+def test_tpe_clears_a_journal_lock_left_by_a_kill(tmp_path):
+    """A kill inside ask() leaves Optuna's journal lock; Optuna would wait ~30 s for it to go stale. The run's
+    own lock means no one else writes the journal, so the leftover is removed at once."""
+    (tmp_path / "state").mkdir()
+    first = FakeLoop(new_method("tpe", tmp_path))
+    first.baseline()
+    first.run(3)
+    lock = tmp_path / "state" / "optuna.journal.lock"
+    lock.symlink_to(tmp_path / "state" / "optuna.journal")  # what JournalFileSymlinkLock holds while writing
+    again = FakeLoop(new_method("tpe", tmp_path), first.records)
+    assert not lock.exists() and not lock.is_symlink()
+    again.run(1)
+
+
 def test_cmaes_restarts_with_twice_the_population_at_the_incumbent(monkeypatch):
     method = CMAES(SPACE, settings("cmaes"))
     loop = FakeLoop(method)
