@@ -32,8 +32,8 @@ from agent.errors import ArenaError
 from agent.ledger import Ledger, fsync_write, results_tsv
 from agent.methods import Method, make_method
 from agent.presets import Preset, get_preset
-from agent.space import SearchSpace, load_space
 from agent.runlock import RunLock
+from agent.space import SearchSpace, load_space
 from agent.template import EDITABLE_FILE, HARNESS_FILES, harness_hash, template_dir
 from agent.workspace import RunRepo, trial_ref
 from sandbox.local import ISOLATIONS

@@ -170,8 +170,9 @@ def tests_table(tests: list[dict]) -> Table:
     for column in ("a vs b", "n", "U", "p", "mean(a) - mean(b) [95% CI]"):
         table.add_column(column)
     for t in tests:
-        diff = (f"{t['mean_diff']:+.6f} [{t['ci_low']:+.6f}, {t['ci_high']:+.6f}]"
-                if t["mean_diff"] is not None else "-")
+        diff = _number(t["mean_diff"], "+.6f")
+        if t["ci_low"] is not None:
+            diff += f" [{t['ci_low']:+.6f}, {t['ci_high']:+.6f}]"
         table.add_row(Text(f"{t['a']} vs {t['b']}"), f"{t['n_a']} vs {t['n_b']}", _number(t["u"], "g"),
                       _number(t["p_value"], ".3g"), diff)
     return table
