@@ -119,8 +119,9 @@ def read_config_file(path: Path) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from agent.judging import best_of
     from agent.loop import StopRule, final_status, make_backend, run_loop
-    from agent.run import best_of, open_run
+    from agent.run import open_run
 
     given = read_config_file(args.config) if args.config else {}
     given.update({k: v for k, v in vars(args).items() if v is not None and k in SETTING_KEYS | {"trials", "hours",

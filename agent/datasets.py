@@ -6,11 +6,16 @@ import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from agent.errors import ArenaError
 from train_template import prepare as harness_prepare
-
 
 QUIET_SECONDS = 1.0  # a build that ends (or fails) sooner prints nothing: a cached dataset, a bad --corpus
 

@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 
 from agent.errors import ArenaError
+from agent.jsonl import JsonObject, read_jsonl
+from agent.record import TrialRecord
 
 RESULTS_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
 
@@ -34,64 +36,49 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def read_appended_jsonl(path: Path, what: str, cut_torn: bool) -> list[dict]:
-    """The records of a JSON-lines file that is only ever appended to, one fsynced line at a time.
-
-    Every line is written with its newline, so a last piece without one is a write a kill cut short:
-    it is left out (and cut from the file when `cut_torn`, so the next append starts on a fresh line).
-    Damage anywhere else is not ours to repair.
-    """
-    data = path.read_bytes()
-    *lines, torn = data.split(b"\n")
+def parse_records(raw: list[JsonObject], path: Path) -> list[TrialRecord]:
+    """The ledger's lines as records, trial numbers in order; anything else is damage, told in one line."""
     records = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    for expected, line in enumerate(raw):
+        if line.get("trial") != expected:
+            raise ArenaError(f"{path} holds trial {line.get('trial')} where trial {expected} belongs; "
+                             "the ledger is damaged — restore it from a backup")
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            raise ArenaError(f"{path} line {number} is not valid JSON; {what} was edited or damaged — "
-                             "restore it from a backup") from None
-    if torn and cut_torn:
-        with open(path, "r+b") as f:
-            f.truncate(len(data) - len(torn))
-            os.fsync(f.fileno())
+            records.append(TrialRecord.from_json(line))
+        except ValueError as e:
+            raise ArenaError(f"{path}: trial {expected} is not a trial record ({e}); restore it from a backup") from None
     return records
 
 
 class Ledger:
-    def __init__(self, path: Path, records: list[dict]):
+    def __init__(self, path: Path, records: list[TrialRecord]):
         self.path = path
         self.records = records
 
     @classmethod
-    def read(cls, path: Path) -> "Ledger":
+    def read(cls, path: Path) -> Ledger:
         """The ledger's complete lines, changing nothing on disk (a torn last line is left for repair())."""
-        records = read_appended_jsonl(path, "the ledger", cut_torn=False) if path.exists() else []
-        for expected, record in enumerate(records):
-            if record.get("trial") != expected:
-                raise ArenaError(f"{path} holds trial {record.get('trial')} where trial {expected} belongs; "
-                                 "the ledger is damaged — restore it from a backup")
-        return cls(path, records)
+        raw = read_jsonl(path, "the ledger") if path.exists() else []
+        return cls(path, parse_records(raw, path))
 
     def repair(self) -> None:
         """Cut a torn final line left by a kill mid-write, so the next append starts a line of its own."""
         if self.path.exists():
-            read_appended_jsonl(self.path, "the ledger", cut_torn=True)
+            read_jsonl(self.path, "the ledger", cut_torn=True)
         else:
             self.path.touch()
 
     @classmethod
-    def open(cls, path: Path) -> "Ledger":
+    def open(cls, path: Path) -> Ledger:
         """Load the ledger and repair it: for a run whose every check has passed."""
         ledger = cls.read(path)
         ledger.repair()
         return ledger
 
-    def append(self, record: dict) -> None:
-        if record["trial"] != len(self.records):
-            raise ValueError(f"ledger expects trial {len(self.records)}, got {record['trial']}")
-        line = json.dumps(record, sort_keys=True) + "\n"
+    def append(self, record: TrialRecord) -> None:
+        if record.trial != len(self.records):
+            raise ValueError(f"ledger expects trial {len(self.records)}, got {record.trial}")
+        line = json.dumps(record.to_json(), sort_keys=True) + "\n"
         with open(self.path, "a") as f:
             f.write(line)
             f.flush()
@@ -102,15 +89,14 @@ class Ledger:
         return len(self.records)
 
 
-def results_tsv(records: list[dict]) -> str:
+def results_tsv(records: list[TrialRecord]) -> str:
     """autoresearch's results.tsv: commit, val_bpb, memory_gb, status (keep/discard/crash), description."""
     rows = [RESULTS_HEADER]
     for r in records:
-        ok = r["status"] == "ok"
-        status = "keep" if r["kept"] else ("discard" if ok else "crash")
-        description = r["description"].replace("\t", " ").replace("\n", " ")
-        if not ok:
-            description = f"[{r['status']}] {description}"
-        rows.append(f"{(r['commit'] or '0000000')[:7]}\t{(r['val_bpb'] or 0.0):.6f}\t"
-                    f"{(r['peak_memory_gb'] or 0.0):.1f}\t{status}\t{description}\n")
+        status = "keep" if r.kept else ("discard" if r.ok else "crash")
+        description = r.description.replace("\t", " ").replace("\n", " ")
+        if not r.ok:
+            description = f"[{r.status.value}] {description}"
+        rows.append(f"{(r.commit or '0000000')[:7]}\t{(r.val_bpb or 0.0):.6f}\t"
+                    f"{(r.peak_memory_gb or 0.0):.1f}\t{status}\t{description}\n")
     return "".join(rows)

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Callable
 
 from agent.errors import ArenaError
-from agent.ledger import read_appended_jsonl
+from agent.jsonl import read_jsonl
 
 LOG_NAME = "llm.jsonl"
 BACKOFF_CAP_S = 30.0
@@ -285,7 +285,7 @@ class LLMClient:
         """The calls already in this run's log (a resumed run); a line torn by a kill is cut off."""
         if self.log_path is None or not self.log_path.exists():
             return []
-        return read_appended_jsonl(self.log_path, "the LLM log", cut_torn=True)
+        return read_jsonl(self.log_path, "the LLM log", cut_torn=True)
 
     def _append(self, record: dict) -> None:
         self._count(record)
@@ -366,7 +366,7 @@ def _load_replay(path: Path) -> list[dict]:
     log = path / LOG_NAME if path.is_dir() else path
     if not log.is_file():
         raise LLMError(f"nothing to replay: {log} does not exist; give a run directory that holds {LOG_NAME}")
-    return read_appended_jsonl(log, "the LLM log", cut_torn=False)
+    return read_jsonl(log, "the LLM log")
 
 
 # ---------------------------------------------------------------------------- reading answers

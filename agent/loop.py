@@ -15,14 +15,24 @@ import os
 import signal
 import socket
 import time
-from dataclasses import dataclass
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any
 
 from agent.constants import read_constants
 from agent.errors import ArenaError, Terminated
+from agent.judging import best_of, confirmation_decision, judge, open_candidate
 from agent.methods import Context, Proposal
-from agent.patches import InvalidPatch, apply_diff, check_train_py, diff_stats, make_diff, render_config
-from agent.run import Run, RunSettings, best_of
+from agent.patches import (
+    InvalidPatch,
+    apply_diff,
+    check_train_py,
+    diff_stats,
+    make_diff,
+    render_config,
+)
+from agent.record import Kind, Repair, TrialRecord
+from agent.run import Run, RunSettings
 from agent.template import EDITABLE_FILE, HARNESS_FILES, template_dir
 from sandbox import Backend, BudgetRule, LocalBackend, Outcome, Status, TrialSpec
 from sandbox.outcome import reported_mfu, reported_rate, summary
@@ -42,16 +52,16 @@ class StopRule:
     trials: int | None = None   # total trials in the ledger, baseline included
     hours: float | None = None  # total sandbox and proposal time over all trials
 
-    def reached(self, records: list[dict]) -> bool:
+    def reached(self, records: list[TrialRecord]) -> bool:
         if self.trials is not None and len(records) >= self.trials:
             return True
-        return self.hours is not None and sum(r["total_seconds"] for r in records) >= self.hours * 3600
+        return self.hours is not None and sum(r.total_seconds for r in records) >= self.hours * 3600
 
 
 @dataclass
 class Job:
     trial: int
-    kind: str            # baseline | proposal | confirm
+    kind: Kind
     proposal: Proposal
     parent: str | None   # the commit the trial builds on (None for the baseline, which is commit 0)
     seed: int
@@ -93,22 +103,11 @@ def run_loop(run: Run, backend: Backend, stop: StopRule, report: Reporter = prin
     while not stop.reached(run.ledger.records):
         job = next_job(run)
         record = execute(run, backend, job, report)
-        if job.kind == "baseline" and record["status"] != Status.OK.value:
+        if job.kind == "baseline" and not record.ok:
             # not recorded: without a working baseline there is nothing to compare against; a resume retries it
-            raise ArenaError(f"the baseline trial failed ({record['status']}: {record['reason']}); "
+            raise ArenaError(f"the baseline trial failed ({record.status.value}: {record.reason}); "
                              f"see {run.log_path(0)} and fix the environment, then run the same command again")
         record_trial(run, record, report)
-
-
-def open_candidate(run: Run) -> dict | None:
-    """A would-be best still waiting for its confirmation runs."""
-    if run.settings.confirm == 0:
-        return None
-    for record in reversed(run.ledger.records):
-        if record.get("candidate"):
-            done = sum(1 for r in run.ledger.records if r.get("confirms") == record["trial"])
-            return record if done < run.settings.confirm else None
-    return None
 
 
 def next_job(run: Run) -> Job:
@@ -116,11 +115,11 @@ def next_job(run: Run) -> Job:
     seed = run.settings.seed
     if trial == 0:
         return Job(0, "baseline", Proposal("baseline: the template, unmodified"), None, seed)
-    candidate = open_candidate(run)
+    candidate = open_candidate(run.ledger.records, run.settings.confirm)
     if candidate is not None:
-        k = sum(1 for r in run.ledger.records if r.get("confirms") == candidate["trial"]) + 1
-        return Job(trial, "confirm", Proposal(f"confirm trial {candidate['trial']} with seed {seed + k}"),
-                   candidate["commit"], seed + k, confirms=candidate["trial"])
+        k = sum(1 for r in run.ledger.records if r.confirms == candidate.trial) + 1
+        return Job(trial, "confirm", Proposal(f"confirm trial {candidate.trial} with seed {seed + k}"),
+                   candidate.commit, seed + k, confirms=candidate.trial)
     best_trial, _ = best_of(run.ledger.records)
     parent = run.repo.best()
     pending = run.load_pending()
@@ -155,19 +154,18 @@ def build_source(run: Run, job: Job, parent_source: str) -> str:
     return source
 
 
-def apply_with_repairs(run: Run, job: Job, parent_source: str) -> tuple[str | None, list[dict]]:
+def apply_with_repairs(run: Run, job: Job, parent_source: str) -> tuple[str | None, list[Repair]]:
     """The trial's source, sending a rejected proposal back to a method that can repair it (bounded).
 
     Returns (None, attempts) when every attempt was rejected. Each repaired proposal is journaled,
     so a restart does not ask the model again.
     """
-    attempts: list[dict] = []
+    attempts: list[Repair] = []
     while True:
         try:
             return build_source(run, job, parent_source), attempts
         except InvalidPatch as e:
-            attempts.append({"description": job.proposal.description, "diff": job.proposal.diff,
-                             "config": job.proposal.config, "reason": e.reason})
+            attempts.append(Repair(job.proposal.description, e.reason, job.proposal.diff, job.proposal.config))
             repair = getattr(run.method, "repair", None)
             if job.kind != "proposal" or repair is None or len(attempts) > run.settings.repairs:
                 return None, attempts
@@ -175,30 +173,29 @@ def apply_with_repairs(run: Run, job: Job, parent_source: str) -> tuple[str | No
             run.save_pending(job.trial, job.proposal)
 
 
-def execute(run: Run, backend: Backend, job: Job, report: Reporter) -> dict:
+def execute(run: Run, backend: Backend, job: Job, report: Reporter) -> TrialRecord:
     started = time.time()
     parent_source = run.repo.show(job.parent or run.repo.trial_commit(0), EDITABLE_FILE)
-    record = {"trial": job.trial, "kind": job.kind, "method": run.settings.method if job.kind == "proposal"
-              else job.kind, "description": job.proposal.description, "parent": job.parent, "seed": job.seed,
-              "confirms": job.confirms, "proposal_meta": job.proposal.meta, "propose_seconds": job.propose_seconds,
-              "host": socket.gethostname(), "harness_hash": run.info["harness_hash"],
-              "dataset_fingerprint": run.info["dataset_fingerprint"], "isolation": backend.isolation,
-              "kept": False, "candidate": False,
-              "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started))}
+    method = run.settings.method if job.kind == "proposal" else job.kind
     run.set_status(phase="applying", trial=job.trial, description=job.proposal.description, started=started)
     source, repairs = apply_with_repairs(run, job, parent_source)
-    record["repairs"] = repairs
-    record["description"] = job.proposal.description
-    record["proposal_meta"] = job.proposal.meta  # the attempt that ran (or the last one refused), not the first
+    record = TrialRecord(
+        trial=job.trial, kind=job.kind, method=method, description=job.proposal.description,
+        status=Status.INVALID_PATCH, reason=repairs[-1].reason if repairs else "", parent=job.parent,
+        seed=job.seed, confirms=job.confirms, repairs=repairs,
+        proposal_meta=job.proposal.meta,  # the attempt that ran (or the last one refused), not the first
+        propose_seconds=job.propose_seconds, host=socket.gethostname(), harness_hash=run.info["harness_hash"],
+        dataset_fingerprint=run.info["dataset_fingerprint"], isolation=backend.isolation,
+        started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)))
     if source is None:
-        outcome = Outcome(Status.INVALID_PATCH, repairs[-1]["reason"])
+        outcome = Outcome(Status.INVALID_PATCH, record.reason)
         return finish(run, record, outcome, None, job.proposal.diff or "", None, started)
     diff = make_diff(parent_source, source)
     crash_point("applied", job.trial)
     if job.kind == "baseline":
         commit = run.repo.trial_commit(0)
     else:
-        trailers = {"Arena-Trial": job.trial, "Arena-Method": record["method"], "Arena-Parent": job.parent}
+        trailers: dict[str, object] = {"Arena-Trial": job.trial, "Arena-Method": method, "Arena-Parent": job.parent}
         if job.confirms is not None:
             trailers["Arena-Confirms"] = job.confirms
         commit = run.repo.commit_trial(job.trial, job.parent, {EDITABLE_FILE: source}, job.proposal.description,
@@ -206,7 +203,7 @@ def execute(run: Run, backend: Backend, job: Job, report: Reporter) -> dict:
     crash_point("committed", job.trial)
     run.set_status(phase="running", trial=job.trial, description=job.proposal.description, started=started,
                    commit=commit, diff=diff)
-    report(f"trial {job.trial} [{record['method']}] {job.proposal.description}")
+    report(f"trial {job.trial} [{method}] {job.proposal.description}")
     outcome = run_sandbox(run, backend, job, source)
     crash_point("ran", job.trial)
     return finish(run, record, outcome, commit, diff, source, started)
@@ -214,10 +211,10 @@ def execute(run: Run, backend: Backend, job: Job, report: Reporter) -> dict:
 
 def budget_rule(run: Run) -> BudgetRule:
     """The budget, and the allowance outside it: the preset's cap until the baseline has measured its own."""
-    baseline = run.ledger.records[0] if run.ledger.records else {}
+    baseline = run.ledger.records[0] if run.ledger.records else None
     reference = None
-    if baseline.get("outside_seconds") is not None and baseline.get("ready_seconds"):
-        reference = (baseline["outside_seconds"], baseline["ready_seconds"])
+    if baseline is not None and baseline.outside_seconds is not None and baseline.ready_seconds:
+        reference = (baseline.outside_seconds, baseline.ready_seconds)
     return BudgetRule(run.preset.time_budget, run.preset.startup_allowance, reference)
 
 
@@ -238,83 +235,55 @@ def run_sandbox(run: Run, backend: Backend, job: Job, source: str) -> Outcome:
     return outcome
 
 
-def finish(run: Run, record: dict, outcome: Outcome, commit: str | None, diff: str, source: str | None,
-           started: float) -> dict:
+def finish(run: Run, record: TrialRecord, outcome: Outcome, commit: str | None, diff: str, source: str | None,
+           started: float) -> TrialRecord:
     """Judge the outcome, attach the result to the commit as a note, and complete the record."""
-    result = outcome.result or {}
-    ok = outcome.status is Status.OK
+    result: dict[str, Any] = outcome.result or {}
     _, best_value = best_of(run.ledger.records)
-    value = result.get("val_bpb") if ok else None
-    record["kept"], record["candidate"] = judge(record["kind"], value, best_value, run.settings.noise_margin,
-                                                run.settings.confirm)
+    value = result.get("val_bpb") if outcome.status is Status.OK else None
+    settings = run.settings
+    kept, candidate = judge(record.kind, value, best_value, settings.noise_margin, settings.confirm)
+    decision = None
+    if record.confirms is not None:
+        decision = confirmation_decision(run.ledger.records, value, record.confirms, settings.confirm, best_value,
+                                         settings.noise_margin)
     reported = result.get("reported") or {}
-    record.update(
-        commit=commit, diff=diff, diff_stats=diff_stats(diff) if diff else None,
+    work = result.get("work_seconds")
+    record = replace(
+        record, commit=commit, diff=diff, diff_stats=diff_stats(diff) if diff else None,
         config=read_constants(source) if source else None,
-        status=outcome.status.value, reason=outcome.reason, val_bpb=value,
-        peak_memory_gb=result.get("peak_memory_gb"), training_seconds=result.get("work_seconds"),
+        status=outcome.status, reason=outcome.reason, val_bpb=value, kept=kept, candidate=candidate,
+        decision=decision, peak_memory_gb=result.get("peak_memory_gb"), training_seconds=work,
         outside_seconds=result.get("outside_seconds"), allowance_seconds=result.get("allowance_seconds"),
         ready_seconds=result.get("ready_seconds"), num_params=result.get("num_params"),
         tokens_per_second=reported_rate(reported), mfu_percent=reported_mfu(reported),
         steps=reported.get("steps"), gpu=reported.get("device_name"), reported=reported,
         train_wall_seconds=outcome.train_wall_seconds, eval_wall_seconds=outcome.eval_wall_seconds,
-        overhead_seconds=outcome.train_wall_seconds + outcome.eval_wall_seconds - (result.get("work_seconds") or 0),
-        log_tail=outcome.log_tail,
-    )
-    if record["kind"] == "confirm":
-        record["decision"] = confirmation_decision(run, record, best_value)
-    record["total_seconds"] = time.time() - started + record["propose_seconds"]
+        overhead_seconds=outcome.train_wall_seconds + outcome.eval_wall_seconds - (work or 0),
+        log_tail=outcome.log_tail, total_seconds=time.time() - started + record.propose_seconds)
     if commit is not None:
-        run.repo.add_note(commit, {k: record[k] for k in ("trial", "status", "reason", "val_bpb", "peak_memory_gb",
-                                                          "training_seconds", "seed", "kept", "candidate")})
-        crash_point("noted", record["trial"])
+        run.repo.add_note(commit, record.note())
+        crash_point("noted", record.trial)
     return record
 
 
-def judge(kind: str, value: float | None, best_value: float | None, margin: float, confirm: int) -> tuple[bool, bool]:
-    """(kept, candidate): only an ok trial better than the best by more than `margin` wins; with
-    confirmation runs it first becomes a candidate. The baseline is kept whenever it ran."""
-    if kind == "baseline":
-        return value is not None, False
-    better = kind == "proposal" and value is not None and (best_value is None or value < best_value - margin)
-    return (better and not confirm), (better and bool(confirm))
-
-
-def confirmation_decision(run: Run, record: dict, best_value: float | None) -> dict | None:
-    """After the last confirmation run: keep the candidate only if its mean over all seeds still wins."""
-    candidate = run.ledger.records[record["confirms"]]
-    runs = [candidate] + [r for r in run.ledger.records if r.get("confirms") == candidate["trial"]] + [record]
-    if len(runs) < run.settings.confirm + 1:
-        return None
-    values = [r["val_bpb"] for r in runs]
-    return {"trial": candidate["trial"], "values": values, **decide(values, best_value, run.settings.noise_margin)}
-
-
-def decide(values: list[float | None], best_value: float | None, margin: float) -> dict:
-    """A failed confirmation run sinks the candidate; otherwise the mean must beat the best by the margin."""
-    if any(v is None for v in values):
-        return {"kept": False, "mean_val_bpb": None}
-    mean = sum(values) / len(values)
-    return {"kept": best_value is None or mean < best_value - margin, "mean_val_bpb": mean}
-
-
-def record_trial(run: Run, record: dict, report: Reporter) -> None:
+def record_trial(run: Run, record: TrialRecord, report: Reporter) -> None:
     run.ledger.append(record)  # the commit point of the trial
-    crash_point("recorded", record["trial"])
+    crash_point("recorded", record.trial)
     run.method.observe(record)
-    run.save_method_state(record["trial"])
-    crash_point("observed", record["trial"])
+    run.save_method_state(record.trial)
+    crash_point("observed", record.trial)
     run.clear_pending()
     best_trial, best_value = best_of(run.ledger.records)
     best_commit = run.repo.trial_commit(best_trial)
     if run.repo.best() != best_commit:
         run.repo.set_best(best_commit)
     run.write_views(best_commit)
-    run.set_status(phase="idle", trial=record["trial"] + 1)
-    verdict = "keep" if record["kept"] else ("candidate" if record["candidate"] else "discard")
-    if record.get("decision"):
-        verdict = f"{'kept' if record['decision']['kept'] else 'rejected'} trial {record['decision']['trial']}"
-    score = f"val_bpb {record['val_bpb']:.6f}" if record["val_bpb"] is not None else record["reason"]
+    run.set_status(phase="idle", trial=record.trial + 1)
+    verdict = "keep" if record.kept else ("candidate" if record.candidate else "discard")
+    if record.decision is not None:
+        verdict = f"{'kept' if record.decision.kept else 'rejected'} trial {record.decision.trial}"
+    score = f"val_bpb {record.val_bpb:.6f}" if record.val_bpb is not None else record.reason
     best = f"{best_value:.6f}" if best_value is not None else "-"
-    report(f"trial {record['trial']} {record['status']}: {score} -> {verdict} "
-           f"(best {best} at trial {best_trial}, {record['total_seconds']:.0f} s)")
+    report(f"trial {record.trial} {record.status.value}: {score} -> {verdict} "
+           f"(best {best} at trial {best_trial}, {record.total_seconds:.0f} s)")

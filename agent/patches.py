@@ -36,7 +36,13 @@ from unidiff import PatchSet
 from unidiff.constants import DEV_NULL, LINE_TYPE_NO_NEWLINE
 from unidiff.errors import UnidiffParseError
 
-from agent.constants import ConstantsError, Value, block_bounds, read_constants, render_constants
+from agent.constants import (
+    ConstantsError,
+    Value,
+    block_bounds,
+    read_constants,
+    render_constants,
+)
 from agent.space import SearchSpace, SpaceError
 from agent.template import EDITABLE_FILE
 

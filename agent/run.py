@@ -29,6 +29,7 @@ from typing import Callable
 from agent.constants import render_constants
 from agent.datasets import prepare_dataset
 from agent.errors import ArenaError
+from agent.judging import best_of
 from agent.ledger import Ledger, fsync_write, results_tsv
 from agent.methods import Method, make_method
 from agent.presets import Preset, get_preset
@@ -295,18 +296,6 @@ def create_run_dir(run_dir: Path, settings: RunSettings, preset: Preset, fingerp
         raise ArenaError(f"run '{run_dir.name}' was created by another arena process just now; run the same "
                          "command again to resume it (once that process is done with it)") from None
     return info, lock
-
-
-def best_of(records: list[dict]) -> tuple[int, float | None]:
-    """The trial number and score of the current best, replaying the keep decisions in the ledger."""
-    best_trial, best_value = 0, None
-    for record in records:
-        decision = record.get("decision")
-        if record["kept"]:
-            best_trial, best_value = record["trial"], record["val_bpb"]
-        elif decision and decision["kept"]:
-            best_trial, best_value = decision["trial"], decision["mean_val_bpb"]
-    return best_trial, best_value
 
 
 def reconcile(run: Run) -> None:

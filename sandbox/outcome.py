@@ -6,7 +6,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 RESULT_PREFIX = "ARENA_EVAL "
 PHASE_PREFIX = "ARENA_PHASE "
@@ -27,7 +27,7 @@ ALLOWANCE_MARGIN = 2.0
 ALLOWANCE_FLOOR = 10.0
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     OK = "ok"
     OOM = "oom"
     CRASH = "crash"
@@ -36,6 +36,9 @@ class Status(str, Enum):
     OVER_BUDGET = "over_budget"
     REJECTED = "rejected"
     INVALID_PATCH = "invalid_patch"
+
+
+FAILURES: tuple[Status, ...] = tuple(status for status in Status if status is not Status.OK)  # in report order
 
 
 @dataclass(frozen=True)

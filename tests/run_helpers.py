@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -24,8 +25,11 @@ def arena_run(runs: Path, cache: Path, *args: str, env: dict | None = None) -> s
 
 
 def check_run_consistent(run_dir: Path, n_trials: int) -> list[dict]:
-    """Ledger, git refs, notes, branch and derived files agree; every trial counted once."""
-    records = Ledger.read(run_dir / "ledger.jsonl").records
+    """Ledger, git refs, notes, branch and derived files agree; every trial counted once.
+    Returns the ledger's lines as JSON, the file format users read, each also a valid TrialRecord."""
+    path = run_dir / "ledger.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r.to_json() for r in Ledger.read(path).records] == records  # nothing lost or added in reading
     assert [r["trial"] for r in records] == list(range(n_trials))
     repo = RunRepo(run_dir / "repo")
     assert repo.trial_numbers() == [r["trial"] for r in records if r["commit"]]

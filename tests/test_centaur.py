@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from dataclasses import replace
 from fractions import Fraction
 
 import pytest
@@ -11,14 +12,16 @@ import pytest
 from agent.methods.base import Context
 from agent.methods.centaur import Centaur, is_llm_turn
 from agent.presets import get_preset
+from agent.record import TrialRecord
 from agent.run import RunSettings
 from agent.space import load_space
 from agent.ui.export import html_report, markdown_report
 from agent.ui.report import trial_facts
 from agent.ui.sources import open_history
+from sandbox.outcome import Status
 from tests.llm_server import Fault, ScriptedLLMServer
-from tests.test_llm_methods import FAST, llm_args
 from tests.run_helpers import arena_run, check_run_consistent
+from tests.test_llm_methods import FAST, llm_args
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 SPACE = load_space("cpu")
@@ -34,10 +37,9 @@ def test_llm_share_is_exact(ratio):
         assert abs(sum(turns[:n]) - n * r) < 1
 
 
-def fake_record(trial: int, config: dict, value: float | None) -> dict:
-    return {"trial": trial, "kind": "proposal", "method": "centaur", "status": "ok" if value else "oom",
-            "val_bpb": value, "config": config, "kept": False, "reason": "", "peak_memory_gb": 1.0,
-            "description": "x"}
+def fake_record(trial: int, config: dict, value: float | None) -> TrialRecord:
+    return TrialRecord(trial=trial, kind="proposal", method="centaur", status=Status.OK if value else Status.OOM,
+                       val_bpb=value, config=config, peak_memory_gb=1.0, description="x")
 
 
 def objective(config: dict) -> float | None:
@@ -46,11 +48,11 @@ def objective(config: dict) -> float | None:
     return 2.0 + abs(config["MATRIX_LR"] - 0.05) + 0.01 * config["DEPTH"]
 
 
-def drive(centaur: Centaur, records: list[dict], n: int) -> list:
+def drive(centaur: Centaur, records: list[TrialRecord], n: int) -> list:
     proposals = []
     for _ in range(n):
         trial = len(records)
-        best = min((r for r in records if r["val_bpb"]), key=lambda r: r["val_bpb"])
+        best = min((r for r in records if r.val_bpb), key=lambda r: r.val_bpb or 0.0)
         proposal = centaur.propose(Context(trial, records, best, "", SPACE))
         record = fake_record(trial, proposal.config, objective(proposal.config))
         records.append(record)
@@ -69,7 +71,7 @@ def test_centaur_share_prompt_fallback_and_resume(tmp_path):
         settings.api_base = server.api_base
         (tmp_path / "state").mkdir()
         centaur = Centaur(SPACE, settings, tmp_path)
-        baseline = fake_record(0, START, objective(START)) | {"kind": "baseline", "method": "baseline"}
+        baseline = replace(fake_record(0, START, objective(START)), kind="baseline", method="baseline")
         records = [baseline]
         centaur.observe(baseline)
         proposals = drive(centaur, records, 60)
@@ -88,7 +90,7 @@ def test_centaur_share_prompt_fallback_and_resume(tmp_path):
     for p in proposals + later:
         SPACE.check(p.config)
     prompt = requests[-1]["messages"][1]["content"]
-    assert any(r["status"] == "oom" for r in records[:-1])
+    assert any(r.status is Status.OOM for r in records[:-1])
     assert "CMA-ES state" in prompt and "CMA-ES's own next candidate" in prompt
     assert "MATRIX_LR: mean" in prompt and "Strongest correlations" in prompt and "Best 5 trials" in prompt
     assert "ran out of memory or time" in prompt  # the failed configurations are shown

@@ -5,10 +5,17 @@ from __future__ import annotations
 
 import json
 
-from agent.loop import decide, judge
-from agent.run import best_of
+from agent.judging import best_of, confirmation_decision, decide, judge, open_candidate
+from agent.ledger import Ledger
+from agent.record import Decision, TrialRecord
 from sandbox.outcome import BudgetRule, PhaseRun, Status
 from sandbox.outcome import judge as judge_trial
+
+
+def record(trial: int, value: float | None, **fields) -> TrialRecord:
+    kind = "baseline" if trial == 0 else fields.pop("kind", "proposal")
+    return TrialRecord(trial=trial, kind=kind, method=kind, description=f"trial {trial}",
+                       status=Status.OK if value is not None else Status.CRASH, val_bpb=value, **fields)
 
 
 def test_only_a_clear_improvement_is_kept():
@@ -30,22 +37,45 @@ def test_baseline_is_kept_when_it_ran():
 
 
 def test_confirmation_mean_must_still_win():
-    assert decide([0.97, 0.98, 0.99], 1.0, 0.0) == {"kept": True, "mean_val_bpb": 0.98}
-    assert decide([0.90, 1.05, 1.06], 1.0, 0.0)["kept"] is False  # one lucky seed is not enough
-    assert decide([0.90, None], 1.0, 0.0) == {"kept": False, "mean_val_bpb": None}
+    assert decide(3, [0.97, 0.98, 0.99], 1.0, 0.0) == Decision(3, [0.97, 0.98, 0.99], True, 0.98)
+    assert decide(3, [0.90, 1.05, 1.06], 1.0, 0.0).kept is False  # one lucky seed is not enough
+    assert decide(3, [0.97, 0.98, 0.99], 1.0, 0.05).kept is False  # the mean must clear the margin too
+    assert decide(3, [0.90, None], 1.0, 0.0) == Decision(3, [0.90, None], False, None)
+
+
+def test_a_candidate_is_open_until_its_confirmations_are_in():
+    records = [record(0, 1.0, kept=True), record(1, 0.9, candidate=True)]
+    assert open_candidate(records, 0) is None  # no confirmation asked for
+    assert open_candidate(records, 2) == records[1]
+    records.append(record(2, 0.95, kind="confirm", confirms=1))
+    assert open_candidate(records, 2) == records[1]
+    assert confirmation_decision(records, 0.92, 1, 2, 1.0, 0.0) == Decision(1, [0.9, 0.95, 0.92], True,
+                                                                             (0.9 + 0.95 + 0.92) / 3)
+    assert confirmation_decision(records[:2], 0.95, 1, 2, 1.0, 0.0) is None  # one more run due
+    records.append(record(3, 0.92, kind="confirm", confirms=1))
+    assert open_candidate(records, 2) is None
 
 
 def test_best_follows_keeps_and_confirmed_candidates():
     records = [
-        {"trial": 0, "kept": True, "val_bpb": 3.0},
-        {"trial": 1, "kept": False, "candidate": True, "val_bpb": 2.0},
-        {"trial": 2, "kept": False, "confirms": 1, "val_bpb": 2.2, "decision": {"trial": 1, "kept": True,
-                                                                                "mean_val_bpb": 2.1}},
-        {"trial": 3, "kept": False, "val_bpb": 2.5},
+        record(0, 3.0, kept=True),
+        record(1, 2.0, candidate=True),
+        record(2, 2.2, kind="confirm", confirms=1, decision=Decision(1, [2.0, 2.2], True, 2.1)),
+        record(3, 2.5),
     ]
     assert best_of(records) == (1, 2.1)
-    records.append({"trial": 4, "kept": True, "val_bpb": 2.0})
+    records.append(record(4, 2.0, kept=True))
     assert best_of(records) == (4, 2.0)
+
+
+def test_records_round_trip_and_old_ledgers_still_read(tmp_path):
+    full = record(1, 2.0, candidate=True, proposal_meta={"llm_error": "x"}, config={"DEPTH": 4})
+    assert TrialRecord.from_json(json.loads(json.dumps(full.to_json()))) == full
+    old = {"trial": 0, "kind": "baseline", "method": "baseline", "description": "baseline", "status": "ok",
+           "val_bpb": 3.0, "kept": True, "no_longer_known": 1}  # fields added later are missing
+    (tmp_path / "ledger.jsonl").write_text(json.dumps(old) + "\n")
+    [baseline] = Ledger.read(tmp_path / "ledger.jsonl").records
+    assert baseline.status is Status.OK and baseline.outside_seconds is None and baseline.repairs == []
 
 
 # ---------------------------------------------------------------------------- the sandbox's verdict

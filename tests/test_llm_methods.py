@@ -11,7 +11,9 @@ from agent.constants import render_constants
 from agent.ledger import Ledger
 from agent.patches import make_diff
 from agent.presets import get_preset
+from agent.record import TrialRecord
 from agent.template import template_dir
+from sandbox.outcome import Status
 from tests.conftest import one_line_error
 from tests.llm_server import Fault, ScriptedLLMServer
 from tests.run_helpers import arena_run, check_run_consistent
@@ -172,8 +174,8 @@ def context(trial: int = 1):
     from agent.methods.base import Context
     from agent.space import load_space
 
-    baseline = {"trial": 0, "kind": "baseline", "method": "baseline", "status": "ok", "val_bpb": 3.0,
-                "config": dict(get_preset("cpu").constants), "kept": True, "reason": "", "description": "baseline"}
+    baseline = TrialRecord(trial=0, kind="baseline", method="baseline", status=Status.OK, val_bpb=3.0,
+                           config=dict(get_preset("cpu").constants), kept=True, description="baseline")
     return Context(trial, [baseline], baseline, BASELINE, load_space("cpu"))
 
 

@@ -24,6 +24,7 @@ from agent.methods.failure import FAILURE_MARGIN, FALLBACK_VALUE, failure_value
 from agent.methods.random_search import RandomSearch
 from agent.methods.tpe import TPE
 from agent.presets import load_presets
+from agent.record import TrialRecord
 from agent.run import RunSettings
 from agent.space import load_space
 from tests.run_helpers import FAST, arena_run, check_run_consistent
@@ -40,12 +41,13 @@ def objective(config: dict) -> float:
     return 1.0 + distance + (0.0 if config["WINDOW_PATTERN"] == BEST_PATTERN else 0.2)
 
 
-def make_record(trial: int, kind: str, config: dict | None, value: float | None, status: str = "ok") -> dict:
-    """The fields of a ledger record that methods read (agent/loop.py)."""
+def make_record(trial: int, kind: str, config: dict | None, value: float | None, status: str = "ok") -> TrialRecord:
+    """A ledger record as agent/loop.py makes it, with the fields methods read."""
     ok = status == "ok"
-    return {"trial": trial, "kind": kind, "method": "test" if kind == "proposal" else kind, "status": status,
-            "val_bpb": value if ok else None, "config": config, "peak_memory_gb": 1.0 if ok else None,
-            "confirms": None}
+    return TrialRecord.from_json({"trial": trial, "kind": kind, "method": "test" if kind == "proposal" else kind,
+                                  "description": f"trial {trial}", "status": status,
+                                  "val_bpb": value if ok else None, "config": config,
+                                  "peak_memory_gb": 1.0 if ok else None})
 
 
 Failing = Callable[[int, dict], bool]
@@ -62,7 +64,7 @@ def every_fifth(trial: int, config: dict) -> bool:
 class FakeLoop:
     """Drives a method as agent/loop.py does, one trial at a time; a failing trial is recorded as a crash."""
 
-    def __init__(self, method, records: list[dict] | None = None, fails: Failing = never):
+    def __init__(self, method, records: list[TrialRecord] | None = None, fails: Failing = never):
         self.method = method
         self.records = list(records or [])
         self.fails = fails
@@ -74,7 +76,7 @@ class FakeLoop:
         trial = len(self.records)
         return self.method.propose(Context(trial, self.records, self.records[0], "", SPACE))
 
-    def finish(self, proposal: Proposal) -> dict:
+    def finish(self, proposal: Proposal) -> TrialRecord:
         trial = len(self.records)
         if self.fails(trial, proposal.config):
             record = make_record(trial, "proposal", proposal.config, None, status="crash")
@@ -87,13 +89,13 @@ class FakeLoop:
         """A confirmation run of the baseline's config: observed, but proposed by no method."""
         self.observe(make_record(len(self.records), "confirm", BASELINE, objective(BASELINE) + 0.001))
 
-    def step(self) -> dict:
+    def step(self) -> TrialRecord:
         return self.finish(self.propose())
 
-    def run(self, n: int) -> list[dict]:
+    def run(self, n: int) -> list[TrialRecord]:
         return [self.step() for _ in range(n)]
 
-    def observe(self, record: dict) -> None:
+    def observe(self, record: TrialRecord) -> None:
         self.records.append(record)
         self.method.observe(record)
 
@@ -106,8 +108,8 @@ def new_method(name: str, run_dir: Path | None, seed: int = 0):
     return make_method(settings(name, seed), SPACE, run_dir)
 
 
-def configs(records: list[dict]) -> list[dict]:
-    return [r["config"] for r in records]
+def configs(records: list[TrialRecord]) -> list[dict]:
+    return [r.config for r in records]
 
 
 def frozen(state: object) -> object:
@@ -129,7 +131,7 @@ def test_proposals_lie_inside_the_space_with_exact_types(name, tmp_path):
     loop = FakeLoop(new_method(name, tmp_path), fails=every_fifth)
     loop.baseline()
     for record in loop.run(30):
-        config = record["config"]
+        config = record.config
         SPACE.check(config)
         assert list(config) == list(SPACE)
         for param in SPACE.values():
@@ -155,7 +157,7 @@ def test_tpe_learns_more_than_random_search(tmp_path):
                          ("random", RandomSearch(SPACE, settings("random")))):
         loop = FakeLoop(method)
         loop.baseline()
-        values[name] = [r["val_bpb"] for r in loop.run(40)]
+        values[name] = [r.val_bpb for r in loop.run(40)]
     # loose: after its 10 random start-up trials TPE's proposals are better on average than random ones
     assert np.mean(values["tpe"][-15:]) < np.mean(values["random"]) - 0.1
     assert min(values["tpe"]) < min(values["random"])
@@ -172,7 +174,7 @@ def test_tpe_tells_the_baseline_once_and_failures_as_complete_trials(tmp_path):
     assert [t.user_attrs["arena_trial"] for t in trials] == [0, 1, 2, 3]
     assert all(t.state == TrialState.COMPLETE for t in trials)
     assert trials[0].value == objective(BASELINE) and trials[0].params["log2(HEAD_DIM)"] == 5
-    worst = max(r["val_bpb"] for r in loop.records[:3])
+    worst = max(r.val_bpb for r in loop.records[:3])
     assert trials[3].value == worst + FAILURE_MARGIN
     assert (tmp_path / "state" / "optuna.journal").exists()
 
@@ -273,9 +275,9 @@ def test_cmaes_tells_each_full_generation_once_in_order_with_failures_at_worst_p
     assert told == [] and method.generation == 0
     loop.step()
     assert len(told) == 1 and len(told[0]) == population
-    members = [r for r in loop.records if r["kind"] == "proposal"]
-    worst = max(r["val_bpb"] for r in loop.records if r["status"] == "ok")  # at tell time, whole generation
-    assert told[0] == [worst + FAILURE_MARGIN if r["status"] != "ok" else r["val_bpb"] for r in members]
+    members = [r for r in loop.records if r.kind == "proposal"]
+    worst = max(r.val_bpb for r in loop.records if r.ok)  # at tell time, whole generation
+    assert told[0] == [worst + FAILURE_MARGIN if not r.ok else r.val_bpb for r in members]
     loop.run(population + 3)
     assert len(told) == 2 and method.generation == 2
 
@@ -403,11 +405,11 @@ def test_cmaes_restarts_with_twice_the_population_at_the_incumbent(monkeypatch):
     population = method.population_size
     monkeypatch.setattr(CatCMAwM, "should_stop", lambda self: True)
     loop.run(population)
-    best = min((r for r in loop.records if r["status"] == "ok"), key=lambda r: r["val_bpb"])
+    best = min((r for r in loop.records if r.ok), key=lambda r: r.val_bpb)
     assert method.search.restarts == 1 and method.population_size == 2 * population
     assert method.generation == 0 and method.sigma == SIGMA0
     numeric = [p.name for p in SPACE.numeric]
-    assert SPACE.to_unit(method.mean_config) == pytest.approx(SPACE.to_unit({n: best["config"][n] for n in numeric}))
+    assert SPACE.to_unit(method.mean_config) == pytest.approx(SPACE.to_unit({n: best.config[n] for n in numeric}))
     monkeypatch.undo()
     loop.run(2 * population)
     assert method.generation == 1
@@ -428,7 +430,7 @@ def test_cmaes_views_for_centaur():
     assert top[0][2] == pytest.approx(cov[i, j] / np.sqrt(cov[i, i] * cov[j, j]))
     SPACE.check(method.mean_config)
     upcoming = method.next_candidate()
-    assert method.next_candidate() == upcoming and loop.step()["config"] == upcoming
+    assert method.next_candidate() == upcoming and loop.step().config == upcoming
 
 
 def test_cmaes_replace_candidate_runs_that_config_as_a_generation_member(told):
@@ -440,8 +442,8 @@ def test_cmaes_replace_candidate_runs_that_config_as_a_generation_member(told):
     theirs = {**BASELINE, "DEPTH": 5, "MATRIX_LR": 0.1, "WINDOW_PATTERN": "LLLL"}
     method.replace_candidate(theirs)
     record = loop.step()
-    assert record["config"] == theirs != own  # run as given
-    assert len(told) == 1 and told[0][-1] == objective(record["config"])
+    assert record.config == theirs != own  # run as given
+    assert len(told) == 1 and told[0][-1] == objective(record.config)
 
 
 # ---------------------------------------------------------------- real runs
@@ -454,8 +456,8 @@ def test_real_run_of_six_trials(name, tmp_path, cache_root, stdlib_dataset):
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = check_run_consistent(runs / name, 6)
     for record in records[1:]:
-        assert record["method"] == name
-        SPACE.check(record["config"])
+        assert record.method == name
+        SPACE.check(record.config)
     assert (runs / name / "state" / "method.pkl").exists()
     if name == "tpe":
         assert (runs / name / "state" / "optuna.journal").exists()

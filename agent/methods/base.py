@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from agent.record import TrialRecord
 from agent.space import SearchSpace
 
 
@@ -21,8 +22,8 @@ class Proposal:
 class Context:
     """What a method may look at when it proposes trial number `trial`."""
     trial: int
-    records: list[dict]       # the ledger so far, oldest first
-    best: dict                # the record of the current best trial
+    records: list[TrialRecord]  # the ledger so far, oldest first
+    best: TrialRecord         # the record of the current best trial
     best_source: str          # train.py of the current best commit
     space: SearchSpace
 
@@ -35,7 +36,7 @@ class Method(Protocol):
         """Called once per new trial, before anything runs."""
         ...
 
-    def observe(self, record: dict) -> None:
+    def observe(self, record: TrialRecord) -> None:
         """Called with the ledger record of every trial this method proposed, once it is judged."""
         ...
 

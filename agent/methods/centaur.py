@@ -26,10 +26,16 @@ from agent.methods.base import Context, Proposal
 from agent.methods.cmaes_method import CMAES
 from agent.methods.llm_base import client_for, task_facts
 from agent.methods.llm_fixed import parse_config
-from agent.methods.prompts import (describe_space, format_config, format_value, history_section,
-                                   json_answer_rules, task_section)
+from agent.methods.prompts import (
+    describe_space,
+    format_config,
+    format_value,
+    history_section,
+    json_answer_rules,
+    task_section,
+)
+from agent.record import TrialRecord
 from agent.space import SearchSpace, SpaceError
-
 
 FAILED_CALLS_TO_STOP = 3  # LLM calls failed in a row (each after the client's retries): the model is down
 
@@ -58,7 +64,7 @@ class Centaur:
         self.client.check_reachable()
 
     def propose(self, ctx: Context) -> Proposal:
-        made = sum(1 for record in ctx.records if record["kind"] == "proposal")  # the ledger counts, not a state
+        made = sum(1 for record in ctx.records if record.kind == "proposal")  # the ledger counts, not a state
         if not is_llm_turn(made - self.settings.llm_warmup, self.ratio):
             return self.labelled(self.cma.propose(ctx), "cmaes")
         candidate = self.cma.next_candidate()
@@ -123,7 +129,7 @@ class Centaur:
         return [{"role": "system", "content": "You are an expert in tuning the training of small transformers, "
                  "working together with a CMA-ES optimizer."}, {"role": "user", "content": text}]
 
-    def observe(self, record: dict) -> None:
+    def observe(self, record: TrialRecord) -> None:
         self.cma.observe(record)
 
     def state(self) -> object:

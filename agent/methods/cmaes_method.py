@@ -60,6 +60,7 @@ from cmaes import CatCMAwM
 from agent.methods.base import Context, Proposal
 from agent.methods.failure import failure_value, success_value
 from agent.methods.random_search import describe
+from agent.record import TrialRecord
 from agent.space import Param, SearchSpace, SpaceError
 
 SIGMA0 = 0.3
@@ -124,15 +125,15 @@ class CMAES:
         return Proposal(description=f"cmaes gen {optimizer.generation} {member}/{population}: {describe(config)}",
                         config=config, meta=meta)
 
-    def observe(self, record: dict) -> None:
+    def observe(self, record: TrialRecord) -> None:
         value = success_value(record)
         if value is not None:
-            self._note_success(value, record["config"])
-        if record["kind"] == "baseline" and record["config"] is not None:
-            self.search.start = {name: record["config"][name] for name in self.space}
-        if record["kind"] != "proposal":
+            self._note_success(value, record.config)
+        if record.kind == "baseline" and record.config is not None:
+            self.search.start = {name: record.config[name] for name in self.space}
+        if record.kind != "proposal":
             return  # the baseline and confirmation runs are not members of a generation
-        slot = self._slot(record["trial"], record["config"])
+        slot = self._slot(record.trial, record.config)
         slot.observed, slot.value = True, value
         slots = self.search.slots
         if len(slots) == self.search.optimizer.population_size and all(s.observed for s in slots):

@@ -8,8 +8,10 @@ from agent.llm import extract_diff
 from agent.methods.base import Context, Proposal
 from agent.methods.llm_base import ConversationMethod
 from agent.methods.prompts import outcome_line
+from agent.record import TrialRecord
 from agent.space import SearchSpace
 from agent.template import template_dir
+from sandbox.outcome import Status
 
 LOG_TAIL_LINES = 15  # per failed trial: enough for a traceback's last frames
 
@@ -22,12 +24,12 @@ def program_text(facts: dict[str, str], best_val_bpb: float | None) -> str:
     return text
 
 
-def recent_trials(records: list[dict], last_n: int) -> str:
+def recent_trials(records: list[TrialRecord], last_n: int) -> str:
     lines = []
     for r in records[-last_n:]:
-        lines.append(f"trial {r['trial']}: {r['description']} -> {outcome_line(r)}")
-        if r["status"] not in ("ok", "invalid_patch") and r.get("log_tail"):
-            tail = "\n".join(r["log_tail"].splitlines()[-LOG_TAIL_LINES:])
+        lines.append(f"trial {r.trial}: {r.description} -> {outcome_line(r)}")
+        if r.status not in (Status.OK, Status.INVALID_PATCH) and r.log_tail:
+            tail = "\n".join(r.log_tail.splitlines()[-LOG_TAIL_LINES:])
             lines.append("  last log lines:\n" + "\n".join("    " + line for line in tail.splitlines()))
     return "\n".join(lines) or "(none yet)"
 
@@ -46,7 +48,7 @@ class CodeAgent(ConversationMethod):
             "Propose ONE change. First line: a short description of the idea. Then the unified diff against "
             "the train.py above, in a ```diff block.",
         ])
-        return [{"role": "system", "content": program_text(self.facts, ctx.best.get("val_bpb"))},
+        return [{"role": "system", "content": program_text(self.facts, ctx.best.val_bpb)},
                 {"role": "user", "content": user}]
 
     def parse(self, text: str) -> Proposal:

@@ -24,14 +24,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from agent.record import TrialRecord
+
 FAILURE_MARGIN = 0.05
 FALLBACK_VALUE = 10.0
 
 
-def success_value(record: dict) -> float | None:
+def success_value(record: TrialRecord) -> float | None:
     """The val_bpb of a trial that ran to the end (status ok), else None."""
-    if record.get("status") == "ok" and record.get("val_bpb") is not None:
-        return float(record["val_bpb"])
+    if record.ok and record.val_bpb is not None:
+        return float(record.val_bpb)
     return None
 
 

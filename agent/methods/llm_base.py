@@ -8,6 +8,7 @@ from agent.errors import ArenaError
 from agent.llm import LLMClient, LLMError, ModelUnavailable
 from agent.methods.base import Context, Proposal
 from agent.presets import get_preset
+from agent.record import TrialRecord
 
 
 def client_for(settings, run_dir: Path | None, method: str) -> LLMClient:
@@ -85,7 +86,7 @@ class ConversationMethod:
             return Proposal(f"{self.name}: unusable answer", meta={"invalid": f"answer rejected: {e}",
                                                                  "answer": reply.text})
 
-    def observe(self, record: dict) -> None:
+    def observe(self, record: TrialRecord) -> None:
         pass  # the ledger is the memory: the history is shown afresh at each proposal
 
     def state(self) -> object:

@@ -8,8 +8,13 @@ from pathlib import Path
 from agent.llm import extract_json
 from agent.methods.base import Context, Proposal
 from agent.methods.llm_base import ConversationMethod
-from agent.methods.prompts import (describe_space, format_config, history_section, json_answer_rules,
-                                   task_section)
+from agent.methods.prompts import (
+    describe_space,
+    format_config,
+    history_section,
+    json_answer_rules,
+    task_section,
+)
 from agent.space import SearchSpace
 
 MAX_INTEGER = 2**53  # beyond this an integer cannot even be compared with a float bound exactly
@@ -47,8 +52,8 @@ class LLMFixedSpace(ConversationMethod):
         text = "\n\n".join([
             task_section(self.facts["device"], float(self.facts["time_budget"]), self.facts["memory"]),
             "Search space:\n" + describe_space(self.space),
-            f"Current best (trial {ctx.best['trial']}, val_bpb {ctx.best['val_bpb']:.6f}): "
-            + format_config(ctx.best["config"]),
+            f"Current best (trial {ctx.best.trial}, val_bpb {ctx.best.val_bpb:.6f}): "
+            + format_config(ctx.best.config),
             history_section(ctx.records, s.top_k, s.last_n),
             "Propose the next configuration to try: one that you expect to beat the best without failing. "
             + json_answer_rules(self.space),

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+from agent.record import TrialRecord
 from agent.space import SearchSpace
+from sandbox.outcome import Status
+
 
 def format_value(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else json.dumps(value) if isinstance(value, str) else str(value)
@@ -28,33 +31,33 @@ def describe_space(space: SearchSpace) -> str:
     return "\n".join(lines)
 
 
-def outcome_line(record: dict) -> str:
-    memory = f", peak memory {record['peak_memory_gb']:.1f} GB" if record.get("peak_memory_gb") else ""
-    if record["status"] == "ok":
-        verdict = "kept" if record["kept"] else "discarded"
-        return f"val_bpb {record['val_bpb']:.6f} ({verdict}{memory})"
-    return f"FAILED: {record['status']} ({record['reason'][:200]}{memory})"
+def outcome_line(record: TrialRecord) -> str:
+    memory = f", peak memory {record.peak_memory_gb:.1f} GB" if record.peak_memory_gb else ""
+    if record.ok:
+        verdict = "kept" if record.kept else "discarded"
+        return f"val_bpb {record.val_bpb:.6f} ({verdict}{memory})"
+    return f"FAILED: {record.status} ({record.reason[:200]}{memory})"
 
 
-def best_trials(records: list[dict], k: int) -> list[dict]:
-    ok = [r for r in records if r["status"] == "ok" and r["val_bpb"] is not None]
-    return sorted(ok, key=lambda r: r["val_bpb"])[:k]
+def best_trials(records: list[TrialRecord], k: int) -> list[TrialRecord]:
+    ok = [r for r in records if r.ok and r.val_bpb is not None]
+    return sorted(ok, key=lambda r: r.val_bpb)[:k]
 
 
-def history_section(records: list[dict], top_k: int, last_n: int, with_configs: bool = True) -> str:
+def history_section(records: list[TrialRecord], top_k: int, last_n: int, with_configs: bool = True) -> str:
     """The best k trials, the last n trials with outcomes, and every configuration that failed."""
     def line(r: dict) -> str:
-        what = format_config(r["config"]) if with_configs else r["description"]
-        return f"trial {r['trial']}: {what} -> {outcome_line(r)}"
+        what = format_config(r.config) if with_configs else r.description
+        return f"trial {r.trial}: {what} -> {outcome_line(r)}"
 
     parts = [f"Best {top_k} trials so far:"]
     parts += [line(r) for r in best_trials(records, top_k)] or ["(none yet)"]
     parts += ["", f"Last {last_n} trials:"]
     parts += [line(r) for r in records[-last_n:]]
-    failures = [r for r in records if r["status"] in ("oom", "over_budget", "timeout") and r["config"]]
+    failures = [r for r in records if r.status in (Status.OOM, Status.OVER_BUDGET, Status.TIMEOUT) and r.config]
     if failures and with_configs:
         parts += ["", "Configurations that ran out of memory or time (avoid their neighbourhood):"]
-        parts += [f"trial {r['trial']}: {format_config(r['config'])} -> {r['status']}" for r in failures[-20:]]
+        parts += [f"trial {r.trial}: {format_config(r.config)} -> {r.status}" for r in failures[-20:]]
     return "\n".join(parts)
 
 

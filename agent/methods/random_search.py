@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from agent.methods.base import Context, Proposal
+from agent.record import TrialRecord
 from agent.space import SearchSpace
 
 
@@ -26,7 +27,7 @@ class RandomSearch:
         config = self.space.sample(np.random.default_rng([self.seed, ctx.trial]))
         return Proposal(description=f"random: {describe(config)}", config=config)
 
-    def observe(self, record: dict) -> None:
+    def observe(self, record: TrialRecord) -> None:
         pass  # random search learns nothing
 
     def state(self) -> object:

@@ -42,7 +42,12 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 from optuna.storages import BaseStorage, InMemoryStorage, JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
@@ -50,6 +55,7 @@ from optuna.trial import FrozenTrial, TrialState
 from agent.methods.base import Context, Proposal
 from agent.methods.failure import failure_value, success_value
 from agent.methods.random_search import describe
+from agent.record import TrialRecord
 from agent.space import Param, SearchSpace, SpaceError
 
 STUDY_NAME = "arena"
@@ -139,14 +145,14 @@ class TPE:
         return Proposal(description=f"tpe: {describe(config)}", config=config,
                         meta={"optuna_trial": trial.number})
 
-    def observe(self, record: dict) -> None:
+    def observe(self, record: TrialRecord) -> None:
         value = success_value(record)
         told = value if value is not None else failure_value(self.successes)
         if value is not None:
             self.successes.append(value)
-        if record["kind"] not in TOLD_KINDS:
+        if record.kind not in TOLD_KINDS:
             return
-        trial = self.linked_trial(record["trial"])
+        trial = self.linked_trial(record.trial)
         if trial is None:
             self._add_measured(record, told)
         elif trial.state == TrialState.RUNNING:
@@ -171,15 +177,15 @@ class TPE:
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             self.study.tell(trial.number, state=TrialState.FAIL)
 
-    def _add_measured(self, record: dict, value: float) -> None:
+    def _add_measured(self, record: TrialRecord, value: float) -> None:
         """A configuration measured without an ask (the baseline) joins the study as a COMPLETE trial."""
-        if record["config"] is None:
+        if record.config is None:
             return  # nothing ran: there is no point to tell
-        config = {name: record["config"][name] for name in self.space}
+        config = {name: record.config[name] for name in self.space}
         try:
             self.space.check(config)
         except SpaceError:
             return  # starting constants outside a custom space: TPE cannot represent them
         self.study.add_trial(optuna.trial.create_trial(
             params=to_params(self.space, config), distributions=self.distributions, value=value,
-            user_attrs={LINK_ATTR: record["trial"]}))
+            user_attrs={LINK_ATTR: record.trial}))

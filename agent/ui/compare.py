@@ -20,9 +20,10 @@ from rich.table import Table
 from rich.text import Text
 
 from agent.errors import ArenaError
-from agent.ui.history import FAILURE_KINDS, RunHistory
+from agent.ui.history import RunHistory
 from agent.ui.render import print_warnings
 from agent.ui.sources import open_runs
+from sandbox.outcome import FAILURES
 
 if TYPE_CHECKING:  # scipy and matplotlib take a second to import: only `arena compare` pays for them
     from matplotlib.figure import Figure
@@ -131,7 +132,7 @@ def _number(value: float | None, spec: str) -> str:
 
 
 def _failures(row: dict) -> str:
-    rates = [f"{kind} {row[f'failure_rate_{kind}']:.0%}" for kind in FAILURE_KINDS if row[f"failure_rate_{kind}"]]
+    rates = [f"{kind} {row[f'failure_rate_{kind}']:.0%}" for kind in FAILURES if row[f"failure_rate_{kind}"]]
     return ", ".join(rates) or "none"
 
 

@@ -6,7 +6,14 @@ import html
 import re
 
 from agent.ui.history import LlmCall, RunHistory, TrialView
-from agent.ui.report import call_title, outcome, run_facts, summarize, summary_rows, trial_facts
+from agent.ui.report import (
+    call_title,
+    outcome,
+    run_facts,
+    summarize,
+    summary_rows,
+    trial_facts,
+)
 
 
 def _bpb(view: TrialView) -> str:

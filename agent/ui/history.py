@@ -11,14 +11,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import git
 
+from agent import jsonl
 from agent.errors import ArenaError
+from agent.ledger import parse_records
 from agent.presets import get_preset
+from agent.record import TrialRecord
 from sandbox.outcome import Status
 
-FAILURE_KINDS = tuple(status.value for status in Status if status is not Status.OK)
 LOG_TAIL_LINES = 30
 
 
@@ -42,7 +45,7 @@ class TrialView:
     method: str
     kind: str                # baseline | proposal | confirm
     description: str
-    status: str              # ok or one of FAILURE_KINDS
+    status: str              # a Status value: ok or one of FAILURES
     reason: str = ""
     val_bpb: float | None = None
     memory_gb: float | None = None
@@ -106,30 +109,9 @@ class RunHistory:
         return min(scored, key=lambda view: view.score) if scored else None
 
 
-def read_jsonl(path: Path, warnings: list[str]) -> list[dict]:
-    """The records of a JSON-lines file. A torn last line (its writer was killed, or is still writing)
-    is skipped with a warning; damage anywhere else is an error."""
-    try:
-        lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
-    except OSError as e:
-        raise ArenaError(f"cannot read {path}: {e.strerror}") from None
-    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
-    records = []
-    for index, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if index == last:
-                warnings.append(f"{path}: ignoring a half-written last line ({len(line)} characters)")
-                break
-            raise ArenaError(f"{path} line {index + 1} is not valid JSON; the file was edited or damaged — "
-                             "restore it from a backup") from None
-        if not isinstance(record, dict):
-            raise ArenaError(f"{path} line {index + 1} is not a JSON object; is this the right file?")
-        records.append(record)
-    return records
+def read_jsonl(path: Path, warnings: list[str]) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file, maybe still being written: a torn last line is skipped with a warning."""
+    return jsonl.read_jsonl(path, "the file", warnings=warnings)
 
 
 def _text(content: object) -> str:
@@ -177,17 +159,16 @@ def _open_repo(path: Path) -> git.Repo | None:
         return None
 
 
-def _record_diff(record: dict, repo: git.Repo | None) -> tuple[str, str]:
+def _record_diff(record: TrialRecord, repo: git.Repo | None) -> tuple[str, str]:
     """(diff, note): the ledger's diff, or one computed from git when the ledger lacks it."""
-    diff = record.get("diff")
-    if diff is None and record.get("commit") and repo is not None:
-        diff = git_diff(repo, record.get("parent"), record["commit"])
-    kind, status = record.get("kind"), record.get("status")
-    if kind == "baseline":
+    diff = record.diff
+    if diff is None and record.commit and repo is not None:
+        diff = git_diff(repo, record.parent, record.commit)
+    if record.kind == "baseline":
         return diff or "", "the baseline: train.py as the run started"
-    if kind == "confirm":
-        return "", f"a re-run of trial {record.get('confirms')}'s commit with seed {record.get('seed')}"
-    if status == "invalid_patch":
+    if record.kind == "confirm":
+        return "", f"a re-run of trial {record.confirms}'s commit with seed {record.seed}"
+    if record.status is Status.INVALID_PATCH:
         return diff or "", "the proposed diff; it was rejected before anything ran, so there is no commit"
     if diff is None:
         return "", "diff not recorded and its commit is not in the run's repository"
@@ -202,26 +183,18 @@ def _log_tail(run_dir: Path, trial: int) -> str:
         return ""
 
 
-def _wall_seconds(record: dict) -> float | None:
-    phases = [record.get("train_wall_seconds"), record.get("eval_wall_seconds")]
-    return sum(p for p in phases if p is not None) if any(p is not None for p in phases) else None
-
-
-def _arena_trial(record: dict, repo: git.Repo | None, run_dir: Path, calls: list[LlmCall]) -> TrialView:
+def _arena_trial(record: TrialRecord, repo: git.Repo | None, run_dir: Path, calls: list[LlmCall]) -> TrialView:
     diff, note = _record_diff(record, repo)
-    number = int(record["trial"])
     return TrialView(
-        trial=number, method=str(record.get("method") or "?"), kind=str(record.get("kind") or "proposal"),
-        description=str(record.get("description") or ""), status=str(record.get("status") or "?"),
-        reason=str(record.get("reason") or ""), val_bpb=record.get("val_bpb"),
-        memory_gb=record.get("peak_memory_gb"), training_seconds=record.get("training_seconds"),
-        wall_seconds=_wall_seconds(record), total_seconds=record.get("total_seconds"),
-        propose_seconds=record.get("propose_seconds"), kept=bool(record.get("kept")), commit=record.get("commit"),
-        parent=record.get("parent"), diff=diff, diff_note=note, config=record.get("config"),
-        seed=record.get("seed"), llm_calls=[c for c in calls if c.trial == number],
-        rejected=[str(attempt.get("reason")) for attempt in record.get("repairs") or []],
-        fallback=str((record.get("proposal_meta") or {}).get("llm_error") or ""),
-        log_tail=record.get("log_tail") or _log_tail(run_dir, number))
+        trial=record.trial, method=record.method, kind=record.kind, description=record.description,
+        status=record.status.value, reason=record.reason, val_bpb=record.val_bpb, memory_gb=record.peak_memory_gb,
+        training_seconds=record.training_seconds, wall_seconds=record.train_wall_seconds + record.eval_wall_seconds,
+        total_seconds=record.total_seconds, propose_seconds=record.propose_seconds, kept=record.kept,
+        commit=record.commit, parent=record.parent, diff=diff, diff_note=note, config=record.config,
+        seed=record.seed, llm_calls=[c for c in calls if c.trial == record.trial],
+        rejected=[attempt.reason for attempt in record.repairs],
+        fallback=str(record.proposal_meta.get("llm_error") or ""),
+        log_tail=record.log_tail or _log_tail(run_dir, record.trial))
 
 
 def _limits(settings: dict) -> tuple[float | None, int | None, str]:
@@ -234,12 +207,12 @@ def _limits(settings: dict) -> tuple[float | None, int | None, str]:
     return preset.time_budget, preset.eval_tokens, preset.device
 
 
-def _isolation(settings: dict, records: list[dict]) -> str:
+def _isolation(settings: dict[str, Any], records: list[TrialRecord]) -> str:
     """"none" when any trial ran unisolated (as every local trial did before runs recorded an isolation);
     else how the run's trials were confined."""
     if settings.get("backend") == "docker":
         return "docker"
-    if "none" in {r.get("isolation") for r in records} or settings.get("isolation", "none") == "none":
+    if "none" in {r.isolation for r in records} or settings.get("isolation", "none") == "none":
         return "none"
     return str(settings["isolation"])
 
@@ -252,7 +225,7 @@ def load_arena_run(run_dir: Path) -> RunHistory:
     settings = info.get("settings") or {}
     warnings: list[str] = []
     ledger = run_dir / "ledger.jsonl"
-    records = read_jsonl(ledger, warnings) if ledger.exists() else []
+    records = parse_records(read_jsonl(ledger, warnings), ledger) if ledger.exists() else []
     calls = read_llm_calls(run_dir / "llm.jsonl", warnings)
     repo = _open_repo(run_dir / "repo")  # without it the ledger's own diffs still show
     if repo is None:

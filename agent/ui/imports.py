@@ -16,7 +16,8 @@ from pathlib import Path
 import git
 
 from agent.errors import ArenaError
-from agent.ui.history import FAILURE_KINDS, RunHistory, TrialView, git_diff, read_jsonl
+from agent.ui.history import RunHistory, TrialView, git_diff, read_jsonl
+from sandbox.outcome import FAILURES
 
 RESULTS_FILE = "results.tsv"
 PAPER_FIELDS = ("trial_id", "backend", "val_bpb", "success")
@@ -88,7 +89,7 @@ def _autoresearch_trial(number: int, row: list[str], repo: git.Repo, branch: str
     kind = "baseline" if number == 0 or short == "baseline" else "proposal"
     failure = "crash"
     marked = _KIND_PREFIX.match(description)
-    if marked and marked.group(1) in FAILURE_KINDS:
+    if marked and marked.group(1) in FAILURES:
         failure, description = marked.group(1), description[marked.end():]
     if short == "baseline":
         sha, diff, note = None, "", "the baseline: train.py as the branch started"

@@ -32,8 +32,10 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
-from agent.run import best_of
+from agent.judging import best_of
+from agent.record import TrialRecord
 from agent.ui.live_reader import LOG_LINES, RunReader, Snapshot, Training
+from sandbox.outcome import Status
 
 if TYPE_CHECKING:
     from agent.loop import Reporter, StopRule
@@ -47,9 +49,7 @@ QUIET_S = 30.0              # a trial log silent for longer than this is worth p
 SPARK_LEVELS = "▁▂▃▄▅▆▇█"
 PHASE_STYLES = {"proposing": "magenta", "applying": "cyan", "running": "yellow", "evaluating": "blue",
                 "idle": "dim", "starting": "dim", "done": "green", "stopped": "yellow", "failed": "red"}
-# resource limits read yellow, broken code red
-FAILURE_STYLES = {"oom": "yellow", "timeout": "yellow", "over_budget": "yellow",
-                  "crash": "red", "nan": "red", "invalid_patch": "red"}
+LIMIT_FAILURES = (Status.OOM, Status.TIMEOUT, Status.OVER_BUDGET)  # read yellow; broken code reads red
 
 # ---------------------------------------------------------------- drawing a frame
 
@@ -84,36 +84,35 @@ def sparkline(values: list[float | None], width: int) -> str:
                    for v in values)
 
 
-def verdict(record: dict) -> str:
+def verdict(record: TrialRecord) -> str:
     """Same words as the loop's report line."""
-    decision = record.get("decision")
-    if decision:
-        return f"{'kept' if decision.get('kept') else 'rejected'} {decision.get('trial')}"
-    if record.get("kept"):
+    if record.decision is not None:
+        return f"{'kept' if record.decision.kept else 'rejected'} {record.decision.trial}"
+    if record.kept:
         return "keep"
-    return "candidate" if record.get("candidate") else "discard"
+    return "candidate" if record.candidate else "discard"
 
 
-def row_style(record: dict) -> str:
-    if record.get("status") != "ok":
-        return FAILURE_STYLES.get(record.get("status"), "red")
-    if record.get("kept"):
+def row_style(record: TrialRecord) -> str:
+    if not record.ok:
+        return "yellow" if record.status in LIMIT_FAILURES else "red"
+    if record.kept:
         return "green"
-    return "cyan" if record.get("candidate") else ""
+    return "cyan" if record.candidate else ""
 
 
 def device_of(snap: Snapshot) -> str:
     for record in reversed(snap.records):
-        if record.get("gpu"):
-            return str(record["gpu"])
+        if record.gpu:
+            return record.gpu
     gpus = snap.settings.get("gpus")
     if gpus:
         return f"GPU {','.join(gpus)}"
     return snap.preset.device if snap.preset else "-"
 
 
-def trial_seconds(records: list[dict]) -> float:
-    return sum(r.get("total_seconds") or 0.0 for r in records)
+def trial_seconds(records: list[TrialRecord]) -> float:
+    return sum(r.total_seconds for r in records)
 
 
 def eta(snap: Snapshot, used: float, stop_rule: StopRule | None) -> float | None:
@@ -291,26 +290,26 @@ LEADER_WIDTH = len(LEADER_HEADER) + 4
 SIDE_BY_SIDE_WIDTH = 110  # narrower screens show the leaderboard below the recent trials
 
 
-def recent_lines(records: list[dict]) -> list[tuple[str, str]]:
+def recent_lines(records: list[TrialRecord]) -> list[tuple[str, str]]:
     """(line, style) for the last trials: number, method, status, val_bpb, verdict, time, description."""
     lines = [(f"recent trials (last {RECENT_TRIALS})", "bold"), (RECENT_HEADER, "bold")]
     for r in records[-RECENT_TRIALS:]:
-        lines.append((f"{r.get('trial')!s:>4}  {fit(str(r.get('method')), 9)}  {fit(str(r.get('status')), 13)}  "
-                      f"{fmt_bpb(r.get('val_bpb')):>8}  {fit(verdict(r), 10)}  "
-                      f"{fmt_duration(r.get('total_seconds') or 0.0):>5}  {one_line(r.get('description'))}",
+        lines.append((f"{r.trial:>4}  {fit(r.method, 9)}  {fit(r.status.value, 13)}  "
+                      f"{fmt_bpb(r.val_bpb):>8}  {fit(verdict(r), 10)}  "
+                      f"{fmt_duration(r.total_seconds):>5}  {one_line(r.description)}",
                       row_style(r)))
     return lines
 
 
-def leader_lines(records: list[dict]) -> list[tuple[str, str]]:
+def leader_lines(records: list[TrialRecord]) -> list[tuple[str, str]]:
     """(line, style) for the best trials by val_bpb, with their change against the baseline."""
-    scored = sorted((r for r in records if r.get("status") == "ok" and r.get("val_bpb") is not None),
-                    key=lambda r: (r["val_bpb"], r["trial"]))
-    baseline = records[0].get("val_bpb") if records else None
+    scored = sorted(((r.val_bpb, r) for r in records if r.ok and r.val_bpb is not None),
+                    key=lambda pair: (pair[0], pair[1].trial))
+    baseline = records[0].val_bpb if records else None
     lines = [(f"leaderboard (top {LEADERS})", "bold"), (LEADER_HEADER, "bold")]
-    for rank, r in enumerate(scored[:LEADERS], start=1):
-        change = f"{(r['val_bpb'] / baseline - 1) * 100:+.2f}%" if baseline else "-"
-        lines.append((f"{rank:>4}  {r['trial']:>5}  {fmt_bpb(r['val_bpb']):>8}  {change:>11}  {r.get('method')}",
+    for rank, (value, r) in enumerate(scored[:LEADERS], start=1):
+        change = f"{(value / baseline - 1) * 100:+.2f}%" if baseline else "-"
+        lines.append((f"{rank:>4}  {r.trial:>5}  {fmt_bpb(value):>8}  {change:>11}  {r.method}",
                       "green" if rank == 1 else ""))
     return lines
 

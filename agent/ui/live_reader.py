@@ -6,6 +6,7 @@ from their last few KB; nothing here writes into the run directory or takes a lo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -15,8 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.errors import ArenaError
+from agent.jsonl import JsonlFollower
+from agent.judging import best_of
 from agent.presets import Preset, get_preset
-from agent.run import best_of
+from agent.record import TrialRecord
 
 LOG_LINES = 3               # training log lines kept for the current-trial panel
 TAIL_BYTES = 16 * 1024      # enough for the last step line, the eval marker and a screenful of stream
@@ -48,45 +51,27 @@ def read_json(path: Path) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
-class JsonlFollower:
-    """An append-only JSONL file, read incrementally.
-
-    Only bytes after the last complete line are read, and only when the size changed, so a half-written
-    last line is read again once it is whole. A file that shrank or was replaced is read from the start.
-    """
+class LedgerFollower:
+    """The ledger's records as it grows; a line that is not a trial record is skipped (the loop's business)."""
 
     def __init__(self, path: Path):
-        self.path = path
-        self.records: list[dict] = []
-        self.generation = 0  # bumped whenever reading starts over, so derived data can be rebuilt
-        self._offset = 0
-        self._inode: int | None = None
+        self.lines = JsonlFollower(path)
+        self.records: list[TrialRecord] = []
+        self._read = 0                 # lines of self.lines.records already converted
+        self._generation = 0
 
-    def poll(self) -> list[dict]:
-        try:
-            stat = os.stat(self.path)
-        except OSError:
-            return self.records
-        if stat.st_ino != self._inode or stat.st_size < self._offset:
-            self.records, self._offset, self._inode = [], 0, stat.st_ino
-            self.generation += 1
-        if stat.st_size == self._offset:
-            return self.records
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self._offset)
-                chunk = f.read(stat.st_size - self._offset)
-        except OSError:
-            return self.records
-        complete = chunk.rfind(b"\n") + 1
-        for line in chunk[:complete].splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue  # blank or damaged: the loop's business, not the view's
-            if isinstance(record, dict):
-                self.records.append(record)
-        self._offset += complete
+    @property
+    def generation(self) -> int:
+        return self.lines.generation
+
+    def poll(self) -> list[TrialRecord]:
+        raw = self.lines.poll()
+        if self.lines.generation != self._generation:
+            self.records, self._read, self._generation = [], 0, self.lines.generation
+        for line in raw[self._read:]:
+            with contextlib.suppress(ValueError):
+                self.records.append(TrialRecord.from_json(line))
+        self._read = len(raw)
         return self.records
 
 
@@ -160,7 +145,7 @@ class Snapshot:
     name: str
     settings: dict
     preset: Preset | None  # None when the run names a preset this arena does not know
-    records: list[dict]
+    records: list[TrialRecord]
     best_curve: list[float | None]
     status: dict
     trial_started: float | None
@@ -199,7 +184,7 @@ class RunReader:
         self.info = read_run_info(run_dir)
         self.settings = self.info["settings"]
         self.preset = preset_of(self.settings)
-        self.ledger = JsonlFollower(run_dir / "ledger.jsonl")
+        self.ledger = LedgerFollower(run_dir / "ledger.jsonl")
         self.llm_log = JsonlFollower(run_dir / "llm.jsonl")
         self.log_tail = FileTail()
         self.stream_tail = FileTail()
@@ -218,7 +203,7 @@ class RunReader:
                         stream=self._stream(status) if phase == "proposing" else None,
                         llm_calls=self.llm_log.poll(), now=time.time(), writer_alive=writer_alive(status))
 
-    def _best_curve(self, records: list[dict]) -> list[float | None]:
+    def _best_curve(self, records: list[TrialRecord]) -> list[float | None]:
         """The current best after each trial, extended only by the trials added since the last read."""
         if self.ledger.generation != self._curve_generation:
             self._curve, self._curve_generation = [], self.ledger.generation

@@ -11,7 +11,14 @@ from rich.table import Table
 from rich.text import Text
 
 from agent.ui.history import RunHistory, TrialView
-from agent.ui.report import RunSummary, call_title, outcome, run_facts, summary_rows, trial_facts
+from agent.ui.report import (
+    RunSummary,
+    call_title,
+    outcome,
+    run_facts,
+    summary_rows,
+    trial_facts,
+)
 
 MESSAGE_LINES = 60  # a prompt can hold all of train.py: a terminal shows its head, exports keep everything
 OUTCOME_STYLES = {"keep": "bold green", "discard": "yellow", "confirmation run": "cyan"}

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from agent.ui.history import FAILURE_KINDS, LlmCall, RunHistory, TrialView
+from agent.ui.history import LlmCall, RunHistory, TrialView
+from sandbox.outcome import FAILURES
 
 
 @dataclass
@@ -21,7 +22,7 @@ def summarize(run: RunHistory) -> RunSummary:
     counts = Counter(view.status for view in run.trials)
     best = run.best()
     return RunSummary(trials=len(run.trials), kept=sum(view.kept for view in run.trials),
-                      failures={kind: counts.get(kind, 0) for kind in FAILURE_KINDS},
+                      failures={kind: counts.get(kind, 0) for kind in FAILURES},
                       best_val_bpb=best.val_bpb if best else None, best_trial=best.trial if best else None)
 
 

@@ -11,7 +11,8 @@ from itertools import accumulate, combinations
 import numpy as np
 from scipy.stats import mannwhitneyu
 
-from agent.ui.history import FAILURE_KINDS, RunHistory
+from agent.ui.history import RunHistory
+from sandbox.outcome import FAILURES
 
 BOOTSTRAP_SAMPLES = 10_000
 SMALL_N = 5  # below this many runs per side a rank test can hardly reject anything
@@ -88,7 +89,7 @@ class GroupStats:
                "best_min": min(bests, default=None), "trials": trials,
                "unisolated_runs": sum(1 for r in self.runs if r.run.isolation == "none")}
         row.update({f"failure_rate_{kind}": failures.get(kind, 0) / trials if trials else None
-                    for kind in FAILURE_KINDS})
+                    for kind in FAILURES})
         row.update(device_hours=sum(hours) if hours else None, llm_tokens=sum(r.tokens for r in self.runs),
                    llm_cost_usd=sum(r.cost_usd for r in self.runs), target_reached=len(reached),
                    target_trials_mean=_mean([r.target_trials for r in reached]),
