@@ -55,19 +55,19 @@ def python_dirs(python: str) -> list[Path]:
     if Path(python).resolve() != Path(sys.executable).resolve():
         probe = subprocess.run([python, "-c", "import sys; print(sys.prefix); print(sys.base_prefix); "
                                 "print(sys.exec_prefix); print(sys.base_exec_prefix)"],
-                               capture_output=True, text=True, timeout=60)
+                               capture_output=True, text=True, timeout=60, check=False)  # a broken one fails preflight
         prefixes = probe.stdout.split()
     else:
         prefixes = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
     dirs = {Path(p).resolve() for p in prefixes if p} | {Path(python).resolve().parent.parent}
-    return sorted(d for d in dirs if d.is_dir() and d != Path("/") and not Path("/usr").resolve() in (d, *d.parents))
+    return sorted(d for d in dirs if d.is_dir() and d != Path("/") and Path("/usr").resolve() not in (d, *d.parents))
 
 
 class Binds:
     """bwrap arguments for bind mounts whose parent directories are made 0755 first (bwrap would make them
     0700, which the trial's user, not root, could not enter)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.args: list[str] = []
         self.made = {Path("/")}
 
@@ -100,9 +100,9 @@ def gpu_devices() -> list[str]:
 
 
 def bwrap_argv(bwrap: str, phase: Phase, python: str, gpus: list[str] | None,
-               inner: list[str] | None = None) -> list[str]:
+               python_args: list[str] | None = None) -> list[str]:
     """The bwrap command line that runs `phase` with the supervisor as its first process; the supervisor
-    runs the harness, or `inner` instead (the pre-flight check)."""
+    runs the harness, or `python` on `python_args` instead (a check of the sandbox itself)."""
     root = os.getuid() == 0
     args = [bwrap, "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-net", "--unshare-ipc",
             "--unshare-uts", "--unshare-cgroup-try", "--hostname", "arena-trial", "--clearenv"]
@@ -121,8 +121,8 @@ def bwrap_argv(bwrap: str, phase: Phase, python: str, gpus: list[str] | None,
         args += ["--ro-bind", "/sys", "/sys"]  # the CUDA driver reads the PCI topology there
     for mount in phase.mounts():
         binds.add("--bind" if mount.writable else "--ro-bind", str(mount.source), mount.target)
-    args += binds.args + ["--remount-ro", "/"]  # the root bwrap built (a tmpfs) is read-only too
+    args += [*binds.args, "--remount-ro", "/"]  # the root bwrap built (a tmpfs) is read-only too
     for key, value in {"PATH": "/usr/local/bin:/usr/bin:/bin", **phase.phase_env(PathMap())}.items():
         args += ["--setenv", key, value]
     user = sandbox_user() if root else None
-    return args + ["--chdir", "/trial", "--", *phase.command(python, user, PathMap(), inner)]
+    return [*args, "--chdir", "/trial", "--", *phase.command(python, user, PathMap(), python_args)]

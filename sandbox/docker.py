@@ -4,6 +4,7 @@ trial code as a non-root user, and exactly the tree phases.py describes (the tra
 from __future__ import annotations
 
 import codecs
+import contextlib
 import os
 import socket
 import threading
@@ -11,18 +12,20 @@ import time
 
 import docker
 import requests
+from docker.models.containers import Container
 from docker.types import DeviceRequest, LogConfig, Mount
 
 from sandbox.errors import SandboxError
-from sandbox.outcome import Outcome, PhaseRun
+from sandbox.outcome import PhaseRun
 from sandbox.phases import SUPERVISOR_CAPABILITIES, TRIAL, PathMap, Phase, sandbox_user
-from sandbox.trial import OUTER_GRACE_SECONDS, LogSink, PhaseOutput, TrialSpec, run_trial
+from sandbox.trial import Backend, PhaseOutput
 
 TRIAL_LABEL = "arena.trial"
 OWNER_LABEL = "arena.owner"
 RUN_LABEL = "arena.run"
 DEFAULT_MEM_LIMIT = "32g"  # torch.compile's worker processes each hold a copy of torch
 LOG_LIMIT = LogConfig(type="json-file", config={"max-size": "100m"})  # a print loop cannot fill the engine's disk
+PYTHON = "python3"  # the image's interpreter, on its PATH
 
 
 def connect() -> docker.DockerClient:
@@ -66,7 +69,7 @@ def remove_stale_containers(client: docker.DockerClient) -> int:
     return removed
 
 
-def pump_logs(container, output: PhaseOutput) -> None:
+def pump_logs(container: Container, output: PhaseOutput) -> None:
     """Split the container's merged stdout and stderr into lines as they arrive."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     pending = ""
@@ -80,7 +83,7 @@ def pump_logs(container, output: PhaseOutput) -> None:
         output(pending)
 
 
-class DockerBackend:
+class DockerBackend(Backend):
     """Runs each trial phase in a new container of `image`, on the given GPUs or on the CPU."""
 
     isolation = "docker"
@@ -100,27 +103,24 @@ class DockerBackend:
         self.pids_limit = pids_limit
         self.shm_size = shm_size
         self.cpus = cpus
-        self.user = sandbox_user()
+        self.owner = sandbox_user()
         self.labels = {TRIAL_LABEL: "1", OWNER_LABEL: owner_id(), **({RUN_LABEL: run_name} if run_name else {})}
         remove_stale_containers(self.client)
 
-    def run(self, spec: TrialSpec, on_log: LogSink) -> Outcome:
-        return run_trial(spec, self.run_phase, self.user, on_log)
-
-    def run_phase(self, phase: Phase, output: PhaseOutput) -> PhaseRun:
-        container = self.create(phase)
+    def run_phase(self, phase: Phase, output: PhaseOutput, python_args: list[str] | None = None) -> PhaseRun:
+        container = self.create(phase, python_args)
         try:
-            return self.watch(container, phase.name, phase.deadline + OUTER_GRACE_SECONDS, output)
+            return self.watch(container, phase.name, phase.kill_after, output)
         finally:
             container.remove(force=True)  # never auto-removed: the state and logs are read first
 
-    def create(self, phase: Phase):
+    def create(self, phase: Phase, python_args: list[str] | None = None) -> Container:
         mounts = [Mount(m.target, str(m.source), type="bind", read_only=not m.writable) for m in phase.mounts()]
         if self.cpus:
             phase.env["OMP_NUM_THREADS"] = str(max(1, int(self.cpus)))  # torch would start a thread per host core
         # The supervisor is PID 1 and starts as root with the rights to hand over and to kill, nothing else;
         # it runs the harness as the (non-root) trial user and ends the container itself at its deadline.
-        command = phase.command("python3", self.user, PathMap())
+        command = phase.command(PYTHON, self.owner, PathMap(), python_args)
         try:
             return self.client.containers.create(
                 self.image, command, working_dir=TRIAL, user="0:0", environment=phase.phase_env(PathMap()),
@@ -134,7 +134,7 @@ class DockerBackend:
         except docker.errors.APIError as e:
             raise SandboxError(f"Docker could not create the {phase.name} container: {e.explanation}") from None
 
-    def watch(self, container, phase: str, timeout: float, output: PhaseOutput) -> PhaseRun:
+    def watch(self, container: Container, phase: str, timeout: float, output: PhaseOutput) -> PhaseRun:
         """Start the container, stream its output, kill it at `timeout`, then read how it ended."""
         start = time.monotonic()
         try:
@@ -154,10 +154,8 @@ class DockerBackend:
             if time.monotonic() - start < timeout:
                 raise  # the engine went away: not the trial's fault, and not a timeout
             timed_out = True  # over the unix socket, a wait past its timeout ends as ConnectionError
-            try:
+            with contextlib.suppress(docker.errors.APIError):  # it exited just now, on its own
                 container.kill()
-            except docker.errors.APIError:
-                pass  # it exited just now, on its own
             container.wait()
         wall_seconds = time.monotonic() - start
         reader.join(timeout=10)

@@ -3,6 +3,7 @@ asked with isolation "none", as a plain child process of arena)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -15,9 +16,9 @@ from pathlib import Path
 
 from sandbox.bwrap import ADVICE, bwrap_argv, find_bwrap
 from sandbox.errors import SandboxError
-from sandbox.outcome import Outcome, PhaseRun
-from sandbox.phases import Phase, PathMap, install_supervisor, make_dir, sandbox_user
-from sandbox.trial import OUTER_GRACE_SECONDS, PhaseOutput, TrialSpec, run_trial
+from sandbox.outcome import PhaseRun
+from sandbox.phases import PathMap, Phase, bare_phase, sandbox_user
+from sandbox.trial import Backend, PhaseOutput
 
 ISOLATIONS = ("bwrap", "none")
 PREFLIGHT_SECONDS = 120
@@ -30,8 +31,11 @@ def run_process(cmd: list[str], cwd: Path | None, env: dict[str, str], timeout: 
     start = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True, text=True, errors="replace", bufsize=1)
+    stream = proc.stdout
+    assert stream is not None  # asked for with stdout=PIPE
+
     def pump() -> None:
-        for line in proc.stdout:
+        for line in stream:
             output(line)
 
     reader = threading.Thread(target=pump, daemon=True)
@@ -42,10 +46,8 @@ def run_process(cmd: list[str], cwd: Path | None, env: dict[str, str], timeout: 
     except subprocess.TimeoutExpired:
         timed_out = True
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # bwrap, and with it its whole pid namespace
-        except ProcessLookupError:
-            pass
+        with contextlib.suppress(ProcessLookupError):  # bwrap, and with it its whole pid namespace
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         reader.join(timeout=5)
     return PhaseRun(exit_code=proc.returncode, timed_out=timed_out, wall_seconds=time.monotonic() - start,
@@ -58,7 +60,7 @@ def parent_death_guard() -> list[str]:
     return [setpriv, "--pdeathsig", "KILL"] if setpriv else []
 
 
-class LocalBackend:
+class LocalBackend(Backend):
     """Runs trials on this machine's CPU or GPUs, each phase sandboxed by bubblewrap unless isolation is "none"."""
 
     def __init__(self, isolation: str = "bwrap", python: str = sys.executable, gpus: list[str] | None = None):
@@ -72,35 +74,27 @@ class LocalBackend:
             self.bwrap = find_bwrap()
             self.preflight()
 
-    def run(self, spec: TrialSpec, on_log) -> Outcome:
-        return run_trial(spec, self.run_phase, self.owner, on_log)
-
     def environment(self, phase: Phase) -> None:
         if self.gpus:  # in PCI order, as NVML numbers them for the supervisor's memory count
             phase.env.update(CUDA_VISIBLE_DEVICES=",".join(self.gpus), CUDA_DEVICE_ORDER="PCI_BUS_ID")
         if "OMP_NUM_THREADS" in os.environ:
             phase.env["OMP_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"]
 
-    def run_phase(self, phase: Phase, output: PhaseOutput, inner: list[str] | None = None) -> PhaseRun:
+    def run_phase(self, phase: Phase, output: PhaseOutput, python_args: list[str] | None = None) -> PhaseRun:
         self.environment(phase)
-        timeout = phase.deadline + OUTER_GRACE_SECONDS
         if self.isolation == "bwrap":
-            return run_process(bwrap_argv(self.bwrap, phase, self.python, self.gpus, inner), None, {}, timeout,
-                               output)
+            argv = bwrap_argv(self.bwrap, phase, self.python, self.gpus, python_args)
+            return run_process(argv, None, {}, phase.kill_after, output)
         paths = PathMap(phase)
-        command = parent_death_guard() + phase.command(self.python, None, paths, inner)
+        command = parent_death_guard() + phase.command(self.python, None, paths, python_args)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **phase.phase_env(paths)}
-        return run_process(command, phase.trial_dir, env, timeout, output)
+        return run_process(command, phase.trial_dir, env, phase.kill_after, output)
 
     def preflight(self) -> None:
         """One empty sandbox before any trial: bwrap works here and its Python imports what the harness needs."""
         with tempfile.TemporaryDirectory(prefix="arena-preflight-") as tmp:
-            phase = Phase("train", Path(tmp), PREFLIGHT_SECONDS)
-            make_dir(phase.trial_dir)
-            install_supervisor(phase.trial_dir)
-            make_dir(phase.out_dir, self.owner)
-            run = self.run_phase(phase, PhaseOutput(lambda line: None),
-                                 inner=[self.python, "-c", f"import {NEEDED_MODULES}"])
+            phase = bare_phase(Path(tmp), PREFLIGHT_SECONDS, self.owner)
+            run = self.run_phase(phase, PhaseOutput(lambda line: None), ["-c", f"import {NEEDED_MODULES}"])
         report = run.report
         if report is not None and report.exit_code == 0:
             return

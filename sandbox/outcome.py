@@ -7,6 +7,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TypedDict, cast
 
 RESULT_PREFIX = "ARENA_EVAL "
 PHASE_PREFIX = "ARENA_PHASE "
@@ -27,7 +28,7 @@ ALLOWANCE_MARGIN = 2.0
 ALLOWANCE_FLOOR = 10.0
 
 
-class Status(StrEnum):
+class Status(StrEnum):  # str(status) and f-strings give the value: "ok", "oom", ...
     OK = "ok"
     OOM = "oom"
     CRASH = "crash"
@@ -68,7 +69,7 @@ class PhaseReport:
     gpu_peak_bytes: int | None = None
 
     @classmethod
-    def parse(cls, line: str) -> "PhaseReport | None":
+    def parse(cls, line: str) -> PhaseReport | None:
         try:
             raw = json.loads(line[len(PHASE_PREFIX):])
             return cls(raw["exit_code"], raw["signal"], raw["ready"], raw["end"], bool(raw["deadline"]),
@@ -99,11 +100,46 @@ class PhaseRun:
                      if line.strip() and line.startswith(prefix) and not line.startswith(PHASE_PREFIX)), None)
 
 
+Reported = dict[str, int | float | str | None]  # what the trial says of itself (phases.read_reported)
+
+
+class EvalResult(TypedDict):
+    """The eval phase's one ARENA_EVAL line, printed by the harness."""
+    val_bpb: float
+    val_tokens: int
+    val_bytes: int
+    eval_tokens: int
+    num_params: int
+    dataset_fingerprint: str
+    eval_seconds: float
+
+
+EVAL_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "val_bpb": (int, float), "val_tokens": int, "val_bytes": int, "eval_tokens": int, "num_params": int,
+    "dataset_fingerprint": str, "eval_seconds": (int, float)}
+
+
+class Measured(TypedDict):
+    """Time and memory of the train phase, as its supervisor measured them (seconds, gigabytes)."""
+    work_seconds: float
+    outside_seconds: float
+    ready_seconds: float
+    allowance_seconds: float
+    peak_memory_gb: float
+    host_memory_gb: float
+    gpu_memory_gb: float | None
+
+
+class TrialResult(EvalResult, Measured):
+    """A scored trial: the eval phase's result, what was measured, and what the trial reported."""
+    reported: Reported
+
+
 @dataclass
 class Outcome:
     status: Status
     reason: str
-    result: dict | None = None
+    result: TrialResult | None = None
     log_tail: str = ""
     train_wall_seconds: float = 0.0
     eval_wall_seconds: float = 0.0
@@ -121,14 +157,17 @@ def tail(lines: list[str]) -> str:
     return text[-LOG_TAIL_BYTES:]
 
 
-def parse_result(lines: list[str]) -> dict | None:
+def parse_result(lines: list[str]) -> EvalResult | None:
+    """The last ARENA_EVAL line, when it holds every field of an EvalResult with its type."""
     for line in reversed(lines):
         if line.startswith(RESULT_PREFIX):
             try:
                 result = json.loads(line[len(RESULT_PREFIX):])
             except (ValueError, RecursionError):
                 return None
-            return result if isinstance(result, dict) and isinstance(result.get("val_bpb"), (int, float)) else None
+            if isinstance(result, dict) and all(isinstance(result.get(key), kind) for key, kind in EVAL_FIELDS.items()):
+                return cast(EvalResult, result)  # its fields were checked just above
+            return None
     return None
 
 
@@ -151,8 +190,8 @@ def phase_failure(phase: str, run: PhaseRun) -> tuple[Status, str] | None:
         if report.exit_code == EXIT_REJECTED:
             verdict = run.last_line(REJECTED_PREFIX) or "rejected"
             return Status.REJECTED, verdict.removeprefix(REJECTED_PREFIX)[:300]
-        verdict = run.last_line("ARENA_")
-        detail = f": {verdict[:300]}" if verdict else ""
+        last = run.last_line("ARENA_")
+        detail = f": {last[:300]}" if last else ""
         return Status.CRASH, f"eval phase exited with code {report.exit_code}{detail}"
     if report.exit_code == EXIT_DIVERGED:
         return Status.NAN, (run.last_line("ARENA_DIVERGED") or "loss diverged")[:300]
@@ -160,55 +199,60 @@ def phase_failure(phase: str, run: PhaseRun) -> tuple[Status, str] | None:
     return Status.CRASH, f"train phase exited with code {report.exit_code}: {(last or 'no output')[:300]}"
 
 
-def measured(train: PhaseRun, rule: BudgetRule) -> dict:
+def measured(report: PhaseReport | None, rule: BudgetRule) -> Measured | None:
     """Time and memory of the train phase, from its supervisor: nothing here comes from the trial.
-    Peak memory is the GPUs' where the supervisor could read them, else the host's."""
-    report = train.report
+    Peak memory is the GPUs' where the supervisor could read them, else the host's. None when the
+    harness never started trial code."""
+    if report is None or report.ready is None or report.end is None:
+        return None
     work = report.end - report.ready
     host = report.max_rss_kb * 1024 / 1e9
     gpu = report.gpu_peak_bytes / 1e9 if report.gpu_peak_bytes is not None else None
-    return {"work_seconds": work, "outside_seconds": work - rule.budget, "ready_seconds": report.ready,
-            "allowance_seconds": rule.allowance(report.ready), "peak_memory_gb": host if gpu is None else gpu,
-            "host_memory_gb": host, "gpu_memory_gb": gpu}
+    return Measured(work_seconds=work, outside_seconds=work - rule.budget, ready_seconds=report.ready,
+                    allowance_seconds=rule.allowance(report.ready), peak_memory_gb=host if gpu is None else gpu,
+                    host_memory_gb=host, gpu_memory_gb=gpu)
 
 
-def judge(train: PhaseRun, evaluation: PhaseRun | None, rule: BudgetRule, reported: dict,
+def judge(train: PhaseRun, evaluation: PhaseRun | None, rule: BudgetRule, reported: Reported,
           missing: str = "evaluation did not run", trusted: bool = False) -> Outcome:
     """Classify a trial from its two phases; `missing` says why there was no eval phase. A trusted
     trial (the unmodified template) is never over budget: what it needed is the measure for the rest."""
-    walls = dict(train_wall_seconds=train.wall_seconds, log_tail=tail(train.lines),
-                 eval_wall_seconds=evaluation.wall_seconds if evaluation else 0.0)
+    def outcome(status: Status, reason: str, result: TrialResult | None = None) -> Outcome:
+        return Outcome(status, reason, result, log_tail=tail(train.lines), train_wall_seconds=train.wall_seconds,
+                       eval_wall_seconds=evaluation.wall_seconds if evaluation else 0.0)
+
     failure = phase_failure("train", train)
-    if failure is None and train.report.ready is None:
-        failure = Status.CRASH, "the harness never started trial code"
     if failure is not None:
-        return Outcome(*failure, **walls)
+        return outcome(*failure)
+    measures = measured(train.report, rule)
+    if measures is None:
+        return outcome(Status.CRASH, "the harness never started trial code")
     if evaluation is None:
-        return Outcome(Status.CRASH, missing, **walls)
+        return outcome(Status.CRASH, missing)
     failure = phase_failure("eval", evaluation)
     if failure is not None:
-        return Outcome(*failure, **walls)
-    result = parse_result(evaluation.lines)
-    if result is None:
-        return Outcome(Status.CRASH, "evaluation printed no result", **walls)
-    result = {**result, **measured(train, rule), "reported": reported}
+        return outcome(*failure)
+    scored = parse_result(evaluation.lines)
+    if scored is None:
+        return outcome(Status.CRASH, "evaluation printed no result")
+    result = TrialResult(**scored, **measures, reported=reported)
     if not math.isfinite(result["val_bpb"]):
-        return Outcome(Status.NAN, f"val_bpb is {result['val_bpb']}", result, **walls)
+        return outcome(Status.NAN, f"val_bpb is {result['val_bpb']}", result)
     if result["outside_seconds"] > result["allowance_seconds"] and not trusted:
-        return Outcome(Status.OVER_BUDGET, f"the train phase ran {result['work_seconds']:.1f} s of trial code, "
+        return outcome(Status.OVER_BUDGET, f"the train phase ran {result['work_seconds']:.1f} s of trial code, "
                        f"{result['outside_seconds']:.1f} s past the {rule.budget:g} s budget; "
-                       f"allowance {result['allowance_seconds']:.1f} s", result, **walls)
-    return Outcome(Status.OK, f"val_bpb {result['val_bpb']:.6f}", result, **walls)
+                       f"allowance {result['allowance_seconds']:.1f} s", result)
+    return outcome(Status.OK, f"val_bpb {result['val_bpb']:.6f}", result)
 
 
-def reported_rate(reported: dict) -> float | None:
+def reported_rate(reported: Reported) -> float | None:
     """Tokens per second while the trial's own clock ran, as the trial reported them."""
     seconds, tokens = reported.get("training_seconds"), reported.get("timed_tokens")
     return tokens / seconds if isinstance(tokens, (int, float)) and isinstance(seconds, (int, float)) and seconds > 0 \
         else None
 
 
-def reported_mfu(reported: dict) -> float | None:
+def reported_mfu(reported: Reported) -> float | None:
     rate, flops, peak = reported_rate(reported), reported.get("flops_per_token"), reported.get("peak_flops")
     if rate is None or not isinstance(flops, (int, float)) or not isinstance(peak, (int, float)) or peak <= 0:
         return None
@@ -217,23 +261,24 @@ def reported_mfu(reported: dict) -> float | None:
 
 def summary(outcome: Outcome) -> str:
     """autoresearch's summary block: measured values first, then what the trial reported."""
-    result = outcome.result or {}
-    reported = result.get("reported") or {}
+    result = outcome.result
+    reported: Reported = result["reported"] if result else {}
 
-    def number(value, spec: str) -> str:
-        return "n/a" if not isinstance(value, (int, float)) else format(value, spec)
+    def value(key: str) -> object:
+        return result.get(key) if result else None
 
-    mfu = reported_mfu(reported)
-    memory = result.get("peak_memory_gb")
-    rows = [("val_bpb", number(result.get("val_bpb"), ".6f")),
-            ("training_seconds", number(result.get("work_seconds"), ".1f")),
-            ("outside_budget_s", number(result.get("outside_seconds"), ".1f")),
-            ("allowance_s", number(result.get("allowance_seconds"), ".1f")),
+    def number(found: object, spec: str, scale: float = 1.0) -> str:
+        return format(found * scale, spec) if isinstance(found, (int, float)) else "n/a"
+
+    rows = [("val_bpb", number(value("val_bpb"), ".6f")),
+            ("training_seconds", number(value("work_seconds"), ".1f")),
+            ("outside_budget_s", number(value("outside_seconds"), ".1f")),
+            ("allowance_s", number(value("allowance_seconds"), ".1f")),
             ("total_seconds", number(outcome.train_wall_seconds + outcome.eval_wall_seconds, ".1f")),
-            ("peak_mem_mb", number(memory * 1e9 / 2**20 if memory is not None else None, ".1f")),
-            ("mfu_percent", number(mfu, ".2f")),
-            ("total_tokens_M", number((reported.get("tokens") or 0) / 1e6 if reported else None, ".1f")),
+            ("peak_mem_mb", number(value("peak_memory_gb"), ".1f", 1e9 / 2**20)),
+            ("mfu_percent", number(reported_mfu(reported), ".2f")),
+            ("total_tokens_M", number(reported.get("tokens"), ".1f", 1e-6)),
             ("num_steps", number(reported.get("steps"), ".0f")),
-            ("num_params_M", number((result.get("num_params") or 0) / 1e6 if result else None, ".1f")),
+            ("num_params_M", number(value("num_params"), ".1f", 1e-6)),
             ("depth", str(reported.get("depth", "n/a")))]
-    return "\n".join(["---"] + [f"{name + ':':<18}{value}" for name, value in rows]) + "\n"
+    return "\n".join(["---"] + [f"{name + ':':<18}{text}" for name, text in rows]) + "\n"

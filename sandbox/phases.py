@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sandbox.errors import SandboxError
+from sandbox.outcome import Reported
 
 TRIAL = "/trial"
 OUT = "/trial/out"
@@ -40,6 +41,7 @@ MAX_MODEL_BYTES = 64 << 30
 MAX_STATS_BYTES = 1 << 16
 NOBODY = 65534
 SUPERVISOR_CAPABILITIES = ("CAP_SETUID", "CAP_SETGID", "CAP_KILL")  # a root supervisor's: hand over, then end
+OUTER_GRACE_SECONDS = 30.0  # past a phase's own deadline: when the backend ends the whole sandbox itself
 
 
 def harness_hash(directory: Path, files: tuple[str, ...]) -> str:
@@ -88,6 +90,11 @@ class Phase:
     def cache_dir(self) -> Path:
         return self.root / "cache"
 
+    @property
+    def kill_after(self) -> float:
+        """Seconds after which the backend ends the sandbox itself, should its supervisor not have."""
+        return self.deadline + OUTER_GRACE_SECONDS
+
     def mounts(self) -> list[Mount]:
         mounts = [Mount(self.trial_dir, TRIAL), Mount(self.out_dir, OUT, writable=True)]
         if self.name == "eval":
@@ -97,20 +104,21 @@ class Phase:
             mounts.append(Mount(self.cache_dir, CACHE, writable=True))
         return mounts
 
-    def harness_command(self, python: str, paths: "PathMap") -> list[str]:
-        command = [python, "harness.py", self.name, "--config", "run.json", "--data", paths(DATA), "--out", paths(OUT)]
-        return command + (["--in", paths(IN)] if self.name == "eval" else [])
+    def harness_args(self, paths: PathMap) -> list[str]:
+        args = ["harness.py", self.name, "--config", "run.json", "--data", paths(DATA), "--out", paths(OUT)]
+        return args + (["--in", paths(IN)] if self.name == "eval" else [])
 
-    def command(self, python: str, user: tuple[int, int] | None, paths: "PathMap",
-                inner: list[str] | None = None) -> list[str]:
-        """The supervisor, which runs the harness (or `inner`) as `user` when it starts as root; in a
-        sandbox of its own (not unisolated) it ends every process of its pid namespace at the end."""
+    def command(self, python: str, user: tuple[int, int] | None, paths: PathMap,
+                python_args: list[str] | None = None) -> list[str]:
+        """The supervisor, which runs `python` on the harness (or on `python_args`, a check of the sandbox
+        itself) as `user` when it starts as root; in a sandbox of its own (not unisolated) it ends every
+        process of its pid namespace at the end."""
         head = [python, paths(f"{TRIAL}/supervisor.py"), "--deadline", f"{self.deadline:.1f}"]
         head += ["--user", f"{user[0]}:{user[1]}"] if user else []
         head += ["--sandboxed"] if paths.sandboxed else []
-        return head + ["--", *(inner or self.harness_command(python, paths))]
+        return [*head, "--", python, *(python_args or self.harness_args(paths))]
 
-    def phase_env(self, paths: "PathMap") -> dict[str, str]:
+    def phase_env(self, paths: PathMap) -> dict[str, str]:
         env = {"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1",
                "HOME": "/tmp", "TMPDIR": "/tmp", "USER": "arena", "LANG": "C.UTF-8", **self.env}
         if self.cache_dir.exists():
@@ -150,6 +158,15 @@ def install_supervisor(dest: Path) -> None:
     shutil.copyfile(SUPERVISOR, dest / "supervisor.py")
 
 
+def bare_phase(root: Path, deadline: float, owner: tuple[int, int]) -> Phase:
+    """A train phase with only its supervisor and out directory: for checks of a sandbox, with no trial."""
+    phase = Phase("train", root, deadline)
+    make_dir(phase.trial_dir)
+    install_supervisor(phase.trial_dir)
+    make_dir(phase.out_dir, owner)
+    return phase
+
+
 def link_data(data_dir: Path, names: tuple[str, ...], dest: Path) -> dict[str, Path]:
     """Hard links to the dataset files a phase may read, or the files themselves across filesystems."""
     dest.mkdir()
@@ -185,7 +202,7 @@ def copy_model(train_out: Path, dest: Path) -> None:
             shutil.copyfileobj(source, target, 1 << 20)
 
 
-def read_reported(train_out: Path) -> dict:
+def read_reported(train_out: Path) -> Reported:
     """The numbers the trial's own process reported (train_stats.json): shown, never trusted."""
     try:
         with os.fdopen(open_for_reading(train_out / "train_stats.json", MAX_STATS_BYTES), "rb") as f:

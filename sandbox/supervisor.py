@@ -24,6 +24,7 @@ non-dumpable so the trial can neither trace it nor read its memory.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -103,16 +104,12 @@ def kill_everything_else(sandboxed: bool) -> None:
     """SIGKILL the rest of the phase: in our own pid namespace every process we may signal (kill(-1)
     spares only ourselves and PID 1); otherwise, unisolated, only our descendants."""
     if sandboxed:
-        try:
+        with contextlib.suppress(ProcessLookupError):  # nothing else was left
             os.kill(-1, signal.SIGKILL)
-        except ProcessLookupError:
-            pass  # nothing else was left
         return
     for pid in children():
-        try:
+        with contextlib.suppress(ProcessLookupError):  # gone meanwhile
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 class GpuMemory:
@@ -122,8 +119,9 @@ class GpuMemory:
     class Info(ctypes.Structure):
         _fields_ = [("total", ctypes.c_ulonglong), ("free", ctypes.c_ulonglong), ("used", ctypes.c_ulonglong)]
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.handles: list[ctypes.c_void_p] = []
+        self.base = 0
         self.peak: int | None = None
         try:
             self.nvml = ctypes.CDLL("libnvidia-ml.so.1")
@@ -151,7 +149,7 @@ class GpuMemory:
         return total
 
     def sample(self) -> None:
-        if self.handles:
+        if self.peak is not None:
             self.peak = max(self.peak, self.used() - self.base)
 
 
@@ -186,7 +184,7 @@ class Watch:
         self.out.write(chunk)
         self.out.flush()
 
-    def reaped(self, pid: int, status: int, usage) -> None:
+    def reaped(self, pid: int, status: int, usage: resource.struct_rusage) -> None:
         self.max_rss = max(self.max_rss, usage.ru_maxrss)
         if pid == self.child:
             self.end = self.now()

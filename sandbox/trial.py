@@ -1,23 +1,34 @@
 """One trial as every backend runs it: stage the train phase, run it, carry the exported model into a
-freshly staged eval phase, run that, and judge both on what was measured outside them."""
+freshly staged eval phase, run that, and judge both on what was measured outside them. A backend only
+says how one staged phase runs in its sandbox (Backend.run_phase)."""
 
 from __future__ import annotations
 
 import json
 import tempfile
+from abc import ABC, abstractmethod
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
 
 from sandbox.outcome import BudgetRule, Outcome, PhaseRun, judge
-from sandbox.phases import (PHASE_DATA, Phase, copy_cache, copy_harness, copy_model, install_supervisor, link_data,
-                            make_dir, promote_cache, read_reported)
+from sandbox.phases import (
+    PHASE_DATA,
+    Phase,
+    copy_cache,
+    copy_harness,
+    copy_model,
+    install_supervisor,
+    link_data,
+    make_dir,
+    promote_cache,
+    read_reported,
+)
 
 LogSink = Callable[[str], None]
 
 EXPORT_GRACE_SECONDS = 60.0  # past budget + allowance: time to export the model before the phase is killed
-OUTER_GRACE_SECONDS = 30.0   # past a phase's own deadline: when the backend kills the whole sandbox itself
 LOG_LIMIT_BYTES = 32 << 20   # per phase: a print loop cannot fill the disk
 KEPT_LINES = 5000            # lines of a phase kept in memory for judging (all of it goes to the log sink)
 
@@ -29,7 +40,7 @@ class TrialSpec:
     harness_dir: Path         # where the pristine harness files come from (the template)
     harness_files: tuple[str, ...]
     harness_hash: str         # what their hash must be: a changed harness stops the run
-    config: dict              # run.json for the harness: the preset's fixed settings and the seed
+    config: dict[str, object]  # run.json for the harness: the preset's fixed settings and the seed
     budget: BudgetRule
     eval_timeout: float
     export_grace: float = EXPORT_GRACE_SECONDS  # tests shorten it to see a timeout in seconds
@@ -39,20 +50,6 @@ class TrialSpec:
     @property
     def train_deadline(self) -> float:
         return self.budget.budget + self.budget.cap + self.export_grace
-
-
-class PhaseRunner(Protocol):
-    def __call__(self, phase: Phase, output: "PhaseOutput") -> PhaseRun:
-        """Run one staged phase in the backend's sandbox until it ends or `phase.deadline` (plus grace) passes."""
-        ...
-
-
-class Backend(Protocol):
-    isolation: str  # how trial code is confined: "bwrap", "docker" or "none"
-
-    def run(self, spec: TrialSpec, on_log: LogSink) -> Outcome:
-        """Run both phases of one trial and classify what happened; never raises for trial failures."""
-        ...
 
 
 class PhaseOutput:
@@ -101,21 +98,35 @@ def stage(spec: TrialSpec, name: str, root: Path, owner: tuple[int, int], model_
     return phase
 
 
-def run_trial(spec: TrialSpec, run_phase: PhaseRunner, owner: tuple[int, int], on_log: LogSink) -> Outcome:
-    """The two phases of a trial in fresh directories, each run by `run_phase`, then judged."""
-    with tempfile.TemporaryDirectory(prefix="arena-trial-") as tmp:
-        train = stage(spec, "train", Path(tmp) / "train", owner)
-        train_run = run_phase(train, PhaseOutput(on_log))
-        report = train_run.report
-        evaluation, missing = None, "evaluation did not run"
-        if report is not None and report.exit_code == 0 and not report.deadline and not train_run.oom_killed:
-            if spec.trusted and spec.compile_cache is not None:
-                promote_cache(train, spec.compile_cache)
-            try:
-                phase = stage(spec, "eval", Path(tmp) / "eval", owner, model_from=train.out_dir)
-            except OSError as e:
-                missing = f"the train phase left no usable exported model ({e})"
-            else:
-                on_log("=== eval phase\n")
-                evaluation = run_phase(phase, PhaseOutput(on_log))
-        return judge(train_run, evaluation, spec.budget, read_reported(train.out_dir), missing, spec.trusted)
+class Backend(ABC):
+    """A way to confine trial code. A backend maps one staged phase (phases.py: what the phase sees) onto
+    its own mechanism; running a trial's two phases and judging them is the same for every backend."""
+
+    isolation: str          # how trial code is confined ("bwrap", "docker", or "none": not at all); recorded
+    owner: tuple[int, int]  # the uid and gid trial code runs as: a phase's writable directories are theirs
+
+    @abstractmethod
+    def run_phase(self, phase: Phase, output: PhaseOutput, python_args: list[str] | None = None) -> PhaseRun:
+        """Run the staged `phase` under its supervisor, each line of its output to `output` as it comes;
+        end the whole sandbox at `phase.kill_after` should the supervisor not have. With `python_args`
+        the sandbox's Python runs those instead of the harness (a check of the sandbox itself)."""
+
+    def run(self, spec: TrialSpec, on_log: LogSink) -> Outcome:
+        """The two phases of a trial in fresh directories, then judged; raises SandboxError only when the
+        sandbox itself cannot run, never for what the trial did."""
+        with tempfile.TemporaryDirectory(prefix="arena-trial-") as tmp:
+            train = stage(spec, "train", Path(tmp) / "train", self.owner)
+            train_run = self.run_phase(train, PhaseOutput(on_log))
+            report = train_run.report
+            evaluation, missing = None, "evaluation did not run"
+            if report is not None and report.exit_code == 0 and not report.deadline and not train_run.oom_killed:
+                if spec.trusted and spec.compile_cache is not None:
+                    promote_cache(train, spec.compile_cache)
+                try:
+                    phase = stage(spec, "eval", Path(tmp) / "eval", self.owner, model_from=train.out_dir)
+                except OSError as e:
+                    missing = f"the train phase left no usable exported model ({e})"
+                else:
+                    on_log("=== eval phase\n")
+                    evaluation = self.run_phase(phase, PhaseOutput(on_log))
+            return judge(train_run, evaluation, spec.budget, read_reported(train.out_dir), missing, spec.trusted)

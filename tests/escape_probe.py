@@ -1,10 +1,11 @@
 """What a trial can reach from inside a phase sandbox: every attempt below must fail where it should.
 
 Standard library only, so it runs under any interpreter, and it is a real attack, not a simulation:
-the tests run it as a phase's command (tests/test_isolation.py) and paste it into cheating train.py
-files (tests/test_reward_hacks.py).
+the tests run it as a phase's command, on every backend (tests/test_backend_conformance.py) and as an
+unprivileged user (tests/test_isolation.py).
 
-    python escape_probe.py '{"paths": [...], "secrets": [...], "port": 12345, "marker": "..."}'
+    python escape_probe.py '{"paths": [...], "host_dirs": {"/usr": [dev, inode], ...}, "secrets": [...],
+                             "port": 12345, "marker": "..."}'
 
 prints one line `PROBE {json}` of findings.
 """
@@ -49,6 +50,15 @@ def read(path: str) -> None:
         f.read(64)
 
 
+def same_as_the_hosts(path: str, identity: list[int]) -> bool:
+    """Whether `path` here is the host's own directory (same device and inode), not one the sandbox made."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return False
+    return [info.st_dev, info.st_ino] == identity
+
+
 def leave_a_survivor(marker: str) -> None:
     """A process in its own session that tries to outlive the phase (the test looks for it afterwards)."""
     if os.fork() == 0:
@@ -69,9 +79,9 @@ def probe(spec: dict) -> dict:
         "host_loopback": attempt(lambda: connect("127.0.0.1", spec["port"])) if spec.get("port") else None,
         "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
         "host_pid_visible": os.path.exists(f"/proc/{spec['host_pid']}") if spec.get("host_pid") else None,
-        "root_entries": sorted(os.listdir("/")),
         "paths_visible": [p for p in spec.get("paths", []) if os.path.exists(p)],
-        "home_entries": sorted(os.listdir(spec["home"])) if os.path.isdir(spec.get("home") or "/nonexistent") else None,
+        "host_dirs_shown": sorted(p for p, identity in spec.get("host_dirs", {}).items()
+                                  if same_as_the_hosts(p, identity)),
         "write_usr": attempt(lambda: write("/usr/probe")),
         "write_etc": attempt(lambda: write("/etc/probe")),
         "write_trial": attempt(lambda: write("/trial/harness.py")),

@@ -1,13 +1,13 @@
-"""The Docker backend against a real engine: real containers, the real harness, the real dataset.
+"""The Docker backend beyond what every backend must do (test_backend_conformance.py), against a real
+engine: the engine's memory limit, a container that ends without arena, stale containers, one-line errors.
 
 The engine is started and the CPU trial image built by tests/docker_env.py when missing. Without an
-engine these tests fail; ARENA_SKIP_DOCKER=1 skips them instead. The cheating trials that both backends
-must withstand are in test_reward_hacks.py.
+engine these tests fail; ARENA_SKIP_DOCKER=1 skips them instead. The cheating trials that every confined
+backend must withstand are in test_reward_hacks.py.
 """
 
 from __future__ import annotations
 
-import math
 import socket
 import subprocess
 import time
@@ -18,14 +18,10 @@ import pytest
 from sandbox import SandboxError, Status
 from sandbox.docker import OWNER_LABEL, TRIAL_LABEL, DockerBackend, owner_id, remove_stale_containers
 from sandbox.trial import stage
+from tests.backends import own_containers
 from tests.trial_helpers import cpu_template, make_spec, run, with_train
-from train_template import prepare
 
 BUDGET = 5.0
-
-
-def own_containers(client: docker.DockerClient) -> list:
-    return client.containers.list(all=True, filters={"label": f"{OWNER_LABEL}={owner_id()}"})
 
 
 def run_trial(client, image, data_dir, source: str, budget: float = BUDGET, cap: float = 60,
@@ -38,57 +34,6 @@ def run_trial(client, image, data_dir, source: str, budget: float = BUDGET, cap:
 
 
 @pytest.mark.slow
-def test_trial_runs_in_a_container(docker_client, trial_image, stdlib_dataset):
-    outcome, streamed = run_trial(docker_client, trial_image, stdlib_dataset, cpu_template())
-    assert outcome.status is Status.OK, outcome.reason + "\n" + outcome.log_tail
-    assert math.isfinite(outcome.val_bpb) and outcome.val_bpb < math.log2(2048) * 1.5
-    result = outcome.result
-    assert result["dataset_fingerprint"] == prepare.read_meta(stdlib_dataset)["fingerprint"]
-    assert result["work_seconds"] >= BUDGET and result["reported"]["steps"] > 0
-    assert result["peak_memory_gb"] > 0.1  # the supervisor's count, not the trial's
-    assert "step=0 " in streamed and "ARENA_EVAL " in streamed  # both phases reached on_log, line by line
-
-
-@pytest.mark.slow
-def test_trial_has_no_network(docker_client, trial_image, stdlib_dataset):
-    outcome, _ = run_trial(docker_client, trial_image, stdlib_dataset, with_train("""
-        import socket
-        try:
-            socket.create_connection(("1.1.1.1", 53), timeout=5)
-            print("PROBE connected")
-        except OSError as e:
-            print(f"PROBE connect failed: {e}")
-        try:
-            socket.getaddrinfo("pypi.org", 443)
-            print("PROBE resolved")
-        except OSError as e:
-            print(f"PROBE resolve failed: {e}")
-        print("PROBE interfaces", sorted(name for _, name in socket.if_nameindex()))
-        raise RuntimeError("probe done")
-    """))
-    assert outcome.status is Status.CRASH, outcome.reason
-    assert "PROBE connect failed" in outcome.log_tail and "PROBE resolve failed" in outcome.log_tail
-    assert "PROBE interfaces ['lo']" in outcome.log_tail
-
-
-@pytest.mark.slow
-def test_a_container_sees_neutral_paths_only(docker_client, trial_image, stdlib_dataset):
-    outcome, _ = run_trial(docker_client, trial_image, stdlib_dataset, with_train("""
-        import os
-        print("PROBE data files", sorted(os.listdir("/data")))
-        print("PROBE uid", os.getuid())
-        for line in open("/proc/self/mountinfo"):
-            print("PROBE mount", line.split()[3], line.split()[4])
-        raise RuntimeError("probe done")
-    """))
-    log = outcome.log_tail
-    assert "PROBE data files ['meta.json', 'train.bin']" in log and "PROBE uid 0" not in log
-    mounts = [line for line in log.splitlines() if line.startswith("PROBE mount")]
-    assert any(" /data/train.bin" in line for line in mounts)
-    assert not any(str(stdlib_dataset) in line or "autoresearch" in line for line in mounts), mounts
-
-
-@pytest.mark.slow
 def test_memory_hog_is_oom(docker_client, trial_image, stdlib_dataset):
     outcome, _ = run_trial(docker_client, trial_image, stdlib_dataset, with_train("""
         hog = []
@@ -96,28 +41,6 @@ def test_memory_hog_is_oom(docker_client, trial_image, stdlib_dataset):
             hog.append(b"x" * (64 << 20))  # written, so every page is really taken
     """), mem_limit="512m")
     assert outcome.status is Status.OOM, outcome.reason + "\n" + outcome.log_tail
-
-
-@pytest.mark.slow
-def test_crash_is_classified_with_its_traceback(docker_client, trial_image, stdlib_dataset):
-    outcome, _ = run_trial(docker_client, trial_image, stdlib_dataset, with_train("""
-        raise RuntimeError("boom from train.py")
-    """))
-    assert outcome.status is Status.CRASH
-    assert "exited with code 1" in outcome.reason and "boom from train.py" in outcome.reason
-    assert "Traceback (most recent call last)" in outcome.log_tail
-
-
-@pytest.mark.slow
-def test_runaway_loop_is_killed(docker_client, trial_image, stdlib_dataset):
-    outcome, _ = run_trial(docker_client, trial_image, stdlib_dataset, with_train("""
-        print("PROBE looping", flush=True)
-        while True:
-            pass
-    """), budget=1, cap=1, export_grace=10)
-    assert outcome.status is Status.TIMEOUT, outcome.reason
-    assert 12 <= outcome.train_wall_seconds < 40
-    assert "PROBE looping" in outcome.log_tail
 
 
 @pytest.mark.slow
@@ -137,7 +60,7 @@ def test_a_container_ends_by_itself_when_arena_is_gone(docker_client, trial_imag
             time.sleep(1)
     """)
     spec = make_spec(stdlib_dataset, source, budget=1, cap=1, export_grace=3)
-    phase = stage(spec, "train", tmp_path / "phase", backend.user)
+    phase = stage(spec, "train", tmp_path / "phase", backend.owner)
     container = backend.create(phase)
     try:
         container.start()

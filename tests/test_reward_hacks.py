@@ -1,4 +1,4 @@
-"""Cheating train.py files, run as real trials on both backends (local bubblewrap and Docker).
+"""Cheating train.py files, run as real trials on every backend that confines trials (tests/backends.py).
 
 Each cheat is written as an adversary would, knowing every host path (the dataset cache, the template,
 a run directory with its ledger). Each must end with the outcome it is given here, or score no better
@@ -14,20 +14,17 @@ import textwrap
 import pytest
 
 from agent.template import template_dir
-from sandbox import LocalBackend, Status
-from sandbox.docker import DockerBackend
+from sandbox import Status
+from tests.backends import CONFINED
 from tests.trial_helpers import cpu_template, make_spec, run, tree_digest, with_train
 
 SECRET = "sk-reward-hack-secret-0123456789"
 OVERRUN = 10  # seconds a budget cheat trains past its budget (the allowance in these tests is 5)
 
 
-@pytest.fixture(scope="module", params=["bwrap", "docker"])
+@pytest.fixture(scope="module", params=CONFINED)
 def backend(request):
-    if request.param == "bwrap":
-        return LocalBackend(isolation="bwrap")
-    client = request.getfixturevalue("docker_client")
-    return DockerBackend(request.getfixturevalue("trial_image"), client=client, mem_limit="3g")
+    return request.param(request)
 
 
 @pytest.fixture(scope="module")

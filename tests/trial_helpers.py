@@ -9,9 +9,25 @@ from pathlib import Path
 from agent.constants import render_constants
 from agent.presets import get_preset
 from agent.template import HARNESS_FILES, harness_hash, template_dir
-from sandbox import BudgetRule, TrialSpec
+from sandbox import Backend, BudgetRule, Outcome, TrialSpec
 
 EVAL_TOKENS = 4096  # 16 rows: enough to score, quick to run
+TINY_MODEL = """
+import time
+
+import torch
+from torch import nn
+
+
+class Uniform(nn.Module):  # zero logits for every token: exported and scored in seconds
+    def __init__(self, vocab):
+        super().__init__()
+        self.logits = nn.Embedding(vocab, vocab)
+        nn.init.zeros_(self.logits.weight)
+
+    def forward(self, idx):
+        return self.logits(idx)
+"""
 
 
 def cpu_template() -> str:
@@ -25,6 +41,11 @@ def with_train(body: str, prelude: str = "") -> str:
             "\n\ndef train(ctx):\n" + textwrap.indent(textwrap.dedent(body), "    ") + "\n")
 
 
+def tiny_train(body: str) -> str:
+    """A train.py without the template: TINY_MODEL, then a train(ctx) whose body is `body`."""
+    return TINY_MODEL + "\n\ndef train(ctx):\n" + textwrap.indent(textwrap.dedent(body), "    ") + "\n"
+
+
 def make_spec(data_dir: Path, source: str, budget: float = 2.0, cap: float = 30.0,
               reference: tuple[float, float] | None = None, export_grace: float = 60.0,
               compile_cache: Path | None = None, trusted: bool = False, seed: int = 42) -> TrialSpec:
@@ -35,7 +56,7 @@ def make_spec(data_dir: Path, source: str, budget: float = 2.0, cap: float = 30.
                      compile_cache=compile_cache, trusted=trusted)
 
 
-def run(backend, spec: TrialSpec):
+def run(backend: Backend, spec: TrialSpec) -> tuple[Outcome, str]:
     """(outcome, everything the trial printed, both phases)."""
     lines: list[str] = []
     outcome = backend.run(spec, lines.append)

@@ -1,0 +1,33 @@
+"""Every backend the sandbox suites run on. Adding a backend means one module in sandbox/ and one line here."""
+
+from __future__ import annotations
+
+import docker
+import pytest
+
+from sandbox import Backend, LocalBackend
+from sandbox.docker import OWNER_LABEL, DockerBackend, owner_id
+
+
+def own_containers(client: docker.DockerClient) -> list:
+    """The trial containers this process started and has not removed."""
+    return client.containers.list(all=True, filters={"label": f"{OWNER_LABEL}={owner_id()}"})
+
+
+def docker_backend(request: pytest.FixtureRequest) -> Backend:
+    """On the CPU test image; once its tests are done, no container of theirs may be left."""
+    client = request.getfixturevalue("docker_client")
+
+    def no_container_left() -> None:
+        assert own_containers(client) == [], "a trial container was left behind"
+
+    request.addfinalizer(no_container_left)
+    return DockerBackend(request.getfixturevalue("trial_image"), client=client, mem_limit="3g")
+
+
+BACKENDS = [
+    pytest.param(lambda request: LocalBackend(isolation="bwrap"), id="bwrap"),
+    pytest.param(lambda request: LocalBackend(isolation="none"), id="none"),
+    pytest.param(docker_backend, id="docker", marks=pytest.mark.slow),  # real containers
+]
+CONFINED = [case for case in BACKENDS if case.id != "none"]  # "none" confines nothing: a cheat would win there

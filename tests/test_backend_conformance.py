@@ -1,0 +1,137 @@
+"""What every backend must do (tests/backends.py lists them): classify an ok trial, a crash, running out of
+memory, a timeout and a diverged loss alike; end every process a phase started; stream a phase's output
+line by line as it comes; and, unless it is unisolated, confine the phase (tests/escape_probe.py probes
+it from inside).
+
+The trials are tiny train.py files that print, crash, allocate or loop rather than train; the cheating
+trials a confined backend must withstand are in test_reward_hacks.py."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import pytest
+
+from sandbox import Backend, Status
+from sandbox.outcome import summary
+from sandbox.phases import OUTER_GRACE_SECONDS, bare_phase
+from sandbox.trial import PhaseOutput
+from tests.backends import BACKENDS
+from tests.confinement import (
+    assert_confined,
+    fake_dataset,
+    listening,
+    parse_probe,
+    probe_spec,
+    staged_probe_phase,
+    survivors,
+)
+from tests.trial_helpers import make_spec, run, tiny_train
+
+BUDGET = 2.0
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> Backend:
+    return request.param(request)
+
+
+@pytest.mark.slow  # an export and an evaluation: half a minute
+def test_ok(backend, stdlib_dataset):
+    outcome, streamed = run(backend, make_spec(stdlib_dataset, tiny_train("""
+        next(ctx.batches(1))
+        ctx.log_step(0, 7.0)
+        time.sleep(ctx.time_budget)
+        return Uniform(ctx.vocab_size)
+    """), budget=BUDGET))
+    assert outcome.status is Status.OK, outcome.reason + "\n" + outcome.log_tail
+    assert math.isfinite(outcome.val_bpb) and outcome.val_bpb > 0
+    result = outcome.result
+    assert result["work_seconds"] >= BUDGET and result["peak_memory_gb"] > 0  # the supervisor's count
+    assert result["reported"]["steps"] == 1
+    assert summary(outcome).startswith(f"---\nval_bpb:          {outcome.val_bpb:.6f}\n")
+    # both phases reach on_log, in order: the train phase's lines, then the eval phase's
+    assert streamed.index("step=0 ") < streamed.index("=== eval phase\n") < streamed.index("ARENA_EVAL ")
+
+
+def test_crash(backend, stdlib_dataset):
+    outcome, _ = run(backend, make_spec(stdlib_dataset, tiny_train("raise RuntimeError('boom from train.py')")))
+    assert outcome.status is Status.CRASH
+    assert "exited with code 1" in outcome.reason and "boom from train.py" in outcome.reason
+    assert "Traceback (most recent call last)" in outcome.log_tail
+
+
+def test_oom(backend, stdlib_dataset):
+    """More memory than the machine can give: refused at once, whatever the backend's own limit."""
+    outcome, _ = run(backend, make_spec(stdlib_dataset, tiny_train("bytearray(1 << 50)")))
+    assert outcome.status is Status.OOM, outcome.reason + "\n" + outcome.log_tail
+    assert outcome.reason == "train phase ran out of memory"
+
+
+def test_timeout(backend, stdlib_dataset):
+    spec = make_spec(stdlib_dataset, tiny_train("""
+        print("PROBE looping", flush=True)
+        while True:
+            pass
+    """), budget=1, cap=1, export_grace=10)  # a deadline well past the harness's start-up (a torch import)
+    outcome, _ = run(backend, spec)
+    assert outcome.status is Status.TIMEOUT, outcome.reason
+    assert spec.train_deadline <= outcome.train_wall_seconds < spec.train_deadline + OUTER_GRACE_SECONDS
+    assert "PROBE looping" in outcome.log_tail
+
+
+def test_nan(backend, stdlib_dataset):
+    outcome, _ = run(backend, make_spec(stdlib_dataset, tiny_train("ctx.log_step(0, float('nan'))")))
+    assert outcome.status is Status.NAN and "loss diverged" in outcome.reason
+
+
+def test_nothing_outlives_a_phase(backend, tmp_path):
+    """Not even a daemon in a session of its own, unisolated too."""
+    marker = f"arena-survivor-{os.getpid()}-{backend.isolation}-daemon"
+    code = ("import os, subprocess, sys\n"
+            "if os.fork() == 0:\n"
+            "    os.setsid()\n"
+            f"    subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)  # {marker}'], "
+            "start_new_session=True)\n"
+            "    os._exit(0)\n"
+            "os.wait()\n")
+    run = backend.run_phase(bare_phase(tmp_path / "phase", 60, backend.owner), PhaseOutput(lambda line: None),
+                            ["-c", code])
+    assert run.report is not None and run.report.exit_code == 0
+    assert survivors(marker) == []
+
+
+def test_isolation(backend, tmp_path, monkeypatch):
+    if backend.isolation == "none":
+        pytest.skip("isolation none confines nothing, and the probe would really attack the host")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-probe-secret")
+    data = fake_dataset(tmp_path)
+    phase = staged_probe_phase(tmp_path / "phase", data, backend.owner)
+    marker = f"arena-survivor-{os.getpid()}-{backend.isolation}-probe"
+    with listening() as port:
+        spec = probe_spec(tmp_path, data, port, marker)
+        run = backend.run_phase(phase, PhaseOutput(lambda line: None), ["escape_probe.py", json.dumps(spec)])
+    found = parse_probe(list(run.lines))
+    assert_confined(found, data, backend.owner[0])
+    if backend.owner[0] != os.getuid():
+        assert found["kill_init"] != "ok"  # another user than arena's may not signal the sandbox's first process
+    assert run.report is not None and run.report.exit_code == 0
+    assert (phase.out_dir / "probe").read_text() == "probe"
+    assert survivors(marker) == []  # the daemon the probe left ended with the phase
+    assert data.joinpath("train.bin").read_text() == "train.bin"
+
+
+def test_log_streaming(backend, tmp_path):
+    """Each line reaches the sink when it is printed, not when the phase ends."""
+    arrivals: list[tuple[float, str]] = []
+    code = "import time; print('PROBE first', flush=True); time.sleep(2); print('PROBE second', flush=True)"
+    run = backend.run_phase(bare_phase(tmp_path / "phase", 60, backend.owner),
+                            PhaseOutput(lambda line: arrivals.append((time.monotonic(), line))), ["-c", code])
+    assert run.report is not None and run.report.exit_code == 0
+    probes = [(at, line) for at, line in arrivals if line.startswith("PROBE")]
+    assert [line for _, line in probes] == ["PROBE first\n", "PROBE second\n"]
+    assert probes[1][0] - probes[0][0] > 1.5
+    assert arrivals[-1][1].startswith("ARENA_PHASE ")  # the supervisor's report comes last
