@@ -121,6 +121,7 @@ def read_config_file(path: Path) -> dict:
 def cmd_run(args: argparse.Namespace) -> int:
     from agent.judging import best_of
     from agent.loop import StopRule, final_status, make_backend, run_loop
+    from agent.methods import ModelBacked
     from agent.run import open_run
 
     given = read_config_file(args.config) if args.config else {}
@@ -142,9 +143,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if settings.backend == "local":
             require_device(preset)
         backends.append(make_backend(settings))  # bwrap can sandbox here, or the Docker engine and image are there
-        check_ready = getattr(method, "check_ready", None)
-        if check_ready is not None:
-            check_ready()  # an unreachable model stops the run here, before any trial
+        if isinstance(method, ModelBacked):
+            method.check_ready()  # an unreachable model stops the run here, before any trial
 
     run = open_run(runs_dir, given, cache_root=args.cache, preflight=preflight)
     backend = backends[-1]

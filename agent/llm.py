@@ -38,6 +38,7 @@ from typing import Callable
 from agent.errors import ArenaError
 from agent.jsonl import read_jsonl
 
+Message = dict[str, str]     # one chat message: {"role": "system" | "user" | "assistant", "content": text}
 LOG_NAME = "llm.jsonl"
 BACKOFF_CAP_S = 30.0
 REACHABLE_TIMEOUT_S = 10.0
@@ -143,7 +144,7 @@ class LLMClient:
 
     # ------------------------------------------------------------------------ public
 
-    def complete(self, messages: list[dict], purpose: str, trial: int | None = None) -> LLMReply:
+    def complete(self, messages: list[Message], purpose: str, trial: int | None = None) -> LLMReply:
         """The model's answer to `messages`; raises LLMError. `purpose` and `trial` label the log line."""
         call = self._totals["calls"]
         if self._replay is not None:
@@ -178,7 +179,7 @@ class LLMClient:
 
     # ------------------------------------------------------------------------ calling the model
 
-    def _live(self, messages: list[dict]) -> dict:
+    def _live(self, messages: list[Message]) -> dict:
         """One call with retries, all within the call's deadline, as the result part of a log line."""
         _litellm()  # the first import takes seconds; it is not the model's latency
         start = time.monotonic()
@@ -200,7 +201,7 @@ class LLMClient:
             return _result(text, None, prompt_tokens, completion_tokens, self._cost(prompt_tokens, completion_tokens),
                            time.monotonic() - start, attempt, finish)
 
-    def _stream_once(self, messages: list[dict], deadline: float) -> tuple[str, object, str | None]:
+    def _stream_once(self, messages: list[Message], deadline: float) -> tuple[str, object, str | None]:
         """One request: the answer's text (written to the stream file as it arrives), its usage and why it
         ended ("size" when it passed MAX_ANSWER_CHARS: a model caught in a loop); raises CallDeadline past
         the deadline. Either way the request is closed, so the server stops generating for nobody."""
@@ -261,7 +262,7 @@ class LLMClient:
 
     # ------------------------------------------------------------------------ replay, stream file and log
 
-    def _replayed(self, call: int, purpose: str, trial: int | None, messages: list[dict]) -> dict:
+    def _replayed(self, call: int, purpose: str, trial: int | None, messages: list[Message]) -> dict:
         where = f"replay diverged at call {call} ({purpose!r} for trial {trial})"
         if call >= len(self._replay):
             raise ReplayDiverged(f"{where}: the recording holds only {len(self._replay)} calls; replay a run "

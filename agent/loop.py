@@ -22,7 +22,7 @@ from typing import Any
 from agent.constants import read_constants
 from agent.errors import ArenaError, Terminated
 from agent.judging import best_of, confirmation_decision, judge, open_candidate
-from agent.methods import Context, Proposal
+from agent.methods import Context, Proposal, Repairable
 from agent.patches import (
     InvalidPatch,
     apply_diff,
@@ -141,8 +141,8 @@ def build_source(run: Run, job: Job, parent_source: str) -> str:
     proposal = job.proposal
     if job.kind != "proposal":
         return parent_source
-    if proposal.meta.get("invalid"):
-        raise InvalidPatch(proposal.meta["invalid"])  # the method could not produce a proposal (e.g. bad JSON)
+    if proposal.invalid is not None:
+        raise InvalidPatch(proposal.invalid)  # the method could not produce a proposal (e.g. bad JSON)
     if proposal.config is not None:
         source = render_config(parent_source, proposal.config)
     elif proposal.diff is not None:
@@ -166,10 +166,9 @@ def apply_with_repairs(run: Run, job: Job, parent_source: str) -> tuple[str | No
             return build_source(run, job, parent_source), attempts
         except InvalidPatch as e:
             attempts.append(Repair(job.proposal.description, e.reason, job.proposal.diff, job.proposal.config))
-            repair = getattr(run.method, "repair", None)
-            if job.kind != "proposal" or repair is None or len(attempts) > run.settings.repairs:
+            if job.kind != "proposal" or not isinstance(run.method, Repairable) or len(attempts) > run.settings.repairs:
                 return None, attempts
-            job.proposal = repair(job.proposal, e.reason, job.trial)
+            job.proposal = run.method.repair(job.proposal, e.reason, job.trial)
             run.save_pending(job.trial, job.proposal)
 
 

@@ -9,6 +9,7 @@ from fractions import Fraction
 
 import pytest
 
+from agent.methods import make_method
 from agent.methods.base import Context
 from agent.methods.centaur import Centaur, is_llm_turn
 from agent.presets import get_preset
@@ -61,16 +62,19 @@ def drive(centaur: Centaur, records: list[TrialRecord], n: int) -> list:
     return proposals
 
 
+def centaur_for(server: ScriptedLLMServer, run_dir) -> Centaur:
+    (run_dir / "state").mkdir(parents=True)
+    settings = RunSettings(name="c", method="centaur", model="openai/test-model", api_base=server.api_base,
+                           llm_ratio=0.3, llm_warmup=10, llm_timeout=2, llm_retries=0)
+    return make_method(settings, SPACE, run_dir)
+
+
 def test_centaur_share_prompt_fallback_and_resume(tmp_path):
-    settings = RunSettings(name="c", method="centaur", model="openai/test-model", llm_ratio=0.3, llm_warmup=10,
-                           llm_timeout=2, llm_retries=0)
     llm_config = {**START, "MATRIX_LR": 0.05}
     with ScriptedLLMServer() as server:
         # 100 proposals: 10 warm-up, then floor(90 * 0.3) = 27 LLM turns; two of them answer badly
         server.script("no JSON here", json.dumps({**START, "DEPTH": 99}), *[json.dumps(llm_config)] * 25)
-        settings.api_base = server.api_base
-        (tmp_path / "state").mkdir()
-        centaur = Centaur(SPACE, settings, tmp_path)
+        centaur = centaur_for(server, tmp_path)
         baseline = replace(fake_record(0, START, objective(START)), kind="baseline", method="baseline")
         records = [baseline]
         centaur.observe(baseline)
@@ -97,9 +101,7 @@ def test_centaur_share_prompt_fallback_and_resume(tmp_path):
     # resume: a fresh Centaur restored from the mid-run state proposes exactly what the original did
     with ScriptedLLMServer() as server:
         server.script(*[json.dumps(llm_config)] * 40)
-        settings.api_base = server.api_base
-        (tmp_path / "again" / "state").mkdir(parents=True)
-        restored = Centaur(SPACE, settings, tmp_path / "again")
+        restored = centaur_for(server, tmp_path / "again")
         restored.restore(pickle.loads(saved))
         records2 = records[:61]
         again = drive(restored, records2, 40)

@@ -2,7 +2,12 @@ from __future__ import annotations
 
 import pytest
 
-from agent.constants import ConstantsError, parse_constants, read_constants, render_constants
+from agent.constants import (
+    ConstantsError,
+    parse_constants,
+    read_constants,
+    render_constants,
+)
 from agent.presets import load_presets
 from agent.template import template_dir
 

@@ -16,7 +16,13 @@ import docker
 import pytest
 
 from sandbox import SandboxError, Status
-from sandbox.docker import OWNER_LABEL, TRIAL_LABEL, DockerBackend, owner_id, remove_stale_containers
+from sandbox.docker import (
+    OWNER_LABEL,
+    TRIAL_LABEL,
+    DockerBackend,
+    owner_id,
+    remove_stale_containers,
+)
 from sandbox.trial import stage
 from tests.backends import own_containers
 from tests.trial_helpers import cpu_template, make_spec, run, with_train

@@ -21,8 +21,8 @@ from rich.console import Console
 from agent.loop import StopRule
 from agent.ui.live import SPARK_LEVELS, RunView, fmt_bpb, live_view
 from agent.ui.live_reader import parse_step
-from tests.docker_env import apt_install
 from tests.conftest import ROOT, one_line_error, run_arena
+from tests.docker_env import apt_install
 
 FAST = ["--budget", "2", "--eval-tokens", "4096", "--startup-allowance", "300"]  # real training, kept short
 NAME = "live"

@@ -9,7 +9,14 @@ import time
 import pytest
 
 from agent.errors import ArenaError
-from agent.llm import MAX_ANSWER_CHARS, LLMClient, LLMError, ReplayDiverged, extract_diff, extract_json
+from agent.llm import (
+    MAX_ANSWER_CHARS,
+    LLMClient,
+    LLMError,
+    ReplayDiverged,
+    extract_diff,
+    extract_json,
+)
 from tests.llm_server import Fault, ScriptedLLMServer, llm_server  # noqa: F401 (llm_server is a fixture)
 
 MODEL = "openai/test-model"

@@ -190,7 +190,7 @@ def test_hostile_and_cut_answers_are_unusable_answers_not_crashes(method, tmp_pa
         reasons = []
         for _ in answers:
             proposal = chosen.propose(context())
-            reasons.append(proposal.meta.get("invalid") or proposal.meta.get("llm_error"))
+            reasons.append(proposal.invalid or proposal.meta.get("llm_error"))
     assert "nests brackets" in reasons[0] and "far out of any range" in reasons[1]
     assert "cut off at --max-tokens 4096" in reasons[2]
 

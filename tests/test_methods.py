@@ -153,8 +153,8 @@ def test_failure_value_is_the_worst_success_plus_the_margin():
 
 def test_tpe_learns_more_than_random_search(tmp_path):
     values = {}
-    for name, method in (("tpe", TPE(SPACE, settings("tpe"), tmp_path)),
-                         ("random", RandomSearch(SPACE, settings("random")))):
+    for name, method in (("tpe", TPE(SPACE, 0, tmp_path)),
+                         ("random", RandomSearch(SPACE, 0))):
         loop = FakeLoop(method)
         loop.baseline()
         values[name] = [r.val_bpb for r in loop.run(40)]
@@ -164,7 +164,7 @@ def test_tpe_learns_more_than_random_search(tmp_path):
 
 
 def test_tpe_tells_the_baseline_once_and_failures_as_complete_trials(tmp_path):
-    method = TPE(SPACE, settings("tpe"), tmp_path)
+    method = TPE(SPACE, 0, tmp_path)
     loop = FakeLoop(method, fails=lambda trial, config: trial == 3)
     loop.baseline()
     method.observe(loop.records[0])  # a replayed observation adds nothing
@@ -180,13 +180,13 @@ def test_tpe_tells_the_baseline_once_and_failures_as_complete_trials(tmp_path):
 
 
 def test_tpe_resumes_from_its_state_and_storage_exactly(tmp_path):
-    straight = FakeLoop(TPE(SPACE, settings("tpe"), tmp_path / "a"), fails=every_fifth)
+    straight = FakeLoop(TPE(SPACE, 0, tmp_path / "a"), fails=every_fifth)
     straight.baseline()
     straight.run(12)
     state = frozen(straight.method.state())
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     expected = configs(straight.run(8))
-    resumed = FakeLoop(TPE(SPACE, settings("tpe"), tmp_path / "b"), straight.records[:13], fails=every_fifth)
+    resumed = FakeLoop(TPE(SPACE, 0, tmp_path / "b"), straight.records[:13], fails=every_fifth)
     resumed.method.restore(state)
     assert configs(resumed.run(8)) == expected
 
@@ -211,15 +211,15 @@ def test_one_sampler_reseeded_on_resume_would_not_continue_a_study():
 
 
 def test_tpe_killed_between_ask_and_journal_asks_the_same_point(tmp_path):
-    straight = FakeLoop(TPE(SPACE, settings("tpe"), tmp_path / "a"))
+    straight = FakeLoop(TPE(SPACE, 0, tmp_path / "a"))
     straight.baseline()
     straight.run(11)
     saved = frozen(straight.method.state())  # method.pkl after trial 11
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     expected = configs(straight.run(3))
-    killed = FakeLoop(TPE(SPACE, settings("tpe"), tmp_path / "b"), straight.records[:12])
+    killed = FakeLoop(TPE(SPACE, 0, tmp_path / "b"), straight.records[:12])
     killed.propose()  # asked, then killed before the loop journaled the proposal
-    resumed = FakeLoop(TPE(SPACE, settings("tpe"), tmp_path / "b"), straight.records[:12])
+    resumed = FakeLoop(TPE(SPACE, 0, tmp_path / "b"), straight.records[:12])
     resumed.method.restore(saved)
     assert configs(resumed.run(3)) == expected
     states = [t.state for t in resumed.method.study.get_trials()]
@@ -229,7 +229,7 @@ def test_tpe_killed_between_ask_and_journal_asks_the_same_point(tmp_path):
 # ---------------------------------------------------------------- CMA-ES
 
 def test_cmaes_starts_at_the_baseline_with_sigma0():
-    method = CMAES(SPACE, settings("cmaes"))
+    method = CMAES(SPACE, 0)
     FakeLoop(method).baseline()
     mean = method.mean_config
     assert SPACE.to_unit(mean) == pytest.approx(SPACE.to_unit(BASELINE), abs=1e-12)
@@ -240,7 +240,7 @@ def test_cmaes_starts_at_the_baseline_with_sigma0():
 
 
 def test_cmaes_mean_moves_toward_the_optimum():
-    method = CMAES(SPACE, settings("cmaes"))
+    method = CMAES(SPACE, 0)
     loop = FakeLoop(method, fails=every_fifth)
     loop.baseline()
     before = np.linalg.norm(SPACE.to_unit(method.mean_config) - OPTIMUM)
@@ -266,7 +266,7 @@ def told(monkeypatch) -> list[list[float]]:
 
 
 def test_cmaes_tells_each_full_generation_once_in_order_with_failures_at_worst_plus_margin(told):
-    method = CMAES(SPACE, settings("cmaes"))
+    method = CMAES(SPACE, 0)
     loop = FakeLoop(method, fails=lambda trial, config: trial in (2, 5))
     loop.baseline()
     population = method.population_size
@@ -283,7 +283,7 @@ def test_cmaes_tells_each_full_generation_once_in_order_with_failures_at_worst_p
 
 
 def test_cmaes_tells_a_generation_of_nearly_all_failures_quietly(told):
-    method = CMAES(SPACE, settings("cmaes"))
+    method = CMAES(SPACE, 0)
     loop = FakeLoop(method, fails=lambda trial, config: trial > 2)  # 9 of the first 11 fail
     loop.baseline()
     with warnings.catch_warnings():
@@ -294,12 +294,12 @@ def test_cmaes_tells_a_generation_of_nearly_all_failures_quietly(told):
 
 
 def test_cmaes_state_round_trip_mid_generation_is_exact():
-    straight = FakeLoop(CMAES(SPACE, settings("cmaes")), fails=every_fifth)
+    straight = FakeLoop(CMAES(SPACE, 0), fails=every_fifth)
     straight.baseline()
     straight.run(straight.method.population_size * 3 // 2)  # 1.5 generations
     straight.method.next_candidate()  # a candidate drawn for the next proposal is part of the state
     state = frozen(straight.method.state())
-    restored = CMAES(SPACE, settings("cmaes"))
+    restored = CMAES(SPACE, 0)
     restored.restore(state)
     a, b = straight.method.search.optimizer, restored.search.optimizer
     for name in ("_mean", "_sigma", "_C", "_A", "_q", "_p_sigma", "_pc", "_g"):
@@ -313,14 +313,14 @@ def test_cmaes_state_round_trip_mid_generation_is_exact():
 
 def test_cmaes_rng_survives_a_pickle_that_drops_it():
     """The library's CMA class drops its RNG when pickled; the saved RNG state restores it anyway."""
-    method = CMAES(SPACE, settings("cmaes"))
+    method = CMAES(SPACE, 0)
     loop = FakeLoop(method)
     loop.baseline()
     loop.run(3)
     state = frozen(method.state())
     expected = method.next_candidate()
     state["search"].optimizer._rng = np.random.RandomState(12345)  # as if lost on unpickling
-    restored = CMAES(SPACE, settings("cmaes"))
+    restored = CMAES(SPACE, 0)
     restored.restore(state)
     assert restored.next_candidate() == expected
 
@@ -399,7 +399,7 @@ def test_tpe_clears_a_journal_lock_left_by_a_kill(tmp_path):
 
 
 def test_cmaes_restarts_with_twice_the_population_at_the_incumbent(monkeypatch):
-    method = CMAES(SPACE, settings("cmaes"))
+    method = CMAES(SPACE, 0)
     loop = FakeLoop(method)
     loop.baseline()
     population = method.population_size
@@ -416,7 +416,7 @@ def test_cmaes_restarts_with_twice_the_population_at_the_incumbent(monkeypatch):
 
 
 def test_cmaes_views_for_centaur():
-    method = CMAES(SPACE, settings("cmaes"))
+    method = CMAES(SPACE, 0)
     loop = FakeLoop(method, fails=every_fifth)
     loop.baseline()
     loop.run(3 * method.population_size)
@@ -434,7 +434,7 @@ def test_cmaes_views_for_centaur():
 
 
 def test_cmaes_replace_candidate_runs_that_config_as_a_generation_member(told):
-    method = CMAES(SPACE, settings("cmaes"))
+    method = CMAES(SPACE, 0)
     loop = FakeLoop(method)
     loop.baseline()
     loop.run(method.population_size - 1)

@@ -7,8 +7,17 @@ import numpy as np
 import pytest
 
 from agent.constants import read_constants, render_constants
-from agent.patches import (InvalidPatch, PatchError, PatchRejected, apply_diff, check_train_py, config_diff,
-                           diff_stats, make_diff, render_config)
+from agent.patches import (
+    InvalidPatch,
+    PatchError,
+    PatchRejected,
+    apply_diff,
+    check_train_py,
+    config_diff,
+    diff_stats,
+    make_diff,
+    render_config,
+)
 from agent.space import load_space
 from agent.template import template_dir
 

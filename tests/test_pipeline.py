@@ -16,6 +16,7 @@ from agent.space import load_space
 from tests.conftest import ROOT, one_line_error
 from tests.run_helpers import BASE, NEXT, arena_run, check_run_consistent
 
+
 @pytest.mark.slow
 def test_random_search_run_records_every_trial(base_run):
     records = check_run_consistent(base_run, BASE)

@@ -1,34 +1,61 @@
-"""What every search method is: it proposes, it observes, and its state survives a restart."""
+"""What every search method is: it proposes, it observes, and its state survives a restart.
+
+A method is one module with one class that satisfies `Method`; the capabilities only some methods have
+are protocols of their own (`Repairable`, `ModelBacked`), checked with isinstance by the loop. What a
+method may configure comes in the typed settings below, built from the run's settings in
+`agent/methods/__init__.py`: a method never sees the rest of the run.
+
+Exact resume is the loop's contract with a method (see agent/loop.py for the write order): after
+`restore(state())` every later proposal is the same as without the restart, and the loop may then
+hand `observe` a record that `state()` had already seen (killed after the ledger line, before the
+state was saved): a method must take such a replay as a no-op. tests/test_method_conformance.py
+holds every method to this.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
+from agent.constants import Value
 from agent.record import TrialRecord
 from agent.space import SearchSpace
+
+Config = dict[str, Value]
 
 
 @dataclass
 class Proposal:
-    """A fixed-space method sets `config` (constants to render into the block); a code agent sets `diff`."""
+    """What to try next: a fixed-space method sets `config` (constants rendered into the block), a code
+    agent sets `diff`; a method that could not make a usable proposal sets `invalid` to the reason (the
+    loop records it as invalid_patch, after offering a Repairable method its repairs). The loop's own
+    trials (the baseline, confirmation runs) set none of them."""
     description: str
-    config: dict | None = None
+    config: Config | None = None
     diff: str | None = None
-    meta: dict = field(default_factory=dict)  # method-specific facts worth recording (e.g. LLM usage)
+    invalid: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)  # method-specific facts worth recording (e.g. LLM usage)
+
+    def __post_init__(self) -> None:
+        if sum(part is not None for part in (self.config, self.diff, self.invalid)) > 1:
+            raise ValueError("a proposal is a config, a diff or an invalid answer: one of them at most")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Context:
     """What a method may look at when it proposes trial number `trial`."""
     trial: int
     records: list[TrialRecord]  # the ledger so far, oldest first
-    best: TrialRecord         # the record of the current best trial
-    best_source: str          # train.py of the current best commit
+    best: TrialRecord           # the record of the current best trial
+    best_source: str            # train.py of the current best commit
     space: SearchSpace
 
 
-class Method(Protocol):
+StateT = TypeVar("StateT")
+
+
+class Method(Protocol[StateT]):
     name: str
     fixed_space: bool  # True: may change only the constants block, within the space's bounds
 
@@ -37,17 +64,56 @@ class Method(Protocol):
         ...
 
     def observe(self, record: TrialRecord) -> None:
-        """Called with the ledger record of every trial this method proposed, once it is judged."""
+        """Called with the record of every trial once it is judged (the baseline and confirmation runs
+        included); a record seen before (a replay after a restart) changes nothing."""
         ...
 
-    def state(self) -> object:
+    def state(self) -> StateT:
         """A picklable snapshot; restore(state()) must reproduce every later proposal exactly."""
         ...
 
-    def restore(self, state: object) -> None:
+    def restore(self, state: StateT) -> None:
         ...
 
-    # Optional, for LLM methods:
-    #   check_ready() -> None: raise ArenaError before any trial runs if the model cannot be reached.
-    #   repair(proposal, reason, trial) -> Proposal: called when a proposal was rejected (bounded by --repairs).
-    # A proposal that could not be made sets meta["invalid"] to the reason; it is recorded as invalid_patch.
+
+@runtime_checkable
+class Repairable(Protocol):
+    def repair(self, proposal: Proposal, reason: str, trial: int) -> Proposal:
+        """Another try after `proposal` was refused for `reason` (bounded by the run's --repairs)."""
+        ...
+
+
+@runtime_checkable
+class ModelBacked(Protocol):
+    def check_ready(self) -> None:
+        """Raise ArenaError, before any trial runs, when the model cannot be reached."""
+        ...
+
+
+@dataclass(frozen=True)
+class TaskFacts:
+    """The trial's limits in words, for prompts."""
+    time_budget: float   # training seconds per trial
+    device: str          # "one NVIDIA GPU" or "CPU cores"
+    memory: str          # what bounds memory, and what happens past it
+
+
+@dataclass(frozen=True)
+class LLMSettings:
+    """How an LLM method calls its model, and how much history its prompts show."""
+    model: str
+    api_base: str | None = None
+    temperature: float = 0.7
+    max_tokens: int = 4096
+    timeout: float = 120.0
+    retries: int = 3
+    replay: Path | None = None  # an llm.jsonl whose answers replace the model's
+    top_k: int = 5              # best trials shown
+    last_n: int = 20            # most recent trials shown
+
+
+@dataclass(frozen=True)
+class CentaurSettings:
+    seed: int
+    ratio: float    # share of the proposals after warm-up that go to the LLM
+    warmup: int     # proposals before the LLM is first asked

@@ -20,11 +20,17 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.errors import ArenaError
-from agent.llm import LLMError, ModelUnavailable
-from agent.methods.base import Context, Proposal
+from agent.llm import LLMError, Message, ModelUnavailable
+from agent.methods.base import (
+    CentaurSettings,
+    Config,
+    Context,
+    LLMSettings,
+    Proposal,
+    TaskFacts,
+)
 from agent.methods.cmaes_method import CMAES
-from agent.methods.llm_base import client_for, task_facts
+from agent.methods.llm_base import client_for
 from agent.methods.llm_fixed import parse_config
 from agent.methods.prompts import (
     describe_space,
@@ -49,15 +55,15 @@ class Centaur:
     name = "centaur"
     fixed_space = True
 
-    def __init__(self, space: SearchSpace, settings, run_dir: Path | None):
-        if not 0 <= settings.llm_ratio <= 1:
-            raise ArenaError(f"--llm-ratio must be between 0 and 1, got {settings.llm_ratio}")
+    def __init__(self, space: SearchSpace, settings: CentaurSettings, llm: LLMSettings, task: TaskFacts,
+                 run_dir: Path | None):
         self.space = space
         self.settings = settings
-        self.ratio = Fraction(str(settings.llm_ratio))
-        self.cma = CMAES(space, settings, run_dir)
-        self.client = client_for(settings, run_dir, self.name)
-        self.facts = task_facts(settings)
+        self.llm = llm
+        self.task = task
+        self.ratio = Fraction(str(settings.ratio))
+        self.cma = CMAES(space, settings.seed)
+        self.client = client_for(llm, run_dir)
         self.failed_calls = 0  # in a row; at FAILED_CALLS_TO_STOP the run stops
 
     def check_ready(self) -> None:
@@ -65,7 +71,7 @@ class Centaur:
 
     def propose(self, ctx: Context) -> Proposal:
         made = sum(1 for record in ctx.records if record.kind == "proposal")  # the ledger counts, not a state
-        if not is_llm_turn(made - self.settings.llm_warmup, self.ratio):
+        if not is_llm_turn(made - self.settings.warmup, self.ratio):
             return self.labelled(self.cma.propose(ctx), "cmaes")
         candidate = self.cma.next_candidate()
         messages = self.prompt(ctx, candidate)
@@ -78,7 +84,7 @@ class Centaur:
             return self.labelled(self.cma.propose(ctx), "cmaes-fallback", llm_error=f"LLM call failed: {e}")
         self.failed_calls = 0
         try:
-            cut_off = reply.cut_off(self.settings.max_tokens)
+            cut_off = reply.cut_off(self.llm.max_tokens)
             if cut_off:
                 raise ValueError(cut_off)
             config = parse_config(reply.text, self.space)
@@ -115,13 +121,12 @@ class Centaur:
         lines.append("CMA-ES's own next candidate: " + format_config(candidate))
         return "\n".join(lines)
 
-    def prompt(self, ctx: Context, candidate: dict) -> list[dict]:
-        s = self.settings
+    def prompt(self, ctx: Context, candidate: Config) -> list[Message]:
         text = "\n\n".join([
-            task_section(self.facts["device"], float(self.facts["time_budget"]), self.facts["memory"]),
+            task_section(self.task),
             "Search space:\n" + describe_space(self.space),
             self.cma_state_text(candidate),
-            history_section(ctx.records, s.top_k, s.last_n),
+            history_section(ctx.records, self.llm.top_k, self.llm.last_n),
             "Use the CMA-ES state as guidance: exploit near the mean when sigma is small, help it explore with "
             "your knowledge of transformer training when sigma is large, and steer away from regions that "
             "failed. Propose the next configuration. " + json_answer_rules(self.space),

@@ -52,7 +52,6 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from cmaes import CatCMAwM
@@ -100,10 +99,10 @@ class CMAES:
     name = "cmaes"
     fixed_space = True
 
-    def __init__(self, space: SearchSpace, settings, run_dir: Path | None = None):
-        # run_dir is not needed: the whole search is in state(), which the loop saves
+    def __init__(self, space: SearchSpace, seed: int):
+        # no run directory: the whole search is in state(), which the loop saves
         self.space = space
-        self.seed = settings.seed
+        self.seed = seed
         self.floats = [p for p in space.numeric if p.kind == "float"]
         self.discretes = [p for p in space.numeric if p.kind != "float"]
         self.categoricals = [p for p in space.categorical if len(p.choices) > 1]

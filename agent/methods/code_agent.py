@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from agent.llm import extract_diff
-from agent.methods.base import Context, Proposal
+from agent.llm import Message, extract_diff
+from agent.methods.base import Context, Proposal, TaskFacts
 from agent.methods.llm_base import ConversationMethod
 from agent.methods.prompts import outcome_line
 from agent.record import TrialRecord
-from agent.space import SearchSpace
 from agent.template import template_dir
 from sandbox.outcome import Status
 
 LOG_TAIL_LINES = 15  # per failed trial: enough for a traceback's last frames
 
 
-def program_text(facts: dict[str, str], best_val_bpb: float | None) -> str:
+def program_text(task: TaskFacts, best_val_bpb: float | None) -> str:
     text = (template_dir() / "program.md").read_text()
-    values = {**facts, "best_val_bpb": "not measured yet" if best_val_bpb is None else f"{best_val_bpb:.6f}"}
+    values = {"time_budget": f"{task.time_budget:g}", "device": task.device, "memory": task.memory,
+              "best_val_bpb": "not measured yet" if best_val_bpb is None else f"{best_val_bpb:.6f}"}
     for key, value in values.items():
         text = text.replace("{" + key + "}", value)
     return text
@@ -38,17 +36,14 @@ class CodeAgent(ConversationMethod):
     name = "code"
     fixed_space = False
 
-    def __init__(self, space: SearchSpace, settings, run_dir: Path | None):
-        super().__init__(settings, run_dir)
-
-    def prompt(self, ctx: Context) -> list[dict]:
+    def prompt(self, ctx: Context) -> list[Message]:
         user = "\n\n".join([
             "The current best train.py:\n```python\n" + ctx.best_source + "```",
-            f"Recent trials (most recent last):\n{recent_trials(ctx.records, self.settings.last_n)}",
+            f"Recent trials (most recent last):\n{recent_trials(ctx.records, self.llm.last_n)}",
             "Propose ONE change. First line: a short description of the idea. Then the unified diff against "
             "the train.py above, in a ```diff block.",
         ])
-        return [{"role": "system", "content": program_text(self.facts, ctx.best.val_bpb)},
+        return [{"role": "system", "content": program_text(self.task, ctx.best.val_bpb)},
                 {"role": "user", "content": user}]
 
     def parse(self, text: str) -> Proposal:

@@ -3,40 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypedDict
 
-from agent.errors import ArenaError
-from agent.llm import LLMClient, LLMError, ModelUnavailable
-from agent.methods.base import Context, Proposal
-from agent.presets import get_preset
+from agent.llm import LLMClient, LLMError, Message, ModelUnavailable
+from agent.methods.base import Context, LLMSettings, Proposal, TaskFacts
 from agent.record import TrialRecord
 
 
-def client_for(settings, run_dir: Path | None, method: str) -> LLMClient:
+class ConversationState(TypedDict):
+    conversation: list[Message]
+
+
+def client_for(llm: LLMSettings, run_dir: Path | None) -> LLMClient:
     """The run's LLM client; every call is logged to llm.jsonl and streamed to state/llm_stream.txt."""
-    if not settings.model:
-        raise ArenaError(f"method '{method}' needs a model: pass --model (e.g. ollama_chat/qwen3:8b, or "
-                         "openai/NAME with --api-base http://host:port/v1)")
-    replay = Path(settings.llm_replay).expanduser() / "llm.jsonl" if settings.llm_replay else None
-    if replay is not None and not replay.exists():
-        raise ArenaError(f"--llm-replay {settings.llm_replay} has no llm.jsonl; point it at a run directory")
-    return LLMClient(settings.model, api_base=settings.api_base, temperature=settings.temperature,
-                     max_tokens=settings.max_tokens, timeout=settings.llm_timeout, retries=settings.llm_retries,
-                     log_path=run_dir / "llm.jsonl" if run_dir else None,
-                     stream_path=run_dir / "state" / "llm_stream.txt" if run_dir else None,
-                     replay_from=replay)
-
-
-def task_facts(settings) -> dict[str, str]:
-    """Budget, device and memory in words, for prompts."""
-    preset = get_preset(settings.preset, time_budget=settings.budget, eval_tokens=settings.eval_tokens)
-    device = "one NVIDIA GPU" if preset.device.startswith("cuda") else "CPU cores"
-    if settings.backend == "docker" and settings.mem_limit:
-        memory = f"the trial container is limited to {settings.mem_limit} of RAM"
-    elif preset.device.startswith("cuda"):
-        memory = "the GPU's memory; out-of-memory errors end the trial"
-    else:
-        memory = "the machine's RAM"
-    return {"time_budget": f"{preset.time_budget:g}", "device": device, "memory": memory}
+    return LLMClient(llm.model, api_base=llm.api_base, temperature=llm.temperature, max_tokens=llm.max_tokens,
+                     timeout=llm.timeout, retries=llm.retries, log_path=run_dir / "llm.jsonl" if run_dir else None,
+                     stream_path=run_dir / "state" / "llm_stream.txt" if run_dir else None, replay_from=llm.replay)
 
 
 class ConversationMethod:
@@ -44,13 +26,13 @@ class ConversationMethod:
     conversation with the reason. Subclasses give the prompt, the parser and the repair note."""
     name = "llm-base"
 
-    def __init__(self, settings, run_dir: Path | None):
-        self.settings = settings
-        self.client = client_for(settings, run_dir, self.name)
-        self.facts = task_facts(settings)
-        self.conversation: list[dict] = []  # the current trial's exchange, for repairs
+    def __init__(self, llm: LLMSettings, task: TaskFacts, run_dir: Path | None):
+        self.llm = llm
+        self.task = task
+        self.client = client_for(llm, run_dir)
+        self.conversation: list[Message] = []  # the current trial's exchange, for repairs
 
-    def prompt(self, ctx: Context) -> list[dict]:
+    def prompt(self, ctx: Context) -> list[Message]:
         raise NotImplementedError
 
     def parse(self, text: str) -> Proposal:
@@ -69,7 +51,7 @@ class ConversationMethod:
     def repair(self, proposal: Proposal, reason: str, trial: int) -> Proposal:
         return self.ask(self.conversation + [{"role": "user", "content": self.repair_note(reason)}], trial, "repair")
 
-    def ask(self, messages: list[dict], trial: int, purpose: str) -> Proposal:
+    def ask(self, messages: list[Message], trial: int, purpose: str) -> Proposal:
         """The model's proposal. A call that fails (after the client's retries) stops the run: an outage is
         no trial. An answer that cannot be used is a proposal marked invalid, which a repair may fix."""
         try:
@@ -78,19 +60,19 @@ class ConversationMethod:
             raise ModelUnavailable(e, trial) from None
         self.conversation = messages + [{"role": "assistant", "content": reply.text}]
         try:
-            cut_off = reply.cut_off(self.settings.max_tokens)
+            cut_off = reply.cut_off(self.llm.max_tokens)
             if cut_off:
                 raise ValueError(cut_off)
             return self.parse(reply.text)
         except ValueError as e:
-            return Proposal(f"{self.name}: unusable answer", meta={"invalid": f"answer rejected: {e}",
-                                                                 "answer": reply.text})
+            return Proposal(f"{self.name}: unusable answer", invalid=f"answer rejected: {e}",
+                            meta={"answer": reply.text})
 
     def observe(self, record: TrialRecord) -> None:
         pass  # the ledger is the memory: the history is shown afresh at each proposal
 
-    def state(self) -> object:
+    def state(self) -> ConversationState:
         return {"conversation": self.conversation}
 
-    def restore(self, state: object) -> None:
+    def restore(self, state: ConversationState) -> None:
         self.conversation = state["conversation"]

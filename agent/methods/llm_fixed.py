@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from agent.llm import extract_json
-from agent.methods.base import Context, Proposal
+from agent.llm import Message, extract_json
+from agent.methods.base import Config, Context, LLMSettings, Proposal, TaskFacts
 from agent.methods.llm_base import ConversationMethod
 from agent.methods.prompts import (
     describe_space,
@@ -20,7 +20,7 @@ from agent.space import SearchSpace
 MAX_INTEGER = 2**53  # beyond this an integer cannot even be compared with a float bound exactly
 
 
-def parse_config(text: str, space: SearchSpace) -> dict:
+def parse_config(text: str, space: SearchSpace) -> Config:
     """The JSON object in an answer, restricted to the space; raises ValueError saying what is wrong."""
     config = extract_json(text)
     unknown = sorted(set(config) - set(space))
@@ -43,18 +43,17 @@ class LLMFixedSpace(ConversationMethod):
     name = "llm"
     fixed_space = True
 
-    def __init__(self, space: SearchSpace, settings, run_dir: Path | None):
-        super().__init__(settings, run_dir)
+    def __init__(self, space: SearchSpace, llm: LLMSettings, task: TaskFacts, run_dir: Path | None):
+        super().__init__(llm, task, run_dir)
         self.space = space
 
-    def prompt(self, ctx: Context) -> list[dict]:
-        s = self.settings
+    def prompt(self, ctx: Context) -> list[Message]:
         text = "\n\n".join([
-            task_section(self.facts["device"], float(self.facts["time_budget"]), self.facts["memory"]),
+            task_section(self.task),
             "Search space:\n" + describe_space(self.space),
             f"Current best (trial {ctx.best.trial}, val_bpb {ctx.best.val_bpb:.6f}): "
             + format_config(ctx.best.config),
-            history_section(ctx.records, s.top_k, s.last_n),
+            history_section(ctx.records, self.llm.top_k, self.llm.last_n),
             "Propose the next configuration to try: one that you expect to beat the best without failing. "
             + json_answer_rules(self.space),
         ])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from agent.methods.base import TaskFacts
 from agent.record import TrialRecord
 from agent.space import SearchSpace
 from sandbox.outcome import Status
@@ -61,9 +62,9 @@ def history_section(records: list[TrialRecord], top_k: int, last_n: int, with_co
     return "\n".join(parts)
 
 
-def task_section(device: str, budget: float, memory: str) -> str:
-    return (f"The script trains a small GPT language model from scratch for a fixed {budget:g} seconds of "
-            f"wall-clock training on {device} (memory: {memory}), then a harness measures val_bpb "
+def task_section(task: TaskFacts) -> str:
+    return (f"The script trains a small GPT language model from scratch for a fixed {task.time_budget:g} seconds "
+            f"of wall-clock training on {task.device} (memory: {task.memory}), then a harness measures val_bpb "
             "(bits per byte on held-out text; lower is better). Failed trials (out of memory, crash, "
             "divergence, over budget) waste a whole trial: avoiding them matters more than anything else.")
 

@@ -19,9 +19,9 @@ class RandomSearch:
     name = "random"
     fixed_space = True
 
-    def __init__(self, space: SearchSpace, settings, run_dir=None):
+    def __init__(self, space: SearchSpace, seed: int):
         self.space = space
-        self.seed = settings.seed
+        self.seed = seed
 
     def propose(self, ctx: Context) -> Proposal:
         config = self.space.sample(np.random.default_rng([self.seed, ctx.trial]))
@@ -30,8 +30,8 @@ class RandomSearch:
     def observe(self, record: TrialRecord) -> None:
         pass  # random search learns nothing
 
-    def state(self) -> object:
+    def state(self) -> None:
         return None
 
-    def restore(self, state: object) -> None:
+    def restore(self, state: None) -> None:
         pass

@@ -22,9 +22,9 @@ What is told:
 * not the confirmation runs: they repeat a told configuration with another seed (their val_bpb still
   counts towards the failure value's worst success).
 
-Exact resume. Every proposal gets a fresh TPESampler seeded from (settings.seed, arena trial number),
+Exact resume. Every proposal gets a fresh TPESampler seeded from (the run's seed, arena trial number),
 so a proposal depends only on the seed, the trial number and the trials in storage; there is no RNG
-stream to save. (Reseeding one TPESampler with settings.seed on resume would not do: its stream would
+stream to save. (Reseeding one TPESampler with the run's seed on resume would not do: its stream would
 restart, and the resumed run would repeat the draws of the run's first proposals.) The kills:
 * between ask and the loop's journal of the proposal: the resumed loop proposes again. At propose
   time every earlier proposal has been observed, so a RUNNING trial is such a leftover; it is told
@@ -124,10 +124,10 @@ class TPE:
     name = "tpe"
     fixed_space = True
 
-    def __init__(self, space: SearchSpace, settings, run_dir: Path | None = None):
+    def __init__(self, space: SearchSpace, seed: int, run_dir: Path | None = None):
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # no line per told trial on the console
         self.space = space
-        self.seed = settings.seed
+        self.seed = seed
         self.distributions = {optuna_name(p): distribution(p) for p in space.values()}
         # the study's sampler is replaced before every ask (see trial_seed)
         self.study = optuna.create_study(storage=open_storage(run_dir), study_name=STUDY_NAME,
