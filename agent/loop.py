@@ -181,7 +181,7 @@ def execute(run: Run, backend: Backend, job: Job, report: Reporter) -> dict:
     record = {"trial": job.trial, "kind": job.kind, "method": run.settings.method if job.kind == "proposal"
               else job.kind, "description": job.proposal.description, "parent": job.parent, "seed": job.seed,
               "confirms": job.confirms, "proposal_meta": job.proposal.meta, "propose_seconds": job.propose_seconds,
-              "host": socket.gethostname(), "harness_hash": run.info["harness_hash"],
+              "host": socket.gethostname(), "harness_hash": run.harness_hash,
               "dataset_fingerprint": run.info["dataset_fingerprint"], "isolation": backend.isolation,
               "kept": False, "candidate": False,
               "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started))}
@@ -223,7 +223,7 @@ def budget_rule(run: Run) -> BudgetRule:
 
 def run_sandbox(run: Run, backend: Backend, job: Job, source: str) -> Outcome:
     spec = TrialSpec(source=source, data_dir=run.data_dir, harness_dir=template_dir(), harness_files=HARNESS_FILES,
-                     harness_hash=run.info["harness_hash"], config=run.preset.harness_config(job.seed),
+                     harness_hash=run.harness_hash, config=run.preset.harness_config(job.seed),
                      budget=budget_rule(run), eval_timeout=run.preset.eval_timeout,
                      compile_cache=run.dir / "compile-cache", trusted=job.kind == "baseline")
     with open(run.log_path(job.trial), "a") as log:
