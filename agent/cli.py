@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from agent.constants import render_constants
+from agent.dataset_build import DEFAULT_VAL_FRACTION
 from agent.datasets import prepare_dataset
 from agent.errors import ArenaError, Terminated, raise_terminated
 from agent.methods import METHODS
@@ -24,7 +25,7 @@ from agent.presets import Preset, get_preset, load_presets
 from agent.run import ISOLATIONS, RunSettings
 from agent.template import HARNESS_FILES, harness_hash, template_dir
 from sandbox.errors import SandboxError
-from train_template.prepare import DEFAULT_VAL_FRACTION, read_meta
+from train_template.prepare import read_meta
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)  # errors stay on one line
 

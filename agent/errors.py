@@ -1,8 +1,16 @@
-"""The error type the CLI turns into a one-line message (no traceback)."""
+"""The error types the CLI turns into a one-line message (no traceback), and SIGTERM as an exception."""
+
+from __future__ import annotations
+
+from types import FrameType
 
 
 class ArenaError(Exception):
     """A problem the user can fix; the message says what to do."""
+
+
+class DatasetError(ArenaError):
+    """A corpus or dataset setting that cannot make a dataset; the message says what to change."""
 
 
 class Terminated(BaseException):
@@ -10,5 +18,5 @@ class Terminated(BaseException):
     run's last status written, as for Ctrl-C."""
 
 
-def raise_terminated(signum, frame) -> None:
+def raise_terminated(signum: int, frame: FrameType | None) -> None:
     raise Terminated()

@@ -183,7 +183,7 @@ def execute(run: Run, backend: Backend, job: Job, report: Reporter) -> TrialReco
         status=Status.INVALID_PATCH, reason=repairs[-1].reason if repairs else "", parent=job.parent,
         seed=job.seed, confirms=job.confirms, repairs=repairs,
         proposal_meta=job.proposal.meta,  # the attempt that ran (or the last one refused), not the first
-        propose_seconds=job.propose_seconds, host=socket.gethostname(), harness_hash=run.info["harness_hash"],
+        propose_seconds=job.propose_seconds, host=socket.gethostname(), harness_hash=run.harness_hash,
         dataset_fingerprint=run.info["dataset_fingerprint"], isolation=backend.isolation,
         started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)))
     if source is None:
@@ -219,7 +219,7 @@ def budget_rule(run: Run) -> BudgetRule:
 
 def run_sandbox(run: Run, backend: Backend, job: Job, source: str) -> Outcome:
     spec = TrialSpec(source=source, data_dir=run.data_dir, harness_dir=template_dir(), harness_files=HARNESS_FILES,
-                     harness_hash=run.info["harness_hash"], config=run.preset.harness_config(job.seed),
+                     harness_hash=run.harness_hash, config=run.preset.harness_config(job.seed),
                      budget=budget_rule(run), eval_timeout=run.preset.eval_timeout,
                      compile_cache=run.dir / "compile-cache", trusted=job.kind == "baseline")
     with open(run.log_path(job.trial), "a") as log:

@@ -35,7 +35,13 @@ from agent.methods import Method, make_method
 from agent.presets import Preset, get_preset
 from agent.runlock import RunLock
 from agent.space import SearchSpace, load_space
-from agent.template import EDITABLE_FILE, HARNESS_FILES, harness_hash, template_dir
+from agent.template import (
+    EDITABLE_FILE,
+    HARNESS_FILES,
+    harness_hash,
+    may_resume_with,
+    template_dir,
+)
 from agent.workspace import RunRepo, trial_ref
 from sandbox.local import ISOLATIONS
 from train_template.prepare import read_meta
@@ -110,6 +116,7 @@ class Run:
     repo: RunRepo
     ledger: Ledger
     method: Method
+    harness_hash: str  # the harness its trials run with: run.json's, or one with the same trial code
     info: dict = field(default_factory=dict)
     lock: RunLock | None = None  # held for as long as this process works on the run
 
@@ -217,10 +224,12 @@ def _open_locked(run_dir: Path, given: dict, cache_root: Path | None, preflight:
     data_dir = prepare_dataset(settings.corpus, preset.vocab_size, val_fraction=settings.val_fraction,
                                shards=settings.shards, column=settings.text_column, cache_root=cache_root)
     fingerprint = read_meta(data_dir)["fingerprint"]
+    harness = harness_hash()
     if recorded:
-        check_unchanged(run_dir, info, fingerprint, len(ledger.records))
+        check_unchanged(run_dir, info, fingerprint, harness, len(ledger.records))
     keeps = recorded or (info is not None and not changed(info["settings"], settings)
-                         and info["dataset_fingerprint"] == fingerprint and info["harness_hash"] == harness_hash())
+                         and info["dataset_fingerprint"] == fingerprint
+                         and may_resume_with(info["harness_hash"], harness))
     preflight(settings, preset, probe)
     # every check passed: from here on the run may change
     if not keeps:
@@ -230,7 +239,7 @@ def _open_locked(run_dir: Path, given: dict, cache_root: Path | None, preflight:
     for folder in ("state", "logs"):  # a run whose folders were deleted gets them back empty
         (run_dir / folder).mkdir(exist_ok=True)
     run = Run(run_dir, settings, preset, space, data_dir, RunRepo(run_dir / "repo"), ledger,
-              make_method(settings, space, run_dir), info, lock)
+              make_method(settings, space, run_dir), harness, info, lock)
     reconcile(run)
     return run
 
@@ -241,14 +250,14 @@ def changed(stored: dict, settings: RunSettings) -> bool:
     return any(stored.get(key) != current[key] for key in current if key not in RunSettings.MUTABLE)
 
 
-def check_unchanged(run_dir: Path, info: dict, fingerprint: str, recorded: int) -> None:
+def check_unchanged(run_dir: Path, info: dict, fingerprint: str, harness: str, recorded: int) -> None:
     """What a resume needs to be the same run: its dataset, its harness, a method state the ledger covers."""
     name = info["settings"]["name"]
     if info["dataset_fingerprint"] != fingerprint:
         raise ArenaError(f"the dataset changed since run '{name}' started (fingerprint "
                          f"{info['dataset_fingerprint']} then, {fingerprint} now); restore the corpus or start a new "
                          "run")
-    if info["harness_hash"] != harness_hash():
+    if not may_resume_with(info["harness_hash"], harness):
         raise ArenaError(f"the harness (prepare.py/harness.py/exported.py) changed since run '{name}' started; "
                          "finish it with the arena version that started it or start a new run")
     method_path = run_dir / "state" / "method.pkl"

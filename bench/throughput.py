@@ -11,9 +11,9 @@ the export) and `harness.py eval` (val_bpb of the exported model). Times and pea
 supervisor's ARENA_PHASE line, val_bpb from the eval phase's ARENA_EVAL line, tokens and steps from
 what the train phase reports (train_stats.json).
 
-Only the standard library is imported here, and prepare.py (numpy; tokenizers and torch when
-used), so it runs on a bare GPU machine with torch, numpy, safetensors and tokenizers, without the
-arena package installed.
+Only the standard library is imported here, and the dataset builder (agent/dataset_build.py: numpy,
+tokenizers) from this checkout, so it runs on a bare GPU machine with torch, numpy, safetensors and
+tokenizers, without the arena package installed.
 """
 
 from __future__ import annotations
@@ -87,13 +87,14 @@ def render_constants(source: str, constants: dict) -> str:
     return "".join(lines)
 
 
-def prepare_dataset(cache: Path, corpus: str, vocab_size: int) -> Path:
-    sys.path.insert(0, str(TEMPLATE))
-    import prepare  # the template's own data code: the same dataset a trial gets
+def prepare_dataset(cache: Path | None, corpus: str, vocab_size: int) -> Path:
+    """The dataset a trial gets, from arena's own builder (cache None: $ARENA_CACHE or its default)."""
+    sys.path.insert(0, str(ROOT))
+    from agent.dataset_build import build_dataset
 
     start = time.perf_counter()
-    data_dir = prepare.prepare(corpus, cache, vocab_size=vocab_size)
-    meta = prepare.read_meta(data_dir)
+    data_dir = build_dataset(corpus, cache, vocab_size=vocab_size)
+    meta = json.loads((data_dir / "meta.json").read_text())
     print(f"dataset {data_dir} ({meta['tokens']['train']:,} train tokens, vocab {meta['vocab_size']}) "
           f"ready in {time.perf_counter() - start:.1f} s", flush=True)
     return data_dir
@@ -173,8 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     preset = load_preset(args.preset)
     if str(preset["device"]).startswith("cuda"):
         require_cuda()  # a cpu preset runs too: a quick check of the script itself
-    cache = args.cache or Path(os.environ.get("ARENA_CACHE", Path.home() / ".cache" / "autoresearch-arena"))
-    data_dir = prepare_dataset(cache, args.corpus, preset["vocab_size"])
+    data_dir = prepare_dataset(args.cache, args.corpus, preset["vocab_size"])
 
     config = {"device": preset["device"], "seed": args.seed, "seq_len": preset["seq_len"],
               "eval_tokens": args.eval_tokens or preset["eval_tokens"], "time_budget": float(args.budget),

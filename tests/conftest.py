@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from agent.dataset_build import build_dataset
 from agent.ledger import Ledger
 from tests import docker_env
 from tests.run_helpers import BASE, FAST, NEXT, ROOT, arena_run
-from train_template import prepare
 
 CPU_VOCAB = 2048  # the cpu preset's vocabulary
 
@@ -28,7 +28,7 @@ def cache_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def stdlib_dataset(cache_root) -> Path:
-    return prepare.prepare("stdlib", cache_root, vocab_size=CPU_VOCAB)
+    return build_dataset("stdlib", cache_root, vocab_size=CPU_VOCAB)
 
 
 def run_arena(*args: str, cache: Path, timeout: float = 600) -> subprocess.CompletedProcess:

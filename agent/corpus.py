@@ -1,0 +1,139 @@
+"""The documents of a corpus: the offline standard library, a directory of .txt/.parquet files, or URLs.
+
+Also the two facts about them that a dataset is built on: the corpus hash and each document's side of
+the train/validation split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sysconfig
+import urllib.parse
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from agent.download import download
+from agent.errors import DatasetError
+
+StageProgress = Callable[[str, float, float], None]  # (stage, done, total): how a dataset build reports
+
+
+@dataclass(frozen=True)
+class Document:
+    name: str
+    text: str
+
+
+def _clean(raw: bytes) -> str:
+    # Invalid byte sequences are dropped (not replaced), so every character is real text.
+    return raw.decode("utf-8", errors="ignore").replace("\x00", "")
+
+
+def stdlib_documents() -> list[Document]:
+    """Every .py file of the running Python's standard library, in sorted path order."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    paths = sorted(
+        (p for p in root.rglob("*.py") if "site-packages" not in p.parts and "dist-packages" not in p.parts),
+        key=lambda p: p.relative_to(root).as_posix(),
+    )
+    docs = []
+    for path in paths:
+        try:
+            text = _clean(path.read_bytes())
+        except OSError:
+            continue  # a broken symlink or unreadable file in the stdlib is not the user's problem
+        if text.strip():
+            docs.append(Document(path.relative_to(root).as_posix(), text))
+    return docs
+
+
+def _parquet_documents(path: Path, name: str, column: str) -> list[Document]:
+    import pyarrow.parquet as pq  # type: ignore[import-untyped]  # pyarrow ships no type information
+
+    try:
+        table = pq.ParquetFile(path).read(columns=[column]) if column in pq.read_schema(path).names else None
+    except Exception as e:  # pyarrow raises several types for corrupt files
+        raise DatasetError(f"{name}: not a readable parquet file ({e}); remove or replace it") from e
+    if table is None:
+        raise DatasetError(f"{name}: no '{column}' column in this parquet file; pass --text-column NAME")
+    texts: list[str | None] = table.column(column).to_pylist()
+    return [Document(f"{name}#{i}", _clean(t.encode("utf-8", "ignore"))) for i, t in enumerate(texts) if t and t.strip()]
+
+
+def directory_documents(root: Path, column: str = "text") -> list[Document]:
+    """Every .txt file (one document each) and .parquet row under `root`, in sorted path order."""
+    if not root.is_dir():
+        raise DatasetError(f"corpus directory {root} does not exist; pass an existing directory to --corpus")
+    paths = sorted((p for p in root.rglob("*") if p.suffix in (".txt", ".parquet") and p.is_file()),
+                   key=lambda p: p.relative_to(root).as_posix())
+    if not paths:
+        raise DatasetError(f"corpus directory {root} holds no .txt or .parquet files; add some or pick another "
+                           "--corpus")
+    docs: list[Document] = []
+    for path in paths:
+        rel = path.relative_to(root).as_posix()
+        try:
+            if path.suffix == ".txt":
+                text = _clean(path.read_bytes())
+                if text.strip():
+                    docs.append(Document(rel, text))
+            else:
+                docs.extend(_parquet_documents(path, rel, column))
+        except PermissionError as e:
+            raise DatasetError(f"cannot read {path}: permission denied; fix its permissions or remove it") from e
+    return docs
+
+
+def expand_url(url: str, shards: int) -> list[str]:
+    """`https://host/shard_{shard:05d}.parquet` with shards=3 gives shards 0, 1, 2; a plain URL is itself."""
+    if "{shard" not in url:
+        return [url]
+    return [url.format(shard=i) for i in range(shards)]
+
+
+def url_documents(url: str, shards: int, cache_root: Path, column: str, progress: StageProgress) -> list[Document]:
+    """The documents of every shard of `url`, each file downloaded once into `cache_root`/downloads."""
+    docs: list[Document] = []
+    for shard_url in expand_url(url, shards):
+        name = Path(urllib.parse.urlparse(shard_url).path).name
+        if not name.endswith((".parquet", ".txt")):
+            raise DatasetError(f"{shard_url}: only .parquet and .txt URLs are supported")
+        dest = cache_root / "downloads" / f"{hashlib.sha256(shard_url.encode()).hexdigest()[:12]}-{name}"
+        path = download(shard_url, dest, partial(progress, f"download {dest.name}"))
+        if name.endswith(".txt"):
+            text = _clean(path.read_bytes())
+            if text.strip():
+                docs.append(Document(name, text))
+        else:
+            docs.extend(_parquet_documents(path, name, column))
+    return docs
+
+
+def load_documents(corpus: str, cache_root: Path, shards: int, column: str, progress: StageProgress) -> list[Document]:
+    """`corpus` is 'stdlib', a directory, or an http(s) URL (optionally with a {shard} field)."""
+    if corpus == "stdlib":
+        docs = stdlib_documents()
+    elif corpus.startswith(("http://", "https://")):
+        docs = url_documents(corpus, shards, cache_root, column, progress)
+    else:
+        docs = directory_documents(Path(corpus).expanduser(), column)
+    if not docs:
+        raise DatasetError(f"corpus '{corpus}' is empty (no non-blank documents); point --corpus at real text")
+    return docs
+
+
+def corpus_hash(docs: Iterable[Document]) -> str:
+    h = hashlib.sha256()
+    for doc in docs:
+        data = doc.text.encode("utf-8")
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.hexdigest()
+
+
+def is_validation(doc: Document, val_fraction: float) -> bool:
+    """Stable split: a document's side depends only on its own content."""
+    digest = hashlib.sha256(doc.text.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < val_fraction

@@ -1,0 +1,169 @@
+"""Building a dataset: corpus sources, stable split, exact bytes, fingerprints, downloads, bad input."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from tokenizers import Tokenizer
+
+from agent.corpus import Document, corpus_hash, is_validation, stdlib_documents
+from agent.dataset_build import build_dataset
+from agent.errors import DatasetError
+from agent.tokenizer import BOS
+from tests.conftest import ROOT
+from train_template.prepare import read_meta
+
+SMALL_VOCAB = 512
+
+
+def write_small_corpus(root: Path, n_files: int = 120) -> Path:
+    """A directory corpus of real text: a deterministic slice of the standard library, plus odd bytes."""
+    root.mkdir(parents=True, exist_ok=True)
+    docs = stdlib_documents()[:n_files]
+    for i, doc in enumerate(docs):
+        (root / f"{i:04d}.txt").write_text(doc.text)
+    (root / "odd.txt").write_bytes("naïve café — ünïcödé 🚀\n".encode() + b"\xff\xfe broken \x80 bytes\n")
+    return root
+
+
+def test_token_bytes_are_exact_for_real_text(stdlib_dataset):
+    tok = Tokenizer.from_file(str(stdlib_dataset / "tokenizer.json"))
+    lengths = np.load(stdlib_dataset / "token_bytes.npy")
+    texts = [d.text for d in stdlib_documents()[:200]] + ["naïve café — 🚀 日本語 ∑x²"]
+    assert any(len(t.encode()) != len(t) for t in texts)  # multi-byte characters are covered
+    for text in texts:
+        ids = tok.encode(text, add_special_tokens=False).ids
+        assert int(lengths[ids].sum()) == len(text.encode("utf-8"))
+        assert tok.decode(ids) == text
+    assert lengths[tok.token_to_id(BOS)] == 0
+
+
+def test_split_depends_only_on_each_document():
+    docs = [Document(str(i), f"document number {i}\n" * (i % 7 + 1)) for i in range(400)]
+    val = {d.text for d in docs if is_validation(d, 0.1)}
+    shuffled = list(reversed(docs))
+    assert val == {d.text for d in shuffled if is_validation(d, 0.1)}
+    assert 20 < len(val) < 60
+
+
+def test_default_corpus_is_the_stdlib_in_sorted_order(stdlib_dataset):
+    docs = stdlib_documents()
+    names = [d.name for d in docs]
+    assert names == sorted(names) and len(docs) > 500
+    meta = read_meta(stdlib_dataset)
+    assert meta["corpus_sha256"] == corpus_hash(docs)
+    assert meta["documents"]["train"] + meta["documents"]["val"] == len(docs)
+    assert meta["tokens"]["val"] > 65536  # the cpu preset's validation set fits
+
+
+def test_fingerprint_is_deterministic_across_processes(tmp_path):
+    corpus = write_small_corpus(tmp_path / "corpus")
+    script = ("import sys; from agent.dataset_build import build_dataset; "
+              f"d = build_dataset({str(corpus)!r}, sys.argv[1], vocab_size={SMALL_VOCAB}); "
+              "print((d / 'meta.json').read_text())")
+    metas = []
+    for cache in ("a", "b"):
+        out = subprocess.run([sys.executable, "-c", script, str(tmp_path / cache)], capture_output=True, text=True,
+                             cwd=ROOT, check=True).stdout
+        metas.append(json.loads(out))
+    assert metas[0]["fingerprint"] == metas[1]["fingerprint"]
+    assert metas[0]["tokenizer_sha256"] == metas[1]["tokenizer_sha256"]
+    a, b = (next((tmp_path / c).glob("*/train.bin")).read_bytes() for c in ("a", "b"))
+    assert a == b
+
+
+def test_a_different_corpus_has_a_different_fingerprint(tmp_path):
+    corpus = write_small_corpus(tmp_path / "corpus")
+    first = read_meta(build_dataset(str(corpus), tmp_path / "cache", vocab_size=SMALL_VOCAB))
+    (corpus / "extra.txt").write_text("one more document\n" * 50)
+    second = read_meta(build_dataset(str(corpus), tmp_path / "cache", vocab_size=SMALL_VOCAB))
+    assert first["fingerprint"] != second["fingerprint"]
+
+
+class _ShardServer(http.server.SimpleHTTPRequestHandler):
+    failures_left = 0  # answer this many requests with 503 first, to exercise the retry
+
+    def do_GET(self):
+        if type(self).failures_left > 0:
+            type(self).failures_left -= 1
+            self.send_error(503)
+            return
+        super().do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def shard_server(tmp_path):
+    root = tmp_path / "www"
+    root.mkdir()
+    docs = [d.text for d in stdlib_documents()[:150]]
+    for shard in range(3):
+        pq.write_table(pa.table({"text": docs[shard::3], "id": list(range(len(docs[shard::3])))}),
+                       root / f"shard_{shard:05d}.parquet")
+    handler = lambda *a, **k: _ShardServer(*a, directory=str(root), **k)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", docs
+    server.shutdown()
+
+
+def test_parquet_shards_from_a_url(shard_server, tmp_path):
+    base, docs = shard_server
+    _ShardServer.failures_left = 2  # two transient errors, then success
+    data = build_dataset(base + "/shard_{shard:05d}.parquet", tmp_path / "cache", vocab_size=SMALL_VOCAB,
+                           shards=3)
+    meta = read_meta(data)
+    assert meta["documents"]["train"] + meta["documents"]["val"] == len(docs)
+    assert len(list((tmp_path / "cache" / "downloads").glob("*.parquet"))) == 3
+    assert not list((tmp_path / "cache" / "downloads").glob("*.tmp*"))
+    # a second prepare is served from the cache: same directory, no new downloads needed
+    _ShardServer.failures_left = 10**6
+    assert build_dataset(base + "/shard_{shard:05d}.parquet", tmp_path / "cache", vocab_size=SMALL_VOCAB,
+                           shards=3) == data
+
+
+def test_missing_url_is_a_clear_error(shard_server, tmp_path):
+    base, _ = shard_server
+    _ShardServer.failures_left = 0
+    with pytest.raises(DatasetError, match="HTTP 404; check the URL"):
+        build_dataset(base + "/nothing.parquet", tmp_path / "cache", vocab_size=SMALL_VOCAB)
+
+
+def test_directory_of_parquet_and_text(tmp_path):
+    corpus = write_small_corpus(tmp_path / "corpus", n_files=60)
+    texts = [d.text for d in stdlib_documents()[200:260]]
+    pq.write_table(pa.table({"body": texts}), corpus / "more.parquet")
+    with pytest.raises(DatasetError, match="--text-column"):
+        build_dataset(str(corpus), tmp_path / "cache", vocab_size=SMALL_VOCAB)
+    meta = read_meta(build_dataset(str(corpus), tmp_path / "cache", vocab_size=SMALL_VOCAB, column="body"))
+    assert meta["documents"]["train"] + meta["documents"]["val"] == 61 + 60
+
+
+@pytest.mark.parametrize("setup, kwargs, message", [
+    (lambda p: p / "absent", {}, "does not exist"),
+    (lambda p: p, {}, "no .txt or .parquet files"),
+    (lambda p: (p / "blank.txt").write_text("  \n") and p, {}, "is empty"),
+    (lambda p: (p / "bad.parquet").write_bytes(b"not parquet at all") and p, {}, "not a readable parquet file"),
+    (lambda p: (p / "one.txt").write_text("a single document " * 100) and p, {}, "too few to split"),
+    (lambda p: write_small_corpus(p, 30), {"vocab_size": 100}, "too small; use at least 512"),
+    (lambda p: write_small_corpus(p, 20), {"vocab_size": 65536}, "too small to learn 65536 tokens"),
+])
+def test_bad_corpora_are_one_line_errors(tmp_path, setup, kwargs, message):
+    corpus_dir = tmp_path / "corpus"
+    corpus_dir.mkdir()
+    corpus = setup(corpus_dir)
+    with pytest.raises(DatasetError) as err:
+        build_dataset(str(corpus), tmp_path / "cache", **{"vocab_size": SMALL_VOCAB, **kwargs})
+    assert message in str(err.value) and "\n" not in str(err.value)
