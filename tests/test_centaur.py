@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 from fractions import Fraction
@@ -17,8 +18,8 @@ from agent.ui.export import html_report, markdown_report
 from agent.ui.report import trial_facts
 from agent.ui.sources import open_history
 from tests.llm_server import Fault, ScriptedLLMServer
-from tests.test_llm_methods import FAST, llm_args
 from tests.run_helpers import arena_run, check_run_consistent
+from tests.test_llm_methods import FAST, llm_args
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 SPACE = load_space("cpu")
@@ -66,9 +67,8 @@ def test_centaur_share_prompt_fallback_and_resume(tmp_path):
     with ScriptedLLMServer() as server:
         # 100 proposals: 10 warm-up, then floor(90 * 0.3) = 27 LLM turns; two of them answer badly
         server.script("no JSON here", json.dumps({**START, "DEPTH": 99}), *[json.dumps(llm_config)] * 25)
-        settings.api_base = server.api_base
         (tmp_path / "state").mkdir()
-        centaur = Centaur(SPACE, settings, tmp_path)
+        centaur = Centaur(SPACE, dataclasses.replace(settings, api_base=server.api_base), tmp_path)
         baseline = fake_record(0, START, objective(START)) | {"kind": "baseline", "method": "baseline"}
         records = [baseline]
         centaur.observe(baseline)
@@ -95,9 +95,8 @@ def test_centaur_share_prompt_fallback_and_resume(tmp_path):
     # resume: a fresh Centaur restored from the mid-run state proposes exactly what the original did
     with ScriptedLLMServer() as server:
         server.script(*[json.dumps(llm_config)] * 40)
-        settings.api_base = server.api_base
         (tmp_path / "again" / "state").mkdir(parents=True)
-        restored = Centaur(SPACE, settings, tmp_path / "again")
+        restored = Centaur(SPACE, dataclasses.replace(settings, api_base=server.api_base), tmp_path / "again")
         restored.restore(pickle.loads(saved))
         records2 = records[:61]
         again = drive(restored, records2, 40)
