@@ -10,6 +10,7 @@ import signal
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch the cost map at run time
 
@@ -17,12 +18,11 @@ from rich.console import Console
 from rich.markup import escape
 
 from agent.constants import render_constants
-from agent.dataset_build import DEFAULT_VAL_FRACTION
 from agent.datasets import prepare_dataset
 from agent.errors import ArenaError, Terminated, raise_terminated
-from agent.methods import METHODS
+from agent.flags import add_flags, parse_texts
 from agent.presets import Preset, get_preset, load_presets
-from agent.run import ISOLATIONS, RunSettings
+from agent.run import RunSettings
 from agent.template import HARNESS_FILES, harness_hash, template_dir
 from sandbox.errors import SandboxError
 from train_template.prepare import read_meta
@@ -30,18 +30,10 @@ from train_template.prepare import read_meta
 console = Console(stderr=True, highlight=False, soft_wrap=True)  # errors stay on one line
 
 
-def add_data_arguments(parser: argparse.ArgumentParser, defaults: bool = True) -> None:
-    """Corpus flags. Without defaults (arena run), an absent flag means 'as the run was started'."""
-    def default(value):
-        return value if defaults else None
+DATA_SETTINGS = ("corpus", "shards", "text_column", "val_fraction")
 
-    parser.add_argument("--corpus", default=default("stdlib"),
-                        help="'stdlib' (default, offline), a directory of .txt/.parquet files, or an http(s) URL "
-                             "of a .parquet/.txt file; '{shard:05d}' in the URL expands to --shards files")
-    parser.add_argument("--shards", type=int, default=default(1), help="how many shards a '{shard}' URL expands to")
-    parser.add_argument("--text-column", default=default("text"), help="parquet column that holds the text")
-    parser.add_argument("--val-fraction", type=float, default=default(DEFAULT_VAL_FRACTION),
-                        help="share of documents held out for validation, chosen by a hash of each document")
+
+def add_cache_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", type=Path, default=None,
                         help="dataset cache directory (default $ARENA_CACHE or ~/.cache/autoresearch-arena)")
 
@@ -101,10 +93,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 SETTING_KEYS = {f.name for f in dataclasses.fields(RunSettings)}
+RUN_KEYS = {"trials", "hours", "runs_dir"}  # how long a run goes on and where it lives: not settings of the run
 
 
-def read_config_file(path: Path) -> dict:
-    """Settings from a TOML file; keys are the long flag names (dashes or underscores)."""
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Settings from a TOML file; keys are the long flag names (dashes or underscores), and a string value is
+    read as the flag's text would be."""
     try:
         raw = tomllib.loads(path.read_text())
     except OSError as e:
@@ -112,11 +106,18 @@ def read_config_file(path: Path) -> dict:
     except tomllib.TOMLDecodeError as e:
         raise ArenaError(f"config file {path} is not valid TOML ({e}); fix it") from None
     config = {key.replace("-", "_"): value for key, value in raw.items()}
-    unknown = sorted(set(config) - SETTING_KEYS - {"trials", "hours", "runs_dir"})
+    unknown = sorted(set(config) - SETTING_KEYS - RUN_KEYS)
     if unknown:
         raise ArenaError(f"config file {path} has unknown keys {', '.join(unknown)}; "
-                         f"known: {', '.join(sorted(SETTING_KEYS | {'trials', 'hours', 'runs_dir'}))}")
-    return config
+                         f"known: {', '.join(sorted(SETTING_KEYS | RUN_KEYS))}")
+    return parse_texts(RunSettings, config, f"config file {path}")
+
+
+def given_options(args: argparse.Namespace) -> dict[str, Any]:
+    """What `arena run` was told: its config file, then its flags over it; what neither gives is left out."""
+    given = read_config_file(args.config) if args.config else {}
+    given.update({k: v for k, v in vars(args).items() if v is not None and k in SETTING_KEYS | RUN_KEYS})
+    return given
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -125,11 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent.methods import ModelBacked
     from agent.run import open_run
 
-    given = read_config_file(args.config) if args.config else {}
-    given.update({k: v for k, v in vars(args).items() if v is not None and k in SETTING_KEYS | {"trials", "hours",
-                                                                                                "runs_dir"}})
-    if isinstance(given.get("gpus"), str):
-        given["gpus"] = [g.strip() for g in given["gpus"].split(",") if g.strip()]
+    given = given_options(args)
     trials, hours = given.pop("trials", None), given.pop("hours", None)
     runs_dir = Path(given.pop("runs_dir", "runs"))
     if trials is None and hours is None:
@@ -184,66 +181,24 @@ def build_parser() -> argparse.ArgumentParser:
     presets = list(load_presets())
 
     p = sub.add_parser("prepare", help="build the tokenized dataset (cached by content)")
-    add_data_arguments(p)
+    add_flags(p, RunSettings, DATA_SETTINGS)
+    add_cache_argument(p)
     p.add_argument("--preset", default="cpu", choices=presets, help="take the vocabulary size from this preset")
     p.add_argument("--vocab-size", type=int, default=None, help="BPE vocabulary size (overrides the preset's)")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("train", help="run the training template once, unmodified, and print its result")
-    add_data_arguments(p)
-    p.add_argument("--preset", default="cpu", choices=presets, help=f"one of: {', '.join(presets)} (default cpu)")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--budget", type=float, default=None, help="training seconds (default: the preset's)")
-    p.add_argument("--eval-tokens", type=int, default=None, help="validation tokens (default: the preset's)")
+    add_flags(p, RunSettings, (*DATA_SETTINGS, "preset", "seed", "budget", "eval_tokens", "isolation"))
+    add_cache_argument(p)
     p.add_argument("--train-py", type=Path, default=None, help="train this file instead of the template's")
-    p.add_argument("--isolation", default="bwrap", choices=ISOLATIONS, help="bwrap (default): each phase in a "
-                   "bubblewrap sandbox; none: unisolated, only for code you trust")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("run", help="run a search: trials proposed by a method, each a git commit, best kept")
-    add_data_arguments(p, defaults=False)
-    p.add_argument("--name", default=None, help="run name; an existing run of that name is resumed")
-    p.add_argument("--method", default=None, help=f"search method, one of: {', '.join(METHODS)} (default random)")
-    p.add_argument("--preset", default=None, help=f"one of: {', '.join(presets)} (default cpu)")
+    add_flags(p, RunSettings, with_defaults=False)  # an absent flag: as the run was started, or the config file
     p.add_argument("--trials", type=int, default=None, help="stop at this many trials, baseline included "
                    "(default 10)")
     p.add_argument("--hours", type=float, default=None, help="stop after this much trial time")
-    p.add_argument("--budget", type=float, default=None, help="training seconds per trial (default: the preset's)")
-    p.add_argument("--eval-tokens", type=int, default=None, help="validation tokens (default: the preset's)")
-    p.add_argument("--startup-allowance", type=float, default=None,
-                   help="seconds a trial's training phase may spend outside the budget (start-up, compile) "
-                        "before it is over_budget (default: the preset's)")
-    p.add_argument("--backend", default=None, help="local (default) or docker")
-    p.add_argument("--isolation", default=None, help="local backend: bwrap (default), each phase in a bubblewrap "
-                   "sandbox; none runs trials unisolated (recorded, and marked by compare)")
-    p.add_argument("--image", default=None, help="docker image for trials (docker backend)")
-    p.add_argument("--gpus", default=None, help="GPU ids for trials, e.g. 0 or 0,1")
-    p.add_argument("--mem-limit", default=None, help="memory limit per trial container, e.g. 64g (docker)")
-    p.add_argument("--seed", type=int, default=None, help="seed of the method and of every trial (default 42)")
-    p.add_argument("--noise-margin", type=float, default=None,
-                   help="keep only trials better than the best by more than this (default 0)")
-    p.add_argument("--confirm", type=int, default=None,
-                   help="re-run a would-be best with this many other seeds; keep it only if the mean still wins")
-    llm = p.add_argument_group("LLM methods (centaur, llm, code)")
-    llm.add_argument("--model", default=None, help="LiteLLM model, e.g. ollama_chat/qwen3:8b, hosted_vllm/ID, "
-                     "openai/ID with --api-base, anthropic/claude-..., gemini/...")
-    llm.add_argument("--api-base", default=None, help="base URL of an OpenAI-compatible or local server")
-    llm.add_argument("--temperature", type=float, default=None, help="sampling temperature (default 0.7)")
-    llm.add_argument("--max-tokens", type=int, default=None, help="answer length cap (default 4096)")
-    llm.add_argument("--llm-timeout", type=float, default=None, help="seconds per LLM call (default 120)")
-    llm.add_argument("--llm-retries", type=int, default=None, help="retries on rate limits, 5xx, timeouts "
-                     "(default 3)")
-    llm.add_argument("--llm-ratio", type=float, default=None, help="Centaur: share of trials the LLM proposes "
-                     "after warm-up (default 0.3)")
-    llm.add_argument("--llm-warmup", type=int, default=None, help="Centaur: CMA-ES-only trials first (default 10)")
-    llm.add_argument("--top-k", type=int, default=None, help="best trials shown to the LLM (default 5)")
-    llm.add_argument("--last-n", type=int, default=None, help="recent trials shown to the LLM (default 20)")
-    llm.add_argument("--repairs", type=int, default=None, help="code agent: repair attempts for a rejected "
-                     "diff (default 2)")
-    llm.add_argument("--llm-replay", default=None, help="answer from this run's recorded llm.jsonl instead of "
-                     "calling the model")
-    p.add_argument("--space", default=None, help="your own space.toml for fixed-space methods (default: the "
-                   "template's)")
+    add_cache_argument(p)
     p.add_argument("--config", type=Path, default=None, help="TOML file with any of these settings")
     p.add_argument("--runs-dir", type=Path, default=None, help="where runs live (default ./runs)")
     p.add_argument("--no-tui", action="store_true", help="plain progress lines instead of the live view")

@@ -22,17 +22,19 @@ import pickle
 import shutil
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from agent.constants import render_constants
+from agent.dataset_build import DEFAULT_VAL_FRACTION
 from agent.datasets import prepare_dataset
 from agent.errors import ArenaError
+from agent.flags import check_choices, flag, flag_metadata
 from agent.judging import best_of
 from agent.ledger import Ledger, fsync_write, results_tsv
-from agent.methods import Method, make_method
-from agent.presets import Preset, get_preset
+from agent.methods import METHODS, Method, make_method
+from agent.presets import Preset, get_preset, load_presets
 from agent.runlock import RunLock
 from agent.space import SearchSpace, load_space
 from agent.template import (
@@ -48,51 +50,55 @@ from train_template.prepare import read_meta
 
 TEMPLATE_FILES = (EDITABLE_FILE, *HARNESS_FILES, "program.md", "space.toml")
 BACKENDS = ("local", "docker")
+LLM = "LLM methods (centaur, llm, code)"  # the help's heading for the flags only they read
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunSettings:
-    """What a run is. Every field but the name and the GPU ids must match when a run is resumed."""
-    name: str
-    method: str = "random"
-    preset: str = "cpu"
-    budget: float | None = None
-    eval_tokens: int | None = None
-    startup_allowance: float | None = None  # seconds outside the budget before a trial is over_budget
-    backend: str = "local"
-    isolation: str = "bwrap"   # local backend: each phase in a bubblewrap sandbox, or "none" (unisolated)
-    image: str | None = None
-    gpus: list[str] | None = None
-    seed: int = 42
-    noise_margin: float = 0.0
-    confirm: int = 0
-    corpus: str = "stdlib"
-    shards: int = 1
-    text_column: str = "text"
-    val_fraction: float = 0.1
-    mem_limit: str | None = None
-    space: str | None = None  # a space.toml of your own; copied into the run at creation
-    # LLM methods (centaur, llm, code): a LiteLLM model string and how to call it
-    model: str | None = None
-    api_base: str | None = None
-    temperature: float = 0.7
-    max_tokens: int = 4096
-    llm_timeout: float = 120.0
-    llm_retries: int = 3
-    llm_ratio: float = 0.3     # Centaur: share of trials after warm-up that go to the LLM
-    llm_warmup: int = 10       # Centaur: trials before the LLM is first asked
-    top_k: int = 5             # best trials shown to an LLM
-    last_n: int = 20           # most recent trials shown to an LLM
-    repairs: int = 2           # code agent: how often a rejected diff is sent back for repair
-    llm_replay: str | None = None  # a run directory whose llm.jsonl answers instead of the model
-
-    MUTABLE = ("name", "gpus", "llm_replay", "api_base", "llm_timeout", "llm_retries")
+    """What a run is: its settings, each declared once here and a flag of `arena run` (agent/flags.py). A
+    resumed run must match its stored settings in every field but those that may_change."""
+    name: str = field(metadata=flag_metadata("run name; an existing run of that name is resumed (default: "
+                                             "METHOD-PRESET-sSEED)", may_change=True))
+    method: str = flag("random", "search method", METHODS)
+    preset: str = flag("cpu", "a trial's device, model size, evaluation and budget", load_presets())
+    budget: float | None = flag(None, "training seconds per trial (default: the preset's)")
+    eval_tokens: int | None = flag(None, "validation tokens (default: the preset's)")
+    startup_allowance: float | None = flag(None, "seconds a trial's training phase may spend outside the budget "
+                                           "(start-up, compile) before it is over_budget (default: the preset's)")
+    backend: str = flag("local", "where trials run", BACKENDS)
+    isolation: str = flag("bwrap", "local backend: bwrap runs each phase in a bubblewrap sandbox; none runs trials "
+                          "unisolated, only for code you trust, recorded in the run and marked by compare", ISOLATIONS)
+    image: str | None = flag(None, "docker image for trials (docker backend)")
+    gpus: list[str] | None = flag(None, "GPU ids for trials, e.g. 0 or 0,1", may_change=True)
+    seed: int = flag(42, "seed of the method and of every trial")
+    noise_margin: float = flag(0.0, "keep only trials better than the best by more than this")
+    confirm: int = flag(0, "re-run a would-be best with this many other seeds; keep it only if the mean still wins")
+    corpus: str = flag("stdlib", "'stdlib' (offline), a directory of .txt/.parquet files, or an http(s) URL of a "
+                       ".parquet/.txt file; '{shard:05d}' in the URL expands to --shards files")
+    shards: int = flag(1, "how many shards a '{shard}' URL expands to")
+    text_column: str = flag("text", "parquet column that holds the text")
+    val_fraction: float = flag(DEFAULT_VAL_FRACTION, "share of documents held out for validation, chosen by a hash "
+                               "of each document")
+    mem_limit: str | None = flag(None, "memory limit per trial container, e.g. 64g (docker)")
+    space: str | None = flag(None, "your own space.toml for fixed-space methods, copied into the run at creation "
+                             "(default: the template's)")
+    model: str | None = flag(None, "LiteLLM model, e.g. ollama_chat/qwen3:8b, hosted_vllm/ID, openai/ID with "
+                             "--api-base, anthropic/claude-..., gemini/...", group=LLM)
+    api_base: str | None = flag(None, "base URL of an OpenAI-compatible or local server", group=LLM, may_change=True)
+    temperature: float = flag(0.7, "sampling temperature", group=LLM)
+    max_tokens: int = flag(4096, "answer length cap", group=LLM)
+    llm_timeout: float = flag(120.0, "seconds per LLM call", group=LLM, may_change=True)
+    llm_retries: int = flag(3, "retries on rate limits, 5xx, timeouts", group=LLM, may_change=True)
+    llm_ratio: float = flag(0.3, "Centaur: share of trials the LLM proposes after warm-up", group=LLM)
+    llm_warmup: int = flag(10, "Centaur: CMA-ES-only trials first", group=LLM)
+    top_k: int = flag(5, "best trials shown to the LLM", group=LLM)
+    last_n: int = flag(20, "recent trials shown to the LLM", group=LLM)
+    repairs: int = flag(2, "code agent: repair attempts for a rejected diff", group=LLM)
+    llm_replay: str | None = flag(None, "answer from this run's recorded llm.jsonl instead of calling the model",
+                                  group=LLM, may_change=True)
 
     def validate(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ArenaError(f"unknown backend '{self.backend}'; choose one of: {', '.join(BACKENDS)}")
-        if self.isolation not in ISOLATIONS:
-            raise ArenaError(f"unknown isolation '{self.isolation}'; choose one of: {', '.join(ISOLATIONS)}")
+        check_choices(self)
         if self.backend == "docker" and self.isolation == "none":
             raise ArenaError("--isolation none applies to the local backend; Docker always isolates each phase")
         if self.backend == "docker" and not self.image:
@@ -103,6 +109,9 @@ class RunSettings:
             raise ArenaError(f"--confirm must be zero or positive, got {self.confirm}")
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise ArenaError(f"--name '{self.name}' must be a plain directory name")
+
+
+MAY_CHANGE_ON_RESUME = frozenset(f.name for f in dataclasses.fields(RunSettings) if f.metadata.get("may_change"))
 
 
 @dataclass
@@ -168,12 +177,12 @@ def _atomic_pickle(path: Path, obj: object) -> None:
 def merge_settings(stored: dict, given: dict) -> RunSettings:
     """Settings of an existing run; a flag given now must agree with what the run was started with."""
     for key, value in given.items():
-        if value is None or key in RunSettings.MUTABLE:
+        if value is None or key in MAY_CHANGE_ON_RESUME:
             continue
         if key in stored and stored[key] != value:
             raise ArenaError(f"run '{stored['name']}' was started with {key}={stored[key]!r}, not {value!r}; "
                              "resume it with the same settings or choose another --name")
-    merged = {**stored, **{k: v for k, v in given.items() if v is not None and k in RunSettings.MUTABLE}}
+    merged = {**stored, **{k: v for k, v in given.items() if v is not None and k in MAY_CHANGE_ON_RESUME}}
     return RunSettings(**merged)
 
 
@@ -247,7 +256,7 @@ def _open_locked(run_dir: Path, given: dict, cache_root: Path | None, preflight:
 def changed(stored: dict, settings: RunSettings) -> bool:
     """Whether `settings` differ from a run's stored ones in anything a trial depends on."""
     current = dataclasses.asdict(settings)
-    return any(stored.get(key) != current[key] for key in current if key not in RunSettings.MUTABLE)
+    return any(stored.get(key) != current[key] for key in current if key not in MAY_CHANGE_ON_RESUME)
 
 
 def check_unchanged(run_dir: Path, info: dict, fingerprint: str, harness: str, recorded: int) -> None:
