@@ -9,8 +9,9 @@ import os
 import signal
 import sys
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch the cost map at run time
 
@@ -26,6 +27,10 @@ from agent.run import RunSettings
 from agent.template import HARNESS_FILES, harness_hash, template_dir
 from sandbox.errors import SandboxError
 from train_template.prepare import read_meta
+
+if TYPE_CHECKING:
+    from agent.methods import Method
+    from sandbox import Backend
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)  # errors stay on one line
 
@@ -134,9 +139,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if (trials is not None and trials < 1) or (hours is not None and hours <= 0):
         raise ArenaError("--trials must be at least 1 and --hours positive")
     given.setdefault("name", f"{given.get('method', 'random')}-{given.get('preset', 'cpu')}-s{given.get('seed', 42)}")
-    backends = []
+    backends: list[Backend] = []
 
-    def preflight(settings, preset, method) -> None:
+    def preflight(settings: RunSettings, preset: Preset, method: Method[Any]) -> None:
         """Whatever can refuse the run, before anything of it is created or changed."""
         if settings.backend == "local":
             require_device(preset)
@@ -162,7 +167,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             run_loop(run, backend, stop, report=lambda line: console.print(line, markup=False))
     best_trial, best_value = best_of(run.ledger.records)
     console.print(f"done: {len(run.ledger)} trials, best val_bpb {best_value:.6f} (trial {best_trial}); "
-                  f"its train.py: {run.dir / 'best_train.py'}; history: git -C {run.dir / 'repo'} log best", markup=False)
+                  f"its train.py: {run.dir / 'best_train.py'}; history: git -C {run.dir / 'repo'} log best",
+                  markup=False)
     return 0
 
 
@@ -170,7 +176,7 @@ class Parser(argparse.ArgumentParser):
     """argparse, but a bad command line is an ArenaError: one `error:` line and exit code 2, as for any
     other bad input (argparse itself would print its usage block first)."""
 
-    def error(self, message: str):
+    def error(self, message: str) -> NoReturn:
         raise ArenaError(f"{message}; see `{self.prog} --help`")
 
 
@@ -215,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        return args.func(args)
+        command: Callable[[argparse.Namespace], int] = args.func
+        return command(args)
     except (ArenaError, SandboxError) as e:
         console.print(f"[red]error:[/] {escape(str(e))}")
         return 2

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypedDict
 
 from agent.constants import render_constants
 from agent.dataset_build import DEFAULT_VAL_FRACTION
@@ -33,7 +34,7 @@ from agent.errors import ArenaError
 from agent.flags import check_choices, flag, flag_metadata
 from agent.judging import best_of
 from agent.ledger import Ledger, fsync_write, results_tsv
-from agent.methods import METHODS, Method, make_method
+from agent.methods import METHODS, Method, Proposal, make_method
 from agent.presets import Preset, get_preset, load_presets
 from agent.runlock import RunLock
 from agent.space import SearchSpace, load_space
@@ -114,6 +115,27 @@ class RunSettings:
 MAY_CHANGE_ON_RESUME = frozenset(f.name for f in dataclasses.fields(RunSettings) if f.metadata.get("may_change"))
 
 
+class RunInfo(TypedDict):
+    """run.json: what the run is, written once when it is created."""
+    settings: dict[str, Any]   # RunSettings, as JSON
+    dataset_fingerprint: str
+    harness_hash: str
+    created: str
+
+
+class SavedState(TypedDict):
+    """state/method.pkl: the method's state after it observed trial `observed_through`."""
+    observed_through: int
+    state: Any
+
+
+class Pending(TypedDict):
+    """state/pending.pkl: a proposal being run, and the method's state right after it was made."""
+    trial: int
+    proposal: Proposal
+    state: Any
+
+
 @dataclass
 class Run:
     """An open run: everything the loop needs, reconciled with the ledger."""
@@ -124,19 +146,19 @@ class Run:
     data_dir: Path
     repo: RunRepo
     ledger: Ledger
-    method: Method
+    method: Method[Any]
     harness_hash: str  # the harness its trials run with: run.json's, or one with the same trial code
-    info: dict = field(default_factory=dict)
-    lock: RunLock | None = None  # held for as long as this process works on the run
+    info: RunInfo
+    lock: RunLock  # held for as long as this process works on the run
 
     @property
     def state_dir(self) -> Path:
         return self.dir / "state"
 
-    def set_status(self, **status) -> None:
+    def set_status(self, **fields: object) -> None:
         """state/status.json: what the loop is doing now, for `arena watch` and the live view, with the
         writer's pid and host so that a view can tell a run in progress from an arena that was killed."""
-        status = {**status, "time": time.time(), "pid": os.getpid(), "host": socket.gethostname()}
+        status = {**fields, "time": time.time(), "pid": os.getpid(), "host": socket.gethostname()}
         fsync_write(self.state_dir / "status.json", json.dumps(status) + "\n")
 
     def log_path(self, trial: int) -> Path:
@@ -144,17 +166,17 @@ class Run:
 
     def save_method_state(self, observed_through: int) -> None:
         """After the ledger line of trial `observed_through` and method.observe() on it."""
-        _atomic_pickle(self.state_dir / "method.pkl", {"observed_through": observed_through,
-                                                       "state": self.method.state()})
+        saved: SavedState = {"observed_through": observed_through, "state": self.method.state()}
+        _atomic_pickle(self.state_dir / "method.pkl", saved)
 
-    def save_pending(self, trial: int, proposal) -> None:
+    def save_pending(self, trial: int, proposal: Proposal) -> None:
         """Right after propose(): a restart runs this same proposal instead of asking again."""
-        _atomic_pickle(self.state_dir / "pending.pkl", {"trial": trial, "proposal": proposal,
-                                                        "state": self.method.state()})
+        pending: Pending = {"trial": trial, "proposal": proposal, "state": self.method.state()}
+        _atomic_pickle(self.state_dir / "pending.pkl", pending)
 
-    def load_pending(self) -> dict | None:
+    def load_pending(self) -> Pending | None:
         path = self.state_dir / "pending.pkl"
-        return pickle.loads(path.read_bytes()) if path.exists() else None
+        return load_pickle(path, Pending) if path.exists() else None
 
     def clear_pending(self) -> None:
         (self.state_dir / "pending.pkl").unlink(missing_ok=True)
@@ -163,6 +185,14 @@ class Run:
         """The human-facing files derived from the ledger and the repository."""
         fsync_write(self.dir / "results.tsv", results_tsv(self.ledger.records))
         fsync_write(self.dir / "best_train.py", self.repo.show(best_commit, EDITABLE_FILE))
+
+
+def load_pickle(path: Path, shape: type[SavedState] | type[Pending]) -> Any:
+    """One of the run's own pickles (written by _atomic_pickle, never by a trial), checked for its keys."""
+    value = pickle.loads(path.read_bytes())
+    if not isinstance(value, dict) or not set(shape.__annotations__) <= set(value):
+        raise ArenaError(f"{path} is not arena's {path.stem} state; delete it to let the run rebuild it")
+    return value
 
 
 def _atomic_pickle(path: Path, obj: object) -> None:
@@ -174,7 +204,7 @@ def _atomic_pickle(path: Path, obj: object) -> None:
     tmp.replace(path)
 
 
-def merge_settings(stored: dict, given: dict) -> RunSettings:
+def merge_settings(stored: dict[str, Any], given: dict[str, Any]) -> RunSettings:
     """Settings of an existing run; a flag given now must agree with what the run was started with."""
     for key, value in given.items():
         if value is None or key in MAY_CHANGE_ON_RESUME:
@@ -186,11 +216,15 @@ def merge_settings(stored: dict, given: dict) -> RunSettings:
     return RunSettings(**merged)
 
 
-Preflight = Callable[[RunSettings, Preset, Method], None]
+Preflight = Callable[[RunSettings, Preset, Method[Any]], None]
 
 
-def open_run(runs_dir: Path, given: dict, cache_root: Path | None = None,
-             preflight: Preflight = lambda settings, preset, method: None) -> Run:
+def no_preflight(settings: RunSettings, preset: Preset, method: Method[Any]) -> None:
+    pass
+
+
+def open_run(runs_dir: Path, given: dict[str, Any], cache_root: Path | None = None,
+             preflight: Preflight = no_preflight) -> Run:
     """Create the run named in `given`, or resume it; either way locked, reconciled and ready for the loop.
 
     Nothing on disk changes until every check has passed and `preflight` (the sandbox, the device, the
@@ -211,9 +245,9 @@ def open_run(runs_dir: Path, given: dict, cache_root: Path | None = None,
         raise
 
 
-def _open_locked(run_dir: Path, given: dict, cache_root: Path | None, preflight: Preflight,
+def _open_locked(run_dir: Path, given: dict[str, Any], cache_root: Path | None, preflight: Preflight,
                  lock: RunLock | None) -> Run:
-    info = json.loads((run_dir / "run.json").read_text()) if lock is not None else None
+    info: RunInfo | None = json.loads((run_dir / "run.json").read_text()) if lock is not None else None
     ledger = Ledger.read(run_dir / "ledger.jsonl")
     if info is not None and ledger.records:
         settings = merge_settings(info["settings"], given)
@@ -226,7 +260,7 @@ def _open_locked(run_dir: Path, given: dict, cache_root: Path | None, preflight:
     if settings.gpus and not preset.device.startswith("cuda"):
         raise ArenaError(f"--gpus applies to a GPU preset, and preset '{preset.name}' trains on the CPU; leave "
                          "--gpus out or choose --preset gpu")
-    recorded = info is not None and bool(ledger.records)
+    recorded = bool(ledger.records)
     space_file = run_dir / "space.toml" if recorded else (Path(settings.space).expanduser() if settings.space else None)
     space = load_space(settings.preset, space_file)
     probe = make_method(settings, space, None)  # an unknown method or missing model fails before any work
@@ -234,14 +268,14 @@ def _open_locked(run_dir: Path, given: dict, cache_root: Path | None, preflight:
                                shards=settings.shards, column=settings.text_column, cache_root=cache_root)
     fingerprint = read_meta(data_dir)["fingerprint"]
     harness = harness_hash()
-    if recorded:
+    if info is not None and recorded:
         check_unchanged(run_dir, info, fingerprint, harness, len(ledger.records))
-    keeps = recorded or (info is not None and not changed(info["settings"], settings)
-                         and info["dataset_fingerprint"] == fingerprint
-                         and may_resume_with(info["harness_hash"], harness))
+    keeps = info is not None and (recorded or (not changed(info["settings"], settings)
+                                               and info["dataset_fingerprint"] == fingerprint
+                                               and may_resume_with(info["harness_hash"], harness)))
     preflight(settings, preset, probe)
     # every check passed: from here on the run may change
-    if not keeps:
+    if info is None or lock is None or not keeps:
         info, lock = create_run_dir(run_dir, settings, preset, fingerprint, space_file, lock)
     lock.claim()
     ledger.repair()
@@ -253,13 +287,13 @@ def _open_locked(run_dir: Path, given: dict, cache_root: Path | None, preflight:
     return run
 
 
-def changed(stored: dict, settings: RunSettings) -> bool:
+def changed(stored: dict[str, Any], settings: RunSettings) -> bool:
     """Whether `settings` differ from a run's stored ones in anything a trial depends on."""
     current = dataclasses.asdict(settings)
     return any(stored.get(key) != current[key] for key in current if key not in MAY_CHANGE_ON_RESUME)
 
 
-def check_unchanged(run_dir: Path, info: dict, fingerprint: str, harness: str, recorded: int) -> None:
+def check_unchanged(run_dir: Path, info: RunInfo, fingerprint: str, harness: str, recorded: int) -> None:
     """What a resume needs to be the same run: its dataset, its harness, a method state the ledger covers."""
     name = info["settings"]["name"]
     if info["dataset_fingerprint"] != fingerprint:
@@ -271,14 +305,14 @@ def check_unchanged(run_dir: Path, info: dict, fingerprint: str, harness: str, r
                          "finish it with the arena version that started it or start a new run")
     method_path = run_dir / "state" / "method.pkl"
     if method_path.exists():
-        observed_through = pickle.loads(method_path.read_bytes())["observed_through"]
+        observed_through = load_pickle(method_path, SavedState)["observed_through"]
         if observed_through >= recorded:
             raise ArenaError(f"the method state in {method_path} is ahead of the ledger (trial {observed_through} "
                              f"observed, {recorded} recorded); the ledger lost lines — restore it from a backup")
 
 
 def create_run_dir(run_dir: Path, settings: RunSettings, preset: Preset, fingerprint: str,
-                   space_file: Path | None, held: RunLock | None) -> tuple[dict, RunLock]:
+                   space_file: Path | None, held: RunLock | None) -> tuple[RunInfo, RunLock]:
     """Build the run in a scratch directory, locked, and rename it into place, so a kill leaves no half-made
     run. A run with no recorded trial (`held`: its lock) is replaced; its logs are kept."""
     scratch = run_dir.with_name(f".{run_dir.name}.creating-{os.getpid()}")
@@ -293,7 +327,7 @@ def create_run_dir(run_dir: Path, settings: RunSettings, preset: Preset, fingerp
     repo = RunRepo.create(scratch / "repo", files, f"baseline: the template with preset '{preset.name}'",
                           {"Arena-Trial": 0, "Arena-Method": "baseline"})
     repo.git.update_ref(trial_ref(0), repo.best())
-    info = {"settings": dataclasses.asdict(settings), "dataset_fingerprint": fingerprint,
+    info: RunInfo = {"settings": dataclasses.asdict(settings), "dataset_fingerprint": fingerprint,
             "harness_hash": harness_hash(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     fsync_write(scratch / "run.json", json.dumps(info, indent=2) + "\n")
     run_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -334,7 +368,7 @@ def reconcile(run: Run) -> None:
     state, observed_through = None, -1
     method_path = run.state_dir / "method.pkl"
     if method_path.exists():
-        saved = pickle.loads(method_path.read_bytes())
+        saved: SavedState = load_pickle(method_path, SavedState)
         state, observed_through = saved["state"], saved["observed_through"]
     pending = run.load_pending()
     if pending is not None and pending["trial"] > observed_through:
