@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -20,9 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "train_template"))
 
-import torch  # noqa: E402
-
 import harness  # noqa: E402
+import torch  # noqa: E402
 
 KINDS = [  # first match wins: substrings of kernel names, lower case
     ("attention (flex)", ("flex", "triton_tem")),  # inductor names its FlexAttention kernels triton_tem_*
@@ -88,7 +88,7 @@ def main() -> int:
         module.train(ctx)
         torch.cuda.synchronize()
     stamps = [t - start for t in ctx.stamps]
-    steady = [b - a for a, b in zip(stamps[2:-3], stamps[3:-2])]  # unprofiled steps after compilation
+    steady = [b - a for a, b in itertools.pairwise(stamps[2:-2])]  # unprofiled steps after compilation
     print(f"\nfirst step done at {stamps[0]:.1f} s (compile included); second at {stamps[1]:.1f} s")
     if steady:
         steady.sort()

@@ -48,7 +48,7 @@ def fail(message: str) -> None:
 def require_cuda() -> None:
     # A subprocess keeps this process free of CUDA state and gives one clean line on a CPU-only torch.
     probe = subprocess.run([sys.executable, "-c", "import torch; print(int(torch.cuda.is_available()))"],
-                           capture_output=True, text=True)
+                           capture_output=True, text=True, check=False)
     if probe.returncode != 0:
         fail(f"cannot import torch ({probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else 'no output'})")
     if probe.stdout.strip() != "1":
@@ -163,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-tokens", type=int, default=None,
                         help="validation tokens (default: the preset's); for corpora whose validation split is smaller")
     parser.add_argument("--train-py", type=Path, default=TEMPLATE / "train.py",
-                        help="the train.py to measure (default: the template's); the preset's constants are rendered in")
+                        help="the train.py to measure (default: the template's); the preset's constants are "
+                             "rendered in")
     parser.add_argument("--keep", type=Path, default=None,
                         help="keep the trial directory (logs, exported model, stats) here instead of a temp dir")
     parser.add_argument("--json", type=Path, default=None, help="also write the result and wall times here")

@@ -111,8 +111,8 @@ def exporting() -> bool:
 
     torch.compiler.is_exporting() cannot tell the two apart in torch 2.11 and older: TorchDynamo folds
     it to True in any compiled code, which sent the training graph's short-window layers down the
-    masked-SDPA path (on an H100, 12.7 ms forward+backward per layer against FlexAttention's 3.0 ms). The flag behind it is read
-    instead; Dynamo reads a module attribute by value and guards on it.
+    masked-SDPA path (on an H100, 12.7 ms forward+backward per layer against FlexAttention's 3.0 ms).
+    The flag behind it is read instead; Dynamo reads a module attribute by value and guards on it.
     """
     flag = getattr(torch.compiler, "_is_exporting_flag", None)
     return torch.compiler.is_exporting() if flag is None else bool(flag)
