@@ -5,11 +5,10 @@ are protocols of their own (`Repairable`, `ModelBacked`), checked with isinstanc
 method may configure comes in the typed settings below, built from the run's settings in
 `agent/methods/__init__.py`: a method never sees the rest of the run.
 
-Exact resume is the loop's contract with a method (see agent/loop.py for the write order): after
-`restore(state())` every later proposal is the same as without the restart, and the loop may then
-hand `observe` a record that `state()` had already seen (killed after the ledger line, before the
-state was saved): a method must take such a replay as a no-op. tests/test_method_conformance.py
-holds every method to this.
+Exact resume is the loop's contract with a method (see agent/loop.py for the write order): after a
+kill the loop restores the newest saved state (taken right after propose(), or after observe()) and
+hands `observe` the records the ledger gained since; from there on every proposal must be the one an
+uninterrupted run would have made. tests/test_method_conformance.py holds every method to this.
 """
 
 from __future__ import annotations
@@ -65,7 +64,7 @@ class Method(Protocol[StateT]):
 
     def observe(self, record: TrialRecord) -> None:
         """Called with the record of every trial once it is judged (the baseline and confirmation runs
-        included); a record seen before (a replay after a restart) changes nothing."""
+        included), and again after a restart for the records its restored state had not seen."""
         ...
 
     def state(self) -> StateT:
