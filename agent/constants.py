@@ -6,6 +6,7 @@ import ast
 import json
 import math
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.errors import ArenaError
@@ -15,8 +16,9 @@ END_MARKER = "# ==== ARENA CONSTANTS END"
 
 Value = int | float | str
 
-_BINARY = {ast.Pow: operator.pow, ast.Mult: operator.mul, ast.Add: operator.add,
-           ast.Sub: operator.sub, ast.Div: operator.truediv}
+_BINARY: dict[type[ast.operator], Callable[[float, float], float]] = {
+    ast.Pow: operator.pow, ast.Mult: operator.mul, ast.Add: operator.add, ast.Sub: operator.sub,
+    ast.Div: operator.truediv}
 
 
 class ConstantsError(ArenaError):
@@ -34,7 +36,8 @@ class Constant:
 
 def _evaluate(node: ast.expr) -> Value:
     """A literal, or arithmetic on numeric literals such as 2**19 or 3e-4 * 2."""
-    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float, str)) and not isinstance(node.value, bool):
+    if (isinstance(node, ast.Constant) and isinstance(node.value, (int, float, str))
+            and not isinstance(node.value, bool)):
         return node.value
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
         value = _evaluate(node.operand)
@@ -58,6 +61,15 @@ def block_bounds(source: str) -> tuple[int, int]:
     return begins[0], ends[0]
 
 
+def _assignment(text: str) -> tuple[str, ast.expr]:
+    """The name and the value expression of a line `NAME = value`; raises SyntaxError or ValueError."""
+    statements = ast.parse(text).body
+    assign = statements[0] if len(statements) == 1 else None
+    if not isinstance(assign, ast.Assign) or len(assign.targets) != 1 or not isinstance(assign.targets[0], ast.Name):
+        raise ValueError("not a single NAME = value assignment")
+    return assign.targets[0].id, assign.value
+
+
 def parse_constants(source: str) -> list[Constant]:
     begin, end = block_bounds(source)
     lines = source.splitlines()
@@ -67,19 +79,16 @@ def parse_constants(source: str) -> list[Constant]:
         if not text.strip() or text.lstrip().startswith("#"):
             continue
         try:
-            statement = ast.parse(text).body
-            if (len(statement) != 1 or not isinstance(statement[0], ast.Assign) or len(statement[0].targets) != 1
-                    or not isinstance(statement[0].targets[0], ast.Name)):
-                raise ValueError("not a single NAME = value assignment")
-            assign = statement[0]
-            value = _evaluate(assign.value)
+            name, expression = _assignment(text)
+            value = _evaluate(expression)
         except (SyntaxError, ValueError, ZeroDivisionError, OverflowError) as e:
             raise ConstantsError(f"train.py line {index + 1} in the constants block is malformed ({e}): "
                                  f"{text.strip()!r}; write NAME = literal") from None
-        name = assign.targets[0].id
         if any(c.name == name for c in constants):
             raise ConstantsError(f"train.py line {index + 1}: constant {name} is set twice in the block; keep one")
-        constants.append(Constant(name, value, index, assign.value.col_offset, assign.value.end_col_offset))
+        # ast.parse gives every node its end position; only nodes built by hand lack one
+        assert expression.end_col_offset is not None
+        constants.append(Constant(name, value, index, expression.col_offset, expression.end_col_offset))
     return constants
 
 

@@ -26,17 +26,20 @@ deeply or to take more than linear time.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from types import ModuleType
+from typing import TypedDict
 
 from agent.errors import ArenaError
-from agent.jsonl import read_jsonl
+from agent.jsonl import JsonObject, read_jsonl
 
 Message = dict[str, str]     # one chat message: {"role": "system" | "user" | "assistant", "content": text}
 LOG_NAME = "llm.jsonl"
@@ -51,7 +54,6 @@ _SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)$", r
 _SECRET_SHAPE = re.compile(r"\b(sk-[A-Za-z0-9_\-]{8,}|sk_[A-Za-z0-9_\-]{8,}|AIza[0-9A-Za-z_\-]{20,}|"
                            r"hf_[A-Za-z0-9]{20,}|"
                            r"gh[pousr]_[A-Za-z0-9]{20,}|xox[abpr]-[A-Za-z0-9\-]{10,})|(?i:bearer\s+)[A-Za-z0-9._\-]{8,}")
-USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "cost_usd", "latency_s")
 # reading answers: a ``` fenced block, the first line of a diff, markdown around a description line
 _FENCED_BLOCK = re.compile(r"^```[^\n]*\n(.*?)^```", re.DOTALL | re.MULTILINE)
 _DIFF_START = re.compile(r"^(diff --git |--- |@@ )", re.MULTILINE)
@@ -109,7 +111,27 @@ class LLMReply:
         return None
 
 
-def _litellm():
+class CallResult(TypedDict):
+    """The outcome part of a log line, shared by live and replayed calls."""
+    response: str | None    # None when the call failed
+    error: str | None       # one line; None when the call succeeded
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    latency_s: float
+    attempts: int
+    finish_reason: str | None
+
+
+class UsageTotals(TypedDict):
+    calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    latency_s: float
+
+
+def _litellm() -> ModuleType:
     """LiteLLM, imported on first use: the import takes seconds, which commands that never call a
     model should not pay. The local price map keeps the import from fetching one over the network."""
     os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
@@ -137,7 +159,8 @@ class LLMClient:
         self.stream_path = Path(stream_path) if stream_path is not None else None
         self.backoff_base = backoff_base
         self._sleep = sleep
-        self._totals = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0, "latency_s": 0.0}
+        self._totals: UsageTotals = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0,
+                                     "latency_s": 0.0}
         for record in self._open_log():
             self._count(record)
         self._replay = _load_replay(Path(replay_from)) if replay_from is not None else None
@@ -148,18 +171,19 @@ class LLMClient:
         """The model's answer to `messages`; raises LLMError. `purpose` and `trial` label the log line."""
         call = self._totals["calls"]
         if self._replay is not None:
-            result = self._replayed(call, purpose, trial, messages)
+            result = self._replayed(self._replay, call, purpose, trial, messages)
             self._write_stream(result["response"] or "")
         else:
             result = self._live(messages)
-        record = {"trial": trial, "purpose": purpose, "call": call, "model": self.model, "messages": messages,
-                  **result, "replayed": self._replay is not None, "time": time.time()}
+        record: JsonObject = {"trial": trial, "purpose": purpose, "call": call, "model": self.model,
+                              "messages": messages, **result, "replayed": self._replay is not None, "time": time.time()}
         self._append(record)
         if result["error"] is not None:
             raise LLMError(result["error"])
-        return LLMReply(result["response"], result["prompt_tokens"], result["completion_tokens"],
+        # every call that did not fail has a response; only a hand-edited recording could lack one
+        return LLMReply(result["response"] or "", result["prompt_tokens"], result["completion_tokens"],
                         result["cost_usd"], result["latency_s"], result["attempts"], self.model,
-                        result.get("finish_reason"))
+                        result["finish_reason"])
 
     def check_reachable(self) -> None:
         """Fail fast, before any trial, when the model cannot answer; raises ArenaError. The test is the
@@ -168,26 +192,28 @@ class LLMClient:
             return  # a replay never touches the network
         try:
             self._one_token()
-        except Exception as error:  # whatever the cause, the user gets one line that says what to do
+        except Exception as error:  # noqa: BLE001 - whatever the cause, the user gets one line that says what to do
             where = self.api_base or "its provider's endpoint"
             raise ArenaError(f"cannot reach model {self.model} at {where}: {_one_line(error)}; "
                              "start the server or check --model/--api-base") from None
 
-    def usage_totals(self) -> dict:
+    def usage_totals(self) -> UsageTotals:
         """{"calls", "prompt_tokens", "completion_tokens", "cost_usd", "latency_s"} over the whole run."""
-        return dict(self._totals)
+        return self._totals.copy()
 
     # ------------------------------------------------------------------------ calling the model
 
-    def _live(self, messages: list[Message]) -> dict:
+    def _live(self, messages: list[Message]) -> CallResult:
         """One call with retries, all within the call's deadline, as the result part of a log line."""
         _litellm()  # the first import takes seconds; it is not the model's latency
         start = time.monotonic()
         deadline = start + self.timeout
-        for attempt in itertools.count(1):
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 text, usage, finish = self._stream_once(messages, deadline)
-            except Exception as error:  # LiteLLM raises one of its exceptions for any failed request
+            except Exception as error:  # noqa: BLE001 - LiteLLM raises one of its exceptions for any failed request
                 wait = self._backoff(attempt, error)
                 if (attempt > self.retries or not _retryable(error)
                         or time.monotonic() + wait > deadline - MIN_ATTEMPT_S):
@@ -196,8 +222,8 @@ class LLMClient:
                     return _result(None, message, 0, 0, 0.0, time.monotonic() - start, attempt)
                 self._sleep(wait)
                 continue
-            prompt_tokens = getattr(usage, "prompt_tokens", 0) or 0
-            completion_tokens = getattr(usage, "completion_tokens", 0) or 0
+            prompt_tokens = _token_count(usage, "prompt_tokens")
+            completion_tokens = _token_count(usage, "completion_tokens")
             return _result(text, None, prompt_tokens, completion_tokens, self._cost(prompt_tokens, completion_tokens),
                            time.monotonic() - start, attempt, finish)
 
@@ -205,7 +231,10 @@ class LLMClient:
         """One request: the answer's text (written to the stream file as it arrives), its usage and why it
         ended ("size" when it passed MAX_ANSWER_CHARS: a model caught in a loop); raises CallDeadline past
         the deadline. Either way the request is closed, so the server stops generating for nobody."""
-        pieces, usage, finish, length = [], None, None, 0
+        pieces: list[str] = []
+        usage: object = None
+        finish: str | None = None
+        length = 0
         with open(self.stream_path or os.devnull, "w") as live:  # truncated: it shows this attempt only
             # drop_params: a model that takes no temperature (say) gets the request without it, not a 400
             response = _litellm().completion(
@@ -240,7 +269,7 @@ class LLMClient:
         return None  # LiteLLM reads the provider's usual environment variable
 
     def _backoff(self, attempt: int, error: Exception) -> float:
-        delay = max(self.backoff_base * 2 ** (attempt - 1), _retry_after(error))
+        delay = max(self.backoff_base * 2.0 ** (attempt - 1), _retry_after(error))
         return min(delay, BACKOFF_CAP_S)
 
     def _cost(self, prompt_tokens: int, completion_tokens: int) -> float:
@@ -249,8 +278,8 @@ class LLMClient:
             prompt_cost, completion_cost = litellm.cost_per_token(
                 model=self.model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
             return float((prompt_cost or 0.0) + (completion_cost or 0.0))
-        except Exception:  # LiteLLM has no price for this model (a local one): it is free, and registered so
-            litellm.register_model({self.model: {  # that LiteLLM's own bookkeeping stops failing on it
+        except Exception:  # noqa: BLE001 - LiteLLM has no price for this model (a local one): it is free,
+            litellm.register_model({self.model: {  # and registered so that LiteLLM's bookkeeping stops failing on it
                 "input_cost_per_token": 0.0, "output_cost_per_token": 0.0, "cache_creation_input_token_cost": 0.0,
                 "cache_read_input_token_cost": 0.0, "mode": "chat"}})
             return 0.0
@@ -262,12 +291,13 @@ class LLMClient:
 
     # ------------------------------------------------------------------------ replay, stream file and log
 
-    def _replayed(self, call: int, purpose: str, trial: int | None, messages: list[Message]) -> dict:
+    def _replayed(self, replay: list[JsonObject], call: int, purpose: str, trial: int | None,
+                  messages: list[Message]) -> CallResult:
         where = f"replay diverged at call {call} ({purpose!r} for trial {trial})"
-        if call >= len(self._replay):
-            raise ReplayDiverged(f"{where}: the recording holds only {len(self._replay)} calls; replay a run "
+        if call >= len(replay):
+            raise ReplayDiverged(f"{where}: the recording holds only {len(replay)} calls; replay a run "
                                  "made with the same settings and arena version")
-        recorded = self._replay[call]
+        recorded = replay[call]
         if (recorded["purpose"], recorded["trial"]) != (purpose, trial):
             raise ReplayDiverged(f"{where}: the recording made {recorded['purpose']!r} for trial {recorded['trial']} "
                                  "there; replay a run made with the same settings and arena version")
@@ -282,13 +312,13 @@ class LLMClient:
         if self.stream_path is not None:
             self.stream_path.write_text(text)
 
-    def _open_log(self) -> list[dict]:
+    def _open_log(self) -> list[JsonObject]:
         """The calls already in this run's log (a resumed run); a line torn by a kill is cut off."""
         if self.log_path is None or not self.log_path.exists():
             return []
         return read_jsonl(self.log_path, "the LLM log", cut_torn=True)
 
-    def _append(self, record: dict) -> None:
+    def _append(self, record: JsonObject) -> None:
         self._count(record)
         if self.log_path is None:
             return
@@ -297,41 +327,43 @@ class LLMClient:
             f.flush()
             os.fsync(f.fileno())
 
-    def _count(self, record: dict) -> None:
-        self._totals["calls"] += 1
-        for name in USAGE_FIELDS:
-            self._totals[name] += record[name]
+    def _count(self, record: JsonObject) -> None:
+        totals = self._totals
+        totals["calls"] += 1
+        totals["prompt_tokens"] += record["prompt_tokens"]
+        totals["completion_tokens"] += record["completion_tokens"]
+        totals["cost_usd"] += record["cost_usd"]
+        totals["latency_s"] += record["latency_s"]
 
 
 class CallDeadline(Exception):
     """The call's deadline passed while the answer was still streaming."""
 
 
-def _close(response) -> None:
+def _close(response: object) -> None:
     """Close a streamed response and the connection under it; whatever LiteLLM wrapped, try them all."""
     for stream in (getattr(response, "completion_stream", None), response):
         close = getattr(stream, "close", None)
         if callable(close):
-            try:
+            with contextlib.suppress(Exception):  # closing is a courtesy to the server, never a failure of ours
                 close()
-            except Exception:  # noqa: BLE001 - closing is a courtesy to the server, never a failure of ours
-                pass
 
 
-def _first_difference(recorded: list[dict], asked: list[dict]) -> str:
+def _first_difference(recorded: list[Message], asked: list[Message]) -> str:
     if len(recorded) != len(asked):
         return f"the recording sent {len(recorded)} messages, this run {len(asked)}"
-    for index, (a, b) in enumerate(zip(recorded, asked)):
+    for index, (a, b) in enumerate(zip(recorded, asked, strict=True)):
         if a != b:
             text_a, text_b = str(a.get("content")), str(b.get("content"))
-            at = next((i for i, (x, y) in enumerate(zip(text_a, text_b)) if x != y), min(len(text_a), len(text_b)))
+            at = next((i for i, (x, y) in enumerate(zip(text_a, text_b, strict=False)) if x != y),
+                      min(len(text_a), len(text_b)))
             return (f"message {index} ({b.get('role')}) differs from the recording at character {at}: "
                     f"recorded {text_a[at:at + 40]!r}, now {text_b[at:at + 40]!r}")
     return "the prompt differs from the recording"
 
 
 def _result(response: str | None, error: str | None, prompt_tokens: int, completion_tokens: int, cost_usd: float,
-            latency_s: float, attempts: int, finish_reason: str | None = None) -> dict:
+            latency_s: float, attempts: int, finish_reason: str | None = None) -> CallResult:
     """The outcome part of a log line, shared by live and replayed calls."""
     return {"response": response, "error": error, "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens, "cost_usd": cost_usd, "latency_s": latency_s,
@@ -352,18 +384,27 @@ def _retryable(error: Exception) -> bool:
 
 def _retry_after(error: Exception) -> float:
     """The server's Retry-After in seconds, 0 when it sent none (or a date, which we do not parse)."""
-    headers = getattr(error, "litellm_response_headers", None) or {}
+    headers = getattr(error, "litellm_response_headers", None)
+    retry_after = headers.get("retry-after") if headers else None
+    if retry_after is None:
+        return 0.0
     try:
-        return float(headers.get("retry-after"))
+        return float(retry_after)
     except (TypeError, ValueError):
         return 0.0
+
+
+def _token_count(usage: object, name: str) -> int:
+    """A token count of a stream's usage (LiteLLM's Usage); 0 when the server sent none."""
+    count = getattr(usage, name, None)
+    return count if isinstance(count, int) else 0
 
 
 def _one_line(error: Exception) -> str:
     return redact(" ".join(str(error).split()))[:400] or type(error).__name__
 
 
-def _load_replay(path: Path) -> list[dict]:
+def _load_replay(path: Path) -> list[JsonObject]:
     log = path / LOG_NAME if path.is_dir() else path
     if not log.is_file():
         raise LLMError(f"nothing to replay: {log} does not exist; give a run directory that holds {LOG_NAME}")
@@ -394,7 +435,7 @@ def json_depth(text: str) -> int:
     return deepest
 
 
-def extract_json(text: str) -> dict:
+def extract_json(text: str) -> dict[str, object]:
     """The first JSON object in `text`; whatever surrounds it (fences, prose, more text) is ignored."""
     if not text.strip():
         raise ValueError("the answer is empty; reply with a JSON object")

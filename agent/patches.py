@@ -28,13 +28,13 @@ import difflib
 import math
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
-from unidiff import PatchSet
 from unidiff.constants import DEV_NULL, LINE_TYPE_NO_NEWLINE
 from unidiff.errors import UnidiffParseError
+from unidiff.patch import PatchSet
 
 from agent.constants import (
     ConstantsError,
@@ -169,7 +169,7 @@ def _check_files(patch: PatchSet, path: str) -> None:
                              f"so put new code inside it")
         if target == DEV_NULL:
             raise PatchError(f"the diff deletes {source}; proposals may only edit {path}")
-        if source in allowed and target not in allowed or target in allowed and source not in allowed:
+        if (source in allowed and target not in allowed) or (target in allowed and source not in allowed):
             raise PatchError(f"the diff renames {source} to {target}; proposals may only edit {path} in place")
         if source not in allowed:
             raise PatchError(f"the diff changes {patched.path}; proposals may change only {path} "
@@ -194,7 +194,7 @@ class _Hunk:
 
 def _hunks(patch: PatchSet, headers: list[str]) -> list[_Hunk]:
     hunks = []
-    for number, (hunk, header) in enumerate(zip((h for f in patch for h in f), headers), start=1):
+    for number, (hunk, header) in enumerate(zip((h for f in patch for h in f), headers, strict=False), start=1):
         ops: list[tuple[str, str]] = []
         for line in hunk:
             if line.line_type == LINE_TYPE_NO_NEWLINE and ops:
@@ -215,10 +215,10 @@ def _exact(line: str) -> str:
     return line.rstrip("\r\n")
 
 
-Alignment = list[int | None]  # for each old line of a hunk, the index of the file line it matched
+Alignment = Sequence[int | None]  # for each old line of a hunk, the index of the file line it matched
 
 
-def _contiguous_matches(old: list[str], lines: list[str], key: Callable[[str], str]) -> list[Alignment]:
+def _contiguous_matches(old: list[str], lines: list[str], key: Callable[[str], str]) -> list[list[int]]:
     want, have = [key(line) for line in old], [key(line) for line in lines]
     size = len(want)
     return [list(range(j, j + size)) for j in range(len(have) - size + 1) if have[j:j + size] == want]
@@ -229,16 +229,16 @@ def _matches_ignoring_blank_lines(old: list[str], lines: list[str]) -> list[Alig
     present = [j for j, line in enumerate(lines) if line.strip()]
     if not wanted:
         return []
-    found = []
+    found: list[Alignment] = []
     for alignment in _contiguous_matches([old[i] for i in wanted], [lines[j] for j in present], _normalize):
-        full: Alignment = [None] * len(old)
-        for i, k in zip(wanted, alignment):
+        full: list[int | None] = [None] * len(old)
+        for i, k in zip(wanted, alignment, strict=True):  # a match of the wanted lines: one index each
             full[i] = present[k]
         found.append(full)
     return found
 
 
-_FINDERS: tuple[Callable[[list[str], list[str]], list[Alignment]], ...] = (
+_FINDERS: tuple[Callable[[list[str], list[str]], Sequence[Alignment]], ...] = (
     partial(_contiguous_matches, key=_exact),
     partial(_contiguous_matches, key=_normalize),
     _matches_ignoring_blank_lines,
@@ -389,7 +389,7 @@ def _check_compiles(source: str) -> None:
 
 
 def _first_difference(old: list[str], new: list[str]) -> int | None:
-    for index, (a, b) in enumerate(zip(old, new)):
+    for index, (a, b) in enumerate(zip(old, new, strict=False)):  # a shorter side is told apart below
         if a != b:
             return index
     return None if len(old) == len(new) else min(len(old), len(new))
@@ -400,9 +400,12 @@ def _check_only_block_changed(new_source: str, old_source: str) -> None:
     (old_begin, old_end), (new_begin, new_end) = block_bounds(old_source), block_bounds(new_source)
     before = _first_difference(old[:old_begin + 1], new[:new_begin + 1])
     after = _first_difference(old[old_end:], new[new_end:])
-    if before is None and after is None:
+    if before is not None:
+        index = before
+    elif after is not None:
+        index = new_end + after
+    else:
         return
-    index = before if before is not None else new_end + after
     text = _show(new[index]) if index < len(new) else "(a line removed at the end)"
     raise PatchRejected(f"fixed-space proposals may change only the constants block, but {EDITABLE_FILE} "
                         f"line {index + 1} outside it differs from the original: {text}")

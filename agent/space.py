@@ -23,8 +23,10 @@ import tomllib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeGuard
 
 import numpy as np
+from numpy.typing import NDArray
 
 from agent.constants import ConstantsError, Value, read_constants
 from agent.errors import ArenaError
@@ -39,15 +41,15 @@ class SpaceError(ArenaError):
     """A configuration outside the search space, or a malformed space file."""
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _is_pow2(value: object) -> bool:
+def _is_pow2(value: object) -> TypeGuard[int]:
     return _is_int(value) and value > 0 and value & (value - 1) == 0
 
 
@@ -60,6 +62,20 @@ class Param:
     log: bool = False               # int/float only: sample and scale in log space
     choices: tuple[Value, ...] = ()  # categorical only
 
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """(low, high) of a numeric constant (ints stay ints); raises SpaceError for a categorical."""
+        if self.low is None or self.high is None:
+            raise SpaceError(f"{self.name} is categorical: it has no bounds")
+        return self.low, self.high
+
+    @property
+    def int_bounds(self) -> tuple[int, int]:
+        """(low, high) of an int or pow2 constant; raises SpaceError for the other kinds."""
+        if not _is_int(self.low) or not _is_int(self.high):
+            raise SpaceError(f"{self.name} is {self.kind}: it has no integer bounds")
+        return self.low, self.high
+
     # -- checking
 
     def check(self, value: object) -> None:
@@ -68,15 +84,27 @@ class Param:
             if not any(type(choice) is type(value) and choice == value for choice in self.choices):
                 raise SpaceError(f"{self.name} = {value!r} is not one of {list(self.choices)}")
             return
+        self.checked_number(value)
+
+    def checked_number(self, value: object) -> int | float:
+        """`value` itself when it is a number of this numeric constant's type within its range; raises SpaceError."""
+        number = self._typed_number(value)
+        low, high = self.bounds
+        if not low <= number <= high:
+            raise SpaceError(f"{self.name} = {value!r} is outside its range [{low}, {high}]")
+        return number
+
+    def _typed_number(self, value: object) -> int | float:
+        """`value` when it has this constant's type: a finite number for a float, an int (a power of two for pow2)."""
         if self.kind == "float":
             if not _is_number(value) or not math.isfinite(value):
                 raise SpaceError(f"{self.name} must be a finite number, got {value!r}")
-        elif not _is_int(value):
+            return value
+        if not _is_int(value):
             raise SpaceError(f"{self.name} must be an int, got {value!r}")
-        elif self.kind == "pow2" and not _is_pow2(value):
+        if self.kind == "pow2" and not _is_pow2(value):
             raise SpaceError(f"{self.name} = {value} is not a power of two")
-        if not self.low <= value <= self.high:
-            raise SpaceError(f"{self.name} = {value!r} is outside its range [{self.low}, {self.high}]")
+        return value
 
     # -- the unit-cube coordinate (numeric kinds only)
 
@@ -88,26 +116,28 @@ class Param:
 
     def _unwarp(self, warped: float) -> float:
         if self.kind == "pow2":
-            return 2.0 ** warped
+            return math.pow(2.0, warped)
         return math.exp(warped) if self.log else warped
 
     def to_unit(self, value: int | float) -> float:
-        low, high = self._warp(self.low), self._warp(self.high)
-        return (self._warp(value) - low) / (high - low)
+        low, high = self.bounds
+        warped_low, warped_high = self._warp(low), self._warp(high)
+        return (self._warp(value) - warped_low) / (warped_high - warped_low)
 
     def from_unit(self, u: float) -> int | float:
         u = min(max(float(u), 0.0), 1.0)
+        low_value, high_value = self.bounds
         if u in (0.0, 1.0):  # the bounds themselves, free of exp(log(x)) rounding
-            bound = self.low if u == 0.0 else self.high
+            bound = low_value if u == 0.0 else high_value
             return float(bound) if self.kind == "float" else bound
-        low, high = self._warp(self.low), self._warp(self.high)
+        low, high = self._warp(low_value), self._warp(high_value)
         warped = low + u * (high - low)
         if self.kind == "pow2":
             exponent = min(max(round(warped), round(low)), round(high))
             return 1 << exponent
         if self.kind == "int":
-            return int(min(max(round(self._unwarp(warped)), self.low), self.high))
-        return min(max(self._unwarp(warped), float(self.low)), float(self.high))
+            return int(min(max(round(self._unwarp(warped)), low_value), high_value))
+        return min(max(self._unwarp(warped), float(low_value)), float(high_value))
 
     # -- sampling
 
@@ -115,16 +145,18 @@ class Param:
         """Uniform over the choices, the exponents (pow2), the ints, or the (log-)interval."""
         if self.kind == "categorical":
             return self.choices[int(rng.integers(len(self.choices)))]
+        if self.kind == "float":
+            low, high = self.bounds
+            warped = rng.uniform(self._warp(low), self._warp(high))
+            return min(max(self._unwarp(warped), float(low)), float(high))
+        int_low, int_high = self.int_bounds
         if self.kind == "pow2":
-            return 1 << int(rng.integers(self.low.bit_length() - 1, self.high.bit_length()))
-        if self.kind == "int" and not self.log:
-            return int(rng.integers(self.low, self.high + 1))
-        if self.kind == "int":
-            # each int owns the log-interval that rounds to it, so the end points are not under-sampled
-            warped = rng.uniform(math.log(self.low - 0.5), math.log(self.high + 0.5))
-            return int(min(max(round(math.exp(warped)), self.low), self.high))
-        warped = rng.uniform(self._warp(self.low), self._warp(self.high))
-        return min(max(self._unwarp(warped), float(self.low)), float(self.high))
+            return 1 << int(rng.integers(int_low.bit_length() - 1, int_high.bit_length()))
+        if not self.log:
+            return int(rng.integers(int_low, int_high + 1))
+        # each int owns the log-interval that rounds to it, so the end points are not under-sampled
+        warped = rng.uniform(math.log(int_low - 0.5), math.log(int_high + 0.5))
+        return int(min(max(round(math.exp(warped)), int_low), int_high))
 
 
 class SearchSpace(Mapping[str, Param]):
@@ -165,13 +197,13 @@ class SearchSpace(Mapping[str, Param]):
         """One configuration of every constant, each drawn independently (see Param.sample)."""
         return {name: param.sample(rng) for name, param in self._params.items()}
 
-    def to_unit(self, config: Mapping[str, object]) -> np.ndarray:
+    def to_unit(self, config: Mapping[str, object]) -> NDArray[np.float64]:
         """The numeric constants of `config` as a point of [0, 1]^len(numeric); checks them first."""
         missing = [p.name for p in self.numeric if p.name not in config]
         if missing:
             raise SpaceError(f"the configuration lacks {', '.join(missing)}")
-        self.check({p.name: config[p.name] for p in self.numeric})
-        return np.array([p.to_unit(config[p.name]) for p in self.numeric], dtype=float)
+        values = [p.checked_number(config[p.name]) for p in self.numeric]
+        return np.array([p.to_unit(value) for p, value in zip(self.numeric, values, strict=True)], dtype=float)
 
     def from_unit(self, x: Iterable[float]) -> dict[str, int | float]:
         """The numeric constants at point `x` (clipped to the unit cube), rounded and within bounds."""
@@ -180,12 +212,12 @@ class SearchSpace(Mapping[str, Param]):
             raise SpaceError(f"expected a point with {len(self.numeric)} coordinates, got {x.size}")
         if np.isnan(x).any():
             raise SpaceError(f"the point {x.tolist()} has a NaN coordinate")
-        return {p.name: p.from_unit(u) for p, u in zip(self.numeric, x)}
+        return {p.name: p.from_unit(u) for p, u in zip(self.numeric, x, strict=True)}  # sizes checked above
 
 
 # ---------------------------------------------------------------------------- loading
 
-def _bound(table: dict, key: str, kind: str, where: str) -> int | float:
+def _bound(table: dict[str, object], key: str, kind: str, where: str) -> int | float:
     if key not in table:
         raise SpaceError(f"{where}: kind {kind} needs '{key}'; add {key} = NUMBER")
     value = table[key]
@@ -199,7 +231,7 @@ def _bound(table: dict, key: str, kind: str, where: str) -> int | float:
     return float(value) if kind == "float" else value
 
 
-def _choices(table: dict, where: str) -> tuple[Value, ...]:
+def _choices(table: dict[str, object], where: str) -> tuple[Value, ...]:
     choices = table.get("choices")
     if not isinstance(choices, list) or not choices:
         raise SpaceError(f"{where}: a categorical needs a non-empty list, e.g. choices = [\"A\", \"B\"]")
@@ -241,7 +273,7 @@ def _template_constants() -> list[str]:
         raise SpaceError(f"the template's {EDITABLE_FILE} is broken: {e}") from None
 
 
-def _read_toml(path: Path) -> dict:
+def _read_toml(path: Path) -> dict[str, object]:
     try:
         return tomllib.loads(path.read_text())
     except OSError as e:

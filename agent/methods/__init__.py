@@ -25,7 +25,11 @@ from agent.methods.base import (
 from agent.presets import get_preset
 from agent.space import SearchSpace
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the methods' own modules are imported when chosen (see above)
+    from agent.methods.centaur import CentaurState
+    from agent.methods.cmaes_method import CMAESState
+    from agent.methods.llm_base import ConversationState
+    from agent.methods.tpe import TPEState
     from agent.run import RunSettings
 
 Builder = Callable[["RunSettings", SearchSpace, "Path | None"], Method[Any]]
@@ -56,22 +60,22 @@ def task_facts(settings: RunSettings) -> TaskFacts:
     return TaskFacts(preset.time_budget, "one NVIDIA GPU" if gpu else "CPU cores", memory)
 
 
-def _random(settings: RunSettings, space: SearchSpace, run_dir: Path | None) -> Method[Any]:
+def _random(settings: RunSettings, space: SearchSpace, run_dir: Path | None) -> Method[None]:
     from agent.methods.random_search import RandomSearch
     return RandomSearch(space, settings.seed)
 
 
-def _tpe(settings: RunSettings, space: SearchSpace, run_dir: Path | None) -> Method[Any]:
+def _tpe(settings: RunSettings, space: SearchSpace, run_dir: Path | None) -> Method[TPEState]:
     from agent.methods.tpe import TPE
     return TPE(space, settings.seed, run_dir)
 
 
-def _cmaes(settings: RunSettings, space: SearchSpace, run_dir: Path | None) -> Method[Any]:
+def _cmaes(settings: RunSettings, space: SearchSpace, run_dir: Path | None) -> Method[CMAESState]:
     from agent.methods.cmaes_method import CMAES
     return CMAES(space, settings.seed)
 
 
-def _centaur(settings: RunSettings, space: SearchSpace, run_dir: Path | None) -> Method[Any]:
+def _centaur(settings: RunSettings, space: SearchSpace, run_dir: Path | None) -> Method[CentaurState]:
     from agent.methods.centaur import Centaur
     if not 0 <= settings.llm_ratio <= 1:
         raise ArenaError(f"--llm-ratio must be between 0 and 1, got {settings.llm_ratio}")
@@ -79,12 +83,12 @@ def _centaur(settings: RunSettings, space: SearchSpace, run_dir: Path | None) ->
                    llm_settings(settings), task_facts(settings), run_dir)
 
 
-def _llm(settings: RunSettings, space: SearchSpace, run_dir: Path | None) -> Method[Any]:
+def _llm(settings: RunSettings, space: SearchSpace, run_dir: Path | None) -> Method[ConversationState]:
     from agent.methods.llm_fixed import LLMFixedSpace
     return LLMFixedSpace(space, llm_settings(settings), task_facts(settings), run_dir)
 
 
-def _code(settings: RunSettings, space: SearchSpace, run_dir: Path | None) -> Method[Any]:
+def _code(settings: RunSettings, space: SearchSpace, run_dir: Path | None) -> Method[ConversationState]:
     from agent.methods.code_agent import CodeAgent
     return CodeAgent(llm_settings(settings), task_facts(settings), run_dir)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 
@@ -29,7 +30,7 @@ from agent.methods.base import (
     Proposal,
     TaskFacts,
 )
-from agent.methods.cmaes_method import CMAES
+from agent.methods.cmaes_method import CMAES, CMAESState
 from agent.methods.llm_base import client_for
 from agent.methods.llm_fixed import parse_config
 from agent.methods.prompts import (
@@ -44,6 +45,10 @@ from agent.record import TrialRecord
 from agent.space import SearchSpace, SpaceError
 
 FAILED_CALLS_TO_STOP = 3  # LLM calls failed in a row (each after the client's retries): the model is down
+
+
+class CentaurState(TypedDict):
+    cma: CMAESState  # the search; whose turn a proposal is, the ledger says
 
 
 def is_llm_turn(index: int, ratio: Fraction) -> bool:
@@ -94,12 +99,12 @@ class Centaur:
                                  answer=reply.text)
         return self.labelled(self.cma.propose(ctx), "llm", answer=reply.text)
 
-    def labelled(self, proposal: Proposal, source: str, **meta) -> Proposal:
+    def labelled(self, proposal: Proposal, source: str, **meta: str) -> Proposal:
         proposal.meta.update(source=source, **meta)
         proposal.description = f"centaur/{source}: {format_config(proposal.config)}"
         return proposal
 
-    def cma_state_text(self, candidate: dict) -> str:
+    def cma_state_text(self, candidate: Config) -> str:
         cma = self.cma
         mean = cma.mean_config
         mean_unit = self.space.to_unit(mean)
@@ -137,8 +142,8 @@ class Centaur:
     def observe(self, record: TrialRecord) -> None:
         self.cma.observe(record)
 
-    def state(self) -> object:
+    def state(self) -> CentaurState:
         return {"cma": self.cma.state()}
 
-    def restore(self, state: object) -> None:
+    def restore(self, state: CentaurState) -> None:
         self.cma.restore(state["cma"])

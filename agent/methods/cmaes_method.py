@@ -49,14 +49,19 @@ replace_candidate(). CatCMAwM has no accessors for its distribution, so these re
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 import numpy as np
 from cmaes import CatCMAwM
+from numpy.typing import NDArray
 
-from agent.methods.base import Context, Proposal
+from agent.constants import Value
+from agent.methods.base import Config, Context, Proposal
 from agent.methods.failure import failure_value, success_value
 from agent.methods.random_search import describe
 from agent.record import TrialRecord
@@ -80,18 +85,28 @@ class Search:
     optimizer: CatCMAwM | None = None  # made at the first need, once the baseline is known
     restarts: int = 0
     slots: list[Slot] = field(default_factory=list)
-    next: tuple[CatCMAwM.Solution, dict] | None = None  # the next proposal's candidate and its config
+    next: tuple[CatCMAwM.Solution, Config] | None = None  # the next proposal's candidate and its config
     successes: list[float] = field(default_factory=list)
-    incumbent: tuple[float, dict] | None = None  # (val_bpb, config) of the best success seen
-    start: dict | None = None  # the baseline's configuration
+    incumbent: tuple[float, Config] | None = None  # (val_bpb, config) of the best success seen
+    start: Config | None = None  # the baseline's configuration
+
+
+# what np.random.RandomState.get_state() returns: the library's CatCMAwM draws from a RandomState
+RandomStateTuple = tuple[str, NDArray[np.uint32], int, int, float]
+
+
+class CMAESState(TypedDict):
+    search: Search                  # a copy
+    rng: RandomStateTuple | None    # the optimizer's RNG, saved apart (see the module docstring); None: no optimizer
 
 
 def unit_grid(param: Param) -> list[float]:
     """The unit coordinates of every value an int or pow2 constant can take, ascending."""
+    low, high = param.int_bounds
     if param.kind == "pow2":
-        values = [1 << e for e in range(param.low.bit_length() - 1, param.high.bit_length())]
+        values = [1 << e for e in range(low.bit_length() - 1, high.bit_length())]
     else:
-        values = range(param.low, param.high + 1)
+        values = list(range(low, high + 1))
     return [param.to_unit(v) for v in values]
 
 
@@ -117,7 +132,7 @@ class CMAES:
     def propose(self, ctx: Context) -> Proposal:
         solution, config = self._take_next()
         self.search.slots.append(Slot(ctx.trial, solution))
-        optimizer = self.search.optimizer
+        optimizer = self._optimizer()
         member, population = len(self.search.slots), optimizer.population_size
         meta = {"generation": optimizer.generation, "member": member, "population": population,
                 "restart": self.search.restarts, "sigma": self.sigma}
@@ -135,15 +150,15 @@ class CMAES:
         slot = self._slot(record.trial, record.config)
         slot.observed, slot.value = True, value
         slots = self.search.slots
-        if len(slots) == self.search.optimizer.population_size and all(s.observed for s in slots):
+        if len(slots) == self.population_size and all(s.observed for s in slots):
             self._tell()
 
-    def state(self) -> object:
+    def state(self) -> CMAESState:
         optimizer = self.search.optimizer
         return {"search": copy.deepcopy(self.search),
                 "rng": None if optimizer is None else optimizer._rng.get_state()}
 
-    def restore(self, state: object) -> None:
+    def restore(self, state: CMAESState) -> None:
         self.search = copy.deepcopy(state["search"])
         if self.search.optimizer is not None:
             self.search.optimizer._rng.set_state(state["rng"])
@@ -151,14 +166,14 @@ class CMAES:
     # -- what Centaur reads (unit coordinates are those of SearchSpace.to_unit, in space.numeric order)
 
     @property
-    def mean_config(self) -> dict:
+    def mean_config(self) -> Config:
         """The mean as a configuration: numeric constants by from_unit (clipped, rounded), each
         categorical at its most likely choice."""
         optimizer = self._optimizer()
-        config = self.space.from_unit(optimizer._mean[self.axes])
-        for i, param in enumerate(self.categoricals):
-            config[param.name] = param.choices[int(np.argmax(optimizer._q[i, :len(param.choices)]))]
-        return self._in_space_order({**config, **self.fixed})
+        numeric = self.space.from_unit(optimizer._mean[self.axes])
+        likeliest = {param.name: param.choices[int(np.argmax(optimizer._q[i, :len(param.choices)]))]
+                     for i, param in enumerate(self.categoricals)}
+        return self._in_space_order({**numeric, **likeliest, **self.fixed})
 
     @property
     def sigma(self) -> float:
@@ -166,15 +181,15 @@ class CMAES:
         return float(self._optimizer()._sigma)
 
     @property
-    def covariance(self) -> np.ndarray:
+    def covariance(self) -> NDArray[np.float64]:
         """The covariance of the distribution candidates are drawn from, sigma^2 A C A (A: the
         integer margins), in unit coordinates; rows and columns follow space.numeric."""
         optimizer = self._optimizer()
         scaled = optimizer._A[:, None] * optimizer._C * optimizer._A[None, :] * optimizer._sigma ** 2
-        return scaled[np.ix_(self.axes, self.axes)]
+        return np.asarray(scaled[np.ix_(self.axes, self.axes)], dtype=np.float64)
 
     @property
-    def category_probabilities(self) -> dict[str, dict]:
+    def category_probabilities(self) -> dict[str, dict[Value, float]]:
         """For each searched categorical constant, the probability of each choice."""
         q = self._optimizer()._q
         return {p.name: {choice: float(q[i, k]) for k, choice in enumerate(p.choices)}
@@ -183,11 +198,11 @@ class CMAES:
     @property
     def generation(self) -> int:
         """Generations told since the last (re)start."""
-        return self._optimizer().generation
+        return int(self._optimizer().generation)
 
     @property
     def population_size(self) -> int:
-        return self._optimizer().population_size
+        return int(self._optimizer().population_size)
 
     def correlations(self, top: int = 5) -> list[tuple[str, str, float]]:
         """The `top` strongest correlations between two numeric constants, as (name_a, name_b, rho),
@@ -200,11 +215,11 @@ class CMAES:
         pairs.sort(key=lambda pair: -abs(rho[pair]))
         return [(names[i], names[j], float(rho[i, j])) for i, j in pairs[:top]]
 
-    def next_candidate(self) -> dict:
+    def next_candidate(self) -> Config:
         """The configuration the next propose() will return (drawn now, kept until then)."""
         return dict(self._peek_next()[1])
 
-    def replace_candidate(self, config: dict) -> None:
+    def replace_candidate(self, config: Config) -> None:
         """Put `config` (every constant, inside the space) in place of the next candidate: the next
         propose() returns it as given and its result is told to CMA-ES as that member of the generation.
         The replaced candidate was drawn, so the draws of the generation's other members do not change."""
@@ -220,7 +235,7 @@ class CMAES:
             self.search.optimizer = self._new_optimizer(self.search.start, population=None)
         return self.search.optimizer
 
-    def _new_optimizer(self, center: dict | None, population: int | None) -> CatCMAwM:
+    def _new_optimizer(self, center: Config | None, population: int | None) -> CatCMAwM:
         """A CatCMAwM at `center` (a configuration; None: the center of the cube) with sigma0, C = I."""
         n = len(self.floats) + len(self.discretes)
         return CatCMAwM(
@@ -230,28 +245,26 @@ class CMAES:
             population_size=population, mean=self._library_point(center), sigma=SIGMA0, cov=np.eye(n),
             seed=int(np.random.SeedSequence([self.seed, self.search.restarts]).generate_state(1)[0]))
 
-    def _library_point(self, config: dict | None) -> np.ndarray:
+    def _library_point(self, config: Config | None) -> NDArray[np.float64]:
         """The numeric constants of `config` in the library's order; the center if it is not in the space."""
         point = np.full(len(self.axes), 0.5)
         if config is not None:
-            try:
+            with contextlib.suppress(SpaceError):  # starting constants outside a custom space: start at the center
                 point[self.axes] = self.space.to_unit(config)
-            except SpaceError:
-                pass  # starting constants outside a custom space: start at the center
         return point
 
-    def _peek_next(self) -> tuple[CatCMAwM.Solution, dict]:
+    def _peek_next(self) -> tuple[CatCMAwM.Solution, Config]:
         if self.search.next is None:
             solution = self._optimizer().ask()
             self.search.next = (solution, self._config_of(solution))
         return self.search.next
 
-    def _take_next(self) -> tuple[CatCMAwM.Solution, dict]:
+    def _take_next(self) -> tuple[CatCMAwM.Solution, Config]:
         candidate = self._peek_next()
         self.search.next = None
         return candidate
 
-    def _slot(self, trial: int, config: dict | None) -> Slot:
+    def _slot(self, trial: int, config: Mapping[str, Value] | None) -> Slot:
         """The slot of proposal `trial`, which ran `config`. A proposal this object never made is one made
         after the state it was restored from, or all of them when the state was lost (run.py replays the
         ledger's records): the candidate propose() would have taken is, by determinism, the one it took,
@@ -266,14 +279,13 @@ class CMAES:
         self.search.slots.append(slot)
         return slot
 
-    def _config_of(self, solution: CatCMAwM.Solution) -> dict:
+    def _config_of(self, solution: CatCMAwM.Solution) -> Config:
         parts = [part for part in (solution.x, solution.z) if part is not None]
-        config = self.space.from_unit(np.concatenate(parts)[self.axes])
-        for i, param in enumerate(self.categoricals):
-            config[param.name] = param.choices[int(np.argmax(solution.c[i]))]
-        return self._in_space_order({**config, **self.fixed})
+        numeric = self.space.from_unit(np.concatenate(parts)[self.axes])
+        chosen = {param.name: param.choices[int(np.argmax(solution.c[i]))] for i, param in enumerate(self.categoricals)}
+        return self._in_space_order({**numeric, **chosen, **self.fixed})
 
-    def _solution_of(self, config: dict) -> CatCMAwM.Solution:
+    def _solution_of(self, config: Config) -> CatCMAwM.Solution:
         """A configuration as the library's solution (as if drawn there exactly)."""
         point = self._library_point(config)
         n_floats = len(self.floats)
@@ -285,12 +297,12 @@ class CMAES:
         return CatCMAwM.Solution(x=point[:n_floats] if self.floats else None,
                                  z=point[n_floats:] if self.discretes else None, c=one_hot, _v_raw=point)
 
-    def _in_space_order(self, config: dict) -> dict:
+    def _in_space_order(self, config: Mapping[str, Value]) -> Config:
         return {name: config[name] for name in self.space}
 
     # -- results
 
-    def _note_success(self, value: float, config: dict | None) -> None:
+    def _note_success(self, value: float, config: Mapping[str, Value] | None) -> None:
         self.search.successes.append(value)
         incumbent = self.search.incumbent
         if config is not None and (incumbent is None or value < incumbent[0]):
@@ -299,7 +311,7 @@ class CMAES:
     def _tell(self) -> None:
         """Tell the complete generation, in the order asked; failures at the shared failure value."""
         failed = failure_value(self.search.successes)
-        optimizer = self.search.optimizer
+        optimizer = self._optimizer()
         # With nearly all of a generation failed before any generation had a spread of values, the
         # library's box penalty is the median of an empty history: NaN, with numpy warnings. Its second
         # sort then keeps the order of the told values, so only that generation's penalty is lost.
@@ -313,7 +325,7 @@ class CMAES:
 
     def _restart(self) -> None:
         """IPOP: twice the population, at the incumbent, sigma0 again (see the module docstring)."""
-        population = self.search.optimizer.population_size * 2
+        population = self.population_size * 2
         self.search.restarts += 1
         center = self.search.incumbent[1] if self.search.incumbent else self.search.start
         self.search.optimizer = self._new_optimizer(center, population)

@@ -51,4 +51,5 @@ class CodeAgent(ConversationMethod):
         return Proposal(description, diff=diff)
 
     def repair_note(self, reason: str) -> str:
-        return f"Your diff was rejected: {reason}\nSend a corrected description and diff against the same train.py as before."
+        return (f"Your diff was rejected: {reason}\n"
+                "Send a corrected description and diff against the same train.py as before.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from agent.constants import Value
 from agent.llm import Message, extract_json
 from agent.methods.base import Config, Context, LLMSettings, Proposal, TaskFacts
 from agent.methods.llm_base import ConversationMethod
@@ -22,21 +23,25 @@ MAX_INTEGER = 2**53  # beyond this an integer cannot even be compared with a flo
 
 def parse_config(text: str, space: SearchSpace) -> Config:
     """The JSON object in an answer, restricted to the space; raises ValueError saying what is wrong."""
-    config = extract_json(text)
-    unknown = sorted(set(config) - set(space))
+    answer = extract_json(text)
+    unknown = sorted(set(answer) - set(space))
     if unknown:
         raise ValueError(f"unknown keys {', '.join(unknown)}; use only {', '.join(space)}")
-    missing = [name for name in space if name not in config]
+    missing = [name for name in space if name not in answer]
     if missing:
         raise ValueError(f"missing keys {', '.join(missing)}")
-    for name, value in config.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise ValueError(f"{name} must be a number or a string, not {type(value).__name__}")
-        if isinstance(value, int) and abs(value) > MAX_INTEGER:
-            raise ValueError(f"{name} = {str(value)[:12]}... is far out of any range")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"{name} must be a finite number, not {value}")
-    return config
+    return {name: _constant_value(name, value) for name, value in answer.items()}
+
+
+def _constant_value(name: str, value: object) -> Value:
+    """`value` when a constant could hold it (a string, or a number of sane size); raises ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"{name} must be a number or a string, not {type(value).__name__}")
+    if isinstance(value, int) and abs(value) > MAX_INTEGER:
+        raise ValueError(f"{name} = {str(value)[:12]}... is far out of any range")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, not {value}")
+    return value
 
 
 class LLMFixedSpace(ConversationMethod):

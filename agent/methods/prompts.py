@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
+from agent.constants import Value
 from agent.methods.base import TaskFacts
 from agent.record import TrialRecord
 from agent.space import SearchSpace
 from sandbox.outcome import Status
 
 
-def format_value(value) -> str:
+def format_value(value: Value | None) -> str:
     return f"{value:.4g}" if isinstance(value, float) else json.dumps(value) if isinstance(value, str) else str(value)
 
 
-def format_config(config: dict | None) -> str:
+def format_config(config: Mapping[str, Value] | None) -> str:
     if not config:
         return "(no config)"
     return ", ".join(f"{name}={format_value(value)}" for name, value in config.items())
@@ -41,13 +43,13 @@ def outcome_line(record: TrialRecord) -> str:
 
 
 def best_trials(records: list[TrialRecord], k: int) -> list[TrialRecord]:
-    ok = [r for r in records if r.ok and r.val_bpb is not None]
-    return sorted(ok, key=lambda r: r.val_bpb)[:k]
+    scored = [(r.val_bpb, r) for r in records if r.ok and r.val_bpb is not None]
+    return [r for _, r in sorted(scored, key=lambda pair: pair[0])[:k]]
 
 
 def history_section(records: list[TrialRecord], top_k: int, last_n: int, with_configs: bool = True) -> str:
     """The best k trials, the last n trials with outcomes, and every configuration that failed."""
-    def line(r: dict) -> str:
+    def line(r: TrialRecord) -> str:
         what = format_config(r.config) if with_configs else r.description
         return f"trial {r.trial}: {what} -> {outcome_line(r)}"
 

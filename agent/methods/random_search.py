@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
+from agent.constants import Value
 from agent.methods.base import Context, Proposal
 from agent.record import TrialRecord
 from agent.space import SearchSpace
 
 
-def describe(config: dict) -> str:
+def describe(config: Mapping[str, Value]) -> str:
     return " ".join(f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={value}"
                     for name, value in config.items())
 

@@ -39,6 +39,7 @@ state() is what storage does not hold: the successful values seen, for the failu
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, TypedDict
 
 import numpy as np
 import optuna
@@ -52,7 +53,8 @@ from optuna.storages import BaseStorage, InMemoryStorage, JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
-from agent.methods.base import Context, Proposal
+from agent.constants import Value
+from agent.methods.base import Config, Context, Proposal
 from agent.methods.failure import failure_value, success_value
 from agent.methods.random_search import describe
 from agent.record import TrialRecord
@@ -62,6 +64,10 @@ STUDY_NAME = "arena"
 JOURNAL_FILE = "optuna.journal"
 LINK_ATTR = "arena_trial"  # user attribute of an Optuna trial: the arena trial number it belongs to
 TOLD_KINDS = ("baseline", "proposal")
+
+
+class TPEState(TypedDict):
+    successes: list[float]  # the val_bpb of every success seen, for the failure value
 
 
 def _exponent(power_of_two: int) -> int:
@@ -75,22 +81,31 @@ def optuna_name(param: Param) -> str:
 def distribution(param: Param) -> BaseDistribution:
     if param.kind == "categorical":
         return CategoricalDistribution(param.choices)
+    if param.kind == "float":
+        return FloatDistribution(*param.bounds, log=param.log)
+    low, high = param.int_bounds
     if param.kind == "pow2":
-        return IntDistribution(_exponent(param.low), _exponent(param.high))
-    if param.kind == "int":
-        return IntDistribution(param.low, param.high, log=param.log)
-    return FloatDistribution(param.low, param.high, log=param.log)
+        return IntDistribution(_exponent(low), _exponent(high))
+    return IntDistribution(low, high, log=param.log)
 
 
-def to_params(space: SearchSpace, config: dict) -> dict:
-    """A configuration as Optuna parameters (pow2 constants as exponents)."""
-    return {optuna_name(p): _exponent(config[p.name]) if p.kind == "pow2" else config[p.name]
-            for p in space.values()}
+def to_params(space: SearchSpace, config: Config) -> dict[str, Value]:
+    """A configuration inside the space as Optuna parameters (pow2 constants as exponents)."""
+    return {optuna_name(p): _optuna_value(p, config[p.name]) for p in space.values()}
 
 
-def to_config(space: SearchSpace, params: dict) -> dict:
+def _optuna_value(param: Param, value: Value) -> Value:
+    """A constant's value as its Optuna parameter: a power of two as its exponent; raises SpaceError."""
+    if param.kind != "pow2":
+        return value
+    if not isinstance(value, int):
+        raise SpaceError(f"{param.name} = {value!r} is not a power of two")
+    return _exponent(value)
+
+
+def to_config(space: SearchSpace, params: dict[str, Any]) -> Config:  # params: a trial's, as Optuna types them
     """Optuna parameters as a configuration, with the Python types the constants block expects."""
-    config = {}
+    config: Config = {}
     for p in space.values():
         value = params[optuna_name(p)]
         if p.kind == "pow2":
@@ -159,10 +174,10 @@ class TPE:
             self.study.tell(trial.number, told)
         # else finished already: a replayed observation (see the module docstring)
 
-    def state(self) -> object:
+    def state(self) -> TPEState:
         return {"successes": list(self.successes)}
 
-    def restore(self, state: object) -> None:
+    def restore(self, state: TPEState) -> None:
         self.successes = list(state["successes"])
 
     # -- the study
