@@ -1,5 +1,9 @@
 """The error type the CLI turns into a one-line message (no traceback)."""
 
+from __future__ import annotations
+
+from types import FrameType
+
 
 class ArenaError(Exception):
     """A problem the user can fix; the message says what to do."""
@@ -10,5 +14,5 @@ class Terminated(BaseException):
     run's last status written, as for Ctrl-C."""
 
 
-def raise_terminated(signum, frame) -> None:
+def raise_terminated(signum: int, frame: FrameType | None) -> None:
     raise Terminated()
