@@ -1,4 +1,4 @@
-"""What the loop writes for its readers, as typed values: run.json's settings and state/status.json.
+"""What the loop writes for its readers, as typed values: run.json and state/status.json.
 
 Both are arena's own files, but a reader may meet one written by another version of arena, or a damaged
 copy: a field that is absent or not of its type reads as None, never as an error.
@@ -72,3 +72,16 @@ class RunStatus:
         return cls(phase=_str(raw, "phase"), trial=_int(raw, "trial"), time=_float(raw, "time"),
                    started=_float(raw, "started"), reason=_str(raw, "reason"), description=_str(raw, "description"),
                    method=_str(raw, "method"), diff=_str(raw, "diff"), pid=_int(raw, "pid"), host=_str(raw, "host"))
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """run.json: the run's settings and the dataset its trials were measured on."""
+    settings: StoredSettings
+    dataset_fingerprint: str | None
+
+    @classmethod
+    def from_json(cls, raw: JsonObject) -> RunInfo:
+        settings = raw.get("settings")
+        return cls(StoredSettings.from_json(settings if isinstance(settings, dict) else {}),
+                   _str(raw, "dataset_fingerprint"))
