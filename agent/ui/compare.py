@@ -21,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from agent.errors import ArenaError
+from agent.ui import ParserT
 from agent.ui.history import RunHistory
 from agent.ui.render import print_warnings
 from agent.ui.sources import open_runs
@@ -31,7 +32,7 @@ if TYPE_CHECKING:  # scipy and matplotlib take a second to import: only `arena c
     from agent.ui.stats import GroupStats, GroupSummary, PairTest, RunStats
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[ParserT]) -> None:
     p = subparsers.add_parser("compare", help="compare runs by method over seeds: best val_bpb, failures, compute, "
                               "LLM cost, significance tests, convergence plots")
     p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run directories (runs/NAME), autoresearch "

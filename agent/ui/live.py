@@ -36,6 +36,7 @@ from rich.text import Text
 from agent.jsonl import JsonObject
 from agent.judging import best_of
 from agent.record import TrialRecord
+from agent.ui import ParserT
 from agent.ui.live_reader import LOG_LINES, RunReader, Snapshot, Training
 from sandbox.outcome import Status
 
@@ -468,7 +469,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return watch(resolve_run_dir(args.run, args.runs_dir), once=args.once)
 
 
-def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction[ParserT]) -> ParserT:
     """Register `arena watch` on the CLI's subparsers."""
     p = subparsers.add_parser("watch", help="show the live view of a run, e.g. one running in another terminal "
                               "(read-only)")
