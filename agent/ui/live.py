@@ -347,7 +347,7 @@ def render_frame(snap: Snapshot, console: Console, stop_rule: StopRule | None = 
     fixed = 2 + len(header) + 2 + 2 + 2 + LOG_LINES + len(tables.split()) + (1 if footer else 0)
     body_lines = min(MAX_BODY_LINES, max(MIN_BODY_LINES, height - fixed))
     parts: list[RenderableType] = [Panel(Group(*header), title="arena", title_align="left", border_style="blue"),
-             render_current(snap, console, width, body_lines), tables]
+                                   render_current(snap, console, width, body_lines), tables]
     if footer:
         parts.append(Text(footer, style="dim"))
     return Group(*parts)

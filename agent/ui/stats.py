@@ -112,7 +112,7 @@ class GroupStats:
         bests, trials = self.bests, sum(r.trials for r in self.runs)
         hours = [r.total_hours for r in self.runs if r.total_hours is not None]
         reached_trials = [r.target_trials for r in self.runs if r.target_trials is not None]
-        reached_hours = [r.target_hours for r in self.runs if r.target_hours is not None]  # set with target_trials
+        reached_hours = [r.target_hours for r in self.runs if r.target_hours is not None]  # only runs that reached it
         failures: Counter[str] = Counter()
         for r in self.runs:
             failures.update(r.failures)
