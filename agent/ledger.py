@@ -46,7 +46,8 @@ def parse_records(raw: list[JsonObject], path: Path) -> list[TrialRecord]:
         try:
             records.append(TrialRecord.from_json(line))
         except ValueError as e:
-            raise ArenaError(f"{path}: trial {expected} is not a trial record ({e}); restore it from a backup") from None
+            raise ArenaError(f"{path}: trial {expected} is not a trial record ({e}); "
+                             "restore it from a backup") from None
     return records
 
 

@@ -17,7 +17,6 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any
 
 from agent.constants import read_constants
 from agent.errors import ArenaError, Terminated
@@ -35,7 +34,7 @@ from agent.record import Kind, Repair, TrialRecord
 from agent.run import Run, RunSettings
 from agent.template import EDITABLE_FILE, HARNESS_FILES, template_dir
 from sandbox import Backend, BudgetRule, LocalBackend, Outcome, Status, TrialSpec
-from sandbox.outcome import reported_mfu, reported_rate, summary
+from sandbox.outcome import Reported, reported_mfu, reported_rate, summary
 
 Reporter = Callable[[str], None]
 CRASH_ENV = "ARENA_CRASH_AT"  # fault injection for the crash-safety tests: "<point>:<trial>"
@@ -74,6 +73,8 @@ def make_backend(settings: RunSettings) -> Backend:
     if settings.backend == "docker":
         from sandbox.docker import DockerBackend
 
+        if settings.image is None:  # RunSettings.validate says so first, with advice; this narrows the type
+            raise ArenaError("the docker backend needs --image")
         return DockerBackend(image=settings.image, gpus=settings.gpus, mem_limit=settings.mem_limit,
                              run_name=settings.name)
     return LocalBackend(isolation=settings.isolation, gpus=settings.gpus)
@@ -174,7 +175,7 @@ def apply_with_repairs(run: Run, job: Job, parent_source: str) -> tuple[str | No
 
 def execute(run: Run, backend: Backend, job: Job, report: Reporter) -> TrialRecord:
     started = time.time()
-    parent_source = run.repo.show(job.parent or run.repo.trial_commit(0), EDITABLE_FILE)
+    parent_source = run.repo.show(job.parent or run.repo.recorded_trial_commit(0), EDITABLE_FILE)
     method = run.settings.method if job.kind == "proposal" else job.kind
     run.set_status(phase="applying", trial=job.trial, description=job.proposal.description, started=started)
     source, repairs = apply_with_repairs(run, job, parent_source)
@@ -192,8 +193,9 @@ def execute(run: Run, backend: Backend, job: Job, report: Reporter) -> TrialReco
     diff = make_diff(parent_source, source)
     crash_point("applied", job.trial)
     if job.kind == "baseline":
-        commit = run.repo.trial_commit(0)
+        commit = run.repo.recorded_trial_commit(0)
     else:
+        assert job.parent is not None  # only the baseline builds on nothing
         trailers: dict[str, object] = {"Arena-Trial": job.trial, "Arena-Method": method, "Arena-Parent": job.parent}
         if job.confirms is not None:
             trailers["Arena-Confirms"] = job.confirms
@@ -237,33 +239,46 @@ def run_sandbox(run: Run, backend: Backend, job: Job, source: str) -> Outcome:
 def finish(run: Run, record: TrialRecord, outcome: Outcome, commit: str | None, diff: str, source: str | None,
            started: float) -> TrialRecord:
     """Judge the outcome, attach the result to the commit as a note, and complete the record."""
-    result: dict[str, Any] = outcome.result or {}
+    result = outcome.result
     _, best_value = best_of(run.ledger.records)
-    value = result.get("val_bpb") if outcome.status is Status.OK else None
+    value = result["val_bpb"] if result is not None and outcome.status is Status.OK else None
     settings = run.settings
     kept, candidate = judge(record.kind, value, best_value, settings.noise_margin, settings.confirm)
     decision = None
     if record.confirms is not None:
         decision = confirmation_decision(run.ledger.records, value, record.confirms, settings.confirm, best_value,
                                          settings.noise_margin)
-    reported = result.get("reported") or {}
-    work = result.get("work_seconds")
+    reported: Reported = result["reported"] if result is not None else {}
+    work = result["work_seconds"] if result is not None else None
     record = replace(
         record, commit=commit, diff=diff, diff_stats=diff_stats(diff) if diff else None,
         config=read_constants(source) if source else None,
         status=outcome.status, reason=outcome.reason, val_bpb=value, kept=kept, candidate=candidate,
-        decision=decision, peak_memory_gb=result.get("peak_memory_gb"), training_seconds=work,
-        outside_seconds=result.get("outside_seconds"), allowance_seconds=result.get("allowance_seconds"),
-        ready_seconds=result.get("ready_seconds"), num_params=result.get("num_params"),
+        decision=decision, training_seconds=work,
         tokens_per_second=reported_rate(reported), mfu_percent=reported_mfu(reported),
-        steps=reported.get("steps"), gpu=reported.get("device_name"), reported=reported,
+        steps=reported_int(reported, "steps"), gpu=reported_str(reported, "device_name"), reported=reported,
         train_wall_seconds=outcome.train_wall_seconds, eval_wall_seconds=outcome.eval_wall_seconds,
         overhead_seconds=outcome.train_wall_seconds + outcome.eval_wall_seconds - (work or 0),
         log_tail=outcome.log_tail, total_seconds=time.time() - started + record.propose_seconds)
+    if result is not None:
+        record = replace(record, peak_memory_gb=result["peak_memory_gb"], outside_seconds=result["outside_seconds"],
+                         allowance_seconds=result["allowance_seconds"], ready_seconds=result["ready_seconds"],
+                         num_params=result["num_params"])
     if commit is not None:
         run.repo.add_note(commit, record.note())
         crash_point("noted", record.trial)
     return record
+
+
+def reported_int(reported: Reported, key: str) -> int | None:
+    """A number the trial reported of itself, when it is a whole one (the trial may write anything there)."""
+    value = reported.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def reported_str(reported: Reported, key: str) -> str | None:
+    value = reported.get(key)
+    return value if isinstance(value, str) else None
 
 
 def record_trial(run: Run, record: TrialRecord, report: Reporter) -> None:
@@ -274,7 +289,7 @@ def record_trial(run: Run, record: TrialRecord, report: Reporter) -> None:
     crash_point("observed", record.trial)
     run.clear_pending()
     best_trial, best_value = best_of(run.ledger.records)
-    best_commit = run.repo.trial_commit(best_trial)
+    best_commit = run.repo.recorded_trial_commit(best_trial)
     if run.repo.best() != best_commit:
         run.repo.set_best(best_commit)
     run.write_views(best_commit)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field
 
+from agent.constants import Value
 from agent.errors import ArenaError
 from agent.template import template_dir
 
@@ -21,9 +22,9 @@ class Preset:
     warmup_steps: int
     startup_allowance: float
     eval_timeout: float
-    constants: dict = field(default_factory=dict)
+    constants: dict[str, Value] = field(default_factory=dict)
 
-    def harness_config(self, seed: int) -> dict:
+    def harness_config(self, seed: int) -> dict[str, object]:
         """The run.json the harness reads: everything about a trial that the trial cannot change."""
         return {"device": self.device, "seed": seed, "seq_len": self.seq_len, "eval_tokens": self.eval_tokens,
                 "time_budget": self.time_budget, "warmup_steps": self.warmup_steps}

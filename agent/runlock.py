@@ -22,7 +22,7 @@ class RunLock:
         self.path = path
 
     @classmethod
-    def take(cls, run_dir: Path) -> "RunLock":
+    def take(cls, run_dir: Path) -> RunLock:
         """The run's lock, or ArenaError naming the process that holds it."""
         path = run_dir / LOCK_FILE
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -16,6 +16,7 @@ from pathlib import Path
 import git
 
 from agent.errors import ArenaError
+from agent.jsonl import JsonObject
 
 BEST_BRANCH = "best"
 NOTES_REF = "refs/notes/arena"
@@ -56,13 +57,13 @@ class RunRepo:
     def _git_input(self, args: list[str], text: str) -> str:
         """A git command fed on stdin (GitPython wants a real file there, so call git directly)."""
         proc = subprocess.run(["git", *args], input=text.encode("utf-8"), cwd=self.path, capture_output=True,
-                              env={**os.environ, **IDENTITY})
+                              env={**os.environ, **IDENTITY}, check=False)  # raised below as GitPython would
         if proc.returncode:
             raise git.GitCommandError(["git", *args], proc.returncode, proc.stderr)
         return proc.stdout.decode("utf-8").strip()
 
     @classmethod
-    def create(cls, path: Path, files: dict[str, str], description: str, trailers: dict[str, object]) -> "RunRepo":
+    def create(cls, path: Path, files: dict[str, str], description: str, trailers: dict[str, object]) -> RunRepo:
         """A new bare repository whose first commit (on the best branch) holds `files`."""
         git.Repo.init(path, bare=True, initial_branch=BEST_BRANCH)
         repo = cls(path)
@@ -83,11 +84,11 @@ class RunRepo:
         return self._git_input(args, message)
 
     def files(self, rev: str) -> dict[str, str]:
-        names = self.git.ls_tree("--name-only", rev).splitlines()
+        names = str(self.git.ls_tree("--name-only", rev)).splitlines()
         return {name: self.show(rev, name) for name in names}
 
     def show(self, rev: str, path: str) -> str:
-        return self.git.show(f"{rev}:{path}", strip_newline_in_stdout=False)
+        return str(self.git.show(f"{rev}:{path}", strip_newline_in_stdout=False))
 
     def commit_trial(self, trial: int, parent: str, changes: dict[str, str], description: str,
                      trailers: dict[str, object]) -> str:
@@ -99,12 +100,20 @@ class RunRepo:
 
     def trial_commit(self, trial: int) -> str | None:
         try:
-            return self.git.rev_parse("--verify", "--quiet", trial_ref(trial))
+            return str(self.git.rev_parse("--verify", "--quiet", trial_ref(trial)))
         except git.GitCommandError:
             return None
 
+    def recorded_trial_commit(self, trial: int) -> str:
+        """The commit of a trial the run has made; ArenaError when the repository has lost it."""
+        sha = self.trial_commit(trial)
+        if sha is None:
+            raise ArenaError(f"{self.path} has no commit for trial {trial}; the run directory is damaged — "
+                             "restore it or start a new run with another --name")
+        return sha
+
     def trial_numbers(self) -> list[int]:
-        refs = self.git.for_each_ref("--format=%(refname)", "refs/trials/").splitlines()
+        refs = str(self.git.for_each_ref("--format=%(refname)", "refs/trials/")).splitlines()
         return sorted(int(ref.rsplit("/", 1)[1]) for ref in refs)
 
     def drop_trial(self, trial: int) -> None:
@@ -114,25 +123,27 @@ class RunRepo:
             self.git.update_ref("-d", trial_ref(trial))
 
     def best(self) -> str:
-        return self.git.rev_parse(f"refs/heads/{BEST_BRANCH}")
+        return str(self.git.rev_parse(f"refs/heads/{BEST_BRANCH}"))
 
     def set_best(self, sha: str) -> None:
         self.git.update_ref(f"refs/heads/{BEST_BRANCH}", sha)
 
-    def add_note(self, sha: str, result: dict) -> None:
+    def add_note(self, sha: str, result: JsonObject) -> None:
         self._git_input(["notes", f"--ref={NOTES_REF}", "add", "-f", "-F", "-", sha],
                         json.dumps(result, sort_keys=True) + "\n")
 
-    def note(self, sha: str) -> dict | None:
+    def note(self, sha: str) -> JsonObject | None:
         try:
-            return json.loads(self.git.notes(f"--ref={NOTES_REF}", "show", sha))
+            note = json.loads(self.git.notes(f"--ref={NOTES_REF}", "show", sha))
         except git.GitCommandError:
             return None
+        return note if isinstance(note, dict) else None
 
     def message(self, sha: str) -> str:
-        return self.repo.commit(sha).message
+        message = self.repo.commit(sha).message  # bytes only when GitPython cannot decode it
+        return message if isinstance(message, str) else message.decode("utf-8", errors="replace")
 
     def branch_log(self) -> list[str]:
         """Commits on the best branch, newest first."""
-        return self.git.rev_list(BEST_BRANCH).splitlines()
+        return str(self.git.rev_list(BEST_BRANCH)).splitlines()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass
@@ -20,18 +21,18 @@ from rich.table import Table
 from rich.text import Text
 
 from agent.errors import ArenaError
+from agent.ui import ParserT
 from agent.ui.history import RunHistory
 from agent.ui.render import print_warnings
 from agent.ui.sources import open_runs
-from sandbox.outcome import FAILURES
 
 if TYPE_CHECKING:  # scipy and matplotlib take a second to import: only `arena compare` pays for them
     from matplotlib.figure import Figure
 
-    from agent.ui.stats import GroupStats, RunStats
+    from agent.ui.stats import GroupStats, GroupSummary, PairTest, RunStats
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[ParserT]) -> None:
     p = subparsers.add_parser("compare", help="compare runs by method over seeds: best val_bpb, failures, compute, "
                               "LLM cost, significance tests, convergence plots")
     p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run directories (runs/NAME), autoresearch "
@@ -49,7 +50,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 class Comparison:
     runs: list[RunStats]
     groups: list[GroupStats]
-    tests: list[dict]
+    tests: list[PairTest]
     figures: dict[str, Figure]  # PNG file name -> figure
     mixed: str | None           # what differs between the runs, when --allow-mixed let it through
     target: float | None
@@ -100,7 +101,7 @@ def build_comparison(runs: list[RunHistory], target: float | None, allow_mixed: 
     return Comparison(stats, groups, pairwise_tests(groups), figures, mixed, target)
 
 
-def _run_row(s: RunStats) -> dict:
+def _run_row(s: RunStats) -> dict[str, object]:
     return {"run": s.run.name, "path": str(s.run.path), "source": s.run.source, "group": s.run.group,
             "seed": s.run.seed, "isolation": s.run.isolation, "best_val_bpb": s.best, "trials": s.trials,
             "failures": dict(s.failures),
@@ -110,9 +111,10 @@ def _run_row(s: RunStats) -> dict:
 
 
 def write_outputs(comparison: Comparison, out: Path) -> list[Path]:
-    rows = [group.summary() for group in comparison.groups]
+    rows = [group.summary().row() for group in comparison.groups]
     summary = {"target": comparison.target, "mixed_setups": comparison.mixed, "groups": rows,
-               "tests": comparison.tests, "runs": [_run_row(s) for s in comparison.runs]}
+               "tests": [dataclasses.asdict(test) for test in comparison.tests],
+               "runs": [_run_row(s) for s in comparison.runs]}
     try:
         out.mkdir(parents=True, exist_ok=True)
         with open(out / "summary.csv", "w", newline="") as f:
@@ -131,17 +133,17 @@ def _number(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def _failures(row: dict) -> str:
-    rates = [f"{kind} {row[f'failure_rate_{kind}']:.0%}" for kind in FAILURES if row[f"failure_rate_{kind}"]]
+def _failures(summary: GroupSummary) -> str:
+    rates = [f"{kind} {rate:.0%}" for kind, rate in summary.failure_rates.items() if rate]
     return ", ".join(rates) or "none"
 
 
-def _target(row: dict) -> str:
-    reached = f"{row['target_reached']}/{row['runs']}"
-    if not row["target_reached"]:
+def _target(summary: GroupSummary) -> str:
+    reached = f"{summary.target_reached}/{summary.runs}"
+    if not summary.target_reached:
         return f"{reached} runs"
-    return (f"{reached} runs, {row['target_trials_mean']:.1f} trials, "
-            f"{_number(row['target_hours_mean'], '.3f')} h")
+    return (f"{reached} runs, {_number(summary.target_trials_mean, '.1f')} trials, "
+            f"{_number(summary.target_hours_mean, '.3f')} h")
 
 
 def groups_table(comparison: Comparison) -> Table:
@@ -154,28 +156,28 @@ def groups_table(comparison: Comparison) -> Table:
         table.add_column(f"to reach {comparison.target:g}")
     for group in comparison.groups:
         row = group.summary()
-        name = row["group"] + (f" [{row['unisolated_runs']} unisolated]" if row["unisolated_runs"] else "")
-        cells = [name, f"{row['runs']} ({row['seeds']})",
-                 f"{_number(row['best_mean'], '.6f')} ± {_number(row['best_std'], '.6f')}",
-                 _number(row["best_median"], ".6f"), str(row["trials"]), _failures(row),
-                 _number(row["device_hours"], ".3f"), f"{row['llm_tokens']:,}", f"{row['llm_cost_usd']:.2f}"]
+        name = row.group + (f" [{row.unisolated_runs} unisolated]" if row.unisolated_runs else "")
+        cells = [name, f"{row.runs} ({row.seeds})",
+                 f"{_number(row.best_mean, '.6f')} ± {_number(row.best_std, '.6f')}",
+                 _number(row.best_median, ".6f"), str(row.trials), _failures(row),
+                 _number(row.device_hours, ".3f"), f"{row.llm_tokens:,}", f"{row.llm_cost_usd:.2f}"]
         if comparison.target is not None:
             cells.append(_target(row))
         table.add_row(*(Text(cell) for cell in cells))
     return table
 
 
-def tests_table(tests: list[dict]) -> Table:
+def tests_table(tests: list[PairTest]) -> Table:
     table = Table(title="Mann-Whitney U (two-sided) on best val_bpb per run; bootstrap 95% CI of the mean "
                   "difference", title_justify="left")
     for column in ("a vs b", "n", "U", "p", "mean(a) - mean(b) [95% CI]"):
         table.add_column(column)
     for t in tests:
-        diff = _number(t["mean_diff"], "+.6f")
-        if t["ci_low"] is not None:
-            diff += f" [{t['ci_low']:+.6f}, {t['ci_high']:+.6f}]"
-        table.add_row(Text(f"{t['a']} vs {t['b']}"), f"{t['n_a']} vs {t['n_b']}", _number(t["u"], "g"),
-                      _number(t["p_value"], ".3g"), diff)
+        diff = _number(t.mean_diff, "+.6f")
+        if t.ci_low is not None and t.ci_high is not None:
+            diff += f" [{t.ci_low:+.6f}, {t.ci_high:+.6f}]"
+        table.add_row(Text(f"{t.a} vs {t.b}"), f"{t.n_a} vs {t.n_b}", _number(t.u, "g"), _number(t.p_value, ".3g"),
+                      diff)
     return table
 
 
@@ -199,8 +201,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if comparison.tests:
         console.print(tests_table(comparison.tests))
         for test in comparison.tests:
-            if test["note"]:
-                console.print(Text(f"{test['a']} vs {test['b']}: {test['note']}", style="yellow"))
+            if test.note:
+                console.print(Text(f"{test.a} vs {test.b}: {test.note}", style="yellow"))
     else:
         console.print("one group only: nothing to test against", markup=False)
     for path in written:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import re
+from collections.abc import Sequence
 
 from agent.ui.history import LlmCall, RunHistory, TrialView
 from agent.ui.report import (
@@ -33,7 +34,7 @@ def _cell(text: str) -> str:
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
-def _md_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+def _md_table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_cell(value) for value in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
@@ -84,21 +85,19 @@ pre { background: #f6f8fa; padding: 0.8em; overflow-x: auto; font-size: 0.85em; 
 .keep { color: #116329; font-weight: bold; } .discard { color: #9a6700; } .fail { color: #cf222e; font-weight: bold; }
 section { border-top: 2px solid #ddd; margin-top: 2em; } .note { font-style: italic; color: #555; }
 """
+DIFF_CLASSES = {"+": "add", "-": "del", "@": "hunk"}  # by a diff line's first character
 
 
 def _diff_html(diff: str) -> str:
     lines = []
     for line in diff.splitlines():
-        if line.startswith(("+++", "---")):
-            css = "meta"
-        else:
-            css = {"+": "add", "-": "del", "@": "hunk"}.get(line[:1], "")
+        css = "meta" if line.startswith(("+++", "---")) else DIFF_CLASSES.get(line[:1], "")
         text = html.escape(line)
         lines.append(f'<span class="{css}">{text}</span>' if css else text)
     return '<pre class="diff">' + "\n".join(lines) + "</pre>"
 
 
-def _html_table(rows: list[tuple[str, ...]], header: tuple[str, ...] | None = None) -> str:
+def _html_table(rows: Sequence[tuple[str, ...]], header: tuple[str, ...] | None = None) -> str:
     head = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>" if header else ""
     body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>" for row in rows)
     return f"<table>{head}{body}</table>"

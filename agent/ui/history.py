@@ -20,6 +20,7 @@ from agent.errors import ArenaError
 from agent.ledger import parse_records
 from agent.presets import get_preset
 from agent.record import TrialRecord
+from agent.ui.run_files import RunInfo, StoredSettings
 from sandbox.outcome import Status
 
 LOG_TAIL_LINES = 30
@@ -31,7 +32,7 @@ class LlmCall:
     trial: int | None
     purpose: str
     model: str | None
-    messages: list[dict]  # {"role": ..., "content": text}
+    messages: list[dict[str, str]]  # {"role": ..., "content": text}
     response: str
     error: str | None
     prompt_tokens: int
@@ -58,7 +59,7 @@ class TrialView:
     parent: str | None = None
     diff: str = ""
     diff_note: str = ""      # what the diff is, or why there is none
-    config: dict | None = None
+    config: dict[str, Any] | None = None
     seed: int | None = None
     llm_calls: list[LlmCall] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)  # why each attempt before a repair was refused
@@ -105,8 +106,8 @@ class RunHistory:
         raise ArenaError(f"{self.name} has no trial {number}; its trials are {self.trial_range()}")
 
     def best(self) -> TrialView | None:
-        scored = [view for view in self.trials if view.score is not None]
-        return min(scored, key=lambda view: view.score) if scored else None
+        scored = [(view.score, view) for view in self.trials if view.score is not None]
+        return min(scored, key=lambda pair: pair[0])[1] if scored else None
 
 
 def read_jsonl(path: Path, warnings: list[str]) -> list[dict[str, Any]]:
@@ -144,10 +145,10 @@ def git_diff(repo: git.Repo, parent: str | None, commit: str) -> str | None:
     """The change a commit made against `parent` (its own first parent when None); None when git cannot say."""
     try:
         if parent:
-            return repo.git.diff(parent, commit, strip_newline_in_stdout=False)
+            return str(repo.git.diff(parent, commit, strip_newline_in_stdout=False))
         if repo.commit(commit).parents:
-            return repo.git.diff(f"{commit}^", commit, strip_newline_in_stdout=False)
-        return repo.git.show("--format=", commit, strip_newline_in_stdout=False)  # a root commit: all added
+            return str(repo.git.diff(f"{commit}^", commit, strip_newline_in_stdout=False))
+        return str(repo.git.show("--format=", commit, strip_newline_in_stdout=False))  # a root commit: all added
     except (git.GitCommandError, ValueError):
         return None
 
@@ -197,32 +198,34 @@ def _arena_trial(record: TrialRecord, repo: git.Repo | None, run_dir: Path, call
         log_tail=record.log_tail or _log_tail(run_dir, record.trial))
 
 
-def _limits(settings: dict) -> tuple[float | None, int | None, str]:
+def _limits(settings: StoredSettings) -> tuple[float | None, int | None, str]:
     """The budget, validation tokens and device a run's trials had: its overrides, else its preset's."""
     try:
-        preset = get_preset(settings.get("preset", "cpu"), time_budget=settings.get("budget"),
-                            eval_tokens=settings.get("eval_tokens"))
+        preset = get_preset(settings.preset or "cpu", time_budget=settings.budget, eval_tokens=settings.eval_tokens)
     except ArenaError:  # a preset this version does not know: only what the run recorded
-        return settings.get("budget"), settings.get("eval_tokens"), "cuda"
+        return settings.budget, settings.eval_tokens, "cuda"
     return preset.time_budget, preset.eval_tokens, preset.device
 
 
-def _isolation(settings: dict[str, Any], records: list[TrialRecord]) -> str:
+def _isolation(settings: StoredSettings, records: list[TrialRecord]) -> str:
     """"none" when any trial ran unisolated (as every local trial did before runs recorded an isolation);
     else how the run's trials were confined."""
-    if settings.get("backend") == "docker":
+    if settings.backend == "docker":
         return "docker"
-    if "none" in {r.isolation for r in records} or settings.get("isolation", "none") == "none":
+    if "none" in {r.isolation for r in records}:
         return "none"
-    return str(settings["isolation"])
+    return settings.isolation or "none"
 
 
 def load_arena_run(run_dir: Path) -> RunHistory:
     try:
-        info = json.loads((run_dir / "run.json").read_text())
+        raw = json.loads((run_dir / "run.json").read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ArenaError(f"cannot read {run_dir / 'run.json'} ({e}); the run directory is damaged") from None
-    settings = info.get("settings") or {}
+    if not isinstance(raw, dict):
+        raise ArenaError(f"{run_dir / 'run.json'} is not a JSON object; the run directory is damaged")
+    info = RunInfo.from_json(raw)
+    settings = info.settings
     warnings: list[str] = []
     ledger = run_dir / "ledger.jsonl"
     records = parse_records(read_jsonl(ledger, warnings), ledger) if ledger.exists() else []
@@ -231,9 +234,9 @@ def load_arena_run(run_dir: Path) -> RunHistory:
     if repo is None:
         warnings.append(f"{run_dir / 'repo'} is missing or not a git repository; showing the ledger's diffs only")
     budget, eval_tokens, device = _limits(settings)
-    return RunHistory(name=str(settings.get("name") or run_dir.name), source="arena", path=run_dir,
-                      method=str(settings.get("method") or "?"), model=settings.get("model"),
-                      seed=settings.get("seed"), budget=budget, eval_tokens=eval_tokens, device=device,
-                      dataset_fingerprint=info.get("dataset_fingerprint"), isolation=_isolation(settings, records),
+    return RunHistory(name=settings.name or run_dir.name, source="arena", path=run_dir,
+                      method=settings.method or "?", model=settings.model,
+                      seed=settings.seed, budget=budget, eval_tokens=eval_tokens, device=device,
+                      dataset_fingerprint=info.dataset_fingerprint, isolation=_isolation(settings, records),
                       trials=[_arena_trial(r, repo, run_dir, calls) for r in records], llm_calls=calls,
                       warnings=warnings)

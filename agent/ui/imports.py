@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import git
 
 from agent.errors import ArenaError
+from agent.jsonl import JsonObject
 from agent.ui.history import RunHistory, TrialView, git_diff, read_jsonl
 from sandbox.outcome import FAILURES
 
@@ -30,14 +32,14 @@ def _branch_commits(repo: git.Repo, path: Path, branch: str | None) -> tuple[str
     """The branch's name and the full hashes of every commit reachable from it."""
     rev = branch or "HEAD"
     try:
-        commits = repo.git.rev_list(rev).splitlines()
+        commits = str(repo.git.rev_list(rev)).splitlines()
     except git.GitCommandError:
         if branch is None:
             raise ArenaError(f"{path} has no commits on its current branch; check out the experiment branch "
                              "or pass --branch") from None
         names = ", ".join(head.name for head in repo.heads) or "none"
         raise ArenaError(f"no branch '{branch}' in {path}; its branches: {names}") from None
-    name = branch or repo.git.rev_parse("--abbrev-ref", "HEAD")
+    name = branch or str(repo.git.rev_parse("--abbrev-ref", "HEAD"))
     return name, commits
 
 
@@ -49,7 +51,7 @@ def _resolve(repo: git.Repo, short: str, branch: str, commits: list[str]) -> tup
     if len(matches) > 1:
         return None, f"commit {short} is ambiguous on branch {branch}"
     try:  # a reset-away experiment stays in the object store until git gc prunes it
-        sha = repo.git.rev_parse("--verify", "--quiet", f"{short}^{{commit}}")
+        sha = str(repo.git.rev_parse("--verify", "--quiet", f"{short}^{{commit}}"))
     except git.GitCommandError:
         return None, "commit not in repository"
     return sha, f"not on branch {branch} (reset away); diff read from the object store"
@@ -111,18 +113,19 @@ def load_autoresearch_repo(path: Path, branch: str | None = None) -> RunHistory:
     except (git.InvalidGitRepositoryError, git.NoSuchPathError):
         raise ArenaError(f"{path} is neither an arena run (no run.json) nor a git repository; pass a run "
                          "directory (runs/NAME), an autoresearch repository or a trials.jsonl file") from None
-    if repo.bare:
+    work_tree = repo.working_tree_dir
+    if repo.bare or work_tree is None:  # GitPython gives a bare repository no work tree
         raise ArenaError(f"{path} is a bare git repository; autoresearch keeps results.tsv in a work tree — "
                          "pass the directory of a clone that has it")
-    tsv = Path(repo.working_tree_dir) / RESULTS_FILE
+    tsv = Path(work_tree) / RESULTS_FILE
     if not tsv.is_file():
-        raise ArenaError(f"no {RESULTS_FILE} in {repo.working_tree_dir}: autoresearch logs its experiments there "
+        raise ArenaError(f"no {RESULTS_FILE} in {work_tree}: autoresearch logs its experiments there "
                          "(untracked); pass the repository the experiments ran in")
     branch_name, commits = _branch_commits(repo, path, branch)
     warnings: list[str] = []
     trials = [_autoresearch_trial(n, row, repo, branch_name, commits)
               for n, row in enumerate(_tsv_rows(tsv, warnings))]
-    return RunHistory(name=f"{Path(repo.working_tree_dir).name}@{branch_name}", source="autoresearch",
+    return RunHistory(name=f"{Path(work_tree).name}@{branch_name}", source="autoresearch",
                       path=path, method="autoresearch", trials=trials, warnings=warnings)
 
 
@@ -140,13 +143,13 @@ def classify_error(error: str | None) -> str:
     return "crash"
 
 
-def _describe(config: dict | None) -> str:
+def _describe(config: dict[str, Any] | None) -> str:
     if not config:
         return "(no config)"
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items())
 
 
-def _paper_run(path: Path, backend: str, seed: object, records: list[dict], warnings: list[str]) -> RunHistory:
+def _paper_run(path: Path, backend: str, seed: object, records: list[JsonObject], warnings: list[str]) -> RunHistory:
     records = sorted(records, key=lambda r: r["trial_id"])
     trials, best = [], None
     for record in records:
@@ -169,7 +172,7 @@ def _paper_run(path: Path, backend: str, seed: object, records: list[dict], warn
 def load_paper_trials(path: Path) -> list[RunHistory]:
     """One run per (backend, seed) in the file, in the order they first appear."""
     warnings: list[str] = []
-    groups: dict[tuple[str, object], list[dict]] = {}
+    groups: dict[tuple[str, object], list[JsonObject]] = {}
     for number, record in enumerate(read_jsonl(path, warnings), 1):
         missing = [name for name in PAPER_FIELDS if name not in record]
         if not missing and not isinstance(record["trial_id"], int):

@@ -19,8 +19,9 @@ import termios
 import threading
 import time
 import tty
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from rich.cells import cell_len, set_cell_size
 from rich.console import Console, Group, RenderableType
@@ -32,8 +33,10 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
+from agent.jsonl import JsonObject
 from agent.judging import best_of
 from agent.record import TrialRecord
+from agent.ui import ParserT
 from agent.ui.live_reader import LOG_LINES, RunReader, Snapshot, Training
 from sandbox.outcome import Status
 
@@ -54,7 +57,7 @@ LIMIT_FAILURES = (Status.OOM, Status.TIMEOUT, Status.OVER_BUDGET)  # read yellow
 # ---------------------------------------------------------------- drawing a frame
 
 def fmt_duration(seconds: float) -> str:
-    s = int(round(seconds))
+    s = round(seconds)
     if s < 60:
         return f"{s}s"
     if s < 3600:
@@ -105,7 +108,7 @@ def device_of(snap: Snapshot) -> str:
     for record in reversed(snap.records):
         if record.gpu:
             return record.gpu
-    gpus = snap.settings.get("gpus")
+    gpus = snap.settings.gpus
     if gpus:
         return f"GPU {','.join(gpus)}"
     return snap.preset.device if snap.preset else "-"
@@ -128,7 +131,7 @@ def eta(snap: Snapshot, used: float, stop_rule: StopRule | None) -> float | None
     return max(0.0, min(left)) if left else None
 
 
-def llm_totals(calls: list[dict]) -> tuple[int, int, int, float]:
+def llm_totals(calls: list[JsonObject]) -> tuple[int, int, int, float]:
     def total(key: str) -> float:
         return sum(call.get(key) or 0 for call in calls)
 
@@ -139,10 +142,10 @@ def header_lines(snap: Snapshot, stop_rule: StopRule | None, width: int) -> list
     """Who runs (name, method, model, backend, device, preset), how far along, the best so far, LLM spend."""
     s = snap.settings
     budget = f" · {snap.preset.time_budget:g} s/trial" if snap.preset else ""
-    model = f"  model [bold]{escape(str(s['model']))}[/]" if s.get("model") else ""
-    identity = (f"[bold]{escape(snap.name)}[/]  method [bold]{escape(str(s.get('method')))}[/]{model}  backend "
-                f"{escape(str(s.get('backend')))}  device {escape(device_of(snap))}  preset "
-                f"{escape(str(s.get('preset')))}{budget}")
+    model = f"  model [bold]{escape(s.model)}[/]" if s.model else ""
+    identity = (f"[bold]{escape(snap.name)}[/]  method [bold]{escape(str(s.method))}[/]{model}  backend "
+                f"{escape(str(s.backend))}  device {escape(device_of(snap))}  preset "
+                f"{escape(str(s.preset))}{budget}")
     used = trial_seconds(snap.records) + snap.elapsed
     done = len(snap.records)
     trials = f"trials [bold]{done}[/]" + (f"/{stop_rule.trials}" if stop_rule and stop_rule.trials else "")
@@ -159,7 +162,7 @@ def header_lines(snap: Snapshot, stop_rule: StopRule | None, width: int) -> list
         prefix = f"best {fmt_bpb(best_value)} (trial {best_trial})  "
         curve = sparkline(snap.best_curve, max(8, width - 4 - len(prefix)))
         lines.append(Text.assemble(prefix, (curve, "green")))
-    if snap.llm_calls or s.get("model"):
+    if snap.llm_calls or s.model:
         calls, prompt, completion, cost = llm_totals(snap.llm_calls)
         lines.append(Text(f"LLM {calls} calls · {prompt:,} prompt + {completion:,} completion tokens · ${cost:.4f}"))
     for line in lines:
@@ -223,12 +226,11 @@ def render_current(snap: Snapshot, console: Console, width: int, body_lines: int
     phase = snap.phase
     style = PHASE_STYLES.get(phase, "")
     if snap.final:
-        return Panel(Text(one_line(snap.status.get("reason")) or phase, style=style), border_style=style,
+        return Panel(Text(one_line(snap.status.reason) or phase, style=style), border_style=style,
                      title=f"[{style}]run {phase}[/]", title_align="left")
     if snap.writer_alive is False:
-        pid = snap.status.get("pid")
-        return Panel(Text(f"arena (pid {pid}) is gone: the run stopped during trial {snap.trial} ({phase}) without "
-                          "saying why (killed?); run the same `arena run` command to resume it", style="red"),
+        return Panel(Text(f"arena (pid {snap.status.pid}) is gone: the run stopped during trial {snap.trial} ({phase}) "
+                          "without saying why (killed?); run the same `arena run` command to resume it", style="red"),
                      title="[red]arena is gone[/]", title_align="left", border_style="red")
     title = f"trial {snap.trial} · [{style}]{phase}[/]"
     if snap.trial_started is not None:
@@ -239,7 +241,7 @@ def render_current(snap: Snapshot, console: Console, width: int, body_lines: int
         if quiet > QUIET_S:
             title += f" · [yellow]no output for {fmt_duration(quiet)}[/]"
     rows: list[RenderableType] = []
-    description = snap.status.get("description")
+    description = snap.status.description
     if description:
         rows.append(Text(one_line(description), style="bold", no_wrap=True, overflow="ellipsis"))
     if phase == "proposing":
@@ -247,8 +249,8 @@ def render_current(snap: Snapshot, console: Console, width: int, body_lines: int
     elif phase == "applying":
         rows.append(Text("applying the proposal to train.py", style="dim"))
     elif phase in ("running", "evaluating"):
-        if snap.status.get("diff"):
-            rows.append(diff_view(snap.status["diff"], body_lines))
+        if snap.status.diff:
+            rows.append(diff_view(snap.status.diff, body_lines))
         if snap.training is not None:
             rows.append(render_training(snap, snap.training))
     else:
@@ -257,7 +259,7 @@ def render_current(snap: Snapshot, console: Console, width: int, body_lines: int
 
 
 def render_proposing(snap: Snapshot, console: Console, width: int, body_lines: int) -> RenderableType:
-    method = snap.status.get("method") or snap.settings.get("method")
+    method = snap.status.method or snap.settings.method
     if snap.stream is None:
         return Text(f"{method} is proposing trial {snap.trial}", style="dim")
     if not snap.stream.strip():
@@ -267,9 +269,9 @@ def render_proposing(snap: Snapshot, console: Console, width: int, body_lines: i
 
 
 def render_idle(snap: Snapshot) -> Text:
-    if not snap.status:
+    if snap.status.time is None:  # no status.json yet: the loop writes the time into every status
         return Text("the run has not started a trial yet", style="dim")
-    age = snap.now - float(snap.status.get("time", snap.now))
+    age = snap.now - snap.status.time
     if snap.writer_alive is None and age > STALE_IDLE_S:  # an arena elsewhere, or a status from before pids
         return Text(f"no trial running for {fmt_duration(age)}: the run has finished or was stopped", style="dim")
     return Text(f"between trials; trial {snap.trial} comes next", style="dim")
@@ -344,14 +346,17 @@ def render_frame(snap: Snapshot, console: Console, stop_rule: StopRule | None = 
     # borders, the header, the trial's description, label and training lines, the tables
     fixed = 2 + len(header) + 2 + 2 + 2 + LOG_LINES + len(tables.split()) + (1 if footer else 0)
     body_lines = min(MAX_BODY_LINES, max(MIN_BODY_LINES, height - fixed))
-    parts = [Panel(Group(*header), title="arena", title_align="left", border_style="blue"),
-             render_current(snap, console, width, body_lines), tables]
+    parts: list[RenderableType] = [Panel(Group(*header), title="arena", title_align="left", border_style="blue"),
+                                   render_current(snap, console, width, body_lines), tables]
     if footer:
         parts.append(Text(footer, style="dim"))
     return Group(*parts)
 
 
-def frame_key(snap: Snapshot, console: Console, generation: int) -> tuple:
+FrameKey = tuple[object, ...]
+
+
+def frame_key(snap: Snapshot, console: Console, generation: int) -> FrameKey:
     """What a frame shows, at the resolution it shows it (whole seconds): an equal key, an equal frame."""
     return (console.size, generation, len(snap.records), snap.status, snap.training, snap.stream,
             len(snap.llm_calls), int(snap.now))
@@ -365,7 +370,7 @@ class RunView:
         self.reader = RunReader(run_dir)
         self.stop_rule = stop_rule
         self.footer = footer
-        self._last_key: tuple | None = None
+        self._last_key: FrameKey | None = None
 
     def frame(self, console: Console, only_if_changed: bool = False) -> RenderableType | None:
         """The current frame; with only_if_changed, None when it would equal the last one."""
@@ -376,13 +381,13 @@ class RunView:
                 return None
             self._last_key = key
             return render_frame(snap, console, self.stop_rule, self.footer)
-        except Exception as e:  # whatever went wrong is shown on screen; it must not stop the run
+        except Exception as e:  # noqa: BLE001 — whatever went wrong is shown on screen; it must not stop the run
             return Text(f"live view: cannot draw {self.reader.dir}: {type(e).__name__}: {e}", style="red")
 
 
 # ---------------------------------------------------------------- running the display
 
-def _drive(live: Live, view: RunView, lines: queue.SimpleQueue, stop: threading.Event) -> None:
+def _drive(live: Live, view: RunView, lines: queue.SimpleQueue[str], stop: threading.Event) -> None:
     """The display thread: REFRESH_PER_SECOND times a second, print the queued report lines above the
     view and redraw it if anything it shows changed; one last round after `stop`, so the final lines
     and state stay on screen. Live's own refresh thread is not used: it would read the run directory
@@ -455,11 +460,8 @@ def watch(run_dir: Path, once: bool = False, console: Console | None = None) -> 
     if once:
         console.print(RunView(run_dir).frame(console))
         return 0
-    with live_view(run_dir, console=console, footer=WATCH_FOOTER):
-        try:
-            wait_for_quit()
-        except KeyboardInterrupt:
-            pass  # Ctrl-C leaves the view too
+    with live_view(run_dir, console=console, footer=WATCH_FOOTER), contextlib.suppress(KeyboardInterrupt):
+        wait_for_quit()  # Ctrl-C leaves the view too
     return 0
 
 
@@ -467,7 +469,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return watch(resolve_run_dir(args.run, args.runs_dir), once=args.once)
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction[ParserT]) -> ParserT:
     """Register `arena watch` on the CLI's subparsers."""
     p = subparsers.add_parser("watch", help="show the live view of a run, e.g. one running in another terminal "
                               "(read-only)")

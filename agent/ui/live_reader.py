@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.errors import ArenaError
-from agent.jsonl import JsonlFollower
+from agent.jsonl import JsonlFollower, JsonObject
 from agent.judging import best_of
 from agent.presets import Preset, get_preset
 from agent.record import TrialRecord
+from agent.ui.run_files import RunStatus, StoredSettings
 
 LOG_LINES = 3               # training log lines kept for the current-trial panel
 TAIL_BYTES = 16 * 1024      # enough for the last step line, the eval marker and a screenful of stream
@@ -27,8 +28,9 @@ STREAM_SLACK_S = 1.0        # file times on some file systems are coarser than t
 STEP_FIELD = re.compile(r"(\w+)=(\S+)")
 FINAL_PHASES = ("done", "stopped", "failed")
 
-def read_run_info(run_dir: Path) -> dict:
-    """run.json of a run directory; anything else is the user's mistake, told in one line."""
+
+def read_run_settings(run_dir: Path) -> StoredSettings:
+    """The settings in run.json of a run directory; anything else is the user's mistake, told in one line."""
     if not run_dir.is_dir():
         raise ArenaError(f"no run directory {run_dir}; pass a run's name (and --runs-dir) or its directory")
     try:
@@ -39,10 +41,10 @@ def read_run_info(run_dir: Path) -> dict:
         raise ArenaError(f"cannot read {run_dir / 'run.json'} ({e}); is {run_dir} a run made by `arena run`?") from None
     if not isinstance(info, dict) or not isinstance(info.get("settings"), dict):
         raise ArenaError(f"{run_dir / 'run.json'} holds no run settings; pass a directory made by `arena run`")
-    return info
+    return StoredSettings.from_json(info["settings"])
 
 
-def read_json(path: Path) -> dict | None:
+def read_json(path: Path) -> JsonObject | None:
     """A small JSON file the loop replaces atomically; None when absent or unreadable."""
     try:
         value = json.loads(path.read_text())
@@ -91,7 +93,7 @@ def read_tail(path: Path, max_bytes: int = TAIL_BYTES) -> tuple[str, bool]:
 class FileTail:
     """The tail of one file at a time (the path may change), re-read only when the file changed."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._key: tuple[Path, int, int] | None = None
         self._tail: tuple[str, bool] = ("", False)
 
@@ -118,7 +120,7 @@ class Training:
 
 def parse_step(line: str) -> dict[str, float]:
     """The fields of a harness progress line `step=12 loss=3.4 progress=0.41 tok_per_s=9123 ...`."""
-    fields = {}
+    fields: dict[str, float] = {}
     for key, value in STEP_FIELD.findall(line):
         try:
             fields[key] = float(value)
@@ -143,33 +145,33 @@ def parse_log(text: str, cut: bool, written: float | None = None) -> Training:
 class Snapshot:
     """Everything one frame shows, read from the run directory at `now`."""
     name: str
-    settings: dict
+    settings: StoredSettings
     preset: Preset | None  # None when the run names a preset this arena does not know
     records: list[TrialRecord]
     best_curve: list[float | None]
-    status: dict
+    status: RunStatus      # all None before the loop's first status
     trial_started: float | None
     training: Training | None
     stream: str | None  # the LLM answer streaming for the proposal being made, if one is
-    llm_calls: list[dict]
+    llm_calls: list[JsonObject]  # the lines of llm.jsonl
     now: float
     writer_alive: bool | None = None  # whether the arena that wrote status.json still runs; None: cannot tell
 
     @property
     def final(self) -> bool:
-        """The run's last status: done, stopped or failed (with the reason in status["reason"])."""
+        """The run's last status: done, stopped or failed (with the reason in status.reason)."""
         return self.phase in FINAL_PHASES
 
     @property
     def phase(self) -> str:
-        phase = self.status.get("phase") or "starting"
+        phase = self.status.phase or "starting"
         if phase == "running" and self.training is not None and self.training.evaluating:
             return "evaluating"
         return phase
 
     @property
     def trial(self) -> int:
-        return int(self.status.get("trial", len(self.records)))
+        return self.status.trial if self.status.trial is not None else len(self.records)
 
     @property
     def elapsed(self) -> float:
@@ -181,8 +183,7 @@ class RunReader:
 
     def __init__(self, run_dir: Path):
         self.dir = run_dir
-        self.info = read_run_info(run_dir)
-        self.settings = self.info["settings"]
+        self.settings = read_run_settings(run_dir)
         self.preset = preset_of(self.settings)
         self.ledger = LedgerFollower(run_dir / "ledger.jsonl")
         self.llm_log = JsonlFollower(run_dir / "llm.jsonl")
@@ -190,14 +191,14 @@ class RunReader:
         self.stream_tail = FileTail()
         self._curve: list[float | None] = []
         self._curve_generation = -1
-        self._proposing: tuple[int, float] | None = None  # (trial, when its proposal began), if seen
+        self._proposing: tuple[int | None, float] | None = None  # (trial, when its proposal began), if seen
 
     def snapshot(self) -> Snapshot:
         records = self.ledger.poll()
-        status = read_json(self.dir / "state" / "status.json") or {}
-        phase = status.get("phase")
+        status = RunStatus.from_json(read_json(self.dir / "state" / "status.json") or {})
+        phase = status.phase
         training = self._training(status) if phase == "running" else None
-        return Snapshot(name=self.settings.get("name", self.dir.name), settings=self.settings,
+        return Snapshot(name=self.settings.name or self.dir.name, settings=self.settings,
                         preset=self.preset, records=records, best_curve=self._best_curve(records),
                         status=status, trial_started=self._trial_started(status), training=training,
                         stream=self._stream(status) if phase == "proposing" else None,
@@ -211,33 +212,33 @@ class RunReader:
             self._curve.append(best_of(records[:end])[1])
         return self._curve
 
-    def _trial_started(self, status: dict) -> float | None:
+    def _trial_started(self, status: RunStatus) -> float | None:
         """When the current trial began: its proposal if this reader saw it, else the sandbox start."""
-        phase, trial = status.get("phase"), status.get("trial")
+        phase, trial = status.phase, status.trial
         if phase in (None, "idle", *FINAL_PHASES):
             return None
         if phase == "proposing" and (self._proposing is None or self._proposing[0] != trial):
-            self._proposing = (trial, status.get("time", time.time()))
+            self._proposing = (trial, status.time if status.time is not None else time.time())
         if self._proposing is not None and self._proposing[0] == trial:
             return self._proposing[1]
-        return status.get("started", status.get("time"))
+        return status.started if status.started is not None else status.time
 
-    def _training(self, status: dict) -> Training:
-        text, cut, written = self.log_tail.get(self.dir / "logs" / f"trial-{int(status.get('trial', 0)):05d}.log")
+    def _training(self, status: RunStatus) -> Training:
+        text, cut, written = self.log_tail.get(self.dir / "logs" / f"trial-{status.trial or 0:05d}.log")
         return parse_log(text, cut, written)
 
-    def _stream(self, status: dict) -> str | None:
+    def _stream(self, status: RunStatus) -> str | None:
         """The streamed answer, when written during this proposal (an older one belongs to an earlier trial)."""
         text, _, mtime = self.stream_tail.get(self.dir / "state" / "llm_stream.txt")
-        if mtime is None or mtime < status.get("time", 0.0) - STREAM_SLACK_S:
+        if mtime is None or mtime < (status.time or 0.0) - STREAM_SLACK_S:
             return None
         return text
 
 
-def writer_alive(status: dict) -> bool | None:
+def writer_alive(status: RunStatus) -> bool | None:
     """Whether the process that wrote `status` still runs; None when it is elsewhere or unnamed."""
-    pid = status.get("pid")
-    if not isinstance(pid, int) or status.get("host") != socket.gethostname():
+    pid = status.pid
+    if pid is None or status.host != socket.gethostname():
         return None
     try:
         os.kill(pid, 0)
@@ -248,10 +249,10 @@ def writer_alive(status: dict) -> bool | None:
     return True
 
 
-def preset_of(settings: dict) -> Preset | None:
+def preset_of(settings: StoredSettings) -> Preset | None:
     """The run's preset with its --budget: the training seconds per trial and the device."""
     try:
-        return get_preset(settings.get("preset", "cpu"), time_budget=settings.get("budget"))
+        return get_preset(settings.preset or "cpu", time_budget=settings.budget)
     except ArenaError:
         return None
 

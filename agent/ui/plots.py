@@ -7,6 +7,7 @@ import math
 import warnings
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
@@ -20,7 +21,7 @@ def colours(groups: list[GroupStats]) -> dict[str, str]:
     return {group.label: f"C{index % 10}" for index, group in enumerate(groups)}
 
 
-def _band(ax, x: np.ndarray, curves: np.ndarray, colour: str, label: str) -> None:
+def _band(ax: Axes, x: np.ndarray, curves: np.ndarray, colour: str, label: str) -> None:
     """Mean across runs as a line, min-max across runs as a band; nan where no run has a value."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-nan columns: before any run scored
@@ -47,10 +48,10 @@ def convergence_figure(groups: list[GroupStats]) -> Figure:
         for row, r in enumerate(group.runs):
             curves[row, :r.trials] = r.best_so_far
         _band(by_trial, np.arange(length), curves, colour[group.label], label)
-        timed = [r for r in group.runs if r.hours]
+        timed = [(r.hours, r.best_so_far) for r in group.runs if r.hours]
         if timed:
-            grid = np.linspace(0, max(r.hours[-1] for r in timed), HOURS_GRID)
-            _band(by_hours, grid, np.array([_at_hours(grid, r.hours, r.best_so_far) for r in timed]),
+            grid = np.linspace(0, max(hours[-1] for hours, _ in timed), HOURS_GRID)
+            _band(by_hours, grid, np.array([_at_hours(grid, hours, best) for hours, best in timed]),
                   colour[group.label], label)
     by_trial.set(xlabel="trial", ylabel="best val_bpb so far", title="convergence by trial (mean, min-max band)")
     by_hours.set(xlabel="cumulative training hours (train + eval wall time)", ylabel="best val_bpb so far",
@@ -63,10 +64,11 @@ def convergence_figure(groups: list[GroupStats]) -> Figure:
     return fig
 
 
-def _numeric(values: list) -> tuple[list[float], list[str] | None]:
+def _numeric(values: list[object]) -> tuple[list[float], list[str] | None]:
     """Numbers as they are; anything else (e.g. a window pattern) as positions in its sorted categories."""
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        return [float(v) for v in values], None
+    numbers = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if len(numbers) == len(values):
+        return numbers, None
     categories = sorted({str(v) for v in values})
     return [float(categories.index(str(v))) for v in values], categories
 
@@ -85,8 +87,8 @@ def constants_figure(groups: list[GroupStats]) -> Figure | None:
     # a fixed layout: the constrained one costs seconds for a dozen panels
     fig.subplots_adjust(left=0.06, right=0.98, bottom=0.6 / height, top=1 - 0.9 / height, hspace=0.6, wspace=0.35)
     colour = colours(groups)
-    for ax, name in zip(axes, names):
-        points = [(g.label, [(v.trial, v.config[name]) for v in r.run.trials if name in (v.config or {})])
+    for ax, name in zip(axes, names, strict=False):  # the last row may have panels to spare
+        points = [(g.label, [(v.trial, v.config[name]) for v in r.run.trials if v.config and name in v.config])
                   for g in groups for r in g.runs]
         values, categories = _numeric([value for _, pts in points for _, value in pts])
         position = 0

@@ -45,7 +45,7 @@ def _clip(text: str, lines: int = MESSAGE_LINES) -> str:
 
 
 def _llm_panels(view: TrialView) -> list[RenderableType]:
-    panels = []
+    panels: list[RenderableType] = []
     for number, call in enumerate(view.llm_calls, 1):
         body: list[RenderableType] = []
         for message in call.messages:

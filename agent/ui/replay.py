@@ -13,6 +13,7 @@ from pathlib import Path
 from rich.console import Console
 
 from agent.errors import ArenaError
+from agent.ui import ParserT
 from agent.ui.export import html_report, markdown_report
 from agent.ui.history import RunHistory
 from agent.ui.render import print_warnings, run_header, trial_renderable
@@ -23,7 +24,7 @@ PROMPT = "n/enter next · p previous · j N jump · q quit > "
 EXPORTERS = {"md": markdown_report, "html": html_report}
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[ParserT]) -> None:
     p = subparsers.add_parser("replay", help="step through a recorded run trial by trial: diffs, outcomes, "
                               "metrics, LLM prompts and answers; or export it as a Markdown/HTML report")
     p.add_argument("run", type=Path, help="a run directory (runs/NAME), a git repository run by "

@@ -3,8 +3,10 @@ a statistical test between every pair of groups on the best val_bpb each run fou
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import accumulate, combinations
 
@@ -55,8 +57,42 @@ def run_stats(run: RunHistory, target: float | None) -> RunStats:
                     target_hours=None if reached is None or hours is None else hours[reached])
 
 
-def _mean(values: list[float]) -> float | None:
+def _mean(values: Sequence[float]) -> float | None:
     return float(np.mean(values)) if values else None
+
+
+@dataclass(frozen=True)
+class GroupSummary:
+    """One row of the comparison table (flattened by `row`, what summary.csv and summary.json hold)."""
+    group: str
+    method: str
+    model: str | None
+    runs: int
+    seeds: str
+    scored_runs: int
+    best_mean: float | None
+    best_std: float | None
+    best_median: float | None
+    best_min: float | None
+    trials: int
+    unisolated_runs: int
+    failure_rates: dict[str, float | None]  # failure kind -> its share of the trials (None without trials)
+    device_hours: float | None
+    llm_tokens: int
+    llm_cost_usd: float
+    target_reached: int
+    target_trials_mean: float | None
+    target_hours_mean: float | None
+
+    def row(self) -> dict[str, object]:
+        """The fields in order, each failure rate in a column of its own (failure_rate_<kind>)."""
+        row: dict[str, object] = {}
+        for f in dataclasses.fields(self):
+            if f.name == "failure_rates":
+                row.update({f"failure_rate_{kind}": rate for kind, rate in self.failure_rates.items()})
+            else:
+                row[f.name] = getattr(self, f.name)
+        return row
 
 
 @dataclass
@@ -69,32 +105,29 @@ class GroupStats:
         return [r.best for r in self.runs if r.best is not None]
 
     @property
-    def seeds(self) -> list:
+    def seeds(self) -> list[int | None]:
         return [r.run.seed for r in self.runs]
 
-    def summary(self) -> dict:
-        """One flat row of the comparison table (also what summary.csv and summary.json hold)."""
+    def summary(self) -> GroupSummary:
         bests, trials = self.bests, sum(r.trials for r in self.runs)
         hours = [r.total_hours for r in self.runs if r.total_hours is not None]
-        reached = [r for r in self.runs if r.target_trials is not None]
-        reached_hours = [r.target_hours for r in reached if r.target_hours is not None]
-        failures = Counter()
+        reached_trials = [r.target_trials for r in self.runs if r.target_trials is not None]
+        reached_hours = [r.target_hours for r in self.runs if r.target_hours is not None]  # only runs that reached it
+        failures: Counter[str] = Counter()
         for r in self.runs:
             failures.update(r.failures)
-        row = {"group": self.label, "method": self.runs[0].run.method, "model": self.runs[0].run.model,
-               "runs": len(self.runs), "seeds": " ".join(str(s) for s in self.seeds),
-               "scored_runs": len(bests), "best_mean": _mean(bests),
-               "best_std": float(np.std(bests, ddof=1)) if len(bests) > 1 else None,
-               "best_median": float(np.median(bests)) if bests else None,
-               "best_min": min(bests, default=None), "trials": trials,
-               "unisolated_runs": sum(1 for r in self.runs if r.run.isolation == "none")}
-        row.update({f"failure_rate_{kind}": failures.get(kind, 0) / trials if trials else None
-                    for kind in FAILURES})
-        row.update(device_hours=sum(hours) if hours else None, llm_tokens=sum(r.tokens for r in self.runs),
-                   llm_cost_usd=sum(r.cost_usd for r in self.runs), target_reached=len(reached),
-                   target_trials_mean=_mean([r.target_trials for r in reached]),
-                   target_hours_mean=_mean(reached_hours))
-        return row
+        return GroupSummary(
+            group=self.label, method=self.runs[0].run.method, model=self.runs[0].run.model,
+            runs=len(self.runs), seeds=" ".join(str(s) for s in self.seeds),
+            scored_runs=len(bests), best_mean=_mean(bests),
+            best_std=float(np.std(bests, ddof=1)) if len(bests) > 1 else None,
+            best_median=float(np.median(bests)) if bests else None,
+            best_min=min(bests, default=None), trials=trials,
+            unisolated_runs=sum(1 for r in self.runs if r.run.isolation == "none"),
+            failure_rates={kind.value: failures.get(kind, 0) / trials if trials else None for kind in FAILURES},
+            device_hours=sum(hours) if hours else None, llm_tokens=sum(r.tokens for r in self.runs),
+            llm_cost_usd=sum(r.cost_usd for r in self.runs), target_reached=len(reached_trials),
+            target_trials_mean=_mean(reached_trials), target_hours_mean=_mean(reached_hours))
 
 
 def group_runs(stats: list[RunStats]) -> list[GroupStats]:
@@ -113,27 +146,43 @@ def bootstrap_ci(a: list[float], b: list[float], seed: int = 0) -> tuple[float, 
     return float(low), float(high)
 
 
-def pair_test(a: GroupStats, b: GroupStats) -> dict:
+@dataclass(frozen=True)
+class PairTest:
+    """Two groups compared on their runs' best val_bpb; None where there was nothing to compute."""
+    a: str
+    b: str
+    n_a: int
+    n_b: int
+    u: float | None = None
+    p_value: float | None = None
+    mean_diff: float | None = None  # mean(a) - mean(b)
+    ci_low: float | None = None     # its bootstrap 95% interval
+    ci_high: float | None = None
+    note: str = ""                  # why the test says little, if it does
+
+
+def _sample_size_note(n_a: int, n_b: int) -> str:
+    if min(n_a, n_b) < 2:
+        return f"{n_a} vs {n_b} runs: with one run on a side there is no spread to test against; run more seeds"
+    if min(n_a, n_b) < SMALL_N:
+        floor = 2 / math.comb(n_a + n_b, n_a)  # the smallest two-sided exact p these sizes allow
+        return (f"n is small ({n_a} vs {n_b} runs): even a complete separation gives "
+                f"p = {min(floor, 1.0):.3g}; run more seeds before reading anything into it")
+    return ""
+
+
+def pair_test(a: GroupStats, b: GroupStats) -> PairTest:
     """Mann-Whitney U (two-sided) on the runs' best val_bpb, and a bootstrap CI of the difference of means."""
     x, y = a.bests, b.bests
-    result = {"a": a.label, "b": b.label, "n_a": len(x), "n_b": len(y), "u": None, "p_value": None,
-              "mean_diff": None, "ci_low": None, "ci_high": None, "note": ""}
     if not x or not y:
-        result["note"] = "no scored runs on one side: nothing to test"
-        return result
+        return PairTest(a.label, b.label, len(x), len(y), note="no scored runs on one side: nothing to test")
     test = mannwhitneyu(x, y, alternative="two-sided")
-    result.update(u=float(test.statistic), p_value=float(test.pvalue), mean_diff=float(np.mean(x) - np.mean(y)))
-    if min(len(x), len(y)) >= 2:  # from one run a side, resampling gives back that one difference: no interval
-        result["ci_low"], result["ci_high"] = bootstrap_ci(x, y)
-    if min(len(x), len(y)) < 2:
-        result["note"] = (f"{len(x)} vs {len(y)} runs: with one run on a side there is no spread to test against; "
-                          "run more seeds")
-    elif min(len(x), len(y)) < SMALL_N:
-        floor = 2 / math.comb(len(x) + len(y), len(x))  # the smallest two-sided exact p these sizes allow
-        result["note"] = (f"n is small ({len(x)} vs {len(y)} runs): even a complete separation gives "
-                          f"p = {min(floor, 1.0):.3g}; run more seeds before reading anything into it")
-    return result
+    # from one run a side, resampling gives back that one difference: no interval
+    ci_low, ci_high = bootstrap_ci(x, y) if min(len(x), len(y)) >= 2 else (None, None)
+    return PairTest(a.label, b.label, len(x), len(y), u=float(test.statistic), p_value=float(test.pvalue),
+                    mean_diff=float(np.mean(x) - np.mean(y)), ci_low=ci_low, ci_high=ci_high,
+                    note=_sample_size_note(len(x), len(y)))
 
 
-def pairwise_tests(groups: list[GroupStats]) -> list[dict]:
+def pairwise_tests(groups: list[GroupStats]) -> list[PairTest]:
     return [pair_test(a, b) for a, b in combinations(groups, 2)]

@@ -1,0 +1,87 @@
+"""What the loop writes for its readers, as typed values: run.json and state/status.json.
+
+Both are arena's own files, but a reader may meet one written by another version of arena, or a damaged
+copy: a field that is absent or not of its type reads as None, never as an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent.jsonl import JsonObject
+
+
+def _str(raw: JsonObject, key: str) -> str | None:
+    value = raw.get(key)
+    return value if isinstance(value, str) else None
+
+
+def _int(raw: JsonObject, key: str) -> int | None:
+    value = raw.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _float(raw: JsonObject, key: str) -> float | None:
+    value = raw.get(key)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _str_list(raw: JsonObject, key: str) -> list[str] | None:
+    value = raw.get(key)
+    return value if isinstance(value, list) and all(isinstance(item, str) for item in value) else None
+
+
+@dataclass(frozen=True)
+class StoredSettings:
+    """The settings a run was started with (RunSettings, as run.json holds them): what the views show."""
+    name: str | None = None
+    method: str | None = None
+    model: str | None = None
+    seed: int | None = None
+    preset: str | None = None
+    budget: float | None = None
+    eval_tokens: int | None = None
+    backend: str | None = None
+    isolation: str | None = None
+    gpus: list[str] | None = None
+
+    @classmethod
+    def from_json(cls, raw: JsonObject) -> StoredSettings:
+        return cls(name=_str(raw, "name"), method=_str(raw, "method"), model=_str(raw, "model"),
+                   seed=_int(raw, "seed"), preset=_str(raw, "preset"), budget=_float(raw, "budget"),
+                   eval_tokens=_int(raw, "eval_tokens"), backend=_str(raw, "backend"),
+                   isolation=_str(raw, "isolation"), gpus=_str_list(raw, "gpus"))
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """state/status.json (Run.set_status): what the loop is doing now, and which process on which host says so."""
+    phase: str | None = None
+    trial: int | None = None
+    time: float | None = None      # when it was written
+    started: float | None = None   # when the current trial began (its proposal made)
+    reason: str | None = None      # why the run ended (done, stopped, failed)
+    description: str | None = None
+    method: str | None = None
+    diff: str | None = None
+    pid: int | None = None
+    host: str | None = None
+
+    @classmethod
+    def from_json(cls, raw: JsonObject) -> RunStatus:
+        return cls(phase=_str(raw, "phase"), trial=_int(raw, "trial"), time=_float(raw, "time"),
+                   started=_float(raw, "started"), reason=_str(raw, "reason"), description=_str(raw, "description"),
+                   method=_str(raw, "method"), diff=_str(raw, "diff"), pid=_int(raw, "pid"), host=_str(raw, "host"))
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """run.json: the run's settings and the dataset its trials were measured on."""
+    settings: StoredSettings
+    dataset_fingerprint: str | None
+
+    @classmethod
+    def from_json(cls, raw: JsonObject) -> RunInfo:
+        settings = raw.get("settings")
+        return cls(StoredSettings.from_json(settings if isinstance(settings, dict) else {}),
+                   _str(raw, "dataset_fingerprint"))
