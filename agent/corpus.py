@@ -59,7 +59,8 @@ def _parquet_documents(path: Path, name: str, column: str) -> list[Document]:
     if table is None:
         raise DatasetError(f"{name}: no '{column}' column in this parquet file; pass --text-column NAME")
     texts: list[str | None] = table.column(column).to_pylist()
-    return [Document(f"{name}#{i}", _clean(t.encode("utf-8", "ignore"))) for i, t in enumerate(texts) if t and t.strip()]
+    return [Document(f"{name}#{i}", _clean(t.encode("utf-8", "ignore")))
+            for i, t in enumerate(texts) if t and t.strip()]
 
 
 def directory_documents(root: Path, column: str = "text") -> list[Document]:

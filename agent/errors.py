@@ -4,10 +4,6 @@ from __future__ import annotations
 
 from types import FrameType
 
-from __future__ import annotations
-
-from types import FrameType
-
 
 class ArenaError(Exception):
     """A problem the user can fix; the message says what to do."""
