@@ -23,7 +23,11 @@ def test_random_search_run_records_every_trial(base_run):
     assert records[0]["kind"] == "baseline" and records[0]["kept"]
     space = load_space("cpu")
     for r in records[1:]:
-        assert r["method"] == "random" and r["status"] == "ok" and r["val_bpb"] > 0
+        assert r["method"] == "random"
+        if r["status"] == "over_budget":  # a busy machine slowed it past its allowance: unscored, the rule at work
+            assert r["val_bpb"] is None
+        else:
+            assert r["status"] == "ok" and r["val_bpb"] > 0, (r["status"], r["reason"])
         space.check(r["config"])  # what ran is inside the bounds
         assert r["diff_stats"]["files"] == 1 and r["diff"].startswith("--- a/train.py")
     for key in ("val_bpb", "peak_memory_gb", "training_seconds", "outside_seconds", "allowance_seconds",
