@@ -17,7 +17,7 @@ from agent.ui.export import html_report, markdown_report
 from agent.ui.report import trial_facts
 from agent.ui.sources import open_history
 from tests.llm_server import Fault, ScriptedLLMServer
-from tests.test_llm_methods import FAST, llm_args
+from tests.test_llm_methods import FAST, LLM_TIMEOUT, llm_args
 from tests.run_helpers import arena_run, check_run_consistent
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -61,7 +61,7 @@ def drive(centaur: Centaur, records: list[dict], n: int) -> list:
 
 def test_centaur_share_prompt_fallback_and_resume(tmp_path):
     settings = RunSettings(name="c", method="centaur", model="openai/test-model", llm_ratio=0.3, llm_warmup=10,
-                           llm_timeout=2, llm_retries=0)
+                           llm_timeout=LLM_TIMEOUT, llm_retries=0)
     llm_config = {**START, "MATRIX_LR": 0.05}
     with ScriptedLLMServer() as server:
         # 100 proposals: 10 warm-up, then floor(90 * 0.3) = 27 LLM turns; two of them answer badly

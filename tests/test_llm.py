@@ -30,9 +30,11 @@ def sleeps() -> list[float]:
 
 @pytest.fixture
 def make_client(tmp_path, sleeps):
-    """A client on the run directory tmp_path whose backoff sleeps are recorded, not slept."""
+    """A client on the run directory tmp_path whose backoff sleeps are recorded, not slept. Its deadline is
+    generous (the scripted server answers at once, but a busy machine may take seconds to make a call); the
+    tests about deadlines set their own."""
     def make(api_base: str | None, **overrides) -> LLMClient:
-        options = dict(timeout=5.0, retries=2, log_path=tmp_path / "llm.jsonl", stream_path=tmp_path / "stream.txt",
+        options = dict(timeout=60.0, retries=2, log_path=tmp_path / "llm.jsonl", stream_path=tmp_path / "stream.txt",
                        backoff_base=0.01, sleep=sleeps.append)
         return LLMClient(overrides.pop("model", MODEL), api_base, **{**options, **overrides})
     return make

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 
 from agent.ledger import Ledger
 from agent.space import load_space
+from agent.workspace import RunRepo
 from tests.conftest import ROOT, one_line_error
 from tests.run_helpers import BASE, NEXT, arena_run, check_run_consistent
 
@@ -60,6 +62,32 @@ def test_kill_at_any_point_then_resume(point, base_run, straight_run, tmp_path, 
     assert records[:BASE] == reference
     assert not (runs / "base" / "state" / "pending.pkl").exists()
     assert records[BASE]["config"] == straight_run[BASE]["config"]  # the same proposal, interrupted or not
+
+
+@pytest.mark.slow
+def test_a_kill_right_after_the_proposal_runs_that_proposal_on_resume(base_run, straight_run, tmp_path, cache_root):
+    """kill -9 once trial BASE is proposed and journaled, before anything of it ran: the resumed run takes the
+    journaled proposal (marked here, to tell it from a new draw of the same one) and records it once."""
+    runs = tmp_path / "runs"
+    shutil.copytree(base_run, runs / "base")
+    killed = arena_run(runs, cache_root, "--name", "base", "--trials", NEXT, env={"ARENA_CRASH_AT": f"proposed:{BASE}"})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    journal = runs / "base" / "state" / "pending.pkl"
+    pending = pickle.loads(journal.read_bytes())
+    assert pending["trial"] == BASE and pending["proposal"].config == straight_run[BASE]["config"]
+    assert len(Ledger.read(runs / "base" / "ledger.jsonl").records) == BASE  # nothing recorded,
+    assert RunRepo(runs / "base" / "repo").trial_commit(BASE) is None  # committed
+    log = runs / "base" / "logs" / f"trial-{BASE:05d}.log"
+    assert not log.exists()  # or run
+    pending["proposal"].description += " (as journaled)"
+    journal.write_bytes(pickle.dumps(pending))
+    resumed = arena_run(runs, cache_root, "--name", "base", "--trials", NEXT)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    records = check_run_consistent(runs / "base", BASE + 1)
+    assert records[BASE]["description"] == pending["proposal"].description  # the journaled proposal ran,
+    assert records[BASE]["config"] == straight_run[BASE]["config"]  # the same one an uninterrupted run drew
+    assert log.read_text().count(f"=== trial {BASE} started") == 1  # once
+    assert not journal.exists()
 
 
 def trial_processes(tmp: Path) -> list[int]:
