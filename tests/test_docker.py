@@ -18,7 +18,7 @@ import pytest
 from sandbox import SandboxError, Status
 from sandbox.docker import OWNER_LABEL, TRIAL_LABEL, DockerBackend, owner_id, remove_stale_containers
 from sandbox.trial import stage
-from tests.trial_helpers import cpu_template, make_spec, run, with_train
+from tests.trial_helpers import CAP, cpu_template, make_spec, run, with_train
 from train_template import prepare
 
 BUDGET = 5.0
@@ -28,7 +28,7 @@ def own_containers(client: docker.DockerClient) -> list:
     return client.containers.list(all=True, filters={"label": f"{OWNER_LABEL}={owner_id()}"})
 
 
-def run_trial(client, image, data_dir, source: str, budget: float = BUDGET, cap: float = 60,
+def run_trial(client, image, data_dir, source: str, budget: float = BUDGET, cap: float = CAP,
               export_grace: float = 60, **backend_options):
     """Run `source` as train.py through a DockerBackend; checks that no container is left behind."""
     backend = DockerBackend(image, client=client, **{"mem_limit": "2g", **backend_options})

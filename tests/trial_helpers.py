@@ -12,6 +12,9 @@ from agent.template import HARNESS_FILES, harness_hash, template_dir
 from sandbox import BudgetRule, TrialSpec
 
 EVAL_TOKENS = 4096  # 16 rows: enough to score, quick to run
+# seconds a trial may spend outside its budget (start-up, compile, export) before it is over budget: generous,
+# as run_helpers.FAST's --startup-allowance, so that a busy machine makes a trial slower, not over budget
+CAP = 300.0
 
 
 def cpu_template() -> str:
@@ -25,7 +28,7 @@ def with_train(body: str, prelude: str = "") -> str:
             "\n\ndef train(ctx):\n" + textwrap.indent(textwrap.dedent(body), "    ") + "\n")
 
 
-def make_spec(data_dir: Path, source: str, budget: float = 2.0, cap: float = 30.0,
+def make_spec(data_dir: Path, source: str, budget: float = 2.0, cap: float = CAP,
               reference: tuple[float, float] | None = None, export_grace: float = 60.0,
               compile_cache: Path | None = None, trusted: bool = False, seed: int = 42) -> TrialSpec:
     preset = get_preset("cpu", time_budget=budget, eval_tokens=EVAL_TOKENS)
