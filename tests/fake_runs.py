@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from agent.loop import StopRule, final_status, run_loop
 from agent.run import open_run

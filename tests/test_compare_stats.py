@@ -4,6 +4,7 @@ their mean best val_bpb, on small hand-made examples whose answer is known, and 
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -63,5 +64,5 @@ def test_the_interval_narrows_as_runs_are_added():
         assert low < a.mean() - b.mean() < high
         widths.append(high - low)
     assert widths[0] > widths[1] > widths[2] > 0
-    for wider, narrower in zip(widths, widths[1:]):
+    for wider, narrower in pairwise(widths):
         assert narrower / wider == pytest.approx(0.5, abs=0.1)

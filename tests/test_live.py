@@ -14,9 +14,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
 from rich.console import Console
@@ -214,13 +214,13 @@ def test_watch_in_tmux_follows_the_run(tmux_ready, tmp_path, cache_root, stdlib_
     runs, socket_path = tmp_path / "runs", tmp_path / "tmux.sock"
     stepper = Stepper()
     run = open_run(runs, {"name": NAME, **FAST_SETTINGS}, cache_root=cache_root)
-    failures: list[BaseException] = []
+    failures: list[Exception] = []
 
     def drive() -> None:
         try:
             with final_status(run):
                 run_loop(run, FakeBackend(gate=stepper), StopRule(trials=3), report=lambda line: None)
-        except BaseException as e:  # shown by the main thread
+        except Exception as e:  # noqa: BLE001 (shown by the main thread)
             failures.append(e)
         finally:
             run.lock.release()
@@ -231,7 +231,7 @@ def test_watch_in_tmux_follows_the_run(tmux_ready, tmp_path, cache_root, stdlib_
     try:
         for trial in range(3):
             stepper.wait_for_trial()
-            screen = screen_until(socket_path, lambda s: f"trial {trial} · running" in s
+            screen = screen_until(socket_path, lambda s, trial=trial: f"trial {trial} · running" in s
                                   and "step 2  loss 4.3000  tok/s 8,002" in s  # its last step line
                                   and sorted(table_rows(s)) == list(range(trial)),  # the trials before it
                                   f"trial {trial} running after trials 0-{trial - 1}")
@@ -370,7 +370,9 @@ def test_watch_quits_on_q_and_redraws_cleanly_after_a_resize(tmux_ready, fake_li
         tmux(socket_path, "resize-window", "-t", "w", "-x", "90", "-y", "30")
         # below 110 columns the leaderboard goes under the recent trials: a line of its own, from column 0,
         # which only a frame drawn for the new size has (the old one, cut or rewrapped, has it far right)
-        redrawn = lambda s: any(line.startswith("leaderboard (top") for line in s.splitlines())  # noqa: E731
+        def redrawn(screen: str) -> bool:
+            return any(line.startswith("leaderboard (top") for line in screen.splitlines())
+
         screen = screen_until(socket_path, redrawn, "a frame drawn for 90 columns")
         screen = screen_until(socket_path, lambda s: redrawn(s) and s.count("method random") == 1
                               and s.count("press q") == 1, "one clean frame (no stale fragment)")

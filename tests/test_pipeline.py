@@ -148,8 +148,8 @@ def test_resume_with_other_settings_is_refused_and_harmless(fake_base_run, tmp_p
 
 @pytest.mark.parametrize("key, value, message", [
     ("harness_hash", "0" * 16, "the harness (prepare.py/harness.py/exported.py) changed since run 'base' started"),
-    ("dataset_fingerprint", "0123456789abcdef", "the dataset changed since run 'base' started (fingerprint "
-                                                "0123456789abcdef then, "),
+    ("dataset_fingerprint", "0123456789abcdef", ("the dataset changed since run 'base' started (fingerprint "
+                                                 "0123456789abcdef then, ")),
 ])
 def test_resume_is_refused_after_the_harness_or_the_dataset_changed(key, value, message, fake_base_run, tmp_path,
                                                                      cache_root):
