@@ -66,7 +66,7 @@ def baseline_only(base_run: Path, runs: Path, settings: dict | None = None, base
     shutil.copytree(base_run, run)
     first = Ledger.read(run / "ledger.jsonl").records[0]
     first.update(baseline or {})
-    (run / "ledger.jsonl").write_text(json.dumps(first) + "\n")
+    (run / "ledger.jsonl").write_text(json.dumps(first, sort_keys=True) + "\n")  # as Ledger.append writes it
     if baseline:
         repo = RunRepo(run / "repo")
         note = repo.note(first["commit"])
