@@ -1,9 +1,12 @@
 """Shared fixtures, built once per test session: the real dataset (the default offline corpus), a real
-Docker engine and trial image, and a real six-trial run that resume tests copy."""
+Docker engine and trial image, a real six-trial run that resume tests copy (slow tests only), and a run of as
+many trials made by the real loop on a backend that trains nothing, for the quick tests that only read or
+refuse a run."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,9 +17,11 @@ import pytest
 from agent.dataset_build import build_dataset
 from agent.ledger import Ledger
 from tests import docker_env
+from tests.fake_runs import fake_run
 from tests.run_helpers import BASE, FAST, NEXT, ROOT, arena_run
 
 CPU_VOCAB = 2048  # the cpu preset's vocabulary
+DATASET_STAGE = re.compile(r"^dataset: .+ \(\d+ s\)$")  # agent/datasets.py StageLines
 
 
 @pytest.fixture(scope="session")
@@ -39,11 +44,13 @@ def run_arena(*args: str, cache: Path, timeout: float = 600) -> subprocess.Compl
 
 
 def one_line_error(proc: subprocess.CompletedProcess) -> str:
-    """Assert the command failed with exactly one 'error:' line and no traceback; return that line."""
+    """Assert the command failed with exactly one 'error:' line and no traceback; return that line.
+
+    Progress lines of a dataset stage ('dataset: read corpus (2 s)', printed off a terminal by a stage that
+    took a second or more, which on a busy machine even reading a cached corpus can) are not part of it."""
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
     assert "Traceback" not in proc.stderr
-    # progress lines (a dataset stage that took over a second on a loaded machine) are not errors
-    lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("dataset: ")]
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and not DATASET_STAGE.match(line)]
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     return lines[0]
 
@@ -83,3 +90,10 @@ def straight_run(base_run, tmp_path_factory, cache_root) -> list[dict]:
     shutil.copytree(base_run, runs / "base")
     assert arena_run(runs, cache_root, "--name", "base", "--trials", NEXT).returncode == 0
     return Ledger.read(runs / "base" / "ledger.jsonl").records
+
+
+@pytest.fixture(scope="session")
+def fake_base_run(tmp_path_factory, cache_root, stdlib_dataset) -> Path:
+    """base_run's twin without the training: the same name, settings and trial count, in seconds. Tests that
+    copy a run to refuse or read it use this one."""
+    return fake_run(tmp_path_factory.mktemp("fake-runs"), cache_root, "base", BASE)

@@ -32,7 +32,8 @@ import pytest
 MODEL = "test-model"
 CHAT_PATHS = ("/v1/chat/completions", "/chat/completions")
 MODELS_PATHS = ("/v1/models", "/models")
-CHUNK_CHARS = 4  # small chunks, so even a short answer streams as several deltas
+CHUNK_CHARS = 16  # chunks small enough that a short answer streams as several deltas (LiteLLM spends ~3 ms
+DRIP_CHUNK_CHARS = 4  # on each, so not smaller); a dripped answer comes in the smallest ones
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class Fault:
     @classmethod
     def dripped(cls, text: str, every: float) -> "Fault":
         """Answer `text` one small chunk every `every` seconds (a slow or stuck local server)."""
-        return cls(text=text, drip=every)
+        return cls(text=text, drip=every, chunk=DRIP_CHUNK_CHARS)
 
     @classmethod
     def cut(cls, text: str) -> "Fault":

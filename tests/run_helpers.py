@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,9 +34,14 @@ def check_run_consistent(run_dir: Path, n_trials: int) -> list[dict]:
     assert [r["trial"] for r in records] == list(range(n_trials))
     repo = RunRepo(run_dir / "repo")
     assert repo.trial_numbers() == [r["trial"] for r in records if r["commit"]]
-    kept = [r for r in records if r["kept"]]
+    became_best = []  # a kept trial, or a candidate once its confirmation runs kept it
+    for r in records:
+        if r["kept"]:
+            became_best.append(r["commit"])
+        elif (r.get("decision") or {}).get("kept"):
+            became_best.append(records[r["decision"]["trial"]]["commit"])
     branch = repo.branch_log()
-    assert branch == [r["commit"] for r in reversed(kept)]  # the branch is exactly the kept trials
+    assert branch == list(reversed(became_best))  # the branch is exactly the trials that became the best
     for r in records:
         if r["commit"] is None:
             continue
@@ -51,3 +57,28 @@ def check_run_consistent(run_dir: Path, n_trials: int) -> list[dict]:
     assert tsv[0].split("\t") == ["commit", "val_bpb", "memory_gb", "status", "description"]
     assert len(tsv) == n_trials + 1
     return records
+
+
+def baseline_only(base_run: Path, runs: Path, settings: dict | None = None, baseline: dict | None = None) -> Path:
+    """A copy of the shared base run cut back to its baseline, for a test that needs a run with other settings
+    without training a baseline of its own: `settings` change run.json (as if the run had been started with
+    them; nothing of the baseline depends on them), `baseline` changes the baseline's ledger line (and its git
+    note). The loop's own recovery does the rest on resume: trial refs past the ledger are dropped and the
+    method state, deleted here, is rebuilt from the ledger."""
+    run = runs / base_run.name
+    shutil.copytree(base_run, run)
+    first = Ledger.read(run / "ledger.jsonl").records[0]
+    first.update(baseline or {})
+    (run / "ledger.jsonl").write_text(json.dumps(first, sort_keys=True) + "\n")  # as Ledger.append writes it
+    if baseline:
+        repo = RunRepo(run / "repo")
+        note = repo.note(first["commit"])
+        repo.add_note(first["commit"], {**note, **{k: v for k, v in baseline.items() if k in note}})
+    shutil.rmtree(run / "state")
+    for log in (run / "logs").glob("trial-*.log"):
+        if log.name != "trial-00000.log":
+            log.unlink()
+    info = json.loads((run / "run.json").read_text())
+    info["settings"].update(settings or {})
+    (run / "run.json").write_text(json.dumps(info, indent=2) + "\n")
+    return run

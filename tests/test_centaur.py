@@ -22,7 +22,7 @@ from agent.ui.sources import open_history
 from sandbox.outcome import Status
 from tests.llm_server import Fault, ScriptedLLMServer
 from tests.run_helpers import arena_run, check_run_consistent
-from tests.test_llm_methods import FAST, llm_args
+from tests.test_llm_methods import FAST, LLM_TIMEOUT, llm_args
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 SPACE = load_space("cpu")
@@ -65,7 +65,7 @@ def drive(centaur: Centaur, records: list[TrialRecord], n: int) -> list:
 def centaur_for(server: ScriptedLLMServer, run_dir) -> Centaur:
     (run_dir / "state").mkdir(parents=True)
     settings = RunSettings(name="c", method="centaur", model="openai/test-model", api_base=server.api_base,
-                           llm_ratio=0.3, llm_warmup=10, llm_timeout=2, llm_retries=0)
+                           llm_ratio=0.3, llm_warmup=10, llm_timeout=LLM_TIMEOUT, llm_retries=0)
     return make_method(settings, SPACE, run_dir)
 
 

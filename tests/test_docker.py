@@ -25,12 +25,12 @@ from sandbox.docker import (
 )
 from sandbox.trial import stage
 from tests.backends import own_containers
-from tests.trial_helpers import cpu_template, make_spec, run, with_train
+from tests.trial_helpers import CAP, cpu_template, make_spec, run, with_train
 
 BUDGET = 5.0
 
 
-def run_trial(client, image, data_dir, source: str, budget: float = BUDGET, cap: float = 60,
+def run_trial(client, image, data_dir, source: str, budget: float = BUDGET, cap: float = CAP,
               export_grace: float = 60, **backend_options):
     """Run `source` as train.py through a DockerBackend; checks that no container is left behind."""
     backend = DockerBackend(image, client=client, **{"mem_limit": "2g", **backend_options})
@@ -106,6 +106,7 @@ def test_stale_containers_are_removed(docker_client, trial_image):
     assert own_containers(docker_client) == []
 
 
+@pytest.mark.slow  # needs a Docker engine: the quick subset never starts dockerd
 def test_missing_image_is_a_one_line_error(docker_client):
     with pytest.raises(SandboxError, match=r"build it with `docker build -t arena-no-such-image:0 \.` or pass --image"):
         DockerBackend("arena-no-such-image:0", client=docker_client)
@@ -117,6 +118,7 @@ def test_unreachable_engine_is_a_one_line_error(monkeypatch, tmp_path):
         DockerBackend("any-image")
 
 
+@pytest.mark.slow  # needs a Docker engine: the quick subset never starts dockerd
 def test_gpu_request_without_nvidia_runtime_is_a_one_line_error(docker_client, trial_image, stdlib_dataset):
     if "nvidia" in docker_client.info().get("Runtimes", {}):
         pytest.skip("this engine has the NVIDIA runtime")

@@ -37,9 +37,11 @@ def sleeps() -> list[float]:
 
 @pytest.fixture
 def make_client(tmp_path, sleeps):
-    """A client on the run directory tmp_path whose backoff sleeps are recorded, not slept."""
+    """A client on the run directory tmp_path whose backoff sleeps are recorded, not slept. Its deadline is
+    generous (the scripted server answers at once, but a busy machine may take seconds to make a call); the
+    tests about deadlines set their own."""
     def make(api_base: str | None, **overrides) -> LLMClient:
-        options = dict(timeout=5.0, retries=2, log_path=tmp_path / "llm.jsonl", stream_path=tmp_path / "stream.txt",
+        options = dict(timeout=60.0, retries=2, log_path=tmp_path / "llm.jsonl", stream_path=tmp_path / "stream.txt",
                        backoff_base=0.01, sleep=sleeps.append)
         return LLMClient(overrides.pop("model", MODEL), api_base, **{**options, **overrides})
     return make
@@ -244,11 +246,10 @@ def test_one_deadline_for_the_whole_call(llm_server, make_client):
     and the request is closed, so the server stops generating for nobody."""
     llm_server.script(Fault.dripped("x" * 300, every=0.4))
     client = make_client(llm_server.api_base, timeout=2.0, retries=3)
-    start = time.monotonic()
     with pytest.raises(LLMError, match="failed after 1 attempt: no complete answer within --llm-timeout 2 s"):
-        client.complete(ask("go"), "propose", 1)
-    assert time.monotonic() - start < 15  # nowhere near the 30 s the server would take, nor 4 x 2 s
-    deadline = time.monotonic() + 10
+        client.complete(ask("go"), "propose", 1)  # cut off: a whole answer would have been returned
+    assert len(llm_server.requests) == 1  # one deadline for the call, not one per attempt
+    deadline = time.monotonic() + 30  # the server notices the closed request at its next chunk
     while llm_server.disconnects == 0 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert llm_server.disconnects == 1
@@ -332,10 +333,25 @@ def test_extract_diff_errors(text, reason):
     ("{" * 200_000, "nests brackets"),
 ])
 def test_hostile_json_answers_fail_quickly_and_plainly(text, reason):
-    start = time.monotonic()
-    with pytest.raises(ValueError, match=reason):
-        extract_json(text)
-    assert time.monotonic() - start < 10  # linear: milliseconds; the quadratic reader took minutes
+    def parse() -> None:
+        with pytest.raises(ValueError, match=reason):
+            extract_json(text)
+
+    def scan() -> int:  # one pass over the text in Python: linear, and slowed by a busy machine alike
+        return sum(1 for c in text if c == "{")
+
+    # linear: a few scans' time (the quadratic reader took minutes, thousands of scans); best of 3, so a
+    # moment of load on one side does not decide
+    assert best_time(parse) < 100 * best_time(scan) + 0.01
+
+
+def best_time(fn, repeat: int = 3) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
 
 
 @pytest.mark.parametrize("value, reason", [

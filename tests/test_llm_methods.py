@@ -21,6 +21,9 @@ from tests.run_helpers import arena_run, check_run_consistent
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 FAST = ["--budget", "1", "--eval-tokens", "2048", "--trials", "6", "--startup-allowance", "300"]
 BASELINE = render_constants((template_dir() / "train.py").read_text(), get_preset("cpu").constants)
+# seconds an LLM call may take: the scripted server answers at once, but a busy machine may take seconds to
+# make a call; no test here is about the deadline (tests/test_llm.py sets short ones of its own)
+LLM_TIMEOUT = 60
 
 
 def edit(old: str, new: str, source: str = BASELINE) -> str:
@@ -36,7 +39,7 @@ def code_answer(description: str, diff: str) -> str:
 
 def llm_args(server, method: str) -> list[str]:
     return ["--method", method, "--model", "openai/test-model", "--api-base", server.api_base,
-            "--llm-timeout", "3", "--llm-retries", "2", "--repairs", "2"]
+            "--llm-timeout", str(LLM_TIMEOUT), "--llm-retries", "2", "--repairs", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +153,8 @@ def test_unreachable_model_stops_before_any_trial(tmp_path, cache_root, stdlib_d
     base = server.api_base
     server.stop()  # nothing listens there now
     line = one_line_error(arena_run(tmp_path / "runs", cache_root, "--name", "x", "--method", "code",
-                                    "--model", "openai/test-model", "--api-base", base, "--llm-timeout", "2"))
+                                    "--model", "openai/test-model", "--api-base", base, "--llm-timeout", "2",
+                                    "--llm-retries", "0"))
     assert "cannot reach model openai/test-model" in line
     assert not (tmp_path / "runs" / "x").exists()  # refused before the run was created
 
@@ -165,7 +169,7 @@ def llm_method(server, tmp_path, method: str = "llm", **changes):
     from agent.space import load_space
 
     settings = RunSettings(name="m", method=method, model="openai/test-model", api_base=server.api_base,
-                           llm_timeout=5, llm_retries=0, llm_warmup=0, llm_ratio=1.0, **changes)
+                           llm_timeout=LLM_TIMEOUT, llm_retries=0, llm_warmup=0, llm_ratio=1.0, **changes)
     (tmp_path / "state").mkdir(parents=True, exist_ok=True)
     return make_method(settings, load_space("cpu"), tmp_path)
 

@@ -3,7 +3,9 @@ crash-and-resume at every step of a trial, settings checks, and the defences of 
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -13,6 +15,7 @@ import pytest
 
 from agent.ledger import Ledger
 from agent.space import load_space
+from agent.workspace import RunRepo
 from tests.conftest import ROOT, one_line_error
 from tests.run_helpers import BASE, NEXT, arena_run, check_run_consistent
 
@@ -23,7 +26,11 @@ def test_random_search_run_records_every_trial(base_run):
     assert records[0]["kind"] == "baseline" and records[0]["kept"]
     space = load_space("cpu")
     for r in records[1:]:
-        assert r["method"] == "random" and r["status"] == "ok" and r["val_bpb"] > 0
+        assert r["method"] == "random"
+        if r["status"] == "over_budget":  # a busy machine slowed it past its allowance: unscored, the rule at work
+            assert r["val_bpb"] is None
+        else:
+            assert r["status"] == "ok" and r["val_bpb"] > 0, (r["status"], r["reason"])
         space.check(r["config"])  # what ran is inside the bounds
         assert r["diff_stats"]["files"] == 1 and r["diff"].startswith("--- a/train.py")
     for key in ("val_bpb", "peak_memory_gb", "training_seconds", "outside_seconds", "allowance_seconds",
@@ -56,6 +63,32 @@ def test_kill_at_any_point_then_resume(point, base_run, straight_run, tmp_path, 
     assert records[:BASE] == reference
     assert not (runs / "base" / "state" / "pending.pkl").exists()
     assert records[BASE]["config"] == straight_run[BASE]["config"]  # the same proposal, interrupted or not
+
+
+@pytest.mark.slow
+def test_a_kill_right_after_the_proposal_runs_that_proposal_on_resume(base_run, straight_run, tmp_path, cache_root):
+    """kill -9 once trial BASE is proposed and journaled, before anything of it ran: the resumed run takes the
+    journaled proposal (marked here, to tell it from a new draw of the same one) and records it once."""
+    runs = tmp_path / "runs"
+    shutil.copytree(base_run, runs / "base")
+    killed = arena_run(runs, cache_root, "--name", "base", "--trials", NEXT, env={"ARENA_CRASH_AT": f"proposed:{BASE}"})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    journal = runs / "base" / "state" / "pending.pkl"
+    pending = pickle.loads(journal.read_bytes())
+    assert pending["trial"] == BASE and pending["proposal"].config == straight_run[BASE]["config"]
+    assert len(Ledger.read(runs / "base" / "ledger.jsonl").records) == BASE  # nothing recorded,
+    assert RunRepo(runs / "base" / "repo").trial_commit(BASE) is None  # committed
+    log = runs / "base" / "logs" / f"trial-{BASE:05d}.log"
+    assert not log.exists()  # or run
+    pending["proposal"].description += " (as journaled)"
+    journal.write_bytes(pickle.dumps(pending))
+    resumed = arena_run(runs, cache_root, "--name", "base", "--trials", NEXT)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    records = check_run_consistent(runs / "base", BASE + 1)
+    assert records[BASE]["description"] == pending["proposal"].description  # the journaled proposal ran,
+    assert records[BASE]["config"] == straight_run[BASE]["config"]  # the same one an uninterrupted run drew
+    assert log.read_text().count(f"=== trial {BASE} started") == 1  # once
+    assert not journal.exists()
 
 
 def trial_processes(tmp: Path) -> list[int]:
@@ -92,7 +125,7 @@ def test_kill_during_training_leaves_no_trial_behind(base_run, straight_run, tmp
     assert trial_processes(tmp)  # training is under way
     arena.send_signal(signal.SIGKILL)
     arena.wait()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # generous: on a busy machine the kernel takes its time to reap them
     while trial_processes(tmp) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not trial_processes(tmp)  # the trial died with arena
@@ -102,15 +135,37 @@ def test_kill_during_training_leaves_no_trial_behind(base_run, straight_run, tmp
     assert log.read_text().count(f"=== trial {BASE} started") == 2  # both attempts' output kept
 
 
-def test_resume_with_other_settings_is_refused_and_harmless(base_run, tmp_path, cache_root):
+def test_resume_with_other_settings_is_refused_and_harmless(fake_base_run, tmp_path, cache_root):
     runs = tmp_path / "runs"
-    shutil.copytree(base_run, runs / "base")
+    shutil.copytree(fake_base_run, runs / "base")
     before = {p: p.read_bytes() for p in (runs / "base").rglob("*") if p.is_file()}
     for args, message in [(["--seed", "7"], "seed=42, not 7"), (["--preset", "gpu"], "preset='cpu'"),
                           (["--budget", "9"], "budget=2.0, not 9.0")]:
         line = one_line_error(arena_run(runs, cache_root, "--name", "base", *args))
         assert message in line and "choose another --name" in line
     after = {p: p.read_bytes() for p in (runs / "base").rglob("*") if p.is_file()}
+    assert after == before
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("harness_hash", "0" * 16, "the harness (prepare.py/harness.py/exported.py) changed since run 'base' started"),
+    ("dataset_fingerprint", "0123456789abcdef", ("the dataset changed since run 'base' started (fingerprint "
+                                                 "0123456789abcdef then, ")),
+])
+def test_resume_is_refused_after_the_harness_or_the_dataset_changed(key, value, message, fake_base_run, tmp_path,
+                                                                     cache_root):
+    """run.json records the harness hash and the dataset fingerprint the trials were measured with; a resume
+    under another harness or on other data would mix measurements, so it stops with one line, changing nothing."""
+    runs = tmp_path / "runs"
+    shutil.copytree(fake_base_run, runs / "base")
+    info = json.loads((runs / "base" / "run.json").read_text())
+    assert info[key] != value
+    info[key] = value  # what the run was started with; this arena's harness and dataset differ from it
+    (runs / "base" / "run.json").write_text(json.dumps(info, indent=2) + "\n")
+    before = {p: p.read_bytes() for p in (runs / "base").rglob("*") if p.is_file() and p.name != "lock"}
+    line = one_line_error(arena_run(runs, cache_root, "--name", "base", "--trials", NEXT))
+    assert message in line
+    after = {p: p.read_bytes() for p in (runs / "base").rglob("*") if p.is_file() and p.name != "lock"}
     assert after == before
 
 
@@ -143,19 +198,20 @@ def test_config_file_settings(tmp_path, cache_root, stdlib_dataset):
     assert "not valid TOML" in one_line_error(arena_run(tmp_path / "runs", cache_root, "--config", str(config)))
 
 
-def test_damaged_runs_are_refused(base_run, tmp_path, cache_root):
+def test_damaged_runs_are_refused(fake_base_run, tmp_path, cache_root):
     runs = tmp_path / "runs"
     (runs / "notarun").mkdir(parents=True)
     assert "not a run" in one_line_error(arena_run(runs, cache_root, "--name", "notarun"))
-    shutil.copytree(base_run, runs / "edited")
+    shutil.copytree(fake_base_run, runs / "edited")
     lines = (runs / "edited" / "ledger.jsonl").read_text().splitlines()
     (runs / "edited" / "ledger.jsonl").write_text(lines[0] + "\n{garbage\n" + lines[2] + "\n")
     assert "line 2 is not valid JSON" in one_line_error(arena_run(runs, cache_root, "--name", "edited"))
-    shutil.copytree(base_run, runs / "norepo")
+    shutil.copytree(fake_base_run, runs / "norepo")
     shutil.rmtree(runs / "norepo" / "repo")
     assert "not a git repository" in one_line_error(arena_run(runs, cache_root, "--name", "norepo"))
 
 
+@pytest.mark.slow
 def test_torn_ledger_line_is_dropped_and_rerun(base_run, tmp_path, cache_root):
     """A kill in the middle of writing a ledger line leaves a torn line; it is cut and that trial re-run."""
     runs = tmp_path / "runs"

@@ -29,16 +29,12 @@ SEEDS = (1, 2)
 
 
 def make_run(runs: Path, cache: Path, name: str, method: str, seed: int) -> Path:
-    """A real run. A baseline pushed past its budget by a busy machine is not recorded and the run stops;
-    running the same command again retries it, as its error says. (Runs go one at a time: in parallel on
-    two cores every baseline overran.)"""
+    """A real run. (The baseline is the trusted template, never over budget, and the start-up allowance is
+    generous: a busy machine makes it slower, not failed. Runs go one at a time all the same.)"""
     args = ["--name", name, "--method", method, "--seed", str(seed), "--trials", "3", *FAST]
-    for _ in range(3):
-        proc = run_arena("run", "--runs-dir", str(runs), *args, cache=cache, timeout=900)
-        if proc.returncode == 0:
-            return runs / name
-        assert "the baseline trial failed" in proc.stderr, proc.stderr[-3000:]
-    raise AssertionError(f"the baseline of {name} kept failing: {proc.stderr[-2000:]}")
+    proc = run_arena("run", "--runs-dir", str(runs), *args, cache=cache, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return runs / name
 
 
 @pytest.fixture(scope="module")

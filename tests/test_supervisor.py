@@ -32,11 +32,13 @@ def alive(marker: str) -> bool:
 
 
 def test_relays_output_and_times_from_the_ready_line():
-    run, _ = supervise("import time; print('loading'); time.sleep(1); print('ARENA_READY', flush=True); "
-                       "time.sleep(1.5); print('done')")
+    run, wall = supervise("import time; print('loading'); time.sleep(1); print('ARENA_READY', flush=True); "
+                          "time.sleep(1.5); print('done')")
     report = run.report
     assert report.exit_code == 0 and report.signal is None and not report.deadline
-    assert 0.9 < report.ready < report.end and 1.4 < report.end - report.ready < 3.5
+    # the sleeps bound the times from below; from above, only the phase's own length does (a busy machine
+    # may stretch both sides of the ready line)
+    assert 0.9 < report.ready < report.end <= wall and report.end - report.ready > 1.4
     assert [l.strip() for l in run.lines if l.strip()][:3] == ["loading", "ARENA_READY", "done"]
 
 
@@ -56,14 +58,16 @@ def test_what_the_trial_leaves_behind_is_killed(tmp_path):
             "    os._exit(0)\n"
             "os.wait()\n"
             "print('ARENA_READY', flush=True)\n")
-    run, wall = supervise(code)
-    assert run.report.exit_code == 0 and wall < 20
+    run, _ = supervise(code)
+    # ended once its own process did: neither waited for the orphan (60 s) nor stopped by its deadline (30 s)
+    assert run.report.exit_code == 0 and run.report.signal is None and not run.report.deadline
     assert not alive(marker)
 
 
 def test_the_deadline_ends_a_phase_that_never_stops():
     run, wall = supervise("import time\nprint('ARENA_READY', flush=True)\nwhile True: time.sleep(0.1)", deadline=2)
-    assert run.report.deadline and run.report.signal == 9 and 2 <= wall < 10  # killed at the deadline
+    assert run.report.deadline and run.report.signal == 9  # killed by the supervisor's deadline,
+    assert 2 <= run.report.end <= wall  # and not before it
 
 
 def test_peak_memory_is_the_kernels_count():

@@ -28,6 +28,9 @@ class Uniform(nn.Module):  # zero logits for every token: exported and scored in
     def forward(self, idx):
         return self.logits(idx)
 """
+# seconds a trial may spend outside its budget (start-up, compile, export) before it is over budget: generous,
+# as run_helpers.FAST's --startup-allowance, so that a busy machine makes a trial slower, not over budget
+CAP = 300.0
 
 
 def cpu_template() -> str:
@@ -46,7 +49,7 @@ def tiny_train(body: str) -> str:
     return TINY_MODEL + "\n\ndef train(ctx):\n" + textwrap.indent(textwrap.dedent(body), "    ") + "\n"
 
 
-def make_spec(data_dir: Path, source: str, budget: float = 2.0, cap: float = 30.0,
+def make_spec(data_dir: Path, source: str, budget: float = 2.0, cap: float = CAP,
               reference: tuple[float, float] | None = None, export_grace: float = 60.0,
               compile_cache: Path | None = None, trusted: bool = False, seed: int = 42) -> TrialSpec:
     preset = get_preset("cpu", time_budget=budget, eval_tokens=EVAL_TOKENS)

@@ -1,0 +1,83 @@
+"""The run's judging and stop rules end to end, through `arena run` with real training: confirmation runs
+(--confirm), the noise margin (--noise-margin) and the total-time stop rule (--hours).
+
+Each test starts from the session's shared base run cut back to its baseline (run_helpers.baseline_only), so
+it trains only the trials it is about. Where the rule under test must see a trial beat the best, the
+baseline's recorded score is raised out of reach, and its recorded time outside the budget with it, so the
+trials after it get the preset's whole start-up allowance: the verdicts then depend on the rules alone, not
+on how fast a busy machine trained."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.ledger import Ledger
+from agent.workspace import RunRepo
+from tests.run_helpers import arena_run, baseline_only, check_run_consistent
+
+SEED = 42  # the run's seed (the default); confirmation run k uses SEED + k
+GENEROUS = {"outside_seconds": 1000.0}  # the allowance is then the preset's cap (--startup-allowance 300)
+
+
+@pytest.mark.slow
+def test_a_winner_is_confirmed_with_other_seeds_and_kept_on_the_mean(base_run, tmp_path, cache_root):
+    runs = tmp_path / "runs"
+    run = baseline_only(base_run, runs, settings={"confirm": 2}, baseline={"val_bpb": 100.0, **GENEROUS})
+    proc = arena_run(runs, cache_root, "--name", "base", "--confirm", "2", "--trials", "4")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = check_run_consistent(run, 4)
+    candidate, first, second = records[1:]
+    # trial 1 beats the baseline's 100: with --confirm it becomes a candidate, not yet the best
+    assert candidate["kind"] == "proposal" and candidate["status"] == "ok", candidate["reason"]
+    assert candidate["candidate"] and not candidate["kept"] and candidate["confirms"] is None
+    assert "-> candidate" in proc.stderr
+    for k, confirm in enumerate((first, second), start=1):  # the same train.py again, with other seeds
+        assert confirm["kind"] == "confirm" and confirm["method"] == "confirm" and confirm["confirms"] == 1
+        assert confirm["seed"] == SEED + k and confirm["parent"] == candidate["commit"]
+        assert confirm["config"] == candidate["config"] and confirm["diff"] == ""
+        assert not confirm["kept"] and not confirm["candidate"]
+    assert first["decision"] is None  # the decision waits for the last confirmation run
+    values = [candidate["val_bpb"], first["val_bpb"], second["val_bpb"]]
+    decision = second["decision"]
+    assert decision["trial"] == 1 and decision["values"] == values
+    if None in values:  # a failed confirmation run sinks the candidate
+        assert decision == {"trial": 1, "values": values, "kept": False, "mean_val_bpb": None}
+    else:
+        assert decision["mean_val_bpb"] == pytest.approx(sum(values) / 3)
+        assert decision["kept"] is (decision["mean_val_bpb"] < 100.0)
+    best = candidate if decision["kept"] else records[0]
+    assert RunRepo(run / "repo").best() == best["commit"]
+    assert f"{'kept' if decision['kept'] else 'rejected'} trial 1" in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_trial_must_beat_the_best_by_more_than_the_noise_margin(base_run, tmp_path, cache_root):
+    runs = tmp_path / "runs"
+    # the baseline's score is raised to 50: any trial scores far below it, but not by more than 100
+    run = baseline_only(base_run, runs, settings={"noise_margin": 100.0}, baseline={"val_bpb": 50.0, **GENEROUS})
+    proc = arena_run(runs, cache_root, "--name", "base", "--noise-margin", "100", "--trials", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    baseline, trial = check_run_consistent(run, 2)
+    assert baseline["kept"]
+    assert trial["status"] == "ok" and trial["val_bpb"] < 50.0, trial["reason"]  # better than the best...
+    assert not trial["kept"] and not trial["candidate"] and "-> discard" in proc.stderr  # ...but within the margin
+    assert RunRepo(run / "repo").branch_log() == [baseline["commit"]]  # nothing but the baseline
+    assert (run / "best_train.py").read_text() == RunRepo(run / "repo").show(baseline["commit"], "train.py")
+
+
+@pytest.mark.slow
+def test_hours_stop_the_run_after_the_first_trial_that_crosses_them(base_run, tmp_path, cache_root):
+    runs = tmp_path / "runs"
+    run = baseline_only(base_run, runs)
+    baseline_seconds = Ledger.read(run / "ledger.jsonl").records[0]["total_seconds"]
+    limit = baseline_seconds + 1.0  # trial 1 starts below it; a trial (2 s of training alone) crosses it
+    proc = arena_run(runs, cache_root, "--name", "base", "--hours", repr(limit / 3600))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = check_run_consistent(run, 2)
+    totals = [r["total_seconds"] for r in records]
+    assert totals[0] < limit <= sum(totals)  # it ran while under the limit and stopped once over it
+    assert "done: 2 trials" in proc.stderr
+    # resumed with the same limit, the run is over it already: not one more trial
+    again = arena_run(runs, cache_root, "--name", "base", "--hours", repr(limit / 3600))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert check_run_consistent(run, 2) == records
