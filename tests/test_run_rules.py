@@ -1,13 +1,16 @@
 """The run's judging and stop rules end to end, through `arena run` with real training: confirmation runs
 (--confirm), the noise margin (--noise-margin) and the total-time stop rule (--hours).
 
-Each test starts from the session's shared base run cut back to its baseline (run_helpers.baseline_only), so
-it trains only the trials it is about. Where the rule under test must see a trial beat the best, the
-baseline's recorded score is raised out of reach, and its recorded time outside the budget with it, so the
-trials after it get the preset's whole start-up allowance: the verdicts then depend on the rules alone, not
-on how fast a busy machine trained."""
+Each run starts from the session's shared base run cut back to its baseline (run_helpers.baseline_only), so
+it trains only the trials it is about; the noise-margin and --hours tests share one run of one trial. Where
+the rule under test must see a trial beat the best, the baseline's recorded score is raised out of reach, and
+its recorded time outside the budget with it, so the trials after it get the preset's whole start-up
+allowance: the verdicts then depend on the rules alone, not on how fast a busy machine trained."""
 
 from __future__ import annotations
+
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -50,34 +53,40 @@ def test_a_winner_is_confirmed_with_other_seeds_and_kept_on_the_mean(base_run, t
     assert f"{'kept' if decision['kept'] else 'rejected'} trial 1" in proc.stderr
 
 
-@pytest.mark.slow
-def test_a_trial_must_beat_the_best_by_more_than_the_noise_margin(base_run, tmp_path, cache_root):
-    runs = tmp_path / "runs"
-    # the baseline's score is raised to 50: any trial scores far below it, but not by more than 100
+@pytest.fixture(scope="module")
+def margin_run(base_run, tmp_path_factory, cache_root) -> tuple[Path, str, float]:
+    """One real trial for two rules: a noise margin of 100 over a baseline whose score is raised to 50 (any
+    trial scores far below it, but not by more than 100), and --hours set one second past the baseline's own
+    time (trial 1 starts below the limit and crosses it). Returns the run, what arena printed, the limit."""
+    runs = tmp_path_factory.mktemp("margin")
     run = baseline_only(base_run, runs, settings={"noise_margin": 100.0}, baseline={"val_bpb": 50.0, **GENEROUS})
-    proc = arena_run(runs, cache_root, "--name", "base", "--noise-margin", "100", "--trials", "2")
+    limit = Ledger.read(run / "ledger.jsonl").records[0]["total_seconds"] + 1.0
+    proc = arena_run(runs, cache_root, "--name", "base", "--noise-margin", "100", "--hours", repr(limit / 3600))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return run, proc.stderr, limit
+
+
+@pytest.mark.slow
+def test_a_trial_must_beat_the_best_by_more_than_the_noise_margin(margin_run):
+    run, printed, _ = margin_run
     baseline, trial = check_run_consistent(run, 2)
     assert baseline["kept"]
     assert trial["status"] == "ok" and trial["val_bpb"] < 50.0, trial["reason"]  # better than the best...
-    assert not trial["kept"] and not trial["candidate"] and "-> discard" in proc.stderr  # ...but within the margin
+    assert not trial["kept"] and not trial["candidate"] and "-> discard" in printed  # ...but within the margin
     assert RunRepo(run / "repo").branch_log() == [baseline["commit"]]  # nothing but the baseline
     assert (run / "best_train.py").read_text() == RunRepo(run / "repo").show(baseline["commit"], "train.py")
 
 
 @pytest.mark.slow
-def test_hours_stop_the_run_after_the_first_trial_that_crosses_them(base_run, tmp_path, cache_root):
-    runs = tmp_path / "runs"
-    run = baseline_only(base_run, runs)
-    baseline_seconds = Ledger.read(run / "ledger.jsonl").records[0]["total_seconds"]
-    limit = baseline_seconds + 1.0  # trial 1 starts below it; a trial (2 s of training alone) crosses it
-    proc = arena_run(runs, cache_root, "--name", "base", "--hours", repr(limit / 3600))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_hours_stop_the_run_after_the_first_trial_that_crosses_them(margin_run, tmp_path, cache_root):
+    run, printed, limit = margin_run
     records = check_run_consistent(run, 2)
     totals = [r["total_seconds"] for r in records]
     assert totals[0] < limit <= sum(totals)  # it ran while under the limit and stopped once over it
-    assert "done: 2 trials" in proc.stderr
+    assert "done: 2 trials" in printed
     # resumed with the same limit, the run is over it already: not one more trial
-    again = arena_run(runs, cache_root, "--name", "base", "--hours", repr(limit / 3600))
+    runs = tmp_path / "runs"
+    shutil.copytree(run, runs / run.name)
+    again = arena_run(runs, cache_root, "--name", run.name, "--hours", repr(limit / 3600))
     assert again.returncode == 0, again.stderr[-3000:]
-    assert check_run_consistent(run, 2) == records
+    assert check_run_consistent(runs / run.name, 2) == records
