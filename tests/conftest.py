@@ -20,6 +20,8 @@ from tests import docker_env
 from tests.fake_runs import fake_run
 from tests.run_helpers import BASE, FAST, NEXT, ROOT, arena_run
 
+pytest_plugins = ["tests.llm_server"]  # its `llm_server` fixture, for every test module
+
 CPU_VOCAB = 2048  # the cpu preset's vocabulary
 DATASET_STAGE = re.compile(r"^dataset: .+ \(\d+ s\)$")  # agent/datasets.py StageLines
 

@@ -50,32 +50,32 @@ class Fault:
     chunk: int = CHUNK_CHARS          # characters per streamed chunk
 
     @classmethod
-    def http(cls, status: int, retry_after: float | None = None, message: str = "") -> "Fault":
+    def http(cls, status: int, retry_after: float | None = None, message: str = "") -> Fault:
         """An HTTP error with an OpenAI-style error body (429 may carry Retry-After)."""
         return cls(status=status, retry_after=retry_after, message=message)
 
     @classmethod
-    def dripped(cls, text: str, every: float) -> "Fault":
+    def dripped(cls, text: str, every: float) -> Fault:
         """Answer `text` one small chunk every `every` seconds (a slow or stuck local server)."""
         return cls(text=text, drip=every, chunk=DRIP_CHUNK_CHARS)
 
     @classmethod
-    def cut(cls, text: str) -> "Fault":
+    def cut(cls, text: str) -> Fault:
         """Answer `text`, then say it stopped at max_tokens (finish_reason "length")."""
         return cls(text=text, finish_reason="length")
 
     @classmethod
-    def slow(cls, seconds: float, text: str = "too late") -> "Fault":
+    def slow(cls, seconds: float, text: str = "too late") -> Fault:
         """Answer `text`, but only after `seconds` (longer than the client's timeout, to provoke one)."""
         return cls(delay=seconds, text=text)
 
     @classmethod
-    def dropped(cls) -> "Fault":
+    def dropped(cls) -> Fault:
         """Close the connection without sending a byte of response."""
         return cls(drop=True)
 
     @classmethod
-    def empty(cls) -> "Fault":
+    def empty(cls) -> Fault:
         """A well-formed reply whose content is empty."""
         return cls()
 
@@ -123,7 +123,7 @@ class ScriptedLLMServer:
     def remaining(self) -> int:
         return len(self._script)
 
-    def start(self) -> "ScriptedLLMServer":
+    def start(self) -> ScriptedLLMServer:
         # a short poll interval makes stop() quick (shutdown waits for the next poll)
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02},
                                         name="llm-server", daemon=True)
@@ -137,7 +137,7 @@ class ScriptedLLMServer:
         if self._thread is not None:
             self._thread.join()
 
-    def __enter__(self) -> "ScriptedLLMServer":
+    def __enter__(self) -> ScriptedLLMServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

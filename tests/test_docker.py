@@ -8,6 +8,7 @@ backend must withstand are in test_reward_hacks.py.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import time
@@ -99,10 +100,8 @@ def test_stale_containers_are_removed(docker_client, trial_image):
         live.reload()  # this process's own trials are never stale
     finally:
         for container in (stale, live):
-            try:
+            with contextlib.suppress(docker.errors.NotFound):
                 container.remove(force=True)
-            except docker.errors.NotFound:
-                pass
     assert own_containers(docker_client) == []
 
 

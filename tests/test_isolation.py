@@ -177,6 +177,6 @@ def test_a_kernel_that_refuses_namespaces_is_one_line(tmp_path, monkeypatch):
              sys.executable, "-c", inner]
     proc = subprocess.run(outer, capture_output=True, text=True, timeout=120,
                           env={"PATH": os.environ["PATH"], BWRAP_ENV: bwrap})
-    line = next((l for l in proc.stdout.splitlines() if l.startswith("ERROR")), proc.stdout + proc.stderr)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("ERROR")), proc.stdout + proc.stderr)
     assert "bubblewrap cannot create a sandbox here" in line and "--isolation none" in line, line
     assert "\n" not in line

@@ -24,8 +24,8 @@ from rich.console import Console
 from agent.loop import StopRule, final_status, run_loop
 from agent.run import open_run
 from agent.ui.live import SPARK_LEVELS, RunView, fmt_bpb, live_view
-from tests.docker_env import apt_install
 from tests.conftest import ROOT, one_line_error, run_arena
+from tests.docker_env import apt_install
 from tests.fake_runs import FAST_SETTINGS, FakeBackend, Stepper, fake_run
 from tests.run_helpers import BASE
 
@@ -145,7 +145,7 @@ def test_frame_while_running_and_evaluating(run_copy, fake_live_run):
     view = RunView(run_copy, StopRule(trials=5))
     text = frame(run_copy, view=view)
     assert "trial 3 · running · 1m15s" in text and "raise the matrix LR" in text
-    changed = [l for l in proposal["diff"].splitlines() if l.startswith("+") and not l.startswith("+++")]
+    changed = [ln for ln in proposal["diff"].splitlines() if ln.startswith("+") and not ln.startswith("+++")]
     assert changed[0].strip() in text  # the diff being trained: its changed lines before its headers
     assert "step 16  loss 2.9000  tok/s 8,016  mem 0.73 GB  train 8.0 s / 2 s" in text and "40%" in text
     assert steps[-1].strip() in text  # the log's last lines

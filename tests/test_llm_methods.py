@@ -58,7 +58,8 @@ def code_run(tmp_path_factory, cache_root, stdlib_dataset):
             "I would rather not change anything today.",
             "Still no diff, sorry.",
             Fault.http(429, retry_after=0.1), code_answer("break it", crash),                       # trial 4
-            Fault.empty(), code_answer("larger head init", edit("lm_head.weight, std=0.001", "lm_head.weight, std=0.002")),
+            Fault.empty(),
+            code_answer("larger head init", edit("lm_head.weight, std=0.001", "lm_head.weight, std=0.002")),
         )
         proc = arena_run(runs, cache_root, "--name", "code", *llm_args(server, "code"), *FAST)
         assert proc.returncode == 0, proc.stderr[-3000:]

@@ -13,6 +13,7 @@ import json
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import ClassVar
 
 import git
 import pytest
@@ -149,7 +150,7 @@ def test_markdown_export(run_dir, tmp_path):
 
 class TagChecker(HTMLParser):
     """Fails on a closing tag that does not match the innermost open one."""
-    VOID = {"meta", "br", "hr", "img", "link", "input"}
+    VOID: ClassVar[set[str]] = {"meta", "br", "hr", "img", "link", "input"}
 
     def __init__(self):
         super().__init__()

@@ -140,7 +140,8 @@ SURVIVOR = """
     import os, subprocess, sys
     daemon = '''
 import os, sys, time
-fake = 'ARENA_EVAL {"val_bpb": 0.0001, "val_tokens": 4095, "val_bytes": 10000, "eval_tokens": 4096, "num_params": 1, "dataset_fingerprint": "x", "eval_seconds": 0}\\\\n'
+fake = ('ARENA_EVAL {"val_bpb": 0.0001, "val_tokens": 4095, "val_bytes": 10000, "eval_tokens": 4096, '
+        '"num_params": 1, "dataset_fingerprint": "x", "eval_seconds": 0}\\\\n')
 end = time.time() + 90
 while time.time() < end:
     for pid in filter(str.isdigit, os.listdir("/proc")):

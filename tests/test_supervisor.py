@@ -39,7 +39,7 @@ def test_relays_output_and_times_from_the_ready_line():
     # the sleeps bound the times from below; from above, only the phase's own length does (a busy machine
     # may stretch both sides of the ready line)
     assert 0.9 < report.ready < report.end <= wall and report.end - report.ready > 1.4
-    assert [l.strip() for l in run.lines if l.strip()][:3] == ["loading", "ARENA_READY", "done"]
+    assert [ln.strip() for ln in run.lines if ln.strip()][:3] == ["loading", "ARENA_READY", "done"]
 
 
 def test_a_forged_report_is_overridden_by_the_real_one():

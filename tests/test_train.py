@@ -32,7 +32,7 @@ def untrained_val_bpb(tmp_path, data_dir, preset) -> float:
 
 
 def result_of(stdout: str) -> dict:
-    line = next(l for l in reversed(stdout.splitlines()) if l.startswith("ARENA_RESULT "))
+    line = next(ln for ln in reversed(stdout.splitlines()) if ln.startswith("ARENA_RESULT "))
     return json.loads(line.removeprefix("ARENA_RESULT "))
 
 
@@ -58,8 +58,8 @@ def test_template_trains_on_the_default_corpus(tmp_path, cache_root, stdlib_data
     for key in ("val_bpb:", "training_seconds:", "outside_budget_s:", "allowance_s:", "peak_mem_mb:",
                 "mfu_percent:", "total_tokens_M:", "num_steps:", "num_params_M:", "depth:"):
         assert any(line.startswith(key) for line in proc.stdout.splitlines()), key
-    steps = [l for l in proc.stdout.splitlines() if l.startswith("step=")]
-    losses = [float(l.split()[1].removeprefix("loss=")) for l in steps]
+    steps = [ln for ln in proc.stdout.splitlines() if ln.startswith("step=")]
+    losses = [float(ln.split()[1].removeprefix("loss=")) for ln in steps]
     assert len(steps) == reported["steps"] and np.mean(losses[-3:]) < np.mean(losses[:3])
     assert proc.stderr.strip().splitlines()[-1].startswith("ok: val_bpb")
 
