@@ -65,6 +65,7 @@ def test_default_corpus_is_the_stdlib_in_sorted_order(stdlib_dataset):
     assert meta["tokens"]["val"] > 65536  # the cpu preset's validation set fits
 
 
+@pytest.mark.slow  # two child processes build a dataset each (7 s)
 def test_fingerprint_is_deterministic_across_processes(tmp_path):
     corpus = write_small_corpus(tmp_path / "corpus")
     script = ("import sys; from agent.dataset_build import build_dataset; "

@@ -149,6 +149,7 @@ def test_llm_fixed_space_run(tmp_path, cache_root, stdlib_dataset):
     assert "FAILED: invalid_patch" in prompt
 
 
+@pytest.mark.slow  # a child arena that imports LiteLLM (10 s); test_llm checks the check itself quickly
 def test_unreachable_model_stops_before_any_trial(tmp_path, cache_root, stdlib_dataset):
     server = ScriptedLLMServer().start()
     base = server.api_base
