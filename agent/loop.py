@@ -142,8 +142,11 @@ def build_source(run: Run, job: Job, parent_source: str) -> str:
     proposal = job.proposal
     if job.kind != "proposal":
         return parent_source
-    if proposal.invalid is not None:
-        raise InvalidPatch(proposal.invalid)  # the method could not produce a proposal (e.g. bad JSON)
+    # the method could not produce a proposal (e.g. bad JSON); a pending.pkl journaled before Proposal had
+    # its own field for the reason keeps it in meta
+    invalid = proposal.invalid or proposal.meta.get("invalid")
+    if invalid:
+        raise InvalidPatch(str(invalid))
     if proposal.config is not None:
         source = render_config(parent_source, proposal.config)
     elif proposal.diff is not None:

@@ -147,7 +147,7 @@ class Run:
     repo: RunRepo
     ledger: Ledger
     method: Method[Any]
-    harness_hash: str  # the harness its trials run with: run.json's, or one with the same trial code
+    harness_hash: str  # the current harness's: run.json's, or one that template.may_resume_with accepts
     info: RunInfo
     lock: RunLock  # held for as long as this process works on the run
 

@@ -87,11 +87,12 @@ def base_run(tmp_path_factory, cache_root, stdlib_dataset) -> Path:
 
 @pytest.fixture(scope="session")
 def straight_run(base_run, tmp_path_factory, cache_root) -> list[dict]:
-    """The base run continued by one trial without interruption: what every resumed run must match."""
+    """The base run continued by one trial without interruption: what every resumed run must match.
+    Its ledger lines as JSON, as check_run_consistent returns them."""
     runs = tmp_path_factory.mktemp("straight")
     shutil.copytree(base_run, runs / "base")
     assert arena_run(runs, cache_root, "--name", "base", "--trials", NEXT).returncode == 0
-    return Ledger.read(runs / "base" / "ledger.jsonl").records
+    return [record.to_json() for record in Ledger.read(runs / "base" / "ledger.jsonl").records]
 
 
 @pytest.fixture(scope="session")

@@ -67,8 +67,7 @@ def baseline_only(base_run: Path, runs: Path, settings: dict | None = None, base
     method state, deleted here, is rebuilt from the ledger."""
     run = runs / base_run.name
     shutil.copytree(base_run, run)
-    first = Ledger.read(run / "ledger.jsonl").records[0]
-    first.update(baseline or {})
+    first = Ledger.read(run / "ledger.jsonl").records[0].to_json() | (baseline or {})
     (run / "ledger.jsonl").write_text(json.dumps(first, sort_keys=True) + "\n")  # as Ledger.append writes it
     if baseline:
         repo = RunRepo(run / "repo")

@@ -102,4 +102,4 @@ def test_a_run_started_before_the_split_resumes_and_records_what_it_ran(base_run
     assert proc.returncode == 0, proc.stderr[-3000:]
     check_run_consistent(runs / "base", BASE + 1)
     assert json.loads(info_path.read_text())["harness_hash"] == old_hash  # what the run started with stays
-    assert Ledger.read(runs / "base" / "ledger.jsonl").records[-1]["harness_hash"] == harness_hash()
+    assert Ledger.read(runs / "base" / "ledger.jsonl").records[-1].harness_hash == harness_hash()

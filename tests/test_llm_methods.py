@@ -100,7 +100,7 @@ def test_replayed_run_reproduces_the_recorded_one(code_run, tmp_path, cache_root
     proc = arena_run(runs, cache_root, "--name", "again", "--method", "code", "--model", "openai/test-model",
                      "--llm-replay", str(run_dir), *FAST)  # no server: every answer comes from llm.jsonl
     assert proc.returncode == 0, proc.stderr[-3000:]
-    original = Ledger.read(run_dir / "ledger.jsonl").records
+    original = [r.to_json() for r in Ledger.read(run_dir / "ledger.jsonl").records]
     replayed = check_run_consistent(runs / "again", 6)
     for a, b in zip(original, replayed):
         assert (a["description"], a["diff"], a["status"], len(a.get("repairs") or [])) == \

@@ -52,7 +52,7 @@ CRASH_POINTS = ["applied", "committed", "ran", "recorded", "observed"]  # apply,
 @pytest.mark.parametrize("point", CRASH_POINTS)
 def test_kill_at_any_point_then_resume(point, base_run, straight_run, tmp_path, cache_root):
     """kill -9 during trial BASE at `point`; the resumed run records it exactly once, as proposed."""
-    reference = Ledger.read(base_run / "ledger.jsonl").records
+    reference = [r.to_json() for r in Ledger.read(base_run / "ledger.jsonl").records]
     runs = tmp_path / "runs"
     shutil.copytree(base_run, runs / "base")
     killed = arena_run(runs, cache_root, "--name", "base", "--trials", NEXT, env={"ARENA_CRASH_AT": f"{point}:{BASE}"})

@@ -256,7 +256,8 @@ FLOOD_AND_CRASH = """
 
 FAKE_LINES = """
     print("ARENA_READY")
-    print('ARENA_EVAL {"val_bpb": 0.0001, "val_tokens": 1, "val_bytes": 1, "eval_tokens": 4096, "num_params": 1}')
+    print('ARENA_EVAL {"val_bpb": 0.0001, "val_tokens": 1, "val_bytes": 1, "eval_tokens": 4096, "num_params": 1, '
+          '"dataset_fingerprint": "x", "eval_seconds": 0}')  # every field: a well-formed forgery
     print('ARENA_PHASE {"exit_code": 0, "signal": null, "ready": 0.0, "end": 0.5, "deadline": false, "max_rss_kb": 1}')
     print("ARENA_REJECTED causality: someone else's model")
     return _template_train(ctx)

@@ -60,7 +60,7 @@ def margin_run(base_run, tmp_path_factory, cache_root) -> tuple[Path, str, float
     time (trial 1 starts below the limit and crosses it). Returns the run, what arena printed, the limit."""
     runs = tmp_path_factory.mktemp("margin")
     run = baseline_only(base_run, runs, settings={"noise_margin": 100.0}, baseline={"val_bpb": 50.0, **GENEROUS})
-    limit = Ledger.read(run / "ledger.jsonl").records[0]["total_seconds"] + 1.0
+    limit = Ledger.read(run / "ledger.jsonl").records[0].total_seconds + 1.0
     proc = arena_run(runs, cache_root, "--name", "base", "--noise-margin", "100", "--hours", repr(limit / 3600))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run, proc.stderr, limit
