@@ -455,9 +455,9 @@ def test_real_run_of_six_trials(name, tmp_path, cache_root, stdlib_dataset):
     proc = arena_run(runs, cache_root, "--name", name, "--method", name, "--trials", "6", *FAST)
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = check_run_consistent(runs / name, 6)
-    for record in records[1:]:
-        assert record.method == name
-        SPACE.check(record.config)
+    for record in records[1:]:  # the ledger's lines, as JSON
+        assert record["method"] == name
+        SPACE.check(record["config"])
     assert (runs / name / "state" / "method.pkl").exists()
     if name == "tpe":
         assert (runs / name / "state" / "optuna.journal").exists()
