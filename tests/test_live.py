@@ -286,12 +286,22 @@ def status_of(run_dir: Path) -> dict:
     return json.loads((run_dir / "state" / "status.json").read_text())
 
 
+@pytest.fixture
+def sigint_handled():
+    """A test runner started in the background of a shell ignores SIGINT, and so would every arena it starts
+    (an ignored signal stays ignored across exec; a handled one is reset): handle it, so arena gets Ctrl-C."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("how, phase, words, code", [
     (signal.SIGINT, "stopped", "interrupted (Ctrl-C)", 130),
     (signal.SIGTERM, "stopped", "terminated (SIGTERM)", 143),
 ])
-def test_every_way_out_leaves_a_final_status(how, phase, words, code, tmp_path, cache_root, stdlib_dataset):
+def test_every_way_out_leaves_a_final_status(how, phase, words, code, tmp_path, cache_root, stdlib_dataset,
+                                            sigint_handled):
     runs = tmp_path / "runs"
     proc = start_run(runs, cache_root, "stop", "--trials", "5", *FAST)
     wait_for_training(runs / "stop", 0, proc)
