@@ -20,7 +20,7 @@ from agent.errors import ArenaError
 from agent.ledger import parse_records
 from agent.presets import get_preset
 from agent.record import TrialRecord
-from agent.ui.run_files import RunInfo, StoredSettings
+from agent.ui.run_files import StoredSettings, read_run_info
 from sandbox.outcome import Status
 
 LOG_TAIL_LINES = 30
@@ -218,13 +218,7 @@ def _isolation(settings: StoredSettings, records: list[TrialRecord]) -> str:
 
 
 def load_arena_run(run_dir: Path) -> RunHistory:
-    try:
-        raw = json.loads((run_dir / "run.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ArenaError(f"cannot read {run_dir / 'run.json'} ({e}); the run directory is damaged") from None
-    if not isinstance(raw, dict):
-        raise ArenaError(f"{run_dir / 'run.json'} is not a JSON object; the run directory is damaged")
-    info = RunInfo.from_json(raw)
+    info = read_run_info(run_dir)
     settings = info.settings
     warnings: list[str] = []
     ledger = run_dir / "ledger.jsonl"

@@ -20,28 +20,13 @@ from agent.jsonl import JsonlFollower, JsonObject
 from agent.judging import best_of
 from agent.presets import Preset, get_preset
 from agent.record import TrialRecord
-from agent.ui.run_files import RunStatus, StoredSettings
+from agent.ui.run_files import RunStatus, StoredSettings, read_run_info
 
 LOG_LINES = 3               # training log lines kept for the current-trial panel
 TAIL_BYTES = 16 * 1024      # enough for the last step line, the eval marker and a screenful of stream
 STREAM_SLACK_S = 1.0        # file times on some file systems are coarser than time.time()
 STEP_FIELD = re.compile(r"(\w+)=(\S+)")
 FINAL_PHASES = ("done", "stopped", "failed")
-
-
-def read_run_settings(run_dir: Path) -> StoredSettings:
-    """The settings in run.json of a run directory; anything else is the user's mistake, told in one line."""
-    if not run_dir.is_dir():
-        raise ArenaError(f"no run directory {run_dir}; pass a run's name (and --runs-dir) or its directory")
-    try:
-        info = json.loads((run_dir / "run.json").read_text())
-    except FileNotFoundError:
-        raise ArenaError(f"{run_dir} is not a run (no run.json); pass a directory made by `arena run`") from None
-    except (OSError, ValueError) as e:
-        raise ArenaError(f"cannot read {run_dir / 'run.json'} ({e}); is {run_dir} a run made by `arena run`?") from None
-    if not isinstance(info, dict) or not isinstance(info.get("settings"), dict):
-        raise ArenaError(f"{run_dir / 'run.json'} holds no run settings; pass a directory made by `arena run`")
-    return StoredSettings.from_json(info["settings"])
 
 
 def read_json(path: Path) -> JsonObject | None:
@@ -183,7 +168,7 @@ class RunReader:
 
     def __init__(self, run_dir: Path):
         self.dir = run_dir
-        self.settings = read_run_settings(run_dir)
+        self.settings = read_run_info(run_dir).settings
         self.preset = preset_of(self.settings)
         self.ledger = LedgerFollower(run_dir / "ledger.jsonl")
         self.llm_log = JsonlFollower(run_dir / "llm.jsonl")

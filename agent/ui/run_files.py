@@ -6,8 +6,11 @@ copy: a field that is absent or not of its type reads as None, never as an error
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
+from agent.errors import ArenaError
 from agent.jsonl import JsonObject
 
 
@@ -85,3 +88,18 @@ class RunInfo:
         settings = raw.get("settings")
         return cls(StoredSettings.from_json(settings if isinstance(settings, dict) else {}),
                    _str(raw, "dataset_fingerprint"))
+
+
+def read_run_info(run_dir: Path) -> RunInfo:
+    """run.json of a run directory, for every view; anything else is the user's mistake, told in one line."""
+    if not run_dir.is_dir():
+        raise ArenaError(f"no run directory {run_dir}; pass a run's name (and --runs-dir) or its directory")
+    try:
+        info = json.loads((run_dir / "run.json").read_text())
+    except FileNotFoundError:
+        raise ArenaError(f"{run_dir} is not a run (no run.json); pass a directory made by `arena run`") from None
+    except (OSError, ValueError) as e:
+        raise ArenaError(f"cannot read {run_dir / 'run.json'} ({e}); is {run_dir} a run made by `arena run`?") from None
+    if not isinstance(info, dict) or not isinstance(info.get("settings"), dict):
+        raise ArenaError(f"{run_dir / 'run.json'} holds no run settings; pass a directory made by `arena run`")
+    return RunInfo.from_json(info)
