@@ -27,9 +27,9 @@ class FakeBackend:
 
     `gate`, when given, is called in the middle of each trial (after its step lines, before its eval
     phase): a test can block there to look at the run while a trial is under way."""
-    isolation = "none"
-
-    def __init__(self, score: Callable[[str], float] = fake_score, gate: Callable[[], None] | None = None):
+    def __init__(self, score: Callable[[str], float] = fake_score, gate: Callable[[], None] | None = None,
+                 isolation: str = "none"):
+        self.isolation = isolation  # what the ledger records; a run made as a twin of a real one says "bwrap"
         self.score = score
         self.gate = gate
         self.trials = 0
@@ -60,7 +60,7 @@ def fake_run(runs_dir: Path, cache: Path, name: str, trials: int, backend: FakeB
     run = open_run(runs_dir, {"name": name, **FAST_SETTINGS, **settings}, cache_root=cache)
     try:
         with final_status(run):
-            run_loop(run, backend or FakeBackend(), StopRule(trials=trials), report=lambda line: None)
+            run_loop(run, backend or FakeBackend(isolation=run.settings.isolation), StopRule(trials=trials), report=lambda line: None)
     finally:
         run.lock.release()
     return run.dir

@@ -1,7 +1,9 @@
-"""`arena replay` and `arena compare` on real recorded runs (real training, real git), on an autoresearch-style
-repository built with real commits, and on a trials.jsonl in the paper's format.
+"""`arena replay` and `arena compare` on recorded runs, on an autoresearch-style repository built with real
+commits, and on a trials.jsonl in the paper's format.
 
-The runs are made once for the module: two methods (random search and TPE), two seeds each.
+The runs are made once for the module by the real loop (real git, ledger, notes, method state) on a backend
+that trains nothing (tests/fake_runs.py): replay and compare read what the loop records, and real training adds
+nothing to what they are tested for. Two methods (random search and TPE), two seeds each, three trials a run.
 """
 
 from __future__ import annotations
@@ -23,26 +25,16 @@ from agent.ui import compare, replay
 from agent.ui.compare import build_comparison
 from agent.ui.history import read_jsonl
 from agent.ui.sources import open_runs
-from tests.conftest import run_arena
+from tests.fake_runs import fake_run
 
-FAST = ["--budget", "1", "--eval-tokens", "2048", "--startup-allowance", "300"]  # real training, kept short
 SEEDS = (1, 2)
-
-
-def make_run(runs: Path, cache: Path, name: str, method: str, seed: int) -> Path:
-    """A real run. (The baseline is the trusted template, never over budget, and the start-up allowance is
-    generous: a busy machine makes it slower, not failed. Runs go one at a time all the same.)"""
-    args = ["--name", name, "--method", method, "--seed", str(seed), "--trials", "3", *FAST]
-    proc = run_arena("run", "--runs-dir", str(runs), *args, cache=cache, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return runs / name
 
 
 @pytest.fixture(scope="module")
 def groups(tmp_path_factory, cache_root, stdlib_dataset) -> dict[str, list[Path]]:
     """{method: [run dir per seed]} for two methods."""
     runs = tmp_path_factory.mktemp("ui-runs")
-    return {method: [make_run(runs, cache_root, f"{method}-s{s}", method, s) for s in SEEDS]
+    return {method: [fake_run(runs, cache_root, f"{method}-s{s}", 3, method=method, seed=s) for s in SEEDS]
             for method in ("random", "tpe")}
 
 
@@ -77,7 +69,6 @@ def one_line(error: pytest.ExceptionInfo) -> str:
 
 # ---------------------------------------------------------------------------- replay of arena runs
 
-@pytest.mark.slow
 def test_replay_shows_every_trial(run_dir, capsys):
     assert arena("replay", run_dir) == 0
     out = capsys.readouterr().out
@@ -94,7 +85,6 @@ def test_replay_shows_every_trial(run_dir, capsys):
     assert "the baseline: train.py as the run started" in out
 
 
-@pytest.mark.slow
 def test_replay_one_trial(run_dir, capsys):
     records = ledger(run_dir)
     assert arena("replay", run_dir, "--trial", "1") == 0
@@ -103,14 +93,12 @@ def test_replay_one_trial(run_dir, capsys):
     assert out.count("--- a/train.py") == 1
 
 
-@pytest.mark.slow
 def test_replay_unknown_trial_is_a_one_line_error(run_dir):
     with pytest.raises(ArenaError) as error:
         arena("replay", run_dir, "--trial", "9")
     assert "has no trial 9; its trials are 0-2" in one_line(error)
 
 
-@pytest.mark.slow
 def test_replay_steps_on_a_terminal(run_dir, monkeypatch):
     """The stepping loop: enter, p, j N, a bad command, a bad jump, then q."""
     from rich.console import Console
@@ -128,7 +116,6 @@ def test_replay_steps_on_a_terminal(run_dir, monkeypatch):
     assert "already at the last trial" in text and "'x' is not a command" in text and "no trial 7" in text
 
 
-@pytest.mark.slow
 def test_markdown_export(run_dir, tmp_path):
     out = tmp_path / "report.md"
     assert arena("replay", run_dir, "--export", "md", "--out", out) == 0
@@ -164,7 +151,6 @@ class TagChecker(HTMLParser):
         assert self.stack and self.stack.pop() == tag, tag
 
 
-@pytest.mark.slow
 def test_html_export(run_dir, tmp_path):
     out = tmp_path / "report.html"
     assert arena("replay", run_dir, "--export", "html", "--out", out) == 0
@@ -182,7 +168,6 @@ def test_html_export(run_dir, tmp_path):
     assert '<span class="add">+' in text and '<span class="del">-' in text
 
 
-@pytest.mark.slow
 def test_llm_prompt_and_answer_are_replayed(run_dir, tmp_path, capsys):
     """An LLM trial's calls come from llm.jsonl (written here in the format the LLM client records, since
     no LLM method can run offline): replay shows prompt and answer, compare sums tokens and cost."""
@@ -205,7 +190,6 @@ def test_llm_prompt_and_answer_are_replayed(run_dir, tmp_path, capsys):
     assert group["llm_tokens"] == 1280 and group["llm_cost_usd"] == pytest.approx(0.0125)
 
 
-@pytest.mark.slow
 def test_half_written_ledger_line_is_tolerated_and_left_alone(run_dir, tmp_path, capsys):
     run = tmp_path / "torn"
     shutil.copytree(run_dir, run)
@@ -309,7 +293,6 @@ def test_autoresearch_branch_option(tmp_path, capsys):
 
 # ---------------------------------------------------------------------------- compare
 
-@pytest.mark.slow
 def test_compare_real_runs(groups, tmp_path, capsys):
     runs = [run for paths in groups.values() for run in paths]
     labels = list(groups)
@@ -390,7 +373,6 @@ def test_compare_imports_paper_trials(tmp_path, capsys):
     assert "holds 4 runs" in one_line(error)
 
 
-@pytest.mark.slow
 def test_mixed_setups_are_refused_unless_allowed(groups, tmp_path, capsys):
     base = groups["random"][0]
     for name, change in (("other-data", {"dataset_fingerprint": "0123456789abcdef"}),
@@ -410,7 +392,6 @@ def test_mixed_setups_are_refused_unless_allowed(groups, tmp_path, capsys):
         assert json.loads((tmp_path / "cmp" / "summary.json").read_text())["mixed_setups"]
 
 
-@pytest.mark.slow
 def test_compare_marks_runs_whose_trials_ran_unisolated(groups, tmp_path, capsys):
     isolated = groups["random"][0]
     assert {r["isolation"] for r in ledger(isolated)} == {"bwrap"}
@@ -427,7 +408,6 @@ def test_compare_marks_runs_whose_trials_ran_unisolated(groups, tmp_path, capsys
     assert summary["groups"][0]["unisolated_runs"] == 1
 
 
-@pytest.mark.slow
 def test_single_runs_get_no_interval_and_cpu_runs_no_gpu_hours(groups, tmp_path, capsys):
     assert arena("compare", groups["random"][0], groups["tpe"][0], "--out", tmp_path / "cmp") == 0
     out = capsys.readouterr().out

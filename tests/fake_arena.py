@@ -1,0 +1,17 @@
+"""`python -m tests.fake_arena run ...`: the real `arena` command (arguments, checks, locking, the loop, its
+crash points, final status) whose trials train nothing (tests.fake_runs.FakeBackend). For subprocess tests
+about the loop itself, where a real trial would only add minutes: kill -9 at each of the loop's writes, LLM
+methods against a scripted server, run rules. Real training is tested by the tests that use `arena`."""
+
+from __future__ import annotations
+
+import sys
+
+import agent.loop
+from agent.cli import main
+from tests.fake_runs import FakeBackend
+
+agent.loop.make_backend = lambda settings: FakeBackend(isolation=settings.isolation)
+
+if __name__ == "__main__":
+    sys.exit(main())
