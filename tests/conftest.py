@@ -18,7 +18,7 @@ from agent.dataset_build import build_dataset
 from agent.ledger import Ledger
 from tests import docker_env
 from tests.fake_runs import fake_run
-from tests.run_helpers import BASE, FAST, NEXT, ROOT, arena_run
+from tests.run_helpers import BASE, FAST, NEXT, ROOT, arena_run, fake_arena_run
 
 pytest_plugins = ["tests.llm_server"]  # its `llm_server` fixture, for every test module
 
@@ -100,3 +100,12 @@ def fake_base_run(tmp_path_factory, cache_root, stdlib_dataset) -> Path:
     """base_run's twin without the training: the same name, settings and trial count, in seconds. Tests that
     copy a run to refuse or read it use this one."""
     return fake_run(tmp_path_factory.mktemp("fake-runs"), cache_root, "base", BASE)
+
+
+@pytest.fixture(scope="session")
+def fake_straight_run(fake_base_run, tmp_path_factory, cache_root) -> list[dict]:
+    """straight_run's twin: fake_base_run continued by one trial without interruption, as ledger JSON lines."""
+    runs = tmp_path_factory.mktemp("fake-straight")
+    shutil.copytree(fake_base_run, runs / "base")
+    assert fake_arena_run(runs, cache_root, "--name", "base", "--trials", NEXT).returncode == 0
+    return [record.to_json() for record in Ledger.read(runs / "base" / "ledger.jsonl").records]

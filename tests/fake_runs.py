@@ -60,7 +60,8 @@ def fake_run(runs_dir: Path, cache: Path, name: str, trials: int, backend: FakeB
     run = open_run(runs_dir, {"name": name, **FAST_SETTINGS, **settings}, cache_root=cache)
     try:
         with final_status(run):
-            run_loop(run, backend or FakeBackend(isolation=run.settings.isolation), StopRule(trials=trials), report=lambda line: None)
+            run_loop(run, backend or FakeBackend(isolation=run.settings.isolation), StopRule(trials=trials),
+                     report=lambda line: None)
     finally:
         run.lock.release()
     return run.dir

@@ -19,10 +19,16 @@ BASE = 6  # trials in the shared base run; the crash tests interrupt trial BASE 
 NEXT = str(BASE + 1)
 
 
-def arena_run(runs: Path, cache: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def arena_run(runs: Path, cache: Path, *args: str, env: dict | None = None,
+              command: str = "agent.cli") -> subprocess.CompletedProcess:
     full_env = {**os.environ, "ARENA_CACHE": str(cache), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "agent.cli", "run", "--runs-dir", str(runs), *args],
+    return subprocess.run([sys.executable, "-m", command, "run", "--runs-dir", str(runs), *args],
                           capture_output=True, text=True, env=full_env, timeout=900, cwd=ROOT)
+
+
+def fake_arena_run(runs: Path, cache: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """arena_run whose trials train nothing (tests/fake_arena.py): for tests of the loop, not of training."""
+    return arena_run(runs, cache, *args, env=env, command="tests.fake_arena")
 
 
 def check_run_consistent(run_dir: Path, n_trials: int) -> list[dict]:
