@@ -21,7 +21,7 @@ from agent.ui.report import trial_facts
 from agent.ui.sources import open_history
 from sandbox.outcome import Status
 from tests.llm_server import Fault, ScriptedLLMServer
-from tests.run_helpers import arena_run, check_run_consistent
+from tests.run_helpers import check_run_consistent, fake_arena_run
 from tests.test_llm_methods import FAST, LLM_TIMEOUT, llm_args
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -109,13 +109,13 @@ def test_centaur_share_prompt_fallback_and_resume(tmp_path):
     assert [p.meta["source"] for p in again] == [p.meta["source"] for p in later]
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # arena child processes, seconds each
 def test_centaur_run_end_to_end(tmp_path, cache_root, stdlib_dataset):
     runs = tmp_path / "runs"
     with ScriptedLLMServer() as server:
         server.script(json.dumps({**START, "WARMDOWN_RATIO": 0.6}), Fault.http(500), "{not json",
                       json.dumps({**START, "EMBEDDING_LR": 0.3}))
-        proc = arena_run(runs, cache_root, "--name", "centaur", *llm_args(server, "centaur"),
+        proc = fake_arena_run(runs, cache_root, "--name", "centaur", *llm_args(server, "centaur"),
                          "--llm-warmup", "1", "--llm-ratio", "0.75", "--llm-retries", "1", *FAST)
         assert proc.returncode == 0, proc.stderr[-3000:]
     records = check_run_consistent(runs / "centaur", 6)

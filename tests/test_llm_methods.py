@@ -1,5 +1,7 @@
-"""LLM methods end to end: real `arena run`, real training, the real LiteLLM client talking to a real
-OpenAI-compatible server on loopback that plays scripted answers, bad answers included."""
+"""LLM methods end to end: the real LiteLLM client talking to a real OpenAI-compatible server on loopback that
+plays scripted answers, bad answers included. The code agent's run is a real `arena run` with real training
+(an agent's diff that breaks training must crash for real); the fixed-space runs and the outage run the same
+command on trials that train nothing (tests/fake_arena.py), since what they test is the method and the loop."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from agent.template import template_dir
 from sandbox.outcome import Status
 from tests.conftest import one_line_error
 from tests.llm_server import Fault, ScriptedLLMServer
-from tests.run_helpers import arena_run, check_run_consistent
+from tests.run_helpers import arena_run, check_run_consistent, fake_arena_run
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 FAST = ["--budget", "1", "--eval-tokens", "2048", "--trials", "6", "--startup-allowance", "300"]
@@ -122,7 +124,7 @@ def config_answer(**changes) -> str:
     return "Here is my proposal:\n```json\n" + json.dumps(config) + "\n```\nGood luck!"
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # arena child processes, seconds each
 def test_llm_fixed_space_run(tmp_path, cache_root, stdlib_dataset):
     runs = tmp_path / "runs"
     with ScriptedLLMServer() as server:
@@ -134,7 +136,7 @@ def test_llm_fixed_space_run(tmp_path, cache_root, stdlib_dataset):
             Fault.dropped(), config_answer(WARMUP_RATIO=0.1),                     # trial 4: dropped, retried
             config_answer(EMBEDDING_LR=0.3),                                      # trial 5
         )
-        proc = arena_run(runs, cache_root, "--name", "llm", *llm_args(server, "llm"), *FAST)
+        proc = fake_arena_run(runs, cache_root, "--name", "llm", *llm_args(server, "llm"), *FAST)
         assert proc.returncode == 0, proc.stderr[-3000:]
         requests = list(server.requests)
     records = check_run_consistent(runs / "llm", 6)
@@ -215,12 +217,12 @@ def test_a_model_that_fails_stops_the_run_instead_of_burning_trials(tmp_path):
             centaur.propose(context(3))
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # arena child processes, seconds each
 def test_an_outage_ends_the_run_with_one_line_and_records_nothing(tmp_path, cache_root, stdlib_dataset):
     runs = tmp_path / "runs"
     with ScriptedLLMServer() as server:
         server.script(config_answer(MATRIX_LR=0.05), *[Fault.http(503)] * 3)
-        proc = arena_run(runs, cache_root, "--name", "down", *llm_args(server, "llm"), *FAST)
+        proc = fake_arena_run(runs, cache_root, "--name", "down", *llm_args(server, "llm"), *FAST)
     assert proc.returncode == 2 and proc.stderr.splitlines()[-1].startswith("error: the model failed")
     assert "nothing was recorded for trial 2" in proc.stderr and "Traceback" not in proc.stderr
     records = check_run_consistent(runs / "down", 2)

@@ -49,6 +49,7 @@ def test_random_search_run_records_every_trial(base_run):
 CRASH_POINTS = ["applied", "committed", "ran", "recorded", "observed"]  # apply, commit, run, record, branch move
 
 
+@pytest.mark.slow  # arena child processes, seconds each
 @pytest.mark.parametrize("point", CRASH_POINTS)
 def test_kill_at_any_point_then_resume(point, fake_base_run, fake_straight_run, tmp_path, cache_root):
     """kill -9 during trial BASE at `point`; the resumed run records it exactly once, as proposed, and ends as
@@ -68,6 +69,7 @@ def test_kill_at_any_point_then_resume(point, fake_base_run, fake_straight_run, 
     assert {k: records[BASE][k] for k in same} == {k: fake_straight_run[BASE][k] for k in same}
 
 
+@pytest.mark.slow  # arena child processes, seconds each
 def test_a_kill_right_after_the_proposal_runs_that_proposal_on_resume(fake_base_run, fake_straight_run, tmp_path,
                                                                        cache_root):
     """kill -9 once trial BASE is proposed and journaled, before anything of it ran: the resumed run takes the
@@ -215,6 +217,7 @@ def test_damaged_runs_are_refused(fake_base_run, tmp_path, cache_root):
     assert "not a git repository" in one_line_error(arena_run(runs, cache_root, "--name", "norepo"))
 
 
+@pytest.mark.slow  # arena child processes, seconds each
 def test_torn_ledger_line_is_dropped_and_rerun(fake_base_run, fake_straight_run, tmp_path, cache_root):
     """A kill in the middle of writing a ledger line leaves a torn line; it is cut and that trial re-run."""
     runs = tmp_path / "runs"
