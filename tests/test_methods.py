@@ -1,6 +1,6 @@
 """TPE and CMA-ES driven as the loop drives them (baseline, then propose -> record -> observe), on the
 real cpu search space with a synthetic objective: bounds and types, learning, the failure value,
-generations, and exact resume from every state the loop saves. The slow tests run `arena run` for real."""
+generations, and exact resume from every state the loop saves. The slow tests run the `arena run` command through."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from agent.presets import load_presets
 from agent.record import TrialRecord
 from agent.run import RunSettings
 from agent.space import load_space
-from tests.run_helpers import FAST, arena_run, check_run_consistent
+from tests.run_helpers import FAST, check_run_consistent, fake_arena_run
 
 SPACE = load_space("cpu")
 BASELINE = dict(load_presets()["cpu"].constants)
@@ -446,13 +446,15 @@ def test_cmaes_replace_candidate_runs_that_config_as_a_generation_member(told):
     assert len(told) == 1 and told[0][-1] == objective(record.config)
 
 
-# ---------------------------------------------------------------- real runs
+# ---------------------------------------------------------------- runs of the arena command
 
-@pytest.mark.slow
+@pytest.mark.slow  # arena child processes, seconds each
 @pytest.mark.parametrize("name", ["cmaes", "tpe"])
-def test_real_run_of_six_trials(name, tmp_path, cache_root, stdlib_dataset):
+def test_arena_run_of_six_trials(name, tmp_path, cache_root, stdlib_dataset):
+    """The whole command with each method; its trials train nothing (random search's base run trains for real
+    through the same constants-block pipeline)."""
     runs = tmp_path / "runs"
-    proc = arena_run(runs, cache_root, "--name", name, "--method", name, "--trials", "6", *FAST)
+    proc = fake_arena_run(runs, cache_root, "--name", name, "--method", name, "--trials", "6", *FAST)
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = check_run_consistent(runs / name, 6)
     for record in records[1:]:  # the ledger's lines, as JSON
