@@ -22,7 +22,7 @@ from agent.template import (
     template_dir,
 )
 from sandbox.phases import harness_hash as hash_files
-from tests.run_helpers import BASE, NEXT, ROOT, arena_run, check_run_consistent
+from tests.run_helpers import BASE, NEXT, ROOT, check_run_consistent, fake_arena_run
 
 BEFORE_SPLIT = "4ff3b28fc169a4f24858e08e13876d0d8de287ac"  # the last commit whose prepare.py also built datasets
 TRIAL_CODE_NODES = (ast.FunctionDef, ast.ClassDef, ast.Assign, ast.AnnAssign, ast.If)
@@ -84,21 +84,21 @@ def test_a_resume_accepts_only_the_same_trial_code(tmp_path: Path) -> None:
     assert not may_resume_with(next(iter(SAME_TRIAL_CODE)), "0" * 16)  # an entry names one harness only
 
 
-@pytest.mark.slow
-def test_a_run_started_before_the_split_resumes_and_records_what_it_ran(base_run: Path, tmp_path: Path,
+@pytest.mark.slow  # arena child processes, seconds each
+def test_a_run_started_before_the_split_resumes_and_records_what_it_ran(fake_base_run: Path, tmp_path: Path,
                                                                           cache_root: Path) -> None:
     old_hash = next(old for old, new in SAME_TRIAL_CODE.items() if new == harness_hash())
     runs = tmp_path / "runs"
-    shutil.copytree(base_run, runs / "base")
+    shutil.copytree(fake_base_run, runs / "base")
     info_path = runs / "base" / "run.json"
     info = json.loads(info_path.read_text())
     info_path.write_text(json.dumps({**info, "harness_hash": "0" * 16}, indent=2) + "\n")
-    refused = arena_run(runs, cache_root, "--name", "base", "--trials", NEXT)
+    refused = fake_arena_run(runs, cache_root, "--name", "base", "--trials", NEXT)
     # the last line: on a loaded machine a dataset stage line may come first
     assert refused.returncode == 2 and "the harness (prepare.py/harness.py/exported.py) changed" in (
         refused.stderr.splitlines()[-1])
     info_path.write_text(json.dumps({**info, "harness_hash": old_hash}, indent=2) + "\n")
-    proc = arena_run(runs, cache_root, "--name", "base", "--trials", NEXT)
+    proc = fake_arena_run(runs, cache_root, "--name", "base", "--trials", NEXT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     check_run_consistent(runs / "base", BASE + 1)
     assert json.loads(info_path.read_text())["harness_hash"] == old_hash  # what the run started with stays
