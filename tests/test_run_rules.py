@@ -1,11 +1,11 @@
-"""The run's judging and stop rules end to end, through `arena run` with real training: confirmation runs
-(--confirm), the noise margin (--noise-margin) and the total-time stop rule (--hours).
+"""The run's judging and stop rules end to end, through the `arena run` command: confirmation runs
+(--confirm), the noise margin (--noise-margin) and the total-time stop rule (--hours). The rules are what is
+tested, so the trials train nothing (tests/fake_arena.py; a trial's score depends on its train.py alone).
 
-Each run starts from the session's shared base run cut back to its baseline (run_helpers.baseline_only), so
-it trains only the trials it is about; the noise-margin and --hours tests share one run of one trial. Where
-the rule under test must see a trial beat the best, the baseline's recorded score is raised out of reach, and
-its recorded time outside the budget with it, so the trials after it get the preset's whole start-up
-allowance: the verdicts then depend on the rules alone, not on how fast a busy machine trained."""
+Each run starts from the session's shared fake base run cut back to its baseline (run_helpers.baseline_only);
+the noise-margin and --hours tests share one run of one trial. Where the rule under test must see a trial beat
+the best, the baseline's recorded score is raised out of reach, and its recorded time outside the budget with
+it, so the trials after it get the preset's whole start-up allowance."""
 
 from __future__ import annotations
 
@@ -14,19 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from agent.ledger import Ledger
 from agent.workspace import RunRepo
-from tests.run_helpers import arena_run, baseline_only, check_run_consistent
+from tests.run_helpers import baseline_only, check_run_consistent, fake_arena_run
 
 SEED = 42  # the run's seed (the default); confirmation run k uses SEED + k
 GENEROUS = {"outside_seconds": 1000.0}  # the allowance is then the preset's cap (--startup-allowance 300)
 
 
-@pytest.mark.slow
-def test_a_winner_is_confirmed_with_other_seeds_and_kept_on_the_mean(base_run, tmp_path, cache_root):
+@pytest.mark.slow  # arena child processes, seconds each
+def test_a_winner_is_confirmed_with_other_seeds_and_kept_on_the_mean(fake_base_run, tmp_path, cache_root):
     runs = tmp_path / "runs"
-    run = baseline_only(base_run, runs, settings={"confirm": 2}, baseline={"val_bpb": 100.0, **GENEROUS})
-    proc = arena_run(runs, cache_root, "--name", "base", "--confirm", "2", "--trials", "4")
+    run = baseline_only(fake_base_run, runs, settings={"confirm": 2}, baseline={"val_bpb": 100.0, **GENEROUS})
+    proc = fake_arena_run(runs, cache_root, "--name", "base", "--confirm", "2", "--trials", "4")
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = check_run_consistent(run, 4)
     candidate, first, second = records[1:]
@@ -54,19 +53,20 @@ def test_a_winner_is_confirmed_with_other_seeds_and_kept_on_the_mean(base_run, t
 
 
 @pytest.fixture(scope="module")
-def margin_run(base_run, tmp_path_factory, cache_root) -> tuple[Path, str, float]:
-    """One real trial for two rules: a noise margin of 100 over a baseline whose score is raised to 50 (any
-    trial scores far below it, but not by more than 100), and --hours set one second past the baseline's own
-    time (trial 1 starts below the limit and crosses it). Returns the run, what arena printed, the limit."""
+def margin_run(fake_base_run, tmp_path_factory, cache_root) -> tuple[Path, str, float]:
+    """One trial for two rules: a noise margin of 100 over a baseline whose score is raised to 50 (any
+    trial scores far below it, but not by more than 100), and --hours set a millisecond past the baseline's
+    recorded time (trial 1 starts below the limit and crosses it). Returns the run, what arena printed, the limit."""
     runs = tmp_path_factory.mktemp("margin")
-    run = baseline_only(base_run, runs, settings={"noise_margin": 100.0}, baseline={"val_bpb": 50.0, **GENEROUS})
-    limit = Ledger.read(run / "ledger.jsonl").records[0].total_seconds + 1.0
-    proc = arena_run(runs, cache_root, "--name", "base", "--noise-margin", "100", "--hours", repr(limit / 3600))
+    baseline = {"val_bpb": 50.0, "total_seconds": 1000.0, **GENEROUS}
+    run = baseline_only(fake_base_run, runs, settings={"noise_margin": 100.0}, baseline=baseline)
+    limit = 1000.0 + 0.001  # a trial that trains nothing still takes more than a millisecond (a commit, at least)
+    proc = fake_arena_run(runs, cache_root, "--name", "base", "--noise-margin", "100", "--hours", repr(limit / 3600))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run, proc.stderr, limit
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # arena child processes, seconds each
 def test_a_trial_must_beat_the_best_by_more_than_the_noise_margin(margin_run):
     run, printed, _ = margin_run
     baseline, trial = check_run_consistent(run, 2)
@@ -77,7 +77,7 @@ def test_a_trial_must_beat_the_best_by_more_than_the_noise_margin(margin_run):
     assert (run / "best_train.py").read_text() == RunRepo(run / "repo").show(baseline["commit"], "train.py")
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # arena child processes, seconds each
 def test_hours_stop_the_run_after_the_first_trial_that_crosses_them(margin_run, tmp_path, cache_root):
     run, printed, limit = margin_run
     records = check_run_consistent(run, 2)
@@ -87,6 +87,6 @@ def test_hours_stop_the_run_after_the_first_trial_that_crosses_them(margin_run, 
     # resumed with the same limit, the run is over it already: not one more trial
     runs = tmp_path / "runs"
     shutil.copytree(run, runs / run.name)
-    again = arena_run(runs, cache_root, "--name", run.name, "--hours", repr(limit / 3600))
+    again = fake_arena_run(runs, cache_root, "--name", run.name, "--hours", repr(limit / 3600))
     assert again.returncode == 0, again.stderr[-3000:]
     assert check_run_consistent(runs / run.name, 2) == records
