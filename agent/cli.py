@@ -30,7 +30,8 @@ from train_template.prepare import read_meta
 
 if TYPE_CHECKING:
     from agent.methods import Method
-    from sandbox import Backend
+    from agent.space import SearchSpace
+    from sandbox import TrialRunner
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)  # errors stay on one line
 
@@ -139,13 +140,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if (trials is not None and trials < 1) or (hours is not None and hours <= 0):
         raise ArenaError("--trials must be at least 1 and --hours positive")
     given.setdefault("name", f"{given.get('method', 'random')}-{given.get('preset', 'cpu')}-s{given.get('seed', 42)}")
-    backends: list[Backend] = []
+    backends: list[TrialRunner] = []
 
-    def preflight(settings: RunSettings, preset: Preset, method: Method[Any]) -> None:
+    def preflight(settings: RunSettings, preset: Preset, space: SearchSpace, method: Method[Any]) -> None:
         """Whatever can refuse the run, before anything of it is created or changed."""
         if settings.backend == "local":
             require_device(preset)
-        backends.append(make_backend(settings))  # bwrap can sandbox here, or the Docker engine and image are there
+        backends.append(make_backend(settings, preset, space))  # the sandbox works here, or the surrogate fits
         if isinstance(method, ModelBacked):
             method.check_ready()  # an unreachable model stops the run here, before any trial
 
@@ -155,6 +156,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     console.print(f"run '{run.settings.name}' in {run.dir}: method {run.settings.method}, preset "
                   f"{run.preset.name}, backend {run.settings.backend}, {done} trials recorded"
                   + (", resuming" if done else ""), markup=False)
+    quality = getattr(backend, "quality", None)
+    if quality is not None:
+        console.print(quality.line(), markup=False)
     stop = StopRule(trials=trials, hours=hours)
     signal.signal(signal.SIGTERM, raise_terminated)
     if sys.stdout.isatty() and not args.no_tui:

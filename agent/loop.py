@@ -17,6 +17,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from agent.constants import read_constants
 from agent.errors import ArenaError, Terminated
@@ -30,10 +31,12 @@ from agent.patches import (
     make_diff,
     render_config,
 )
+from agent.presets import Preset
 from agent.record import Kind, Repair, TrialRecord
 from agent.run import Run, RunSettings
+from agent.space import SearchSpace
 from agent.template import EDITABLE_FILE, HARNESS_FILES, template_dir
-from sandbox import Backend, BudgetRule, LocalBackend, Outcome, Status, TrialSpec
+from sandbox import BudgetRule, LocalBackend, Outcome, Status, TrialRunner, TrialSpec
 from sandbox.outcome import Reported, reported_mfu, reported_rate, summary
 
 Reporter = Callable[[str], None]
@@ -68,8 +71,9 @@ class Job:
     propose_seconds: float = 0.0
 
 
-def make_backend(settings: RunSettings) -> Backend:
-    """The run's sandbox, checked on creation: it raises SandboxError when it cannot run trials here."""
+def make_backend(settings: RunSettings, preset: Preset, space: SearchSpace) -> TrialRunner:
+    """The run's sandbox, checked on creation: it raises SandboxError when it cannot run trials here (or, for
+    the surrogate, ArenaError when its trials cannot be fitted)."""
     if settings.backend == "docker":
         from sandbox.docker import DockerBackend
 
@@ -77,6 +81,11 @@ def make_backend(settings: RunSettings) -> Backend:
             raise ArenaError("the docker backend needs --image")
         return DockerBackend(image=settings.image, gpus=settings.gpus, mem_limit=settings.mem_limit,
                              run_name=settings.name)
+    if settings.backend == "surrogate":
+        from agent.surrogate.backend import SurrogateBackend
+
+        paths = [Path(p).expanduser() for p in settings.surrogate_data or []]
+        return SurrogateBackend.fit(paths, space, preset.time_budget)
     return LocalBackend(isolation=settings.isolation, gpus=settings.gpus)
 
 
@@ -100,7 +109,7 @@ def final_status(run: Run) -> Iterator[None]:
                    reason=f"{len(run.ledger)} trials, best val_bpb {best_value:.6f} (trial {best_trial})")
 
 
-def run_loop(run: Run, backend: Backend, stop: StopRule, report: Reporter = print) -> None:
+def run_loop(run: Run, backend: TrialRunner, stop: StopRule, report: Reporter = print) -> None:
     while not stop.reached(run.ledger.records):
         job = next_job(run)
         record = execute(run, backend, job, report)
@@ -176,7 +185,7 @@ def apply_with_repairs(run: Run, job: Job, parent_source: str) -> tuple[str | No
             run.save_pending(job.trial, job.proposal)
 
 
-def execute(run: Run, backend: Backend, job: Job, report: Reporter) -> TrialRecord:
+def execute(run: Run, backend: TrialRunner, job: Job, report: Reporter) -> TrialRecord:
     started = time.time()
     parent_source = run.repo.show(job.parent or run.repo.recorded_trial_commit(0), EDITABLE_FILE)
     method = run.settings.method if job.kind == "proposal" else job.kind
@@ -222,7 +231,7 @@ def budget_rule(run: Run) -> BudgetRule:
     return BudgetRule(run.preset.time_budget, run.preset.startup_allowance, reference)
 
 
-def run_sandbox(run: Run, backend: Backend, job: Job, source: str) -> Outcome:
+def run_sandbox(run: Run, backend: TrialRunner, job: Job, source: str) -> Outcome:
     spec = TrialSpec(source=source, data_dir=run.data_dir, harness_dir=template_dir(), harness_files=HARNESS_FILES,
                      harness_hash=run.harness_hash, config=run.preset.harness_config(job.seed),
                      budget=budget_rule(run), eval_timeout=run.preset.eval_timeout,

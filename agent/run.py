@@ -34,10 +34,11 @@ from agent.errors import ArenaError
 from agent.flags import check_choices, flag, flag_metadata
 from agent.judging import best_of
 from agent.ledger import Ledger, fsync_write, results_tsv
-from agent.methods import METHODS, Method, Proposal, make_method
+from agent.methods import CODE_EDITING_METHODS, METHODS, Method, Proposal, make_method
 from agent.presets import Preset, get_preset, load_presets
 from agent.runlock import RunLock
 from agent.space import SearchSpace, load_space
+from agent.surrogate.data import SURROGATE_PREFIX, data_fingerprint
 from agent.template import (
     EDITABLE_FILE,
     HARNESS_FILES,
@@ -50,7 +51,7 @@ from sandbox.local import ISOLATIONS
 from train_template.prepare import read_meta
 
 TEMPLATE_FILES = (EDITABLE_FILE, *HARNESS_FILES, "program.md", "space.toml")
-BACKENDS = ("local", "docker")
+BACKENDS = ("local", "docker", "surrogate")
 LLM = "LLM methods (centaur, llm, code)"  # the help's heading for the flags only they read
 
 
@@ -81,6 +82,8 @@ class RunSettings:
     val_fraction: float = flag(DEFAULT_VAL_FRACTION, "share of documents held out for validation, chosen by a hash "
                                "of each document")
     mem_limit: str | None = flag(None, "memory limit per trial container, e.g. 64g (docker)")
+    surrogate_data: list[str] | None = flag(None, "surrogate backend: the trials it learns from, comma-separated: "
+                                            "run directories, ledger.jsonl files, the paper's trials.jsonl")
     space: str | None = flag(None, "your own space.toml for fixed-space methods, copied into the run at creation "
                              "(default: the template's)")
     model: str | None = flag(None, "LiteLLM model, e.g. ollama_chat/qwen3:8b, hosted_vllm/ID, openai/ID with "
@@ -104,6 +107,12 @@ class RunSettings:
             raise ArenaError("--isolation none applies to the local backend; Docker always isolates each phase")
         if self.backend == "docker" and not self.image:
             raise ArenaError("the docker backend needs --image; build one with `docker build -t arena-gpu .`")
+        if (self.backend == "surrogate") != bool(self.surrogate_data):
+            raise ArenaError("--backend surrogate and --surrogate-data FILE[,FILE...] go together: the surrogate "
+                             "answers trials from the recorded trials it is given")
+        if self.backend == "surrogate" and self.method in CODE_EDITING_METHODS:
+            raise ArenaError(f"the surrogate knows a train.py by its constants alone, so method '{self.method}' "
+                             "cannot run on it; choose a fixed-space method (random, tpe, cmaes, centaur, llm)")
         if self.noise_margin < 0:
             raise ArenaError(f"--noise-margin must be zero or positive, got {self.noise_margin}")
         if self.confirm < 0:
@@ -216,10 +225,10 @@ def merge_settings(stored: dict[str, Any], given: dict[str, Any]) -> RunSettings
     return RunSettings(**merged)
 
 
-Preflight = Callable[[RunSettings, Preset, Method[Any]], None]
+Preflight = Callable[[RunSettings, Preset, SearchSpace, Method[Any]], None]
 
 
-def no_preflight(settings: RunSettings, preset: Preset, method: Method[Any]) -> None:
+def no_preflight(settings: RunSettings, preset: Preset, space: SearchSpace, method: Method[Any]) -> None:
     pass
 
 
@@ -264,16 +273,19 @@ def _open_locked(run_dir: Path, given: dict[str, Any], cache_root: Path | None, 
     space_file = run_dir / "space.toml" if recorded else (Path(settings.space).expanduser() if settings.space else None)
     space = load_space(settings.preset, space_file)
     probe = make_method(settings, space, None)  # an unknown method or missing model fails before any work
-    data_dir = prepare_dataset(settings.corpus, preset.vocab_size, val_fraction=settings.val_fraction,
-                               shards=settings.shards, column=settings.text_column, cache_root=cache_root)
-    fingerprint = read_meta(data_dir)["fingerprint"]
+    if settings.surrogate_data:  # its trials read no dataset: the trials it learns from stand in for one
+        data_dir, fingerprint = run_dir, data_fingerprint([Path(p).expanduser() for p in settings.surrogate_data])
+    else:
+        data_dir = prepare_dataset(settings.corpus, preset.vocab_size, val_fraction=settings.val_fraction,
+                                   shards=settings.shards, column=settings.text_column, cache_root=cache_root)
+        fingerprint = read_meta(data_dir)["fingerprint"]
     harness = harness_hash()
     if info is not None and recorded:
         check_unchanged(run_dir, info, fingerprint, harness, len(ledger.records))
     keeps = info is not None and (recorded or (not changed(info["settings"], settings)
                                                and info["dataset_fingerprint"] == fingerprint
                                                and may_resume_with(info["harness_hash"], harness)))
-    preflight(settings, preset, probe)
+    preflight(settings, preset, space, probe)
     # every check passed: from here on the run may change
     if info is None or lock is None or not keeps:
         info, lock = create_run_dir(run_dir, settings, preset, fingerprint, space_file, lock)
@@ -297,8 +309,9 @@ def check_unchanged(run_dir: Path, info: RunInfo, fingerprint: str, harness: str
     """What a resume needs to be the same run: its dataset, its harness, a method state the ledger covers."""
     name = info["settings"]["name"]
     if info["dataset_fingerprint"] != fingerprint:
+        what = "the surrogate's trial files" if fingerprint.startswith(SURROGATE_PREFIX) else "the corpus"
         raise ArenaError(f"the dataset changed since run '{name}' started (fingerprint "
-                         f"{info['dataset_fingerprint']} then, {fingerprint} now); restore the corpus or start a new "
+                         f"{info['dataset_fingerprint']} then, {fingerprint} now); restore {what} or start a new "
                          "run")
     if not may_resume_with(info["harness_hash"], harness):
         raise ArenaError(f"the harness (prepare.py/harness.py/exported.py) changed since run '{name}' started; "

@@ -11,6 +11,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from sandbox.outcome import BudgetRule, Outcome, PhaseRun, judge
 from sandbox.phases import (
@@ -96,6 +97,15 @@ def stage(spec: TrialSpec, name: str, root: Path, owner: tuple[int, int], model_
     if name == "train" and spec.compile_cache is not None:
         copy_cache(spec.compile_cache, phase.cache_dir, owner)
     return phase
+
+
+class TrialRunner(Protocol):
+    """What the loop needs of whatever answers a trial: every Backend, and stand-ins that train nothing (the
+    surrogate backend, agent/surrogate)."""
+
+    isolation: str  # recorded with each trial
+
+    def run(self, spec: TrialSpec, on_log: LogSink) -> Outcome: ...
 
 
 class Backend(ABC):

@@ -11,7 +11,7 @@ import agent.loop
 from agent.cli import main
 from tests.fake_runs import FakeBackend
 
-agent.loop.make_backend = lambda settings: FakeBackend(isolation=settings.isolation)
+agent.loop.make_backend = lambda settings, preset, space: FakeBackend(isolation=settings.isolation)
 
 if __name__ == "__main__":
     sys.exit(main())

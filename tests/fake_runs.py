@@ -53,14 +53,13 @@ class FakeBackend:
                        eval_wall_seconds=1.0)
 
 
-def fake_run(runs_dir: Path, cache: Path, name: str, trials: int, backend: FakeBackend | None = None,
-             **settings) -> Path:
-    """A run of `trials` trials (the baseline included) made by the real loop on a FakeBackend; it ends
-    as `arena run` ends, its status saying done."""
+def fake_run(runs_dir: Path, cache: Path, name: str, trials: int, runner=None, **settings) -> Path:
+    """A run of `trials` trials (the baseline included) made by the real loop on a FakeBackend (or on
+    `runner`); it ends as `arena run` ends, its status saying done."""
     run = open_run(runs_dir, {"name": name, **FAST_SETTINGS, **settings}, cache_root=cache)
     try:
         with final_status(run):
-            run_loop(run, backend or FakeBackend(isolation=run.settings.isolation), StopRule(trials=trials),
+            run_loop(run, runner or FakeBackend(isolation=run.settings.isolation), StopRule(trials=trials),
                      report=lambda line: None)
     finally:
         run.lock.release()

@@ -95,6 +95,8 @@ def _code(settings: RunSettings, space: SearchSpace, run_dir: Path | None) -> Me
 
 METHODS: dict[str, Builder] = {"random": _random, "tpe": _tpe, "cmaes": _cmaes, "centaur": _centaur, "llm": _llm,
                                "code": _code}
+# the methods whose `fixed_space` is False (known here without importing them; the conformance suite checks it)
+CODE_EDITING_METHODS = frozenset({"code"})
 
 
 def make_method(settings: RunSettings, space: SearchSpace, run_dir: Path | None) -> Method[Any]:
@@ -104,4 +106,5 @@ def make_method(settings: RunSettings, space: SearchSpace, run_dir: Path | None)
     return METHODS[settings.method](settings, space, run_dir)
 
 
-__all__ = ["METHODS", "Context", "Method", "ModelBacked", "Proposal", "Repairable", "make_method"]
+__all__ = ["CODE_EDITING_METHODS", "METHODS", "Context", "Method", "ModelBacked", "Proposal", "Repairable",
+           "make_method"]

@@ -1,0 +1,64 @@
+"""`--backend surrogate`: a trial answered by a Surrogate instead of training, through the same loop.
+
+The loop proposes, applies, commits, judges and records a surrogate trial as any other, so a method's run on
+the surrogate is a run like the others (replay, compare, resume) that takes milliseconds a trial: methods can
+be compared over many seeds in minutes. Only fixed-space methods can use it, since it knows a train.py by its
+constants alone. Its trials are recorded with isolation "surrogate": no code of theirs ran.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent.constants import read_constants
+from agent.space import SearchSpace
+from agent.surrogate.data import read_observations
+from agent.surrogate.model import Prediction, Quality, Surrogate
+from sandbox.outcome import Outcome, Status, TrialResult
+from sandbox.trial import LogSink, TrialSpec
+
+
+class SurrogateBackend:
+    isolation = "surrogate"
+
+    def __init__(self, surrogate: Surrogate, time_budget: float):
+        self.surrogate = surrogate
+        self.time_budget = time_budget
+
+    @property
+    def quality(self) -> Quality:
+        """How well it did on trials held out of its fit (printed when a run starts)."""
+        return self.surrogate.quality
+
+    @classmethod
+    def fit(cls, paths: list[Path], space: SearchSpace, time_budget: float) -> SurrogateBackend:
+        """Fitted with one seed whatever the run's: every run on the same trials meets the same surrogate."""
+        return cls(Surrogate(space, read_observations(paths, space)), time_budget)
+
+    def run(self, spec: TrialSpec, on_log: LogSink) -> Outcome:
+        prediction = self.surrogate.predict(read_constants(spec.source))
+        on_log(f"surrogate: {describe(prediction)}\n")
+        seconds = prediction.training_seconds or self.time_budget
+        if prediction.status is not Status.OK or prediction.val_bpb is None:
+            reason = (f"the surrogate predicts {prediction.status} (failure probability "
+                      f"{prediction.failure_probability:.2f})")
+            return Outcome(prediction.status, reason, log_tail=f"surrogate: {describe(prediction)}\n")
+        memory = prediction.peak_memory_gb or 0.0
+        result: TrialResult = {
+            "val_bpb": prediction.val_bpb, "val_tokens": 0, "val_bytes": 0, "eval_tokens": 0, "num_params": 0,
+            "dataset_fingerprint": "", "eval_seconds": 0.0, "work_seconds": seconds, "outside_seconds": 0.0,
+            "ready_seconds": 0.0, "allowance_seconds": 0.0, "peak_memory_gb": memory, "host_memory_gb": 0.0,
+            "gpu_memory_gb": prediction.peak_memory_gb, "reported": {"source": "surrogate"}}
+        return Outcome(Status.OK, f"val_bpb {prediction.val_bpb:.6f} (surrogate)", result,
+                       log_tail=f"surrogate: {describe(prediction)}\n", train_wall_seconds=seconds)
+
+
+def describe(prediction: Prediction) -> str:
+    parts = [f"{prediction.status}", f"failure probability {prediction.failure_probability:.2f}"]
+    if prediction.val_bpb is not None:
+        parts.append(f"val_bpb {prediction.val_bpb:.6f}")
+    if prediction.peak_memory_gb is not None:
+        parts.append(f"peak memory {prediction.peak_memory_gb:.1f} GB")
+    if prediction.training_seconds is not None:
+        parts.append(f"training {prediction.training_seconds:.0f} s")
+    return ", ".join(parts)

@@ -1,0 +1,182 @@
+"""Models of a trial's outcome fitted on recorded trials: what a fixed-space method would have got, in a millisecond.
+
+Random forests (the model the paper's SMAC baseline also uses as its surrogate): a classifier of the outcome
+(ok, oom, crash, ...) on every trial, a regressor of val_bpb on the scored ones, and regressors of peak memory and
+training time where the data has them. Inputs are each constant on the scale it is searched on (space.to_unit)
+and one column per choice of a categorical one.
+
+Before it is used, a surrogate is fitted on 80% of the trials and scored on the other 20% (`Quality`); the
+models it then answers with are fitted on all of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.stats import spearmanr
+from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+
+from agent.errors import ArenaError
+from agent.space import SearchSpace
+from agent.surrogate.data import Observation
+from sandbox.outcome import Status
+
+MIN_SCORED = 20       # scored trials needed to fit val_bpb and still hold some out to measure the fit
+MIN_MEASURED = 10     # trials with a memory or time figure needed to model it
+HOLDOUT = 0.2
+TREES = 100
+
+
+@dataclass(frozen=True)
+class Quality:
+    """The fit on held-out trials: what a user should believe of the surrogate's answers."""
+    trials: int                   # all usable trials
+    scored: int                   # of which ok, with a val_bpb
+    held_out: int
+    mae: float                    # val_bpb, on held-out scored trials
+    r2: float
+    rank_correlation: float | None  # Spearman, among the held-out scored trials at or below their median val_bpb
+    failure_accuracy: float       # ok-or-failed predicted right, on every held-out trial
+    memory_mae_gb: float | None
+    seconds_mae: float | None
+
+    def line(self) -> str:
+        rank = "n/a" if self.rank_correlation is None else f"{self.rank_correlation:.2f}"
+        memory = "" if self.memory_mae_gb is None else f", memory MAE {self.memory_mae_gb:.2f} GB"
+        return (f"surrogate fitted on {self.trials} trials ({self.scored} scored); on {self.held_out} held out: "
+                f"val_bpb MAE {self.mae:.4f}, R² {self.r2:.2f}, rank correlation among good configs {rank}, "
+                f"failure accuracy {self.failure_accuracy:.1%}{memory}")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    status: Status
+    failure_probability: float
+    val_bpb: float | None         # ok only
+    peak_memory_gb: float | None
+    training_seconds: float | None
+
+
+class Features:
+    """A configuration as a row of numbers: unit coordinates, then one column per categorical choice."""
+
+    def __init__(self, space: SearchSpace):
+        self.space = space
+
+    def row(self, config: dict[str, Any]) -> list[float]:
+        values = [float(x) for x in self.space.to_unit(config)]
+        for param in self.space.categorical:
+            values += [1.0 if choice == config[param.name] else 0.0 for choice in param.choices]
+        return values
+
+    def matrix(self, configs: Sequence[dict[str, Any]]) -> NDArray[np.float64]:
+        return np.array([self.row(config) for config in configs], dtype=np.float64)
+
+
+class Models:
+    """The forests fitted on one set of trials."""
+
+    def __init__(self, features: Features, observations: Sequence[Observation], seed: int):
+        self.features = features
+        x = features.matrix([o.config for o in observations])
+        labels = np.array([str(o.status) for o in observations])
+        self.only_status: Status | None = Status(labels[0]) if len(set(labels)) == 1 else None
+        self.outcome = RandomForestClassifier(n_estimators=TREES, random_state=seed, n_jobs=1)
+        if self.only_status is None:
+            self.outcome.fit(x, labels)
+        scored = [i for i, o in enumerate(observations) if o.val_bpb is not None]
+        self.value = self._regressor(x[scored], [observations[i].val_bpb for i in scored], seed)
+        self.memory = self._optional(x, [o.peak_memory_gb for o in observations], seed)
+        self.seconds = self._optional(x, [o.training_seconds for o in observations], seed)
+
+    @staticmethod
+    def _regressor(x: NDArray[np.float64], y: Sequence[float | None], seed: int) -> RandomForestRegressor:
+        model = RandomForestRegressor(n_estimators=TREES, random_state=seed, n_jobs=1)
+        model.fit(x, np.array(y, dtype=np.float64))
+        return model
+
+    def _optional(self, x: NDArray[np.float64], y: Sequence[float | None],
+                  seed: int) -> RandomForestRegressor | None:
+        known = [i for i, value in enumerate(y) if value is not None]
+        return self._regressor(x[known], [y[i] for i in known], seed) if len(known) >= MIN_MEASURED else None
+
+    def outcome_probabilities(self, x: NDArray[np.float64]) -> tuple[list[str], NDArray[np.float64]]:
+        if self.only_status is not None:
+            return [str(self.only_status)], np.ones((len(x), 1))
+        return [str(c) for c in self.outcome.classes_], np.asarray(self.outcome.predict_proba(x), dtype=np.float64)
+
+    def predict(self, configs: Sequence[dict[str, Any]]) -> list[Prediction]:
+        """Failed when a failure is more likely than not, then as its most likely kind; else ok and scored."""
+        x = self.features.matrix(configs)
+        classes, probabilities = self.outcome_probabilities(x)
+        failures = [i for i, name in enumerate(classes) if name != Status.OK]
+        values = self.value.predict(x)
+        memory = self.memory.predict(x) if self.memory is not None else [None] * len(x)
+        seconds = self.seconds.predict(x) if self.seconds is not None else [None] * len(x)
+        predictions = []
+        for row, value, m, s in zip(probabilities, values, memory, seconds, strict=True):
+            failing = float(row[failures].sum()) if failures else 0.0
+            status = Status(classes[max(failures, key=lambda i: row[i])]) if failing > 0.5 else Status.OK
+            predictions.append(Prediction(status, failing, float(value) if status is Status.OK else None,
+                                          None if m is None else float(m), None if s is None else float(s)))
+        return predictions
+
+
+class Surrogate:
+    """Fitted models of a trial's outcome, and how well they did on trials they had not seen."""
+
+    def __init__(self, space: SearchSpace, observations: Sequence[Observation], seed: int = 0):
+        scored = sum(o.val_bpb is not None for o in observations)
+        if scored < MIN_SCORED:
+            raise ArenaError(f"the trial files hold {len(observations)} usable trials, {scored} of them scored; the "
+                             f"surrogate needs at least {MIN_SCORED} scored trials to fit and measure its error — give "
+                             "more trials (several runs' ledgers, or the paper's trials.jsonl)")
+        self.space = space
+        features = Features(space)
+        order = np.random.default_rng(seed).permutation(len(observations))
+        cut = round(len(observations) * (1 - HOLDOUT))
+        train = [observations[i] for i in order[:cut]]
+        held = [observations[i] for i in order[cut:]]
+        if sum(o.val_bpb is not None for o in train) < 2 or not any(o.val_bpb is not None for o in held):
+            train, held = list(observations), list(observations)  # too few of a kind to split: scored in-sample
+        self.quality = measure(Models(features, train, seed), held, len(observations), scored)
+        self.models = Models(features, observations, seed)
+
+    def predict(self, config: dict[str, Any]) -> Prediction:
+        return self.models.predict([config])[0]
+
+
+def measure(models: Models, held: Sequence[Observation], trials: int, scored: int) -> Quality:
+    predictions = models.predict([o.config for o in held])
+    scored_held = [o for o in held if o.val_bpb is not None]
+    actual = np.array([o.val_bpb for o in scored_held], dtype=np.float64)
+    predicted = models.value.predict(models.features.matrix([o.config for o in scored_held]))
+    residual = float(((actual - predicted) ** 2).sum())
+    total = float(((actual - actual.mean()) ** 2).sum())
+    good = actual <= np.median(actual)
+    rank = None
+    if good.sum() >= 3 and len(set(actual[good])) > 1:
+        rank = float(spearmanr(actual[good], predicted[good]).statistic)
+    failed_right = [(p.status is Status.OK) == (o.status is Status.OK) for p, o in zip(predictions, held, strict=True)]
+    return Quality(
+        trials=trials, scored=scored, held_out=len(held), mae=float(np.abs(actual - predicted).mean()),
+        r2=1.0 - residual / total if total > 0 else 0.0, rank_correlation=rank,
+        failure_accuracy=float(np.mean(failed_right)),
+        memory_mae_gb=_error(models.memory, models.features, held, "peak_memory_gb"),
+        seconds_mae=_error(models.seconds, models.features, held, "training_seconds"))
+
+
+def _error(model: RandomForestRegressor | None, features: Features, held: Sequence[Observation],
+           name: str) -> float | None:
+    pairs = [(getattr(o, name), o.config) for o in held if getattr(o, name) is not None]
+    if model is None or not pairs:
+        return None
+    predicted = model.predict(features.matrix([config for _, config in pairs]))
+    return float(np.abs(np.array([value for value, _ in pairs]) - predicted).mean())
