@@ -110,16 +110,17 @@ class Models:
     def outcome_probabilities(self, x: NDArray[np.float64]) -> tuple[list[str], NDArray[np.float64]]:
         if self.only_status is not None:
             return [str(self.only_status)], np.ones((len(x), 1))
-        return [str(c) for c in self.outcome.classes_], np.asarray(self.outcome.predict_proba(x), dtype=np.float64)
+        trees = [tree.predict_proba(as_tree_input(x), check_input=False) for tree in self.outcome.estimators_]
+        return [str(c) for c in self.outcome.classes_], np.asarray(np.mean(trees, axis=0), dtype=np.float64)
 
     def predict(self, configs: Sequence[dict[str, Any]]) -> list[Prediction]:
         """Failed when a failure is more likely than not, then as its most likely kind; else ok and scored."""
         x = self.features.matrix(configs)
         classes, probabilities = self.outcome_probabilities(x)
         failures = [i for i, name in enumerate(classes) if name != Status.OK]
-        values = self.value.predict(x)
-        memory = self.memory.predict(x) if self.memory is not None else [None] * len(x)
-        seconds = self.seconds.predict(x) if self.seconds is not None else [None] * len(x)
+        values = forest_mean(self.value, x)
+        memory = forest_mean(self.memory, x) if self.memory is not None else [None] * len(x)
+        seconds = forest_mean(self.seconds, x) if self.seconds is not None else [None] * len(x)
         predictions = []
         for row, value, m, s in zip(probabilities, values, memory, seconds, strict=True):
             failing = float(row[failures].sum()) if failures else 0.0
@@ -127,6 +128,16 @@ class Models:
             predictions.append(Prediction(status, failing, float(value) if status is Status.OK else None,
                                           None if m is None else float(m), None if s is None else float(s)))
         return predictions
+
+
+def as_tree_input(x: NDArray[np.float64]) -> NDArray[np.float32]:
+    return np.ascontiguousarray(x, dtype=np.float32)  # what a fitted tree reads, so it need not check or copy
+
+
+def forest_mean(forest: RandomForestRegressor, x: NDArray[np.float64]) -> NDArray[np.float64]:
+    """forest.predict(x), tree by tree: for one row, a few milliseconds instead of joblib's tens."""
+    trees = [tree.predict(as_tree_input(x), check_input=False) for tree in forest.estimators_]
+    return np.asarray(np.mean(trees, axis=0), dtype=np.float64)
 
 
 class Surrogate:
@@ -152,12 +163,15 @@ class Surrogate:
     def predict(self, config: dict[str, Any]) -> Prediction:
         return self.models.predict([config])[0]
 
+    def predict_many(self, configs: Sequence[dict[str, Any]]) -> list[Prediction]:
+        return self.models.predict(configs)
+
 
 def measure(models: Models, held: Sequence[Observation], trials: int, scored: int) -> Quality:
     predictions = models.predict([o.config for o in held])
     scored_held = [o for o in held if o.val_bpb is not None]
     actual = np.array([o.val_bpb for o in scored_held], dtype=np.float64)
-    predicted = models.value.predict(models.features.matrix([o.config for o in scored_held]))
+    predicted = forest_mean(models.value, models.features.matrix([o.config for o in scored_held]))
     residual = float(((actual - predicted) ** 2).sum())
     total = float(((actual - actual.mean()) ** 2).sum())
     good = actual <= np.median(actual)
@@ -178,5 +192,5 @@ def _error(model: RandomForestRegressor | None, features: Features, held: Sequen
     pairs = [(getattr(o, name), o.config) for o in held if getattr(o, name) is not None]
     if model is None or not pairs:
         return None
-    predicted = model.predict(features.matrix([config for _, config in pairs]))
+    predicted = forest_mean(model, features.matrix([config for _, config in pairs]))
     return float(np.abs(np.array([value for value, _ in pairs]) - predicted).mean())
