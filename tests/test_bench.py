@@ -1,0 +1,34 @@
+"""The benchmarks that CI can run, at a small size: bench/methods.py end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.run_helpers import ROOT
+
+
+@pytest.mark.slow  # a surrogate fit and 80 surrogate trials in worker processes
+def test_methods_bench_prints_and_writes_its_figures(tmp_path):
+    out = tmp_path / "bench"
+    proc = subprocess.run([sys.executable, "bench/methods.py", "--methods", "random,cmaes", "--seeds", "2",
+                           "--trials", "12", "--checkpoints", "5,12", "--workers", "2", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "surrogate fitted on 2000 trials" in proc.stdout and "Mann-Whitney U" in proc.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    groups = {row["group"]: row for row in summary["groups"]}
+    assert list(groups) == ["random", "cmaes", "optuna-random", "optuna-tpe", "optuna-cmaes"]
+    for row in groups.values():
+        assert row["seeds"] == 2 and 0 <= row["failure_rate"] <= 1
+        assert row["best@12"]["mean"] <= row["best@5"]["mean"]  # best so far never gets worse
+        assert row["ms@10"] is not None and row["ms@11"] is not None
+    assert len(summary["tests"]) == 10 and all(0 < t["p_value"] <= 1 for t in summary["tests"])
+    assert summary["surrogate"]["trials"] == 2000
+    for seed in (0, 1):  # the arena methods' runs are real runs, ledger and all
+        ledger = (out / "runs" / f"cmaes-s{seed}" / "ledger.jsonl").read_text().splitlines()
+        assert len(ledger) == 12 and json.loads(ledger[0])["isolation"] == "surrogate"
+    assert (out / "methods.png").read_bytes().startswith(b"\x89PNG")
