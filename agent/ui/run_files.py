@@ -78,19 +78,20 @@ class RunStatus:
 
 
 @dataclass(frozen=True)
-class RunInfo:
-    """run.json: the run's settings and the dataset its trials were measured on."""
+class StoredRun:
+    """run.json as the views read it: the run's settings and the dataset its trials were measured on. (What
+    `arena run` writes there is agent/run.py's RunInfo; this reader also takes runs of older versions.)"""
     settings: StoredSettings
     dataset_fingerprint: str | None
 
     @classmethod
-    def from_json(cls, raw: JsonObject) -> RunInfo:
+    def from_json(cls, raw: JsonObject) -> StoredRun:
         settings = raw.get("settings")
         return cls(StoredSettings.from_json(settings if isinstance(settings, dict) else {}),
                    _str(raw, "dataset_fingerprint"))
 
 
-def read_run_info(run_dir: Path) -> RunInfo:
+def read_run_info(run_dir: Path) -> StoredRun:
     """run.json of a run directory, for every view; anything else is the user's mistake, told in one line."""
     if not run_dir.is_dir():
         raise ArenaError(f"no run directory {run_dir}; pass a run's name (and --runs-dir) or its directory")
@@ -102,4 +103,4 @@ def read_run_info(run_dir: Path) -> RunInfo:
         raise ArenaError(f"cannot read {run_dir / 'run.json'} ({e}); is {run_dir} a run made by `arena run`?") from None
     if not isinstance(info, dict) or not isinstance(info.get("settings"), dict):
         raise ArenaError(f"{run_dir / 'run.json'} holds no run settings; pass a directory made by `arena run`")
-    return RunInfo.from_json(info)
+    return StoredRun.from_json(info)
