@@ -24,6 +24,7 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -100,6 +101,8 @@ class ScriptedLLMServer:
         self.models = models
         self.disconnects = 0
         self._script: deque[Fault] = deque()
+        # what to answer once the script is used up: a function of the request body (None: an error)
+        self.responder: Callable[[dict], str] | None = None
         self._lock = threading.Lock()
         self._stopping = threading.Event()  # wakes handlers that sleep through a scripted delay
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_class(self))
@@ -146,7 +149,9 @@ class ScriptedLLMServer:
     def _next(self, body: dict) -> Fault | None:
         with self._lock:
             self.requests.append(body)
-            return self._script.popleft() if self._script else None
+            if self._script:
+                return self._script.popleft()
+            return Fault(text=self.responder(body)) if self.responder is not None else None
 
     def _wait(self, seconds: float) -> bool:
         """Sleep through a scripted delay; False when the server is stopping meanwhile."""

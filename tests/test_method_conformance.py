@@ -1,7 +1,8 @@
 """The contract every search method keeps with the loop, checked the same way for each one.
 
 Every method registered in agent.methods.METHODS takes part with no code of its own here: the LLM
-methods get a real loopback chat server that answers every call with a usable proposal. The driver
+methods get a real loopback chat server that answers every call with a usable proposal drawn from a hash
+of the prompt. The driver
 below plays the loop (agent/loop.py): it builds the Context, applies config or diff, records the trial
 with a synthetic val_bpb, and hands the record to observe(). Adding a method: its module, its builder in
 agent/methods/__init__.py — and this suite holds it to the contract.
@@ -9,6 +10,7 @@ agent/methods/__init__.py — and this suite holds it to the contract.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 from dataclasses import dataclass, field
@@ -32,10 +34,26 @@ from tests.llm_server import ScriptedLLMServer
 SPACE = load_space("cpu")
 START = dict(get_preset("cpu").constants)
 BASELINE_SOURCE = render_constants((template_dir() / "train.py").read_text(), START)
-LLM_CONFIG = {**START, "MATRIX_LR": 0.05, "DEPTH": 3}
-CODE_DIFF = make_diff(BASELINE_SOURCE, BASELINE_SOURCE.replace("WARMDOWN_RATIO = ", "WARMDOWN_RATIO = 0.1 + ", 1))
-ANSWERS = {"llm": json.dumps(LLM_CONFIG), "centaur": json.dumps(LLM_CONFIG),
-           "code": f"Shorter warm-down\n```diff\n{CODE_DIFF}```"}
+
+
+def prompt_digest(body: dict) -> int:
+    """A number fixed by everything the method sent: a method restored with less (or more) than it had
+    gets other answers, and so proposes something else."""
+    return int(hashlib.sha256(json.dumps(body["messages"], sort_keys=True).encode()).hexdigest()[:8], 16)
+
+
+def config_answer(body: dict) -> str:
+    d = prompt_digest(body)
+    return json.dumps({**START, "MATRIX_LR": 0.01 + (d % 97) / 1000, "DEPTH": 2 + d % 5})
+
+
+def code_answer(body: dict) -> str:
+    warmdown = f"WARMDOWN_RATIO = 0.{1 + prompt_digest(body) % 9} + "
+    diff = make_diff(BASELINE_SOURCE, BASELINE_SOURCE.replace("WARMDOWN_RATIO = ", warmdown, 1))
+    return f"Shorter warm-down\n```diff\n{diff}```"
+
+
+ANSWERS = {"llm": config_answer, "centaur": config_answer, "code": code_answer}
 TRIALS = 14  # past Centaur's warm-up and a CMA-ES generation, so every method has state worth saving
 
 
@@ -50,10 +68,11 @@ def server():
 
 
 def build(name: str, server: ScriptedLLMServer, run_dir: Path) -> Method[Any]:
-    """A fresh method as `arena run` makes it; LLM methods get enough usable answers for any test here."""
+    """A fresh method as `arena run` makes it; LLM methods get a usable answer to every call, one that
+    depends on the whole prompt."""
     (run_dir / "state").mkdir(parents=True, exist_ok=True)
     if name in ANSWERS:
-        server.script(*[ANSWERS[name]] * 4 * TRIALS)
+        server.responder = ANSWERS[name]
     settings = RunSettings(name="conformance", method=name, seed=7, model="openai/test-model",
                            api_base=server.api_base, llm_timeout=10, llm_retries=0, llm_warmup=2, llm_ratio=0.5)
     return make_method(settings, SPACE, run_dir)
