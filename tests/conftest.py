@@ -1,7 +1,6 @@
 """Shared fixtures, built once per test session: the real dataset (the default offline corpus), a real
-Docker engine and trial image, a real six-trial run that resume tests copy (slow tests only), and a run of as
-many trials made by the real loop on a backend that trains nothing, for the quick tests that only read or
-refuse a run."""
+Docker engine and trial image, a real six-trial run (slow tests only), and its twin made by the real loop on
+a backend that trains nothing, which the tests of reading, refusing, interrupting and resuming a run copy."""
 
 from __future__ import annotations
 
@@ -86,16 +85,6 @@ def base_run(tmp_path_factory, cache_root, stdlib_dataset) -> Path:
 
 
 @pytest.fixture(scope="session")
-def straight_run(base_run, tmp_path_factory, cache_root) -> list[dict]:
-    """The base run continued by one trial without interruption: what every resumed run must match.
-    Its ledger lines as JSON, as check_run_consistent returns them."""
-    runs = tmp_path_factory.mktemp("straight")
-    shutil.copytree(base_run, runs / "base")
-    assert arena_run(runs, cache_root, "--name", "base", "--trials", NEXT).returncode == 0
-    return [record.to_json() for record in Ledger.read(runs / "base" / "ledger.jsonl").records]
-
-
-@pytest.fixture(scope="session")
 def fake_base_run(tmp_path_factory, cache_root, stdlib_dataset) -> Path:
     """base_run's twin without the training: the same name, settings and trial count, in seconds. Tests that
     copy a run to refuse or read it use this one."""
@@ -104,7 +93,8 @@ def fake_base_run(tmp_path_factory, cache_root, stdlib_dataset) -> Path:
 
 @pytest.fixture(scope="session")
 def fake_straight_run(fake_base_run, tmp_path_factory, cache_root) -> list[dict]:
-    """straight_run's twin: fake_base_run continued by one trial without interruption, as ledger JSON lines."""
+    """fake_base_run continued by one trial without interruption, as ledger JSON lines: what every run
+    interrupted and resumed at that trial must match."""
     runs = tmp_path_factory.mktemp("fake-straight")
     shutil.copytree(fake_base_run, runs / "base")
     assert fake_arena_run(runs, cache_root, "--name", "base", "--trials", NEXT).returncode == 0

@@ -109,14 +109,16 @@ def test_replayed_run_reproduces_the_recorded_one(code_run, tmp_path, cache_root
                (b["description"], b["diff"], b["status"], len(b.get("repairs") or []))
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # arena child processes, seconds each
 def test_a_replay_that_goes_off_its_recording_stops_with_one_line(code_run, tmp_path, cache_root):
+    """Here the trials train nothing, so what the baseline measured, and with it the first prompt, differs."""
     run_dir, _ = code_run
-    proc = arena_run(tmp_path / "runs", cache_root, "--name", "off", "--method", "code", "--model", "openai/test-model",
-                     "--llm-replay", str(run_dir), *FAST, "--last-n", "1")  # another history in every prompt
+    proc = fake_arena_run(tmp_path / "runs", cache_root, "--name", "off", "--method", "code", "--model",
+                          "openai/test-model", "--llm-replay", str(run_dir), *FAST)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     last = proc.stderr.splitlines()[-1]
-    assert last.startswith("error: replay diverged at call 1 ('propose' for trial 2): message 1 (user) differs")
+    assert last.startswith("error: replay diverged at call 0 ('propose' for trial 1): message ")
+    assert "differs from the recording at character" in last and "replay a run made with the same settings" in last
 
 
 def config_answer(**changes) -> str:

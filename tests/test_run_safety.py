@@ -17,7 +17,7 @@ import pytest
 from agent.ledger import Ledger
 from sandbox.bwrap import BWRAP_ENV
 from tests.conftest import DATASET_STAGE, ROOT, one_line_error
-from tests.run_helpers import BASE, FAST, NEXT, arena_run, check_run_consistent
+from tests.run_helpers import BASE, FAST, NEXT, arena_run, check_run_consistent, fake_arena_run
 
 
 def snapshot(run_dir: Path) -> dict[Path, bytes]:
@@ -83,14 +83,14 @@ def test_a_refused_resume_leaves_a_torn_ledger_as_it_was(base_run, tmp_path, cac
     check_run_consistent(runs / "base", BASE + 1)  # the torn line was cut once the resume went ahead
 
 
-@pytest.mark.slow
-def test_a_lost_state_folder_is_rebuilt_from_the_ledger(base_run, straight_run, tmp_path, cache_root):
+@pytest.mark.slow  # arena child processes, seconds each
+def test_a_lost_state_folder_is_rebuilt_from_the_ledger(fake_base_run, fake_straight_run, tmp_path, cache_root):
     runs = tmp_path / "runs"
-    shutil.copytree(base_run, runs / "base")
+    shutil.copytree(fake_base_run, runs / "base")
     shutil.rmtree(runs / "base" / "state")
-    assert arena_run(runs, cache_root, "--name", "base", "--trials", NEXT).returncode == 0
+    assert fake_arena_run(runs, cache_root, "--name", "base", "--trials", NEXT).returncode == 0
     records = check_run_consistent(runs / "base", BASE + 1)
-    assert records[BASE]["config"] == straight_run[BASE]["config"]  # not trial 1's draw again
+    assert records[BASE]["config"] == fake_straight_run[BASE]["config"]  # not trial 1's draw again
     assert (runs / "base" / "state" / "status.json").exists()
 
 
