@@ -71,6 +71,7 @@ def test_oom(backend, stdlib_dataset):
     assert outcome.reason == "train phase ran out of memory"
 
 
+@pytest.mark.slow  # waits out a phase deadline
 def test_timeout(backend, stdlib_dataset):
     spec = make_spec(stdlib_dataset, tiny_train("""
         print("PROBE looping", flush=True)

@@ -69,6 +69,7 @@ def centaur_for(server: ScriptedLLMServer, run_dir) -> Centaur:
     return make_method(settings, SPACE, run_dir)
 
 
+@pytest.mark.slow  # 140 proposals, 40 of them LLM calls over loopback HTTP
 def test_centaur_share_prompt_fallback_and_resume(tmp_path):
     llm_config = {**START, "MATRIX_LR": 0.05}
     with ScriptedLLMServer() as server:

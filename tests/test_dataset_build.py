@@ -82,6 +82,7 @@ def test_fingerprint_is_deterministic_across_processes(tmp_path):
     assert a == b
 
 
+@pytest.mark.slow  # builds datasets: tokenizer training and all
 def test_a_different_corpus_has_a_different_fingerprint(tmp_path):
     corpus = write_small_corpus(tmp_path / "corpus")
     first = read_meta(build_dataset(str(corpus), tmp_path / "cache", vocab_size=SMALL_VOCAB))
@@ -120,6 +121,7 @@ def shard_server(tmp_path):
     server.shutdown()
 
 
+@pytest.mark.slow  # builds datasets: tokenizer training and all
 def test_parquet_shards_from_a_url(shard_server, tmp_path):
     base, docs = shard_server
     _ShardServer.failures_left = 2  # two transient errors, then success
@@ -142,6 +144,7 @@ def test_missing_url_is_a_clear_error(shard_server, tmp_path):
         build_dataset(base + "/nothing.parquet", tmp_path / "cache", vocab_size=SMALL_VOCAB)
 
 
+@pytest.mark.slow  # builds datasets: tokenizer training and all
 def test_directory_of_parquet_and_text(tmp_path):
     corpus = write_small_corpus(tmp_path / "corpus", n_files=60)
     texts = [d.text for d in stdlib_documents()[200:260]]

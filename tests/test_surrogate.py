@@ -190,6 +190,7 @@ def test_a_run_on_the_surrogate_is_a_run_like_any_other(landscape, tmp_path, cac
     assert "changed since run 's' started" in line
 
 
+@pytest.mark.slow  # arena child processes, seconds each
 @pytest.mark.parametrize("args, message", [
     (["--backend", "surrogate"], "--backend surrogate and --surrogate-data"),
     (["--surrogate-data", "x.jsonl"], "--backend surrogate and --surrogate-data"),
