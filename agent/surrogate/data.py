@@ -106,7 +106,7 @@ def _read_one(path: Path, space: SearchSpace) -> list[Observation]:
 def _check(config: dict[str, Any], space: SearchSpace, path: Path) -> None:
     missing, extra = sorted(set(space) - set(config)), sorted(set(config) - set(space))
     if missing or extra:
-        raise ArenaError(f"the constants in {path} do not match the search space ({space_names(space)}): "
+        raise ArenaError(f"the constants in {path} do not match the search space ({len(space)} constants): "
                          + "; ".join(part for part in (f"missing {', '.join(missing)}" if missing else "",
                                                        f"unknown {', '.join(extra)}" if extra else "") if part)
                          + "; fit on trials of the same preset (--preset) or give the matching --space")
@@ -115,10 +115,6 @@ def _check(config: dict[str, Any], space: SearchSpace, path: Path) -> None:
     except SpaceError as e:
         raise ArenaError(f"a configuration in {path} lies outside the search space: {e}; fit on trials of the "
                          "run's preset (--preset) and space (--space)") from None
-
-
-def space_names(space: SearchSpace) -> str:
-    return f"{len(space)} constants"
 
 
 def _ledger_row(record: JsonObject, path: Path, number: int) -> Observation | None:

@@ -5,8 +5,8 @@ Random forests (the model the paper's SMAC baseline also uses as its surrogate):
 training time where the data has them. Inputs are each constant on the scale it is searched on (space.to_unit)
 and one column per choice of a categorical one.
 
-Before it is used, a surrogate is fitted on 80% of the trials and scored on the other 20% (`Quality`); the
-models it then answers with are fitted on all of them.
+Before it is used, a surrogate is fitted on 80% of the trials (of the scored ones and of the failed ones alike)
+and scored on the other 20% (`Quality`); the models it then answers with are fitted on all of them.
 """
 
 from __future__ import annotations
@@ -151,12 +151,7 @@ class Surrogate:
                              "more trials (several runs' ledgers, or the paper's trials.jsonl)")
         self.space = space
         features = Features(space)
-        order = np.random.default_rng(seed).permutation(len(observations))
-        cut = round(len(observations) * (1 - HOLDOUT))
-        train = [observations[i] for i in order[:cut]]
-        held = [observations[i] for i in order[cut:]]
-        if sum(o.val_bpb is not None for o in train) < 2 or not any(o.val_bpb is not None for o in held):
-            train, held = list(observations), list(observations)  # too few of a kind to split: scored in-sample
+        train, held = split(observations, np.random.default_rng(seed))
         self.quality = measure(Models(features, train, seed), held, len(observations), scored)
         self.models = Models(features, observations, seed)
 
@@ -165,6 +160,20 @@ class Surrogate:
 
     def predict_many(self, configs: Sequence[dict[str, Any]]) -> list[Prediction]:
         return self.models.predict(configs)
+
+
+def split(observations: Sequence[Observation],
+          rng: np.random.Generator) -> tuple[list[Observation], list[Observation]]:
+    """HOLDOUT of the scored trials and HOLDOUT of the failed ones held out, the rest to fit on."""
+    train: list[Observation] = []
+    held: list[Observation] = []
+    for scored in (True, False):
+        group = [o for o in observations if (o.val_bpb is not None) == scored]
+        order = rng.permutation(len(group))
+        cut = round(len(group) * (1 - HOLDOUT))
+        train += [group[i] for i in order[:cut]]
+        held += [group[i] for i in order[cut:]]
+    return train, held
 
 
 def measure(models: Models, held: Sequence[Observation], trials: int, scored: int) -> Quality:
