@@ -137,7 +137,7 @@ def test_too_few_trials_to_fit_are_refused(landscape):
 def test_the_surrogate_reproduces_unseen_trials_within_its_reported_error(landscape, unseen):
     surrogate = Surrogate(GPU, read_observations([landscape], GPU))
     quality = surrogate.quality
-    assert quality.trials == 800 and quality.held_out == 160
+    assert quality.trials == 800 and abs(quality.held_out - 160) <= 1  # a fifth of the scored and of the failed
     assert 0 < quality.mae < 0.01 and quality.r2 > 0.5 and quality.failure_accuracy > 0.85
     assert quality.rank_correlation is not None and quality.memory_mae_gb is not None
     predictions = surrogate.predict_many([o.config for o in unseen])
@@ -158,7 +158,7 @@ def test_a_surrogate_fitted_on_a_ledger_reproduces_it(landscape, unseen, tmp_pat
                    backend="surrogate", surrogate_data=[str(landscape)])
     surrogate = Surrogate(GPU, read_observations([run], GPU))
     quality = surrogate.quality
-    assert quality.trials == 150 and quality.held_out == 30
+    assert quality.trials == 150 and abs(quality.held_out - 30) <= 1
     predictions = surrogate.predict_many([o.config for o in unseen])
     scored = [(o.val_bpb, p.val_bpb) for o, p in zip(unseen, predictions, strict=True)
               if o.val_bpb is not None and p.val_bpb is not None]
