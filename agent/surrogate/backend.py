@@ -3,7 +3,9 @@
 The loop proposes, applies, commits, judges and records a surrogate trial as any other, so a method's run on
 the surrogate is a run like the others (replay, compare, resume) that takes milliseconds a trial: methods can
 be compared over many seeds in minutes. Only fixed-space methods can use it, since it knows a train.py by its
-constants alone. Its trials are recorded with isolation "surrogate": no code of theirs ran.
+constants alone. Its trials are recorded with isolation "surrogate": no code of theirs ran. A trial's wall
+time in the ledger (train_wall_seconds, which compare's hours add up) is the predicted time where the trials
+it learnt from had one, so a method that fails fast spends less there too.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ class SurrogateBackend:
         if prediction.status is not Status.OK or prediction.val_bpb is None:
             reason = (f"the surrogate predicts {prediction.status} (failure probability "
                       f"{prediction.failure_probability:.2f})")
-            return Outcome(prediction.status, reason, log_tail=f"surrogate: {describe(prediction)}\n")
+            return Outcome(prediction.status, reason, log_tail=f"surrogate: {describe(prediction)}\n",
+                           train_wall_seconds=prediction.training_seconds or 0.0)  # what such a failure cost
         memory = prediction.peak_memory_gb or 0.0
         result: TrialResult = {
             "val_bpb": prediction.val_bpb, "val_tokens": 0, "val_bytes": 0, "eval_tokens": 0, "num_params": 0,
