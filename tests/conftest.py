@@ -1,6 +1,7 @@
 """Shared fixtures, built once per test session: the real dataset (the default offline corpus), a real
-Docker engine and trial image, a real six-trial run (slow tests only), and its twin made by the real loop on
-a backend that trains nothing, which the tests of reading, refusing, interrupting and resuming a run copy."""
+Docker engine and trial image, a real random-search run of BASE trials (slow tests only), and its twin made
+by the real loop on a backend that trains nothing, which the tests of reading, refusing, interrupting and
+resuming a run copy."""
 
 from __future__ import annotations
 
@@ -77,7 +78,8 @@ def trial_image(docker_client) -> str:
 
 @pytest.fixture(scope="session")
 def base_run(tmp_path_factory, cache_root, stdlib_dataset) -> Path:
-    """A real 6-trial random-search run; tests that interrupt or resume copy it and go on from there."""
+    """A real random-search run of BASE trials, for the tests that need real trials in a run: what it records,
+    a kill in mid-training, a second arena on a running run, the live view of a finished run."""
     runs = tmp_path_factory.mktemp("runs")
     proc = arena_run(runs, cache_root, "--name", "base", "--trials", str(BASE), *FAST)
     assert proc.returncode == 0, proc.stderr[-3000:]

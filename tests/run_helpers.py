@@ -15,7 +15,7 @@ from agent.workspace import RunRepo, read_trailers
 ROOT = Path(__file__).resolve().parents[1]
 # real training, kept short; a generous start-up allowance so a loaded machine is not over budget
 FAST = ["--budget", "2", "--eval-tokens", "4096", "--startup-allowance", "300"]
-BASE = 6  # trials in the shared base run; the crash tests interrupt trial BASE and resume
+BASE = 4  # trials in the shared base run; the crash tests interrupt trial BASE and resume
 NEXT = str(BASE + 1)
 
 
