@@ -31,6 +31,7 @@ from tests.confinement import (
 )
 from tests.trial_helpers import make_spec, run, tiny_train
 
+pytestmark = pytest.mark.slow  # real sandboxes, each phase a Python that imports torch: seconds a test
 BUDGET = 2.0
 
 
@@ -39,7 +40,6 @@ def backend(request: pytest.FixtureRequest) -> Backend:
     return request.param(request)
 
 
-@pytest.mark.slow  # an export and an evaluation: half a minute
 def test_ok(backend, stdlib_dataset):
     outcome, streamed = run(backend, make_spec(stdlib_dataset, tiny_train("""
         next(ctx.batches(1))
@@ -71,7 +71,6 @@ def test_oom(backend, stdlib_dataset):
     assert outcome.reason == "train phase ran out of memory"
 
 
-@pytest.mark.slow  # waits out a phase deadline
 def test_timeout(backend, stdlib_dataset):
     spec = make_spec(stdlib_dataset, tiny_train("""
         print("PROBE looping", flush=True)

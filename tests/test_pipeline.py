@@ -142,6 +142,7 @@ def test_kill_during_training_leaves_no_trial_behind(base_run, tmp_path, cache_r
     assert log.read_text().count(f"=== trial {BASE} started") == 2  # both attempts' output kept
 
 
+@pytest.mark.slow  # arena child processes, seconds each
 def test_resume_with_other_settings_is_refused_and_harmless(fake_base_run, tmp_path, cache_root):
     runs = tmp_path / "runs"
     shutil.copytree(fake_base_run, runs / "base")
@@ -197,6 +198,7 @@ def test_bad_space_file_is_refused(tmp_path, cache_root, stdlib_dataset):
     assert "DEPTH" in line
 
 
+@pytest.mark.slow  # arena child processes, seconds each
 def test_config_file_settings(tmp_path, cache_root, stdlib_dataset):
     config = tmp_path / "run.toml"
     config.write_text('method = "random"\nseeed = 3\n')
@@ -205,6 +207,7 @@ def test_config_file_settings(tmp_path, cache_root, stdlib_dataset):
     assert "not valid TOML" in one_line_error(arena_run(tmp_path / "runs", cache_root, "--config", str(config)))
 
 
+@pytest.mark.slow  # arena child processes, seconds each
 def test_damaged_runs_are_refused(fake_base_run, tmp_path, cache_root):
     runs = tmp_path / "runs"
     (runs / "notarun").mkdir(parents=True)
