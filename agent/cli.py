@@ -18,7 +18,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch the
 from rich.console import Console
 from rich.markup import escape
 
-from agent.constants import render_constants
+from agent.constants import read_constants, render_constants
 from agent.datasets import prepare_dataset
 from agent.errors import ArenaError, Terminated, raise_terminated
 from agent.flags import add_flags, parse_texts
@@ -70,24 +70,33 @@ def require_device(preset: Preset) -> None:
                              "use --preset cpu or install a CUDA build of torch")
 
 
+def train_source(path: Path | None, preset: Preset) -> str:
+    """What `arena train` runs: the template with the preset's constants, or the user's file as written (a
+    run's best_train.py, say), its constants block checked."""
+    if path is None:
+        return render_constants((template_dir() / "train.py").read_text(), preset.constants)
+    try:
+        source = path.read_text()
+    except OSError as e:
+        raise ArenaError(f"cannot read {path}: {e.strerror}; pass an existing file to --train-py") from None
+    read_constants(source)
+    return source
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from sandbox import BudgetRule, LocalBackend, Status, TrialSpec
     from sandbox.outcome import summary
 
     preset = get_preset(args.preset, time_budget=args.budget, eval_tokens=args.eval_tokens)
     require_device(preset)
-    source_path = args.train_py or template_dir() / "train.py"
-    try:
-        source = source_path.read_text()
-    except OSError as e:
-        raise ArenaError(f"cannot read {source_path}: {e.strerror}; pass an existing file to --train-py") from None
-    source = render_constants(source, preset.constants)
+    source = train_source(args.train_py, preset)
     data_dir = dataset_for(args, preset.vocab_size)
     backend = LocalBackend(isolation=args.isolation)
     spec = TrialSpec(source=source, data_dir=data_dir, harness_dir=template_dir(), harness_files=HARNESS_FILES,
                      harness_hash=harness_hash(), config=preset.harness_config(args.seed),
                      budget=BudgetRule(preset.time_budget, preset.startup_allowance), eval_timeout=preset.eval_timeout)
-    console.print(f"training the template with preset '{preset.name}' ({preset.description}), "
+    what = args.train_py or "the template"
+    console.print(f"training {what} with preset '{preset.name}' ({preset.description}), "
                   f"budget {preset.time_budget:g} s, seed {args.seed}, isolation {backend.isolation}", markup=False)
     outcome = backend.run(spec, on_log=lambda line: print(line, end="", flush=True))
     result = {**(outcome.result or {}), "status": outcome.status.value, "seed": args.seed,

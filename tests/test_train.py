@@ -85,6 +85,17 @@ def test_broken_constants_block_is_refused(tmp_path, cache_root, edit, message):
     assert message in one_line_error(run_arena("train", "--train-py", str(bad), cache=cache_root))
 
 
+def test_a_given_train_py_runs_as_written_and_the_template_with_the_presets_constants(tmp_path):
+    from agent.cli import train_source
+    from agent.constants import read_constants
+
+    cpu = get_preset("cpu")
+    assert read_constants(train_source(None, cpu)) == dict(cpu.constants)
+    mine = tmp_path / "best_train.py"
+    mine.write_text(render_constants((template_dir() / "train.py").read_text(), {**cpu.constants, "DEPTH": 5}))
+    assert train_source(mine, cpu) == mine.read_text()  # not the preset's DEPTH
+
+
 def test_missing_train_py_is_refused(tmp_path, cache_root):
     line = one_line_error(run_arena("train", "--train-py", str(tmp_path / "nope.py"), cache=cache_root))
     assert "cannot read" in line and "--train-py" in line
