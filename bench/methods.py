@@ -36,6 +36,7 @@ from agent.presets import get_preset  # noqa: E402
 from agent.run import open_run  # noqa: E402
 from agent.space import Param, SearchSpace, load_space  # noqa: E402
 from agent.surrogate.backend import SurrogateBackend  # noqa: E402
+from agent.surrogate.data import nearest_pow2  # noqa: E402
 from bench.landscape import write_landscape  # noqa: E402
 from sandbox.outcome import Status  # noqa: E402
 
@@ -111,8 +112,7 @@ def distribution(param: Param) -> Any:
 def optuna_config(params: dict[str, Any], space: SearchSpace) -> dict[str, Any]:
     """A sampled point as a trial runs it: pow2 constants snapped to the nearest power of two (as the paper's
     runner did with Optuna's log-int draws)."""
-    return {name: (2 ** round(np.log2(value)) if space[name].kind == "pow2" else value)
-            for name, value in params.items()}
+    return {name: (nearest_pow2(value) if space[name].kind == "pow2" else value) for name, value in params.items()}
 
 
 def run_optuna(job: Job) -> Result:

@@ -150,11 +150,16 @@ def paper_config(config: dict[str, Any], path: Path, number: int) -> dict[str, A
     for name in PAPER_POW2:
         value = _number(mapped.get(name))
         if value is not None and value > 0:
-            mapped[name] = 2 ** round(math.log2(value))
+            mapped[name] = nearest_pow2(value)
     device, total = mapped.get("DEVICE_BATCH_SIZE"), mapped.get("TOTAL_BATCH_SIZE")
     if isinstance(device, int) and isinstance(total, int):
         mapped["TOTAL_BATCH_SIZE"] = max(total, device * PAPER_SEQ_LEN)
     return mapped
+
+
+def nearest_pow2(value: float) -> int:
+    """The power of two nearest `value` on a log scale, as the paper's runner rounded its draws."""
+    return int(2 ** round(math.log2(value)))
 
 
 def _number(value: object) -> float | None:
