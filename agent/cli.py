@@ -31,7 +31,7 @@ from train_template.prepare import read_meta
 if TYPE_CHECKING:
     from agent.methods import Method
     from agent.space import SearchSpace
-    from sandbox import TrialRunner
+    from sandbox import Placement, TrialRunner
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)  # errors stay on one line
 
@@ -137,7 +137,7 @@ def given_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from agent.judging import best_of
-    from agent.loop import StopRule, final_status, make_backend, run_loop
+    from agent.loop import StopRule, final_status, make_backend, placements, run_loop
     from agent.methods import ModelBacked
     from agent.run import open_run
 
@@ -150,12 +150,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ArenaError("--trials must be at least 1 and --hours positive")
     given.setdefault("name", f"{given.get('method', 'random')}-{given.get('preset', 'cpu')}-s{given.get('seed', 42)}")
     backends: list[TrialRunner] = []
+    workers: list[Placement] = []
 
     def preflight(settings: RunSettings, preset: Preset, space: SearchSpace, method: Method[Any]) -> None:
         """Whatever can refuse the run, before anything of it is created or changed."""
         if settings.backend == "local":
             require_device(preset)
         backends.append(make_backend(settings, preset, space))  # the sandbox works here, or the surrogate fits
+        workers[:] = placements(settings, preset, backends[-1])  # the GPUs named are there, the cores go round
         if isinstance(method, ModelBacked):
             method.check_ready()  # an unreachable model stops the run here, before any trial
 
@@ -163,8 +165,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     backend = backends[-1]
     done = len(run.ledger)
     console.print(f"run '{run.settings.name}' in {run.dir}: method {run.settings.method}, preset "
-                  f"{run.preset.name}, backend {run.settings.backend}, {done} trials recorded"
-                  + (", resuming" if done else ""), markup=False)
+                  f"{run.preset.name}, backend {run.settings.backend}"
+                  + (f", {len(workers)} workers ({', '.join(p.label() for p in workers)})" if len(workers) > 1 else "")
+                  + f", {done} trials recorded" + (", resuming" if done else ""), markup=False)
     quality = getattr(backend, "quality", None)
     if quality is not None:
         console.print(quality.line(), markup=False)
@@ -174,10 +177,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         from agent.ui.live import live_view
 
         with live_view(run.dir, stop) as report, final_status(run):
-            run_loop(run, backend, stop, report=report)
+            run_loop(run, backend, stop, report=report, where=workers)
     else:
         with final_status(run):
-            run_loop(run, backend, stop, report=lambda line: console.print(line, markup=False))
+            run_loop(run, backend, stop, report=lambda line: console.print(line, markup=False), where=workers)
     best_trial, best_value = best_of(run.ledger.records)
     console.print(f"done: {len(run.ledger)} trials, best val_bpb {best_value:.6f} (trial {best_trial}); "
                   f"its train.py: {run.dir / 'best_train.py'}; history: git -C {run.dir / 'repo'} log best",

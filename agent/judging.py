@@ -34,20 +34,23 @@ def confirmations(records: list[TrialRecord], candidate: int) -> list[TrialRecor
     return [r for r in records if r.confirms == candidate]
 
 
-def open_candidate(records: list[TrialRecord], confirm: int) -> TrialRecord | None:
-    """A would-be best still waiting for some of its `confirm` confirmation runs."""
+def open_candidate(records: list[TrialRecord], confirm: int, running: list[int] | None = None) -> TrialRecord | None:
+    """The oldest would-be best still owed some of its `confirm` confirmation runs; `running` holds the
+    candidate of each confirmation run under way (with several workers, they run side by side)."""
     if confirm == 0:
         return None
-    for record in reversed(records):
-        if record.candidate:
-            return record if len(confirmations(records, record.trial)) < confirm else None
+    running = running or []
+    for record in records:
+        if record.candidate and len(confirmations(records, record.trial)) + running.count(record.trial) < confirm:
+            return record
     return None
 
 
 def confirmation_decision(records: list[TrialRecord], value: float | None, candidate: int, confirm: int,
                           best_value: float | None, margin: float) -> Decision | None:
     """The decision a confirmation run scoring `value` brings, or None while more runs are due."""
-    runs = [records[candidate].val_bpb, *(r.val_bpb for r in confirmations(records, candidate)), value]
+    first = next(r.val_bpb for r in records if r.trial == candidate)
+    runs = [first, *(r.val_bpb for r in confirmations(records, candidate)), value]
     if len(runs) < confirm + 1:
         return None
     return decide(candidate, runs, best_value, margin)

@@ -1,7 +1,9 @@
 """The run's ledger: one JSON line per trial, appended and fsynced; plus autoresearch's results.tsv.
 
 A trial counts as done exactly when its line is complete on disk. A kill during the write leaves a
-torn last line, which `Ledger.open` cuts off, so that trial simply runs again.
+torn last line, which `Ledger.open` cuts off, so that trial simply runs again. Lines come in the order
+trials finished: with several workers, trial 7 may finish (and be judged) before trial 6. The baseline,
+trial 0, is always first, since every other trial is measured against it.
 """
 
 from __future__ import annotations
@@ -37,24 +39,38 @@ def fsync_dir(path: Path) -> None:
 
 
 def parse_records(raw: list[JsonObject], path: Path) -> list[TrialRecord]:
-    """The ledger's lines as records, trial numbers in order; anything else is damage, told in one line."""
-    records = []
-    for expected, line in enumerate(raw):
-        if line.get("trial") != expected:
-            raise ArenaError(f"{path} holds trial {line.get('trial')} where trial {expected} belongs; "
-                             "the ledger is damaged — restore it from a backup")
+    """The ledger's lines as records, the baseline first and no trial twice; anything else is damage, told in
+    one line."""
+    records: list[TrialRecord] = []
+    seen: set[int] = set()
+    for index, line in enumerate(raw):
+        trial = line.get("trial")
+        if not isinstance(trial, int) or trial in seen or (trial == 0) != (index == 0):
+            what = ("the baseline, trial 0, belongs there" if index == 0
+                    else "a trial recorded twice, or the baseline again")
+            raise ArenaError(f"{path} holds trial {trial!r} on line {index + 1} ({what}); the ledger is damaged — "
+                             "restore it from a backup")
         try:
             records.append(TrialRecord.from_json(line))
         except ValueError as e:
-            raise ArenaError(f"{path}: trial {expected} is not a trial record ({e}); "
+            raise ArenaError(f"{path}: trial {trial} is not a trial record ({e}); "
                              "restore it from a backup") from None
+        seen.add(trial)
     return records
 
 
 class Ledger:
     def __init__(self, path: Path, records: list[TrialRecord]):
         self.path = path
-        self.records = records
+        self.records = records  # in the order they were recorded
+        self._by_trial = {record.trial: record for record in records}
+
+    @property
+    def trials(self) -> set[int]:
+        return set(self._by_trial)
+
+    def get(self, trial: int) -> TrialRecord:
+        return self._by_trial[trial]
 
     @classmethod
     def read(cls, path: Path) -> Ledger:
@@ -77,14 +93,15 @@ class Ledger:
         return ledger
 
     def append(self, record: TrialRecord) -> None:
-        if record.trial != len(self.records):
-            raise ValueError(f"ledger expects trial {len(self.records)}, got {record.trial}")
+        if record.trial in self._by_trial or (record.trial == 0) != (not self.records):
+            raise ValueError(f"trial {record.trial} cannot be recorded after trials {sorted(self._by_trial)}")
         line = json.dumps(record.to_json(), sort_keys=True) + "\n"
         with open(self.path, "a") as f:
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
         self.records.append(record)
+        self._by_trial[record.trial] = record
 
     def __len__(self) -> int:
         return len(self.records)

@@ -8,7 +8,7 @@ runs/<name>/
     ledger.jsonl    one line per finished trial (the source of truth on resume)
     results.tsv     autoresearch's format, rebuilt from the ledger
     best_train.py   the current best train.py, for reading
-    state/          method.pkl (after the last recorded trial), pending.pkl (a proposal being run)
+    state/          journal.pkl: the method's state, the trials it observed, every trial in flight
     logs/           trial-<n>.log, the full output of each trial
     compile-cache/  written by the baseline's train phase only; each trial compiles on a private copy
 """
@@ -36,6 +36,7 @@ from agent.judging import best_of
 from agent.ledger import Ledger, fsync_write, results_tsv
 from agent.methods import CODE_EDITING_METHODS, METHODS, Method, Proposal, make_method
 from agent.presets import Preset, get_preset, load_presets
+from agent.record import Kind
 from agent.runlock import RunLock
 from agent.space import SearchSpace, load_space
 from agent.surrogate.data import SURROGATE_PREFIX, data_fingerprint
@@ -50,8 +51,10 @@ from agent.workspace import RunRepo, trial_ref
 from sandbox.local import ISOLATIONS
 from train_template.prepare import read_meta
 
+JOURNAL_FILE = "journal.pkl"
 TEMPLATE_FILES = (EDITABLE_FILE, *HARNESS_FILES, "program.md", "space.toml")
 BACKENDS = ("local", "docker", "surrogate")
+EXECUTORS = ("local", "ray")
 LLM = "LLM methods (centaur, llm, code)"  # the help's heading for the flags only they read
 
 
@@ -68,10 +71,17 @@ class RunSettings:
     startup_allowance: float | None = flag(None, "seconds a trial's training phase may spend outside the budget "
                                            "(start-up, compile) before it is over_budget (default: the preset's)")
     backend: str = flag("local", "where trials run", BACKENDS)
+    executor: str = flag("local", "local: trials on this machine; ray: each trial a Ray task on a cluster (one GPU, "
+                         "or one CPU on a CPU preset), run there by --backend", EXECUTORS, may_change=True)
+    ray_address: str | None = flag(None, "the Ray cluster's address, HOST:PORT (default: RAY_ADDRESS, a cluster on "
+                                   "this machine, or a new one)", may_change=True)
     isolation: str = flag("bwrap", "local backend: bwrap runs each phase in a bubblewrap sandbox; none runs trials "
                           "unisolated, only for code you trust, recorded in the run and marked by compare", ISOLATIONS)
     image: str | None = flag(None, "docker image for trials (docker backend)")
-    gpus: list[str] | None = flag(None, "GPU ids for trials, e.g. 0 or 0,1", may_change=True)
+    gpus: list[str] | None = flag(None, "GPUs for trials, one worker each: ids as nvidia-smi numbers them, e.g. 0 or "
+                                  "0,1,2,3", may_change=True)
+    workers: int | None = flag(None, "trials run at once (default: one per --gpus id, else 1); on a CPU preset "
+                               "the cores are split between them", may_change=True)
     seed: int = flag(42, "seed of the method and of every trial")
     noise_margin: float = flag(0.0, "keep only trials better than the best by more than this")
     confirm: int = flag(0, "re-run a would-be best with this many other seeds; keep it only if the mean still wins")
@@ -115,6 +125,13 @@ class RunSettings:
                              "cannot run on it; choose a fixed-space method (random, tpe, cmaes, centaur, llm)")
         if self.noise_margin < 0:
             raise ArenaError(f"--noise-margin must be zero or positive, got {self.noise_margin}")
+        if self.ray_address and self.executor != "ray":
+            raise ArenaError("--ray-address goes with --executor ray")
+        if self.executor == "ray" and self.gpus:
+            raise ArenaError("with --executor ray the cluster gives each trial its GPU; leave --gpus out (--workers "
+                             "caps the trials under way)")
+        if self.workers is not None and self.workers < 1:
+            raise ArenaError(f"--workers must be at least 1, got {self.workers}")
         if self.confirm < 0:
             raise ArenaError(f"--confirm must be zero or positive, got {self.confirm}")
         if not self.name or "/" in self.name or self.name.startswith("."):
@@ -132,17 +149,25 @@ class RunInfo(TypedDict):
     created: str
 
 
-class SavedState(TypedDict):
-    """state/method.pkl: the method's state after it observed trial `observed_through`."""
-    observed_through: int
-    state: Any
-
-
-class Pending(TypedDict):
-    """state/pending.pkl: a proposal being run, and the method's state right after it was made."""
+@dataclass
+class Job:
+    """A trial the loop has decided to run: its number, what it runs and on which commit. Journaled from
+    the moment it exists until its ledger line is written, so a restart re-runs exactly these."""
     trial: int
+    kind: Kind
     proposal: Proposal
+    parent: str | None   # the commit the trial builds on (None for the baseline, which is commit 0)
+    seed: int
+    confirms: int | None = None
+    propose_seconds: float = 0.0
+
+
+class Journal(TypedDict):
+    """state/journal.pkl, replaced atomically after every proposal, repair and observation: the method's
+    state, the trials it has observed (in the order it did), and the trials in flight."""
+    observed: list[int]
     state: Any
+    in_flight: dict[int, Job]
 
 
 @dataclass
@@ -159,6 +184,8 @@ class Run:
     harness_hash: str  # the current harness's: run.json's, or one that template.may_resume_with accepts
     info: RunInfo
     lock: RunLock  # held for as long as this process works on the run
+    observed: list[int] = field(default_factory=list)       # trials the method has observed, in that order
+    in_flight: dict[int, Job] = field(default_factory=dict)  # jobs made whose ledger line is not written yet
 
     @property
     def state_dir(self) -> Path:
@@ -173,22 +200,20 @@ class Run:
     def log_path(self, trial: int) -> Path:
         return self.dir / "logs" / f"trial-{trial:05d}.log"
 
-    def save_method_state(self, observed_through: int) -> None:
-        """After the ledger line of trial `observed_through` and method.observe() on it."""
-        saved: SavedState = {"observed_through": observed_through, "state": self.method.state()}
-        _atomic_pickle(self.state_dir / "method.pkl", saved)
+    def save_journal(self) -> None:
+        journal: Journal = {"observed": self.observed, "state": self.method.state(), "in_flight": self.in_flight}
+        _atomic_pickle(self.state_dir / JOURNAL_FILE, journal)
 
-    def save_pending(self, trial: int, proposal: Proposal) -> None:
-        """Right after propose(): a restart runs this same proposal instead of asking again."""
-        pending: Pending = {"trial": trial, "proposal": proposal, "state": self.method.state()}
-        _atomic_pickle(self.state_dir / "pending.pkl", pending)
+    def journal_job(self, job: Job) -> None:
+        """A new job, or a proposal repaired: from now on a restart runs this job instead of asking again."""
+        self.in_flight[job.trial] = job
+        self.save_journal()
 
-    def load_pending(self) -> Pending | None:
-        path = self.state_dir / "pending.pkl"
-        return load_pickle(path, Pending) if path.exists() else None
-
-    def clear_pending(self) -> None:
-        (self.state_dir / "pending.pkl").unlink(missing_ok=True)
+    def journal_observed(self, trial: int) -> None:
+        """After the ledger line of `trial` and method.observe() on it."""
+        self.observed.append(trial)
+        self.in_flight.pop(trial, None)
+        self.save_journal()
 
     def write_views(self, best_commit: str) -> None:
         """The human-facing files derived from the ledger and the repository."""
@@ -196,12 +221,13 @@ class Run:
         fsync_write(self.dir / "best_train.py", self.repo.show(best_commit, EDITABLE_FILE))
 
 
-def load_pickle(path: Path, shape: type[SavedState] | type[Pending]) -> Any:
-    """One of the run's own pickles (written by _atomic_pickle, never by a trial), checked for its keys."""
+def load_journal(path: Path) -> Journal:
+    """The run's own journal (written by _atomic_pickle, never by a trial), checked for its keys."""
     value = pickle.loads(path.read_bytes())
-    if not isinstance(value, dict) or not set(shape.__annotations__) <= set(value):
-        raise ArenaError(f"{path} is not arena's {path.stem} state; delete it to let the run rebuild it")
-    return value
+    if not isinstance(value, dict) or not set(Journal.__annotations__) <= set(value):
+        raise ArenaError(f"{path} is not arena's journal; delete it to let the run rebuild the method's state "
+                         "from the ledger")
+    return value  # type: ignore[return-value]  # its keys checked just above
 
 
 def _atomic_pickle(path: Path, obj: object) -> None:
@@ -281,7 +307,7 @@ def _open_locked(run_dir: Path, given: dict[str, Any], cache_root: Path | None, 
         fingerprint = read_meta(data_dir)["fingerprint"]
     harness = harness_hash()
     if info is not None and recorded:
-        check_unchanged(run_dir, info, fingerprint, harness, len(ledger.records))
+        check_unchanged(run_dir, info, fingerprint, harness, ledger.trials)
     keeps = info is not None and (recorded or (not changed(info["settings"], settings)
                                                and info["dataset_fingerprint"] == fingerprint
                                                and may_resume_with(info["harness_hash"], harness)))
@@ -305,7 +331,7 @@ def changed(stored: dict[str, Any], settings: RunSettings) -> bool:
     return any(stored.get(key) != current[key] for key in current if key not in MAY_CHANGE_ON_RESUME)
 
 
-def check_unchanged(run_dir: Path, info: RunInfo, fingerprint: str, harness: str, recorded: int) -> None:
+def check_unchanged(run_dir: Path, info: RunInfo, fingerprint: str, harness: str, recorded: set[int]) -> None:
     """What a resume needs to be the same run: its dataset, its harness, a method state the ledger covers."""
     name = info["settings"]["name"]
     if info["dataset_fingerprint"] != fingerprint:
@@ -316,12 +342,13 @@ def check_unchanged(run_dir: Path, info: RunInfo, fingerprint: str, harness: str
     if not may_resume_with(info["harness_hash"], harness):
         raise ArenaError(f"the harness (prepare.py/harness.py/exported.py) changed since run '{name}' started; "
                          "finish it with the arena version that started it or start a new run")
-    method_path = run_dir / "state" / "method.pkl"
-    if method_path.exists():
-        observed_through = load_pickle(method_path, SavedState)["observed_through"]
-        if observed_through >= recorded:
-            raise ArenaError(f"the method state in {method_path} is ahead of the ledger (trial {observed_through} "
-                             f"observed, {recorded} recorded); the ledger lost lines — restore it from a backup")
+    journal_path = run_dir / "state" / JOURNAL_FILE
+    if journal_path.exists():
+        unrecorded = set(load_journal(journal_path)["observed"]) - recorded
+        if unrecorded:
+            raise ArenaError(f"the method in {journal_path} has observed trials the ledger does not hold "
+                             f"({', '.join(map(str, sorted(unrecorded)))}); the ledger lost lines — restore it from "
+                             "a backup")
 
 
 def create_run_dir(run_dir: Path, settings: RunSettings, preset: Preset, fingerprint: str,
@@ -372,24 +399,24 @@ def reconcile(run: Run) -> None:
         raise ArenaError(f"the run repository lost refs/trials/{best_trial}; the run is damaged — restore it")
     if run.repo.best() != best_commit:
         run.repo.set_best(best_commit)  # killed between recording a keep and moving the branch
+    recorded = run.ledger.trials
+    # The method state to start from is the journal's: taken after the last proposal, repair or
+    # observation. An observation the kill cut off (between the ledger line and the journal) is replayed
+    # from the ledger: observing is cheap and deterministic, proposing is not.
+    journal_path = run.state_dir / JOURNAL_FILE
+    if journal_path.exists():
+        journal = load_journal(journal_path)
+        run.method.restore(journal["state"])
+        run.observed = list(journal["observed"])
+        run.in_flight = {trial: job for trial, job in journal["in_flight"].items() if trial not in recorded}
     for trial in run.repo.trial_numbers():
-        if trial >= max(1, len(records)):  # trial 0 is the baseline commit made with the run
-            run.repo.drop_trial(trial)  # an interrupted trial: it runs again
-    # The method state to start from is the newest on disk: method.pkl (after observing trial k), or
-    # the journaled proposal's state (after proposing trial p > k). Observations the kill cut off are
-    # then replayed from the ledger: observing is cheap and deterministic, proposing is not.
-    state, observed_through = None, -1
-    method_path = run.state_dir / "method.pkl"
-    if method_path.exists():
-        saved: SavedState = load_pickle(method_path, SavedState)
-        state, observed_through = saved["state"], saved["observed_through"]
-    pending = run.load_pending()
-    if pending is not None and pending["trial"] > observed_through:
-        state, observed_through = pending["state"], pending["trial"] - 1
-    if state is not None:
-        run.method.restore(state)
-    for record in records[observed_through + 1:]:
+        if trial != 0 and trial not in recorded:
+            run.repo.drop_trial(trial)  # an interrupted trial: it runs again, from its journaled job if it has one
+    seen = set(run.observed)
+    missed = [record for record in records if record.trial not in seen]
+    for record in missed:
         run.method.observe(record)
-    if pending is not None and pending["trial"] < len(records):
-        run.clear_pending()  # recorded already; killed before the journal was cleared
+        run.observed.append(record.trial)
+    if missed or journal_path.exists():
+        run.save_journal()
     run.write_views(best_commit)

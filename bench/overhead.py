@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from agent.loop import StopRule, make_backend, run_loop  # noqa: E402
 from agent.run import open_run  # noqa: E402
-from sandbox import Outcome, TrialRunner, TrialSpec  # noqa: E402
+from sandbox import Outcome, Placement, TrialRunner, TrialSpec  # noqa: E402
 
 PARTS = ("staging + sandbox + torch import", "train.py import, build, compile", "training", "export + phase exit",
          "eval (process, import, load, score)", "propose", "git, ledger, judging")
@@ -47,6 +47,10 @@ class TimedRunner:
         self.runner = runner
         self.isolation = runner.isolation
         self.trials: list[dict[str, Any]] = []
+
+    def placed(self, placement: Placement) -> TimedRunner:
+        self.runner = self.runner.placed(placement)
+        return self  # one worker: trials run one at a time
 
     def run(self, spec: TrialSpec, on_log: Any) -> Outcome:
         times: dict[str, Any] = {"start": time.perf_counter(), "steps": []}

@@ -19,6 +19,7 @@ from sandbox.errors import SandboxError
 from sandbox.outcome import PhaseRun
 from sandbox.phases import SUPERVISOR_CAPABILITIES, TRIAL, PathMap, Phase, sandbox_user
 from sandbox.trial import Backend, PhaseOutput
+from sandbox.workers import registered
 
 TRIAL_LABEL = "arena.trial"
 OWNER_LABEL = "arena.owner"
@@ -107,17 +108,27 @@ class DockerBackend(Backend):
         self.labels = {TRIAL_LABEL: "1", OWNER_LABEL: owner_id(), **({RUN_LABEL: run_name} if run_name else {})}
         remove_stale_containers(self.client)
 
+    def __getstate__(self) -> dict[str, object]:
+        return {**self.__dict__, "client": None}  # sent to a Ray node: the engine there is another one
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self.client = connect()
+
     def run_phase(self, phase: Phase, output: PhaseOutput, python_args: list[str] | None = None) -> PhaseRun:
         container = self.create(phase, python_args)
         try:
-            return self.watch(container, phase.name, phase.kill_after, output)
+            with registered(container.kill):
+                return self.watch(container, phase.name, phase.kill_after, output)
         finally:
             container.remove(force=True)  # never auto-removed: the state and logs are read first
 
     def create(self, phase: Phase, python_args: list[str] | None = None) -> Container:
         mounts = [Mount(m.target, str(m.source), type="bind", read_only=not m.writable) for m in phase.mounts()]
-        if self.cpus:
-            phase.env["OMP_NUM_THREADS"] = str(max(1, int(self.cpus)))  # torch would start a thread per host core
+        if self.cores:
+            phase.env["OMP_NUM_THREADS"] = str(len(self.cores))  # torch would start a thread per host core
+        elif self.cpus:
+            phase.env["OMP_NUM_THREADS"] = str(max(1, int(self.cpus)))
         # The supervisor is PID 1 and starts as root with the rights to hand over and to kill, nothing else;
         # it runs the harness as the (non-root) trial user and ends the container itself at its deadline.
         command = phase.command(PYTHON, self.owner, PathMap(), python_args)
@@ -128,6 +139,7 @@ class DockerBackend(Backend):
                 read_only=True, tmpfs={"/tmp": "rw,exec,nosuid,nodev,mode=1777"},
                 mem_limit=self.mem_limit, memswap_limit=self.mem_limit, pids_limit=self.pids_limit,
                 shm_size=self.shm_size, nano_cpus=int(self.cpus * 1e9) if self.cpus else None,
+                cpuset_cpus=",".join(map(str, self.cores)) if self.cores else None,
                 cap_drop=["ALL"], cap_add=list(SUPERVISOR_CAPABILITIES), security_opt=["no-new-privileges"],
                 log_config=LOG_LIMIT,
                 device_requests=[DeviceRequest(device_ids=self.gpus, capabilities=[["gpu"]])] if self.gpus else None)

@@ -19,6 +19,7 @@ from sandbox.errors import SandboxError
 from sandbox.outcome import PhaseRun
 from sandbox.phases import PathMap, Phase, bare_phase, sandbox_user
 from sandbox.trial import Backend, PhaseOutput
+from sandbox.workers import pinned_to, registered
 
 ISOLATIONS = ("bwrap", "none")
 PREFLIGHT_SECONDS = 120
@@ -26,11 +27,19 @@ NEEDED_MODULES = "numpy, torch, safetensors"
 
 
 def run_process(cmd: list[str], cwd: Path | None, env: dict[str, str], timeout: float,
-                output: PhaseOutput) -> PhaseRun:
-    """Run `cmd` in a new session; stream its merged output; kill the whole group at `timeout`."""
+                output: PhaseOutput, cores: tuple[int, ...] | None = None) -> PhaseRun:
+    """Run `cmd` in a new session (on `cores`, if given); stream its merged output; kill the whole group at
+    `timeout`, or when the loop that started it stops."""
     start = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True, text=True, errors="replace", bufsize=1)
+    with pinned_to(cores):
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True, text=True, errors="replace",
+                                bufsize=1)
+
+    def kill() -> None:
+        with contextlib.suppress(ProcessLookupError):  # bwrap, and with it its whole pid namespace
+            os.killpg(proc.pid, signal.SIGKILL)
+
     stream = proc.stdout
     assert stream is not None  # asked for with stdout=PIPE
 
@@ -42,12 +51,12 @@ def run_process(cmd: list[str], cwd: Path | None, env: dict[str, str], timeout: 
     reader.start()
     timed_out = False
     try:
-        proc.wait(timeout=timeout)
+        with registered(kill):
+            proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         timed_out = True
     finally:
-        with contextlib.suppress(ProcessLookupError):  # bwrap, and with it its whole pid namespace
-            os.killpg(proc.pid, signal.SIGKILL)
+        kill()
         proc.wait()
         reader.join(timeout=5)
     return PhaseRun(exit_code=proc.returncode, timed_out=timed_out, wall_seconds=time.monotonic() - start,
@@ -77,18 +86,20 @@ class LocalBackend(Backend):
     def environment(self, phase: Phase) -> None:
         if self.gpus:  # in PCI order, as NVML numbers them for the supervisor's memory count
             phase.env.update(CUDA_VISIBLE_DEVICES=",".join(self.gpus), CUDA_DEVICE_ORDER="PCI_BUS_ID")
-        if "OMP_NUM_THREADS" in os.environ:
+        if self.cores:  # torch would start a thread per core of the machine, not of its share
+            phase.env["OMP_NUM_THREADS"] = str(len(self.cores))
+        elif "OMP_NUM_THREADS" in os.environ:
             phase.env["OMP_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"]
 
     def run_phase(self, phase: Phase, output: PhaseOutput, python_args: list[str] | None = None) -> PhaseRun:
         self.environment(phase)
         if self.isolation == "bwrap":
             argv = bwrap_argv(self.bwrap, phase, self.python, self.gpus, python_args)
-            return run_process(argv, None, {}, phase.kill_after, output)
+            return run_process(argv, None, {}, phase.kill_after, output, self.cores)
         paths = PathMap(phase)
         command = parent_death_guard() + phase.command(self.python, None, paths, python_args)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **phase.phase_env(paths)}
-        return run_process(command, phase.trial_dir, env, phase.kill_after, output)
+        return run_process(command, phase.trial_dir, env, phase.kill_after, output, self.cores)
 
     def preflight(self) -> None:
         """One empty sandbox before any trial: bwrap works here and its Python imports what the harness needs."""

@@ -37,6 +37,7 @@ class Status(StrEnum):  # str(status) and f-strings give the value: "ok", "oom",
     OVER_BUDGET = "over_budget"
     REJECTED = "rejected"
     INVALID_PATCH = "invalid_patch"
+    LOST = "lost"  # the machine running it was lost (a Ray node or worker died, also on its retry)
 
 
 FAILURES: tuple[Status, ...] = tuple(status for status in Status if status is not Status.OK)  # in report order

@@ -26,6 +26,7 @@ from sandbox.phases import (
     promote_cache,
     read_reported,
 )
+from sandbox.workers import Placement
 
 LogSink = Callable[[str], None]
 
@@ -101,11 +102,16 @@ def stage(spec: TrialSpec, name: str, root: Path, owner: tuple[int, int], model_
 
 class TrialRunner(Protocol):
     """What the loop needs of whatever answers a trial: every Backend, and stand-ins that train nothing (the
-    surrogate backend, agent/surrogate)."""
+    surrogate backend, agent/surrogate). `run` is called from the loop's worker threads, one trial per
+    thread at a time, on the runner `placed` made for that worker."""
 
     isolation: str  # recorded with each trial
 
     def run(self, spec: TrialSpec, on_log: LogSink) -> Outcome: ...
+
+    def placed(self, placement: Placement) -> TrialRunner:
+        """This runner, its trials on `placement` (one worker's GPU or cores)."""
+        ...
 
 
 class Backend(ABC):
@@ -114,6 +120,16 @@ class Backend(ABC):
 
     isolation: str          # how trial code is confined ("bwrap", "docker", or "none": not at all); recorded
     owner: tuple[int, int]  # the uid and gid trial code runs as: a phase's writable directories are theirs
+    gpus: list[str] | None = None          # GPUs a trial may use (None: none, or what the sandbox sees)
+    cores: tuple[int, ...] | None = None   # CPU cores a trial runs on (None: all)
+
+    def placed(self, placement: Placement) -> Backend:
+        clone = object.__new__(type(self))  # the same settings and client (copy.copy would pickle: reconnect)
+        clone.__dict__.update(self.__dict__)
+        if placement.gpus is not None:
+            clone.gpus = list(placement.gpus)
+        clone.cores = placement.cores
+        return clone
 
     @abstractmethod
     def run_phase(self, phase: Phase, output: PhaseOutput, python_args: list[str] | None = None) -> PhaseRun:

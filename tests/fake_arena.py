@@ -5,13 +5,25 @@ methods against a scripted server, run rules. Real training is tested by the tes
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 
 import agent.loop
 from agent.cli import main
 from tests.fake_runs import FakeBackend
 
-agent.loop.make_backend = lambda settings, preset, space: FakeBackend(isolation=settings.isolation)
+HOLD_ENV = "ARENA_FAKE_HOLD"  # seconds each trial after this process's first takes: trials a test finds under way
+calls = []
+
+
+def hold() -> None:
+    calls.append(None)
+    if len(calls) > 1:
+        time.sleep(float(os.environ.get(HOLD_ENV, "0")))
+
+
+agent.loop.make_backend = lambda settings, preset, space: FakeBackend(isolation=settings.isolation, gate=hold)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from agent.loop import StopRule, final_status, run_loop
 from agent.run import open_run
-from sandbox import Outcome, Status, TrialSpec
+from sandbox import Outcome, Placement, Status, TrialSpec
 
 FAST_SETTINGS = {"budget": 2.0, "eval_tokens": 4096, "startup_allowance": 300.0}  # as run_helpers.FAST
 
@@ -33,6 +33,9 @@ class FakeBackend:
         self.score = score
         self.gate = gate
         self.trials = 0
+
+    def placed(self, placement: Placement) -> FakeBackend:
+        return self  # its trials run nowhere
 
     def run(self, spec: TrialSpec, on_log) -> Outcome:
         self.trials += 1
@@ -74,7 +77,7 @@ class Stepper:
         self._entered = threading.Semaphore(0)
         self._release = threading.Semaphore(0)
 
-    def __call__(self) -> None:  # called by the backend, in the loop's thread
+    def __call__(self) -> None:  # called by the backend, in a worker thread of the loop
         self._entered.release()
         self._release.acquire()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -32,22 +33,33 @@ def fake_arena_run(runs: Path, cache: Path, *args: str, env: dict | None = None)
 
 
 def check_run_consistent(run_dir: Path, n_trials: int) -> list[dict]:
-    """Ledger, git refs, notes, branch and derived files agree; every trial counted once.
-    Returns the ledger's lines as JSON, the file format users read, each also a valid TrialRecord."""
+    """Ledger, git refs, notes, branch, journal and derived files agree; every trial counted once.
+    Returns the ledger's lines as JSON, the file format users read, each also a valid TrialRecord. With
+    several workers the lines are in the order trials finished; this returns them so too."""
     path = run_dir / "ledger.jsonl"
     records = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r.to_json() for r in Ledger.read(path).records] == records  # nothing lost or added in reading
-    assert [r["trial"] for r in records] == list(range(n_trials))
+    trials = [r["trial"] for r in records]
+    assert trials[0] == 0 and sorted(trials) == list(range(n_trials))
     repo = RunRepo(run_dir / "repo")
-    assert repo.trial_numbers() == [r["trial"] for r in records if r["commit"]]
+    assert repo.trial_numbers() == sorted(r["trial"] for r in records if r["commit"])
+    by_trial = {r["trial"]: r for r in records}
     became_best = []  # a kept trial, or a candidate once its confirmation runs kept it
+    on_the_best = True  # whether every trial built on the best of the moment it was recorded
     for r in records:
+        if r["trial"] and r["kind"] == "proposal" and became_best and r["parent"] != became_best[-1]:
+            on_the_best = False
         if r["kept"]:
             became_best.append(r["commit"])
         elif (r.get("decision") or {}).get("kept"):
-            became_best.append(records[r["decision"]["trial"]]["commit"])
+            became_best.append(by_trial[r["decision"]["trial"]]["commit"])
     branch = repo.branch_log()
-    assert branch == list(reversed(became_best))  # the branch is exactly the trials that became the best
+    if on_the_best:  # the branch is exactly the trials that became the best
+        assert branch == list(reversed(became_best))
+    else:  # with workers, a trial may build on an earlier best than the one it beats: the branch is its line
+        assert branch[0] == became_best[-1] and set(branch) <= set(became_best)
+    journal = pickle.loads((run_dir / "state" / "journal.pkl").read_bytes())
+    assert journal["observed"] == trials and not journal["in_flight"]  # the method saw each trial once, in order
     for r in records:
         if r["commit"] is None:
             continue

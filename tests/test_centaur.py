@@ -124,7 +124,7 @@ def test_centaur_run_end_to_end(tmp_path, cache_root, stdlib_dataset):
     # warm-up 1, then trial i after warm-up is the LLM's when floor((i+1)*0.75) > floor(i*0.75): 1, 2, 3
     assert sources == ["cmaes", "cmaes", "llm", "cmaes-fallback", "llm"], sources
     assert records[3]["config"]["WARMDOWN_RATIO"] == 0.6 and records[5]["config"]["EMBEDDING_LR"] == 0.3
-    assert (runs / "centaur" / "state" / "method.pkl").exists()
+    assert (runs / "centaur" / "state" / "journal.pkl").exists()
     history = open_history(runs / "centaur")  # the audit shows why trial 4 fell back, not only the ledger
     assert "LLM fallback" in dict(trial_facts(history.trial(4)))
     assert "**LLM fallback**: answer rejected" in markdown_report(history, history.trials)

@@ -24,6 +24,7 @@ from rich.console import Console
 from agent.loop import StopRule, final_status, run_loop
 from agent.run import open_run
 from agent.ui.live import SPARK_LEVELS, RunView, fmt_bpb, live_view
+from sandbox import Placement
 from tests.conftest import ROOT, one_line_error, run_arena
 from tests.docker_env import apt_install
 from tests.fake_runs import FAST_SETTINGS, FakeBackend, Stepper, fake_run
@@ -156,6 +157,41 @@ def test_frame_while_running_and_evaluating(run_copy, fake_live_run):
     assert "trial 3 · evaluating" in text and "step 16  loss 2.9000" in text and "val_bpb:          4.400000" in text
 
 
+def test_every_worker_has_a_line(tmp_path, cache_root, stdlib_dataset):
+    """Two workers, each holding a trial mid-training: the frame shows a line per worker with its device, trial
+    and last step; the panel below follows the newest trial."""
+    stepper = Stepper()
+    run = open_run(tmp_path / "runs", {"name": "two", "workers": 2, **FAST_SETTINGS}, cache_root=cache_root)
+
+    def loop():
+        try:
+            with final_status(run):
+                run_loop(run, FakeBackend(gate=stepper), StopRule(trials=3), report=lambda line: None,
+                         where=[Placement(cores=(0,)), Placement(cores=(0,))])  # whatever cores this machine has
+        finally:
+            run.lock.release()
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+    try:
+        stepper.wait_for_trial()  # the baseline, alone
+        stepper.release()
+        stepper.wait_for_trial()
+        stepper.wait_for_trial()  # trials 1 and 2, side by side
+        text = frame(run.dir)
+        lines = {line.split()[1]: line for line in text.splitlines() if re.match(r"\W*w[01] ", line)}
+        assert sorted(lines) == ["w0", "w1"] and "2 workers" in text
+        assert sorted(int(re.search(r"trial (\d+)", line)[1]) for line in lines.values()) == [1, 2]
+        assert all("cpu" in line and "step 2" in line and "random:" in line for line in lines.values())
+        assert "trial 2 · running" in text
+    finally:
+        stepper.release()
+        stepper.release()
+        thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert "2 workers" not in frame(run.dir)  # a finished run shows its end, not idle workers
+
+
 def test_frame_while_an_llm_proposes(run_copy):
     stream = run_copy / "state" / "llm_stream.txt"
     stream.write_text("an answer from an earlier trial")
@@ -219,7 +255,8 @@ def test_watch_in_tmux_follows_the_run(tmux_ready, tmp_path, cache_root, stdlib_
     def drive() -> None:
         try:
             with final_status(run):
-                run_loop(run, FakeBackend(gate=stepper), StopRule(trials=3), report=lambda line: None)
+                run_loop(run, FakeBackend(gate=stepper), StopRule(trials=3), report=lambda line: None,
+                         where=[Placement(cores=(0,)), Placement(cores=(0,))])  # whatever cores this machine has
         except Exception as e:  # noqa: BLE001 (shown by the main thread)
             failures.append(e)
         finally:

@@ -21,7 +21,7 @@ import pytest
 
 from agent.constants import read_constants, render_constants
 from agent.errors import ArenaError
-from agent.methods import METHODS, Context, Method, ModelBacked, Proposal, Repairable, make_method
+from agent.methods import METHODS, Context, Method, ModelBacked, Paced, Proposal, Repairable, make_method
 from agent.patches import InvalidPatch, apply_diff, check_train_py, make_diff, render_config
 from agent.presets import get_preset
 from agent.record import Decision, TrialRecord
@@ -205,10 +205,10 @@ def test_a_resumed_method_proposes_exactly_what_it_would_have(name, crash, serve
     killed.run(TRIALS // 2)
     if crash == "proposed":
         killed.propose()
-        state = pickle.dumps(killed.method.state())  # state/pending.pkl
+        state = pickle.dumps(killed.method.state())  # state/journal.pkl, after a proposal
         replay = [straight.records[len(killed.records)]]  # recorded, but the kill came before observing it
     else:
-        state = pickle.dumps(killed.method.state())  # state/method.pkl
+        state = pickle.dumps(killed.method.state())  # state/journal.pkl, after an observation
         replay = []
     resumed = Driver(build(name, server, tmp_path / "killed"), list(killed.records), list(killed.sources))
     resumed.method.restore(pickle.loads(state))
@@ -217,6 +217,95 @@ def test_a_resumed_method_proposes_exactly_what_it_would_have(name, crash, serve
     resumed.run(TRIALS - len(resumed.records) + 1)
     done = len(resumed.proposals)
     assert same_proposals(resumed.proposals, straight.proposals[-done:])
+
+
+WORKERS = 3
+
+
+@dataclass
+class Batch:
+    """The loop with WORKERS workers: the method proposes while trials are under way (each applied and checked
+    when proposed, as the loop commits it then), and their results come back in another order than they were
+    proposed in, each judged against the best when it comes."""
+    method: Method[Any]
+    records: list[TrialRecord] = field(default_factory=list)
+    sources: dict[int, str] = field(default_factory=dict)
+    running: dict[int, tuple[Proposal, str | None]] = field(default_factory=dict)
+    proposals: list[Proposal] = field(default_factory=list)
+    next_trial: int = 1
+    most_running: int = 0
+
+    def best(self) -> TrialRecord:
+        return [r for r in self.records if r.kept][-1]
+
+    def step(self) -> None:
+        paced = isinstance(self.method, Paced) and not self.method.can_propose()
+        if len(self.running) < WORKERS and not paced:
+            self.propose()
+        else:
+            self.finish(sorted(self.running)[len(self.records) % len(self.running)])
+
+    def propose(self) -> None:
+        best, trial = self.best(), self.next_trial
+        ctx = Context(trial, list(self.records), best, self.sources[best.trial], SPACE,
+                      in_flight={t: p for t, (p, _) in self.running.items()})
+        proposal = self.method.propose(ctx)
+        self.proposals.append(proposal)
+        self.next_trial += 1
+        try:
+            source: str | None = Driver(self.method).source(proposal, self.sources[best.trial])
+        except InvalidPatch as e:  # refused before it ran: recorded at once, as the loop does
+            self.conclude(record(trial, "proposal", None, None, Status.INVALID_PATCH, reason=e.reason), None)
+            return
+        self.running[trial] = (proposal, source)
+        self.most_running = max(self.most_running, len(self.running))
+
+    def finish(self, trial: int) -> None:
+        _, source = self.running.pop(trial)
+        assert source is not None
+        config = read_constants(source)
+        if trial % 5 == 0:
+            self.conclude(record(trial, "proposal", config, None, Status.CRASH), source)
+            return
+        value = objective(config)
+        self.conclude(record(trial, "proposal", config, value, kept=value < (self.best().val_bpb or 0.0)), source)
+
+    def conclude(self, trial_record: TrialRecord, source: str | None) -> None:
+        self.sources[trial_record.trial] = source or self.sources[self.best().trial]
+        self.records.append(trial_record)
+        self.method.observe(trial_record)
+
+    def run(self, steps: int) -> None:
+        for _ in range(steps):
+            self.step()
+
+
+def batch(name: str, server: ScriptedLLMServer, run_dir: Path) -> Batch:
+    driver = Batch(build(name, server, run_dir))
+    baseline = record(0, "baseline", START, objective(START))
+    driver.conclude(baseline, BASELINE_SOURCE)
+    return driver
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_with_trials_under_way_a_resumed_method_proposes_exactly_what_it_would_have(name, server, tmp_path):
+    """Several workers: proposals made while others run, results taken in another order. A method restored
+    from the journal's state (taken after any proposal or observation, the trials under way journaled with
+    it) goes on exactly as the run that was never interrupted, and every proposal keeps the rules."""
+    steps = 3 * TRIALS
+    straight = batch(name, server, tmp_path / "straight")
+    straight.run(steps)
+    assert straight.most_running == WORKERS
+    assert [r.trial for r in straight.records] != sorted(r.trial for r in straight.records)  # out of order
+    assert all(p.invalid is None for p in straight.proposals)
+    killed = batch(name, server, tmp_path / "killed")
+    killed.run(steps // 2)
+    state = pickle.dumps(killed.method.state())
+    resumed = Batch(build(name, server, tmp_path / "killed"), list(killed.records), dict(killed.sources),
+                    dict(killed.running), next_trial=killed.next_trial)
+    resumed.method.restore(pickle.loads(state))
+    resumed.run(steps - steps // 2)
+    assert same_proposals(resumed.proposals, straight.proposals[len(killed.proposals):])
 
 
 @pytest.mark.parametrize("name", METHOD_NAMES)

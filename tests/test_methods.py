@@ -214,7 +214,7 @@ def test_tpe_killed_between_ask_and_journal_asks_the_same_point(tmp_path):
     straight = FakeLoop(TPE(SPACE, 0, tmp_path / "a"))
     straight.baseline()
     straight.run(11)
-    saved = frozen(straight.method.state())  # method.pkl after trial 11
+    saved = frozen(straight.method.state())  # the journal after trial 11
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     expected = configs(straight.run(3))
     killed = FakeLoop(TPE(SPACE, 0, tmp_path / "b"), straight.records[:12])
@@ -347,13 +347,13 @@ def test_resume_from_the_pending_journal_continues_exactly(name, tmp_path):
 @pytest.mark.parametrize("name", ["tpe", "cmaes"])
 @pytest.mark.parametrize("told_before_kill", [False, True])
 def test_records_replayed_over_an_older_state_continue_exactly(name, told_before_kill, tmp_path):
-    """run.py's reconcile restores method.pkl and replays the records after it; the state may predate
+    """run.py's reconcile restores the journal and replays the records after it; the state may predate
     the proposal of the first replayed record (killed after the ledger line, before or after observe())."""
     (tmp_path / "a").mkdir()
     straight = FakeLoop(new_method(name, tmp_path / "a"), fails=every_fifth)
     straight.baseline()
     straight.run(15)
-    saved = frozen(straight.method.state())  # method.pkl through trial 15
+    saved = frozen(straight.method.state())  # the journal through trial 15
     proposal = straight.propose()
     if told_before_kill:
         straight.finish(proposal)
@@ -370,7 +370,7 @@ def test_records_replayed_over_an_older_state_continue_exactly(name, told_before
 
 @pytest.mark.parametrize("name", ["random", "tpe", "cmaes"])
 def test_a_lost_state_is_rebuilt_from_the_ledger(name, tmp_path):
-    """state/ deleted (method.pkl and TPE's journal with it): run.py replays every record into a new method."""
+    """state/ deleted (journal.pkl and TPE's Optuna journal with it): run.py replays every record into a new method."""
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     straight = FakeLoop(new_method(name, tmp_path / "a"), fails=every_fifth)
@@ -460,6 +460,6 @@ def test_arena_run_of_six_trials(name, tmp_path, cache_root, stdlib_dataset):
     for record in records[1:]:  # the ledger's lines, as JSON
         assert record["method"] == name
         SPACE.check(record["config"])
-    assert (runs / name / "state" / "method.pkl").exists()
+    assert (runs / name / "state" / "journal.pkl").exists()
     if name == "tpe":
         assert (runs / name / "state" / "optuna.journal").exists()

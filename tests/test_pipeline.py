@@ -64,7 +64,7 @@ def test_kill_at_any_point_then_resume(point, fake_base_run, fake_straight_run, 
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     records = check_run_consistent(runs / "base", BASE + 1)
     assert records[:BASE] == reference
-    assert not (runs / "base" / "state" / "pending.pkl").exists()
+    assert not pickle.loads((runs / "base" / "state" / "journal.pkl").read_bytes())["in_flight"]
     same = ("config", "description", "val_bpb", "status", "kept", "parent", "diff")
     assert {k: records[BASE][k] for k in same} == {k: fake_straight_run[BASE][k] for k in same}
 
@@ -79,22 +79,23 @@ def test_a_kill_right_after_the_proposal_runs_that_proposal_on_resume(fake_base_
     killed = fake_arena_run(runs, cache_root, "--name", "base", "--trials", NEXT,
                             env={"ARENA_CRASH_AT": f"proposed:{BASE}"})
     assert killed.returncode == -9, killed.stderr[-2000:]
-    journal = runs / "base" / "state" / "pending.pkl"
-    pending = pickle.loads(journal.read_bytes())
-    assert pending["trial"] == BASE and pending["proposal"].config == fake_straight_run[BASE]["config"]
+    journal_file = runs / "base" / "state" / "journal.pkl"
+    journal = pickle.loads(journal_file.read_bytes())
+    pending = journal["in_flight"][BASE]
+    assert list(journal["in_flight"]) == [BASE] and pending.proposal.config == fake_straight_run[BASE]["config"]
     assert len(Ledger.read(runs / "base" / "ledger.jsonl").records) == BASE  # nothing recorded,
     assert RunRepo(runs / "base" / "repo").trial_commit(BASE) is None  # committed
     log = runs / "base" / "logs" / f"trial-{BASE:05d}.log"
     assert not log.exists()  # or run
-    pending["proposal"].description += " (as journaled)"
-    journal.write_bytes(pickle.dumps(pending))
+    pending.proposal.description += " (as journaled)"
+    journal_file.write_bytes(pickle.dumps(journal))
     resumed = fake_arena_run(runs, cache_root, "--name", "base", "--trials", NEXT)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     records = check_run_consistent(runs / "base", BASE + 1)
-    assert records[BASE]["description"] == pending["proposal"].description  # the journaled proposal ran,
+    assert records[BASE]["description"] == pending.proposal.description  # the journaled proposal ran,
     assert records[BASE]["config"] == fake_straight_run[BASE]["config"]  # the same one an uninterrupted run drew
     assert log.read_text().count(f"=== trial {BASE} started") == 1  # once
-    assert not journal.exists()
+    assert not pickle.loads(journal_file.read_bytes())["in_flight"]
 
 
 def trial_processes(tmp: Path) -> list[int]:
@@ -129,7 +130,7 @@ def test_kill_during_training_leaves_no_trial_behind(base_run, tmp_path, cache_r
         assert time.monotonic() < deadline and arena.poll() is None
         time.sleep(0.05)
     assert trial_processes(tmp)  # training is under way
-    journaled = pickle.loads((runs / "base" / "state" / "pending.pkl").read_bytes())["proposal"]
+    journaled = pickle.loads((runs / "base" / "state" / "journal.pkl").read_bytes())["in_flight"][BASE].proposal
     arena.send_signal(signal.SIGKILL)
     arena.wait()
     deadline = time.monotonic() + 60  # generous: on a busy machine the kernel takes its time to reap them

@@ -18,6 +18,7 @@ from agent.methods.base import (
     LLMSettings,
     Method,
     ModelBacked,
+    Paced,
     Proposal,
     Repairable,
     TaskFacts,
@@ -106,5 +107,5 @@ def make_method(settings: RunSettings, space: SearchSpace, run_dir: Path | None)
     return METHODS[settings.method](settings, space, run_dir)
 
 
-__all__ = ["CODE_EDITING_METHODS", "METHODS", "Context", "Method", "ModelBacked", "Proposal", "Repairable",
-           "make_method"]
+__all__ = ["CODE_EDITING_METHODS", "METHODS", "Context", "Method", "ModelBacked", "Paced", "Proposal",
+           "Repairable", "make_method"]

@@ -45,10 +45,13 @@ class Proposal:
 class Context:
     """What a method may look at when it proposes trial number `trial`."""
     trial: int
-    records: list[TrialRecord]  # the ledger so far, oldest first
+    records: list[TrialRecord]  # the ledger so far, in the order trials finished
     best: TrialRecord           # the record of the current best trial
-    best_source: str            # train.py of the current best commit
+    parent_source: str          # train.py of the commit the proposal builds on: the best one, or with several
+                                # workers a code agent's proposal may build on another of the best few
     space: SearchSpace
+    parent: TrialRecord | None = None  # the record of that commit's trial, when it is not the best's
+    in_flight: dict[int, Proposal] = field(default_factory=dict)  # other trials under way, results not in yet
 
 
 StateT = TypeVar("StateT")
@@ -59,7 +62,8 @@ class Method(Protocol[StateT]):
     fixed_space: bool  # True: may change only the constants block, within the space's bounds
 
     def propose(self, ctx: Context) -> Proposal:
-        """Called once per new trial, before anything runs."""
+        """Called once per new trial, before anything runs; with several workers, while the trials in
+        ctx.in_flight are still running (their observe() comes later, in the order they finish)."""
         ...
 
     def observe(self, record: TrialRecord) -> None:
@@ -79,6 +83,14 @@ class Method(Protocol[StateT]):
 class Repairable(Protocol):
     def repair(self, proposal: Proposal, reason: str, trial: int) -> Proposal:
         """Another try after `proposal` was refused for `reason` (bounded by the run's --repairs)."""
+        ...
+
+
+@runtime_checkable
+class Paced(Protocol):
+    def can_propose(self) -> bool:
+        """Whether a proposal can be made before more trials under way are observed (CMA-ES cannot start a
+        generation before the last is told); the loop waits for results while this is False."""
         ...
 
 

@@ -75,7 +75,8 @@ class Centaur:
         self.client.check_reachable()
 
     def propose(self, ctx: Context) -> Proposal:
-        made = sum(1 for record in ctx.records if record.kind == "proposal")  # the ledger counts, not a state
+        # the ledger and the trials under way count, not a state
+        made = sum(1 for record in ctx.records if record.kind == "proposal") + len(ctx.in_flight)
         if not is_llm_turn(made - self.settings.warmup, self.ratio):
             return self.labelled(self.cma.propose(ctx), "cmaes")
         candidate = self.cma.next_candidate()
@@ -131,13 +132,16 @@ class Centaur:
             task_section(self.task),
             "Search space:\n" + describe_space(self.space),
             self.cma_state_text(candidate),
-            history_section(ctx.records, self.llm.top_k, self.llm.last_n),
+            history_section(ctx.records, self.llm.top_k, self.llm.last_n, in_flight=ctx.in_flight),
             "Use the CMA-ES state as guidance: exploit near the mean when sigma is small, help it explore with "
             "your knowledge of transformer training when sigma is large, and steer away from regions that "
             "failed. Propose the next configuration. " + json_answer_rules(self.space),
         ])
         return [{"role": "system", "content": "You are an expert in tuning the training of small transformers, "
                  "working together with a CMA-ES optimizer."}, {"role": "user", "content": text}]
+
+    def can_propose(self) -> bool:
+        return self.cma.can_propose()
 
     def observe(self, record: TrialRecord) -> None:
         self.cma.observe(record)

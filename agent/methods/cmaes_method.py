@@ -27,9 +27,10 @@ library's default, 4 + floor(3 ln n) for n searched variables (11 for the 14 con
 
 Generations: every propose() takes the next candidate of the current generation and every result
 fills that candidate's slot; when all of a generation's candidates have results it is told once, in
-the order asked. A failure (any status but ok, invalid patches included) is told as
-failure_value(successes) of agent/methods/failure.py, computed at tell time so that it ranks below
-every success of its generation.
+the order asked. With several workers the candidates of a generation run side by side, results come in
+any order, and can_propose() holds the loop back once a whole generation is out. A failure (any
+status but ok, invalid patches included) is told as failure_value(successes) of agent/methods/failure.py,
+computed at tell time so that it ranks below every success of its generation.
 
 Restarts (IPOP, Auger & Hansen 2005): when should_stop() holds after a tell, a new CatCMAwM with
 twice the population starts at the best configuration seen so far, with sigma0 again. Classic IPOP
@@ -138,6 +139,10 @@ class CMAES:
                 "restart": self.search.restarts, "sigma": self.sigma}
         return Proposal(description=f"cmaes gen {optimizer.generation} {member}/{population}: {describe(config)}",
                         config=config, meta=meta)
+
+    def can_propose(self) -> bool:
+        """A generation's candidates all proposed: the next generation needs its results first."""
+        return self.search.optimizer is None or len(self.search.slots) < self.population_size
 
     def observe(self, record: TrialRecord) -> None:
         value = success_value(record)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from agent.llm import Message, extract_diff
 from agent.methods.base import Context, Proposal, TaskFacts
 from agent.methods.llm_base import ConversationMethod
-from agent.methods.prompts import outcome_line
+from agent.methods.prompts import in_flight_section, outcome_line
 from agent.record import TrialRecord
 from agent.template import template_dir
 from sandbox.outcome import Status
@@ -37,12 +37,20 @@ class CodeAgent(ConversationMethod):
     fixed_space = False
 
     def prompt(self, ctx: Context) -> list[Message]:
-        user = "\n\n".join([
-            "The current best train.py:\n```python\n" + ctx.best_source + "```",
-            f"Recent trials (most recent last):\n{recent_trials(ctx.records, self.llm.last_n)}",
-            "Propose ONE change. First line: a short description of the idea. Then the unified diff against "
-            "the train.py above, in a ```diff block.",
-        ])
+        parent = ctx.parent
+        if parent is None or parent.trial == ctx.best.trial:
+            heading = "The current best train.py:"
+        else:  # several workers explore from the best few kept commits side by side
+            heading = (f"The train.py of trial {parent.trial} (val_bpb {parent.val_bpb:.6f}), one of the best few "
+                       "so far; other workers build on the others. Improve this one:")
+        parts = [heading + "\n```python\n" + ctx.parent_source + "```",
+                 f"Recent trials (most recent last):\n{recent_trials(ctx.records, self.llm.last_n)}"]
+        running = in_flight_section(ctx.in_flight, with_configs=False)
+        if running:
+            parts.append(running)
+        parts.append("Propose ONE change. First line: a short description of the idea. Then the unified diff "
+                     "against the train.py above, in a ```diff block.")
+        user = "\n\n".join(parts)
         return [{"role": "system", "content": program_text(self.task, ctx.best.val_bpb)},
                 {"role": "user", "content": user}]
 

@@ -58,7 +58,7 @@ class LLMFixedSpace(ConversationMethod):
             "Search space:\n" + describe_space(self.space),
             f"Current best (trial {ctx.best.trial}, val_bpb {ctx.best.val_bpb:.6f}): "
             + format_config(ctx.best.config),
-            history_section(ctx.records, self.llm.top_k, self.llm.last_n),
+            history_section(ctx.records, self.llm.top_k, self.llm.last_n, in_flight=ctx.in_flight),
             "Propose the next configuration to try: one that you expect to beat the best without failing. "
             + json_answer_rules(self.space),
         ])

@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping
 
 from agent.constants import Value
-from agent.methods.base import TaskFacts
+from agent.methods.base import Proposal, TaskFacts
 from agent.record import TrialRecord
 from agent.space import SearchSpace
 from sandbox.outcome import Status
@@ -47,8 +47,22 @@ def best_trials(records: list[TrialRecord], k: int) -> list[TrialRecord]:
     return [r for _, r in sorted(scored, key=lambda pair: pair[0])[:k]]
 
 
-def history_section(records: list[TrialRecord], top_k: int, last_n: int, with_configs: bool = True) -> str:
-    """The best k trials, the last n trials with outcomes, and every configuration that failed."""
+def in_flight_section(in_flight: Mapping[int, Proposal], with_configs: bool = True) -> str:
+    """The trials other workers are running now, so that a proposal does not repeat one of them; empty when
+    none is."""
+    if not in_flight:
+        return ""
+    lines = ["Running now on other workers (results not in yet; propose something different from these):"]
+    for trial, proposal in sorted(in_flight.items()):
+        what = format_config(proposal.config) if with_configs and proposal.config else proposal.description
+        lines.append(f"trial {trial}: {what}")
+    return "\n".join(lines)
+
+
+def history_section(records: list[TrialRecord], top_k: int, last_n: int, with_configs: bool = True,
+                    in_flight: Mapping[int, Proposal] | None = None) -> str:
+    """The best k trials, the last n trials with outcomes, every configuration that failed, and the trials
+    under way."""
     def line(r: TrialRecord) -> str:
         what = format_config(r.config) if with_configs else r.description
         return f"trial {r.trial}: {what} -> {outcome_line(r)}"
@@ -61,6 +75,9 @@ def history_section(records: list[TrialRecord], top_k: int, last_n: int, with_co
     if failures and with_configs:
         parts += ["", "Configurations that ran out of memory or time (avoid their neighbourhood):"]
         parts += [f"trial {r.trial}: {format_config(r.config)} -> {r.status}" for r in failures[-20:]]
+    running = in_flight_section(in_flight or {}, with_configs)
+    if running:
+        parts += ["", running]
     return "\n".join(parts)
 
 

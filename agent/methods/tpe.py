@@ -27,9 +27,10 @@ so a proposal depends only on the seed, the trial number and the trials in stora
 stream to save. (Reseeding one TPESampler with the run's seed on resume would not do: its stream would
 restart, and the resumed run would repeat the draws of the run's first proposals.) The kills:
 * between ask and the loop's journal of the proposal: the resumed loop proposes again. At propose
-  time every earlier proposal has been observed, so a RUNNING trial is such a leftover; it is told
-  FAIL first, which TPE ignores (with the constant liar it would count a RUNNING trial as a bad one),
-  and the same sampler seed over the same trials asks the same point again;
+  time every earlier proposal has been observed or is under way (ctx.in_flight), so any other RUNNING
+  trial is such a leftover; it is told FAIL first, which TPE ignores (with the constant liar it would
+  count a RUNNING trial as a bad one), and the same sampler seed over the same trials asks the same
+  point again;
 * after the journal: the loop restores the journaled state and observes; the trial is told by its link;
 * after the tell, before the method state was saved: the loop replays observe(); the trial is
   finished already and nothing is told twice (the baseline likewise: it is added once).
@@ -38,6 +39,7 @@ state() is what storage does not hold: the successful values seen, for the failu
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -152,7 +154,7 @@ class TPE:
     # -- the Method protocol
 
     def propose(self, ctx: Context) -> Proposal:
-        self._fail_leftovers()
+        self._fail_leftovers(ctx.in_flight)
         self.study.sampler = optuna.samplers.TPESampler(seed=trial_seed(self.seed, ctx.trial))
         trial = self.study.ask(self.distributions)
         trial.set_user_attr(LINK_ATTR, ctx.trial)
@@ -187,10 +189,12 @@ class TPE:
         linked = [t for t in self.study.get_trials(deepcopy=False) if t.user_attrs.get(LINK_ATTR) == arena_trial]
         return linked[-1] if linked else None
 
-    def _fail_leftovers(self) -> None:
-        """Tell FAIL to trials asked by a proposal that was killed before the loop journaled it."""
+    def _fail_leftovers(self, in_flight: Mapping[int, object]) -> None:
+        """Tell FAIL to trials asked by a proposal that was killed before the loop journaled it; the trials
+        under way stay RUNNING (the constant liar counts them as bad ones, so workers spread out)."""
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            self.study.tell(trial.number, state=TrialState.FAIL)
+            if trial.user_attrs.get(LINK_ATTR) not in in_flight:
+                self.study.tell(trial.number, state=TrialState.FAIL)
 
     def _add_measured(self, record: TrialRecord, value: float) -> None:
         """A configuration measured without an ask (the baseline) joins the study as a COMPLETE trial."""

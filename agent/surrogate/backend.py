@@ -18,6 +18,7 @@ from agent.surrogate.data import read_observations
 from agent.surrogate.model import Prediction, Quality, Surrogate
 from sandbox.outcome import Outcome, Status, TrialResult
 from sandbox.trial import LogSink, TrialSpec
+from sandbox.workers import Placement
 
 
 class SurrogateBackend:
@@ -36,6 +37,9 @@ class SurrogateBackend:
     def fit(cls, paths: list[Path], space: SearchSpace, time_budget: float) -> SurrogateBackend:
         """Fitted with one seed whatever the run's: every run on the same trials meets the same surrogate."""
         return cls(Surrogate(space, read_observations(paths, space)), time_budget)
+
+    def placed(self, placement: Placement) -> SurrogateBackend:
+        return self  # a prediction runs on no device
 
     def run(self, spec: TrialSpec, on_log: LogSink) -> Outcome:
         prediction = self.surrogate.predict(read_constants(spec.source))

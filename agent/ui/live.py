@@ -333,6 +333,28 @@ def stacked(lines: list[tuple[str, str]], width: int) -> Text:
     return Text("\n").join(Text(fit(text, width).rstrip(), style) for text, style in lines)
 
 
+def worker_lines(snap: Snapshot, width: int) -> list[Text]:
+    """A line per worker: where it runs, its trial, how far that trial got, what it tries."""
+    lines = []
+    for worker, training in snap.workers:
+        head = f"w{worker.worker} {fit(worker.device, 10)} "
+        if worker.phase != "running" or worker.trial is None:
+            lines.append(Text(head + "idle", style="dim", no_wrap=True))
+            continue
+        elapsed = fmt_duration(max(0.0, snap.now - worker.started)) if worker.started is not None else "-"
+        step = training.step if training is not None else {}
+        if training is not None and training.evaluating:
+            where = "evaluating"
+        elif step:
+            where = f"step {int(step.get('step', 0))} {min(1.0, step.get('progress', 0.0)):>4.0%} " \
+                    f"loss {step.get('loss', float('nan')):.3f}"
+        else:
+            where = "starting"
+        text = f"{head}trial {worker.trial:<4} {elapsed:>6}  {fit(where, 30)}  {one_line(worker.description or '')}"
+        lines.append(Text(fit(text, max(20, width - 4)), no_wrap=True, overflow="ellipsis"))
+    return lines
+
+
 def render_frame(snap: Snapshot, console: Console, stop_rule: StopRule | None = None,
                  footer: str | None = None) -> RenderableType:
     """The whole screen for a console of the given size; the diff or stream gets the spare height."""
@@ -343,11 +365,15 @@ def render_frame(snap: Snapshot, console: Console, stop_rule: StopRule | None = 
         tables = side_by_side(recent, leaders, width)
     else:
         tables = stacked([*recent, ("", ""), *leaders], width)
-    # borders, the header, the trial's description, label and training lines, the tables
-    fixed = 2 + len(header) + 2 + 2 + 2 + LOG_LINES + len(tables.split()) + (1 if footer else 0)
+    workers = worker_lines(snap, width)
+    # borders, the header, the workers, the trial's description, label and training lines, the tables
+    fixed = (2 + len(header) + (2 + len(workers) if workers else 0) + 2 + 2 + 2 + LOG_LINES + len(tables.split())
+             + (1 if footer else 0))
     body_lines = min(MAX_BODY_LINES, max(MIN_BODY_LINES, height - fixed))
-    parts: list[RenderableType] = [Panel(Group(*header), title="arena", title_align="left", border_style="blue"),
-                                   render_current(snap, console, width, body_lines), tables]
+    parts: list[RenderableType] = [Panel(Group(*header), title="arena", title_align="left", border_style="blue")]
+    if workers:
+        parts.append(Panel(Group(*workers), title=f"{len(workers)} workers", title_align="left", border_style="blue"))
+    parts += [render_current(snap, console, width, body_lines), tables]
     if footer:
         parts.append(Text(footer, style="dim"))
     return Group(*parts)
@@ -358,7 +384,7 @@ FrameKey = tuple[object, ...]
 
 def frame_key(snap: Snapshot, console: Console, generation: int) -> FrameKey:
     """What a frame shows, at the resolution it shows it (whole seconds): an equal key, an equal frame."""
-    return (console.size, generation, len(snap.records), snap.status, snap.training, snap.stream,
+    return (console.size, generation, len(snap.records), snap.status, snap.training, snap.workers, snap.stream,
             len(snap.llm_calls), int(snap.now))
 
 

@@ -20,7 +20,7 @@ from agent.jsonl import JsonlFollower, JsonObject
 from agent.judging import best_of
 from agent.presets import Preset, get_preset
 from agent.record import TrialRecord
-from agent.ui.run_files import RunStatus, StoredSettings, read_run_info
+from agent.ui.run_files import RunStatus, StoredSettings, WorkerStatus, read_run_info
 
 LOG_LINES = 3               # training log lines kept for the current-trial panel
 TAIL_BYTES = 16 * 1024      # enough for the last step line, the eval marker and a screenful of stream
@@ -141,6 +141,7 @@ class Snapshot:
     llm_calls: list[JsonObject]  # the lines of llm.jsonl
     now: float
     writer_alive: bool | None = None  # whether the arena that wrote status.json still runs; None: cannot tell
+    workers: tuple[tuple[WorkerStatus, Training | None], ...] = ()  # several workers: each with its trial's log
 
     @property
     def final(self) -> bool:
@@ -177,6 +178,7 @@ class RunReader:
         self._curve: list[float | None] = []
         self._curve_generation = -1
         self._proposing: tuple[int | None, float] | None = None  # (trial, when its proposal began), if seen
+        self.worker_tails: dict[int, FileTail] = {}
 
     def snapshot(self) -> Snapshot:
         records = self.ledger.poll()
@@ -187,7 +189,8 @@ class RunReader:
                         preset=self.preset, records=records, best_curve=self._best_curve(records),
                         status=status, trial_started=self._trial_started(status), training=training,
                         stream=self._stream(status) if phase == "proposing" else None,
-                        llm_calls=self.llm_log.poll(), now=time.time(), writer_alive=writer_alive(status))
+                        llm_calls=self.llm_log.poll(), now=time.time(), writer_alive=writer_alive(status),
+                        workers=self._workers(status) if phase not in FINAL_PHASES else ())
 
     def _best_curve(self, records: list[TrialRecord]) -> list[float | None]:
         """The current best after each trial, extended only by the trials added since the last read."""
@@ -211,6 +214,19 @@ class RunReader:
     def _training(self, status: RunStatus) -> Training:
         text, cut, written = self.log_tail.get(self.dir / "logs" / f"trial-{status.trial or 0:05d}.log")
         return parse_log(text, cut, written)
+
+    def _workers(self, status: RunStatus) -> tuple[tuple[WorkerStatus, Training | None], ...]:
+        """Each worker, with what its trial's log says, when the run has more than one."""
+        if len(status.workers) < 2:
+            return ()
+        shown = []
+        for worker in status.workers:
+            training = None
+            if worker.phase == "running" and worker.trial is not None:
+                tail = self.worker_tails.setdefault(worker.worker, FileTail())
+                training = parse_log(*tail.get(self.dir / "logs" / f"trial-{worker.trial:05d}.log"))
+            shown.append((worker, training))
+        return tuple(shown)
 
     def _stream(self, status: RunStatus) -> str | None:
         """The streamed answer, when written during this proposal (an older one belongs to an earlier trial)."""

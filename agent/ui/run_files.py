@@ -57,6 +57,24 @@ class StoredSettings:
 
 
 @dataclass(frozen=True)
+class WorkerStatus:
+    """One worker in status.json: where it runs trials, and the trial it runs now (if any)."""
+    worker: int
+    device: str
+    phase: str
+    trial: int | None = None
+    description: str | None = None
+    started: float | None = None
+
+    @classmethod
+    def from_json(cls, raw: JsonObject, index: int) -> WorkerStatus:
+        worker = _int(raw, "worker")
+        return cls(worker=index if worker is None else worker, device=_str(raw, "device") or "-",
+                   phase=_str(raw, "phase") or "idle", trial=_int(raw, "trial"), description=_str(raw, "description"),
+                   started=_float(raw, "started"))
+
+
+@dataclass(frozen=True)
 class RunStatus:
     """state/status.json (Run.set_status): what the loop is doing now, and which process on which host says so."""
     phase: str | None = None
@@ -69,12 +87,17 @@ class RunStatus:
     diff: str | None = None
     pid: int | None = None
     host: str | None = None
+    workers: tuple[WorkerStatus, ...] = ()  # with several workers: each one's trial
 
     @classmethod
     def from_json(cls, raw: JsonObject) -> RunStatus:
+        listed = raw.get("workers")
+        workers = tuple(WorkerStatus.from_json(w, i) for i, w in enumerate(listed) if isinstance(w, dict)) \
+            if isinstance(listed, list) else ()
         return cls(phase=_str(raw, "phase"), trial=_int(raw, "trial"), time=_float(raw, "time"),
                    started=_float(raw, "started"), reason=_str(raw, "reason"), description=_str(raw, "description"),
-                   method=_str(raw, "method"), diff=_str(raw, "diff"), pid=_int(raw, "pid"), host=_str(raw, "host"))
+                   method=_str(raw, "method"), diff=_str(raw, "diff"), pid=_int(raw, "pid"), host=_str(raw, "host"),
+                   workers=workers)
 
 
 @dataclass(frozen=True)

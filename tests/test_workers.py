@@ -1,0 +1,218 @@
+"""Several trials at once (`--workers N`, `--gpus 0,1,...`): the real loop with two workers, its ledger, git
+history and method state in agreement, also after a kill -9 with two trials in flight; where each worker runs;
+the bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.errors import ArenaError
+from agent.loop import StopRule, final_status, placements, run_loop
+from agent.presets import get_preset
+from agent.run import RunSettings, open_run
+from sandbox import Placement
+from sandbox.errors import SandboxError
+from sandbox.workers import cpu_placements, gpu_placements
+from tests.conftest import one_line_error
+from tests.fake_runs import FAST_SETTINGS, FakeBackend
+from tests.run_helpers import BASE, ROOT, arena_run, check_run_consistent, fake_arena_run
+from tests.test_pipeline import trial_processes
+
+
+class PairedBackend(FakeBackend):
+    """Trials that overlap, and finish in the reverse of the order they started: each trial that starts while
+    no other waits holds until the next one has finished (or a few seconds went by, when none comes)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lock = threading.Lock()
+        self.waiting: threading.Event | None = None
+        self.now = self.most = 0
+
+    def run(self, spec, on_log):
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+            mine, other = (threading.Event(), None) if self.waiting is None else (None, self.waiting)
+            self.waiting = mine
+        if mine is not None:
+            mine.wait(timeout=3)
+        outcome = super().run(spec, on_log)
+        with self.lock:
+            self.now -= 1
+            if other is not None:
+                other.set()  # the one that started first finishes after this one
+        return outcome
+
+
+@pytest.mark.parametrize("method", ["cmaes", "tpe", "random"])
+def test_two_workers_finish_a_run_whose_ledger_git_and_method_state_agree(method, tmp_path, cache_root,
+                                                                         stdlib_dataset):
+    runner = PairedBackend()
+    run = open_run(tmp_path / "runs", {"name": "pair", "method": method, "workers": 2, **FAST_SETTINGS},
+                   cache_root=cache_root)
+    try:
+        with final_status(run):
+            run_loop(run, runner, StopRule(trials=14), report=lambda line: None, where=[Placement(), Placement()])
+    finally:
+        run.lock.release()
+    assert runner.most == 2  # two trials were under way at once
+    records = check_run_consistent(run.dir, 14)
+    trials = [r["trial"] for r in records]
+    assert trials != sorted(trials)  # recorded as they finished, not as they were numbered
+    status = json.loads((run.dir / "state" / "status.json").read_text())
+    assert status["phase"] == "done"
+    for r in records[1:]:  # each judged against the best when it finished
+        finished_before = records[:records.index(r)]
+        best = min(x["val_bpb"] for x in finished_before if x["kept"])
+        assert r["kept"] == (r["val_bpb"] < best)
+
+
+def status_of(run_dir):
+    try:
+        return json.loads((run_dir / "state" / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+@pytest.mark.slow  # arena child processes
+def test_kill_9_with_two_trials_in_flight_reruns_exactly_those(tmp_path, cache_root, stdlib_dataset):
+    """kill -9 while two workers each run a trial: the resumed arena re-runs those two trials with the proposals
+    they had (journaled), records every trial once, and ends consistent."""
+    runs = tmp_path / "runs"
+    args = ["--name", "killed", "--method", "tpe", "--workers", "2", "--budget", "2", "--eval-tokens", "4096",
+            "--startup-allowance", "300"]
+    env = {**os.environ, "ARENA_CACHE": str(cache_root), "ARENA_FAKE_HOLD": "600"}
+    arena = subprocess.Popen([sys.executable, "-m", "tests.fake_arena", "run", "--runs-dir", str(runs), *args,
+                              "--trials", "8", "--no-tui"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    run_dir = runs / "killed"
+    deadline = time.monotonic() + 120
+    try:
+        while True:  # trial 1 is held: trial 2 starts beside it
+            workers = status_of(run_dir).get("workers", [])
+            if [w.get("phase") for w in workers] == ["running", "running"]:
+                break
+            assert time.monotonic() < deadline and arena.poll() is None, arena.stderr.read() if arena.stderr else ""
+            time.sleep(0.05)
+    finally:
+        arena.send_signal(signal.SIGKILL)
+        arena.wait()
+    journal = pickle.loads((run_dir / "state" / "journal.pkl").read_bytes())
+    in_flight = journal["in_flight"]
+    assert sorted(in_flight) == [1, 2] and journal["observed"] == [0]
+    resumed = fake_arena_run(runs, cache_root, *args, "--trials", "8")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    records = {r["trial"]: r for r in check_run_consistent(run_dir, 8)}
+    for trial, job in in_flight.items():
+        assert records[trial]["config"] == job.proposal.config  # the journaled proposal, not a new draw
+        log = (run_dir / "logs" / f"trial-{trial:05d}.log").read_text()
+        assert log.count(f"=== trial {trial} started") == 2  # the killed attempt, and the one that finished
+
+
+@pytest.mark.slow  # arena child processes
+@pytest.mark.parametrize("point", ["proposed", "recorded"])
+def test_a_kill_at_any_write_with_a_trial_beside_it_resumes_consistent(point, tmp_path, cache_root,
+                                                                       stdlib_dataset):
+    """kill -9 at one of the loop's writes of trial 3 while another trial runs on the other worker."""
+    runs = tmp_path / "runs"
+    args = ["--name", "k", "--method", "cmaes", "--workers", "2", "--trials", "7"]
+    killed = fake_arena_run(runs, cache_root, *args, env={"ARENA_CRASH_AT": f"{point}:3"})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    resumed = fake_arena_run(runs, cache_root, *args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    check_run_consistent(runs / "k", 7)
+
+
+def test_cores_are_split_between_cpu_workers():
+    cores = sorted(os.sched_getaffinity(0))
+    assert cpu_placements(1) == [Placement()]  # one worker: every core, unpinned
+    split = cpu_placements(len(cores))
+    assert sorted(c for p in split for c in p.cores or ()) == cores and all(len(p.cores or ()) == 1 for p in split)
+    with pytest.raises(SandboxError, match=f"--workers {len(cores) + 1} .* gives arena {len(cores)}"):
+        cpu_placements(len(cores) + 1)
+
+
+def test_a_worker_per_gpu_and_gpus_that_are_not_there():
+    known = {"0", "1", "GPU-aaaa", "GPU-bbbb"}
+    assert gpu_placements(["1", "0"], None, known) == [Placement(gpus=("1",)), Placement(gpus=("0",))]
+    assert gpu_placements(["GPU-bbbb"], 1, known) == [Placement(gpus=("GPU-bbbb",))]
+    with pytest.raises(SandboxError, match="no GPU 7 on this machine .it has 0, 1."):
+        gpu_placements(["0", "7"], None, known)
+    with pytest.raises(SandboxError, match="a worker runs on each listed GPU"):
+        gpu_placements(["0", "1"], 3, known)
+    with pytest.raises(SandboxError, match="lists a GPU twice"):
+        gpu_placements(["0", "0"], None, known)
+    with pytest.raises(ArenaError, match="--workers 2 on a GPU preset runs one trial per GPU"):
+        placements(RunSettings(name="g", preset="gpu", workers=2), get_preset("gpu"))
+    surrogate = RunSettings(name="s", preset="gpu", workers=3, backend="surrogate", surrogate_data=["x"])
+    assert placements(surrogate, get_preset("gpu")) == [Placement(name="surrogate")] * 3  # no device
+
+
+@pytest.mark.slow  # arena child processes
+@pytest.mark.parametrize("flags, message", [
+    (["--workers", "0"], "--workers must be at least 1"),
+    (["--workers", "999"], "--workers 999 on a CPU preset needs a core per worker"),
+])
+def test_bad_worker_settings_are_one_line_and_create_nothing(flags, message, tmp_path, cache_root, stdlib_dataset):
+    runs = tmp_path / "runs"
+    proc = arena_run(runs, cache_root, "--name", "w", *flags)
+    assert proc.returncode == 2
+    assert message in one_line_error(proc)
+    assert not (runs / "w").exists()
+
+
+def cores_of(pid: int) -> frozenset[int] | None:
+    """The cores a process may run on, from /proc (e.g. "0-3,8")."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    listed = next((line.split()[1] for line in status.splitlines() if line.startswith("Cpus_allowed_list")), "")
+    cores: set[int] = set()
+    for part in filter(None, listed.split(",")):
+        low, _, high = part.partition("-")
+        cores.update(range(int(low), int(high or low) + 1))
+    return frozenset(cores)
+
+
+@pytest.mark.slow  # real training in real sandboxes
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="two workers need two cores")
+def test_two_real_workers_train_side_by_side_each_on_its_own_cores(base_run, tmp_path, cache_root):
+    """The session's real run resumed with --workers 2: its next two trials train at the same time, in two
+    bubblewrap sandboxes pinned to disjoint cores, and the run ends consistent."""
+    runs, tmp = tmp_path / "runs", tmp_path / "tmp"
+    tmp.mkdir()
+    shutil.copytree(base_run, runs / "base")
+    env = {**os.environ, "ARENA_CACHE": str(cache_root), "TMPDIR": str(tmp)}
+    total = str(BASE + 2)
+    arena = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--runs-dir", str(runs), "--name", "base",
+                              "--trials", total, "--workers", "2", "--no-tui"], env=env, cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen: set[frozenset[int]] = set()
+    deadline = time.monotonic() + 300
+    try:
+        while len(seen) < 2 and arena.poll() is None and time.monotonic() < deadline:
+            found = {cores for pid in trial_processes(tmp) if (cores := cores_of(pid)) is not None}
+            if len(found) == 2:  # every process of a sandbox has its sandbox's cores
+                seen = found
+            time.sleep(0.05)
+        output, _ = arena.communicate(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        arena.kill()
+    assert arena.returncode == 0, output[-3000:]
+    assert len(seen) == 2  # two sandboxes at once
+    first, second = seen
+    assert not first & second  # on disjoint cores
+    check_run_consistent(runs / "base", BASE + 2)
