@@ -75,7 +75,7 @@ def test_trials_run_on_a_ray_cluster_and_survive_a_killed_worker(ray_cluster, tm
     runs = tmp_path / "runs"
     env = {**os.environ, "ARENA_CACHE": str(cache_root)}
     arena = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--runs-dir", str(runs), "--name", "ray",
-                              "--executor", "ray", "--ray-address", ray_cluster, "--trials", "4", "--no-tui", *FAST],
+                              "--executor", "ray", "--ray-address", ray_cluster, "--trials", "3", "--no-tui", *FAST],
                              env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     logs = runs / "ray" / "logs"
     deadline = time.monotonic() + 600
@@ -88,11 +88,11 @@ def test_trials_run_on_a_ray_cluster_and_survive_a_killed_worker(ray_cluster, tm
         arena.kill()
     assert arena.returncode == 0, output[-3000:]
     assert "2 workers (ray cpu, ray cpu)" in output  # a worker per CPU the cluster has for trials
-    records = {r["trial"]: r for r in check_run_consistent(runs / "ray", 4)}
-    assert [records[t]["status"] for t in (0, 1, 3)] == ["ok", "ok", "ok"]
+    records = {r["trial"]: r for r in check_run_consistent(runs / "ray", 3)}
+    assert [records[t]["status"] for t in (0, 1)] == ["ok", "ok"]
     assert records[2]["status"] == "lost" and "also when retried" in records[2]["reason"]
     assert len(attempts(logs / "trial-00001.log")) == 2 and len(attempts(logs / "trial-00002.log")) == 2
-    for trial in (0, 1, 3):  # the output came back as it was printed, up to the score
+    for trial in (0, 1):  # the output came back as it was printed, up to the score
         text = (logs / f"trial-{trial:05d}.log").read_text()
         assert "step=" in text and "val_bpb:" in text
 

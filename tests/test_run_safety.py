@@ -103,7 +103,7 @@ def test_a_failed_preflight_creates_nothing_and_its_advice_works(tmp_path, cache
     line = one_line_error(arena_run(runs, cache_root, "--name", "x", env={BWRAP_ENV: str(tmp_path / "none")}))
     assert "bwrap" in line
     assert not runs.exists() or not any(runs.iterdir())
-    proc = arena_run(runs, cache_root, "--name", "x", "--trials", "1", *FAST)
+    proc = fake_arena_run(runs, cache_root, "--name", "x", "--trials", "1", *FAST)  # the loop's part: it starts
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((runs / "x" / "run.json").read_text())["settings"]["method"] == "random"
 
@@ -115,7 +115,7 @@ def test_settings_may_change_while_no_trial_is_recorded(tmp_path, cache_root, st
     failed = arena_run(runs, cache_root, "--name", "y", "--trials", "1", "--budget", "1", *too_many)
     assert failed.returncode == 2 and failed.stderr.splitlines()[-1].startswith("error: the baseline trial failed")
     assert Ledger.read(runs / "y" / "ledger.jsonl").records == []
-    proc = arena_run(runs, cache_root, "--name", "y", "--trials", "1", *FAST)  # other settings: accepted
+    proc = fake_arena_run(runs, cache_root, "--name", "y", "--trials", "1", *FAST)  # other settings: accepted
     assert proc.returncode == 0, proc.stderr[-2000:]
     settings = json.loads((runs / "y" / "run.json").read_text())["settings"]
     assert settings["eval_tokens"] == 4096 and settings["budget"] == 2.0

@@ -32,7 +32,8 @@ from tests.test_pipeline import trial_processes
 
 class PairedBackend(FakeBackend):
     """Trials that overlap, and finish in the reverse of the order they started: each trial that starts while
-    no other waits holds until the next one has finished (or a few seconds went by, when none comes)."""
+    no other waits holds until the next one has finished (or a few seconds went by, when none comes). The
+    baseline, which runs alone, does not wait."""
 
     def __init__(self):
         super().__init__()
@@ -45,6 +46,8 @@ class PairedBackend(FakeBackend):
             self.now += 1
             self.most = max(self.most, self.now)
             mine, other = (threading.Event(), None) if self.waiting is None else (None, self.waiting)
+            if spec.trusted:
+                mine = None
             self.waiting = mine
         if mine is not None:
             mine.wait(timeout=3)
@@ -56,7 +59,7 @@ class PairedBackend(FakeBackend):
         return outcome
 
 
-@pytest.mark.parametrize("method", ["cmaes", "tpe", "random"])
+@pytest.mark.parametrize("method", ["cmaes", "tpe"])
 def test_two_workers_finish_a_run_whose_ledger_git_and_method_state_agree(method, tmp_path, cache_root,
                                                                          stdlib_dataset):
     runner = PairedBackend()
@@ -64,11 +67,11 @@ def test_two_workers_finish_a_run_whose_ledger_git_and_method_state_agree(method
                    cache_root=cache_root)
     try:
         with final_status(run):
-            run_loop(run, runner, StopRule(trials=14), report=lambda line: None, where=[Placement(), Placement()])
+            run_loop(run, runner, StopRule(trials=10), report=lambda line: None, where=[Placement(), Placement()])
     finally:
         run.lock.release()
     assert runner.most == 2  # two trials were under way at once
-    records = check_run_consistent(run.dir, 14)
+    records = check_run_consistent(run.dir, 10)
     trials = [r["trial"] for r in records]
     assert trials != sorted(trials)  # recorded as they finished, not as they were numbered
     status = json.loads((run.dir / "state" / "status.json").read_text())
