@@ -154,7 +154,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     def preflight(settings: RunSettings, preset: Preset, space: SearchSpace, method: Method[Any]) -> None:
         """Whatever can refuse the run, before anything of it is created or changed."""
-        if settings.backend == "local":
+        if settings.backend == "local" and settings.executor == "local":  # (Ray nodes have their own devices)
             require_device(preset)
         backends.append(make_backend(settings, preset, space))  # the sandbox works here, or the surrogate fits
         workers[:] = placements(settings, preset, backends[-1])  # the GPUs named are there, the cores go round

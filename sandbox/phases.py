@@ -42,6 +42,7 @@ MAX_STATS_BYTES = 1 << 16
 NOBODY = 65534
 SUPERVISOR_CAPABILITIES = ("CAP_SETUID", "CAP_SETGID", "CAP_KILL")  # a root supervisor's: hand over, then end
 OUTER_GRACE_SECONDS = 30.0  # past a phase's own deadline: when the backend ends the whole sandbox itself
+GPU_UUIDS_ENV = "ARENA_GPU_UUIDS"  # the phase's GPUs, for the supervisor's memory count (see supervisor.py)
 
 
 def harness_hash(directory: Path, files: tuple[str, ...]) -> str:

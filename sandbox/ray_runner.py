@@ -21,7 +21,6 @@ import os
 import socket
 import tempfile
 import threading
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -64,7 +63,8 @@ class RayRunner:
             check_address(address)
         try:
             # no address: RAY_ADDRESS, else a cluster `ray start` made on this machine, else a new local one
-            ray.init(address=address, log_to_driver=False, configure_logging=False)
+            if not ray.is_initialized():  # (a process joins one cluster)
+                ray.init(address=address, log_to_driver=False, configure_logging=False)
         except (ConnectionError, RuntimeError) as e:
             where = address or "RAY_ADDRESS or this machine"
             raise SandboxError(f"cannot join a Ray cluster at {where} ({' '.join(str(e).split())[:200]}); start "
@@ -78,11 +78,17 @@ class RayRunner:
         self._data: dict[Path, tuple[str, dict[str, Any]]] = {}  # data_dir -> (content key, name -> object ref)
 
     def capacity(self) -> int:
-        """Trials the cluster can run at once: its GPUs (or CPUs on a CPU preset)."""
+        """Trials the cluster can run at once: its GPUs (or CPUs on a CPU preset); SandboxError for none."""
         import ray
 
         resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]  # untyped in ray
-        return max(1, int(resources.get(self.resource, 0)))
+        count = int(resources.get(self.resource, 0))
+        if count == 0:
+            raise SandboxError(f"the Ray cluster has no {self.resource} for trials (its resources: "
+                               f"{', '.join(f'{k} {v:g}' for k, v in sorted(resources.items()) if ':' not in k)}); "
+                               f"start nodes with {self.resource}s (`ray start --address ... --num-"
+                               f"{self.resource.lower()}s N`)")
+        return count
 
     def placed(self, placement: Placement) -> RayRunner:
         return self  # Ray places each trial on a node and device of its choosing
@@ -90,10 +96,12 @@ class RayRunner:
     def run(self, spec: TrialSpec, on_log: LogSink) -> Outcome:
         import ray
         from ray.util.queue import Empty, Queue
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         key, data = self._shipped_data(spec.data_dir)
         harness = {name: (spec.harness_dir / name).read_bytes() for name in spec.harness_files}
-        lines = Queue(actor_options={"num_cpus": 0})
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        lines = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})  # lost only with arena's node
         ref = self.task.remote(self.backend_ref, replace(spec, compile_cache=None, trusted=False), harness,
                                key, data, lines)
 
@@ -104,13 +112,17 @@ class RayRunner:
                         on_log(line)
 
         try:
-            with registered(lambda: ray.cancel(ref, force=True)):
+            # a stopping loop cancels the task gently: the backend's own clean-up (killing the sandbox,
+            # removing the container) runs on the node
+            with registered(lambda: ray.cancel(ref)):
                 while not ray.wait([ref], timeout=FLUSH_SECONDS)[0]:
                     drain()
             drain()
             try:
                 outcome: Outcome = ray.get(ref)
                 return outcome
+            except ray.exceptions.TaskCancelledError:
+                return Outcome(Status.CRASH, "cancelled: arena stopped")  # the loop is ending; never recorded
             except ray.exceptions.RayTaskError as e:  # raised by the backend on the node: its sandbox cannot run
                 raise SandboxError(f"on a Ray node: {' '.join(str(e.cause or e).split())[:300]}") from None
             except ray.exceptions.RayError as e:  # the worker or node died, twice (Ray retried once)
@@ -161,29 +173,40 @@ def materialize(key: str, data: dict[str, Any]) -> Path:
 
 
 class LineShipper:
-    """Sends a trial's output lines to the head in batches: every FLUSH_SECONDS, or FLUSH_LINES lines."""
+    """Sends a trial's output lines to the head in batches: at least every FLUSH_SECONDS (a thread sees to
+    it while the trial is quiet), and at once past FLUSH_LINES lines. A queue that is gone (arena's node
+    lost) costs the output, never the trial."""
 
     def __init__(self, lines: Any):
         self.lines = lines
         self.batch: list[str] = []
-        self.sent = time.monotonic()
         self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.timer = threading.Thread(target=self._tick, daemon=True)
+        self.timer.start()
 
     def __call__(self, line: str) -> None:
         with self.lock:
             self.batch.append(line)
-            if len(self.batch) >= FLUSH_LINES or time.monotonic() - self.sent >= FLUSH_SECONDS:
+            if len(self.batch) >= FLUSH_LINES:
                 self._send()
 
-    def flush(self) -> None:
+    def close(self) -> None:
+        self.done.set()
+        self.timer.join()
         with self.lock:
             self._send()
 
+    def _tick(self) -> None:
+        while not self.done.wait(FLUSH_SECONDS):
+            with self.lock:
+                self._send()
+
     def _send(self) -> None:
         if self.batch:
-            self.lines.put(self.batch)
+            with contextlib.suppress(Exception):
+                self.lines.put(self.batch)
             self.batch = []
-        self.sent = time.monotonic()
 
 
 def run_remote(backend: TrialRunner, spec: TrialSpec, harness: dict[str, bytes], key: str, data: dict[str, Any],
@@ -203,4 +226,4 @@ def run_remote(backend: TrialRunner, spec: TrialSpec, harness: dict[str, bytes],
         try:
             return backend.placed(placement).run(local, ship)
         finally:
-            ship.flush()
+            ship.close()

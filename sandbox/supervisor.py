@@ -130,11 +130,14 @@ class GpuMemory:
                 return
         except (OSError, AttributeError):
             return  # no driver: a CPU phase
+        uuids = [u for u in os.environ.get("ARENA_GPU_UUIDS", "").split(",") if u]  # bubblewrap names them
         visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")  # NVML numbers GPUs in PCI order, as the phase's env
         indices = [int(i) for i in visible.split(",")] if visible.replace(",", "").isdigit() else range(count.value)
-        for index in indices:
+        for key in uuids or indices:
             handle = ctypes.c_void_p()
-            if self.nvml.nvmlDeviceGetHandleByIndex_v2(index, ctypes.byref(handle)) == 0:
+            found = (self.nvml.nvmlDeviceGetHandleByUUID(key.encode(), ctypes.byref(handle)) if isinstance(key, str)
+                     else self.nvml.nvmlDeviceGetHandleByIndex_v2(key, ctypes.byref(handle)))
+            if found == 0:
                 self.handles.append(handle)
         if self.handles:
             self.base = self.used()

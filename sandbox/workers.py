@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
+from pathlib import Path
 
 from sandbox.errors import SandboxError
 
@@ -43,7 +44,7 @@ def cpu_placements(workers: int) -> list[Placement]:
     all cores, unpinned). Raises SandboxError when there are fewer cores than workers."""
     if workers == 1:
         return [Placement()]
-    cores = sorted(os.sched_getaffinity(0))
+    cores = by_physical_core(sorted(os.sched_getaffinity(0)))
     if workers > len(cores):
         raise SandboxError(f"--workers {workers} on a CPU preset needs a core per worker, and this machine gives "
                            f"arena {len(cores)}; use --workers {len(cores)} or fewer")
@@ -56,9 +57,29 @@ def cpu_placements(workers: int) -> list[Placement]:
     return placements
 
 
-def gpu_ids() -> set[str]:
-    """The GPUs of this machine as nvidia-smi names them: indices and UUIDs. Raises SandboxError when it
-    cannot tell (no NVIDIA driver)."""
+def by_physical_core(cores: list[int], sysfs: Path = Path("/sys/devices/system/cpu")) -> list[int]:
+    """`cores` with hyperthread siblings side by side (Linux often numbers them i and i + N/2), so that
+    contiguous shares hold whole physical cores instead of halves of every one."""
+    def siblings(core: int) -> tuple[int, ...]:
+        try:
+            listed = (sysfs / f"cpu{core}" / "topology" / "thread_siblings_list").read_text().strip()
+        except OSError:
+            return (core,)
+        found: list[int] = []
+        for part in filter(None, listed.split(",")):
+            low, _, high = part.partition("-")
+            found += range(int(low), int(high or low) + 1)
+        return tuple(found)
+
+    ordered: list[int] = []
+    for core in cores:
+        ordered += [c for c in siblings(core) if c in cores and c not in ordered]
+    return ordered + [c for c in cores if c not in ordered]
+
+
+def gpu_ids() -> dict[str, str]:
+    """The GPUs of this machine as nvidia-smi names them: each index and each UUID, to the GPU's UUID.
+    Raises SandboxError when it cannot tell (no NVIDIA driver)."""
     smi = shutil.which("nvidia-smi")
     if smi is None:
         raise SandboxError("--gpus names NVIDIA GPUs, and nvidia-smi is not on this machine's PATH; install the "
@@ -69,18 +90,23 @@ def gpu_ids() -> set[str]:
     except (subprocess.SubprocessError, OSError) as e:
         raise SandboxError(f"nvidia-smi could not list the GPUs ({e}); check the NVIDIA driver, or leave --gpus "
                            "out") from None
-    return {part.strip() for line in listing.splitlines() for part in line.split(",") if part.strip()}
+    known = {}
+    for line in listing.splitlines():
+        index, _, uuid = (part.strip() for part in line.partition(","))
+        if index and uuid:
+            known[index] = known[uuid] = uuid
+    return known
 
 
-def gpu_placements(gpus: list[str], workers: int | None, known: set[str]) -> list[Placement]:
-    """One placement per listed GPU; raises SandboxError for an unknown GPU or a worker count that is not
-    one per GPU."""
+def gpu_placements(gpus: list[str], workers: int | None, known: dict[str, str]) -> list[Placement]:
+    """One placement per listed GPU (`known`: gpu_ids()); raises SandboxError for an unknown GPU, one listed
+    twice (by index and UUID too), or a worker count that is not one per GPU."""
     missing = [gpu for gpu in gpus if gpu not in known]
     if missing:
         indices = sorted((g for g in known if g.isdigit()), key=int)
         raise SandboxError(f"--gpus {','.join(gpus)}: no GPU {', '.join(missing)} on this machine (it has "
                            f"{', '.join(indices) or 'none'}); list GPUs nvidia-smi shows")
-    if len(set(gpus)) != len(gpus):
+    if len({known[gpu] for gpu in gpus}) != len(gpus):
         raise SandboxError(f"--gpus {','.join(gpus)} lists a GPU twice; each worker needs a GPU of its own")
     if workers is not None and workers != len(gpus):
         raise SandboxError(f"--workers {workers} with --gpus {','.join(gpus)}: a worker runs on each listed GPU; "

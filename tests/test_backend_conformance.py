@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from sandbox import Backend, Status
+from sandbox import Backend, Placement, Status
 from sandbox.outcome import summary
 from sandbox.phases import OUTER_GRACE_SECONDS, bare_phase
 from sandbox.trial import PhaseOutput
@@ -135,3 +135,19 @@ def test_log_streaming(backend, tmp_path):
     assert [line for _, line in probes] == ["PROBE first\n", "PROBE second\n"]
     assert probes[1][0] - probes[0][0] > 1.5
     assert arrivals[-1][1].startswith("ARENA_PHASE ")  # the supervisor's report comes last
+
+
+def test_a_pinned_phase_stays_on_its_cores(backend, tmp_path):
+    """A worker's sandbox runs on its share of the cores, and trial code cannot widen it onto a neighbour's
+    (bubblewrap: a seccomp filter; Docker: the container's cpuset)."""
+    if backend.isolation == "none":
+        pytest.skip("isolation none confines nothing: pinning there is advice")
+    code = ("import os\nprint('PROBE before', sorted(os.sched_getaffinity(0)))\n"
+            "try:\n    os.sched_setaffinity(0, range(os.cpu_count() or 1))\nexcept OSError as e:\n"
+            "    print('PROBE refused', e.errno)\nprint('PROBE after', sorted(os.sched_getaffinity(0)))\n")
+    pinned = backend.placed(Placement(cores=(0,)))
+    lines: list[str] = []
+    run = pinned.run_phase(bare_phase(tmp_path / "phase", 60, pinned.owner), PhaseOutput(lines.append), ["-c", code])
+    assert run.report is not None and run.report.exit_code == 0
+    probes = [line.strip() for line in lines if line.startswith("PROBE")]
+    assert probes[0] == "PROBE before [0]" and probes[-1] == "PROBE after [0]"  # refused, or cut to its cpuset

@@ -15,9 +15,12 @@ from pathlib import Path
 import pytest
 
 from agent.ledger import Ledger
+from agent.methods import Context
+from agent.run import open_run
 from agent.space import load_space
 from agent.workspace import RunRepo
 from tests.conftest import ROOT, one_line_error
+from tests.fake_runs import FAST_SETTINGS, fake_run
 from tests.run_helpers import BASE, NEXT, arena_run, check_run_consistent, fake_arena_run
 
 
@@ -235,3 +238,27 @@ def test_torn_ledger_line_is_dropped_and_rerun(fake_base_run, fake_straight_run,
     assert fake_arena_run(runs, cache_root, "--name", "base", "--trials", NEXT).returncode == 0
     records = check_run_consistent(runs / "base", BASE + 1)
     assert records[BASE]["config"] == fake_straight_run[BASE]["config"]
+
+
+def test_a_run_of_the_version_before_the_journal_resumes_exactly(tmp_path, cache_root, stdlib_dataset):
+    """A run killed by the previous version left state/method.pkl (after trial 5) and state/pending.pkl (the
+    proposal of trial 6, being run): the resume takes that proposal, once, and goes on as a run never
+    interrupted would."""
+    straight = fake_run(tmp_path / "straight", cache_root, "c", 9, method="cmaes")
+    run_dir = fake_run(tmp_path / "old", cache_root, "c", 6, method="cmaes")
+    journal = pickle.loads((run_dir / "state" / "journal.pkl").read_bytes())
+    (run_dir / "state" / "method.pkl").write_bytes(pickle.dumps({"observed_through": 5, "state": journal["state"]}))
+    after = open_run(tmp_path / "old", {"name": "c", **FAST_SETTINGS}, cache_root=cache_root)  # propose trial 6
+    try:
+        proposal = after.method.propose(Context(6, after.ledger.records, after.ledger.records[0], "", after.space))
+        proposal.description += " (as journaled)"
+        state = after.method.state()
+    finally:
+        after.lock.release()
+    (run_dir / "state" / "journal.pkl").unlink()
+    (run_dir / "state" / "pending.pkl").write_bytes(pickle.dumps({"trial": 6, "proposal": proposal, "state": state}))
+    fake_run(tmp_path / "old", cache_root, "c", 9, method="cmaes")
+    records = check_run_consistent(run_dir, 9)
+    assert records[6]["description"] == proposal.description  # the journaled proposal ran,
+    assert [r["config"] for r in records] == [r["config"] for r in check_run_consistent(straight, 9)]  # as it would
+    assert not (run_dir / "state" / "method.pkl").exists() and not (run_dir / "state" / "pending.pkl").exists()

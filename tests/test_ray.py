@@ -97,6 +97,22 @@ def test_trials_run_on_a_ray_cluster_and_survive_a_killed_worker(ray_cluster, tm
         assert "step=" in text and "val_bpb:" in text
 
 
+@pytest.mark.slow  # a Ray cluster
+def test_a_cluster_without_the_device_a_trial_needs_is_one_line(ray_cluster):
+    import ray
+
+    from sandbox import LocalBackend
+    from sandbox.errors import SandboxError
+    from sandbox.ray_runner import RayRunner
+
+    try:
+        assert RayRunner(LocalBackend("none"), ray_cluster, gpu=False).capacity() == 2  # a CPU on each worker
+        with pytest.raises(SandboxError, match="the Ray cluster has no GPU for trials"):
+            RayRunner(LocalBackend("none"), ray_cluster, gpu=True).capacity()
+    finally:
+        ray.shutdown()
+
+
 @pytest.mark.slow  # an arena child process
 def test_a_ray_address_that_does_not_answer_is_one_line(tmp_path, cache_root, stdlib_dataset):
     runs = tmp_path / "runs"

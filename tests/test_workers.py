@@ -22,8 +22,9 @@ from agent.loop import StopRule, final_status, placements, run_loop
 from agent.presets import get_preset
 from agent.run import RunSettings, open_run
 from sandbox import Placement
+from sandbox.bwrap import gpu_devices, gpu_env, gpu_nodes
 from sandbox.errors import SandboxError
-from sandbox.workers import cpu_placements, gpu_placements
+from sandbox.workers import by_physical_core, cpu_placements, gpu_placements
 from tests.conftest import one_line_error
 from tests.fake_runs import FAST_SETTINGS, FakeBackend
 from tests.run_helpers import BASE, ROOT, arena_run, check_run_consistent, fake_arena_run
@@ -105,7 +106,9 @@ def test_kill_9_with_two_trials_in_flight_reruns_exactly_those(tmp_path, cache_r
     try:
         while True:  # trial 1 is held: trial 2 starts beside it
             workers = status_of(run_dir).get("workers", [])
-            if [w.get("phase") for w in workers] == ["running", "running"]:
+            logs = [run_dir / "logs" / f"trial-{t:05d}.log" for t in (1, 2)]
+            if [w.get("phase") for w in workers] == ["running", "running"] and all(
+                    log.exists() and "=== trial" in log.read_text() for log in logs):  # both sandboxes started
                 break
             assert time.monotonic() < deadline and arena.poll() is None, arena.stderr.read() if arena.stderr else ""
             time.sleep(0.05)
@@ -147,16 +150,25 @@ def test_cores_are_split_between_cpu_workers():
         cpu_placements(len(cores) + 1)
 
 
+def test_hyperthread_siblings_go_to_the_same_worker(tmp_path):
+    for core, siblings in ((0, "0,2"), (1, "1,3"), (2, "0,2"), (3, "1,3"), (4, "4")):
+        (tmp_path / f"cpu{core}" / "topology").mkdir(parents=True)
+        (tmp_path / f"cpu{core}" / "topology" / "thread_siblings_list").write_text(siblings + "\n")
+    assert by_physical_core([0, 1, 2, 3, 4], tmp_path) == [0, 2, 1, 3, 4]
+    assert by_physical_core([1, 2, 3], tmp_path) == [1, 3, 2]  # a sibling arena may not use stays out
+
+
 def test_a_worker_per_gpu_and_gpus_that_are_not_there():
-    known = {"0", "1", "GPU-aaaa", "GPU-bbbb"}
+    known = {"0": "GPU-aaaa", "1": "GPU-bbbb", "GPU-aaaa": "GPU-aaaa", "GPU-bbbb": "GPU-bbbb"}
     assert gpu_placements(["1", "0"], None, known) == [Placement(gpus=("1",)), Placement(gpus=("0",))]
     assert gpu_placements(["GPU-bbbb"], 1, known) == [Placement(gpus=("GPU-bbbb",))]
     with pytest.raises(SandboxError, match="no GPU 7 on this machine .it has 0, 1."):
         gpu_placements(["0", "7"], None, known)
     with pytest.raises(SandboxError, match="a worker runs on each listed GPU"):
         gpu_placements(["0", "1"], 3, known)
-    with pytest.raises(SandboxError, match="lists a GPU twice"):
-        gpu_placements(["0", "0"], None, known)
+    for twice in (["0", "0"], ["1", "GPU-bbbb"]):
+        with pytest.raises(SandboxError, match="lists a GPU twice"):
+            gpu_placements(twice, None, known)
     with pytest.raises(ArenaError, match="--workers 2 on a GPU preset runs one trial per GPU"):
         placements(RunSettings(name="g", preset="gpu", workers=2), get_preset("gpu"))
     surrogate = RunSettings(name="s", preset="gpu", workers=3, backend="surrogate", surrogate_data=["x"])
@@ -219,3 +231,26 @@ def test_two_real_workers_train_side_by_side_each_on_its_own_cores(base_run, tmp
     first, second = seen
     assert not first & second  # on disjoint cores
     check_run_consistent(runs / "base", BASE + 2)
+
+
+def test_a_gpu_sandbox_gets_its_own_gpus_device_and_no_other(tmp_path):
+    """bubblewrap binds the driver's shared nodes and the listed GPUs' own /dev/nvidiaN (found through
+    nvidia-smi's bus ids and the driver's /proc/driver/nvidia/gpus/<bus id>/information), and numbers them
+    from 0 for CUDA, with their UUIDs for the supervisor's memory count."""
+    proc = tmp_path / "gpus"
+    for bus, minor in (("0000:17:00.0", 2), ("0000:65:00.0", 0)):
+        (proc / bus).mkdir(parents=True)
+        (proc / bus / "information").write_text(f"Model: \t\t NVIDIA H100\nIRQ:   \t\t 1\nDevice Minor: \t {minor}\n")
+    table = gpu_nodes("0, GPU-aaaa, 00000000:17:00.0\n1, GPU-bbbb, 00000000:65:00.0\n", proc)
+    assert [(n.index, n.uuid, n.minor) for n in table] == [("0", "GPU-aaaa", 2), ("1", "GPU-bbbb", 0)]
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    for name in ("nvidia0", "nvidia1", "nvidia2", "nvidiactl", "nvidia-uvm", "nvidia-uvm-tools"):
+        (dev / name).touch()
+    shared = ["nvidia-uvm", "nvidia-uvm-tools", "nvidiactl"]
+    assert sorted(Path(p).name for p in gpu_devices(["0"], table, dev)) == sorted([*shared, "nvidia2"])
+    assert sorted(Path(p).name for p in gpu_devices(["GPU-bbbb"], table, dev)) == sorted([*shared, "nvidia0"])
+    assert gpu_env(["1"], table) == {"CUDA_VISIBLE_DEVICES": "0", "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+                                     "ARENA_GPU_UUIDS": "GPU-bbbb"}
+    with pytest.raises(SandboxError, match="cannot tell which /dev/nvidiaN is GPU 5"):
+        gpu_devices(["5"], table, dev)

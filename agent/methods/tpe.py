@@ -4,8 +4,9 @@ Search space. One Optuna distribution per constant, named after it:
   float -> FloatDistribution(low, high, log)      int -> IntDistribution(low, high, log)
   pow2  -> IntDistribution over the exponent, named "log2(NAME)", mapped back to 2**e
   categorical -> CategoricalDistribution(choices)
-The sampler is TPESampler with Optuna's defaults (in Optuna 5: multivariate TPE, constant liar, 10
-random start-up trials).
+The sampler is TPESampler with multivariate TPE and the constant liar (trials under way on other workers
+count as bad ones, so parallel proposals spread out), named here because Optuna 4's defaults had both
+off, and 10 random start-up trials.
 
 The study lives in the run: run_dir/state/optuna.journal (a JournalStorage on a JournalFileBackend),
 so a resumed run continues it. With run_dir None (the dry check before a run exists) it lives in memory.
@@ -155,7 +156,8 @@ class TPE:
 
     def propose(self, ctx: Context) -> Proposal:
         self._fail_leftovers(ctx.in_flight)
-        self.study.sampler = optuna.samplers.TPESampler(seed=trial_seed(self.seed, ctx.trial))
+        self.study.sampler = optuna.samplers.TPESampler(seed=trial_seed(self.seed, ctx.trial), multivariate=True,
+                                                        constant_liar=True)
         trial = self.study.ask(self.distributions)
         trial.set_user_attr(LINK_ATTR, ctx.trial)
         config = to_config(self.space, trial.params)

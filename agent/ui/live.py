@@ -119,15 +119,16 @@ def trial_seconds(records: list[TrialRecord]) -> float:
 
 
 def eta(snap: Snapshot, used: float, stop_rule: StopRule | None) -> float | None:
-    """Seconds left until the stop rule, from the mean time of the trials so far."""
+    """Seconds left until the stop rule, from the mean time of the trials so far (several workers share them)."""
     if stop_rule is None or not snap.records:
         return None
     mean = trial_seconds(snap.records) / len(snap.records)
+    workers = max(1, len(snap.status.workers))
     left = []
     if stop_rule.trials is not None:
-        left.append((stop_rule.trials - len(snap.records)) * mean - snap.elapsed)
+        left.append((stop_rule.trials - len(snap.records)) * mean / workers - snap.elapsed)
     if stop_rule.hours is not None:
-        left.append(stop_rule.hours * 3600 - used)
+        left.append((stop_rule.hours * 3600 - used) / workers)
     return max(0.0, min(left)) if left else None
 
 

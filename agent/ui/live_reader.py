@@ -185,12 +185,13 @@ class RunReader:
         status = RunStatus.from_json(read_json(self.dir / "state" / "status.json") or {})
         phase = status.phase
         training = self._training(status) if phase == "running" else None
+        alive = writer_alive(status)
         return Snapshot(name=self.settings.name or self.dir.name, settings=self.settings,
                         preset=self.preset, records=records, best_curve=self._best_curve(records),
                         status=status, trial_started=self._trial_started(status), training=training,
                         stream=self._stream(status) if phase == "proposing" else None,
-                        llm_calls=self.llm_log.poll(), now=time.time(), writer_alive=writer_alive(status),
-                        workers=self._workers(status) if phase not in FINAL_PHASES else ())
+                        llm_calls=self.llm_log.poll(), now=time.time(), writer_alive=alive,
+                        workers=self._workers(status) if phase not in FINAL_PHASES and alive is not False else ())
 
     def _best_curve(self, records: list[TrialRecord]) -> list[float | None]:
         """The current best after each trial, extended only by the trials added since the last read."""
