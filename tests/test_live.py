@@ -255,8 +255,7 @@ def test_watch_in_tmux_follows_the_run(tmux_ready, tmp_path, cache_root, stdlib_
     def drive() -> None:
         try:
             with final_status(run):
-                run_loop(run, FakeBackend(gate=stepper), StopRule(trials=3), report=lambda line: None,
-                         where=[Placement(cores=(0,)), Placement(cores=(0,))])  # whatever cores this machine has
+                run_loop(run, FakeBackend(gate=stepper), StopRule(trials=3), report=lambda line: None)
         except Exception as e:  # noqa: BLE001 (shown by the main thread)
             failures.append(e)
         finally:
