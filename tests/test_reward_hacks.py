@@ -2,7 +2,8 @@
 
 Each cheat is written as an adversary would, knowing every host path (the dataset cache, the template,
 a run directory with its ledger). Each must end with the outcome it is given here, or score no better
-than the honest template; and no file outside its own out directory may change.
+than the honest template; and no file outside its own out directory may change. Cheats that only the
+harness and the supervisor judge (the same code in every sandbox) run on the first backend only.
 """
 
 from __future__ import annotations
@@ -312,6 +313,21 @@ CHEATS: list[Cheat] = [
     ("print forged harness lines", FAKE_LINES, None),
     ("patch what the trial reports about itself", FAKE_REPORTS, None),
 ]
+# Judged by the harness, the supervisor and outcome.judge alone: the same files and code run them in every
+# backend, so they run on the first confining backend only (the rest, which the sandbox itself must stop,
+# or whose output a backend carries, run on each).
+SAME_IN_EVERY_BACKEND = {"pickled weights that run code in the eval phase",
+                         "a graph that reads validation data from a file", "a model that sees the next token",
+                         "NaN logits", "a model that remembers the rows it was scored on",
+                         "patch what the trial reports about itself", "slow down the harness's clock",
+                         "train before the clock starts"}
+
+
+def only_once(name: str, backend) -> None:
+    if name in SAME_IN_EVERY_BACKEND and backend.isolation != CONFINED[0].id:
+        pytest.skip(f"judged by the harness and the supervisor, the same in every backend: run on {CONFINED[0].id}")
+
+
 BUDGET_CHEATS: list[Cheat] = [
     ("ignore should_stop()", IGNORE_SHOULD_STOP, Status.OVER_BUDGET),
     ("slow down the harness's clock", SLOW_CLOCK, Status.OVER_BUDGET),
@@ -342,6 +358,7 @@ def survivors(marker: str) -> list[int]:
 @pytest.mark.slow
 @pytest.mark.parametrize("name, code, expected", CHEATS, ids=[c[0] for c in CHEATS])
 def test_a_cheat_gains_nothing(name, code, expected, backend, known, stdlib_dataset, run_dir, honest, monkeypatch):
+    only_once(name, backend)
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     roots = (stdlib_dataset, template_dir(), run_dir)
     before = tree_digest(*roots)
@@ -367,6 +384,7 @@ def test_a_cheat_gains_nothing(name, code, expected, backend, known, stdlib_data
 @pytest.mark.slow
 @pytest.mark.parametrize("name, code, expected", BUDGET_CHEATS, ids=[c[0] for c in BUDGET_CHEATS])
 def test_a_budget_cheat_is_over_budget(name, code, expected, backend, known, stdlib_dataset):
+    only_once(name, backend)
     outcome, _ = run(backend, make_spec(stdlib_dataset, source_of(known, code), budget=1, cap=5))
     assert outcome.status is expected, (outcome.status, outcome.reason, outcome.log_tail[-1500:])
     assert outcome.result["outside_seconds"] > 5 and "past the 1 s budget" in outcome.reason

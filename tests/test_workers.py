@@ -28,7 +28,6 @@ from sandbox.workers import by_physical_core, cpu_placements, gpu_placements
 from tests.conftest import one_line_error
 from tests.fake_runs import FAST_SETTINGS, FakeBackend
 from tests.run_helpers import BASE, ROOT, arena_run, check_run_consistent, fake_arena_run
-from tests.test_pipeline import trial_processes
 
 
 class PairedBackend(FakeBackend):
@@ -188,6 +187,20 @@ def test_bad_worker_settings_are_one_line_and_create_nothing(flags, message, tmp
     assert not (runs / "w").exists()
 
 
+def trial_sandboxes(tmp: Path) -> list[int]:
+    """PIDs of the bwrap processes of trials whose phases lie under `tmp` (not the sandbox check that runs
+    before them, which is not pinned)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace") if proc.name.isdigit() else ""
+        except OSError:
+            continue
+        if f"{tmp}/arena-trial-" in cmdline:
+            found.append(int(proc.name))
+    return found
+
+
 def cores_of(pid: int) -> frozenset[int] | None:
     """The cores a process may run on, from /proc (e.g. "0-3,8")."""
     try:
@@ -219,7 +232,7 @@ def test_two_real_workers_train_side_by_side_each_on_its_own_cores(base_run, tmp
     deadline = time.monotonic() + 300
     try:
         while len(seen) < 2 and arena.poll() is None and time.monotonic() < deadline:
-            found = {cores for pid in trial_processes(tmp) if (cores := cores_of(pid)) is not None}
+            found = {cores for pid in trial_sandboxes(tmp) if (cores := cores_of(pid)) is not None}
             if len(found) == 2:  # every process of a sandbox has its sandbox's cores
                 seen = found
             time.sleep(0.05)
