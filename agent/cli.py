@@ -157,7 +157,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if settings.backend == "local" and settings.executor == "local":  # (Ray nodes have their own devices)
             require_device(preset)
         backends.append(make_backend(settings, preset, space))  # the sandbox works here, or the surrogate fits
-        workers[:] = placements(settings, preset, backends[-1])  # the GPUs named are there, the cores go round
+        workers[:] = placements(settings, preset, backends[-1])  # the GPUs named exist, the cores suffice
         if isinstance(method, ModelBacked):
             method.check_ready()  # an unreachable model stops the run here, before any trial
 

@@ -4,10 +4,12 @@
                             [--eval-tokens N] [--out bench-out/scaling]
 
 For each worker count, a run of its own: the baseline alone (it runs before any other trial), then --trials
-random-search trials on the workers, timed from the first of them starting to the last one recorded. On a
-CPU preset the cores are split between the workers (each trial trains on its share: fewer steps, the same
-budget); with --gpus, worker counts take the first N GPUs. Prints trials per hour and the speed-up over one
-worker (the target is at least 0.9 x N); writes scaling.json and scaling.png under --out.
+random-search trials on the workers, timed from the first of them starting to the last one recorded (the
+batch rate, which counts the tail where some workers have no trial left), and the rate the workers give
+while each has one (N x 3600 / the mean trial's seconds). On a CPU preset the cores are split between the
+workers (each trial trains on its share: fewer steps, the same budget); with --gpus, worker counts take the
+first N GPUs. Prints both rates and the busy rate's speed-up over one worker (the target is at least
+0.9 x N); writes scaling.json and scaling.png under --out.
 """
 
 from __future__ import annotations
@@ -43,9 +45,10 @@ def measure(runs: Path, workers: int, args: argparse.Namespace) -> dict[str, flo
     finally:
         run.lock.release()
     later = run.ledger.records[1:]
-    return {"workers": workers, "seconds": seconds, "trials_per_hour": len(later) * 3600 / seconds,
-            "ok": sum(r.ok for r in later), "mean_trial_seconds": sum(r.total_seconds for r in later) / len(later),
-            "mean_steps": sum(r.steps or 0 for r in later) / len(later)}
+    mean_seconds = sum(r.total_seconds for r in later) / len(later)
+    return {"workers": workers, "seconds": seconds, "batch_trials_per_hour": len(later) * 3600 / seconds,
+            "trials_per_hour": workers * 3600 / mean_seconds, "ok": sum(r.ok for r in later),
+            "mean_trial_seconds": mean_seconds, "mean_steps": sum(r.steps or 0 for r in later) / len(later)}
 
 
 def plot(rows: list[dict[str, float]], path: Path) -> None:
@@ -57,7 +60,8 @@ def plot(rows: list[dict[str, float]], path: Path) -> None:
     workers = [row["workers"] for row in rows]
     base = rows[0]["trials_per_hour"] / rows[0]["workers"]
     fig, ax = plt.subplots(figsize=(5, 4))
-    ax.plot(workers, [row["trials_per_hour"] for row in rows], "o-", label="measured")
+    ax.plot(workers, [row["trials_per_hour"] for row in rows], "o-", label="workers busy")
+    ax.plot(workers, [row["batch_trials_per_hour"] for row in rows], "s-", label="batch, tail included")
     ax.plot(workers, [base * w for w in workers], "--", color="grey", label="linear")
     ax.plot(workers, [0.9 * base * w for w in workers], ":", color="grey", label="0.9 x linear (target)")
     ax.set_xlabel("workers")
@@ -85,11 +89,13 @@ def main() -> None:
     rows = [measure(runs, workers, args) for workers in counts]
     one = rows[0]["trials_per_hour"] / rows[0]["workers"]
     print(f"\n{args.preset} preset, budget {args.budget:g} s, {args.trials} trials after the baseline per row")
-    print(f"{'workers':>7s} {'trials/h':>9s} {'speed-up':>9s} {'x N':>6s} {'trial s':>8s} {'steps':>7s} {'ok':>4s}")
+    print(f"{'workers':>7s} {'busy/h':>8s} {'batch/h':>8s} {'speed-up':>9s} {'x N':>6s} {'trial s':>8s} "
+          f"{'steps':>7s} {'ok':>4s}")
     for row in rows:
         speedup = row["trials_per_hour"] / one
-        print(f"{row['workers']:7d} {row['trials_per_hour']:9.1f} {speedup:9.2f} {speedup / row['workers']:6.2f} "
-              f"{row['mean_trial_seconds']:8.1f} {row['mean_steps']:7.1f} {row['ok']:4d}")
+        print(f"{row['workers']:7d} {row['trials_per_hour']:8.1f} {row['batch_trials_per_hour']:8.1f} "
+              f"{speedup:9.2f} {speedup / row['workers']:6.2f} {row['mean_trial_seconds']:8.1f} "
+              f"{row['mean_steps']:7.1f} {row['ok']:4d}")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "scaling.json").write_text(json.dumps({"preset": args.preset, "budget": args.budget,
                                                        "rows": rows}, indent=2) + "\n")

@@ -82,14 +82,14 @@ def gpu_ids() -> dict[str, str]:
     Raises SandboxError when it cannot tell (no NVIDIA driver)."""
     smi = shutil.which("nvidia-smi")
     if smi is None:
-        raise SandboxError("--gpus names NVIDIA GPUs, and nvidia-smi is not on this machine's PATH; install the "
-                           "NVIDIA driver, or leave --gpus out")
+        raise SandboxError("trials on GPUs are placed by nvidia-smi's GPU ids, and nvidia-smi is not on this "
+                           "machine's PATH; install the NVIDIA driver's tools, or use a CPU preset")
     try:
         listing = subprocess.run([smi, "--query-gpu=index,uuid", "--format=csv,noheader"], capture_output=True,
                                  text=True, timeout=60, check=True).stdout
     except (subprocess.SubprocessError, OSError) as e:
-        raise SandboxError(f"nvidia-smi could not list the GPUs ({e}); check the NVIDIA driver, or leave --gpus "
-                           "out") from None
+        raise SandboxError(f"nvidia-smi could not list the GPUs ({e}); check the NVIDIA driver, or use a CPU "
+                           "preset") from None
     known = {}
     for line in listing.splitlines():
         index, _, uuid = (part.strip() for part in line.partition(","))
