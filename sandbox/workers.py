@@ -8,6 +8,7 @@ the CPU cores. The sandboxes themselves are child processes or containers; the t
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import subprocess
@@ -60,16 +61,11 @@ def cpu_placements(workers: int) -> list[Placement]:
 def by_physical_core(cores: list[int], sysfs: Path = Path("/sys/devices/system/cpu")) -> list[int]:
     """`cores` with hyperthread siblings side by side (Linux often numbers them i and i + N/2), so that
     contiguous shares hold whole physical cores instead of halves of every one."""
-    def siblings(core: int) -> tuple[int, ...]:
+    def siblings(core: int) -> list[int]:
         try:
-            listed = (sysfs / f"cpu{core}" / "topology" / "thread_siblings_list").read_text().strip()
+            return cpu_list((sysfs / f"cpu{core}" / "topology" / "thread_siblings_list").read_text())
         except OSError:
-            return (core,)
-        found: list[int] = []
-        for part in filter(None, listed.split(",")):
-            low, _, high = part.partition("-")
-            found += range(int(low), int(high or low) + 1)
-        return tuple(found)
+            return [core]
 
     ordered: list[int] = []
     for core in cores:
@@ -77,25 +73,36 @@ def by_physical_core(cores: list[int], sysfs: Path = Path("/sys/devices/system/c
     return ordered + [c for c in cores if c not in ordered]
 
 
-def gpu_ids() -> dict[str, str]:
-    """The GPUs of this machine as nvidia-smi names them: each index and each UUID, to the GPU's UUID.
-    Raises SandboxError when it cannot tell (no NVIDIA driver)."""
+def cpu_list(text: str) -> list[int]:
+    """The kernel's list of CPUs, e.g. "0-3,8", as numbers."""
+    cpus: list[int] = []
+    for part in filter(None, text.strip().split(",")):
+        low, _, high = part.partition("-")
+        cpus += range(int(low), int(high or low) + 1)
+    return cpus
+
+
+@functools.cache
+def nvidia_gpus() -> tuple[tuple[str, str, str], ...]:
+    """This machine's GPUs as nvidia-smi lists them: (index, UUID, PCI bus id) each. Raises SandboxError when
+    it cannot tell (no NVIDIA driver)."""
     smi = shutil.which("nvidia-smi")
     if smi is None:
         raise SandboxError("trials on GPUs are placed by nvidia-smi's GPU ids, and nvidia-smi is not on this "
                            "machine's PATH; install the NVIDIA driver's tools, or use a CPU preset")
     try:
-        listing = subprocess.run([smi, "--query-gpu=index,uuid", "--format=csv,noheader"], capture_output=True,
-                                 text=True, timeout=60, check=True).stdout
+        listing = subprocess.run([smi, "--query-gpu=index,uuid,pci.bus_id", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=60, check=True).stdout
     except (subprocess.SubprocessError, OSError) as e:
         raise SandboxError(f"nvidia-smi could not list the GPUs ({e}); check the NVIDIA driver, or use a CPU "
                            "preset") from None
-    known = {}
-    for line in listing.splitlines():
-        index, _, uuid = (part.strip() for part in line.partition(","))
-        if index and uuid:
-            known[index] = known[uuid] = uuid
-    return known
+    rows = [tuple(field.strip() for field in line.split(",")) for line in listing.splitlines()]
+    return tuple((row[0], row[1], row[2]) for row in rows if len(row) == 3 and all(row))
+
+
+def gpu_ids() -> dict[str, str]:
+    """Each GPU's nvidia-smi index and UUID, to its UUID; SandboxError without nvidia-smi."""
+    return {key: uuid for index, uuid, _ in nvidia_gpus() for key in (index, uuid)}
 
 
 def gpu_placements(gpus: list[str], workers: int | None, known: dict[str, str]) -> list[Placement]:

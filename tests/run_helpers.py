@@ -8,6 +8,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from agent.ledger import Ledger
@@ -25,6 +26,19 @@ def arena_run(runs: Path, cache: Path, *args: str, env: dict | None = None,
     full_env = {**os.environ, "ARENA_CACHE": str(cache), **(env or {})}
     return subprocess.run([sys.executable, "-m", command, "run", "--runs-dir", str(runs), *args],
                           capture_output=True, text=True, env=full_env, timeout=900, cwd=ROOT)
+
+
+def pids_whose_command_line(match: Callable[[str], bool]) -> list[int]:
+    """PIDs of the processes whose command line `match` accepts (read from /proc; a process may be gone)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace") if proc.name.isdigit() else ""
+        except OSError:
+            continue
+        if cmdline and match(cmdline):
+            found.append(int(proc.name))
+    return found
 
 
 def fake_arena_run(runs: Path, cache: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:

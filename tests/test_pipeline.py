@@ -21,7 +21,7 @@ from agent.space import load_space
 from agent.workspace import RunRepo
 from tests.conftest import ROOT, one_line_error
 from tests.fake_runs import FAST_SETTINGS, fake_run
-from tests.run_helpers import BASE, NEXT, arena_run, check_run_consistent, fake_arena_run
+from tests.run_helpers import BASE, NEXT, arena_run, check_run_consistent, fake_arena_run, pids_whose_command_line
 
 
 @pytest.mark.slow
@@ -104,15 +104,8 @@ def test_a_kill_right_after_the_proposal_runs_that_proposal_on_resume(fake_base_
 def trial_processes(tmp: Path) -> list[int]:
     """PIDs of a trial's processes: bwrap (its command line names the phase directories under `tmp`) and
     the supervisor and harness inside it (in their own mount namespace, so found by command line)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace") if proc.name.isdigit() else ""
-        except OSError:
-            continue
-        if str(tmp) in cmdline or "harness.py" in cmdline or "supervisor.py" in cmdline:
-            found.append(int(proc.name))
-    return found
+    return pids_whose_command_line(lambda cmdline: str(tmp) in cmdline or "harness.py" in cmdline
+                                   or "supervisor.py" in cmdline)
 
 
 @pytest.mark.slow

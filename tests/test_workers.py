@@ -24,10 +24,10 @@ from agent.run import RunSettings, open_run
 from sandbox import Placement
 from sandbox.bwrap import gpu_devices, gpu_env, gpu_nodes
 from sandbox.errors import SandboxError
-from sandbox.workers import by_physical_core, cpu_placements, gpu_placements
+from sandbox.workers import by_physical_core, cpu_list, cpu_placements, gpu_placements
 from tests.conftest import one_line_error
 from tests.fake_runs import FAST_SETTINGS, FakeBackend
-from tests.run_helpers import BASE, ROOT, arena_run, check_run_consistent, fake_arena_run
+from tests.run_helpers import BASE, ROOT, arena_run, check_run_consistent, fake_arena_run, pids_whose_command_line
 
 
 class PairedBackend(FakeBackend):
@@ -190,15 +190,7 @@ def test_bad_worker_settings_are_one_line_and_create_nothing(flags, message, tmp
 def trial_sandboxes(tmp: Path) -> list[int]:
     """PIDs of the bwrap processes of trials whose phases lie under `tmp` (not the sandbox check that runs
     before them, which is not pinned)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace") if proc.name.isdigit() else ""
-        except OSError:
-            continue
-        if f"{tmp}/arena-trial-" in cmdline:
-            found.append(int(proc.name))
-    return found
+    return pids_whose_command_line(lambda cmdline: f"{tmp}/arena-trial-" in cmdline)
 
 
 def cores_of(pid: int) -> frozenset[int] | None:
@@ -208,11 +200,7 @@ def cores_of(pid: int) -> frozenset[int] | None:
     except OSError:
         return None
     listed = next((line.split()[1] for line in status.splitlines() if line.startswith("Cpus_allowed_list")), "")
-    cores: set[int] = set()
-    for part in filter(None, listed.split(",")):
-        low, _, high = part.partition("-")
-        cores.update(range(int(low), int(high or low) + 1))
-    return frozenset(cores)
+    return frozenset(cpu_list(listed))
 
 
 @pytest.mark.slow  # real training in real sandboxes
@@ -254,7 +242,7 @@ def test_a_gpu_sandbox_gets_its_own_gpus_device_and_no_other(tmp_path):
     for bus, minor in (("0000:17:00.0", 2), ("0000:65:00.0", 0)):
         (proc / bus).mkdir(parents=True)
         (proc / bus / "information").write_text(f"Model: \t\t NVIDIA H100\nIRQ:   \t\t 1\nDevice Minor: \t {minor}\n")
-    table = gpu_nodes("0, GPU-aaaa, 00000000:17:00.0\n1, GPU-bbbb, 00000000:65:00.0\n", proc)
+    table = gpu_nodes([("0", "GPU-aaaa", "00000000:17:00.0"), ("1", "GPU-bbbb", "00000000:65:00.0")], proc)
     assert [(n.index, n.uuid, n.minor) for n in table] == [("0", "GPU-aaaa", 2), ("1", "GPU-bbbb", 0)]
     dev = tmp_path / "dev"
     dev.mkdir()
