@@ -34,9 +34,8 @@ class Placement:
             return self.name
         if self.gpus:
             return "gpu " + ",".join(self.gpus)
-        if self.cores:
-            first, last = self.cores[0], self.cores[-1]
-            return f"cpu {first}" if first == last else f"cpus {first}-{last}"
+        if self.cores:  # a share need not be a range: hyperthread siblings sit together (by_physical_core)
+            return ("cpu " if len(self.cores) == 1 else "cpus ") + ",".join(map(str, self.cores))
         return "-"
 
 
