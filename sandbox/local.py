@@ -17,7 +17,7 @@ from pathlib import Path
 from sandbox.bwrap import ADVICE, bwrap_argv, find_bwrap, gpu_env
 from sandbox.errors import SandboxError
 from sandbox.outcome import PhaseRun
-from sandbox.phases import PathMap, Phase, bare_phase, sandbox_user
+from sandbox.phases import PathMap, Phase, bare_phase, memory_bytes, sandbox_user
 from sandbox.seccomp import pinning_filter_fd
 from sandbox.trial import Backend, PhaseOutput
 from sandbox.workers import pinned_to, registered
@@ -73,10 +73,12 @@ def parent_death_guard() -> list[str]:
 class LocalBackend(Backend):
     """Runs trials on this machine's CPU or GPUs, each phase sandboxed by bubblewrap unless isolation is "none"."""
 
-    def __init__(self, isolation: str = "bwrap", python: str = sys.executable, gpus: list[str] | None = None):
+    def __init__(self, isolation: str = "bwrap", python: str = sys.executable, gpus: list[str] | None = None,
+                 mem_limit: str | None = None):
         if isolation not in ISOLATIONS:
             raise SandboxError(f"unknown isolation '{isolation}'; choose one of: {', '.join(ISOLATIONS)}")
         self.isolation = isolation
+        self.memory_limit = memory_bytes(mem_limit) if mem_limit is not None else None
         self.python = python
         self.gpus = gpus
         self.owner = sandbox_user() if isolation == "bwrap" else (os.getuid(), os.getgid())
@@ -85,6 +87,7 @@ class LocalBackend(Backend):
             self.preflight()
 
     def environment(self, phase: Phase) -> None:
+        phase.memory_limit = self.memory_limit
         if self.gpus and self.isolation == "bwrap":  # only these GPUs' device nodes are in the sandbox
             phase.env.update(gpu_env(self.gpus))
         elif self.gpus:  # unisolated: every GPU is there, in PCI order as NVML numbers them for the supervisor
@@ -118,6 +121,9 @@ class LocalBackend(Backend):
         report = run.report
         if report is not None and report.exit_code == 0:
             return
+        if report is not None and report.memory_exceeded and self.memory_limit is not None:
+            raise SandboxError(f"--mem-limit {self.memory_limit / 2**30:.2f}g is too small: importing the "
+                               "harness's modules alone went over it; raise it")
         last = run.last_line() or f"exit code {run.exit_code}"
         if report is None:
             raise SandboxError(f"bubblewrap cannot create a sandbox here ({self.bwrap}: {last[:200]}); allow "

@@ -38,6 +38,10 @@ class Status(StrEnum):  # str(status) and f-strings give the value: "ok", "oom",
     REJECTED = "rejected"
     INVALID_PATCH = "invalid_patch"
     LOST = "lost"  # the machine running it was lost (a Ray node or worker died, also on its retry)
+    INFEASIBLE = "infeasible"  # not run: the memory model predicted it would not fit (agent/feasibility.py)
+
+
+NOT_RUN: tuple[Status, ...] = (Status.INVALID_PATCH, Status.INFEASIBLE)  # refused before a sandbox started
 
 
 FAILURES: tuple[Status, ...] = tuple(status for status in Status if status is not Status.OK)  # in report order
@@ -68,13 +72,14 @@ class PhaseReport:
     deadline: bool
     max_rss_kb: int
     gpu_peak_bytes: int | None = None
+    memory_exceeded: bool = False  # the supervisor ended it past the phase's memory limit
 
     @classmethod
     def parse(cls, line: str) -> PhaseReport | None:
         try:
             raw = json.loads(line[len(PHASE_PREFIX):])
             return cls(raw["exit_code"], raw["signal"], raw["ready"], raw["end"], bool(raw["deadline"]),
-                       int(raw["max_rss_kb"]), raw.get("gpu_peak_bytes"))
+                       int(raw["max_rss_kb"]), raw.get("gpu_peak_bytes"), bool(raw.get("memory_exceeded")))
         except (ValueError, KeyError, TypeError):
             return None
 
@@ -176,6 +181,8 @@ def phase_failure(phase: str, run: PhaseRun) -> tuple[Status, str] | None:
     """Why a phase failed, or None when it exited cleanly. Eval-phase reasons carry no output of the
     phase beyond the harness's own verdict lines, so nothing measured on validation data leaks out."""
     report = run.report
+    if report is not None and report.memory_exceeded:
+        return Status.OOM, f"{phase} phase went over the trial's memory limit and was stopped at once"
     if run.oom_killed or (phase == "train" and OOM_PATTERNS.search("".join(run.lines[-200:]))):
         return Status.OOM, f"{phase} phase ran out of memory"
     if run.timed_out or (report is not None and report.deadline):

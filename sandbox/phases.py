@@ -45,6 +45,23 @@ OUTER_GRACE_SECONDS = 30.0  # past a phase's own deadline: when the backend ends
 GPU_UUIDS_ENV = "ARENA_GPU_UUIDS"  # the phase's GPUs, for the supervisor's memory count (see supervisor.py)
 
 
+MEMORY_UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}  # as docker reads --memory
+
+
+def memory_bytes(text: str) -> int:
+    """'64g', '512m', '1.5g' or plain bytes, in bytes; SandboxError in one line otherwise."""
+    cleaned = text.strip().lower().removesuffix("b")
+    number, unit = (cleaned[:-1], cleaned[-1]) if cleaned[-1:].isalpha() else (cleaned, "")
+    try:
+        value = float(number) * MEMORY_UNITS[unit]
+    except (ValueError, KeyError):
+        value = 0.0
+    if not value >= 2**20:
+        raise SandboxError(f"memory size {text!r} is not one: write a number with a unit, e.g. 64g or 512m "
+                           "(at least 1m)")
+    return int(value)
+
+
 def harness_hash(directory: Path, files: tuple[str, ...]) -> str:
     """One digest over the harness files, recorded with every result and checked before every phase."""
     digest = hashlib.sha256()
@@ -74,6 +91,7 @@ class Phase:
     deadline: float                 # seconds the supervisor lets the phase run, from its start
     data_files: dict[str, Path] = field(default_factory=dict)  # name in /data -> host file
     env: dict[str, str] = field(default_factory=dict)
+    memory_limit: int | None = None  # bytes all its processes may hold together, enforced by the supervisor
 
     @property
     def trial_dir(self) -> Path:
@@ -117,6 +135,7 @@ class Phase:
         head = [python, paths(f"{TRIAL}/supervisor.py"), "--deadline", f"{self.deadline:.1f}"]
         head += ["--user", f"{user[0]}:{user[1]}"] if user else []
         head += ["--sandboxed"] if paths.sandboxed else []
+        head += ["--memory", str(self.memory_limit)] if self.memory_limit is not None else []
         return [*head, "--", python, *(python_args or self.harness_args(paths))]
 
     def phase_env(self, paths: PathMap) -> dict[str, str]:

@@ -1,6 +1,6 @@
 """The first process of every phase sandbox: runs the harness, measures it from outside, and ends it.
 
-    python3 supervisor.py --deadline SECONDS [--user UID:GID] [--sandboxed] -- COMMAND...
+    python3 supervisor.py --deadline SECONDS [--user UID:GID] [--sandboxed] [--memory BYTES] -- COMMAND...
 
 Standard library only, and no trial code ever runs in this process. It starts COMMAND with its output
 on a pipe, relays every line, and takes the time of the first ARENA_READY line (printed by the harness
@@ -9,11 +9,14 @@ phase is killed (with --sandboxed, every process of its pid namespace; unisolate
 nothing the trial started outlives the phase. Then it prints one line of its own:
 
     ARENA_PHASE {"exit_code": 0, "signal": null, "ready": 2.1, "end": 35.0, "deadline": false,
-                 "max_rss_kb": ..., "gpu_peak_bytes": ...}
+                 "max_rss_kb": ..., "gpu_peak_bytes": ..., "memory_exceeded": false}
 
 with times in seconds since it started. `max_rss_kb` is the largest resident set of any process of the
 phase, as the kernel counted it; `gpu_peak_bytes` the most GPU memory in use beyond what was in use at
-its start, sampled five times a second through NVML (null without an NVIDIA driver). Only a line
+its start, sampled five times a second through NVML (null without an NVIDIA driver). With --memory, the
+resident memory of all the phase's processes together is read ten times a second, and past BYTES the whole
+phase is killed at once and `memory_exceeded` says so (pages that processes share count once per process:
+the count errs on the side of the host). Only a line
 printed by a supervisor that then exits with code 0 counts, and nothing of the trial is alive by then to
 print after it.
 
@@ -39,15 +42,18 @@ PHASE_PREFIX = "ARENA_PHASE "
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 MAX_PROCESSES = 4096  # for the trial's user: a fork bomb fails here instead of taking the host's pids
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+MEMORY_CHECK_SECONDS = 0.1
 
 
 def prctl(option: int, value: int) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
 
 
-def parse(argv: list[str]) -> tuple[float, tuple[int, int] | None, bool, list[str]]:
+def parse(argv: list[str]) -> tuple[float, tuple[int, int] | None, bool, int | None, list[str]]:
     if "--" not in argv:
-        sys.exit("usage: supervisor.py --deadline SECONDS [--user UID:GID] [--sandboxed] -- COMMAND...")
+        sys.exit("usage: supervisor.py --deadline SECONDS [--user UID:GID] [--sandboxed] [--memory BYTES] "
+                 "-- COMMAND...")
     split = argv.index("--")
     options, command = argv[:split], argv[split + 1:]
     deadline = float(options[options.index("--deadline") + 1])
@@ -55,7 +61,8 @@ def parse(argv: list[str]) -> tuple[float, tuple[int, int] | None, bool, list[st
     if "--user" in options:
         uid, gid = options[options.index("--user") + 1].split(":")
         user = (int(uid), int(gid))
-    return deadline, user, "--sandboxed" in options, command
+    memory = int(options[options.index("--memory") + 1]) if "--memory" in options else None
+    return deadline, user, "--sandboxed" in options, memory, command
 
 
 def start(command: list[str], user: tuple[int, int] | None) -> tuple[int, int]:
@@ -98,6 +105,35 @@ def children() -> list[int]:
             if stat[stat.rindex(")") + 2:].split()[1] == mine:
                 found.append(int(entry))
     return found
+
+
+def resident_bytes(sandboxed: bool) -> int:
+    """The resident memory of the phase's processes together: every process of our pid namespace but ourselves
+    and its init (sandboxed), or our descendants (unisolated)."""
+    me = os.getpid()
+    parents: dict[int, int] = {}
+    sizes: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in (me, 1):
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+            with open(f"/proc/{entry}/statm") as f:
+                sizes[int(entry)] = int(f.read().split()[1]) * PAGE_BYTES
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        parents[int(entry)] = int(stat[stat.rindex(")") + 2:].split()[1])
+    if sandboxed:
+        return sum(sizes.values())
+    total, frontier = 0, [me]
+    while frontier:
+        parent = frontier.pop()
+        for pid, ppid in parents.items():
+            if ppid == parent:
+                total += sizes[pid]
+                frontier.append(pid)
+    return total
 
 
 def kill_everything_else(sandboxed: bool) -> None:
@@ -159,8 +195,11 @@ class GpuMemory:
 class Watch:
     """The phase as the supervisor sees it: output relayed, the ready line timed, processes reaped."""
 
-    def __init__(self, child: int, pipe: int, origin: float, gpu: GpuMemory):
+    def __init__(self, child: int, pipe: int, origin: float, gpu: GpuMemory, memory: int | None, sandboxed: bool):
         self.child, self.pipe, self.origin, self.gpu = child, pipe, origin, gpu
+        self.memory, self.sandboxed = memory, sandboxed
+        self.memory_exceeded = False
+        self.next_check = 0.0
         self.out = sys.stdout.buffer
         self.ready: float | None = None
         self.end: float | None = None
@@ -187,6 +226,17 @@ class Watch:
         self.out.write(chunk)
         self.out.flush()
 
+    def check_memory(self) -> None:
+        """Past the memory limit, end the phase now: every process of it, the harness first."""
+        if self.memory is None or self.memory_exceeded or self.end is not None or self.now() < self.next_check:
+            return
+        self.next_check = self.now() + MEMORY_CHECK_SECONDS
+        if resident_bytes(self.sandboxed) > self.memory:
+            self.memory_exceeded = True
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.child, signal.SIGKILL)
+            kill_everything_else(self.sandboxed)
+
     def reaped(self, pid: int, status: int, usage: resource.struct_rusage) -> None:
         self.max_rss = max(self.max_rss, usage.ru_maxrss)
         if pid == self.child:
@@ -210,18 +260,19 @@ class Watch:
     def report(self, deadline: bool) -> str:
         return PHASE_PREFIX + json.dumps({"exit_code": self.exit_code, "signal": self.signal, "ready": self.ready,
                                           "end": self.end, "deadline": deadline, "max_rss_kb": self.max_rss,
-                                          "gpu_peak_bytes": self.gpu.peak})
+                                          "gpu_peak_bytes": self.gpu.peak, "memory_exceeded": self.memory_exceeded})
 
 
 def main(argv: list[str]) -> int:
-    deadline, user, sandboxed, command = parse(argv)
+    deadline, user, sandboxed, memory, command = parse(argv)
     origin = time.monotonic()
     prctl(PR_SET_DUMPABLE, 0)
     prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphans of the trial come to us, so we reap and count them
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_IGN)
     gpu = GpuMemory()  # before the harness starts: what the GPUs already use is not the trial's
-    watch = Watch(*start(command, user), origin, gpu)
+    watch = Watch(*start(command, user), origin, gpu, memory, sandboxed)
+    tick = 0.2 if memory is None else MEMORY_CHECK_SECONDS
     hit_deadline = False
     while watch.open or watch.end is None:
         remaining = deadline - watch.now()
@@ -229,10 +280,11 @@ def main(argv: list[str]) -> int:
             hit_deadline = True
             break
         if watch.open:
-            watch.relay(min(remaining, 0.2))
+            watch.relay(min(remaining, tick))
         else:
             time.sleep(0.05)
         watch.gpu.sample()
+        watch.check_memory()
         watch.reap()
         if watch.end is not None:
             kill_everything_else(sandboxed)  # the harness is done: whatever it left behind goes now

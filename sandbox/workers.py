@@ -99,6 +99,28 @@ def nvidia_gpus() -> tuple[tuple[str, str, str], ...]:
     return tuple((row[0], row[1], row[2]) for row in rows if len(row) == 3 and all(row))
 
 
+def gpu_memory_gb(gpus: list[str]) -> float:
+    """The smallest total memory, in GB, of the GPUs named (nvidia-smi indices or UUIDs); SandboxError when
+    nvidia-smi cannot say."""
+    smi = shutil.which("nvidia-smi")
+    try:
+        listing = subprocess.run([smi or "nvidia-smi", "--query-gpu=index,uuid,memory.total",
+                                  "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=60,
+                                 check=True).stdout
+    except (subprocess.SubprocessError, OSError) as e:
+        raise SandboxError(f"nvidia-smi could not tell the GPUs' memory ({e}); give it with --device-memory GB") \
+            from None
+    sizes = {}
+    for line in listing.splitlines():
+        index, uuid, mib = (field.strip() for field in (line.split(",") + ["", "", ""])[:3])
+        if mib.isdigit():
+            sizes[index] = sizes[uuid] = int(mib) * 2**20 / 1e9
+    found = [sizes[gpu] for gpu in gpus if gpu in sizes]
+    if not found:
+        raise SandboxError(f"nvidia-smi lists no memory size for GPU {','.join(gpus)}; give it with --device-memory GB")
+    return min(found)
+
+
 def gpu_ids() -> dict[str, str]:
     """Each GPU's nvidia-smi index and UUID, to its UUID; SandboxError without nvidia-smi."""
     return {key: uuid for index, uuid, _ in nvidia_gpus() for key in (index, uuid)}

@@ -14,7 +14,7 @@ def own_containers(client: docker.DockerClient) -> list:
     return client.containers.list(all=True, filters={"label": f"{OWNER_LABEL}={owner_id()}"})
 
 
-def docker_backend(request: pytest.FixtureRequest) -> Backend:
+def docker_backend(request: pytest.FixtureRequest, mem_limit: str = "3g") -> Backend:
     """On the CPU test image; once its tests are done, no container of theirs may be left."""
     client = request.getfixturevalue("docker_client")
 
@@ -22,12 +22,18 @@ def docker_backend(request: pytest.FixtureRequest) -> Backend:
         assert own_containers(client) == [], "a trial container was left behind"
 
     request.addfinalizer(no_container_left)
-    return DockerBackend(request.getfixturevalue("trial_image"), client=client, mem_limit="3g")
+    return DockerBackend(request.getfixturevalue("trial_image"), client=client, mem_limit=mem_limit)
 
 
 BACKENDS = [
     pytest.param(lambda request: LocalBackend(isolation="bwrap"), id="bwrap"),
     pytest.param(lambda request: LocalBackend(isolation="none"), id="none"),
     pytest.param(docker_backend, id="docker", marks=pytest.mark.slow),  # real containers
+]
+MEMORY_LIMIT = "1536m"
+LIMITED = [  # each with --mem-limit MEMORY_LIMIT
+    pytest.param(lambda request: LocalBackend(isolation="bwrap", mem_limit=MEMORY_LIMIT), id="bwrap"),
+    pytest.param(lambda request: LocalBackend(isolation="none", mem_limit=MEMORY_LIMIT), id="none"),
+    pytest.param(lambda request: docker_backend(request, MEMORY_LIMIT), id="docker", marks=pytest.mark.slow),
 ]
 CONFINED = [case for case in BACKENDS if case.id != "none"]  # "none" confines nothing: a cheat would win there

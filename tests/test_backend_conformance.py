@@ -19,7 +19,7 @@ from sandbox import Backend, Placement, Status
 from sandbox.outcome import summary
 from sandbox.phases import OUTER_GRACE_SECONDS, bare_phase
 from sandbox.trial import PhaseOutput
-from tests.backends import BACKENDS
+from tests.backends import BACKENDS, LIMITED
 from tests.confinement import (
     assert_confined,
     fake_dataset,
@@ -69,6 +69,25 @@ def test_oom(backend, stdlib_dataset):
     outcome, _ = run(backend, make_spec(stdlib_dataset, tiny_train("bytearray(1 << 50)")))
     assert outcome.status is Status.OOM, outcome.reason + "\n" + outcome.log_tail
     assert outcome.reason == "train phase ran out of memory"
+
+
+@pytest.mark.parametrize("make_backend", LIMITED)
+def test_past_the_memory_limit_is_oom_in_seconds(make_backend, request, stdlib_dataset):
+    """Two processes, each under the limit and together over it: the trial ends as oom as soon as the pages are
+    taken, not at its deadline, on every backend (the supervisor's count locally, the cgroup's in Docker)."""
+    outcome, _ = run(make_backend(request), make_spec(stdlib_dataset, tiny_train("""
+        import os
+        child = os.fork()
+        hog = [b"x" * (64 << 20) for _ in range(14)]  # 900 MB in each of the two, every page written
+        print("PROBE hogging", flush=True)
+        if child:  # a kernel OOM kill (Docker) takes one of the two: the harness does not outlive it
+            os.waitpid(child, 0)
+            raise SystemExit("the other process was killed")
+        time.sleep(120)
+    """), budget=BUDGET, cap=200))
+    assert outcome.status is Status.OOM, outcome.reason + "\n" + outcome.log_tail
+    assert outcome.train_wall_seconds < 60  # the deadline is minutes away: the limit ended it
+    assert outcome.result is None
 
 
 def test_timeout(backend, stdlib_dataset):
