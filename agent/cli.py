@@ -21,6 +21,7 @@ from rich.markup import escape
 from agent.constants import read_constants, render_constants
 from agent.datasets import prepare_dataset
 from agent.errors import ArenaError, Terminated, raise_terminated
+from agent.feasibility import for_run
 from agent.flags import add_flags, parse_texts
 from agent.presets import Preset, get_preset, load_presets
 from agent.run import RunSettings
@@ -158,6 +159,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             require_device(preset)
         backends.append(make_backend(settings, preset, space))  # the sandbox works here, or the surrogate fits
         workers[:] = placements(settings, preset, backends[-1])  # the GPUs named exist, the cores suffice
+        for_run(settings, preset, space, workers)  # the device's memory is known, and fits the smallest config
         if isinstance(method, ModelBacked):
             method.check_ready()  # an unreachable model stops the run here, before any trial
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from agent.constants import read_constants
 from agent.errors import ArenaError, Terminated
+from agent.feasibility import MemoryModel, for_run
 from agent.judging import best_of, confirmation_decision, judge, open_candidate
 from agent.methods import Context, Paced, Proposal, Repairable
 from agent.patches import (
@@ -50,6 +51,7 @@ from sandbox.ray_runner import RayRunner
 from sandbox.workers import collected_by, cpu_placements, gpu_ids, gpu_placements
 
 Reporter = Callable[[str], None]
+MAX_INFEASIBLE_IN_A_ROW = 200
 CRASH_ENV = "ARENA_CRASH_AT"  # fault injection for the crash-safety tests: "<point>:<trial>"
 
 
@@ -61,17 +63,22 @@ def crash_point(point: str, trial: int) -> None:
 
 @dataclass
 class StopRule:
-    trials: int | None = None   # total trials in the ledger, baseline included
+    trials: int | None = None   # trials in the ledger, baseline included; infeasible ones, which ran nothing, aside
     hours: float | None = None  # total sandbox and proposal time over all trials (device-hours with workers)
 
     def reached(self, records: list[TrialRecord]) -> bool:
-        if self.trials is not None and len(records) >= self.trials:
+        if self.trials is not None and counted(records) >= self.trials:
             return True
         return self.hours is not None and sum(r.total_seconds for r in records) >= self.hours * 3600
 
     def allows_another(self, records: list[TrialRecord], running: int) -> bool:
         """Whether a new trial may start while `running` are under way (they count towards --trials)."""
-        return not self.reached(records) and (self.trials is None or len(records) + running < self.trials)
+        return not self.reached(records) and (self.trials is None or counted(records) + running < self.trials)
+
+
+def counted(records: list[TrialRecord]) -> int:
+    """The trials that count towards --trials: all but the infeasible ones, which cost no device time."""
+    return sum(1 for r in records if r.status is not Status.INFEASIBLE)
 
 
 def make_backend(settings: RunSettings, preset: Preset, space: SearchSpace) -> TrialRunner:
@@ -90,7 +97,7 @@ def make_backend(settings: RunSettings, preset: Preset, space: SearchSpace) -> T
         paths = [Path(p).expanduser() for p in settings.surrogate_data or []]
         backend = SurrogateBackend.fit(paths, space, preset.time_budget)
     else:
-        backend = LocalBackend(isolation=settings.isolation)
+        backend = LocalBackend(isolation=settings.isolation, mem_limit=settings.mem_limit)
     if settings.executor == "ray":
         return RayRunner(backend, settings.ray_address, gpu=preset.device.startswith("cuda"))
     return backend
@@ -165,6 +172,10 @@ class Scheduler:
         self.run = run
         self.report = report
         self.where = where
+        self.memory: MemoryModel | None
+        self.memory, line = for_run(run.settings, run.preset, run.space, where)
+        if line:
+            report(line)
         self.runners = [backend.placed(placement) for placement in where]
         self.isolation = backend.isolation
         self.idle = list(range(len(where)))
@@ -214,8 +225,9 @@ class Scheduler:
                 return  # the method waits for results of the trials under way
             started = time.time()
             prepared = self.prepare(job, started)
-            if isinstance(prepared, TrialRecord):  # refused before it ran (an invalid patch)
+            if isinstance(prepared, TrialRecord):  # refused before it ran (an invalid patch, or infeasible)
                 self.record(prepared)
+                check_not_stuck(run.ledger.records)
                 continue
             worker = self.idle.pop(0)
             self.running[job.trial] = Running(job, worker, *prepared, started=started)
@@ -238,6 +250,8 @@ class Scheduler:
         of the method (None when the method must wait for results first)."""
         run = self.run
         records = run.ledger.records
+        if self.memory is not None:
+            self.memory.calibrate(records)
         waiting = sorted(trial for trial in run.in_flight if trial not in self.running)
         if waiting:
             return run.in_flight[waiting[0]]  # in flight when arena stopped: runs again as it was
@@ -266,8 +280,10 @@ class Scheduler:
         start = time.monotonic()
         in_flight = {t: j.proposal for t, j in run.in_flight.items() if j.kind == "proposal"}
         parent_trial = run.ledger.get(parent[0])
-        ctx = Context(trial, records, run.ledger.get(best_trial), run.repo.show(parent[1], EDITABLE_FILE),
-                      run.space, parent=parent_trial, in_flight=in_flight)
+        best = run.ledger.get(best_trial)
+        memory = self.memory.boundary(best.config, run.space) if self.memory is not None and best.config else ""
+        ctx = Context(trial, records, best, run.repo.show(parent[1], EDITABLE_FILE), run.space, parent=parent_trial,
+                      in_flight=in_flight, memory=memory)
         proposal = run.method.propose(ctx)
         job = Job(trial, "proposal", proposal, parent[1], seed, propose_seconds=time.monotonic() - start)
         run.journal_job(job)
@@ -307,6 +323,9 @@ class Scheduler:
             outcome = Outcome(Status.INVALID_PATCH, record.reason)
             return finish(run, record, outcome, None, job.proposal.diff or "", None, started)
         diff = make_diff(parent_source, source)
+        refusal = self.memory_verdict(job, source)
+        if refusal:
+            return finish(run, record, Outcome(Status.INFEASIBLE, refusal), None, diff, source, started)
         crash_point("applied", job.trial)
         if job.kind == "baseline":
             commit = run.repo.recorded_trial_commit(0)
@@ -320,6 +339,16 @@ class Scheduler:
                                            trailers)
         crash_point("committed", job.trial)
         return record, commit, diff, source
+
+    def memory_verdict(self, job: Job, source: str) -> str | None:
+        """Why a fixed-space proposal cannot fit in memory (None: it may run). Decided once per job and journaled,
+        so a resumed run keeps the verdict an uninterrupted one made, whatever finished in between."""
+        if job.kind != "proposal" or self.memory is None or not self.run.method.fixed_space:
+            return None
+        if job.memory_verdict is None:
+            job.memory_verdict = self.memory.refusal(read_constants(source)) or ""
+            self.run.journal_job(job)
+        return job.memory_verdict or None
 
     # -- finishing trials
 
@@ -366,6 +395,18 @@ class Scheduler:
         else:
             upcoming = max(run.ledger.trials | set(run.in_flight), default=-1) + 1
             run.set_status(phase="idle", trial=upcoming, workers=workers)
+
+
+def check_not_stuck(records: list[TrialRecord]) -> None:
+    """Stop a method that keeps proposing what cannot fit: infeasible trials cost nothing, so nothing else would."""
+    streak = 0
+    for record in reversed(records):
+        if record.status is not Status.INFEASIBLE:
+            break
+        streak += 1
+    if streak >= MAX_INFEASIBLE_IN_A_ROW:
+        raise ArenaError(f"the last {streak} proposals were all predicted not to fit in memory ({records[-1].reason}); "
+                         "check --device-memory, or run with --feasibility off")
 
 
 def best_kept(records: list[TrialRecord], k: int) -> list[int]:

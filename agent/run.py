@@ -50,12 +50,14 @@ from agent.template import (
 )
 from agent.workspace import RunRepo, trial_ref
 from sandbox.local import ISOLATIONS
+from sandbox.phases import memory_bytes
 from train_template.prepare import read_meta
 
 JOURNAL_FILE = "journal.pkl"
 TEMPLATE_FILES = (EDITABLE_FILE, *HARNESS_FILES, "program.md", "space.toml")
 BACKENDS = ("local", "docker", "surrogate")
 EXECUTORS = ("local", "ray")
+FEASIBILITY = ("auto", "on", "off")
 LLM = "LLM methods (centaur, llm, code)"  # the help's heading for the flags only they read
 
 
@@ -92,7 +94,12 @@ class RunSettings:
     text_column: str = flag("text", "parquet column that holds the text")
     val_fraction: float = flag(DEFAULT_VAL_FRACTION, "share of documents held out for validation, chosen by a hash "
                                "of each document")
-    mem_limit: str | None = flag(None, "memory limit per trial container, e.g. 64g (docker)")
+    mem_limit: str | None = flag(None, "host memory a trial's processes may use together, e.g. 64g; past it the "
+                                 "trial ends as oom (default: 32g on docker, none on the local backend)")
+    feasibility: str = flag("auto", "fixed-space methods: refuse a configuration the memory model predicts will not "
+                            "fit, without running it (auto: on for GPU presets)", FEASIBILITY)
+    device_memory: float | None = flag(None, "GB a trial may use, the feasibility limit (default: the GPU's memory "
+                                       "on a GPU preset, 80 on the surrogate, else --mem-limit or the host's)")
     surrogate_data: list[str] | None = flag(None, "surrogate backend: the trials it learns from, comma-separated: "
                                             "run directories, ledger.jsonl files, the paper's trials.jsonl")
     space: str | None = flag(None, "your own space.toml for fixed-space methods, copied into the run at creation "
@@ -133,6 +140,10 @@ class RunSettings:
                              "caps the trials under way)")
         if self.workers is not None and self.workers < 1:
             raise ArenaError(f"--workers must be at least 1, got {self.workers}")
+        if self.device_memory is not None and not self.device_memory > 0:
+            raise ArenaError(f"--device-memory is in GB and must be positive, got {self.device_memory}")
+        if self.mem_limit is not None:
+            memory_bytes(self.mem_limit)  # says what is wrong with it, in one line
         if self.confirm < 0:
             raise ArenaError(f"--confirm must be zero or positive, got {self.confirm}")
         if not self.name or "/" in self.name or self.name.startswith("."):
@@ -161,6 +172,7 @@ class Job:
     seed: int
     confirms: int | None = None
     propose_seconds: float = 0.0
+    memory_verdict: str | None = None  # decided once, before it first ran: "" fits, else why it is infeasible
 
 
 class Journal(TypedDict):

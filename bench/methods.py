@@ -3,7 +3,8 @@ often each failed, Mann-Whitney U between each pair, and what proposing and obse
 Optuna's own random, TPE and CMA-ES samplers on the same surrogate as reference rows.
 
     python bench/methods.py [--data FILE,...] [--methods random,tpe,cmaes] [--seeds 10] [--trials 300]
-                            [--checkpoints 50,100,300] [--workers N] [--out bench-out/methods] [--no-optuna]
+                            [--checkpoints 50,100,300] [--feasibility off,on] [--workers N]
+                            [--out bench-out/methods] [--no-optuna]
 
 Every arena method runs as an arena run on `--backend surrogate` (the real loop: commit, judge, ledger), one
 run per seed, the runs spread over --workers processes; the surrogate is fitted once. --data takes what
@@ -44,6 +45,9 @@ OPTUNA = ("optuna-random", "optuna-tpe", "optuna-cmaes")
 BACKEND: SurrogateBackend | None = None  # fitted once in the parent; forked workers inherit it
 
 
+FEASIBLE_SUFFIX = "+feasibility"
+
+
 @dataclass
 class Job:
     group: str
@@ -58,8 +62,9 @@ class Job:
 class Result:
     group: str
     seed: int
-    values: list[float | None]            # val_bpb per trial, None where it failed
+    values: list[float | None]            # val_bpb per trial that ran, None where it failed
     seconds: dict[int, float] = field(default_factory=dict)  # propose + observe, per trial number
+    infeasible: int = 0                   # proposals refused by the memory model (not in values)
 
 
 class Timed:
@@ -86,16 +91,20 @@ class Timed:
 
 def run_arena_method(job: Job) -> Result:
     assert BACKEND is not None
-    run = open_run(job.runs_dir, {"name": f"{job.group}-s{job.seed}", "preset": job.preset, "method": job.group,
-                                  "seed": job.seed, "backend": "surrogate", "surrogate_data": job.data})
+    method = job.group.removesuffix(FEASIBLE_SUFFIX)
+    feasibility = "on" if job.group.endswith(FEASIBLE_SUFFIX) else "off"
+    run = open_run(job.runs_dir, {"name": f"{job.group}-s{job.seed}", "preset": job.preset, "method": method,
+                                  "seed": job.seed, "backend": "surrogate", "surrogate_data": job.data,
+                                  "feasibility": feasibility})
     try:
         timed = Timed(run.method)
         run.method = timed
         run_loop(run, BACKEND, StopRule(trials=job.trials), report=lambda line: None)
     finally:
         run.lock.release()
-    values = [r.val_bpb if r.status is Status.OK else None for r in run.ledger.records]
-    return Result(job.group, job.seed, values, timed.seconds)
+    ran = [r for r in run.ledger.records if r.status is not Status.INFEASIBLE]
+    values = [r.val_bpb if r.status is Status.OK else None for r in ran]
+    return Result(job.group, job.seed, values, timed.seconds, len(run.ledger.records) - len(ran))
 
 
 def distribution(param: Param) -> Any:
@@ -172,6 +181,7 @@ def summarise(results: list[Result], checkpoints: list[int]) -> dict[str, Any]:
             row[f"best@{c}"] = {"mean": float(at.mean()), "std": float(at.std())}
         finals[group] = [float(v) for v in curves[:, -1]]
         row["failure_rate"] = float(np.mean([v is None for m in members for v in m.values[1:]]))
+        row["infeasible_per_trial"] = sum(m.infeasible for m in members) / sum(len(m.values) for m in members)
         for t in (10, curves.shape[1] - 1):
             ms = [m.seconds[t] * 1000 for m in members if t in m.seconds]
             row[f"ms@{t}"] = float(np.median(ms)) if ms else None
@@ -192,19 +202,22 @@ def print_tables(summary: dict[str, Any], quality_line: str, seconds: float) -> 
 
     console = Console(width=max(Console().width, 150))  # the tables, unwrapped, also in a log
     console.print(quality_line)
-    table = Table(title="best val_bpb so far (mean ± std over seeds); failed trials; propose + observe milliseconds")
+    table = Table(title="best val_bpb so far (mean ± std over seeds); failed trials; proposals refused as infeasible "
+                        "per trial run; propose + observe milliseconds")
     table.add_column("method")
     table.add_column("seeds", justify="right")
     for c in summary["checkpoints"]:
         table.add_column(f"after {c}", justify="right")
     table.add_column("failed", justify="right")
+    table.add_column("infeasible", justify="right")
     ms_keys = [k for k in summary["groups"][0] if k.startswith("ms@")]
     for key in ms_keys:
         table.add_column(f"ms, trial {key[3:]}", justify="right")
     for row in summary["groups"]:
         cells = [f"{row[f'best@{c}']['mean']:.4f} ± {row[f'best@{c}']['std']:.4f}" for c in summary["checkpoints"]]
         ms = ["-" if row.get(k) is None else f"{row[k]:.1f}" for k in ms_keys]
-        table.add_row(row["group"], str(row["seeds"]), *cells, f"{row['failure_rate']:.0%}", *ms)
+        table.add_row(row["group"], str(row["seeds"]), *cells, f"{row['failure_rate']:.0%}",
+                      f"{row['infeasible_per_trial']:.2f}", *ms)
     console.print(table)
     tests = Table(title="Mann-Whitney U on the final best (two-sided)")
     for name in ("a", "b", "mean a", "mean b", "p"):
@@ -246,6 +259,8 @@ def main() -> None:
     parser.add_argument("--checkpoints", default="50,100,300")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path, default=Path("bench-out/methods"))
+    parser.add_argument("--feasibility", default="off,on",
+                        help="run each arena method without (off) and with (on) the memory model, or one of them")
     parser.add_argument("--no-optuna", action="store_true", help="leave out Optuna's own samplers")
     args = parser.parse_args()
     started = time.time()
@@ -256,7 +271,12 @@ def main() -> None:
     preset = get_preset(args.preset)
     BACKEND = SurrogateBackend.fit([Path(p) for p in data], load_space(args.preset), preset.time_budget)
     checkpoints = [c for c in map(int, args.checkpoints.split(",")) if c <= args.trials] or [args.trials]
-    groups = args.methods.split(",") + ([] if args.no_optuna else list(OPTUNA))
+    modes = args.feasibility.split(",")
+    if not set(modes) <= {"on", "off"}:
+        parser.error("--feasibility takes off, on or off,on")
+    methods = args.methods.split(",")
+    groups = ([m for m in methods if "off" in modes] + [m + FEASIBLE_SUFFIX for m in methods if "on" in modes]
+              + ([] if args.no_optuna else list(OPTUNA)))
     jobs = [Job(group, seed, args.trials, args.preset, data, runs_dir)
             for group in groups for seed in range(args.seeds)]
     with multiprocessing.get_context("fork").Pool(args.workers) as pool:

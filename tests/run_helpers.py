@@ -47,14 +47,17 @@ def fake_arena_run(runs: Path, cache: Path, *args: str, env: dict | None = None)
 
 
 def check_run_consistent(run_dir: Path, n_trials: int) -> list[dict]:
-    """Ledger, git refs, notes, branch, journal and derived files agree; every trial counted once.
-    Returns the ledger's lines as JSON, the file format users read, each also a valid TrialRecord. With
-    several workers the lines are in the order trials finished; this returns them so too."""
+    """Ledger, git refs, notes, branch, journal and derived files agree; every trial counted once, and
+    `n_trials` of them ran (infeasible ones, refused by the memory model, are recorded beside). Returns the
+    ledger's lines as JSON, the file format users read, each also a valid TrialRecord. With several workers
+    the lines are in the order trials finished; this returns them so too."""
     path = run_dir / "ledger.jsonl"
     records = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r.to_json() for r in Ledger.read(path).records] == records  # nothing lost or added in reading
     trials = [r["trial"] for r in records]
-    assert trials[0] == 0 and sorted(trials) == list(range(n_trials))
+    assert trials[0] == 0 and sorted(trials) == list(range(len(records)))
+    assert sum(1 for r in records if r["status"] != "infeasible") == n_trials
+    assert all(r["commit"] is None for r in records if r["status"] == "infeasible")
     repo = RunRepo(run_dir / "repo")
     assert repo.trial_numbers() == sorted(r["trial"] for r in records if r["commit"])
     by_trial = {r["trial"]: r for r in records}
@@ -87,7 +90,7 @@ def check_run_consistent(run_dir: Path, n_trials: int) -> list[dict]:
     assert (run_dir / "best_train.py").read_text() == repo.show("best", "train.py")
     tsv = (run_dir / "results.tsv").read_text().splitlines()
     assert tsv[0].split("\t") == ["commit", "val_bpb", "memory_gb", "status", "description"]
-    assert len(tsv) == n_trials + 1
+    assert len(tsv) == len(records) + 1
     return records
 
 

@@ -15,20 +15,29 @@ from tests.run_helpers import ROOT
 def test_methods_bench_prints_and_writes_its_figures(tmp_path):
     out = tmp_path / "bench"
     proc = subprocess.run([sys.executable, "bench/methods.py", "--methods", "random,cmaes", "--seeds", "2",
-                           "--trials", "12", "--checkpoints", "5,12", "--workers", "2", "--out", str(out)],
+                           "--trials", "12", "--checkpoints", "5,12", "--feasibility", "off,on", "--workers", "2",
+                           "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "surrogate fitted on 2000 trials" in proc.stdout and "Mann-Whitney U" in proc.stdout
     summary = json.loads((out / "summary.json").read_text())
     groups = {row["group"]: row for row in summary["groups"]}
-    assert list(groups) == ["random", "cmaes", "optuna-random", "optuna-tpe", "optuna-cmaes"]
+    assert list(groups) == ["random", "cmaes", "random+feasibility", "cmaes+feasibility", "optuna-random",
+                            "optuna-tpe", "optuna-cmaes"]
     for row in groups.values():
-        assert row["seeds"] == 2 and 0 <= row["failure_rate"] <= 1
+        assert row["seeds"] == 2 and 0 <= row["failure_rate"] <= 1 and row["infeasible_per_trial"] >= 0
         assert row["best@12"]["mean"] <= row["best@5"]["mean"]  # best so far never gets worse
         assert row["ms@10"] is not None and row["ms@11"] is not None
-    assert len(summary["tests"]) == 10 and all(0 < t["p_value"] <= 1 for t in summary["tests"])
+    assert len(summary["tests"]) == 21 and all(0 < t["p_value"] <= 1 for t in summary["tests"])
     assert summary["surrogate"]["trials"] == 2000
     for seed in (0, 1):  # the arena methods' runs are real runs, ledger and all
         ledger = (out / "runs" / f"cmaes-s{seed}" / "ledger.jsonl").read_text().splitlines()
         assert len(ledger) == 12 and json.loads(ledger[0])["isolation"] == "surrogate"
+    refused = 0
+    for seed in (0, 1):  # with the memory model, 12 trials ran and the refused ones are recorded beside them
+        statuses = [json.loads(line)["status"] for line in
+                    (out / "runs" / f"random+feasibility-s{seed}" / "ledger.jsonl").read_text().splitlines()]
+        assert len(statuses) - statuses.count("infeasible") == 12
+        refused += statuses.count("infeasible")
+    assert groups["random+feasibility"]["infeasible_per_trial"] == refused / 24
     assert (out / "methods.png").read_bytes().startswith(b"\x89PNG")

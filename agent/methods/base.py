@@ -52,6 +52,7 @@ class Context:
     space: SearchSpace
     parent: TrialRecord | None = None  # the record of that commit's trial, when it is not the best's
     in_flight: dict[int, Proposal] = field(default_factory=dict)  # other trials under way, results not in yet
+    memory: str = ""  # the run's memory model on the best configuration, for prompts ("": feasibility is off)
 
 
 StateT = TypeVar("StateT")

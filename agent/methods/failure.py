@@ -1,6 +1,6 @@
 """What a failed trial is worth to a model-based method (TPE, CMA-ES): one rule, shared by both.
 
-A failed trial (oom, crash, nan, timeout, over_budget, invalid_patch) has no val_bpb, but TPE and
+A failed trial (oom, crash, nan, timeout, over_budget, invalid_patch, infeasible, ...) has no val_bpb, but TPE and
 CMA-ES rank every trial they proposed, so a failure must be given a number. The rule:
 
     failure value = the worst val_bpb of any successful trial seen so far + FAILURE_MARGIN

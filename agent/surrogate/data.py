@@ -24,7 +24,7 @@ from agent.jsonl import JsonObject, read_jsonl
 from agent.methods import CODE_EDITING_METHODS
 from agent.record import TrialRecord
 from agent.space import SearchSpace, SpaceError
-from sandbox.outcome import Status
+from sandbox.outcome import NOT_RUN, Status
 
 # the paper's name -> the name in space.toml's gpu space
 PAPER_CONSTANTS: dict[str, str] = {
@@ -36,7 +36,7 @@ PAPER_CONSTANTS: dict[str, str] = {
 }
 PAPER_POW2 = ("HEAD_DIM", "DEVICE_BATCH_SIZE", "TOTAL_BATCH_SIZE")
 PAPER_SEQ_LEN = 2048  # autoresearch's MAX_SEQ_LEN: a device batch is that many tokens per row
-UNUSABLE = (Status.INVALID_PATCH,)  # ran nothing
+UNUSABLE = NOT_RUN  # ran nothing
 SURROGATE_PREFIX = "surrogate-"  # of a surrogate run's fingerprint, which stands in for a dataset's
 
 

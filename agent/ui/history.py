@@ -171,6 +171,8 @@ def _record_diff(record: TrialRecord, repo: git.Repo | None) -> tuple[str, str]:
         return "", f"a re-run of trial {record.confirms}'s commit with seed {record.seed}"
     if record.status is Status.INVALID_PATCH:
         return diff or "", "the proposed diff; it was rejected before anything ran, so there is no commit"
+    if record.status is Status.INFEASIBLE:
+        return diff or "", "the proposed change; predicted not to fit in memory, it was not run or committed"
     if diff is None:
         return "", "diff not recorded and its commit is not in the run's repository"
     return diff, "" if diff else "no change to train.py"

@@ -1,0 +1,257 @@
+"""Will a fixed-space configuration fit in memory? A peak-memory model shared by every fixed-space method.
+
+Ferreira et al. 2026 found that failures, mostly out-of-memory trials, decide which optimizer wins: random
+search wasted over half its trials on them. A fixed-space method only edits the constants block of the
+template, so its trial's peak memory follows from the constants:
+
+    peak bytes ~ a * parameters                   weights, gradients, AdamW/Muon state (fp32)
+               + b * tokens * width * depth       activations kept for the backward pass, per micro-batch
+               + c * tokens * vocab               logits, their soft-cap and the loss's gradient (fp32)
+               + d                                the runtime itself (CUDA context, torch's own memory)
+
+with tokens = DEVICE_BATCH_SIZE * seq_len. The coefficients start at analytic values (PRIORS: bytes per
+element, for bf16 autocast on the GPU and fp32 on the CPU) and are calibrated on every trial of the run that
+measured its peak memory: a least-squares fit of multipliers on the priors, in relative error, pulled
+towards 1 so that a few similar trials cannot swing it, and raised where a trial ran out of memory that
+the model said would fit. A configuration predicted above the device's memory, less a margin that grows
+with the fit's error, is `infeasible`: the loop records it without running it (0 device seconds) and the
+method is told it failed. The model is computed from the ledger alone, so a resumed run refuses exactly
+what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.optimize import lsq_linear
+
+from agent.errors import ArenaError
+from agent.methods import CODE_EDITING_METHODS
+from agent.presets import Preset
+from agent.record import TrialRecord
+from agent.space import Param, SearchSpace
+from sandbox.docker import DEFAULT_MEM_LIMIT
+from sandbox.outcome import Status
+from sandbox.phases import memory_bytes
+from sandbox.workers import Placement, gpu_memory_gb
+
+if TYPE_CHECKING:
+    from agent.run import RunSettings
+
+GB = 1e9
+TERMS = ("parameters", "layer activations", "logits", "runtime")
+# Bytes per unit of each term: 16 bytes of fp32 weight, gradient and optimizer state per parameter. On the GPU,
+# bf16 activations (~15 values per channel per layer) and fp32 logits, scaled so that the gpu preset's template
+# comes to the 55 GB the README measured on an H100 (autoresearch's train.py: 45 GB at that shape). On the CPU,
+# eager fp32 (~30 values per channel per layer), fitted to the peak resident memory of six configurations of
+# the cpu space, 0.44 to 3.4 GB, within 7% (attention, fused there too, adds no term of its own).
+PRIORS = {
+    "cuda": (16.0, 30.0, 10.0, 1.5 * GB),
+    "cpu": (16.0, 120.0, 12.0, 0.4 * GB),
+}
+PULL = 0.3            # weight of the prior against each measured trial, in relative error
+MULTIPLIER_BOUNDS = (0.05, 20.0)
+BASE_MARGIN = 0.05    # refused above (1 - margin) of the device's memory: allocator fragmentation, noise
+MAX_MARGIN = 0.25
+OOM_WEIGHTS = (3.0, 30.0, 300.0)  # how firmly successive refits hold an OOM'd configuration at the limit
+MIN_FOR_MARGIN = 5    # measured trials before the fit's own error widens the margin
+VALUE_GATE_CHANNELS = 32
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the preset fixes: the sequence length, the vocabulary and the device kind."""
+    seq_len: int
+    vocab_size: int
+    device: str  # "cuda" or "cpu"
+
+
+def terms(config: Mapping[str, Any], shape: Shape) -> NDArray[np.float64]:
+    """The model's terms for a configuration of the template's constants (see the module's formula)."""
+    depth, head_dim = int(config["DEPTH"]), int(config["HEAD_DIM"])
+    width = math.ceil(depth * int(config["ASPECT_RATIO"]) / head_dim) * head_dim
+    heads = width // head_dim
+    value_layers = (depth + 1) // 2  # alternate layers, the last included (train.py's has_value_embedding)
+    params = (shape.vocab_size * width * (2 + value_layers) + depth * 12 * width ** 2
+              + value_layers * VALUE_GATE_CHANNELS * heads + 2 * depth)
+    tokens = int(config["DEVICE_BATCH_SIZE"]) * shape.seq_len
+    return np.array([params, tokens * width * depth, tokens * shape.vocab_size, 1.0])
+
+
+@dataclass(frozen=True)
+class Calibration:
+    multipliers: tuple[float, ...]  # on each prior coefficient
+    measured: int                   # trials with a measured peak it was fitted on
+    raised: int                     # trials that ran out of memory below the limit it was raised for
+    margin: float                   # share of the limit kept free
+
+
+class MemoryModel:
+    """Predicts a configuration's peak memory and refuses what cannot fit in `limit_gb`."""
+
+    def __init__(self, shape: Shape, limit_gb: float, source: str):
+        self.shape = shape
+        self.limit_gb = limit_gb
+        self.source = source  # where the limit came from, for messages
+        self.prior: NDArray[np.float64] = np.array(PRIORS["cuda" if shape.device.startswith("cuda") else "cpu"])
+        self.calibration = Calibration((1.0,) * len(TERMS), 0, 0, BASE_MARGIN)
+
+    @property
+    def coefficients(self) -> NDArray[np.float64]:
+        multipliers: NDArray[np.float64] = np.array(self.calibration.multipliers)
+        return self.prior * multipliers
+
+    def predict_gb(self, config: Mapping[str, Any]) -> float:
+        return float(terms(config, self.shape) @ self.coefficients) / GB
+
+    @property
+    def threshold_gb(self) -> float:
+        return self.limit_gb * (1 - self.calibration.margin)
+
+    def refusal(self, config: Mapping[str, Any]) -> str | None:
+        """Why `config` is infeasible, or None when it is predicted to fit."""
+        predicted = self.predict_gb(config)
+        if predicted <= self.threshold_gb:
+            return None
+        return (f"predicted peak memory {predicted:.1f} GB exceeds {self.threshold_gb:.1f} GB "
+                f"({1 - self.calibration.margin:.0%} of the {self.limit_gb:.1f} GB {self.source}); not run")
+
+    def calibrate(self, records: Iterable[TrialRecord]) -> None:
+        """Refit the multipliers on every trial with a configuration: measured peaks of those that ran to the
+        end, and the limit as a lower bound for those that ran out of memory."""
+        measured = [(terms(r.config, self.shape), r.peak_memory_gb * GB) for r in records
+                    if r.ok and r.config and r.peak_memory_gb and r.peak_memory_gb > 0]
+        ran_out = [terms(r.config, self.shape) for r in records if r.status is Status.OOM and r.config]
+        multipliers = self._fit(measured, [], 1.0)
+        raised: list[NDArray[np.float64]] = []
+        for weight in OOM_WEIGHTS:  # an OOM the fit says would fit: ask, ever more firmly, for the limit at least
+            coefficients = self.prior * multipliers
+            below = [x for x in ran_out if x @ coefficients < self.limit_gb * GB]
+            if not below:
+                break
+            raised += [x for x in below if not any(x is r for r in raised)]
+            multipliers = self._fit(measured, raised, weight)
+        margin = BASE_MARGIN
+        if len(measured) >= MIN_FOR_MARGIN:
+            errors = [abs(x @ (self.prior * multipliers) / y - 1) for x, y in measured]
+            margin = min(MAX_MARGIN, BASE_MARGIN + float(np.quantile(errors, 0.9)))
+        self.calibration = Calibration(tuple(float(m) for m in multipliers), len(measured), len(raised), margin)
+
+    def _fit(self, measured: list[tuple[NDArray[np.float64], float]], lower_bounds: list[NDArray[np.float64]],
+             weight: float) -> NDArray[np.float64]:
+        """Multipliers on the priors: relative least squares on the measured peaks and (with `weight`) the raised
+        OOMs at the limit, each row divided by its target, plus PULL * (m - 1) for every multiplier."""
+        rows = [(x * self.prior / y, 1.0) for x, y in measured]
+        rows += [(weight * x * self.prior / (self.limit_gb * GB), weight) for x in lower_bounds]
+        n = len(TERMS)
+        if not rows:
+            return np.ones(n)
+        a = np.array([x for x, _ in rows] + list(PULL * np.eye(n)))
+        b = np.array([target for _, target in rows] + [PULL] * n)
+        return np.asarray(lsq_linear(a, b, bounds=MULTIPLIER_BOUNDS).x, dtype=np.float64)
+
+    def describe(self) -> str:
+        """One line: the limit and how the model was calibrated."""
+        c = self.calibration
+        fitted = (f"calibrated on {c.measured} measured trial{'s' * (c.measured != 1)}"
+                  + (f" and {c.raised} out-of-memory one{'s' * (c.raised != 1)}" if c.raised else "")
+                  if c.measured or c.raised else "analytic (no trial has measured memory yet)")
+        return (f"feasibility: configurations predicted above {self.threshold_gb:.1f} GB of the "
+                f"{self.limit_gb:.1f} GB {self.source} are not run (--device-memory GB to change it); the memory "
+                f"model is {fitted}")
+
+    def boundary(self, config: Mapping[str, Any], space: SearchSpace) -> str:
+        """For LLM prompts: the limit, the prediction for `config`, and how far its memory-bound constants
+        can go with the rest of it unchanged."""
+        lines = [f"Memory: {self.describe().removeprefix('feasibility: ')}.",
+                 f"The current best is predicted at {self.predict_gb(config):.1f} GB. With its other constants "
+                 "unchanged, the largest values predicted to fit are:"]
+        for name in ("DEVICE_BATCH_SIZE", "DEPTH", "ASPECT_RATIO"):
+            if name in space:
+                largest = self.largest_fitting(config, space, name)
+                lines.append(f"  {name} <= {largest}" if largest is not None else f"  {name}: no value fits")
+        lines.append("A configuration predicted not to fit is recorded as infeasible without running, and counts "
+                     "as a failure.")
+        return "\n".join(lines)
+
+    def largest_fitting(self, config: Mapping[str, Any], space: SearchSpace, name: str) -> Any:
+        """The largest value of the integer constant `name` that fits, the others as in `config` (None: none)."""
+        fitting = [v for v in discrete_values(space[name]) if self.refusal({**config, name: v}) is None]
+        return max(fitting, default=None)
+
+    def check_space(self, space: SearchSpace, defaults: Mapping[str, Any]) -> None:
+        """Raise ArenaError when not even the smallest configuration of the space is predicted to fit."""
+        smallest = dict(defaults)
+        for name in ("DEPTH", "ASPECT_RATIO", "DEVICE_BATCH_SIZE"):
+            if name in space:
+                smallest[name] = min(discrete_values(space[name]))
+        head_dims = discrete_values(space["HEAD_DIM"]) if "HEAD_DIM" in space else [defaults["HEAD_DIM"]]
+        predicted = min(self.predict_gb({**smallest, "HEAD_DIM": head_dim}) for head_dim in head_dims)
+        if predicted > self.threshold_gb:
+            raise ArenaError(f"even the smallest configuration of the space is predicted to need {predicted:.1f} GB "
+                             f"and the {self.source} allows {self.threshold_gb:.1f} GB; use a device with more "
+                             "memory, --device-memory GB if the detected size is wrong, or --feasibility off")
+
+
+def discrete_values(param: Param) -> list[Any]:
+    """Every value an int, pow2 or categorical constant can take (a float's two bounds)."""
+    if param.kind == "categorical":
+        return list(param.choices)
+    low, high = param.bounds
+    if param.kind == "int":
+        return list(range(int(low), int(high) + 1))
+    if param.kind == "pow2":
+        return [2 ** k for k in range(int(low).bit_length() - 1, int(high).bit_length())]
+    return [low, high]
+
+
+SURROGATE_GPU_GB = 80.0  # the paper's trials ran on 80 GB H100s
+
+
+def for_run(settings: RunSettings, preset: Preset, space: SearchSpace,
+            where: list[Placement]) -> tuple[MemoryModel | None, str]:
+    """The run's memory model (None when off) and a line saying what it does. Raises ArenaError or SandboxError,
+    in one line, when it is on and the device's memory cannot be told or fits nothing of the space."""
+    on = settings.feasibility == "on" or (settings.feasibility == "auto" and preset.device.startswith("cuda"))
+    if not on:
+        return None, ""
+    if settings.method in CODE_EDITING_METHODS:
+        return None, (f"feasibility: off, method '{settings.method}' edits code and the memory model knows a "
+                      "train.py by its constants alone")
+    limit, source = device_limit(settings, preset, where)
+    if limit is None:
+        return None, f"feasibility: off, {source}"
+    model = MemoryModel(Shape(preset.seq_len, preset.vocab_size, preset.device), limit, source)
+    model.check_space(space, preset.constants)
+    return model, model.describe()
+
+
+def device_limit(settings: RunSettings, preset: Preset, where: list[Placement]) -> tuple[float | None, str]:
+    """(GB a trial may use, what that is), or (None, why it is not known)."""
+    if settings.device_memory is not None:
+        return settings.device_memory, "memory given by --device-memory"
+    if settings.backend == "surrogate":
+        return SURROGATE_GPU_GB, "memory of the paper's GPU"
+    if preset.device.startswith("cuda"):
+        gpus = sorted({gpu for placement in where for gpu in placement.gpus or ()})
+        if not gpus:
+            return None, "the GPUs of a Ray cluster are not known here; give --device-memory GB to turn it on"
+        return gpu_memory_gb(gpus), "GPU memory"
+    if settings.mem_limit is not None:
+        return memory_bytes(settings.mem_limit) / GB, "memory limit (--mem-limit)"
+    if settings.backend == "docker":
+        return memory_bytes(DEFAULT_MEM_LIMIT) / GB, "container memory limit"
+    return host_memory_gb() / max(1, len(where)), "host memory" + (" per worker" if len(where) > 1 else "")
+
+
+def host_memory_gb() -> float:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024 / GB
+    raise ArenaError("/proc/meminfo does not say how much memory this host has; give it with --device-memory GB")

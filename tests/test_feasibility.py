@@ -1,0 +1,189 @@
+"""The memory-feasibility model: its analytic start against real training, its calibration on measured trials and
+on out-of-memory ones, and `--feasibility` through the real loop (refused proposals recorded as infeasible, told to
+the method, shown to an LLM, left out of --trials) with its one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from agent.errors import ArenaError
+from agent.feasibility import BASE_MARGIN, PRIORS, MemoryModel, Shape, terms
+from agent.presets import get_preset
+from agent.record import TrialRecord
+from agent.space import load_space
+from bench.landscape import write_landscape
+from sandbox.outcome import Status
+from tests.conftest import one_line_error
+from tests.llm_server import ScriptedLLMServer
+from tests.run_helpers import ROOT, arena_run, check_run_consistent
+
+GPU, CPU = load_space("gpu"), load_space("cpu")
+GPU_PRESET, CPU_PRESET = get_preset("gpu"), get_preset("cpu")
+GPU_SHAPE = Shape(GPU_PRESET.seq_len, GPU_PRESET.vocab_size, "cuda")
+
+
+def measured(trial: int, config: dict, peak_gb: float | None, status: Status = Status.OK) -> TrialRecord:
+    return TrialRecord(trial=trial, kind="proposal", method="random", description="", status=status,
+                       config=config, peak_memory_gb=peak_gb, val_bpb=1.0 if status is Status.OK else None)
+
+
+PEAK_SCRIPT = """
+import importlib.util, json, resource, sys
+import torch
+spec = importlib.util.spec_from_file_location("train", sys.argv[1])
+train = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(train)
+for name, value in json.loads(sys.argv[2]).items():
+    setattr(train, name, value)
+torch.set_num_threads(2)
+T, V = int(sys.argv[3]), int(sys.argv[4])
+
+class Ctx:  # what the harness offers train(ctx), with random tokens: two optimizer steps
+    device, seed, vocab_size, seq_len, steps = "cpu", 0, V, T, 0
+    def batches(self, rows):
+        while True:
+            x = torch.randint(0, V, (rows, T + 1))
+            yield x[:, :-1], x[:, 1:]
+    def progress(self):
+        return 0.5
+    def log_step(self, step, loss):
+        self.steps += 1
+    def should_stop(self):
+        return self.steps >= 2
+
+train.train(Ctx())
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9)
+"""
+
+
+@pytest.mark.slow  # two real CPU trainings, seconds each
+@pytest.mark.parametrize("changes", [{}, {"DEPTH": 4, "ASPECT_RATIO": 64, "HEAD_DIM": 64, "DEVICE_BATCH_SIZE": 32}])
+def test_the_analytic_model_predicts_the_peak_of_real_cpu_training(changes):
+    config = {**CPU_PRESET.constants, **changes}
+    proc = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(ROOT / "train_template" / "train.py"),
+                           json.dumps(config), str(CPU_PRESET.seq_len), str(CPU_PRESET.vocab_size)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    peak = float(proc.stdout.split()[-1])
+    model = MemoryModel(Shape(CPU_PRESET.seq_len, CPU_PRESET.vocab_size, "cpu"), 100.0, "host memory")
+    assert model.predict_gb(config) == pytest.approx(peak, rel=0.3)
+
+
+def test_calibration_learns_what_the_trials_measured():
+    truth = np.array(PRIORS["cuda"]) * [1.3, 0.6, 1.5, 0.8]  # the device is not what the priors assumed
+    rng = np.random.default_rng(0)
+    configs = [GPU.sample(rng) for _ in range(230)]
+    peaks = [float(terms(c, GPU_SHAPE) @ truth) / 1e9 * (1 + 0.02 * rng.standard_normal()) for c in configs]
+    model = MemoryModel(GPU_SHAPE, 80.0, "GPU memory")
+    assert "analytic (no trial has measured memory yet)" in model.describe()
+    before = np.median([abs(model.predict_gb(c) / p - 1) for c, p in zip(configs[30:], peaks[30:], strict=True)])
+    model.calibrate([measured(i, c, p) for i, (c, p) in enumerate(zip(configs[:30], peaks[:30], strict=True))])
+    after = np.median([abs(model.predict_gb(c) / p - 1) for c, p in zip(configs[30:], peaks[30:], strict=True)])
+    assert before > 0.15 and after < 0.05  # on 200 configurations it was not fitted on
+    assert model.calibration.measured == 30 and BASE_MARGIN < model.calibration.margin < 0.15
+    assert "calibrated on 30 measured trials" in model.describe()
+
+
+def test_a_trial_that_ran_out_of_memory_below_the_limit_raises_the_model():
+    model = MemoryModel(GPU_SHAPE, 80.0, "GPU memory")
+    config = {**GPU_PRESET.constants, "DEVICE_BATCH_SIZE": 64}
+    assert model.predict_gb(config) < 60 and model.refusal(config) is None
+    model.calibrate([measured(1, config, None, Status.OOM)])
+    assert model.predict_gb(config) >= 80 * 0.99 and "exceeds" in (model.refusal(config) or "")
+    assert model.calibration.raised == 1 and "1 out-of-memory one" in model.describe()
+    smaller = {**config, "DEVICE_BATCH_SIZE": 16}
+    assert model.refusal(smaller) is None  # what is well below still runs
+
+
+def test_the_boundary_for_prompts_names_the_largest_values_that_fit():
+    model = MemoryModel(GPU_SHAPE, 80.0, "GPU memory")
+    text = model.boundary(GPU_PRESET.constants, GPU)
+    largest = model.largest_fitting(GPU_PRESET.constants, GPU, "DEVICE_BATCH_SIZE")
+    assert f"DEVICE_BATCH_SIZE <= {largest}" in text and "recorded as infeasible" in text
+    assert model.refusal({**GPU_PRESET.constants, "DEVICE_BATCH_SIZE": largest}) is None
+    assert model.refusal({**GPU_PRESET.constants, "DEVICE_BATCH_SIZE": largest * 2}) is not None
+
+
+def test_a_device_too_small_for_any_configuration_is_one_line():
+    with pytest.raises(ArenaError, match="even the smallest configuration of the space is predicted to need"):
+        MemoryModel(GPU_SHAPE, 1.0, "GPU memory").check_space(GPU, GPU_PRESET.constants)
+    MemoryModel(GPU_SHAPE, 80.0, "GPU memory").check_space(GPU, GPU_PRESET.constants)
+
+
+# ---------------------------------------------------------------------------- through the loop
+
+@pytest.fixture(scope="module")
+def landscape(tmp_path_factory):
+    return write_landscape(tmp_path_factory.mktemp("landscape") / "trials.jsonl", 800, seed=0)
+
+
+SURROGATE = ["--preset", "gpu", "--backend", "surrogate"]
+
+
+def config_answer(**changes) -> str:
+    return "```json\n" + json.dumps({**GPU_PRESET.constants, **changes}) + "\n```"
+
+
+@pytest.mark.slow  # arena child processes, seconds each
+def test_an_infeasible_proposal_is_recorded_without_running_and_shown_to_the_llm(landscape, tmp_path, cache_root):
+    runs = tmp_path / "runs"
+    with ScriptedLLMServer() as server:
+        server.script(config_answer(DEPTH=24, DEVICE_BATCH_SIZE=256),  # trial 1: far past 80 GB
+                      config_answer(MATRIX_LR=0.05))                     # trial 2
+        proc = arena_run(runs, cache_root, "--name", "f", *SURROGATE, "--surrogate-data", str(landscape),
+                         "--method", "llm", "--model", "openai/test-model", "--api-base", server.api_base,
+                         "--trials", "2")
+        requests = list(server.requests)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "feasibility: configurations predicted above 76.0 GB of the 80.0 GB memory of the paper's GPU" in proc.stderr
+    records = check_run_consistent(runs / "f", 2)  # two trials ran; the refused one is recorded beside them
+    assert [r["status"] for r in records] == ["ok", "infeasible", "ok"]
+    refused = records[1]
+    assert refused["commit"] is None and refused["config"]["DEPTH"] == 24 and refused["train_wall_seconds"] == 0
+    assert refused["reason"].startswith("predicted peak memory") and "exceeds 76.0 GB" in refused["reason"]
+    assert "DEPTH = 24" in refused["diff"]
+    prompt = requests[-1]["messages"][1]["content"]  # the LLM saw the refusal and the boundary
+    assert "trial 1:" in prompt and "infeasible" in prompt
+    assert "Memory: configurations predicted above" in prompt and "DEVICE_BATCH_SIZE <=" in prompt
+    assert "calibrated on 1 measured trial" in prompt  # the baseline's peak
+
+
+@pytest.mark.slow  # arena child processes, seconds each
+def test_cmaes_with_the_model_fails_less_and_resumes_to_the_same_verdicts(landscape, tmp_path, cache_root):
+    runs = tmp_path / "runs"
+    common = [*SURROGATE, "--surrogate-data", str(landscape), "--method", "cmaes", "--trials", "40"]
+    statuses = {}
+    for mode in ("on", "off"):
+        proc = arena_run(runs, cache_root, "--name", mode, *common, "--feasibility", mode)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        statuses[mode] = [r["status"] for r in check_run_consistent(runs / mode, 40)]
+    assert statuses["on"].count("oom") < statuses["off"].count("oom")
+    assert statuses["on"].count("infeasible") > 0 and "infeasible" not in statuses["off"]
+    first = statuses["on"].index("infeasible")  # killed right after proposing it: the resumed run decides alike
+    killed = arena_run(runs, cache_root, "--name", "k", *common, "--feasibility", "on",
+                       env={"ARENA_CRASH_AT": f"proposed:{first}"})
+    assert killed.returncode == -9
+    resumed = arena_run(runs, cache_root, "--name", "k", *common, "--feasibility", "on")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    again = check_run_consistent(runs / "k", 40)
+    original = [json.loads(line) for line in (runs / "on" / "ledger.jsonl").read_text().splitlines()]
+    assert [(r["status"], r["config"]) for r in again] == [(r["status"], r["config"]) for r in original]
+
+
+@pytest.mark.slow  # arena child processes, seconds each
+@pytest.mark.parametrize("args, message", [
+    ([*SURROGATE, "--surrogate-data", "LAND", "--device-memory", "0.5"], "even the smallest configuration"),
+    ([*SURROGATE, "--surrogate-data", "LAND", "--device-memory", "-3"], "--device-memory is in GB"),
+    (["--mem-limit", "lots"], "memory size 'lots' is not one"),
+    (["--feasibility", "maybe"], "unknown feasibility 'maybe'"),
+])
+def test_bad_feasibility_settings_are_one_line_errors(args, message, landscape, tmp_path, cache_root):
+    args = [str(landscape) if a == "LAND" else a for a in args]
+    line = one_line_error(arena_run(tmp_path / "runs", cache_root, "--name", "bad", *args))
+    assert message in line
+    assert not (tmp_path / "runs" / "bad").exists()
