@@ -164,6 +164,18 @@ def test_cmaes_with_the_model_fails_less_and_resumes_to_the_same_verdicts(landsc
         statuses[mode] = [r["status"] for r in check_run_consistent(runs / mode, 40)]
     assert statuses["on"].count("oom") < statuses["off"].count("oom")
     assert statuses["on"].count("infeasible") > 0 and "infeasible" not in statuses["off"]
+    compared = subprocess.run([sys.executable, "-m", "agent.cli", "compare", str(runs / "on"), str(runs / "off"),
+                               "--out", str(tmp_path / "cmp")], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert compared.returncode == 0, compared.stderr[-3000:]
+    assert "infeasible per trial" in compared.stdout  # counted apart from the failures
+    summary = json.loads((tmp_path / "cmp" / "summary.json").read_text())
+    refused = statuses["on"].count("infeasible")
+    by_name = {row["run"]: row for row in summary["runs"]}
+    assert by_name["on"]["trials"] == by_name["off"]["trials"] == 40  # the trials that ran
+    assert by_name["on"]["infeasible"] == refused and by_name["off"]["infeasible"] == 0
+    group, = summary["groups"]  # one method: one group of two runs
+    assert group["infeasible_per_trial"] == refused / 80
+    assert "failure_rate_infeasible" not in group
     first = statuses["on"].index("infeasible")  # killed right after proposing it: the resumed run decides alike
     killed = arena_run(runs, cache_root, "--name", "k", *common, "--feasibility", "on",
                        env={"ARENA_CRASH_AT": f"proposed:{first}"})

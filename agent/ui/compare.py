@@ -104,7 +104,7 @@ def build_comparison(runs: list[RunHistory], target: float | None, allow_mixed: 
 def _run_row(s: RunStats) -> dict[str, object]:
     return {"run": s.run.name, "path": str(s.run.path), "source": s.run.source, "group": s.run.group,
             "seed": s.run.seed, "isolation": s.run.isolation, "best_val_bpb": s.best, "trials": s.trials,
-            "failures": dict(s.failures),
+            "failures": dict(s.failures), "infeasible": s.infeasible,
             "device": s.run.device, "device_hours": s.total_hours, "llm_tokens": s.tokens,
             "llm_cost_usd": s.cost_usd,
             "target_trials": s.target_trials, "target_hours": s.target_hours}
@@ -135,7 +135,8 @@ def _number(value: float | None, spec: str) -> str:
 
 def _failures(summary: GroupSummary) -> str:
     rates = [f"{kind} {rate:.0%}" for kind, rate in summary.failure_rates.items() if rate]
-    return ", ".join(rates) or "none"
+    refused = summary.infeasible_per_trial
+    return (", ".join(rates) or "none") + (f"; {refused:.2f} infeasible per trial" if refused else "")
 
 
 def _target(summary: GroupSummary) -> str:

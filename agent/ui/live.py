@@ -52,7 +52,7 @@ QUIET_S = 30.0              # a trial log silent for longer than this is worth p
 SPARK_LEVELS = "▁▂▃▄▅▆▇█"
 PHASE_STYLES = {"proposing": "magenta", "applying": "cyan", "running": "yellow", "evaluating": "blue",
                 "idle": "dim", "starting": "dim", "done": "green", "stopped": "yellow", "failed": "red"}
-LIMIT_FAILURES = (Status.OOM, Status.TIMEOUT, Status.OVER_BUDGET)  # read yellow; broken code reads red
+LIMIT_FAILURES = (Status.OOM, Status.TIMEOUT, Status.OVER_BUDGET, Status.INFEASIBLE)  # yellow; broken code: red
 
 # ---------------------------------------------------------------- drawing a frame
 

@@ -14,7 +14,7 @@ import numpy as np
 from scipy.stats import mannwhitneyu
 
 from agent.ui.history import RunHistory
-from sandbox.outcome import FAILURES
+from sandbox.outcome import FAILURES, Status
 
 BOOTSTRAP_SAMPLES = 10_000
 SMALL_N = 5  # below this many runs per side a rank test can hardly reject anything
@@ -22,19 +22,19 @@ SMALL_N = 5  # below this many runs per side a rank test can hardly reject anyth
 
 @dataclass
 class RunStats:
+    """A run's figures over the trials that ran; proposals refused as infeasible ran nothing and are counted
+    apart (`infeasible`), as --trials counts them."""
     run: RunHistory
     best: float | None
     failures: dict[str, int]
-    best_so_far: list[float]           # per trial; nan until the first scored trial
+    best_so_far: list[float]           # per trial that ran; nan until the first scored trial
     hours: list[float] | None          # cumulative train+eval wall hours per trial; None when not recorded
     tokens: int
     cost_usd: float
     target_trials: int | None          # trials run when --target was first reached
     target_hours: float | None
-
-    @property
-    def trials(self) -> int:
-        return len(self.run.trials)
+    trials: int                        # that ran
+    infeasible: int                    # refused by the memory model, not run
 
     @property
     def total_hours(self) -> float | None:
@@ -43,18 +43,20 @@ class RunStats:
 
 
 def run_stats(run: RunHistory, target: float | None) -> RunStats:
-    scores = [math.inf if view.score is None else view.score for view in run.trials]
+    ran = [view for view in run.trials if view.status != Status.INFEASIBLE]
+    scores = [math.inf if view.score is None else view.score for view in ran]
     best_so_far = [math.nan if v == math.inf else v for v in accumulate(scores, min)]
-    walls = [view.wall_seconds for view in run.trials]
+    walls = [view.wall_seconds for view in ran]
     hours = list(accumulate((w or 0.0) / 3600 for w in walls)) if any(w is not None for w in walls) else None
     reached = next((i for i, v in enumerate(best_so_far) if target is not None and v <= target), None)
     best = min((v for v in scores if v != math.inf), default=None)
-    return RunStats(run=run, best=best, failures=Counter(view.status for view in run.trials if view.status != "ok"),
+    return RunStats(run=run, best=best, failures=Counter(view.status for view in ran if view.status != "ok"),
                     best_so_far=best_so_far, hours=hours,
                     tokens=sum(c.prompt_tokens + c.completion_tokens for c in run.llm_calls),
                     cost_usd=sum(c.cost_usd for c in run.llm_calls),
                     target_trials=None if reached is None else reached + 1,
-                    target_hours=None if reached is None or hours is None else hours[reached])
+                    target_hours=None if reached is None or hours is None else hours[reached],
+                    trials=len(ran), infeasible=len(run.trials) - len(ran))
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -76,7 +78,8 @@ class GroupSummary:
     best_min: float | None
     trials: int
     unisolated_runs: int
-    failure_rates: dict[str, float | None]  # failure kind -> its share of the trials (None without trials)
+    failure_rates: dict[str, float | None]  # failure kind -> its share of the trials that ran (None without any)
+    infeasible_per_trial: float | None      # proposals refused as infeasible, per trial that ran
     device_hours: float | None
     llm_tokens: int
     llm_cost_usd: float
@@ -124,7 +127,9 @@ class GroupStats:
             best_median=float(np.median(bests)) if bests else None,
             best_min=min(bests, default=None), trials=trials,
             unisolated_runs=sum(1 for r in self.runs if r.run.isolation == "none"),
-            failure_rates={kind.value: failures.get(kind, 0) / trials if trials else None for kind in FAILURES},
+            failure_rates={kind.value: failures.get(kind, 0) / trials if trials else None for kind in FAILURES
+                           if kind is not Status.INFEASIBLE},
+            infeasible_per_trial=sum(r.infeasible for r in self.runs) / trials if trials else None,
             device_hours=sum(hours) if hours else None, llm_tokens=sum(r.tokens for r in self.runs),
             llm_cost_usd=sum(r.cost_usd for r in self.runs), target_reached=len(reached_trials),
             target_trials_mean=_mean(reached_trials), target_hours_mean=_mean(reached_hours))
