@@ -41,7 +41,7 @@ from agent.patches import (
     render_config,
 )
 from agent.presets import Preset
-from agent.record import Repair, TrialRecord
+from agent.record import Repair, TrialRecord, counted
 from agent.run import Job, Run, RunSettings
 from agent.space import SearchSpace
 from agent.template import EDITABLE_FILE, HARNESS_FILES, template_dir
@@ -74,11 +74,6 @@ class StopRule:
     def allows_another(self, records: list[TrialRecord], running: int) -> bool:
         """Whether a new trial may start while `running` are under way (they count towards --trials)."""
         return not self.reached(records) and (self.trials is None or counted(records) + running < self.trials)
-
-
-def counted(records: list[TrialRecord]) -> int:
-    """The trials that count towards --trials: all but the infeasible ones, which cost no device time."""
-    return sum(1 for r in records if r.status is not Status.INFEASIBLE)
 
 
 def make_backend(settings: RunSettings, preset: Preset, space: SearchSpace) -> TrialRunner:

@@ -127,3 +127,8 @@ class TrialRecord:
         except TypeError as e:  # a missing required field, or a decision/repair of the wrong shape
             raise ValueError(str(e)) from None
 
+
+
+def counted(records: list[TrialRecord]) -> int:
+    """The trials that count towards --trials: all but the infeasible ones, which ran nothing."""
+    return sum(1 for r in records if r.status is not Status.INFEASIBLE)

@@ -35,7 +35,7 @@ from rich.text import Text
 
 from agent.jsonl import JsonObject
 from agent.judging import best_of
-from agent.record import TrialRecord
+from agent.record import TrialRecord, counted
 from agent.ui import ParserT
 from agent.ui.live_reader import LOG_LINES, RunReader, Snapshot, Training
 from sandbox.outcome import Status
@@ -120,13 +120,14 @@ def trial_seconds(records: list[TrialRecord]) -> float:
 
 def eta(snap: Snapshot, used: float, stop_rule: StopRule | None) -> float | None:
     """Seconds left until the stop rule, from the mean time of the trials so far (several workers share them)."""
-    if stop_rule is None or not snap.records:
+    done = counted(snap.records)
+    if stop_rule is None or not done:
         return None
-    mean = trial_seconds(snap.records) / len(snap.records)
+    mean = trial_seconds(snap.records) / done
     workers = max(1, len(snap.status.workers))
     left = []
     if stop_rule.trials is not None:
-        left.append((stop_rule.trials - len(snap.records)) * mean / workers - snap.elapsed)
+        left.append((stop_rule.trials - done) * mean / workers - snap.elapsed)
     if stop_rule.hours is not None:
         left.append((stop_rule.hours * 3600 - used) / workers)
     return max(0.0, min(left)) if left else None
@@ -148,8 +149,10 @@ def header_lines(snap: Snapshot, stop_rule: StopRule | None, width: int) -> list
                 f"{escape(str(s.backend))}  device {escape(device_of(snap))}  preset "
                 f"{escape(str(s.preset))}{budget}")
     used = trial_seconds(snap.records) + snap.elapsed
-    done = len(snap.records)
-    trials = f"trials [bold]{done}[/]" + (f"/{stop_rule.trials}" if stop_rule and stop_rule.trials else "")
+    done = counted(snap.records)  # the trials that ran, as --trials counts them
+    refused = len(snap.records) - done
+    trials = (f"trials [bold]{done}[/]" + (f"/{stop_rule.trials}" if stop_rule and stop_rule.trials else "")
+              + (f" (+{refused} infeasible)" if refused else ""))
     hours = f"/{fmt_duration(stop_rule.hours * 3600)}" if stop_rule and stop_rule.hours else ""
     progress = f"{trials} · time {fmt_duration(used)}{hours}"
     if done:
