@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.optimize import lsq_linear
 
 from agent.errors import ArenaError
 from agent.methods import CODE_EDITING_METHODS
@@ -56,7 +55,7 @@ PRIORS = {
 }
 PULL = 0.3            # weight of the prior against each measured trial, in relative error
 MULTIPLIER_BOUNDS = (0.05, 20.0)
-BASE_MARGIN = 0.05    # refused above (1 - margin) of the device's memory: allocator fragmentation, noise
+BASE_MARGIN = 0.02    # refused above (1 - margin) of the device's memory: allocator fragmentation, noise
 MAX_MARGIN = 0.25
 OOM_WEIGHTS = (3.0, 30.0, 300.0)  # how firmly successive refits hold an OOM'd configuration at the limit
 MIN_FOR_MARGIN = 5    # measured trials before the fit's own error widens the margin
@@ -128,24 +127,26 @@ class MemoryModel:
                     if r.ok and r.config and r.peak_memory_gb and r.peak_memory_gb > 0]
         ran_out = [terms(r.config, self.shape) for r in records if r.status is Status.OOM and r.config]
         multipliers = self._fit(measured, [], 1.0)
-        raised: list[NDArray[np.float64]] = []
+        raised: set[int] = set()  # of ran_out
         for weight in OOM_WEIGHTS:  # an OOM the fit says would fit: ask, ever more firmly, for the limit at least
             coefficients = self.prior * multipliers
-            below = [x for x in ran_out if x @ coefficients < self.limit_gb * GB]
+            below = {i for i, x in enumerate(ran_out) if x @ coefficients < self.limit_gb * GB}
             if not below:
                 break
-            raised += [x for x in below if not any(x is r for r in raised)]
-            multipliers = self._fit(measured, raised, weight)
+            raised |= below
+            multipliers = self._fit(measured, [ran_out[i] for i in sorted(raised)], weight)
         margin = BASE_MARGIN
-        if len(measured) >= MIN_FOR_MARGIN:
-            errors = [abs(x @ (self.prior * multipliers) / y - 1) for x, y in measured]
-            margin = min(MAX_MARGIN, BASE_MARGIN + float(np.quantile(errors, 0.9)))
+        if len(measured) >= MIN_FOR_MARGIN:  # how far the fit falls short of what trials measured
+            shortfalls = [max(0.0, y / (x @ (self.prior * multipliers)) - 1) for x, y in measured]
+            margin = min(MAX_MARGIN, BASE_MARGIN + float(np.quantile(shortfalls, 0.9)))
         self.calibration = Calibration(tuple(float(m) for m in multipliers), len(measured), len(raised), margin)
 
     def _fit(self, measured: list[tuple[NDArray[np.float64], float]], lower_bounds: list[NDArray[np.float64]],
              weight: float) -> NDArray[np.float64]:
         """Multipliers on the priors: relative least squares on the measured peaks and (with `weight`) the raised
         OOMs at the limit, each row divided by its target, plus PULL * (m - 1) for every multiplier."""
+        from scipy.optimize import lsq_linear  # not at import: `arena --help` starts without scipy
+
         rows = [(x * self.prior / y, 1.0) for x, y in measured]
         rows += [(weight * x * self.prior / (self.limit_gb * GB), weight) for x in lower_bounds]
         n = len(TERMS)
@@ -155,20 +156,19 @@ class MemoryModel:
         b = np.array([target for _, target in rows] + [PULL] * n)
         return np.asarray(lsq_linear(a, b, bounds=MULTIPLIER_BOUNDS).x, dtype=np.float64)
 
-    def describe(self) -> str:
+    def describe(self, hint: str = " (--device-memory GB to change it)") -> str:
         """One line: the limit and how the model was calibrated."""
         c = self.calibration
         fitted = (f"calibrated on {c.measured} measured trial{'s' * (c.measured != 1)}"
                   + (f" and {c.raised} out-of-memory one{'s' * (c.raised != 1)}" if c.raised else "")
                   if c.measured or c.raised else "analytic (no trial has measured memory yet)")
         return (f"feasibility: configurations predicted above {self.threshold_gb:.1f} GB of the "
-                f"{self.limit_gb:.1f} GB {self.source} are not run (--device-memory GB to change it); the memory "
-                f"model is {fitted}")
+                f"{self.limit_gb:.1f} GB {self.source} are not run{hint}; the memory model is {fitted}")
 
     def boundary(self, config: Mapping[str, Any], space: SearchSpace) -> str:
         """For LLM prompts: the limit, the prediction for `config`, and how far its memory-bound constants
         can go with the rest of it unchanged."""
-        lines = [f"Memory: {self.describe().removeprefix('feasibility: ')}.",
+        lines = [f"Memory: {self.describe(hint='').removeprefix('feasibility: ')}.",
                  f"The current best is predicted at {self.predict_gb(config):.1f} GB. With its other constants "
                  "unchanged, the largest values predicted to fit are:"]
         for name in ("DEVICE_BATCH_SIZE", "DEPTH", "ASPECT_RATIO"):

@@ -140,12 +140,12 @@ def test_an_infeasible_proposal_is_recorded_without_running_and_shown_to_the_llm
                          "--trials", "2")
         requests = list(server.requests)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "feasibility: configurations predicted above 76.0 GB of the 80.0 GB memory of the paper's GPU" in proc.stderr
+    assert "feasibility: configurations predicted above 78.4 GB of the 80.0 GB memory of the paper's GPU" in proc.stderr
     records = check_run_consistent(runs / "f", 2)  # two trials ran; the refused one is recorded beside them
     assert [r["status"] for r in records] == ["ok", "infeasible", "ok"]
     refused = records[1]
     assert refused["commit"] is None and refused["config"]["DEPTH"] == 24 and refused["train_wall_seconds"] == 0
-    assert refused["reason"].startswith("predicted peak memory") and "exceeds 76.0 GB" in refused["reason"]
+    assert refused["reason"].startswith("predicted peak memory") and "exceeds 78.4 GB" in refused["reason"]
     assert "DEPTH = 24" in refused["diff"]
     prompt = requests[-1]["messages"][1]["content"]  # the LLM saw the refusal and the boundary
     assert "trial 1:" in prompt and "infeasible" in prompt
