@@ -137,7 +137,7 @@ class MemoryModel:
             multipliers = self._fit(measured, [ran_out[i] for i in sorted(raised)], weight)
         margin = BASE_MARGIN
         if len(measured) >= MIN_FOR_MARGIN:  # how far the fit falls short of what trials measured
-            shortfalls = [max(0.0, y / (x @ (self.prior * multipliers)) - 1) for x, y in measured]
+            shortfalls = [max(0.0, y / float(x @ (self.prior * multipliers)) - 1) for x, y in measured]
             margin = min(MAX_MARGIN, BASE_MARGIN + float(np.quantile(shortfalls, 0.9)))
         self.calibration = Calibration(tuple(float(m) for m in multipliers), len(measured), len(raised), margin)
 

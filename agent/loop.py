@@ -319,6 +319,7 @@ class Scheduler:
             return finish(run, record, outcome, None, job.proposal.diff or "", None, started)
         diff = make_diff(parent_source, source)
         refusal = self.memory_verdict(job, source)
+        record = replace(record, predicted_memory_gb=job.predicted_memory_gb)
         if refusal:
             return finish(run, record, Outcome(Status.INFEASIBLE, refusal), None, diff, source, started)
         crash_point("applied", job.trial)
@@ -341,7 +342,9 @@ class Scheduler:
         if job.kind != "proposal" or self.memory is None or not self.run.method.fixed_space:
             return None
         if job.memory_verdict is None:
-            job.memory_verdict = self.memory.refusal(read_constants(source)) or ""
+            config = read_constants(source)
+            job.memory_verdict = self.memory.refusal(config) or ""
+            job.predicted_memory_gb = self.memory.predict_gb(config)
             self.run.journal_job(job)
         return job.memory_verdict or None
 

@@ -62,6 +62,7 @@ class TrialRecord:
     decision: Decision | None = None     # on a candidate's last confirmation run
     # what it cost and measured
     peak_memory_gb: float | None = None
+    predicted_memory_gb: float | None = None  # the memory model's estimate before it ran (--feasibility on)
     training_seconds: float | None = None
     outside_seconds: float | None = None
     allowance_seconds: float | None = None

@@ -173,6 +173,7 @@ class Job:
     confirms: int | None = None
     propose_seconds: float = 0.0
     memory_verdict: str | None = None  # decided once, before it first ran: "" fits, else why it is infeasible
+    predicted_memory_gb: float | None = None  # the memory model's prediction behind that verdict
 
 
 class Journal(TypedDict):
@@ -252,8 +253,13 @@ def _atomic_pickle(path: Path, obj: object) -> None:
     tmp.replace(path)
 
 
+# Settings added after runs were recorded without them: such a run resumes with the behaviour it had.
+BEFORE_THEY_EXISTED = {"feasibility": "off"}
+
+
 def merge_settings(stored: dict[str, Any], given: dict[str, Any]) -> RunSettings:
     """Settings of an existing run; a flag given now must agree with what the run was started with."""
+    stored = {**BEFORE_THEY_EXISTED, **stored}
     for key, value in given.items():
         if value is None or key in MAY_CHANGE_ON_RESUME:
             continue

@@ -115,6 +115,15 @@ def test_a_device_too_small_for_any_configuration_is_one_line():
     MemoryModel(GPU_SHAPE, 80.0, "GPU memory").check_space(GPU, GPU_PRESET.constants)
 
 
+def test_a_run_recorded_before_the_model_existed_resumes_without_it():
+    from agent.run import merge_settings
+
+    stored = {"name": "old", "preset": "gpu", "method": "cmaes"}  # run.json of a version without --feasibility
+    assert merge_settings(stored, {"name": "old"}).feasibility == "off"
+    with pytest.raises(ArenaError, match="was started with feasibility='off', not 'on'"):
+        merge_settings(stored, {"name": "old", "feasibility": "on"})
+
+
 # ---------------------------------------------------------------------------- through the loop
 
 @pytest.fixture(scope="module")
@@ -147,6 +156,8 @@ def test_an_infeasible_proposal_is_recorded_without_running_and_shown_to_the_llm
     assert refused["commit"] is None and refused["config"]["DEPTH"] == 24 and refused["train_wall_seconds"] == 0
     assert refused["reason"].startswith("predicted peak memory") and "exceeds 78.4 GB" in refused["reason"]
     assert "DEPTH = 24" in refused["diff"]
+    assert refused["predicted_memory_gb"] > 78.4 > records[2]["predicted_memory_gb"] > 0  # the model's estimate
+    assert records[0]["predicted_memory_gb"] is None  # the baseline runs whatever the model says
     prompt = requests[-1]["messages"][1]["content"]  # the LLM saw the refusal and the boundary
     assert "trial 1:" in prompt and "infeasible" in prompt
     assert "Memory: configurations predicted above" in prompt and "DEVICE_BATCH_SIZE <=" in prompt
