@@ -125,10 +125,10 @@ class DockerBackend(Backend):
 
     def create(self, phase: Phase, python_args: list[str] | None = None) -> Container:
         mounts = [Mount(m.target, str(m.source), type="bind", read_only=not m.writable) for m in phase.mounts()]
-        if self.cores:
-            phase.env["OMP_NUM_THREADS"] = str(len(self.cores))  # torch would start a thread per host core
+        if self.cores:  # torch would start a thread per host core (a phase may have set its own count)
+            phase.env.setdefault("OMP_NUM_THREADS", str(len(self.cores)))
         elif self.cpus:
-            phase.env["OMP_NUM_THREADS"] = str(max(1, int(self.cpus)))
+            phase.env.setdefault("OMP_NUM_THREADS", str(max(1, int(self.cpus))))
         # The supervisor is PID 1 and starts as root with the rights to hand over and to kill, nothing else;
         # it runs the harness as the (non-root) trial user and ends the container itself at its deadline.
         command = phase.command(PYTHON, self.owner, PathMap(), python_args)

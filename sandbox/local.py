@@ -93,9 +93,9 @@ class LocalBackend(Backend):
         elif self.gpus:  # unisolated: every GPU is there, in PCI order as NVML numbers them for the supervisor
             phase.env.update(CUDA_VISIBLE_DEVICES=",".join(self.gpus), CUDA_DEVICE_ORDER="PCI_BUS_ID")
         if self.cores:  # torch would start a thread per core of the machine, not of its share
-            phase.env["OMP_NUM_THREADS"] = str(len(self.cores))
+            phase.env.setdefault("OMP_NUM_THREADS", str(len(self.cores)))
         elif "OMP_NUM_THREADS" in os.environ:
-            phase.env["OMP_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"]
+            phase.env.setdefault("OMP_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
 
     def run_phase(self, phase: Phase, output: PhaseOutput, python_args: list[str] | None = None) -> PhaseRun:
         self.environment(phase)

@@ -79,6 +79,10 @@ def stage(spec: TrialSpec, name: str, root: Path, owner: tuple[int, int], model_
     """Lay out one phase under `root`; `owner` is the user its trial code runs as."""
     deadline = spec.train_deadline if name == "train" else spec.eval_timeout
     phase = Phase(name, root, deadline)
+    if name == "eval" and not str(spec.config["device"]).startswith("cuda"):
+        # Scoring one row at a time is thousands of tiny ops, which OpenMP threads spend waiting on each other:
+        # 64 rows took 37-42 s with two threads and 2.8-3.5 s with one on a busy 2-core host.
+        phase.env["OMP_NUM_THREADS"] = "1"
     make_dir(root)
     trial = make_dir(phase.trial_dir)
     copy_harness(spec.harness_dir, spec.harness_files, spec.harness_hash, trial)

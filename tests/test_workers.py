@@ -149,6 +149,20 @@ def test_cores_are_split_between_cpu_workers():
         cpu_placements(len(cores) + 1)
 
 
+def test_a_cpu_eval_phase_runs_on_one_thread_whatever_the_share(tmp_path, stdlib_dataset):
+    """Scoring rows one at a time is many tiny ops: one thread; training gets a thread per core of its share."""
+    from sandbox import LocalBackend
+    from sandbox.trial import stage
+    from tests.trial_helpers import make_spec, tiny_train
+
+    spec = make_spec(stdlib_dataset, tiny_train("return None"))
+    backend = LocalBackend(isolation="none").placed(Placement(cores=(0, 1)))
+    train, evaluation = (stage(spec, name, tmp_path / name, backend.owner) for name in ("train", "eval"))
+    for phase in (train, evaluation):
+        backend.environment(phase)
+    assert train.env["OMP_NUM_THREADS"] == "2" and evaluation.env["OMP_NUM_THREADS"] == "1"
+
+
 def test_hyperthread_siblings_go_to_the_same_worker(tmp_path):
     for core, siblings in ((0, "0,2"), (1, "1,3"), (2, "0,2"), (3, "1,3"), (4, "4")):
         (tmp_path / f"cpu{core}" / "topology").mkdir(parents=True)
