@@ -61,17 +61,25 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9)
 """
 
 
-@pytest.mark.slow  # two real CPU trainings, seconds each
-@pytest.mark.parametrize("changes", [{}, {"DEPTH": 4, "ASPECT_RATIO": 64, "HEAD_DIM": 64, "DEVICE_BATCH_SIZE": 32}])
-def test_the_analytic_model_predicts_the_peak_of_real_cpu_training(changes):
-    config = {**CPU_PRESET.constants, **changes}
+def real_cpu_peak_gb(config: dict) -> float:
     proc = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(ROOT / "train_template" / "train.py"),
                            json.dumps(config), str(CPU_PRESET.seq_len), str(CPU_PRESET.vocab_size)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    peak = float(proc.stdout.split()[-1])
+    return float(proc.stdout.split()[-1])
+
+
+@pytest.mark.slow  # four real CPU trainings, seconds each
+def test_the_analytic_model_predicts_what_real_cpu_training_adds():
+    """What a bigger configuration adds to the peak, as measured, is what the model adds (the runtime's own
+    memory, torch's libraries and allocator, varies between machines; calibration learns it per run)."""
+    small = dict(CPU_PRESET.constants)
+    large = {**small, "DEPTH": 4, "ASPECT_RATIO": 64, "HEAD_DIM": 64, "DEVICE_BATCH_SIZE": 32}
     model = MemoryModel(Shape(CPU_PRESET.seq_len, CPU_PRESET.vocab_size, "cpu"), 100.0, "host memory")
-    assert model.predict_gb(config) == pytest.approx(peak, rel=0.3)
+    # the lower of two runs each: a busy host has once added half a GB to one run's peak, never taken any away
+    measured = min(real_cpu_peak_gb(large) for _ in range(2)) - min(real_cpu_peak_gb(small) for _ in range(2))
+    assert measured > 1.0  # the large one is several times the small one
+    assert model.predict_gb(large) - model.predict_gb(small) == pytest.approx(measured, rel=0.3)
 
 
 def test_calibration_learns_what_the_trials_measured():

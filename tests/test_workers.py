@@ -49,8 +49,8 @@ class PairedBackend(FakeBackend):
             if spec.trusted:
                 mine = None
             self.waiting = mine
-        if mine is not None:
-            mine.wait(timeout=3)
+        if mine is not None:  # its partner starts once the loop has proposed and committed it: seconds when busy
+            mine.wait(timeout=30)
         outcome = super().run(spec, on_log)
         with self.lock:
             self.now -= 1
@@ -67,11 +67,12 @@ def test_two_workers_finish_a_run_whose_ledger_git_and_method_state_agree(method
                    cache_root=cache_root)
     try:
         with final_status(run):
-            run_loop(run, runner, StopRule(trials=10), report=lambda line: None, where=[Placement(), Placement()])
+            # the baseline alone, then ten proposals: five pairs, none left waiting for a partner
+            run_loop(run, runner, StopRule(trials=11), report=lambda line: None, where=[Placement(), Placement()])
     finally:
         run.lock.release()
     assert runner.most == 2  # two trials were under way at once
-    records = check_run_consistent(run.dir, 10)
+    records = check_run_consistent(run.dir, 11)
     trials = [r["trial"] for r in records]
     assert trials != sorted(trials)  # recorded as they finished, not as they were numbered
     status = json.loads((run.dir / "state" / "status.json").read_text())
