@@ -83,6 +83,14 @@ def terms(config: Mapping[str, Any], shape: Shape) -> NDArray[np.float64]:
 
 
 @dataclass(frozen=True)
+class Verdict:
+    """The memory model on one proposal, decided before it runs."""
+    predicted_gb: float
+    threshold_gb: float  # the most it may need: the device's memory less the margin
+    reason: str          # why it is infeasible; "" when it fits
+
+
+@dataclass(frozen=True)
 class Calibration:
     multipliers: tuple[float, ...]  # on each prior coefficient
     measured: int                   # trials with a measured peak it was fitted on
@@ -112,13 +120,16 @@ class MemoryModel:
     def threshold_gb(self) -> float:
         return self.limit_gb * (1 - self.calibration.margin)
 
+    def verdict(self, config: Mapping[str, Any]) -> Verdict:
+        predicted, threshold = self.predict_gb(config), self.threshold_gb
+        reason = "" if predicted <= threshold else (
+            f"predicted peak memory {predicted:.1f} GB exceeds {threshold:.1f} GB "
+            f"({1 - self.calibration.margin:.0%} of the {self.limit_gb:.1f} GB {self.source}); not run")
+        return Verdict(predicted, threshold, reason)
+
     def refusal(self, config: Mapping[str, Any]) -> str | None:
         """Why `config` is infeasible, or None when it is predicted to fit."""
-        predicted = self.predict_gb(config)
-        if predicted <= self.threshold_gb:
-            return None
-        return (f"predicted peak memory {predicted:.1f} GB exceeds {self.threshold_gb:.1f} GB "
-                f"({1 - self.calibration.margin:.0%} of the {self.limit_gb:.1f} GB {self.source}); not run")
+        return self.verdict(config).reason or None
 
     def calibrate(self, records: Iterable[TrialRecord]) -> None:
         """Refit the multipliers on every trial with a configuration: measured peaks of those that ran to the

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from agent.constants import read_constants
 from agent.errors import ArenaError, Terminated
-from agent.feasibility import MemoryModel, for_run
+from agent.feasibility import MemoryModel, Verdict, for_run
 from agent.judging import best_of, confirmation_decision, judge, open_candidate
 from agent.methods import Context, Paced, Proposal, Repairable
 from agent.patches import (
@@ -318,10 +318,11 @@ class Scheduler:
             outcome = Outcome(Status.INVALID_PATCH, record.reason)
             return finish(run, record, outcome, None, job.proposal.diff or "", None, started)
         diff = make_diff(parent_source, source)
-        refusal = self.memory_verdict(job, source)
-        record = replace(record, predicted_memory_gb=job.predicted_memory_gb)
-        if refusal:
-            return finish(run, record, Outcome(Status.INFEASIBLE, refusal), None, diff, source, started)
+        verdict = self.memory_verdict(job, source)
+        if verdict is not None:
+            record = replace(record, predicted_memory_gb=verdict.predicted_gb, memory_threshold_gb=verdict.threshold_gb)
+            if verdict.reason:
+                return finish(run, record, Outcome(Status.INFEASIBLE, verdict.reason), None, diff, source, started)
         crash_point("applied", job.trial)
         if job.kind == "baseline":
             commit = run.repo.recorded_trial_commit(0)
@@ -336,17 +337,16 @@ class Scheduler:
         crash_point("committed", job.trial)
         return record, commit, diff, source
 
-    def memory_verdict(self, job: Job, source: str) -> str | None:
-        """Why a fixed-space proposal cannot fit in memory (None: it may run). Decided once per job and journaled,
-        so a resumed run keeps the verdict an uninterrupted one made, whatever finished in between."""
+    def memory_verdict(self, job: Job, source: str) -> Verdict | None:
+        """The memory model's verdict on a fixed-space proposal (None: no model, or not a proposal). Decided once
+        per job and journaled, so a resumed run keeps the verdict an uninterrupted one made, whatever finished
+        in between."""
         if job.kind != "proposal" or self.memory is None or not self.run.method.fixed_space:
             return None
-        if job.memory_verdict is None:
-            config = read_constants(source)
-            job.memory_verdict = self.memory.refusal(config) or ""
-            job.predicted_memory_gb = self.memory.predict_gb(config)
+        if job.memory is None:
+            job.memory = self.memory.verdict(read_constants(source))
             self.run.journal_job(job)
-        return job.memory_verdict or None
+        return job.memory
 
     # -- finishing trials
 

@@ -63,6 +63,7 @@ class TrialRecord:
     # what it cost and measured
     peak_memory_gb: float | None = None
     predicted_memory_gb: float | None = None  # the memory model's estimate before it ran (--feasibility on)
+    memory_threshold_gb: float | None = None  # the most the model let it need (infeasible above)
     training_seconds: float | None = None
     outside_seconds: float | None = None
     allowance_seconds: float | None = None

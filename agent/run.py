@@ -32,6 +32,7 @@ from agent.constants import render_constants
 from agent.dataset_build import DEFAULT_VAL_FRACTION
 from agent.datasets import prepare_dataset
 from agent.errors import ArenaError
+from agent.feasibility import Verdict
 from agent.flags import check_choices, flag, flag_metadata
 from agent.judging import best_of
 from agent.ledger import Ledger, fsync_write, results_tsv
@@ -172,8 +173,7 @@ class Job:
     seed: int
     confirms: int | None = None
     propose_seconds: float = 0.0
-    memory_verdict: str | None = None  # decided once, before it first ran: "" fits, else why it is infeasible
-    predicted_memory_gb: float | None = None  # the memory model's prediction behind that verdict
+    memory: Verdict | None = None  # the memory model's, decided once before it first ran (--feasibility on)
 
 
 class Journal(TypedDict):

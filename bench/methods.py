@@ -38,7 +38,7 @@ from agent.run import open_run  # noqa: E402
 from agent.space import Param, SearchSpace, load_space  # noqa: E402
 from agent.surrogate.backend import SurrogateBackend  # noqa: E402
 from agent.surrogate.data import nearest_pow2  # noqa: E402
-from bench.landscape import write_landscape  # noqa: E402
+from bench.landscape import MEMORY_GB, peak_memory_gb, write_landscape  # noqa: E402
 from sandbox.outcome import Status  # noqa: E402
 
 OPTUNA = ("optuna-random", "optuna-tpe", "optuna-cmaes")
@@ -56,6 +56,7 @@ class Job:
     preset: str
     data: list[str]
     runs_dir: Path
+    landscape: bool = False  # the surrogate was fitted on bench/landscape.py: the truth is known
 
 
 @dataclass
@@ -65,6 +66,7 @@ class Result:
     values: list[float | None]            # val_bpb per trial that ran, None where it failed
     seconds: dict[int, float] = field(default_factory=dict)  # propose + observe, per trial number
     infeasible: int = 0                   # proposals refused by the memory model (not in values)
+    fits: list[bool] | None = None        # on the landscape: whether each trial's config truly fits in memory
 
 
 class Timed:
@@ -104,7 +106,13 @@ def run_arena_method(job: Job) -> Result:
         run.lock.release()
     ran = [r for r in run.ledger.records if r.status is not Status.INFEASIBLE]
     values = [r.val_bpb if r.status is Status.OK else None for r in ran]
-    return Result(job.group, job.seed, values, timed.seconds, len(run.ledger.records) - len(ran))
+    fits = [fits_on_landscape(r.config or {}) for r in ran] if job.landscape else None
+    return Result(job.group, job.seed, values, timed.seconds, len(run.ledger.records) - len(ran), fits)
+
+
+def fits_on_landscape(config: dict[str, Any]) -> bool:
+    """Whether the landscape itself (not the surrogate fitted on it) says the configuration fits in memory."""
+    return peak_memory_gb(config) <= MEMORY_GB
 
 
 def distribution(param: Param) -> Any:
@@ -137,12 +145,15 @@ def run_optuna(job: Job) -> Result:
     study = optuna.create_study(sampler=samplers[job.group](seed=job.seed))
     study.enqueue_trial(dict(get_preset(job.preset).constants))
     distributions = {name: distribution(space[name]) for name in space}
-    result = Result(job.group, job.seed, [])
+    result = Result(job.group, job.seed, [], fits=[] if job.landscape else None)
     for number in range(job.trials):
         start = time.perf_counter()
         trial = study.ask(distributions)
         asked = time.perf_counter() - start
-        prediction = BACKEND.surrogate.predict(optuna_config(trial.params, space))
+        config = optuna_config(trial.params, space)
+        prediction = BACKEND.surrogate.predict(config)
+        if result.fits is not None:
+            result.fits.append(fits_on_landscape(config))
         start = time.perf_counter()
         if prediction.val_bpb is None:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -182,6 +193,11 @@ def summarise(results: list[Result], checkpoints: list[int]) -> dict[str, Any]:
         finals[group] = [float(v) for v in curves[:, -1]]
         row["failure_rate"] = float(np.mean([v is None for m in members for v in m.values[1:]]))
         row["infeasible_per_trial"] = sum(m.infeasible for m in members) / sum(len(m.values) for m in members)
+        if all(m.fits is not None for m in members):  # the surrogate errs near the wall; methods find its errors
+            truly = [[v if fit else None for v, fit in zip(m.values, m.fits or [], strict=True)] for m in members]
+            finals_fitting = [float(best_so_far(t)[-1]) for t in truly]
+            row["best_fitting"] = {"mean": float(np.mean(finals_fitting)), "std": float(np.std(finals_fitting))}
+            row["true_failure_rate"] = float(np.mean([v is None for t in truly for v in t[1:]]))
         for t in (10, curves.shape[1] - 1):
             ms = [m.seconds[t] * 1000 for m in members if t in m.seconds]
             row[f"ms@{t}"] = float(np.median(ms)) if ms else None
@@ -219,6 +235,16 @@ def print_tables(summary: dict[str, Any], quality_line: str, seconds: float) -> 
         table.add_row(row["group"], str(row["seeds"]), *cells, f"{row['failure_rate']:.0%}",
                       f"{row['infeasible_per_trial']:.2f}", *ms)
     console.print(table)
+    if all("best_fitting" in row for row in summary["groups"]):
+        truth = Table(title="checked against the landscape itself: the best among trials that truly fit in memory, "
+                            "and the share of trials that failed or would have run out of memory (the surrogate "
+                            "errs near the memory wall, and a method can find its errors)")
+        for name in ("method", "best that fits", "failed or would OOM"):
+            truth.add_column(name, justify="left" if name == "method" else "right")
+        for row in summary["groups"]:
+            best = row["best_fitting"]
+            truth.add_row(row["group"], f"{best['mean']:.4f} ± {best['std']:.4f}", f"{row['true_failure_rate']:.0%}")
+        console.print(truth)
     tests = Table(title="Mann-Whitney U on the final best (two-sided)")
     for name in ("a", "b", "mean a", "mean b", "p"):
         tests.add_column(name)
@@ -277,7 +303,7 @@ def main() -> None:
     methods = args.methods.split(",")
     groups = ([m for m in methods if "off" in modes] + [m + FEASIBLE_SUFFIX for m in methods if "on" in modes]
               + ([] if args.no_optuna else list(OPTUNA)))
-    jobs = [Job(group, seed, args.trials, args.preset, data, runs_dir)
+    jobs = [Job(group, seed, args.trials, args.preset, data, runs_dir, landscape=not args.data)
             for group in groups for seed in range(args.seeds)]
     with multiprocessing.get_context("fork").Pool(args.workers) as pool:
         results = pool.map(run_job, jobs, chunksize=1)

@@ -20,12 +20,15 @@ def test_methods_bench_prints_and_writes_its_figures(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "surrogate fitted on 2000 trials" in proc.stdout and "Mann-Whitney U" in proc.stdout
+    assert "checked against the landscape itself" in proc.stdout
     summary = json.loads((out / "summary.json").read_text())
     groups = {row["group"]: row for row in summary["groups"]}
     assert list(groups) == ["random", "cmaes", "random+feasibility", "cmaes+feasibility", "optuna-random",
                             "optuna-tpe", "optuna-cmaes"]
     for row in groups.values():
         assert row["seeds"] == 2 and 0 <= row["failure_rate"] <= 1 and row["infeasible_per_trial"] >= 0
+        assert row["true_failure_rate"] >= row["failure_rate"]  # what the surrogate calls an OOM is one
+        assert row["best_fitting"]["mean"] >= row["best@12"]["mean"]  # a best that fits is no better
         assert row["best@12"]["mean"] <= row["best@5"]["mean"]  # best so far never gets worse
         assert row["ms@10"] is not None and row["ms@11"] is not None
     assert len(summary["tests"]) == 21 and all(0 < t["p_value"] <= 1 for t in summary["tests"])

@@ -30,7 +30,8 @@ fills that candidate's slot; when all of a generation's candidates have results 
 the order asked. With several workers the candidates of a generation run side by side, results come in
 any order, and can_propose() holds the loop back once a whole generation is out. A failure (any
 status but ok, invalid patches included) is told as failure_value(successes) of agent/methods/failure.py,
-computed at tell time so that it ranks below every success of its generation.
+computed at tell time so that it ranks below every success of its generation; an infeasible proposal adds
+how far past the memory limit it was predicted (failure.excess).
 
 Restarts (IPOP, Auger & Hansen 2005): when should_stop() holds after a tell, a new CatCMAwM with
 twice the population starts at the best configuration seen so far, with sigma0 again. Classic IPOP
@@ -63,7 +64,7 @@ from numpy.typing import NDArray
 
 from agent.constants import Value
 from agent.methods.base import Config, Context, Proposal
-from agent.methods.failure import failure_value, success_value
+from agent.methods.failure import INFEASIBLE_SLOPE, excess, failure_value, success_value
 from agent.methods.random_search import describe
 from agent.record import TrialRecord
 from agent.space import Param, SearchSpace, SpaceError
@@ -78,6 +79,7 @@ class Slot:
     solution: CatCMAwM.Solution
     observed: bool = False
     value: float | None = None  # val_bpb when the trial succeeded
+    excess: float = 0.0         # of an infeasible proposal (failure.excess)
 
 
 @dataclass
@@ -153,7 +155,7 @@ class CMAES:
         if record.kind != "proposal":
             return  # the baseline and confirmation runs are not members of a generation
         slot = self._slot(record.trial, record.config)
-        slot.observed, slot.value = True, value
+        slot.observed, slot.value, slot.excess = True, value, excess(record)
         slots = self.search.slots
         if len(slots) == self.population_size and all(s.observed for s in slots):
             self._tell()
@@ -322,7 +324,8 @@ class CMAES:
         # sort then keeps the order of the told values, so only that generation's penalty is lost.
         with warnings.catch_warnings(), np.errstate(invalid="ignore"):
             warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
-            optimizer.tell([(s.solution, failed if s.value is None else s.value) for s in self.search.slots])
+            optimizer.tell([(s.solution, failed + INFEASIBLE_SLOPE * s.excess if s.value is None else s.value)
+                            for s in self.search.slots])
         self.search.slots = []
         self.search.next = None  # drawn from the distribution just replaced
         if optimizer.should_stop():

@@ -25,9 +25,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from agent.record import TrialRecord
+from sandbox.outcome import Status
 
 FAILURE_MARGIN = 0.05
 FALLBACK_VALUE = 10.0
+INFEASIBLE_SLOPE = 0.05  # added per unit of excess() to an infeasible proposal's failure value
 
 
 def success_value(record: TrialRecord) -> float | None:
@@ -41,3 +43,15 @@ def failure_value(successes: Iterable[float]) -> float:
     """The value a failed trial is told as, given the val_bpb of every successful trial seen so far."""
     successes = list(successes)
     return max(successes) + FAILURE_MARGIN if successes else FALLBACK_VALUE
+
+
+def excess(record: TrialRecord) -> float:
+    """How far past its limit the memory model put an infeasible proposal (predicted / limit - 1); 0 for any other.
+
+    Told on top of the failure value (times INFEASIBLE_SLOPE), so that among refused proposals the nearer ones
+    rank better: a flat value for all of them told CMA-ES only to leave the region past the memory wall,
+    where the best configurations that fit lie along that wall. Measured on bench/methods.py's landscape:
+    see the README (Memory feasibility)."""
+    if record.status is not Status.INFEASIBLE or not record.predicted_memory_gb or not record.memory_threshold_gb:
+        return 0.0
+    return max(0.0, record.predicted_memory_gb / record.memory_threshold_gb - 1)

@@ -58,7 +58,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from agent.constants import Value
 from agent.methods.base import Config, Context, Proposal
-from agent.methods.failure import failure_value, success_value
+from agent.methods.failure import INFEASIBLE_SLOPE, excess, failure_value, success_value
 from agent.methods.random_search import describe
 from agent.record import TrialRecord
 from agent.space import Param, SearchSpace, SpaceError
@@ -166,7 +166,7 @@ class TPE:
 
     def observe(self, record: TrialRecord) -> None:
         value = success_value(record)
-        told = value if value is not None else failure_value(self.successes)
+        told = value if value is not None else failure_value(self.successes) + INFEASIBLE_SLOPE * excess(record)
         if value is not None:
             self.successes.append(value)
         if record.kind not in TOLD_KINDS:
