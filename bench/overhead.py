@@ -2,6 +2,7 @@
 
     python bench/overhead.py [--preset cpu|gpu] [--trials 4] [--budget S] [--eval-tokens N]
                              [--backend local|docker] [--image IMAGE] [--method random] [--out bench-out/overhead]
+                             [--oom [--mem-limit SIZE]]
 
 The run's backend is wrapped so that every line a trial prints is timed as it arrives; with the ledger's own
 figures that splits each trial into:
@@ -15,7 +16,10 @@ figures that splits each trial into:
     git, ledger, judging                the rest of the trial's recorded time
 
 The baseline (trial 0) runs with a cold compile cache and is shown apart; the median over the later trials
-is the warm figure. Prints a table; writes parts.json under --out.
+is the warm figure. Prints a table; writes parts.json under --out. With --oom, one more trial follows whose
+constants cannot fit (the space's deepest, widest model at its largest device batch), run as the loop runs a
+trial but without the memory model, and the seconds to its verdict are printed (on a CPU preset give
+--mem-limit, or the trial trains slowly until its deadline instead of running out of memory).
 """
 
 from __future__ import annotations
@@ -32,8 +36,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.loop import StopRule, make_backend, run_loop  # noqa: E402
-from agent.run import open_run  # noqa: E402
+from agent.loop import StopRule, make_backend, run_loop, run_sandbox  # noqa: E402
+from agent.methods import Proposal  # noqa: E402
+from agent.patches import render_config  # noqa: E402
+from agent.run import Job, Run, open_run  # noqa: E402
+from agent.template import EDITABLE_FILE  # noqa: E402
 from sandbox import Outcome, Placement, TrialRunner, TrialSpec  # noqa: E402
 
 PARTS = ("staging + sandbox + torch import", "train.py import, build, compile", "training", "export + phase exit",
@@ -91,6 +98,16 @@ def median(values: list[float | None]) -> float | None:
     return statistics.median(known) if known else None
 
 
+def time_to_oom(run: Run, runner: TrialRunner) -> tuple[float, Outcome]:
+    """Seconds from a trial's start to the verdict on one that cannot fit in memory, and that verdict."""
+    largest = {name: run.space[name].bounds[1] for name in ("DEPTH", "ASPECT_RATIO", "DEVICE_BATCH_SIZE")}
+    source = render_config(run.repo.show(run.repo.recorded_trial_commit(0), EDITABLE_FILE), largest)
+    job = Job(max(run.ledger.trials) + 1, "proposal", Proposal("cannot fit"), None, run.settings.seed)
+    start = time.perf_counter()
+    outcome = run_sandbox(run, runner, job, source)
+    return time.perf_counter() - start, outcome
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="cpu")
@@ -101,16 +118,20 @@ def main() -> None:
     parser.add_argument("--image", help="docker image (docker backend)")
     parser.add_argument("--method", default="random")
     parser.add_argument("--out", type=Path, default=Path("bench-out/overhead"))
+    parser.add_argument("--oom", action="store_true", help="then time a trial that cannot fit to its verdict")
+    parser.add_argument("--mem-limit", help="host memory a trial may use, e.g. 4g (see arena run --mem-limit)")
     args = parser.parse_args()
     runs = args.out / "runs"
     shutil.rmtree(runs, ignore_errors=True)  # the bench's own run, made anew each time
     given = {"name": "overhead", "preset": args.preset, "method": args.method, "backend": args.backend,
-             "image": args.image, "budget": args.budget, "eval_tokens": args.eval_tokens}
+             "image": args.image, "budget": args.budget, "eval_tokens": args.eval_tokens, "mem_limit": args.mem_limit,
+             "feasibility": "off"}
     backends: list[TimedRunner] = []
     run = open_run(runs, given, preflight=lambda settings, preset, space, method: backends.append(
         TimedRunner(make_backend(settings, preset, space))))
     try:
         run_loop(run, backends[0], StopRule(trials=args.trials), report=print)
+        oom = time_to_oom(run, backends[0].runner) if args.oom else None
     finally:
         run.lock.release()
     parts = [split(times, record) for times, record in zip(backends[0].trials, run.ledger.records, strict=True)]
@@ -126,9 +147,14 @@ def main() -> None:
     outside = {k: sum(row[k] or 0.0 for part, row in rows.items() if part != "training")
                for k in ("baseline", "median_later")}
     print(f"{'everything but training':40s} {outside['baseline']:>8.2f} s {outside['median_later']:>8.2f} s")
+    summary = {"preset": run.preset.name, "budget": budget, "backend": args.backend, "parts": rows, "trials": parts}
+    if oom is not None:
+        seconds, outcome = oom
+        verdict = f"{outcome.status}: {outcome.reason}"
+        print(f"{'a trial that cannot fit, to its verdict':40s} {seconds:>8.2f} s  ({verdict})")
+        summary["oom"] = {"seconds": seconds, "status": str(outcome.status), "reason": outcome.reason}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "parts.json").write_text(json.dumps({"preset": run.preset.name, "budget": budget, "backend":
-                                                     args.backend, "parts": rows, "trials": parts}, indent=2) + "\n")
+    (args.out / "parts.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
 if __name__ == "__main__":

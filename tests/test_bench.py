@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -44,3 +45,18 @@ def test_methods_bench_prints_and_writes_its_figures(tmp_path):
         refused += statuses.count("infeasible")
     assert groups["random+feasibility"]["infeasible_per_trial"] == refused / 24
     assert (out / "methods.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.slow  # two real CPU trials
+def test_overhead_bench_splits_a_trial_and_times_an_oom_verdict(tmp_path, cache_root):
+    out = tmp_path / "overhead"
+    proc = subprocess.run([sys.executable, "bench/overhead.py", "--trials", "1", "--budget", "2", "--eval-tokens",
+                           "4096", "--oom", "--mem-limit", "1536m", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "ARENA_CACHE": str(cache_root)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "staging + sandbox + torch import" in proc.stdout and "a trial that cannot fit" in proc.stdout
+    summary = json.loads((out / "parts.json").read_text())
+    assert summary["parts"]["staging + sandbox + torch import"]["baseline"] > 0  # the baseline, split
+    assert summary["oom"]["status"] == "oom" and "memory limit" in summary["oom"]["reason"]
+    assert summary["oom"]["seconds"] < 120  # the limit ended it, long before the trial's deadline
