@@ -22,7 +22,7 @@ from tests.conftest import one_line_error
 from tests.llm_server import ScriptedLLMServer
 from tests.run_helpers import ROOT, arena_run, check_run_consistent
 
-GPU, CPU = load_space("gpu"), load_space("cpu")
+GPU = load_space("gpu")
 GPU_PRESET, CPU_PRESET = get_preset("gpu"), get_preset("cpu")
 GPU_SHAPE = Shape(GPU_PRESET.seq_len, GPU_PRESET.vocab_size, "cuda")
 
