@@ -78,7 +78,7 @@ def test_the_analytic_model_predicts_what_real_cpu_training_adds():
     model = MemoryModel(Shape(CPU_PRESET.seq_len, CPU_PRESET.vocab_size, "cpu"), 100.0, "host memory")
     # the lower of two runs each: a busy host has once added half a GB to one run's peak, never taken any away
     measured = min(real_cpu_peak_gb(large) for _ in range(2)) - min(real_cpu_peak_gb(small) for _ in range(2))
-    assert measured > 1.0  # the large one is several times the small one
+    assert measured > 0.5  # the large one is more than twice the small one
     assert model.predict_gb(large) - model.predict_gb(small) == pytest.approx(measured, rel=0.3)
 
 
