@@ -130,7 +130,6 @@ class TrialRecord:
             raise ValueError(str(e)) from None
 
 
-
 def counted(records: list[TrialRecord]) -> int:
     """The trials that count towards --trials: all but the infeasible ones, which ran nothing."""
     return sum(1 for r in records if r.status is not Status.INFEASIBLE)
