@@ -91,10 +91,9 @@ def start(command: list[str], user: tuple[int, int] | None) -> tuple[int, int]:
     return pid, read_end
 
 
-def children() -> list[int]:
-    """Our child processes; as a subreaper, every orphaned descendant becomes one of them."""
-    mine = str(os.getpid())
-    found = []
+def parents() -> dict[int, int]:
+    """Every process we can see, to its parent's pid."""
+    found = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
@@ -102,37 +101,37 @@ def children() -> list[int]:
                     stat = f.read()
             except OSError:
                 continue  # gone meanwhile
-            if stat[stat.rindex(")") + 2:].split()[1] == mine:
-                found.append(int(entry))
+            found[int(entry)] = int(stat[stat.rindex(")") + 2:].split()[1])
     return found
+
+
+def children() -> list[int]:
+    """Our child processes; as a subreaper, every orphaned descendant becomes one of them."""
+    mine = os.getpid()
+    return [pid for pid, parent in parents().items() if parent == mine]
 
 
 def resident_bytes(sandboxed: bool) -> int:
     """The resident memory of the phase's processes together: every process of our pid namespace but ourselves
     and its init (sandboxed), or our descendants (unisolated)."""
     me = os.getpid()
-    parents: dict[int, int] = {}
-    sizes: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) in (me, 1):
-            continue
+    tree = parents()
+    if sandboxed:
+        phase = [pid for pid in tree if pid not in (me, 1)]
+    else:
+        phase, frontier = [], [me]
+        while frontier:
+            parent = frontier.pop()
+            below = [pid for pid, ppid in tree.items() if ppid == parent]
+            phase += below
+            frontier += below
+    total = 0
+    for pid in phase:
         try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-            with open(f"/proc/{entry}/statm") as f:
-                sizes[int(entry)] = int(f.read().split()[1]) * PAGE_BYTES
+            with open(f"/proc/{pid}/statm") as f:
+                total += int(f.read().split()[1]) * PAGE_BYTES
         except (OSError, ValueError, IndexError):
             continue  # gone meanwhile
-        parents[int(entry)] = int(stat[stat.rindex(")") + 2:].split()[1])
-    if sandboxed:
-        return sum(sizes.values())
-    total, frontier = 0, [me]
-    while frontier:
-        parent = frontier.pop()
-        for pid, ppid in parents.items():
-            if ppid == parent:
-                total += sizes[pid]
-                frontier.append(pid)
     return total
 
 
