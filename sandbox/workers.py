@@ -82,40 +82,42 @@ def cpu_list(text: str) -> list[int]:
 
 
 @functools.cache
-def nvidia_gpus() -> tuple[tuple[str, str, str], ...]:
-    """This machine's GPUs as nvidia-smi lists them: (index, UUID, PCI bus id) each. Raises SandboxError when
-    it cannot tell (no NVIDIA driver)."""
+@dataclass(frozen=True)
+class NvidiaGpu:
+    """A GPU as nvidia-smi lists it."""
+    index: str
+    uuid: str
+    bus_id: str
+    memory_gb: float | None  # None where nvidia-smi gives no size
+
+
+def nvidia_gpus() -> tuple[NvidiaGpu, ...]:
+    """This machine's GPUs as nvidia-smi lists them. Raises SandboxError when it cannot tell (no NVIDIA driver)."""
     smi = shutil.which("nvidia-smi")
     if smi is None:
         raise SandboxError("trials on GPUs are placed by nvidia-smi's GPU ids, and nvidia-smi is not on this "
                            "machine's PATH; install the NVIDIA driver's tools, or use a CPU preset")
     try:
-        listing = subprocess.run([smi, "--query-gpu=index,uuid,pci.bus_id", "--format=csv,noheader"],
+        listing = subprocess.run([smi, "--query-gpu=index,uuid,pci.bus_id,memory.total",
+                                  "--format=csv,noheader,nounits"],
                                  capture_output=True, text=True, timeout=60, check=True).stdout
     except (subprocess.SubprocessError, OSError) as e:
         raise SandboxError(f"nvidia-smi could not list the GPUs ({e}); check the NVIDIA driver, or use a CPU "
                            "preset") from None
-    rows = [tuple(field.strip() for field in line.split(",")) for line in listing.splitlines()]
-    return tuple((row[0], row[1], row[2]) for row in rows if len(row) == 3 and all(row))
+    gpus = []
+    for line in listing.splitlines():
+        row = [field.strip() for field in line.split(",")]
+        if len(row) == 4 and all(row[:3]):
+            mib = row[3]  # MiB; "[N/A]" on some boards
+            gpus.append(NvidiaGpu(row[0], row[1], row[2], int(mib) * 2**20 / 1e9 if mib.isdigit() else None))
+    return tuple(gpus)
 
 
 def gpu_memory_gb(gpus: list[str]) -> float:
     """The smallest total memory, in GB, of the GPUs named (nvidia-smi indices or UUIDs); SandboxError when
     nvidia-smi cannot say."""
-    smi = shutil.which("nvidia-smi")
-    try:
-        listing = subprocess.run([smi or "nvidia-smi", "--query-gpu=index,uuid,memory.total",
-                                  "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=60,
-                                 check=True).stdout
-    except (subprocess.SubprocessError, OSError) as e:
-        raise SandboxError(f"nvidia-smi could not tell the GPUs' memory ({e}); give it with --device-memory GB") \
-            from None
-    sizes = {}
-    for line in listing.splitlines():
-        index, uuid, mib = (field.strip() for field in (line.split(",") + ["", "", ""])[:3])
-        if mib.isdigit():
-            sizes[index] = sizes[uuid] = int(mib) * 2**20 / 1e9
-    found = [sizes[gpu] for gpu in gpus if gpu in sizes]
+    sizes = {key: gpu.memory_gb for gpu in nvidia_gpus() for key in (gpu.index, gpu.uuid)}
+    found = [size for gpu in gpus if (size := sizes.get(gpu)) is not None]
     if not found:
         raise SandboxError(f"nvidia-smi lists no memory size for GPU {','.join(gpus)}; give it with --device-memory GB")
     return min(found)
@@ -123,7 +125,7 @@ def gpu_memory_gb(gpus: list[str]) -> float:
 
 def gpu_ids() -> dict[str, str]:
     """Each GPU's nvidia-smi index and UUID, to its UUID; SandboxError without nvidia-smi."""
-    return {key: uuid for index, uuid, _ in nvidia_gpus() for key in (index, uuid)}
+    return {key: gpu.uuid for gpu in nvidia_gpus() for key in (gpu.index, gpu.uuid)}
 
 
 def gpu_placements(gpus: list[str], workers: int | None, known: dict[str, str]) -> list[Placement]:

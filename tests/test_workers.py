@@ -24,7 +24,15 @@ from agent.run import RunSettings, open_run
 from sandbox import Placement
 from sandbox.bwrap import gpu_devices, gpu_env, gpu_nodes
 from sandbox.errors import SandboxError
-from sandbox.workers import by_physical_core, cpu_list, cpu_placements, gpu_placements
+from sandbox.workers import (
+    NvidiaGpu,
+    by_physical_core,
+    cpu_list,
+    cpu_placements,
+    gpu_memory_gb,
+    gpu_placements,
+    nvidia_gpus,
+)
 from tests.conftest import one_line_error
 from tests.fake_runs import FAST_SETTINGS, FakeBackend
 from tests.run_helpers import BASE, ROOT, arena_run, check_run_consistent, fake_arena_run, pids_whose_command_line
@@ -249,6 +257,21 @@ def test_two_real_workers_train_side_by_side_each_on_its_own_cores(base_run, tmp
     check_run_consistent(runs / "base", BASE + 2)
 
 
+def test_nvidia_smi_listing_gives_ids_bus_and_memory(tmp_path, monkeypatch):
+    """One nvidia-smi query serves placement (index, UUID, bus id) and the feasibility limit (memory.total);
+    a board without a size is skipped for the limit, and one-line errors name --device-memory."""
+    smi = tmp_path / "nvidia-smi"
+    listing = "0, GPU-aaaa, 00000000:17:00.0, 81559\\n1, GPU-bbbb, 00000000:65:00.0, [N/A]\\n"
+    smi.write_text(f"#!/bin/sh\nprintf '{listing}'\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    assert nvidia_gpus() == (NvidiaGpu("0", "GPU-aaaa", "00000000:17:00.0", 81559 * 2**20 / 1e9),
+                             NvidiaGpu("1", "GPU-bbbb", "00000000:65:00.0", None))
+    assert gpu_memory_gb(["GPU-aaaa", "1"]) == pytest.approx(85.52, abs=0.01)
+    with pytest.raises(SandboxError, match="--device-memory GB"):
+        gpu_memory_gb(["1"])
+
+
 def test_a_gpu_sandbox_gets_its_own_gpus_device_and_no_other(tmp_path):
     """bubblewrap binds the driver's shared nodes and the listed GPUs' own /dev/nvidiaN (found through
     nvidia-smi's bus ids and the driver's /proc/driver/nvidia/gpus/<bus id>/information), and numbers them
@@ -257,7 +280,8 @@ def test_a_gpu_sandbox_gets_its_own_gpus_device_and_no_other(tmp_path):
     for bus, minor in (("0000:17:00.0", 2), ("0000:65:00.0", 0)):
         (proc / bus).mkdir(parents=True)
         (proc / bus / "information").write_text(f"Model: \t\t NVIDIA H100\nIRQ:   \t\t 1\nDevice Minor: \t {minor}\n")
-    table = gpu_nodes([("0", "GPU-aaaa", "00000000:17:00.0"), ("1", "GPU-bbbb", "00000000:65:00.0")], proc)
+    table = gpu_nodes([NvidiaGpu("0", "GPU-aaaa", "00000000:17:00.0", 80.0),
+                       NvidiaGpu("1", "GPU-bbbb", "00000000:65:00.0", None)], proc)
     assert [(n.index, n.uuid, n.minor) for n in table] == [("0", "GPU-aaaa", 2), ("1", "GPU-bbbb", 0)]
     dev = tmp_path / "dev"
     dev.mkdir()
