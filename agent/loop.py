@@ -17,6 +17,7 @@ is in completion order, and each trial is kept or not against the best at the mo
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import queue
 import signal
@@ -276,7 +277,9 @@ class Scheduler:
         in_flight = {t: j.proposal for t, j in run.in_flight.items() if j.kind == "proposal"}
         parent_trial = run.ledger.get(parent[0])
         best = run.ledger.get(best_trial)
-        memory = self.memory.boundary(best.config, run.space) if self.memory is not None and best.config else ""
+        model = self.memory
+        memory: Callable[[], str] = (functools.partial(model.boundary, best.config, run.space)
+                                     if model is not None and best.config else lambda: "")
         ctx = Context(trial, records, best, run.repo.show(parent[1], EDITABLE_FILE), run.space, parent=parent_trial,
                       in_flight=in_flight, memory=memory)
         proposal = run.method.propose(ctx)

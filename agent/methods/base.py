@@ -13,6 +13,7 @@ uninterrupted run would have made. tests/test_method_conformance.py holds every 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -52,7 +53,9 @@ class Context:
     space: SearchSpace
     parent: TrialRecord | None = None  # the record of that commit's trial, when it is not the best's
     in_flight: dict[int, Proposal] = field(default_factory=dict)  # other trials under way, results not in yet
-    memory: str = ""  # the run's memory model on the best configuration, for prompts ("": feasibility is off)
+    # The run's memory model on the best configuration, for prompts ("": feasibility is off); built only
+    # when a method asks (about a hundred predictions, which only the LLM methods read).
+    memory: Callable[[], str] = lambda: ""
 
 
 StateT = TypeVar("StateT")

@@ -133,7 +133,7 @@ class Centaur:
             "Search space:\n" + describe_space(self.space),
             self.cma_state_text(candidate),
             history_section(ctx.records, self.llm.top_k, self.llm.last_n, in_flight=ctx.in_flight),
-            *([ctx.memory] if ctx.memory else []),
+            *([memory] if (memory := ctx.memory()) else []),
             "Use the CMA-ES state as guidance: exploit near the mean when sigma is small, help it explore with "
             "your knowledge of transformer training when sigma is large, and steer away from regions that "
             "failed. Propose the next configuration. " + json_answer_rules(self.space),

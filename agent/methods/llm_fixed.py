@@ -59,7 +59,7 @@ class LLMFixedSpace(ConversationMethod):
             f"Current best (trial {ctx.best.trial}, val_bpb {ctx.best.val_bpb:.6f}): "
             + format_config(ctx.best.config),
             history_section(ctx.records, self.llm.top_k, self.llm.last_n, in_flight=ctx.in_flight),
-            *([ctx.memory] if ctx.memory else []),
+            *([memory] if (memory := ctx.memory()) else []),
             "Propose the next configuration to try: one that you expect to beat the best without failing. "
             + json_answer_rules(self.space),
         ])
