@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -60,3 +62,46 @@ def test_overhead_bench_splits_a_trial_and_times_an_oom_verdict(tmp_path, cache_
     assert summary["parts"]["staging + sandbox + torch import"]["baseline"] > 0  # the baseline, split
     assert summary["oom"]["status"] == "oom" and "memory limit" in summary["oom"]["reason"]
     assert summary["oom"]["seconds"] < 120  # the limit ended it, long before the trial's deadline
+
+
+@pytest.mark.slow  # four real CPU trainings of 2 s
+def test_parity_bench_runs_the_template_and_a_variant_seed_by_seed(tmp_path, cache_root):
+    out = tmp_path / "parity"
+    proc = subprocess.run([sys.executable, "bench/parity.py", "--budget", "2", "--seeds", "2", "--variants",
+                           "none-of-the-three", "--eval-tokens", "4096", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "ARENA_CACHE": str(cache_root)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "paired by seed" in proc.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    # the order rotates from seed to seed, so a slow spell of the machine does not fall on one variant
+    assert [(r["variant"], r["seed"]) for r in summary["runs"]] == [
+        ("template", 0), ("none-of-the-three", 0), ("none-of-the-three", 1), ("template", 1)]
+    template, variant = summary["variants"]
+    assert template["diff_vs_template"] == 0 and variant["seeds"] == 2 and variant["diff_stderr"] is not None
+    assert "at equal steps" in proc.stdout
+    assert all(run["val_bpb"] > 0 and run["steps"] >= 1 for run in summary["runs"])
+    # the bench's idea of the template is the template itself; the variant switches all three changes off
+    assert (out / "template.py").read_text() == (ROOT / "train_template" / "train.py").read_text()
+    changed = (out / "none-of-the-three.py").read_text()
+    for line in ('NEWTON_SCHULZ = "fixed"', "NORMUON_BETA2 = 0.0", "CAUTIOUS_WEIGHT_DECAY = False"):
+        assert f"\n{line}" in changed
+
+
+def test_parity_takes_out_what_the_step_counts_explain():
+    """Runs whose val_bpb falls with ln(steps) at one slope (a machine's load moving the steps) and a variant
+    0.02 worse at equal steps: the adjusted difference is 0.02 exactly, the measured one is not."""
+    spec = importlib.util.spec_from_file_location("parity_bench", ROOT / "bench" / "parity.py")
+    parity = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(parity)
+    runs = []
+    for seed, (steps_t, steps_v) in enumerate([(70, 60), (80, 85), (65, 75)]):
+        base = 2.1 + 0.03 * seed
+        runs.append({"variant": "template", "seed": seed, "steps": steps_t, "tokens_per_second": 1.0,
+                     "val_bpb": base - 0.4 * math.log(steps_t)})
+        runs.append({"variant": "no-normuon", "seed": seed, "steps": steps_v, "tokens_per_second": 1.0,
+                     "val_bpb": base + 0.02 - 0.4 * math.log(steps_v)})
+    assert parity.load_slope(runs) == pytest.approx(-0.4)
+    template, variant = parity.summarize(runs, ["template", "no-normuon"])
+    assert variant["steps_adjusted_diff"] == pytest.approx(0.02) and variant["steps_adjusted_stderr"] < 1e-9
+    assert abs(variant["diff_vs_template"] - 0.02) > 0.005 and template["steps_adjusted_diff"] == 0

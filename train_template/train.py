@@ -22,7 +22,7 @@ EMBEDDING_LR = 0.6        # AdamW, token and value embeddings
 UNEMBEDDING_LR = 0.004    # AdamW, output head
 MATRIX_LR = 0.04          # Muon, hidden matrices
 SCALAR_LR = 0.5           # AdamW, per-layer residual scalars
-WEIGHT_DECAY = 0.2        # Muon weight decay, itself decayed linearly to 0 over the budget
+WEIGHT_DECAY = 0.2        # Muon's (cautious) weight decay, itself decayed linearly to 0 over the budget
 WARMUP_RATIO = 0.0        # fraction of the budget spent ramping the learning rate up
 WARMDOWN_RATIO = 0.5      # fraction of the budget spent ramping the learning rate down at the end
 FINAL_LR_FRAC = 0.0       # learning rate at the end of the budget, as a fraction of the peak
@@ -43,6 +43,9 @@ ROPE_BASE = 10_000
 VE_GATE_CHANNELS = 32     # value-embedding gate reads the first 32 channels of the residual stream
 ADAM_BETAS = (0.8, 0.95)
 MUON_MOMENTUM = (0.85, 0.95, 300)  # momentum ramps from the first to the second value over this many steps
+NEWTON_SCHULZ = "polar_express"  # Muon's orthogonalization: "polar_express" (a quintic per iteration) or "fixed"
+NORMUON_BETA2 = 0.95      # NorMuon: each neuron's update over the running RMS of its own updates; 0 turns it off
+CAUTIOUS_WEIGHT_DECAY = True  # decay a weight only where its update has the weight's sign (as autoresearch)
 REFERENCE_WIDTH = 768     # AdamW learning rates scale with (width / 768) ** -0.5 (nanochat's muP-style rule)
 
 
@@ -253,36 +256,76 @@ class GPT(nn.Module):
 
 # ---------------------------------------------------------------------------- optimizer
 
-def orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
-    """Approximate the nearest semi-orthogonal matrix with a quintic Newton-Schulz iteration.
+# Quintic iterations x <- a x + b (x x^T) x + c (x x^T)^2 x, and the factor the input's norm is inflated by
+# first so that its largest singular value starts below 1. "fixed": Keller Jordan's Muon, one quintic five
+# times. "polar_express": Amsel et al. (2025), each iteration's quintic optimal for the spectrum the one
+# before it leaves (the coefficients and the 1.02 margin autoresearch uses).
+NEWTON_SCHULZ_ITERATIONS = {
+    "fixed": (1.0, ((3.4445, -4.7750, 2.0315),) * 5),
+    "polar_express": (1.02, (
+        (8.156554524902461, -22.48329292557795, 15.878769915207462),
+        (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+        (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+        (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+        (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+    )),
+}
 
-    Coefficients from Keller Jordan's Muon; works on a stack of matrices (..., rows, cols).
-    """
-    a, b, c = 3.4445, -4.7750, 2.0315
+
+def orthogonalize(g: torch.Tensor, margin: float, quintics: tuple) -> torch.Tensor:
+    """Approximate the nearest semi-orthogonal matrix of each matrix in a stack (..., rows, cols)."""
     x = g.bfloat16() if g.is_cuda else g.float()
     tall = x.size(-2) > x.size(-1)
     if tall:
         x = x.mT
-    x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)
-    for _ in range(steps):
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) * margin + 1e-7)
+    for a, b, c in quintics:
         gram = x @ x.mT
         x = a * x + (b * gram + c * gram @ gram) @ x
     return (x.mT if tall else x).to(g.dtype)
 
 
+def even_out_neurons(update: torch.Tensor, second_moment: torch.Tensor, beta2: torch.Tensor) -> torch.Tensor:
+    """NorMuon: scale each neuron's update (a row of a tall matrix, a column of a wide one) by the inverse
+    running RMS of its own updates, then restore the matrix's norm; orthogonalized updates leave some
+    neurons with far larger steps than others."""
+    u = update.float()
+    mean_square = u.square().mean(dim=-1 if u.size(-2) >= u.size(-1) else -2, keepdim=True)
+    second_moment.lerp_(mean_square, 1 - beta2)
+    scaled = u * second_moment.clamp_min(1e-10).rsqrt()
+    norm = u.norm(dim=(-2, -1), keepdim=True) / scaled.norm(dim=(-2, -1), keepdim=True).clamp_min(1e-10)
+    return (scaled * norm).to(update.dtype)
+
+
+def muon_update(params: torch.Tensor, grads: torch.Tensor, momentum_buffer: torch.Tensor,
+                second_moment: torch.Tensor | None, momentum: torch.Tensor, lr: torch.Tensor,
+                weight_decay: torch.Tensor, beta2: torch.Tensor, newton_schulz: str, cautious: bool) -> None:
+    """One Muon step on a stack of same-shape matrices, in place. The changing scalars are 0-d tensors, so
+    that the compiled version is traced once, not again for every new learning rate."""
+    momentum_buffer.lerp_(grads, 1 - momentum)
+    update = orthogonalize(grads.lerp_(momentum_buffer, momentum), *NEWTON_SCHULZ_ITERATIONS[newton_schulz])
+    if second_moment is not None:
+        update = even_out_neurons(update, second_moment, beta2)
+    decay = weight_decay * (update * params >= 0) if cautious else weight_decay
+    params.sub_(lr * (update + decay * params))
+
+
 class Muon(torch.optim.Optimizer):
-    """SGD with Nesterov momentum whose updates are orthogonalized; params of one shape are batched."""
+    """SGD with Nesterov momentum whose updates are orthogonalized; params of one shape are stacked."""
 
     def __init__(self, params, lr: float, momentum: float, weight_decay: float, compile: bool = False):
         params = list(params)
         shapes = sorted({p.shape for p in params})
         groups = [{"params": [p for p in params if p.shape == s]} for s in shapes]
         super().__init__(groups, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
-        # On the GPU the iteration compiles to a few fused kernels per shape instead of ~30 small
-        # launches; dynamic=False gives each parameter shape its own static graph. Only the
-        # tensor-in, tensor-out iteration is compiled: lr and momentum change every step and, as
-        # Python floats in a compiled function, would force a recompile each time.
-        self.orthogonalize = torch.compile(orthogonalize, dynamic=False) if compile else orthogonalize
+        if NEWTON_SCHULZ not in NEWTON_SCHULZ_ITERATIONS:
+            raise ValueError(f"NEWTON_SCHULZ must be one of {sorted(NEWTON_SCHULZ_ITERATIONS)}, got {NEWTON_SCHULZ!r}")
+        # On the GPU the whole step compiles to a few fused kernels per shape instead of dozens of launches;
+        # dynamic=False gives each parameter shape its own static graph.
+        self.update = torch.compile(muon_update, dynamic=False, fullgraph=True) if compile else muon_update
+        # On the parameters' device, so that an eager fallback never mixes devices in one operation.
+        self.scalars = {name: torch.zeros((), dtype=torch.float32, device=params[0].device)
+                        for name in ("momentum", "lr", "wd", "beta2")}
 
     @torch.no_grad()
     def step(self):
@@ -290,18 +333,23 @@ class Muon(torch.optim.Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            grads = torch.stack([p.grad for p in params])
             state = self.state[params[0]]
-            if "momentum" not in state:
-                state["momentum"] = torch.zeros_like(grads)
-            buf = state["momentum"]
-            buf.lerp_(grads, 1 - group["momentum"])
-            update = self.orthogonalize(grads.lerp_(buf, group["momentum"]))  # Nesterov look-ahead
             rows, cols = params[0].shape[-2:]
-            update *= max(1.0, rows / cols) ** 0.5
-            lr, wd = group["lr"], group["weight_decay"]
-            torch._foreach_mul_(params, 1 - lr * wd)  # one launch per group, not two per parameter
-            torch._foreach_add_(params, update.unbind(0), alpha=-lr)
+            if "momentum" not in state:
+                state["momentum"] = torch.zeros(len(params), rows, cols, dtype=params[0].dtype,
+                                                device=params[0].device)
+                neuron_shape = (rows, 1) if rows >= cols else (1, cols)
+                state["second_moment"] = torch.zeros(len(params), *neuron_shape, dtype=torch.float32,
+                                                     device=params[0].device) if NORMUON_BETA2 > 0 else None
+            stacked = torch.stack(params)
+            self.scalars["momentum"].fill_(group["momentum"])
+            self.scalars["lr"].fill_(group["lr"] * max(1.0, rows / cols) ** 0.5)
+            self.scalars["wd"].fill_(group["weight_decay"])
+            self.scalars["beta2"].fill_(NORMUON_BETA2)
+            self.update(stacked, torch.stack([p.grad for p in params]), state["momentum"], state["second_moment"],
+                        self.scalars["momentum"], self.scalars["lr"], self.scalars["wd"], self.scalars["beta2"],
+                        NEWTON_SCHULZ, CAUTIOUS_WEIGHT_DECAY)
+            torch._foreach_copy_(params, list(stacked.unbind(0)))
 
 
 def build_optimizers(model: GPT, fused: bool) -> list[torch.optim.Optimizer]:
