@@ -1,7 +1,7 @@
 """Same-budget comparison of the template's optimizer changes over autoresearch's baseline Muon.
 
-    python bench/parity.py [--preset cpu|gpu] [--budget S] [--seeds N] [--variants a,b,...] [--cache DIR]
-                           [--eval-tokens N] [--out DIR]
+    python bench/parity.py [--preset cpu|gpu] [--budget S] [--seeds N] [--variants a,b,...] [--corpus C]
+                           [--cache DIR] [--compile-cache DIR] [--eval-tokens N] [--out DIR]
 
 Each variant is the template with some of its optimizer switches set otherwise (NEWTON_SCHULZ,
 NORMUON_BETA2, CAUTIOUS_WEIGHT_DECAY, below the constants block); everything else, the preset's
@@ -10,9 +10,9 @@ bench/throughput.py (both harness phases under the supervisor, as a trial runs),
 order rotated from seed to seed so that a slow spell of a shared machine does not land on one variant.
 It prints, per variant, val_bpb (mean over seeds), its paired difference from the full template (mean and
 standard error: negative = that variant is better), the same difference at equal steps (the share of it
-that the runs' step counts explain, taken out with one slope fitted between runs of a seed: on a shared
-machine the load moves the steps a budget buys more than an optimizer change moves val_bpb), optimizer
-steps and tokens/s; `--out` keeps each run's log and JSON and writes summary.json.
+that the runs' step counts explain, taken out with one slope fitted across the runs, its standard error a
+jackknife over seeds: on a shared machine the load moves the steps a budget buys more than an optimizer
+change moves val_bpb), optimizer steps and tokens/s; `--out` keeps each run's log and JSON and writes summary.json.
 
 Only the standard library is imported, like bench/throughput.py, so it runs on a bare GPU machine.
 """
@@ -28,11 +28,13 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE_TRAIN = ROOT / "train_template" / "train.py"
 THROUGHPUT = ROOT / "bench" / "throughput.py"
+PRESETS = ROOT / "train_template" / "presets.toml"
 
 # What the template does: autoresearch's optimizer. Each other variant undoes one change, or all three.
 TEMPLATE = {"NEWTON_SCHULZ": "polar_express", "NORMUON_BETA2": 0.95, "CAUTIOUS_WEIGHT_DECAY": True}
@@ -67,10 +69,10 @@ def run_variant(name: str, seed: int, args: argparse.Namespace, work: Path) -> d
     result, log = work / f"{name}-s{seed}.json", work / f"{name}-s{seed}.log"
     cmd = [sys.executable, str(THROUGHPUT), "--preset", args.preset, "--budget", str(args.budget),
            "--seed", str(seed), "--train-py", str(train_py), "--json", str(result)]
-    if args.cache is not None:
-        cmd += ["--cache", str(args.cache)]
-    if args.eval_tokens is not None:
-        cmd += ["--eval-tokens", str(args.eval_tokens)]
+    for flag, value in (("--cache", args.cache), ("--corpus", args.corpus), ("--eval-tokens", args.eval_tokens),
+                        ("--compile-cache", args.compile_cache)):
+        if value is not None:
+            cmd += [flag, str(value)]
     with open(log, "w") as out:
         proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=False)
     if proc.returncode != 0:
@@ -106,20 +108,41 @@ def mean_and_stderr(values: list[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None
 
 
+def adjusted_difference(runs: list[dict], name: str) -> float | None:
+    """Mean over seeds of (variant - template) val_bpb less what the slope says their step counts explain."""
+    slope = load_slope(runs)
+    base = {r["seed"]: r for r in runs if r["variant"] == "template"}
+    diffs = [r["val_bpb"] - base[r["seed"]]["val_bpb"] - slope * math.log(r["steps"] / base[r["seed"]]["steps"])
+             for r in runs if r["variant"] == name and r["seed"] in base] if slope is not None else []
+    return statistics.fmean(diffs) if diffs else None
+
+
+def adjusted_and_stderr(runs: list[dict], name: str) -> tuple[float | None, float | None]:
+    """adjusted_difference and its jackknife standard error over seeds (the slope refitted without each
+    seed in turn, so that its own uncertainty counts); no error below three seeds."""
+    estimate = adjusted_difference(runs, name)
+    seeds = sorted({r["seed"] for r in runs if r["variant"] == name})
+    if estimate is None or len(seeds) < 3:
+        return estimate, None
+    leave_one_out = [adjusted_difference([r for r in runs if r["seed"] != seed], name) for seed in seeds]
+    if any(v is None for v in leave_one_out):
+        return estimate, None
+    values = [v for v in leave_one_out if v is not None]
+    mean, n = statistics.fmean(values), len(values)
+    return estimate, math.sqrt((n - 1) / n * sum((v - mean) ** 2 for v in values))
+
+
 def summarize(runs: list[dict], names: list[str]) -> list[dict]:
     """Per variant: mean val_bpb, steps and tokens/s, and the paired difference from the template's run of
     the same seed, as measured and with the steps' share taken out (load_slope): a variant's own cost per
     step shows in tokens/s and the measured difference, not in the adjusted one."""
     base = {r["seed"]: r for r in runs if r["variant"] == "template"}
-    slope = load_slope(runs)
     rows = []
     for name in names:
         mine = [r for r in runs if r["variant"] == name]
-        pairs = [(r, base[r["seed"]]) for r in mine if r["seed"] in base]
-        diff, diff_stderr = mean_and_stderr([r["val_bpb"] - t["val_bpb"] for r, t in pairs])
-        adjusted, adjusted_stderr = mean_and_stderr(
-            [r["val_bpb"] - t["val_bpb"] - slope * math.log(r["steps"] / t["steps"]) for r, t in pairs]
-            if slope is not None else [])
+        diff, diff_stderr = mean_and_stderr([r["val_bpb"] - base[r["seed"]]["val_bpb"]
+                                             for r in mine if r["seed"] in base])
+        adjusted, adjusted_stderr = adjusted_and_stderr(runs, name)
         rows.append({
             "variant": name, "switches": VARIANTS[name], "seeds": len(mine),
             "val_bpb": statistics.fmean(r["val_bpb"] for r in mine),
@@ -158,7 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3, help="runs per variant, seeds 0..N-1 (default 3)")
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help=f"comma-separated, from {', '.join(VARIANTS)} (default: all; 'template' always runs)")
+    parser.add_argument("--corpus", default=None,
+                        help="corpus for the dataset (default: the offline stdlib, too small for a GPU run)")
     parser.add_argument("--cache", type=Path, default=None, help="dataset cache directory (default: arena's)")
+    parser.add_argument("--compile-cache", type=Path, default=None,
+                        help="TorchInductor/Triton cache directory shared by the runs (GPU)")
     parser.add_argument("--eval-tokens", type=int, default=None, help="validation tokens (default: the preset's)")
     parser.add_argument("--out", type=Path, default=None, help="keep the runs' logs and JSON, and summary.json, here")
     args = parser.parse_args(argv)
@@ -168,8 +195,11 @@ def main(argv: list[str] | None = None) -> int:
         fail(f"unknown variant {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     if args.seeds < 1:
         fail(f"--seeds must be at least 1, got {args.seeds}")
+    presets = tomllib.loads(PRESETS.read_text())
+    if args.preset not in presets:
+        fail(f"unknown preset '{args.preset}'; presets.toml has: {', '.join(presets)}")
     if args.budget is None:
-        args.budget = 300.0 if args.preset == "gpu" else 30.0
+        args.budget = float(presets[args.preset]["time_budget"])
     if args.budget <= 0:
         fail(f"--budget must be positive, got {args.budget}")
 

@@ -81,7 +81,6 @@ def cpu_list(text: str) -> list[int]:
     return cpus
 
 
-@functools.cache
 @dataclass(frozen=True)
 class NvidiaGpu:
     """A GPU as nvidia-smi lists it."""
@@ -91,6 +90,7 @@ class NvidiaGpu:
     memory_gb: float | None  # None where nvidia-smi gives no size
 
 
+@functools.cache
 def nvidia_gpus() -> tuple[NvidiaGpu, ...]:
     """This machine's GPUs as nvidia-smi lists them. Raises SandboxError when it cannot tell (no NVIDIA driver)."""
     smi = shutil.which("nvidia-smi")
@@ -116,7 +116,11 @@ def nvidia_gpus() -> tuple[NvidiaGpu, ...]:
 def gpu_memory_gb(gpus: list[str]) -> float:
     """The smallest total memory, in GB, of the GPUs named (nvidia-smi indices or UUIDs); SandboxError when
     nvidia-smi cannot say."""
-    sizes = {key: gpu.memory_gb for gpu in nvidia_gpus() for key in (gpu.index, gpu.uuid)}
+    try:
+        listed = nvidia_gpus()
+    except SandboxError as e:
+        raise SandboxError(f"{e}; or give the GPUs' memory with --device-memory GB") from None
+    sizes = {key: gpu.memory_gb for gpu in listed for key in (gpu.index, gpu.uuid)}
     found = [size for gpu in gpus if (size := sizes.get(gpu)) is not None]
     if not found:
         raise SandboxError(f"nvidia-smi lists no memory size for GPU {','.join(gpus)}; give it with --device-memory GB")

@@ -96,6 +96,39 @@ def test_the_step_traces_to_one_graph_that_new_learning_rates_do_not_retrace(tem
     assert torch.allclose(params, eager_params, atol=1e-5)
 
 
+def test_muon_step_is_the_update_per_shape_with_the_aspect_factor(template):
+    """Muon.step stacks each shape's matrices and makes the same step as muon_update with the learning rate
+    times max(1, rows/cols)^0.5 (tall: 2x here, wide: 1x); a matrix left without a gradient keeps its
+    group's state whole; a model cast to bf16 steps and stays bf16."""
+    gen = torch.Generator().manual_seed(4)
+    tall = [torch.nn.Parameter(torch.randn(64, 16, generator=gen)) for _ in range(2)]
+    wide = torch.nn.Parameter(torch.randn(16, 64, generator=gen))
+    for p in (*tall, wide):
+        p.grad = torch.randn(p.shape, generator=gen)
+    expected = {}
+    for group, factor, neurons in ((tall, 2.0, (64, 1)), ([wide], 1.0, (1, 64))):
+        stacked = torch.stack([p.detach() for p in group])
+        template.muon_update(stacked, torch.stack([p.grad for p in group]), torch.zeros_like(stacked),
+                             torch.zeros(len(group), *neurons),
+                             *scalars(momentum=0.9, lr=0.02 * factor, weight_decay=0.1, beta2=template.NORMUON_BETA2),
+                             template.NEWTON_SCHULZ, template.CAUTIOUS_WEIGHT_DECAY)
+        expected.update({id(p): row for p, row in zip(group, stacked, strict=True)})
+    optimizer = template.Muon([*tall, wide], lr=0.02, momentum=0.9, weight_decay=0.1)
+    optimizer.step()
+    for p in (*tall, wide):
+        assert torch.allclose(p.detach(), expected[id(p)], atol=1e-6)
+    tall[1].grad = None
+    optimizer.step()
+    assert optimizer.state[tall[0]]["momentum"].shape == (2, 64, 16)
+
+    half = [torch.nn.Parameter(torch.randn(32, 8, generator=gen).bfloat16()) for _ in range(2)]
+    for p in half:
+        p.grad = torch.randn(p.shape, generator=gen).bfloat16()
+    before = [p.detach().clone() for p in half]
+    template.Muon(half, lr=0.02, momentum=0.9, weight_decay=0.1).step()
+    assert all(p.dtype == torch.bfloat16 and not torch.equal(p, b) for p, b in zip(half, before, strict=True))
+
+
 def test_an_unknown_iteration_name_is_refused(template, monkeypatch):
     monkeypatch.setattr(template, "NEWTON_SCHULZ", "cubic")
     with pytest.raises(ValueError, match="NEWTON_SCHULZ must be one of"):

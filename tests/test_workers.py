@@ -257,7 +257,7 @@ def test_two_real_workers_train_side_by_side_each_on_its_own_cores(base_run, tmp
     check_run_consistent(runs / "base", BASE + 2)
 
 
-def test_nvidia_smi_listing_gives_ids_bus_and_memory(tmp_path, monkeypatch):
+def test_nvidia_smi_listing_gives_ids_bus_and_memory(tmp_path, monkeypatch, request):
     """One nvidia-smi query serves placement (index, UUID, bus id) and the feasibility limit (memory.total);
     a board without a size is skipped for the limit, and one-line errors name --device-memory."""
     smi = tmp_path / "nvidia-smi"
@@ -265,6 +265,8 @@ def test_nvidia_smi_listing_gives_ids_bus_and_memory(tmp_path, monkeypatch):
     smi.write_text(f"#!/bin/sh\nprintf '{listing}'\n")
     smi.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    nvidia_gpus.cache_clear()  # one listing per process: this test's own, and none left for the next test
+    request.addfinalizer(nvidia_gpus.cache_clear)
     assert nvidia_gpus() == (NvidiaGpu("0", "GPU-aaaa", "00000000:17:00.0", 81559 * 2**20 / 1e9),
                              NvidiaGpu("1", "GPU-bbbb", "00000000:65:00.0", None))
     assert gpu_memory_gb(["GPU-aaaa", "1"]) == pytest.approx(85.52, abs=0.01)

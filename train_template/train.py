@@ -302,6 +302,7 @@ def muon_update(params: torch.Tensor, grads: torch.Tensor, momentum_buffer: torc
                 weight_decay: torch.Tensor, beta2: torch.Tensor, newton_schulz: str, cautious: bool) -> None:
     """One Muon step on a stack of same-shape matrices, in place. The changing scalars are 0-d tensors, so
     that the compiled version is traced once, not again for every new learning rate."""
+    momentum = momentum.to(grads.dtype)  # one dtype in each lerp_, also for a model cast to bf16
     momentum_buffer.lerp_(grads, 1 - momentum)
     update = orthogonalize(grads.lerp_(momentum_buffer, momentum), *NEWTON_SCHULZ_ITERATIONS[newton_schulz])
     if second_moment is not None:
@@ -330,8 +331,8 @@ class Muon(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self):
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
+            params = group["params"]
+            if all(p.grad is None for p in params):
                 continue
             state = self.state[params[0]]
             rows, cols = params[0].shape[-2:]
@@ -346,7 +347,8 @@ class Muon(torch.optim.Optimizer):
             self.scalars["lr"].fill_(group["lr"] * max(1.0, rows / cols) ** 0.5)
             self.scalars["wd"].fill_(group["weight_decay"])
             self.scalars["beta2"].fill_(NORMUON_BETA2)
-            self.update(stacked, torch.stack([p.grad for p in params]), state["momentum"], state["second_moment"],
+            grads = torch.stack([torch.zeros_like(p) if p.grad is None else p.grad for p in params])
+            self.update(stacked, grads, state["momentum"], state["second_moment"],
                         self.scalars["momentum"], self.scalars["lr"], self.scalars["wd"], self.scalars["beta2"],
                         NEWTON_SCHULZ, CAUTIOUS_WEIGHT_DECAY)
             torch._foreach_copy_(params, list(stacked.unbind(0)))
