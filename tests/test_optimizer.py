@@ -4,6 +4,8 @@ compiles to one graph (autoresearch's optimizer, built here; bench/parity.py com
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
 
 import pytest
 import torch
@@ -94,6 +96,39 @@ def test_the_step_traces_to_one_graph_that_new_learning_rates_do_not_retrace(tem
         template.muon_update(eager_params, grads.clone(), *eager_buffers, *values, "polar_express", True)
     assert counter.frame_count == 1
     assert torch.allclose(params, eager_params, atol=1e-5)
+
+
+@pytest.mark.slow  # a cold Inductor compile
+@pytest.mark.parametrize("device", [
+    pytest.param("cpu", marks=pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None,
+                                                 reason="Inductor compiles C++ on a CPU: no g++ (or $CXX)")),
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU"))])
+def test_inductor_compiles_the_step_once_and_it_matches_eager(template, device):
+    """What a GPU trial runs: Muon with compile=True (Inductor, the scalars as 0-d tensors on the device)
+    makes the same steps as eager Muon, learning rate changing every step, with one compiled graph per
+    shape (a tall and a wide one here). On CUDA the orthogonalization runs in bf16 in both."""
+    gen = torch.Generator().manual_seed(5)
+    shapes = [(64, 16), (64, 16), (16, 64)]
+    start = [torch.randn(shape, generator=gen) for shape in shapes]
+    grads = [[torch.randn(shape, generator=gen) for shape in shapes] for _ in range(3)]
+    torch._dynamo.reset()
+    counter = torch._dynamo.testing.CompileCounterWithBackend("inductor")
+    runs = {}
+    for compiled in (False, True):
+        params = [torch.nn.Parameter(w.clone().to(device)) for w in start]
+        optimizer = template.Muon(params, lr=0.02, momentum=0.9, weight_decay=0.1)
+        if compiled:
+            optimizer.update = torch.compile(template.muon_update, backend=counter, dynamic=False, fullgraph=True)
+        for step, step_grads in enumerate(grads):
+            for p, g in zip(params, step_grads, strict=True):
+                p.grad = g.to(device)
+            for group in optimizer.param_groups:
+                group["lr"] = 0.02 * (1 - step / 3)
+            optimizer.step()
+        runs[compiled] = [p.detach().cpu() for p in params]
+    assert counter.frame_count == 2  # one graph per shape, none again for a new learning rate
+    for eager, compiled in zip(runs[False], runs[True], strict=True):
+        assert torch.allclose(eager, compiled, atol=1e-2 if device == "cuda" else 1e-5)
 
 
 def test_muon_step_is_the_update_per_shape_with_the_aspect_factor(template):
