@@ -324,8 +324,10 @@ class Muon(torch.optim.Optimizer):
         # On the GPU the whole step compiles to a few fused kernels per shape instead of dozens of launches;
         # dynamic=False gives each parameter shape its own static graph.
         self.update = torch.compile(muon_update, dynamic=False, fullgraph=True) if compile else muon_update
-        # On the parameters' device, so that an eager fallback never mixes devices in one operation.
-        self.scalars = {name: torch.zeros((), dtype=torch.float32, device=params[0].device)
+        # On the parameters' device, so that an eager fallback never mixes devices in one operation; all
+        # but beta2 are set again before every step.
+        self.scalars = {name: torch.tensor(NORMUON_BETA2 if name == "beta2" else 0.0, dtype=torch.float32,
+                                           device=params[0].device)
                         for name in ("momentum", "lr", "wd", "beta2")}
 
     @torch.no_grad()
@@ -346,7 +348,6 @@ class Muon(torch.optim.Optimizer):
             self.scalars["momentum"].fill_(group["momentum"])
             self.scalars["lr"].fill_(group["lr"] * max(1.0, rows / cols) ** 0.5)
             self.scalars["wd"].fill_(group["weight_decay"])
-            self.scalars["beta2"].fill_(NORMUON_BETA2)
             grads = torch.stack([torch.zeros_like(p) if p.grad is None else p.grad for p in params])
             self.update(stacked, grads, state["momentum"], state["second_moment"],
                         self.scalars["momentum"], self.scalars["lr"], self.scalars["wd"], self.scalars["beta2"],
