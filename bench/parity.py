@@ -28,13 +28,15 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))  # also when loaded by path (tests): throughput.py is its sibling
+
+from throughput import fail, load_preset  # noqa: E402
+
 TEMPLATE_TRAIN = ROOT / "train_template" / "train.py"
 THROUGHPUT = ROOT / "bench" / "throughput.py"
-PRESETS = ROOT / "train_template" / "presets.toml"
 
 # What the template does: autoresearch's optimizer. Each other variant undoes one change, or all three.
 TEMPLATE = {"NEWTON_SCHULZ": "polar_express", "NORMUON_BETA2": 0.95, "CAUTIOUS_WEIGHT_DECAY": True}
@@ -45,11 +47,6 @@ VARIANTS = {
     "plain-weight-decay": {"CAUTIOUS_WEIGHT_DECAY": False},
     "none-of-the-three": {"NEWTON_SCHULZ": "fixed", "NORMUON_BETA2": 0.0, "CAUTIOUS_WEIGHT_DECAY": False},
 }
-
-
-def fail(message: str) -> None:
-    print(f"parity: error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 def set_switches(source: str, switches: dict) -> str:
@@ -195,11 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         fail(f"unknown variant {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     if args.seeds < 1:
         fail(f"--seeds must be at least 1, got {args.seeds}")
-    presets = tomllib.loads(PRESETS.read_text())
-    if args.preset not in presets:
-        fail(f"unknown preset '{args.preset}'; presets.toml has: {', '.join(presets)}")
+    preset = load_preset(args.preset)
     if args.budget is None:
-        args.budget = float(presets[args.preset]["time_budget"])
+        args.budget = float(preset["time_budget"])
     if args.budget <= 0:
         fail(f"--budget must be positive, got {args.budget}")
 

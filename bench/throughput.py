@@ -41,7 +41,8 @@ END_MARKER = "# ==== ARENA CONSTANTS END"
 
 
 def fail(message: str) -> None:
-    print(f"throughput: error: {message}", file=sys.stderr)
+    """One line naming the script that was run, like argparse's own errors, and exit 2."""
+    print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
     sys.exit(2)
 
 
