@@ -2,14 +2,15 @@
 often each failed, Mann-Whitney U between each pair, and what proposing and observing cost per trial; with
 Optuna's own random, TPE and CMA-ES samplers on the same surrogate as reference rows.
 
-    python bench/methods.py [--data FILE,...] [--methods random,tpe,cmaes] [--seeds 10] [--trials 300]
-                            [--checkpoints 50,100,300] [--feasibility off,on] [--workers N]
+    python bench/methods.py [--data FILE,... | --landscape near|far] [--methods random,tpe,cmaes] [--seeds 10]
+                            [--trials 300] [--checkpoints 50,100,300] [--feasibility off,on] [--workers N]
                             [--out bench-out/methods] [--no-optuna]
 
 Every arena method runs as an arena run on `--backend surrogate` (the real loop: commit, judge, ledger), one
 run per seed, the runs spread over --workers processes; the surrogate is fitted once. --data takes what
 `arena run --surrogate-data` takes (the paper's trials.jsonl, arena ledgers); without it the surrogate is
-fitted on bench/landscape.py's made-up landscape, whose figures say how methods behave on such a landscape,
+fitted on bench/landscape.py's made-up landscape (--landscape: its optimum near the baseline, the default, or far
+from it and past the memory wall), whose figures say how methods behave on such a landscape,
 not the paper's. Prints the tables and writes summary.json and methods.png (mean best-so-far, min-max band)
 under --out.
 """
@@ -38,7 +39,7 @@ from agent.run import open_run  # noqa: E402
 from agent.space import Param, SearchSpace, load_space  # noqa: E402
 from agent.surrogate.backend import SurrogateBackend  # noqa: E402
 from agent.surrogate.data import nearest_pow2  # noqa: E402
-from bench.landscape import MEMORY_GB, peak_memory_gb, write_landscape  # noqa: E402
+from bench.landscape import MEMORY_GB, OPTIMA, peak_memory_gb, write_landscape  # noqa: E402
 from sandbox.outcome import Status  # noqa: E402
 
 OPTUNA = ("optuna-random", "optuna-tpe", "optuna-cmaes")
@@ -278,6 +279,8 @@ def main() -> None:
     global BACKEND
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", help="trials to fit the surrogate on, comma-separated (default: the landscape)")
+    parser.add_argument("--landscape", choices=list(OPTIMA), default="near",
+                        help="without --data: the made-up landscape's optimum, near the baseline or far from it")
     parser.add_argument("--preset", default="gpu")
     parser.add_argument("--methods", default="random,tpe,cmaes")
     parser.add_argument("--seeds", type=int, default=10)
@@ -293,7 +296,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     runs_dir = args.out / "runs"
     shutil.rmtree(runs_dir, ignore_errors=True)  # the bench's own runs, made anew each time
-    data = args.data.split(",") if args.data else [str(write_landscape(args.out / "landscape.jsonl", 2000))]
+    data = args.data.split(",") if args.data else [str(write_landscape(args.out / "landscape.jsonl", 2000,
+                                                                     optimum=args.landscape))]
     preset = get_preset(args.preset)
     BACKEND = SurrogateBackend.fit([Path(p) for p in data], load_space(args.preset), preset.time_budget)
     checkpoints = [c for c in map(int, args.checkpoints.split(",")) if c <= args.trials] or [args.trials]

@@ -49,6 +49,20 @@ def test_methods_bench_prints_and_writes_its_figures(tmp_path):
     assert (out / "methods.png").read_bytes().startswith(b"\x89PNG")
 
 
+def test_the_far_landscape_has_its_optimum_away_from_the_baseline_and_past_the_memory_wall():
+    import numpy as np
+
+    from agent.presets import get_preset
+    from agent.space import load_space
+    from bench.landscape import MEMORY_GB, OPTIMA, peak_memory_gb
+
+    space = load_space("gpu")
+    baseline = space.to_unit(get_preset("gpu").constants)
+    near, far = (np.array([OPTIMA[name][p.name] for p in space.numeric]) for name in ("near", "far"))
+    assert np.abs(near - baseline).max() <= 0.3 and (np.abs(far - baseline) >= 0.3).sum() >= 9
+    assert peak_memory_gb(space.from_unit(near)) <= MEMORY_GB < peak_memory_gb(space.from_unit(far))
+
+
 @pytest.mark.slow  # two real CPU trials
 def test_overhead_bench_splits_a_trial_and_times_an_oom_verdict(tmp_path, cache_root):
     out = tmp_path / "overhead"
