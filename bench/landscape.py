@@ -4,8 +4,8 @@ surrogate and bench/methods.py where the paper's released trials are not at hand
     python bench/landscape.py OUT.jsonl [--trials 2000] [--seed 0] [--optimum near|far]
 
 It has the features that decide the paper's ranking, not its numbers: an optimum away from the default (near
-it, or far from it and past the memory wall), a
-memory wall (a trial whose activations and weights exceed 80 GB is an OOM, ~35 s), a rare crash, seed noise.
+it, or far from it and past the memory wall), a memory wall (a trial whose activations and weights exceed 80 GB
+is an OOM, ~35 s), a rare crash, seed noise.
 Results measured on it say how methods behave on such a landscape; for the paper's figures fit the surrogate on
 its trials.jsonl (results/<method>/seed_<k>/ in ferreirafabio/autoresearch-automl).
 """

@@ -279,8 +279,9 @@ def main() -> None:
     global BACKEND
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", help="trials to fit the surrogate on, comma-separated (default: the landscape)")
-    parser.add_argument("--landscape", choices=list(OPTIMA), default="near",
-                        help="without --data: the made-up landscape's optimum, near the baseline or far from it")
+    parser.add_argument("--landscape", choices=list(OPTIMA), default=None,
+                        help="without --data: the made-up landscape's optimum, near the baseline (default) or far "
+                             "from it")
     parser.add_argument("--preset", default="gpu")
     parser.add_argument("--methods", default="random,tpe,cmaes")
     parser.add_argument("--seeds", type=int, default=10)
@@ -292,12 +293,15 @@ def main() -> None:
                         help="run each arena method without (off) and with (on) the memory model, or one of them")
     parser.add_argument("--no-optuna", action="store_true", help="leave out Optuna's own samplers")
     args = parser.parse_args()
+    if args.data and args.landscape:
+        parser.error("--landscape picks the made-up landscape, and --data fits the surrogate on other trials: "
+                     "give one of them")
     started = time.time()
     args.out.mkdir(parents=True, exist_ok=True)
     runs_dir = args.out / "runs"
     shutil.rmtree(runs_dir, ignore_errors=True)  # the bench's own runs, made anew each time
     data = args.data.split(",") if args.data else [str(write_landscape(args.out / "landscape.jsonl", 2000,
-                                                                     optimum=args.landscape))]
+                                                                     optimum=args.landscape or "near"))]
     preset = get_preset(args.preset)
     BACKEND = SurrogateBackend.fit([Path(p) for p in data], load_space(args.preset), preset.time_budget)
     checkpoints = [c for c in map(int, args.checkpoints.split(",")) if c <= args.trials] or [args.trials]
