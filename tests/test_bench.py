@@ -59,7 +59,7 @@ def test_the_far_landscape_has_its_optimum_away_from_the_baseline_and_past_the_m
     space = load_space("gpu")
     baseline = space.to_unit(get_preset("gpu").constants)
     near, far = (np.array([OPTIMA[name][p.name] for p in space.numeric]) for name in ("near", "far"))
-    assert np.abs(near - baseline).max() <= 0.3 and (np.abs(far - baseline) >= 0.3).sum() >= 9
+    assert np.abs(near - baseline).max() <= 0.3 and np.abs(far - baseline).min() >= 0.35
     assert peak_memory_gb(space.from_unit(near)) <= MEMORY_GB < peak_memory_gb(space.from_unit(far))
 
 
