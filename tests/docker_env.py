@@ -96,6 +96,8 @@ def ensure_test_image() -> str:
                           timeout=IMAGE_BUILD_SECONDS)
     if proc.returncode:
         raise EngineUnavailable(f"building the test image {tag} failed: {proc.stderr.strip()[-1500:]}")
+    # the Docker tests run this tag: a build script that exits 0 without it would fail them all confusingly
+    assert docker.from_env().images.list(name=tag), f"{BUILD_SCRIPT.name} exited 0 but made no image {tag}"
     return tag
 
 

@@ -66,7 +66,9 @@ def leave_a_survivor(marker: str) -> None:
         subprocess.Popen([sys.executable, "-c", f"import time; time.sleep(120)  # {marker}"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         os._exit(0)
-    os.wait()
+    _, status = os.wait()
+    # the survivor was started: a test that finds none afterwards proves the sandbox ended it, not that it never ran
+    assert status == 0, f"the process that starts the survivor failed (wait status {status})"
 
 
 def probe(spec: dict) -> dict:

@@ -9,6 +9,7 @@ import os
 import sys
 import time
 
+import agent.cli
 import agent.loop
 from agent.cli import main
 from tests.fake_runs import FakeBackend
@@ -24,6 +25,9 @@ def hold() -> None:
 
 
 agent.loop.make_backend = lambda settings, preset, space: FakeBackend(isolation=settings.isolation, gate=hold)
+# cli imports make_backend from agent.loop when a run starts: a name bound in agent.cli at import time would
+# escape the patch above, and these "fake" runs would train for real, slowly, and still pass
+assert not hasattr(agent.cli, "make_backend"), "agent.cli binds make_backend itself; patch it there too"
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -119,6 +119,9 @@ class ScriptedLLMServer:
 
     def script(self, *answers: Answer) -> None:
         """Queue answers for the next chat requests, in order."""
+        # anything else would break the handler mid-answer, and look to the client like a server fault it
+        # may well be meant to survive: a test's mistake passing as the client's success
+        assert all(isinstance(a, str | Fault) for a in answers), f"answers are str or Fault, got {answers!r}"
         with self._lock:
             self._script.extend(Fault(text=a) if isinstance(a, str) else a for a in answers)
 

@@ -40,7 +40,9 @@ def cpu_template() -> str:
 def with_train(body: str, prelude: str = "") -> str:
     """The cpu template, then `prelude` at module level, then a train(ctx) whose body is `body`; the
     template's own train stays callable as _template_train(ctx)."""
-    return (cpu_template() + "\n\n_template_train = train\n\n" + textwrap.dedent(prelude) +
+    template = cpu_template()
+    assert "\ndef train(ctx" in template, "the template has no train(ctx) for _template_train to keep"
+    return (template + "\n\n_template_train = train\n\n" + textwrap.dedent(prelude) +
             "\n\ndef train(ctx):\n" + textwrap.indent(textwrap.dedent(body), "    ") + "\n")
 
 
@@ -70,6 +72,7 @@ def tree_digest(*roots: Path) -> dict[str, str]:
     """Every file under `roots` with its content hash, to show that nothing there changed."""
     digest = {}
     for root in roots:
+        assert Path(root).is_dir(), f"{root} is not a directory: its digest would be empty and prove nothing"
         for path in sorted(Path(root).rglob("*")):
             if path.is_file() and not path.is_symlink():
                 digest[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
