@@ -22,12 +22,14 @@ class Preset:
     warmup_steps: int
     startup_allowance: float
     eval_timeout: float
+    causality_probes: int  # per validation row; rows x probes >= seq_len - 1 probes every position once
     constants: dict[str, Value] = field(default_factory=dict)
 
     def harness_config(self, seed: int) -> dict[str, object]:
         """The run.json the harness reads: everything about a trial that the trial cannot change."""
         return {"device": self.device, "seed": seed, "seq_len": self.seq_len, "eval_tokens": self.eval_tokens,
-                "time_budget": self.time_budget, "warmup_steps": self.warmup_steps}
+                "time_budget": self.time_budget, "warmup_steps": self.warmup_steps,
+                "causality_probes": self.causality_probes}
 
 
 def load_presets() -> dict[str, Preset]:

@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
 
     config = {"device": preset["device"], "seed": args.seed, "seq_len": preset["seq_len"],
               "eval_tokens": args.eval_tokens or preset["eval_tokens"], "time_budget": float(args.budget),
-              "warmup_steps": preset["warmup_steps"]}
+              "warmup_steps": preset["warmup_steps"], "causality_probes": preset["causality_probes"]}
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
     if args.compile_cache:
         args.compile_cache.mkdir(parents=True, exist_ok=True)

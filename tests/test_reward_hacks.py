@@ -8,10 +8,12 @@ harness and the supervisor judge (the same code in every sandbox) run on the fir
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import textwrap
 
+import numpy as np
 import pytest
 
 from agent.template import template_dir
@@ -224,6 +226,21 @@ PEEK = ("""
             return self.sure[torch.cat([idx[:, 1:], idx[:, -1:]], dim=1)]  # position t sees its target, token t+1
 """)
 
+PEEK_ONCE = ("""
+    return PeekOnce(_template_train(ctx))
+""", """
+    class PeekOnce(nn.Module):
+        \"\"\"The trained template, except that the second-to-last position sees its target: the last input.\"\"\"
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, idx):
+            logits = self.model(idx)
+            sure = torch.nn.functional.one_hot(idx[:, -1:], logits.size(-1)).to(logits.dtype) * 30
+            return torch.cat([logits[:, :-2], sure, logits[:, -1:]], dim=1)
+""")
+
 NAN_LOGITS = ("""
     return Broken(ctx.vocab_size)
 """, """
@@ -379,6 +396,34 @@ def test_a_cheat_gains_nothing(name, code, expected, backend, known, stdlib_data
         assert outcome.result["peak_memory_gb"] > 0.1 and outcome.result["work_seconds"] >= 2.0
     else:
         assert expected is not None, (outcome.status, outcome.reason)
+
+
+@pytest.mark.parametrize("rows, per_row, seq_len", [(256, 1, 256), (16, 16, 256), (128, 16, 2048), (3, 2, 9),
+                                                     (16, 1, 256)])
+def test_the_probes_cut_everywhere_once_they_can(rows, per_row, seq_len, monkeypatch):
+    monkeypatch.syspath_prepend(str(template_dir()))
+    import harness
+
+    cuts = harness.probe_cuts(rows, seq_len, per_row, np.random.default_rng(0))
+    positions = seq_len - 1  # a cut after the last input token would leave no suffix to replace
+    assert cuts.shape == (rows, per_row) and cuts.min() >= 0 and cuts.max() < positions
+    if rows * per_row >= positions:
+        assert set(cuts.ravel().tolist()) == set(range(positions))
+    else:
+        assert len(set(cuts.ravel().tolist())) == rows * per_row  # no position twice while others wait
+
+
+@pytest.mark.slow
+def test_a_peek_at_one_fixed_position_is_caught(backend, known, stdlib_dataset):
+    """A model that sees the future at one position of each row gains little and is caught only by a probe cut
+    exactly there; with probes enough to cover every position it is always caught."""
+    only_once("a model that sees the next token", backend)
+    spec = make_spec(stdlib_dataset, source_of(known, PEEK_ONCE))
+    rows, seq_len = spec.config["eval_tokens"] // spec.config["seq_len"], spec.config["seq_len"]
+    spec = dataclasses.replace(spec, config={**spec.config, "causality_probes": -(-(seq_len - 1) // rows)})
+    outcome, _ = run(backend, spec)
+    assert outcome.status is Status.REJECTED, (outcome.status, outcome.reason, outcome.log_tail[-1500:])
+    assert outcome.reason.startswith("causality"), outcome.reason
 
 
 @pytest.mark.slow

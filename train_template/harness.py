@@ -13,7 +13,8 @@ Two phases, two processes, two sandboxes, so that the score is computed by code 
         change), computes val_bpb with prepare.py's metric and prints one ARENA_EVAL line.
 
 run.json holds the preset's fixed settings: device, seed, seq_len, eval_tokens, time_budget,
-warmup_steps. Time, memory and wall-clock limits are measured and enforced outside, by the sandbox.
+warmup_steps, causality_probes (per validation row). Time, memory and wall-clock limits are measured and
+enforced outside, by the sandbox.
 
 Exit codes: 0 ok, 1 the trial raised, 2 bad harness arguments or data, 3 the loss diverged (NaN or
 exploding), 4 the model broke the contract (not a module, not exportable), 5 the exported model was
@@ -210,27 +211,42 @@ def run_train(config: dict, data_dir: Path, out: Path, train_py: Path) -> None:
     (out / "train_stats.json").write_text(json.dumps(reported, indent=2) + "\n")
 
 
-def causality_check(forward, vocab_size: int, rng: np.random.Generator):
-    """A check for evaluate_bpb: finite logits, and logits at positions <= p unchanged when the tokens
-    after a random p are replaced by random ones (p drawn from the OS, so no model can predict it)."""
+def probe_cuts(rows: int, seq_len: int, per_row: int, rng: np.random.Generator) -> np.ndarray:
+    """Where each row's causality probes cut, shape (rows, per_row): positions in [0, seq_len - 2], drawn
+    without replacement until every position has been drawn, so with rows x per_row >= seq_len - 1 every
+    position is probed somewhere in the evaluation. A peek at the next token at position t is caught only by
+    a probe cut at t, so independent draws would miss a model that peeks at a few fixed positions."""
+    cuts = seq_len - 1
+    slots = rows * per_row
+    order = np.concatenate([rng.permutation(cuts) for _ in range(-(-slots // cuts))])[:slots]
+    rng.shuffle(order)
+    return order.reshape(rows, per_row)
+
+
+def causality_check(forward, vocab_size: int, cuts: np.ndarray, rng: np.random.Generator):
+    """A check for evaluate_bpb, which hands it one row at a time: finite logits, and for every cut p of
+    that row (probe_cuts), logits at positions <= p unchanged when the tokens after p are replaced by random
+    ones (cuts and tokens drawn from the OS, so no model can predict them)."""
+    row_cuts = iter(cuts)
+
     def check(inputs: torch.Tensor, logits: torch.Tensor) -> None:
         if not bool(torch.isfinite(logits).all()):
             raise exported.Rejected("finite", "the model returned NaN or infinite logits")
         seq_len = inputs.size(1)
         for row in range(inputs.size(0)):
-            p = int(rng.integers(0, seq_len - 1))
-            probe = inputs[row:row + 1].clone()
-            suffix = torch.from_numpy(rng.integers(0, vocab_size, seq_len - p - 1)).to(probe.device)
-            suffix[0] = (probe[0, p + 1] + 1 + suffix[0] % (vocab_size - 1)) % vocab_size  # surely different
-            probe[0, p + 1:] = suffix
-            before = torch.log_softmax(logits[row, :p + 1].double(), dim=-1)
-            after = torch.log_softmax(forward(probe)[0, :p + 1].double(), dim=-1)
-            drift = float((before - after).abs().max())
-            if not drift <= CAUSALITY_TOLERANCE:
-                print(f"causality probe: position {p}, largest change {drift:.3g} nats", flush=True)  # log only
-                # the verdict carries no number computed on validation data, which could carry some of it
-                raise exported.Rejected("causality", f"log-probabilities at positions up to {p} changed when only "
-                                                     "later tokens changed: the model sees the future")
+            for p in map(int, next(row_cuts)):
+                probe = inputs[row:row + 1].clone()
+                suffix = torch.from_numpy(rng.integers(0, vocab_size, seq_len - p - 1)).to(probe.device)
+                suffix[0] = (probe[0, p + 1] + 1 + suffix[0] % (vocab_size - 1)) % vocab_size  # surely different
+                probe[0, p + 1:] = suffix
+                before = torch.log_softmax(logits[row, :p + 1].double(), dim=-1)
+                after = torch.log_softmax(forward(probe)[0, :p + 1].double(), dim=-1)
+                drift = float((before - after).abs().max())
+                if not drift <= CAUSALITY_TOLERANCE:
+                    print(f"causality probe: position {p}, largest change {drift:.3g} nats", flush=True)  # log only
+                    # the verdict carries no number computed on validation data, which could carry some of it
+                    raise exported.Rejected("causality", f"log-probabilities at positions up to {p} changed when "
+                                                         "only later tokens changed: the model sees the future")
     return check
 
 
@@ -239,7 +255,9 @@ def run_eval(config: dict, data_dir: Path, model_dir: Path) -> dict:
     start = time.perf_counter()
     model = exported.load(model_dir, device, config["seq_len"])
     meta = prepare.read_meta(data_dir)
-    check = causality_check(model, meta["vocab_size"], np.random.default_rng(secrets.randbits(128)))
+    rng = np.random.default_rng(secrets.randbits(128))
+    cuts = probe_cuts(config["eval_tokens"] // config["seq_len"], config["seq_len"], config["causality_probes"], rng)
+    check = causality_check(model, meta["vocab_size"], cuts, rng)
     try:
         with autocast_for(device):
             tally = prepare.evaluate_bpb(model, data_dir, config["seq_len"], config["eval_tokens"], device,
