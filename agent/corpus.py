@@ -16,6 +16,7 @@ from pathlib import Path
 
 from agent.download import download
 from agent.errors import DatasetError
+from sandbox.hidden_stdlib import in_test_suite
 
 StageProgress = Callable[[str, float, float], None]  # (stage, done, total): how a dataset build reports
 
@@ -24,6 +25,7 @@ StageProgress = Callable[[str, float, float], None]  # (stage, done, total): how
 class Document:
     name: str
     text: str
+    may_validate: bool = True  # False where a trial's sandbox holds a copy of it (sandbox/hidden_stdlib.py)
 
 
 def _clean(raw: bytes) -> str:
@@ -32,7 +34,8 @@ def _clean(raw: bytes) -> str:
 
 
 def stdlib_documents() -> list[Document]:
-    """Every .py file of the running Python's standard library, in sorted path order."""
+    """Every .py file of the running Python's standard library, in sorted path order. A trial's sandbox
+    holds a standard library too, all of it but the test suites: only their files may go to validation."""
     root = Path(sysconfig.get_paths()["stdlib"])
     paths = sorted(
         (p for p in root.rglob("*.py") if "site-packages" not in p.parts and "dist-packages" not in p.parts),
@@ -45,7 +48,8 @@ def stdlib_documents() -> list[Document]:
         except OSError:
             continue  # a broken symlink or unreadable file in the stdlib is not the user's problem
         if text.strip():
-            docs.append(Document(path.relative_to(root).as_posix(), text))
+            relative = path.relative_to(root).as_posix()
+            docs.append(Document(relative, text, may_validate=in_test_suite(relative)))
     return docs
 
 
@@ -138,3 +142,15 @@ def is_validation(doc: Document, val_fraction: float) -> bool:
     """Stable split: a document's side depends only on its own content."""
     digest = hashlib.sha256(doc.text.encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < val_fraction
+
+
+def split(docs: list[Document], val_fraction: float) -> tuple[list[Document], list[Document]]:
+    """(train, validation). Only documents that may validate are drawn, at the rate that keeps about
+    `val_fraction` of all documents for validation (all of them, if they are fewer)."""
+    candidates = sum(doc.may_validate for doc in docs)
+    rate = min(1.0, val_fraction * len(docs) / candidates) if candidates else 0.0
+    train: list[Document] = []
+    val: list[Document] = []
+    for doc in docs:
+        (val if doc.may_validate and is_validation(doc, rate) else train).append(doc)
+    return train, val

@@ -8,7 +8,9 @@ A dataset is a directory (read at trial time by train_template/prepare.py):
     meta.json          sizes, the corpus description and the dataset fingerprint
 
 Its name (`dataset_key`) and its fingerprint are derived exactly as before the builder moved here from
-prepare.py, so datasets cached by earlier versions are found and keep their fingerprints.
+prepare.py, so datasets cached by earlier versions are found and keep their fingerprints; except for the
+standard library, whose validation documents now come from its test suites only (corpus.split), which
+gives it a new name and fingerprint.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from agent.corpus import (
     Document,
     StageProgress,
     corpus_hash,
-    is_validation,
     load_documents,
+    split,
 )
 from agent.errors import DatasetError
 from agent.tokenizer import BOS, token_byte_lengths, train_tokenizer
@@ -50,8 +52,9 @@ def default_cache_root() -> Path:
     return Path(os.environ.get("ARENA_CACHE", Path.home() / ".cache" / "autoresearch-arena"))
 
 
-def dataset_key(corpus_digest: str, vocab_size: int, val_fraction: float) -> str:
-    spec = f"v{FORMAT_VERSION}|{corpus_digest}|{vocab_size}|{val_fraction!r}"
+def dataset_key(corpus_digest: str, vocab_size: int, val_fraction: float, restricted: bool) -> str:
+    """`restricted`: only some documents may validate (the split rule of corpus.split since it has one)."""
+    spec = f"v{FORMAT_VERSION}|{corpus_digest}|{vocab_size}|{val_fraction!r}" + ("|restricted" if restricted else "")
     return hashlib.sha256(spec.encode()).hexdigest()[:16]
 
 
@@ -88,12 +91,12 @@ def build_dataset(corpus: str = "stdlib", cache_root: Path | str | None = None,
     docs = load_documents(corpus, cache_root, shards, column, progress)
     digest = corpus_hash(docs)
     progress("read corpus", 1, 1)
-    out = cache_root / dataset_key(digest, vocab_size, val_fraction)
+    restricted = not all(d.may_validate for d in docs)
+    out = cache_root / dataset_key(digest, vocab_size, val_fraction, restricted)
     if (out / "meta.json").exists():
         return out
 
-    val_docs = [d for d in docs if is_validation(d, val_fraction)]
-    train_docs = [d for d in docs if not is_validation(d, val_fraction)]
+    train_docs, val_docs = split(docs, val_fraction)
     if not val_docs or not train_docs:
         raise DatasetError(f"corpus '{corpus}' has {len(docs)} documents, too few to split into train and "
                            "validation; add more documents")
@@ -119,10 +122,12 @@ def build_dataset(corpus: str = "stdlib", cache_root: Path | str | None = None,
         "corpus": corpus,
         "corpus_sha256": digest,
         "tokenizer_sha256": tokenizer_digest,
-        "fingerprint": hashlib.sha256(f"{digest}|{tokenizer_digest}|{val_fraction!r}".encode()).hexdigest()[:16],
+        "fingerprint": hashlib.sha256((f"{digest}|{tokenizer_digest}|{val_fraction!r}"
+                                       + ("|restricted" if restricted else "")).encode()).hexdigest()[:16],
         "vocab_size": vocab_size,
         "bos_id": bos_id,
         "val_fraction": val_fraction,
+        "validation_from": "test suites only" if restricted else "all documents",
         "documents": {"train": len(train_docs), "val": len(val_docs)},
         "tokens": {"train": n_train, "val": n_val},
         "bytes": {"train": sum(len(d.text.encode()) for d in train_docs),

@@ -356,8 +356,8 @@ def check_unchanged(run_dir: Path, info: RunInfo, fingerprint: str, harness: str
     if info["dataset_fingerprint"] != fingerprint:
         what = "the surrogate's trial files" if fingerprint.startswith(SURROGATE_PREFIX) else "the corpus"
         raise ArenaError(f"the dataset changed since run '{name}' started (fingerprint "
-                         f"{info['dataset_fingerprint']} then, {fingerprint} now); restore {what} or start a new "
-                         "run")
+                         f"{info['dataset_fingerprint']} then, {fingerprint} now); restore {what}, or finish it "
+                         "with the arena version that started it, or start a new run")
     if not may_resume_with(info["harness_hash"], harness):
         raise ArenaError(f"the harness (prepare.py/harness.py/exported.py) changed since run '{name}' started; "
                          "finish it with the arena version that started it or start a new run")

@@ -3,7 +3,8 @@
 Each phase gets new user (when not root), pid, network, IPC, UTS and cgroup namespaces; a root
 filesystem holding only the system's /usr (and its /bin, /lib links), a few files of /etc, the Python
 installation that runs trials, a private /tmp, a minimal /dev and its own /proc; and the phase's
-mounts (phases.py). The user's home, the project, the dataset cache and every run directory are not
+mounts (phases.py). The standard library's test suites are covered by empty directories
+(sandbox/hidden_stdlib.py). The user's home, the project, the dataset cache and every run directory are not
 in it. bwrap dies with arena, and when its first process (the supervisor) exits, the kernel kills every
 process left in the pid namespace.
 
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sandbox.errors import SandboxError
+from sandbox.hidden_stdlib import SYSTEM_PREFIXES, find_test_suites, stdlib_roots
 from sandbox.phases import GPU_UUIDS_ENV, SUPERVISOR_CAPABILITIES, PathMap, Phase, sandbox_user
 from sandbox.workers import NvidiaGpu, nvidia_gpus
 
@@ -97,6 +99,20 @@ def root_filesystem(python: str, binds: Binds) -> list[str]:
         binds.add("--ro-bind-try", f"/etc/{name}", f"/etc/{name}")
     for directory in python_dirs(python):
         binds.add("--ro-bind", str(directory), str(directory))
+    return args
+
+
+@functools.cache
+def hidden_dirs(python: str) -> tuple[Path, ...]:
+    """The test suites of every standard library the sandbox shows (sandbox/hidden_stdlib.py)."""
+    return tuple(find_test_suites(stdlib_roots([*python_dirs(python), *SYSTEM_PREFIXES])))
+
+
+def hide(directories: Sequence[Path]) -> list[str]:
+    """bwrap arguments that cover each directory with an empty, read-only one."""
+    args = []
+    for directory in directories:
+        args += ["--perms", "0555", "--tmpfs", str(directory), "--remount-ro", str(directory)]
     return args
 
 
@@ -199,7 +215,7 @@ def bwrap_argv(bwrap: str, phase: Phase, python: str, gpus: list[str] | None,
         args += ["--ro-bind", "/sys", "/sys"]  # the CUDA driver reads the PCI topology there
     for mount in phase.mounts():
         binds.add("--bind" if mount.writable else "--ro-bind", str(mount.source), mount.target)
-    args += [*binds.args, "--remount-ro", "/"]  # the root bwrap built (a tmpfs) is read-only too
+    args += [*binds.args, *hide(hidden_dirs(python)), "--remount-ro", "/"]  # bwrap's own root (a tmpfs) too
     for key, value in {"PATH": "/usr/local/bin:/usr/bin:/bin", **phase.phase_env(PathMap())}.items():
         args += ["--setenv", key, value]
     user = sandbox_user() if root else None

@@ -1,5 +1,6 @@
 """The Docker backend: each phase in a fresh container with no network, capped memory and processes,
-trial code as a non-root user, and exactly the tree phases.py describes (the train phase never sees val.bin)."""
+trial code as a non-root user, and exactly the tree phases.py describes (the train phase never sees val.bin);
+the image's standard library test suites are covered by empty directories (sandbox/hidden_stdlib.py)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ import os
 import socket
 import threading
 import time
+from pathlib import Path
 
 import docker
 import requests
 from docker.models.containers import Container
 from docker.types import DeviceRequest, LogConfig, Mount
 
+from sandbox import hidden_stdlib
 from sandbox.errors import SandboxError
 from sandbox.outcome import PhaseRun
 from sandbox.phases import SUPERVISOR_CAPABILITIES, TRIAL, PathMap, Phase, sandbox_user
@@ -107,6 +110,29 @@ class DockerBackend(Backend):
         self.owner = sandbox_user()
         self.labels = {TRIAL_LABEL: "1", OWNER_LABEL: owner_id(), **({RUN_LABEL: run_name} if run_name else {})}
         remove_stale_containers(self.client)
+        self.hidden = self.image_test_suites()
+
+    def image_test_suites(self) -> list[str]:
+        """The test suites of the image's Python, as hidden_stdlib.py finds them inside a container."""
+        source = Path(hidden_stdlib.__file__).read_text(encoding="utf-8")
+        container = None
+        try:
+            container = self.client.containers.create(self.image, [PYTHON, "-c", source], network_mode="none",
+                                                      read_only=True, labels=self.labels, log_config=LOG_LIMIT)
+            container.start()
+            exit_code = container.wait(timeout=120)["StatusCode"]
+            printed: str = container.logs().decode(errors="replace")
+        except (docker.errors.APIError, requests.exceptions.RequestException) as e:
+            raise SandboxError(f"Docker could not run the image '{self.image}' to list its Python's test suites "
+                               f"({e}); check the engine and the image") from None
+        finally:
+            if container is not None:
+                container.remove(force=True)
+        if exit_code != 0:
+            last = (printed.strip().splitlines() or ["no output"])[-1][:200]
+            raise SandboxError(f"the image '{self.image}' has no working python3 ({last}); build it from the "
+                               "Dockerfile or pass another --image")
+        return printed.split()
 
     def __getstate__(self) -> dict[str, object]:
         return {**self.__dict__, "client": None}  # sent to a Ray node: the engine there is another one
@@ -136,7 +162,8 @@ class DockerBackend(Backend):
             return self.client.containers.create(
                 self.image, command, working_dir=TRIAL, user="0:0", environment=phase.phase_env(PathMap()),
                 mounts=mounts, labels={**self.labels, "arena.phase": phase.name}, network_mode="none",
-                read_only=True, tmpfs={"/tmp": "rw,exec,nosuid,nodev,mode=1777"},
+                read_only=True, tmpfs={"/tmp": "rw,exec,nosuid,nodev,mode=1777",
+                                       **{path: "ro,size=4k,mode=0555" for path in self.hidden}},
                 mem_limit=self.mem_limit, memswap_limit=self.mem_limit, pids_limit=self.pids_limit,
                 shm_size=self.shm_size, nano_cpus=int(self.cpus * 1e9) if self.cpus else None,
                 cpuset_cpus=",".join(map(str, self.cores)) if self.cores else None,

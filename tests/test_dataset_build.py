@@ -15,10 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 from tokenizers import Tokenizer
 
-from agent.corpus import Document, corpus_hash, is_validation, stdlib_documents
-from agent.dataset_build import build_dataset
+from agent.corpus import Document, corpus_hash, is_validation, split, stdlib_documents
+from agent.dataset_build import build_dataset, dataset_key
 from agent.errors import DatasetError
 from agent.tokenizer import BOS
+from sandbox.hidden_stdlib import find_test_suites, in_test_suite, stdlib_roots
 from tests.conftest import ROOT
 from train_template.prepare import read_meta
 
@@ -53,6 +54,31 @@ def test_split_depends_only_on_each_document():
     shuffled = list(reversed(docs))
     assert val == {d.text for d in shuffled if is_validation(d, 0.1)}
     assert 20 < len(val) < 60
+
+
+def test_only_documents_that_may_validate_are_drawn_and_at_the_overall_rate():
+    plain = [Document(str(i), f"document number {i}\n" * (i % 7 + 1)) for i in range(400)]
+    train, val = split(plain, 0.1)
+    assert val == [d for d in plain if is_validation(d, 0.1)] and len(train) + len(val) == 400  # as before
+    mixed = [Document(d.name, d.text, may_validate=i % 3 == 0) for i, d in enumerate(plain)]
+    train, val = split(mixed, 0.1)
+    assert all(d.may_validate for d in val) and 25 < len(val) < 55  # ~10% of all 400, from a third of them
+    assert {d.name for d in train} | {d.name for d in val} == {d.name for d in plain}
+    assert split([Document("a", "x", may_validate=False), Document("b", "y")], 0.4)[1] == [Document("b", "y")]
+
+
+def test_the_stdlib_validates_only_on_test_suites_that_no_sandbox_shows(tmp_path):
+    docs = stdlib_documents()
+    train, val = split(docs, 0.1)
+    assert all(in_test_suite(d.name) for d in val) and 0.07 < len(val) / len(docs) < 0.13
+    assert any(d.name == "json/decoder.py" for d in train)  # what Python runs stays visible, in training
+    restricted = dataset_key("c" * 64, 2048, 0.1, restricted=True)
+    assert restricted != dataset_key("c" * 64, 2048, 0.1, restricted=False)  # no cache from the old split
+    lib = tmp_path / "lib" / "python3.11"
+    for directory in ("test/support", "json", "unittest/test/testmock", "site-packages/pkg/tests", "idlelib/idle_test"):
+        (lib / directory).mkdir(parents=True)
+    assert stdlib_roots([tmp_path]) == [lib.resolve()]
+    assert sorted(find_test_suites([lib])) == [lib / "idlelib/idle_test", lib / "test", lib / "unittest/test"]
 
 
 def test_default_corpus_is_the_stdlib_in_sorted_order(stdlib_dataset):

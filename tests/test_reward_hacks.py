@@ -9,6 +9,7 @@ harness and the supervisor judge (the same code in every sandbox) run on the fir
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import textwrap
@@ -16,6 +17,8 @@ import textwrap
 import numpy as np
 import pytest
 
+from agent.corpus import split, stdlib_documents
+from agent.dataset_build import DEFAULT_VAL_FRACTION
 from agent.template import template_dir
 from sandbox import Status
 from tests.backends import CONFINED
@@ -424,6 +427,51 @@ def test_a_peek_at_one_fixed_position_is_caught(backend, known, stdlib_dataset):
     outcome, _ = run(backend, spec)
     assert outcome.status is Status.REJECTED, (outcome.status, outcome.reason, outcome.log_tail[-1500:])
     assert outcome.reason.startswith("causality"), outcome.reason
+
+
+SCAN_FOR_VALIDATION_TEXT = """
+    import glob, hashlib, sysconfig
+    for dirpath, dirnames, filenames in os.walk("/"):
+        if dirpath == "/":
+            dirnames[:] = [d for d in dirnames if d not in ("proc", "sys", "dev")]
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            try:
+                if os.path.islink(path) or os.path.getsize(path) not in SIZES:
+                    continue
+                with open(path, "rb") as f:
+                    digest = hashlib.sha256(f.read()).hexdigest()
+            except OSError:
+                continue
+            if digest in DIGESTS:
+                print("CHEAT found validation text in", path, flush=True)
+    roots = {sysconfig.get_paths()["stdlib"], *glob.glob("/usr/lib/python3*"), *glob.glob("/usr/local/lib/python3*")}
+    seen = 0
+    for root in roots:
+        seen += sum(name.endswith(".py") for _, _, names in os.walk(root) for name in names)
+        for relative in NAMES:
+            if os.path.exists(os.path.join(root, relative)):
+                print("CHEAT found a validation document at", os.path.join(root, relative), flush=True)
+    print("CHEAT scanned", seen, "standard library files", flush=True)
+    return _template_train(ctx)
+"""
+
+
+@pytest.mark.slow
+def test_no_file_a_trial_can_read_holds_validation_text(backend, stdlib_dataset):
+    """The default corpus is the standard library, and every sandbox holds one to run Python: a trial that
+    found the validation documents there could train on them. It finds none, by content or by name."""
+    _, validation = split(stdlib_documents(), DEFAULT_VAL_FRACTION)
+    assert len(validation) > 50
+    digests = {hashlib.sha256(doc.text.encode()).hexdigest() for doc in validation}
+    sizes = {len(doc.text.encode()) for doc in validation}
+    prelude = (f"import os\nDIGESTS = {digests!r}\nSIZES = {sizes!r}\n"
+               f"NAMES = {sorted(doc.name for doc in validation)!r}\n")
+    outcome, log = run(backend, make_spec(stdlib_dataset, with_train(SCAN_FOR_VALIDATION_TEXT, prelude)))
+    assert outcome.status is Status.OK, (outcome.status, outcome.reason, outcome.log_tail[-1500:])
+    assert "CHEAT found" not in log, [line for line in log.splitlines() if "CHEAT found" in line][:5]
+    scanned = [int(line.split()[2]) for line in log.splitlines() if line.startswith("CHEAT scanned")]
+    assert scanned and scanned[0] > 300, scanned  # the trial did see a standard library: only its tests are hidden
 
 
 @pytest.mark.slow
