@@ -121,7 +121,8 @@ class DockerBackend(Backend):
                                                       read_only=True, labels=self.labels, log_config=LOG_LIMIT)
             container.start()
             exit_code = container.wait(timeout=120)["StatusCode"]
-            printed: str = container.logs().decode(errors="replace")
+            printed: str = container.logs(stdout=True, stderr=False).decode(errors="replace")
+            complaint: str = container.logs(stdout=False, stderr=True).decode(errors="replace")
         except (docker.errors.APIError, requests.exceptions.RequestException) as e:
             raise SandboxError(f"Docker could not run the image '{self.image}' to list its Python's test suites "
                                f"({e}); check the engine and the image") from None
@@ -129,10 +130,10 @@ class DockerBackend(Backend):
             if container is not None:
                 container.remove(force=True)
         if exit_code != 0:
-            last = (printed.strip().splitlines() or ["no output"])[-1][:200]
+            last = (complaint.strip().splitlines() or ["no output"])[-1][:200]
             raise SandboxError(f"the image '{self.image}' has no working python3 ({last}); build it from the "
                                "Dockerfile or pass another --image")
-        return printed.split()
+        return [line for line in printed.splitlines() if line.startswith("/")]
 
     def __getstate__(self) -> dict[str, object]:
         return {**self.__dict__, "client": None}  # sent to a Ray node: the engine there is another one
