@@ -57,7 +57,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     data_dir = dataset_for(args, vocab_size)
     meta = read_meta(data_dir)
     console.print(f"dataset {meta['fingerprint']}  corpus={meta['corpus']}  vocab={meta['vocab_size']}  "
-                  f"train={meta['tokens']['train']:,} tokens  val={meta['tokens']['val']:,} tokens", markup=False)
+                  f"train={meta['tokens']['train']:,} tokens  val={meta['tokens']['val']:,} tokens"
+                  f"  validation from: {meta.get('validation_from', 'all documents')}", markup=False)
     print(data_dir)
     return 0
 

@@ -115,6 +115,7 @@ def test_prepare_prints_the_dataset(cache_root, stdlib_dataset):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(stdlib_dataset)
     assert prepare.read_meta(stdlib_dataset)["fingerprint"] in proc.stderr
+    assert "validation from: test suites only" in proc.stderr  # the default corpus's split rule, said
 
 
 def test_the_clock_starts_at_train_and_warm_up_counts_optimizer_steps(stdlib_dataset, monkeypatch):
