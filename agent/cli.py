@@ -174,6 +174,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     quality = getattr(backend, "quality", None)
     if quality is not None:
         console.print(quality.line(), markup=False)
+    elif run.preset.probed_positions() < run.preset.seq_len - 1:
+        console.print(f"note: with {run.preset.eval_tokens:,} validation tokens the causality probes cut at "
+                      f"{run.preset.probed_positions()} of the {run.preset.seq_len - 1} positions where a model could "
+                      "peek at the next token, so one that peeks at a few can pass; the preset's own --eval-tokens "
+                      "covers them all", markup=False)
     stop = StopRule(trials=trials, hours=hours)
     signal.signal(signal.SIGTERM, raise_terminated)
     if sys.stdout.isatty() and not args.no_tui:

@@ -30,6 +30,7 @@ from agent.corpus import (
     corpus_hash,
     load_documents,
     split,
+    validation_rule,
 )
 from agent.errors import DatasetError
 from agent.tokenizer import BOS, token_byte_lengths, train_tokenizer
@@ -52,9 +53,9 @@ def default_cache_root() -> Path:
     return Path(os.environ.get("ARENA_CACHE", Path.home() / ".cache" / "autoresearch-arena"))
 
 
-def dataset_key(corpus_digest: str, vocab_size: int, val_fraction: float, restricted: bool) -> str:
-    """`restricted`: only some documents may validate (the split rule of corpus.split since it has one)."""
-    spec = f"v{FORMAT_VERSION}|{corpus_digest}|{vocab_size}|{val_fraction!r}" + ("|restricted" if restricted else "")
+def dataset_key(corpus_digest: str, vocab_size: int, val_fraction: float, rule: str) -> str:
+    """`rule`: corpus.validation_rule, empty for a corpus whose every document may validate."""
+    spec = f"v{FORMAT_VERSION}|{corpus_digest}|{vocab_size}|{val_fraction!r}{rule}"
     return hashlib.sha256(spec.encode()).hexdigest()[:16]
 
 
@@ -91,8 +92,8 @@ def build_dataset(corpus: str = "stdlib", cache_root: Path | str | None = None,
     docs = load_documents(corpus, cache_root, shards, column, progress)
     digest = corpus_hash(docs)
     progress("read corpus", 1, 1)
-    restricted = not all(d.may_validate for d in docs)
-    out = cache_root / dataset_key(digest, vocab_size, val_fraction, restricted)
+    rule = validation_rule(docs)
+    out = cache_root / dataset_key(digest, vocab_size, val_fraction, rule)
     if (out / "meta.json").exists():
         return out
 
@@ -122,12 +123,11 @@ def build_dataset(corpus: str = "stdlib", cache_root: Path | str | None = None,
         "corpus": corpus,
         "corpus_sha256": digest,
         "tokenizer_sha256": tokenizer_digest,
-        "fingerprint": hashlib.sha256((f"{digest}|{tokenizer_digest}|{val_fraction!r}"
-                                       + ("|restricted" if restricted else "")).encode()).hexdigest()[:16],
+        "fingerprint": hashlib.sha256(f"{digest}|{tokenizer_digest}|{val_fraction!r}{rule}".encode()).hexdigest()[:16],
         "vocab_size": vocab_size,
         "bos_id": bos_id,
         "val_fraction": val_fraction,
-        "validation_from": "test suites only" if restricted else "all documents",
+        "validation_from": "test suites only" if rule else "all documents",
         "documents": {"train": len(train_docs), "val": len(val_docs)},
         "tokens": {"train": n_train, "val": n_val},
         "bytes": {"train": sum(len(d.text.encode()) for d in train_docs),

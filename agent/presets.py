@@ -25,6 +25,10 @@ class Preset:
     causality_probes: int  # per validation row; rows x probes >= seq_len - 1 probes every position once
     constants: dict[str, Value] = field(default_factory=dict)
 
+    def probed_positions(self) -> int:
+        """How many of the seq_len - 1 positions the eval phase's causality probes cut at (harness.py)."""
+        return min(self.seq_len - 1, self.eval_tokens // self.seq_len * self.causality_probes)
+
     def harness_config(self, seed: int) -> dict[str, object]:
         """The run.json the harness reads: everything about a trial that the trial cannot change."""
         return {"device": self.device, "seed": seed, "seq_len": self.seq_len, "eval_tokens": self.eval_tokens,
@@ -34,7 +38,12 @@ class Preset:
 
 def load_presets() -> dict[str, Preset]:
     raw = tomllib.loads((template_dir() / "presets.toml").read_text())
-    return {name: Preset(name=name, **fields) for name, fields in raw.items()}
+    presets = {name: Preset(name=name, **fields) for name, fields in raw.items()}
+    for preset in presets.values():
+        if preset.causality_probes < 1:
+            raise ArenaError(f"preset '{preset.name}' has causality_probes = {preset.causality_probes}; set at least 1 "
+                             "in train_template/presets.toml")
+    return presets
 
 
 def get_preset(name: str, *, time_budget: float | None = None, eval_tokens: int | None = None,

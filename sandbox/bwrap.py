@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sandbox.errors import SandboxError
-from sandbox.hidden_stdlib import SYSTEM_PREFIXES, find_test_suites, stdlib_roots
+from sandbox.hidden_stdlib import find_test_suites, stdlib_copies
 from sandbox.phases import GPU_UUIDS_ENV, SUPERVISOR_CAPABILITIES, PathMap, Phase, sandbox_user
 from sandbox.workers import NvidiaGpu, nvidia_gpus
 
@@ -104,8 +104,12 @@ def root_filesystem(python: str, binds: Binds) -> list[str]:
 
 @functools.cache
 def hidden_dirs(python: str) -> tuple[Path, ...]:
-    """The test suites of every standard library the sandbox shows (sandbox/hidden_stdlib.py)."""
-    return tuple(find_test_suites(stdlib_roots([*python_dirs(python), *SYSTEM_PREFIXES])))
+    """The test suites of every standard library in the trees the sandbox shows (sandbox/hidden_stdlib.py):
+    /usr, the system directories that are not links into it, and the Python installation. Found once per
+    process (a second on a host with 30,000 directories there)."""
+    system = [Path("/") / name for name in SYSTEM_LINKS if (Path("/") / name).is_dir()
+              and not (Path("/") / name).is_symlink()]
+    return tuple(find_test_suites(stdlib_copies([Path("/usr"), *system, *python_dirs(python)])))
 
 
 def hide(directories: Sequence[Path]) -> list[str]:

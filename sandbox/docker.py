@@ -124,8 +124,9 @@ class DockerBackend(Backend):
             printed: str = container.logs(stdout=True, stderr=False).decode(errors="replace")
             complaint: str = container.logs(stdout=False, stderr=True).decode(errors="replace")
         except (docker.errors.APIError, requests.exceptions.RequestException) as e:
+            detail = (str(getattr(e, "explanation", None) or e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise SandboxError(f"Docker could not run the image '{self.image}' to list its Python's test suites "
-                               f"({e}); check the engine and the image") from None
+                               f"({detail}); check the engine and the image") from None
         finally:
             if container is not None:
                 container.remove(force=True)

@@ -83,6 +83,7 @@ def base_run(tmp_path_factory, cache_root, stdlib_dataset) -> Path:
     runs = tmp_path_factory.mktemp("runs")
     proc = arena_run(runs, cache_root, "--name", "base", "--trials", str(BASE), *FAST)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "the causality probes cut at 16 of the 255 positions" in proc.stderr  # FAST evaluates 16 rows
     return runs / "base"
 
 

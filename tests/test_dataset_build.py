@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import http.server
 import json
 import subprocess
@@ -15,11 +16,11 @@ import pyarrow.parquet as pq
 import pytest
 from tokenizers import Tokenizer
 
-from agent.corpus import Document, corpus_hash, is_validation, split, stdlib_documents
+from agent.corpus import Document, corpus_hash, is_validation, split, stdlib_documents, validation_rule
 from agent.dataset_build import build_dataset, dataset_key
 from agent.errors import DatasetError
 from agent.tokenizer import BOS
-from sandbox.hidden_stdlib import find_test_suites, in_test_suite, stdlib_roots
+from sandbox.hidden_stdlib import STDLIB_MARKERS, find_test_suites, in_test_suite, stdlib_copies
 from tests.conftest import ROOT
 from train_template.prepare import read_meta
 
@@ -72,13 +73,30 @@ def test_the_stdlib_validates_only_on_test_suites_that_no_sandbox_shows(tmp_path
     train, val = split(docs, 0.1)
     assert all(in_test_suite(d.name) for d in val) and 0.07 < len(val) / len(docs) < 0.13
     assert any(d.name == "json/decoder.py" for d in train)  # what Python runs stays visible, in training
-    restricted = dataset_key("c" * 64, 2048, 0.1, restricted=True)
-    assert restricted != dataset_key("c" * 64, 2048, 0.1, restricted=False)  # no cache from the old split
-    lib = tmp_path / "lib" / "python3.11"
-    for directory in ("test/support", "json", "unittest/test/testmock", "site-packages/pkg/tests", "idlelib/idle_test"):
-        (lib / directory).mkdir(parents=True)
-    assert stdlib_roots([tmp_path]) == [lib.resolve()]
-    assert sorted(find_test_suites([lib])) == [lib / "idlelib/idle_test", lib / "test", lib / "unittest/test"]
+    elsewhere = {d.text for d in docs if not in_test_suite(d.name)}
+    assert not any(d.may_validate for d in docs if d.text in elsewhere)  # no copy of it outside the tests
+    rule = validation_rule(docs)
+    assert rule and dataset_key("c" * 64, 2048, 0.1, rule) != dataset_key("c" * 64, 2048, 0.1, "")
+    fewer = [dataclasses.replace(d, may_validate=False) if d.name.startswith("unittest/") else d for d in docs]
+    assert validation_rule(fewer) != rule  # another rule never finds a dataset built under this one
+
+
+def test_every_standard_library_in_a_tree_is_found_with_its_test_suites(tmp_path):
+    """conda keeps copies in its environments and package cache, an application may bundle one: each is found
+    by what it holds, and only the test suites of a standard library are hidden."""
+    libs = [tmp_path / "lib/python3.11", tmp_path / "pkgs/python-3.11.7-0/lib/python3.11",
+            tmp_path / "envs/old/lib/python3.9", tmp_path / "share/app/bundled/lib/python3.12"]
+    for lib in libs:
+        for directory in ("test/support", "json", "unittest/test/testmock", "site-packages/pkg/tests",
+                          "idlelib/idle_test"):
+            (lib / directory).mkdir(parents=True)
+        for name in STDLIB_MARKERS:
+            (lib / name).write_text("")
+    (tmp_path / "lib/python3.11/site-packages/numpy/tests").mkdir(parents=True)  # a package's: not hidden
+    assert stdlib_copies([tmp_path]) == sorted(libs)
+    hidden = find_test_suites(stdlib_copies([tmp_path]))
+    assert sorted(hidden) == sorted(lib / name for lib in libs for name in ("test", "idlelib/idle_test",
+                                                                            "unittest/test"))
 
 
 def test_default_corpus_is_the_stdlib_in_sorted_order(stdlib_dataset):

@@ -110,6 +110,11 @@ def test_prepare_errors_are_one_line(cache_root, args, message):
     assert message in one_line_error(run_arena("prepare", *args, cache=cache_root))
 
 
+def test_the_presets_probe_every_position_unless_fewer_rows_are_evaluated():
+    assert get_preset("cpu").probed_positions() == 255 and get_preset("gpu").probed_positions() == 2047
+    assert get_preset("cpu", eval_tokens=4096).probed_positions() == 16
+
+
 def test_prepare_prints_the_dataset(cache_root, stdlib_dataset):
     proc = run_arena("prepare", cache=cache_root)
     assert proc.returncode == 0, proc.stderr
