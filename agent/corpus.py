@@ -17,7 +17,7 @@ from pathlib import Path
 
 from agent.download import download
 from agent.errors import DatasetError
-from sandbox.hidden_stdlib import in_test_suite
+from sandbox.hidden_stdlib import PACKAGE_DIRS, in_test_suite
 
 StageProgress = Callable[[str, float, float], None]  # (stage, done, total): how a dataset build reports
 
@@ -39,7 +39,7 @@ def stdlib_documents() -> list[Document]:
     holds a standard library too, all of it but the test suites: only their files may go to validation."""
     root = Path(sysconfig.get_paths()["stdlib"])
     paths = sorted(
-        (p for p in root.rglob("*.py") if "site-packages" not in p.parts and "dist-packages" not in p.parts),
+        (p for p in root.rglob("*.py") if PACKAGE_DIRS.isdisjoint(p.parts)),
         key=lambda p: p.relative_to(root).as_posix(),
     )
     docs = []

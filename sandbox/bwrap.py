@@ -107,8 +107,7 @@ def hidden_dirs(python: str) -> tuple[Path, ...]:
     """The test suites of every standard library in the trees the sandbox shows (sandbox/hidden_stdlib.py):
     /usr, the system directories that are not links into it, and the Python installation. Found once per
     process (a second on a host with 30,000 directories there)."""
-    system = [Path("/") / name for name in SYSTEM_LINKS if (Path("/") / name).is_dir()
-              and not (Path("/") / name).is_symlink()]
+    system = [path for path in (Path("/") / name for name in SYSTEM_LINKS) if path.is_dir() and not path.is_symlink()]
     return tuple(find_test_suites(stdlib_copies([Path("/usr"), *system, *python_dirs(python)])))
 
 
