@@ -359,7 +359,7 @@ def check_unchanged(run_dir: Path, info: RunInfo, fingerprint: str, harness: str
                          f"{info['dataset_fingerprint']} then, {fingerprint} now); restore {what}, or finish it "
                          "with the arena version that started it, or start a new run")
     if not may_resume_with(info["harness_hash"], harness):
-        raise ArenaError(f"the harness (prepare.py/harness.py/exported.py) changed since run '{name}' started; "
+        raise ArenaError(f"the harness ({'/'.join(HARNESS_FILES)}) changed since run '{name}' started; "
                          "finish it with the arena version that started it or start a new run")
     journal_path = run_dir / "state" / JOURNAL_FILE
     if journal_path.exists():

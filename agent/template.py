@@ -7,7 +7,8 @@ from pathlib import Path
 
 from sandbox.phases import harness_hash as hash_files
 
-HARNESS_FILES = ("prepare.py", "harness.py", "exported.py")  # read-only: always from here, never from a trial
+# read-only: always from here, never from a trial
+HARNESS_FILES = ("prepare.py", "harness.py", "exported.py", "memory_check.py")
 EDITABLE_FILE = "train.py"
 
 # A run records the hash of the harness it started with, and a resume with another harness is refused:

@@ -18,8 +18,9 @@ figures that splits each trial into:
 The baseline (trial 0) runs with a cold compile cache and is shown apart; the median over the later trials
 is the warm figure. Prints a table; writes parts.json under --out. With --oom, one more trial follows whose
 constants cannot fit (the space's deepest, widest model at its largest device batch), run as the loop runs a
-trial but without the memory model, and the seconds to its verdict are printed (on a CPU preset give
---mem-limit, or the trial trains slowly until its deadline instead of running out of memory).
+trial but without the memory model, and the seconds to its verdict are printed, with whether the compile-time
+memory check gave it before any kernel was built (on a CPU preset give --mem-limit, or the trial trains slowly
+until its deadline instead of running out of memory).
 """
 
 from __future__ import annotations
@@ -93,6 +94,9 @@ def split(times: dict[str, Any], record: Any) -> dict[str, float | None]:
     return dict(zip(PARTS, values, strict=True))
 
 
+COMPILE_CHECK = "arena's compile-time memory check"  # in the log of a trial train_template/memory_check.py ended
+
+
 def median(values: list[float | None]) -> float | None:
     known = [v for v in values if v is not None]
     return statistics.median(known) if known else None
@@ -150,9 +154,11 @@ def main() -> None:
     summary = {"preset": run.preset.name, "budget": budget, "backend": args.backend, "parts": rows, "trials": parts}
     if oom is not None:
         seconds, outcome = oom
-        verdict = f"{outcome.status}: {outcome.reason}"
+        checked = COMPILE_CHECK in outcome.log_tail  # refused by memory_check.py, before any kernel was built
+        verdict = f"{outcome.status}: {outcome.reason}" + (", before compiling" if checked else "")
         print(f"{'a trial that cannot fit, to its verdict':40s} {seconds:>8.2f} s  ({verdict})")
-        summary["oom"] = {"seconds": seconds, "status": str(outcome.status), "reason": outcome.reason}
+        summary["oom"] = {"seconds": seconds, "status": str(outcome.status), "reason": outcome.reason,
+                          "before_compiling": checked}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "parts.json").write_text(json.dumps(summary, indent=2) + "\n")
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "train_template"
-HARNESS_FILES = ("harness.py", "prepare.py", "exported.py")
+HARNESS_FILES = ("harness.py", "prepare.py", "exported.py", "memory_check.py")
 SUPERVISOR = ROOT / "sandbox" / "supervisor.py"
 EVAL_PREFIX = "ARENA_EVAL "
 PHASE_PREFIX = "ARENA_PHASE "

@@ -20,7 +20,7 @@ from docker.types import DeviceRequest, LogConfig, Mount
 from sandbox import hidden_stdlib
 from sandbox.errors import SandboxError
 from sandbox.outcome import PhaseRun
-from sandbox.phases import SUPERVISOR_CAPABILITIES, TRIAL, PathMap, Phase, sandbox_user
+from sandbox.phases import MEMORY_LIMIT_ENV, SUPERVISOR_CAPABILITIES, TRIAL, PathMap, Phase, memory_bytes, sandbox_user
 from sandbox.trial import Backend, PhaseOutput
 from sandbox.workers import registered
 
@@ -104,6 +104,7 @@ class DockerBackend(Backend):
         self.image = image
         self.gpus = gpus
         self.mem_limit = mem_limit or DEFAULT_MEM_LIMIT
+        self.memory_limit = memory_bytes(self.mem_limit)  # a bad size fails here, in one line
         self.pids_limit = pids_limit
         self.shm_size = shm_size
         self.cpus = cpus
@@ -157,6 +158,7 @@ class DockerBackend(Backend):
             phase.env.setdefault("OMP_NUM_THREADS", str(len(self.cores)))
         elif self.cpus:
             phase.env.setdefault("OMP_NUM_THREADS", str(max(1, int(self.cpus))))
+        phase.env.setdefault(MEMORY_LIMIT_ENV, str(self.memory_limit))  # the container's, enforced by Docker
         # The supervisor is PID 1 and starts as root with the rights to hand over and to kill, nothing else;
         # it runs the harness as the (non-root) trial user and ends the container itself at its deadline.
         command = phase.command(PYTHON, self.owner, PathMap(), python_args)

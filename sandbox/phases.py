@@ -43,6 +43,7 @@ NOBODY = 65534
 SUPERVISOR_CAPABILITIES = ("CAP_SETUID", "CAP_SETGID", "CAP_KILL")  # a root supervisor's: hand over, then end
 OUTER_GRACE_SECONDS = 30.0  # past a phase's own deadline: when the backend ends the whole sandbox itself
 GPU_UUIDS_ENV = "ARENA_GPU_UUIDS"  # the phase's GPUs, for the supervisor's memory count (see supervisor.py)
+MEMORY_LIMIT_ENV = "ARENA_MEMORY_LIMIT"  # the phase's memory limit in bytes, for train_template/memory_check.py
 
 
 MEMORY_UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}  # as docker reads --memory
@@ -141,6 +142,8 @@ class Phase:
     def phase_env(self, paths: PathMap) -> dict[str, str]:
         env = {"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1",
                "HOME": "/tmp", "TMPDIR": "/tmp", "USER": "arena", "LANG": "C.UTF-8", **self.env}
+        if self.memory_limit is not None:
+            env.setdefault(MEMORY_LIMIT_ENV, str(self.memory_limit))
         if self.cache_dir.exists():
             env.update(TORCHINDUCTOR_CACHE_DIR=paths(f"{CACHE}/inductor"), TRITON_CACHE_DIR=paths(f"{CACHE}/triton"))
         return env

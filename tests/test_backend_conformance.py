@@ -90,6 +90,22 @@ def test_past_the_memory_limit_is_oom_in_seconds(make_backend, request, stdlib_d
     assert outcome.result is None
 
 
+@pytest.mark.parametrize("make_backend", LIMITED)
+def test_a_compiled_step_that_cannot_fit_is_oom_before_its_kernels(make_backend, request, stdlib_dataset):
+    """torch.compile'd, the step would keep 2 GiB of activations against a 1.5 GiB limit: the harness's
+    compile-time memory check ends it as oom while Inductor has built nothing (it has no C++ compiler to build
+    with), each backend handing the check its limit."""
+    outcome, _ = run(make_backend(request), make_spec(stdlib_dataset, tiny_train("""
+        import torch._inductor.config
+        torch._inductor.config.cpp.cxx = ("no-such-compiler",)
+        model = torch.nn.Sequential(torch.nn.Linear(64, 65536), torch.nn.ReLU(), torch.nn.Linear(65536, 1))
+        torch.compile(model)(torch.randn(8192, 64)).sum().backward()
+    """), budget=BUDGET))
+    assert outcome.status is Status.OOM, outcome.reason + "\n" + outcome.log_tail
+    assert "out of memory before compiling: one forward pass keeps 2,048 MiB" in outcome.log_tail
+    assert "arena's compile-time memory check" in outcome.log_tail
+
+
 def test_timeout(backend, stdlib_dataset):
     spec = make_spec(stdlib_dataset, tiny_train("""
         print("PROBE looping", flush=True)

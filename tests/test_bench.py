@@ -75,6 +75,7 @@ def test_overhead_bench_splits_a_trial_and_times_an_oom_verdict(tmp_path, cache_
     summary = json.loads((out / "parts.json").read_text())
     assert summary["parts"]["staging + sandbox + torch import"]["baseline"] > 0  # the baseline, split
     assert summary["oom"]["status"] == "oom" and "memory limit" in summary["oom"]["reason"]
+    assert summary["oom"]["before_compiling"] is False  # the cpu template does not compile: the limit ended it
     assert summary["oom"]["seconds"] < 120  # the limit ended it, long before the trial's deadline
 
 

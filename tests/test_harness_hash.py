@@ -43,7 +43,7 @@ def test_a_run_started_with_another_harness_is_refused_in_one_line(fake_base_run
     info_path.write_text(json.dumps({**info, "harness_hash": "0" * 16}, indent=2) + "\n")
     refused = fake_arena_run(runs, cache_root, "--name", "base", "--trials", NEXT)
     # the last line: on a loaded machine a dataset stage line may come first
-    assert refused.returncode == 2 and "the harness (prepare.py/harness.py/exported.py) changed" in (
+    assert refused.returncode == 2 and "the harness (prepare.py/harness.py/exported.py/memory_check.py) changed" in (
         refused.stderr.splitlines()[-1])
     info_path.write_text(json.dumps(info, indent=2) + "\n")
     proc = fake_arena_run(runs, cache_root, "--name", "base", "--trials", NEXT)

@@ -153,7 +153,8 @@ def test_resume_with_other_settings_is_refused_and_harmless(fake_base_run, tmp_p
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("harness_hash", "0" * 16, "the harness (prepare.py/harness.py/exported.py) changed since run 'base' started"),
+    ("harness_hash", "0" * 16, ("the harness (prepare.py/harness.py/exported.py/memory_check.py) changed since run "
+                                "'base' started")),
     ("dataset_fingerprint", "0123456789abcdef", ("the dataset changed since run 'base' started (fingerprint "
                                                  "0123456789abcdef then, ")),
 ])

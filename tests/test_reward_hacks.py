@@ -115,7 +115,7 @@ REWRITE_HARNESS = """
     config = sys.argv[sys.argv.index("--config") + 1]
     for path, text in [("/trial/run.json", '{"eval_tokens": 256}'), (config, '{"eval_tokens": 256}'),
                        ("/trial/prepare.py", "raise SystemExit"), ("/trial/harness.py", "print('ARENA_EVAL {}')"),
-                       ("/trial/exported.py", "")]:
+                       ("/trial/exported.py", ""), ("/trial/memory_check.py", "")]:
         try:
             with open(path, "w") as f:
                 f.write(text)
@@ -132,7 +132,7 @@ REWRITE_TEMPLATE = """
     if spec and spec.submodule_search_locations:
         places += list(spec.submodule_search_locations)
     for place in places:
-        for name in ("prepare.py", "harness.py", "exported.py"):
+        for name in ("prepare.py", "harness.py", "exported.py", "memory_check.py"):
             try:
                 with open(os.path.join(place, name), "a") as f:
                     f.write("\\n# later trials score 0.8x\\n")

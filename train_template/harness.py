@@ -3,10 +3,12 @@
 Two phases, two processes, two sandboxes, so that the score is computed by code the trial cannot touch:
 
     python harness.py train --config run.json --data DIR --out OUT [--train-py train.py]
-        prints ARENA_READY before any trial code runs, imports train.py, calls train(ctx) and
-        exports the returned model (exported.py: a JSON graph of allowlisted tensor operators and a
-        safetensors weights file) to OUT. Only train.bin is read. OUT/train_stats.json holds what the
-        trial's own process reports (steps, tokens, its clock): shown, never trusted.
+        installs the compile-time memory check (memory_check.py: a torch.compile'd step that cannot fit
+        ends before its kernels are built), prints ARENA_READY before any trial code runs, imports
+        train.py, calls train(ctx) and exports the returned model (exported.py: a JSON graph of
+        allowlisted tensor operators and a safetensors weights file) to OUT. Only train.bin is read.
+        OUT/train_stats.json holds what the trial's own process reports (steps, tokens, its clock):
+        shown, never trusted.
     python harness.py eval --config run.json --data DIR --in MODEL_DIR --out OUT
         checks and loads the exported model (no pickle, no trial code), checks on every validation
         row that its logits are finite and causal (earlier positions unchanged when later tokens
@@ -41,6 +43,7 @@ import numpy as np
 import torch
 
 import exported
+import memory_check
 import prepare
 
 READY_LINE = "ARENA_READY"
@@ -188,6 +191,7 @@ def run_train(config: dict, data_dir: Path, out: Path, train_py: Path) -> None:
         torch.cuda.reset_peak_memory_stats()
     torch.manual_seed(config["seed"])
     np.random.seed(config["seed"] % 2**32)
+    memory_check.install()  # a compiled step that cannot fit ends before its kernels are generated
     print(READY_LINE, flush=True)  # the sandbox's clock starts here: from now on, trial code runs
     module = load_train_module(train_py)
     ctx = TrainContext(config, data_dir)
