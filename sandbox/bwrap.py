@@ -102,13 +102,18 @@ def root_filesystem(python: str, binds: Binds) -> list[str]:
     return args
 
 
+def shown_trees(python: str) -> list[Path]:
+    """The host directories a sandbox shows that hold software: /usr, the system directories that are not links
+    into it, and the Python installation (root_filesystem binds them, and /etc's few files)."""
+    system = [path for path in (Path("/") / name for name in SYSTEM_LINKS) if path.is_dir() and not path.is_symlink()]
+    return [Path("/usr"), *system, *python_dirs(python)]
+
+
 @functools.cache
 def hidden_dirs(python: str) -> tuple[Path, ...]:
-    """The test suites of every standard library in the trees the sandbox shows (sandbox/hidden_stdlib.py):
-    /usr, the system directories that are not links into it, and the Python installation. Found once per
-    process (a second on a host with 30,000 directories there)."""
-    system = [path for path in (Path("/") / name for name in SYSTEM_LINKS) if path.is_dir() and not path.is_symlink()]
-    return tuple(find_test_suites(stdlib_copies([Path("/usr"), *system, *python_dirs(python)])))
+    """The test suites of every standard library in the trees the sandbox shows (sandbox/hidden_stdlib.py).
+    Found once per process (a second on a host with 30,000 directories there)."""
+    return tuple(find_test_suites(stdlib_copies(shown_trees(python))))
 
 
 def hide(directories: Sequence[Path]) -> list[str]:

@@ -120,3 +120,26 @@ def test_parity_takes_out_what_the_step_counts_explain():
     template, variant = parity.summarize(runs, ["template", "no-normuon"])
     assert variant["steps_adjusted_diff"] == pytest.approx(0.02) and variant["steps_adjusted_stderr"] < 1e-9
     assert abs(variant["diff_vs_template"] - 0.02) > 0.005 and template["steps_adjusted_diff"] == 0
+
+
+@pytest.mark.slow  # reads the standard library twice
+def test_val_exposure_counts_a_readable_copy_and_not_a_hidden_one(tmp_path):
+    """An edited copy of a validation document in a package is counted and named; the same copy inside a standard
+    library's test suite (hidden from every sandbox) is not."""
+    from agent.corpus import split, stdlib_documents
+
+    _, val = split(stdlib_documents(), 0.1)
+    text = max(val, key=lambda doc: len(doc.text)).text
+    package = tmp_path / "site-packages" / "backport" / "tests"
+    package.mkdir(parents=True)
+    (package / "test_copy.py").write_text("# edited by the backport\n" + text)
+    stdlib = tmp_path / "lib" / "python3.99"
+    (stdlib / "test").mkdir(parents=True)
+    (stdlib / "os.py").write_text("")
+    (stdlib / "abc.py").write_text("")
+    (stdlib / "test" / "test_hidden.py").write_text(text)
+    out = subprocess.run([sys.executable, "bench/val_exposure.py", "--roots", str(tmp_path)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600, check=True).stdout
+    copied = next(line for line in out.splitlines() if line.strip().startswith("in such a file"))
+    assert int(copied.split(":")[1].split("(")[0].replace(",", "")) > 0, out
+    assert str(package / "test_copy.py") in out and "test_hidden.py" not in out
