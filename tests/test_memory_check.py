@@ -94,3 +94,27 @@ def test_a_step_that_fits_compiles_and_trains_as_eager_does(fresh_inductor):
     assert isinstance(inductor_config.post_grad_custom_post_pass, CustomGraphPass)
     for a, b in zip(eager.parameters(), compiled.parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
+
+
+@needs_cxx
+@pytest.mark.slow  # cold Inductor compiles
+def test_a_dynamic_batch_is_checked_at_its_size_without_recompiling(fresh_inductor):
+    """The check reads a dynamic size's hint without guarding on it: as many graphs serve four batch sizes as
+    without the check (a guard would compile one per size); and a batch too big for the limit is still refused."""
+    def graphs_for_four_batch_sizes() -> int:
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
+        model = torch.compile(mlp(), dynamic=True)
+        for batch in (64, 96, 160, 224):
+            model(torch.randn(batch, WIDTH)).sum().backward()
+        return torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+    unchecked = graphs_for_four_batch_sizes()
+    fresh_inductor.setenv(memory_check.MEMORY_LIMIT_ENV, str(1 << 50))
+    memory_check.install()
+    assert graphs_for_four_batch_sizes() == unchecked < 4
+    torch._dynamo.reset()
+    fresh_inductor.setenv(memory_check.MEMORY_LIMIT_ENV, "1")
+    with inductor_config.patch({"cpp.cxx": ("no-such-compiler",)}), pytest.raises(Exception) as caught:
+        torch.compile(mlp(), dynamic=True)(torch.randn(BATCH, WIDTH)).sum().backward()
+    assert f"keeps {RELU_BYTES >> 20} MiB of activations" in str(caught.value)

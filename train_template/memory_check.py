@@ -36,22 +36,32 @@ def free_bytes(device: torch.device) -> int | None:
         return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     limit = os.environ.get(MEMORY_LIMIT_ENV, "")
     if device.type == "cpu" and limit.isdigit():
-        with open("/proc/self/statm") as statm:
-            resident = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        return int(limit) - resident  # other processes of the phase count against the limit too: a lower bound
+        return int(limit) - anonymous_resident_bytes()
     return None
 
 
+def anonymous_resident_bytes() -> int:
+    """This process's resident memory that no file backs: what a cgroup cannot reclaim. Counting less than
+    everything the phase holds (file pages, other processes) can only overstate what is free."""
+    fields = {}
+    with open("/proc/self/status") as status:
+        for line in status:
+            name, _, value = line.partition(":")
+            fields[name] = value
+    return sum(int(fields[name].split()[0]) * 1024 for name in ("RssAnon", "RssShmem") if name in fields)
+
+
 def storage_bytes(value: object) -> tuple[object, torch.device, int] | None:
-    """(storage key, device, bytes) of a traced tensor; None for anything else or a size only known at run time."""
+    """(storage key, device, bytes) of a traced tensor; None for anything else or a size not known."""
     if not isinstance(value, torch.Tensor):
         return None
     from torch.multiprocessing.reductions import StorageWeakRef
 
-    try:
-        size = int(value.untyped_storage().nbytes())
-    except (TypeError, RuntimeError):  # a symbolic size: leave it out, which keeps the bound a lower one
-        return None
+    size = value.untyped_storage().nbytes()
+    if isinstance(size, torch.SymInt):  # a dynamic shape: this call's size, read without int(), which would
+        size = getattr(size.node, "hint", None)  # guard on it and recompile the graph for every new size
+    if not isinstance(size, int):
+        return None  # left out: the bound stays a lower one
     return StorageWeakRef(value.untyped_storage()), value.device, size
 
 
