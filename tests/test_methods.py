@@ -158,9 +158,9 @@ def test_tpe_learns_more_than_random_search(tmp_path):
         loop = FakeLoop(method)
         loop.baseline()
         values[name] = [r.val_bpb for r in loop.run(40)]
-    # loose: after its 10 random start-up trials TPE's proposals are better on average than random ones
-    assert np.mean(values["tpe"][-15:]) < np.mean(values["random"]) - 0.1
-    assert min(values["tpe"]) < min(values["random"])
+    # after its 10 random start-up trials TPE's proposals are far better on average than random ones (by 1.0-1.5
+    # over seeds 0-4); not compared: the single best of 40 draws in 13 dimensions, which is luck either way
+    assert np.mean(values["tpe"][-15:]) < np.mean(values["random"]) - 0.5
 
 
 def test_tpe_tells_the_baseline_once_and_failures_as_complete_trials(tmp_path):
