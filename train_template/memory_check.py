@@ -105,9 +105,11 @@ def install() -> None:
 
     @functools.wraps(original)
     def compile_checked(*args, **kwargs):
-        from torch._inductor import config
-        from torch._inductor.custom_graph_pass import CustomGraphPass
-
+        try:
+            from torch._inductor import config
+            from torch._inductor.custom_graph_pass import CustomGraphPass
+        except ImportError:  # a torch without custom graph passes compiles as it would, unchecked
+            return original(*args, **kwargs)
         if config.post_grad_custom_post_pass is None:
             class MemoryCheck(CustomGraphPass):
                 def __call__(self, graph: torch.fx.Graph) -> None:
