@@ -44,6 +44,7 @@ from agent.run import Job, Run, open_run  # noqa: E402
 from agent.template import EDITABLE_FILE  # noqa: E402
 from sandbox import Outcome, Placement, TrialRunner, TrialSpec  # noqa: E402
 
+COMPILE_CHECK = "arena's compile-time memory check"  # in the log of a trial train_template/memory_check.py ended
 PARTS = ("staging + sandbox + torch import", "train.py import, build, compile", "training", "export + phase exit",
          "eval (process, import, load, score)", "propose", "git, ledger, judging")
 
@@ -92,9 +93,6 @@ def split(times: dict[str, Any], record: Any) -> dict[str, float | None]:
               span(evaluation, times["end"]), record.propose_seconds,
               (record.total_seconds or 0.0) - record.propose_seconds - sandbox]
     return dict(zip(PARTS, values, strict=True))
-
-
-COMPILE_CHECK = "arena's compile-time memory check"  # in the log of a trial train_template/memory_check.py ended
 
 
 def median(values: list[float | None]) -> float | None:
