@@ -7,7 +7,7 @@ Search space. One Optuna distribution per constant, named after it:
 The sampler is TPESampler as Ferreira et al. ran it (univariate, 10 random start-up trials) with the constant
 liar added (trials under way on other workers count as bad ones, so parallel proposals spread out). Multivariate
 TPE was tried and measured worse on bench/methods.py's landscapes with the memory model: far from the baseline
-0.9940 ± 0.0023 (40 seeds) against univariate's 0.9910 ± 0.0005 (10 seeds), near it 0.9892 ± 0.0008 against
+0.9940 ± 0.0023 against univariate's 0.9915 ± 0.0013 (40 seeds each), near it 0.9892 ± 0.0008 against
 0.9894 ± 0.0006 (10 seeds each).
 
 The study lives in the run: run_dir/state/optuna.journal (a JournalStorage on a JournalFileBackend),
