@@ -33,10 +33,10 @@ def long_lines(text: str, min_chars: int) -> set[str]:
 
 def readable_sources(roots: list[Path]):
     """Every .py file under `roots` that is not in a hidden test suite, with its text."""
-    hidden = {str(path) for path in find_test_suites(stdlib_copies(roots))}
+    skipped = {str(path) for path in find_test_suites(stdlib_copies(roots))} | set(NOT_FILES)
     for root in roots:
         for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = [d for d in dirnames if os.path.join(dirpath, d) not in hidden | set(NOT_FILES)]
+            dirnames[:] = [d for d in dirnames if os.path.join(dirpath, d) not in skipped]
             for name in filenames:
                 if name.endswith(".py"):
                     path = os.path.join(dirpath, name)
