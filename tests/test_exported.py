@@ -98,6 +98,8 @@ def replace_first_op(name: str, args=None):
     ("aten.rand.default", "operator"),             # random state
     ("aten.empty.memory_format", "operator"),      # uninitialised memory
     ("aten.as_strided.default", "operator"),       # reads outside its input
+    ("aten._reshape_alias.default", "operator"),   # the same, unchecked
+    ("aten._flash_attention_forward.default", "operator"),  # sequence offsets unchecked on a GPU
     ("aten.add.out", "operator"),                  # writes into an argument
     ("aten._print.default", "operator"),           # I/O
     ("mylib.read_validation.default", "operator"),  # a custom operator
@@ -126,6 +128,42 @@ def test_dropout_only_when_off(saved, tmp_path):
     model = exported.load(edited(saved[0], tmp_path / "off", dropout(False)), "cpu", SEQ)
     with torch.no_grad():
         assert torch.equal(model(saved[1]), saved[2])
+
+
+def sdpa_with(**kwargs):
+    def edit(graph):
+        next(n for n in graph["nodes"] if "scaled_dot_product" in n["op"])["kwargs"].update(kwargs)
+    return edit
+
+
+def test_attention_only_without_dropout(saved, tmp_path):
+    with pytest.raises(Rejected, match="random unless its dropout_p argument is 0"):
+        exported.load(edited(saved[0], tmp_path / "on", sdpa_with(dropout_p=0.1)), "cpu", SEQ)
+    model = exported.load(edited(saved[0], tmp_path / "off", sdpa_with(dropout_p=0.0)), "cpu", SEQ)
+    with torch.no_grad():
+        assert torch.equal(model(saved[1]), saved[2])
+
+
+def test_every_view_is_checked_to_stay_in_its_tensors_memory(saved):
+    model = exported.load(saved[0], "cpu", SEQ)
+    views = [node.target for node in model.graph.nodes if isinstance(node.target, exported.InBounds)]
+    assert {view.op._opname for view in views} >= {"view", "transpose", "slice", "split"}
+    unchecked = [node.target for node in model.graph.nodes if isinstance(node.target, torch._ops.OpOverload)
+                 and any(ret.alias_info is not None for ret in node.target._schema.returns)]
+    assert unchecked == []
+
+
+def test_a_view_reaching_outside_its_memory_is_refused():
+    """The guard itself, on an operator that does not check its strides (and is not on the allowlist)."""
+    reshape_alias = exported.InBounds(torch.ops.aten._reshape_alias.default)
+    tokens = torch.arange(8)
+    assert torch.equal(reshape_alias(tokens, [2, 4], [4, 1]), tokens.view(2, 4))
+    with pytest.raises(Rejected, match="outside its tensor's memory"):
+        reshape_alias(tokens, [64], [1])
+    with pytest.raises(Rejected, match="outside its tensor's memory"):
+        reshape_alias(tokens[2:], [7], [1])  # within the storage's bytes only from an offset it does not have
+    inside = [tokens.view(2, 4).t(), tokens[3:5], tokens.expand(3, 8), tokens[:0], tokens.view(2, 4)[:, 1::2]]
+    assert all(exported.within_storage(view) for view in inside)
 
 
 @pytest.mark.parametrize("edit, check", [

@@ -29,6 +29,19 @@ def test_uniform_logits_score_exactly_log2_vocab_times_tokens_over_bytes(stdlib_
     assert tally.bpb == pytest.approx(math.log2(vocab) * tally.tokens / tally.bytes, rel=1e-12)
 
 
+def test_the_model_is_given_memory_holding_only_its_inputs(stdlib_dataset):
+    """Its tokens' storage must not extend over the targets, which a crafted view could read."""
+    vocab = prepare.read_meta(stdlib_dataset)["vocab_size"]
+    seen = []
+
+    def model(idx):
+        seen.append(idx.untyped_storage().nbytes() == idx.numel() * idx.element_size())
+        return torch.zeros(*idx.shape, vocab)
+
+    prepare.evaluate_bpb(model, stdlib_dataset, 256, 4096, batch_rows=1)
+    assert seen and all(seen)
+
+
 def test_metric_rejects_wrong_logit_shapes(stdlib_dataset):
     with pytest.raises(ValueError, match="logits of shape"):
         prepare.evaluate_bpb(lambda idx: torch.zeros(*idx.shape, 7), stdlib_dataset, 256, 256)

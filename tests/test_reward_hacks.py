@@ -217,6 +217,19 @@ FILE_READING_GRAPH = (EVIL_EXPORT, """
         (out / "graph.json").write_text(json.dumps(graph))
 """)
 
+HEAP_READING_GRAPH = (EVIL_EXPORT, """
+    import json
+
+    def tamper(out):  # a view past the input's memory: the row's own target, then the rest of the heap
+        graph = json.loads((out / "graph.json").read_text())
+        tokens = next(i["name"] for i in graph["inputs"] if i["kind"] == "tokens")
+        graph["nodes"][:0] = [
+            {"name": "leak", "op": "aten._reshape_alias.default", "args": [{"node": tokens}, [1 << 20], [1]],
+             "kwargs": {}},
+            {"name": "copy", "op": "aten.add.Tensor", "args": [{"node": "leak"}, 0], "kwargs": {}}]
+        (out / "graph.json").write_text(json.dumps(graph))
+""")
+
 PEEK = ("""
     return Peek(ctx.vocab_size)
 """, """
@@ -326,6 +339,7 @@ CHEATS: list[Cheat] = [
     ("steal secrets from arena's environment", STEAL_SECRETS, None),
     ("pickled weights that run code in the eval phase", PICKLED_WEIGHTS, Status.REJECTED),
     ("a graph that reads validation data from a file", FILE_READING_GRAPH, Status.REJECTED),
+    ("a graph that reads the eval process's memory", HEAP_READING_GRAPH, Status.REJECTED),
     ("a model that sees the next token", PEEK, Status.REJECTED),
     ("NaN logits", NAN_LOGITS, Status.REJECTED),
     ("a model that remembers the rows it was scored on", MEMORY, Status.REJECTED),
@@ -337,7 +351,8 @@ CHEATS: list[Cheat] = [
 # backend, so they run on the first confining backend only (the rest, which the sandbox itself must stop,
 # or whose output a backend carries, run on each).
 SAME_IN_EVERY_BACKEND = {"pickled weights that run code in the eval phase",
-                         "a graph that reads validation data from a file", "a model that sees the next token",
+                         "a graph that reads validation data from a file", "a graph that reads the eval process's memory",
+                         "a model that sees the next token",
                          "NaN logits", "a model that remembers the rows it was scored on",
                          "patch what the trial reports about itself", "slow down the harness's clock",
                          "train before the clock starts"}

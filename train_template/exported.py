@@ -33,8 +33,9 @@ MAX_NODES = 200_000
 
 # Pure tensor math: arithmetic, reductions, linear algebra, normalisation, attention, shapes and views,
 # indexing, and constructors whose contents are defined. Not here, on purpose: anything that reads or
-# writes files or memory outside its inputs (from_file, as_strided, empty*, set_, resize_), draws random
-# numbers (rand*, bernoulli, normal, multinomial, ...), works in place (names ending in "_") or prints.
+# writes files or memory outside its inputs (from_file, as_strided, _reshape_alias, empty*, set_, resize_;
+# the attention kernels' own forwards, whose sequence-offset tensors are not bounds-checked on a GPU), draws
+# random numbers (rand*, bernoulli, normal, multinomial, ...), works in place (names ending in "_") or prints.
 ALLOWED_OPS = frozenset("""
     abs absolute acos acosh add addbmm addcdiv addcmul addmm addmv addr alias all amax amin any arange
     argmax argmin argsort asin asinh atan atan2 atanh avg_pool1d avg_pool2d baddbmm bitwise_and bitwise_not
@@ -55,13 +56,13 @@ ALLOWED_OPS = frozenset("""
     transpose tril triu true_divide trunc type_as unbind unflatten unfold unsqueeze var var_mean view view_as
     where xlogy zeros zeros_like _assert_tensor_metadata _fused_rms_norm _log_softmax
     _native_batch_norm_legit_no_training
-    _reshape_alias _safe_softmax _scaled_dot_product_cudnn_attention _scaled_dot_product_efficient_attention
+    _safe_softmax _scaled_dot_product_cudnn_attention _scaled_dot_product_efficient_attention
     _scaled_dot_product_flash_attention _scaled_dot_product_flash_attention_for_cpu
-    _scaled_dot_product_fused_attention_overrideable _flash_attention_forward _efficient_attention_forward
-    _cudnn_attention_forward _softmax _to_copy
+    _scaled_dot_product_fused_attention_overrideable _softmax _to_copy
     _unsafe_view to __and__ __or__ __xor__ __lshift__ __rshift__
 """.split())
-# Random only while training: allowed when their `train` argument is the constant False.
+# Random only while training: allowed when their `train` argument is the constant False. The attention
+# operators are random when their `dropout_p` argument is not 0.
 DROPOUTS = frozenset({"dropout", "native_dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout"})
 
 
@@ -283,8 +284,10 @@ def _build(directory: Path, device: str, seq_len: int) -> torch.fx.GraphModule:
         if not isinstance(args, list):
             raise Rejected("graph", "malformed node arguments")
         kwargs = decode.kwargs(raw.get("kwargs", {}))
-        if op is not operator.getitem and op._opname in DROPOUTS and not _dropout_is_off(op, args, kwargs):
-            raise Rejected("operator", f"{raw['op']} is random unless its train argument is False")
+        if op is not operator.getitem:
+            _refuse_randomness(op, args, kwargs)
+            if any(ret.alias_info is not None for ret in op._schema.returns):
+                op = InBounds(op)
         decode.nodes[raw["name"]] = fx.call_function(op, tuple(args), kwargs)
     output = decode(graph.get("output"))
     if isinstance(output, list):
@@ -297,10 +300,48 @@ def _build(directory: Path, device: str, seq_len: int) -> torch.fx.GraphModule:
     return torch.fx.GraphModule(root, fx)
 
 
-def _dropout_is_off(op, args: list, kwargs: dict) -> bool:
+def _refuse_randomness(op, args: list, kwargs: dict) -> None:
+    """Rejected unless the operator is deterministic as called: a dropout with train=False, an attention
+    with dropout_p 0 (its default)."""
     names = [a.name for a in op._schema.arguments]
-    if "train" not in names:
-        return False
-    index = names.index("train")
-    value = args[index] if index < len(args) else kwargs.get("train")
-    return value is False
+
+    def given(name, default):
+        index = names.index(name)
+        return args[index] if index < len(args) else kwargs.get(name, default)
+
+    if op._opname in DROPOUTS and ("train" not in names or given("train", None) is not False):
+        raise Rejected("operator", f"aten.{op._opname} is random unless its train argument is False")
+    if "dropout_p" in names and given("dropout_p", 0.0) != 0:
+        raise Rejected("operator", f"aten.{op._opname} is random unless its dropout_p argument is 0")
+
+
+class InBounds:
+    """A view operator that refuses to return a view reaching outside its tensor's memory.
+
+    A view shares its input's memory and reads wherever its sizes and strides point. ATen checks them
+    for every view operator on the allowlist, so this should never fire; it is here because one
+    unchecked operator (as _reshape_alias was) would let the graph read the eval process's heap, where
+    the validation rows lie. The sizes can depend on data (a one-element tensor passes as an int), so
+    the check runs on every call.
+    """
+
+    def __init__(self, op: torch._ops.OpOverload):
+        self.op = op
+        self.__name__ = self.__qualname__ = f"in_bounds_{op._opname}"  # the name in the module's code
+
+    def __call__(self, *args, **kwargs):
+        out = self.op(*args, **kwargs)
+        for view in out if isinstance(out, (list, tuple)) else (out,):
+            if isinstance(view, torch.Tensor) and not within_storage(view):
+                raise Rejected("operator", f"aten.{self.op._opname} returned a view outside its tensor's memory")
+        return out
+
+
+def within_storage(view: torch.Tensor) -> bool:
+    """Every element the view addresses lies in its storage."""
+    if view.numel() == 0:
+        return True
+    reach = [(size - 1) * stride for size, stride in zip(view.shape, view.stride())]
+    lowest = view.storage_offset() + sum(r for r in reach if r < 0)
+    highest = view.storage_offset() + sum(r for r in reach if r > 0)
+    return lowest >= 0 and (highest + 1) * view.element_size() <= view.untyped_storage().nbytes()

@@ -142,12 +142,13 @@ def evaluate_bpb(forward, data_dir: Path | str, seq_len: int, eval_tokens: int, 
     with torch.no_grad():
         for start in range(0, len(rows), batch_rows):
             batch = torch.from_numpy(rows[start:start + batch_rows]).to(device)
-            logits = forward(batch[:, :-1])
+            inputs = batch[:, :-1].clone()  # memory of their own: batch's also holds the last targets
+            logits = forward(inputs)
             if tuple(logits.shape[:2]) != tuple(batch[:, 1:].shape) or logits.shape[-1] != len(token_bytes):
                 raise ValueError(f"model returned logits of shape {tuple(logits.shape)}, expected "
                                  f"({len(batch)}, {seq_len}, {len(token_bytes)})")
             if check is not None:
-                check(batch[:, :-1], logits)
+                check(inputs, logits)
             score_logits(logits, batch[:, 1:], token_bytes, tally)
             progress("evaluate", min(start + batch_rows, len(rows)), len(rows))
     return tally
