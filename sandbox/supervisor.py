@@ -14,9 +14,10 @@ nothing the trial started outlives the phase. Then it prints one line of its own
 with times in seconds since it started. `max_rss_kb` is the largest resident set of any process of the
 phase, as the kernel counted it; `gpu_peak_bytes` the most GPU memory in use beyond what was in use at
 its start, sampled five times a second through NVML (null without an NVIDIA driver). With --memory, the
-resident memory of all the phase's processes together is read ten times a second, and past BYTES the whole
-phase is killed at once and `memory_exceeded` says so (pages that processes share count once per process:
-the count errs on the side of the host). Only a line
+resident memory of all the phase's processes together is read ten times a second, with, in a sandbox,
+the files in its own tmpfs mounts (/tmp, /dev, /dev/shm) and its System V shared memory; past BYTES the
+whole phase is killed at once and `memory_exceeded` says so (pages that processes share, or map from
+those files, count once per process and once per file: the count errs on the side of the host). Only a line
 printed by a supervisor that then exits with code 0 counts, and nothing of the trial is alive by then to
 print after it.
 
@@ -135,6 +136,36 @@ def resident_bytes(sandboxed: bool) -> int:
     return total
 
 
+PRIVATE_TMPFS = ("/tmp", "/dev", "/dev/shm")  # in a sandbox, file systems in memory that only this phase sees
+
+
+def in_memory_files_bytes() -> int:
+    """Memory a sandboxed phase holds outside its processes' resident sets: files in its own tmpfs
+    mounts (each counted once) and its IPC namespace's System V shared memory."""
+    total, seen = 0, set()
+    for mount in PRIVATE_TMPFS:
+        try:
+            device, usage = os.stat(mount).st_dev, os.statvfs(mount)
+        except OSError:
+            continue
+        if device not in seen:
+            seen.add(device)
+            total += (usage.f_blocks - usage.f_bfree) * usage.f_frsize
+    try:
+        with open("/proc/sysvipc/shm") as f:
+            header, *segments = f.read().splitlines()
+        column = header.split().index("rss")
+        total += sum(int(line.split()[column]) for line in segments)
+    except (OSError, ValueError, IndexError):
+        pass
+    return total
+
+
+def memory_in_use(sandboxed: bool) -> int:
+    """What --memory limits: the processes' resident memory and, in a sandbox, its in-memory files."""
+    return resident_bytes(sandboxed) + (in_memory_files_bytes() if sandboxed else 0)
+
+
 def kill_everything_else(sandboxed: bool) -> None:
     """SIGKILL the rest of the phase: in our own pid namespace every process we may signal (kill(-1)
     spares only ourselves and PID 1); otherwise, unisolated, only our descendants."""
@@ -230,7 +261,7 @@ class Watch:
         if self.memory is None or self.memory_exceeded or self.end is not None or self.now() < self.next_check:
             return
         self.next_check = self.now() + MEMORY_CHECK_SECONDS
-        if resident_bytes(self.sandboxed) > self.memory:
+        if memory_in_use(self.sandboxed) > self.memory:
             self.memory_exceeded = True
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.child, signal.SIGKILL)

@@ -90,6 +90,41 @@ def test_past_the_memory_limit_is_oom_in_seconds(make_backend, request, stdlib_d
     assert outcome.result is None
 
 
+IN_MEMORY_FILES = {
+    "tmpfs": """
+        with open("/tmp/hoard", "wb") as f:  # a file in the sandbox's /tmp, a tmpfs: memory, in no process's RSS
+            for _ in range(32):
+                f.write(b"x" * (64 << 20))
+    """,
+    "sysv": """
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.shmget.argtypes = [ctypes.c_int, ctypes.c_size_t, ctypes.c_int]
+        libc.shmat.argtypes, libc.shmat.restype = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int], ctypes.c_void_p
+        segment = libc.shmget(0, 2 << 30, 0o1600)  # IPC_PRIVATE, IPC_CREAT | 0600
+        for chunk in range(8):  # an eighth at a time, then detached: no process ever holds more than that
+            address = libc.shmat(segment, None, 0)
+            assert segment >= 0 and address not in (None, ctypes.c_void_p(-1).value), ctypes.get_errno()
+            ctypes.memset(address + chunk * (256 << 20), 1, 256 << 20)
+            libc.shmdt(ctypes.c_void_p(address))
+    """,
+}
+
+
+@pytest.mark.parametrize("make_backend", [p for p in LIMITED if p.id != "none"])  # none: the host's /tmp
+@pytest.mark.parametrize("hoard", IN_MEMORY_FILES)
+def test_memory_held_in_files_counts_against_the_limit(hoard, make_backend, request, stdlib_dataset):
+    """2 GiB held outside any process's resident set, in a tmpfs file or System V shared memory, against a
+    1.5 GiB limit: oom in seconds, as if the processes held it."""
+    outcome, _ = run(make_backend(request), make_spec(stdlib_dataset, tiny_train(IN_MEMORY_FILES[hoard] + """
+        print("PROBE hoarded", flush=True)
+        time.sleep(120)
+    """), budget=BUDGET, cap=200))
+    assert outcome.status is Status.OOM, outcome.reason + "\n" + outcome.log_tail
+    assert outcome.train_wall_seconds < 60
+    assert outcome.result is None
+
+
 @pytest.mark.parametrize("make_backend", LIMITED)
 def test_a_compiled_step_that_cannot_fit_is_oom_before_its_kernels(make_backend, request, stdlib_dataset):
     """torch.compile'd, the step would keep 2 GiB of activations against a 1.5 GiB limit: the harness's
