@@ -218,11 +218,19 @@ def open_for_reading(path: Path, limit: int) -> int:
 
 
 def copy_model(train_out: Path, dest: Path) -> None:
-    """Carry the exported model into the eval phase's /trial/in; raises OSError when it is missing or odd."""
+    """Carry the exported model into the eval phase's /trial/in; raises OSError when it is missing or odd.
+
+    A hard link where the two share a file system (every process of the train phase is gone by now, so
+    nothing can change the file): a copy would cost the host a second model's worth of disk, and write out
+    in full every hole of a sparse file whose stated size is far beyond the disk it takes."""
     for name in MODEL_FILES:
         fd = open_for_reading(train_out / name, MAX_MODEL_BYTES)
-        with os.fdopen(fd, "rb") as source, open(dest / name, "wb") as target:
-            shutil.copyfileobj(source, target, 1 << 20)
+        with os.fdopen(fd, "rb") as source:
+            try:
+                os.link(train_out / name, dest / name, follow_symlinks=False)  # the regular file just checked
+            except OSError:
+                with open(dest / name, "wb") as target:
+                    shutil.copyfileobj(source, target, 1 << 20)
 
 
 def read_reported(train_out: Path) -> Reported:

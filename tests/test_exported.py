@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ import torch
 from agent.constants import render_constants
 from agent.presets import get_preset
 from agent.template import template_dir
+from sandbox.phases import copy_model
 from train_template import exported
 from train_template.exported import Rejected
 
@@ -204,6 +206,30 @@ def test_a_pickled_weights_file_is_never_unpickled(saved, tmp_path):
     with pytest.raises(Rejected) as info:
         exported.load(target, "cpu", SEQ)
     assert info.value.check == "archive" and not marker.exists()
+
+
+def test_a_sparse_weights_file_costs_the_host_nothing(saved, tmp_path):
+    """3 GiB stated, a few KB on disk: carried to the eval phase as a link, refused there from its header."""
+    out, into = tmp_path / "out", tmp_path / "in"
+    shutil.copytree(saved[0], out)
+    into.mkdir()
+    with open(out / exported.WEIGHTS_FILE, "r+b") as f:
+        f.truncate(3 << 30)
+    copy_model(out, into)
+    assert (into / exported.WEIGHTS_FILE).stat().st_ino == (out / exported.WEIGHTS_FILE).stat().st_ino
+    assert (into / exported.WEIGHTS_FILE).stat().st_blocks * 512 < 1 << 30  # no hole written out
+    with pytest.raises(Rejected, match="not fully covered"):
+        exported.load(into, "cpu", SEQ)
+
+
+def test_only_regular_files_are_carried(saved, tmp_path):
+    out, into = tmp_path / "out", tmp_path / "in"
+    shutil.copytree(saved[0], out)
+    into.mkdir()
+    (out / exported.GRAPH_FILE).unlink()
+    (out / exported.GRAPH_FILE).symlink_to("/etc/passwd")
+    with pytest.raises(OSError):
+        copy_model(out, into)
 
 
 def test_a_model_that_keeps_state_between_calls_is_refused(tmp_path):

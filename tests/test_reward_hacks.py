@@ -351,8 +351,8 @@ CHEATS: list[Cheat] = [
 # backend, so they run on the first confining backend only (the rest, which the sandbox itself must stop,
 # or whose output a backend carries, run on each).
 SAME_IN_EVERY_BACKEND = {"pickled weights that run code in the eval phase",
-                         "a graph that reads validation data from a file", "a graph that reads the eval process's memory",
-                         "a model that sees the next token",
+                         "a graph that reads validation data from a file",
+                         "a graph that reads the eval process's memory", "a model that sees the next token",
                          "NaN logits", "a model that remembers the rows it was scored on",
                          "patch what the trial reports about itself", "slow down the harness's clock",
                          "train before the clock starts"}

@@ -227,10 +227,10 @@ def read_graph(path: Path) -> dict:
 def read_weights(path: Path, device: str) -> dict[str, torch.Tensor]:
     """Plain tensors from a safetensors file; anything else is refused."""
     from safetensors import SafetensorError
-    from safetensors.torch import load
+    from safetensors.torch import load_file
 
-    try:
-        return {name: tensor.to(device) for name, tensor in load(path.read_bytes()).items()}
+    try:  # mapped, not read: a file whose header does not account for its size is refused before its data
+        return {name: tensor.to(device) for name, tensor in load_file(path).items()}
     except (SafetensorError, ValueError, TypeError, RuntimeError) as e:
         raise Rejected("archive", f"{path.name} is not a plain safetensors file of tensors ({str(e)[:120]})") from None
 
@@ -341,7 +341,7 @@ def within_storage(view: torch.Tensor) -> bool:
     """Every element the view addresses lies in its storage."""
     if view.numel() == 0:
         return True
-    reach = [(size - 1) * stride for size, stride in zip(view.shape, view.stride())]
+    reach = [(size - 1) * stride for size, stride in zip(view.shape, view.stride(), strict=True)]
     lowest = view.storage_offset() + sum(r for r in reach if r < 0)
     highest = view.storage_offset() + sum(r for r in reach if r > 0)
     return lowest >= 0 and (highest + 1) * view.element_size() <= view.untyped_storage().nbytes()
