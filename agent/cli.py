@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import signal
 import sys
 import tomllib
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch the cost map at run time
 
+import git
 from rich.console import Console
 from rich.markup import escape
 
@@ -249,6 +251,13 @@ def main(argv: list[str] | None = None) -> int:
         return command(args)
     except (ArenaError, SandboxError) as e:
         console.print(f"[red]error:[/] {escape(str(e))}")
+        return 2
+    except git.GitCommandError as e:  # a run's repository that git itself refuses: say which command, and why
+        said = re.search(r"(?:fatal|error): (.*)", str(e.stderr or ""))  # GitPython quotes git's stderr
+        reason = said.group(1).strip(" '") if said else f"exit code {e.status}"
+        console.print(f"[red]error:[/] git {escape(' '.join(map(str, e.command[1:3])))} failed in a run's "
+                      f"repository ({escape(reason)}); check it with `git fsck` in runs/NAME/repo, then run the "
+                      "same command again")
         return 2
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")

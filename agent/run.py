@@ -338,8 +338,10 @@ def _open_locked(run_dir: Path, given: dict[str, Any], cache_root: Path | None, 
     ledger.repair()
     for folder in ("state", "logs"):  # a run whose folders were deleted gets them back empty
         (run_dir / folder).mkdir(exist_ok=True)
-    run = Run(run_dir, settings, preset, space, data_dir, RunRepo(run_dir / "repo"), ledger,
-              make_method(settings, space, run_dir), harness, info, lock)
+    repo = RunRepo(run_dir / "repo")
+    repo.clear_stale_locks()
+    run = Run(run_dir, settings, preset, space, data_dir, repo, ledger, make_method(settings, space, run_dir),
+              harness, info, lock)
     reconcile(run)
     return run
 

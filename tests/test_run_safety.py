@@ -94,6 +94,34 @@ def test_a_lost_state_folder_is_rebuilt_from_the_ledger(fake_base_run, fake_stra
     assert (runs / "base" / "state" / "status.json").exists()
 
 
+@pytest.mark.slow  # arena child processes, seconds each
+def test_locks_a_killed_git_left_do_not_stop_a_resume(fake_base_run, fake_straight_run, tmp_path, cache_root):
+    """git takes `<ref>.lock` beside each ref it moves and renames it into place: a kill -9 of arena's process
+    group in between leaves it, and every later move of that ref would fail."""
+    runs = tmp_path / "runs"
+    shutil.copytree(fake_base_run, runs / "base")
+    repo = runs / "base" / "repo"
+    for lock in (f"refs/trials/{BASE}.lock", "refs/notes/arena.lock", "refs/heads/best.lock", "packed-refs.lock"):
+        (repo / lock).parent.mkdir(parents=True, exist_ok=True)
+        (repo / lock).write_text("")
+    assert fake_arena_run(runs, cache_root, "--name", "base", "--trials", NEXT).returncode == 0
+    records = check_run_consistent(runs / "base", BASE + 1)
+    assert records[BASE]["config"] == fake_straight_run[BASE]["config"]
+    assert not list(repo.rglob("*.lock"))
+
+
+@pytest.mark.slow
+def test_a_repository_git_refuses_is_one_line(fake_base_run, tmp_path, cache_root):
+    runs = tmp_path / "runs"
+    shutil.copytree(fake_base_run, runs / "base")
+    (runs / "base" / "repo" / "refs" / "trials" / f"{BASE}.lock").mkdir()  # not a lock a kill leaves: git's own refusal
+    proc = fake_arena_run(runs, cache_root, "--name", "base", "--trials", NEXT)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]  # after the run's own lines: it fails when it commits the trial
+    assert line.startswith("error: git update-ref") and f"cannot lock ref 'refs/trials/{BASE}'" in line
+    assert "git fsck" in line
+
+
 @pytest.mark.slow
 def test_a_failed_preflight_creates_nothing_and_its_advice_works(tmp_path, cache_root, stdlib_dataset):
     runs = tmp_path / "runs"
