@@ -2,13 +2,14 @@
 
 * Every call streams (`stream_path` holds the text of the answer so far, for a live view) and asks
   for usage in the last chunk; tokens come from the server, cost from LiteLLM's offline price map
-  (0.0 for a model it does not price, such as a local one).
+  (0.0 for a model it does not price, such as a local one). A server that answers a streamed request
+  with one JSON body is asked without streaming from then on.
 * One deadline for the whole call (`timeout`): every attempt, every backoff and the streaming of the
-  answer fit in it; a server that drips an answer slowly is cut off at the deadline, and the request is
-  closed so the server can stop generating. Retries are ours (LiteLLM's are off): rate limits,
-  timeouts, lost connections and 5xx errors are retried with exponential backoff (honouring
-  Retry-After) while time is left; anything else fails at once. A call that fails for good raises
-  LLMError, whose message is one line.
+  answer fit in it; a server that drips an answer slowly, or keeps the stream alive without answering,
+  is cut off at the deadline, and the request is closed so the server can stop generating. Retries are
+  ours (LiteLLM's are off): rate limits, timeouts, lost connections and 5xx errors are retried with
+  exponential backoff (honouring Retry-After) while time is left; anything else fails at once. A call
+  that fails for good raises LLMError, whose message is one line.
 * An answer is at most MAX_ANSWER_CHARS long; one cut off there or at max_tokens says so
   (`LLMReply.cut_off`), and the method treats it as an unusable answer, not as a failed call.
 * Secrets (the values of environment variables named like keys, tokens or passwords, and strings that
@@ -31,12 +32,13 @@ import itertools
 import json
 import os
 import re
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import TypedDict
+from typing import TextIO, TypedDict
 
 from agent.errors import ArenaError
 from agent.jsonl import JsonObject, read_jsonl
@@ -157,6 +159,7 @@ class LLMClient:
         self.retries = retries
         self.log_path = Path(log_path) if log_path is not None else None
         self.stream_path = Path(stream_path) if stream_path is not None else None
+        self.streams = True  # until a server is seen to answer a streamed request with one JSON body
         self.backoff_base = backoff_base
         self._sleep = sleep
         self._totals: UsageTotals = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0,
@@ -213,6 +216,10 @@ class LLMClient:
             attempt += 1
             try:
                 text, usage, finish = self._stream_once(messages, deadline)
+            except NotStreamed:
+                self.streams = False  # for the rest of the run: this server answers only whole
+                attempt -= 1
+                continue
             except Exception as error:  # noqa: BLE001 - LiteLLM raises one of its exceptions for any failed request
                 wait = self._backoff(attempt, error)
                 if (attempt > self.retries or not _retryable(error)
@@ -230,37 +237,48 @@ class LLMClient:
     def _stream_once(self, messages: list[Message], deadline: float) -> tuple[str, object, str | None]:
         """One request: the answer's text (written to the stream file as it arrives), its usage and why it
         ended ("size" when it passed MAX_ANSWER_CHARS: a model caught in a loop); raises CallDeadline past
-        the deadline. Either way the request is closed, so the server stops generating for nobody."""
-        pieces: list[str] = []
-        usage: object = None
-        finish: str | None = None
-        length = 0
-        with open(self.stream_path or os.devnull, "w") as live:  # truncated: it shows this attempt only
+        the deadline. Either way the request is closed, so the server stops generating for nobody.
+
+        The request runs in a thread of its own and this one waits for it only until the deadline: a
+        stream can keep a reader busy without giving it anything to check a clock between (SSE comment
+        keep-alives, chunks with empty deltas, an event dripped byte by byte), and each read then comes in
+        well within the socket's timeout. At the deadline the response is closed under the reader, which
+        then ends at its next read and writes nothing more."""
+        call = _Call()
+        reader = threading.Thread(target=self._read_answer, args=(messages, deadline, call), name="llm-call",
+                                  daemon=True)
+        reader.start()
+        if not call.done.wait(max(deadline - time.monotonic(), 0.0)):
+            call.abandoned = True
+            _close(call.response)
+            raise CallDeadline(f"no complete answer within --llm-timeout {self.timeout:g} s")
+        if call.error is not None:
+            raise call.error
+        return redact(_whole_characters("".join(call.pieces))[:MAX_ANSWER_CHARS]), call.usage, call.finish
+
+    def _read_answer(self, messages: list[Message], deadline: float, call: _Call) -> None:
+        """The reader's half of _stream_once: fills `call` and sets call.done, whatever happens."""
+        try:
             # drop_params: a model that takes no temperature (say) gets the request without it, not a 400
-            response = _litellm().completion(
+            streaming = self.streams
+            call.response = _litellm().completion(
                 model=self.model, messages=messages, api_base=self.api_base, api_key=self._api_key(),
                 temperature=self.temperature, max_tokens=self.max_tokens,
-                timeout=max(deadline - time.monotonic(), 0.1), num_retries=0, stream=True,
-                stream_options={"include_usage": True}, drop_params=True)
-            try:
-                for chunk in response:
-                    usage = getattr(chunk, "usage", None) or usage
-                    choice = chunk.choices[0] if chunk.choices else None
-                    finish = getattr(choice, "finish_reason", None) or finish
-                    delta = choice.delta.content if choice is not None else None
-                    if delta:
-                        pieces.append(delta)
-                        length += len(delta)
-                        live.write(delta)
-                        live.flush()
-                    if length > MAX_ANSWER_CHARS:
-                        finish = "size"
-                        break
-                    if time.monotonic() > deadline:
-                        raise CallDeadline(f"no complete answer within --llm-timeout {self.timeout:g} s")
-            finally:
-                _close(response)
-        return redact("".join(pieces)[:MAX_ANSWER_CHARS]), usage, finish
+                timeout=max(deadline - time.monotonic(), 0.1), num_retries=0, stream=streaming,
+                **({"stream_options": {"include_usage": True}} if streaming else {}), drop_params=True)
+            if call.abandoned:
+                return
+            # truncated: it shows this attempt only; a lone surrogate half is shown as "?", never a failure
+            with open(self.stream_path or os.devnull, "w", encoding="utf-8", errors="replace") as live:
+                if streaming:
+                    _read_stream(call, live)
+                else:
+                    _read_whole(call, live)
+        except BaseException as error:  # noqa: BLE001 - handed to the waiting thread, which raises it
+            call.error = error
+        finally:
+            _close(call.response)
+            call.done.set()
 
     def _api_key(self) -> str | None:
         # Local OpenAI-compatible servers ignore the key, but the OpenAI client refuses to send none.
@@ -338,6 +356,63 @@ class LLMClient:
 
 class CallDeadline(Exception):
     """The call's deadline passed while the answer was still streaming."""
+
+
+class NotStreamed(Exception):
+    """A streamed request got back nothing from the server, not even the role of the answer: a server that
+    ignores `stream` and answers with one JSON body, which the stream reader cannot see. The client asks
+    it again without streaming."""
+
+
+@dataclass
+class _Call:
+    """One request, shared by the thread that reads it and the thread that waits for it."""
+    done: threading.Event = field(default_factory=threading.Event)
+    abandoned: bool = False  # the waiter gave up: the reader stops at its next step and writes nothing more
+    response: object = None
+    pieces: list[str] = field(default_factory=list)
+    usage: object = None
+    finish: str | None = None
+    error: BaseException | None = None
+
+
+def _read_stream(call: _Call, live: TextIO) -> None:
+    spoke, length = False, 0  # spoke: a chunk came from the server (LiteLLM makes up a last one of its own)
+    for chunk in call.response:  # type: ignore[attr-defined]  # LiteLLM's stream wrapper
+        if call.abandoned:
+            return
+        call.usage = getattr(chunk, "usage", None) or call.usage
+        choice = chunk.choices[0] if chunk.choices else None
+        call.finish = getattr(choice, "finish_reason", None) or call.finish
+        delta = choice.delta.content if choice is not None else None
+        spoke = spoke or delta is not None or call.usage is not None or getattr(
+            getattr(choice, "delta", None), "role", None) is not None
+        if delta:
+            call.pieces.append(delta)
+            length += len(delta)
+            live.write(delta)
+            live.flush()
+        if length > MAX_ANSWER_CHARS:
+            call.finish = "size"
+            return
+    if not spoke:
+        raise NotStreamed("the server answered a streamed request without a stream")
+
+
+def _read_whole(call: _Call, live: TextIO) -> None:
+    choices = getattr(call.response, "choices", None) or [None]
+    message = getattr(choices[0], "message", None)
+    text = getattr(message, "content", None) or ""
+    call.pieces.append(text[:MAX_ANSWER_CHARS + 1])
+    call.usage = getattr(call.response, "usage", None)
+    call.finish = "size" if len(text) > MAX_ANSWER_CHARS else getattr(choices[0], "finish_reason", None)
+    live.write(text[:MAX_ANSWER_CHARS])
+
+
+def _whole_characters(text: str) -> str:
+    """`text` with each surrogate pair that came split across two chunks joined into its character, and any
+    lone surrogate (which no file can hold as UTF-8) replaced by U+FFFD."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def _close(response: object) -> None:

@@ -49,6 +49,8 @@ class Fault:
     drip: float = 0.0                 # seconds between chunks
     finish_reason: str = "stop"
     chunk: int = CHUNK_CHARS          # characters per streamed chunk
+    keep_alive: str = ""              # an SSE line sent every 0.2 s instead of an answer, until the client leaves
+    whole: bool = False               # one JSON body even when the request asked for a stream
 
     @classmethod
     def http(cls, status: int, retry_after: float | None = None, message: str = "") -> Fault:
@@ -69,6 +71,17 @@ class Fault:
     def slow(cls, seconds: float, text: str = "too late") -> Fault:
         """Answer `text`, but only after `seconds` (longer than the client's timeout, to provoke one)."""
         return cls(delay=seconds, text=text)
+
+    @classmethod
+    def kept_alive(cls, line: str = ": keep-alive") -> Fault:
+        """Stream `line` (an SSE comment, or an event with an empty delta) forever and never an answer: a
+        proxy waiting on a model that never finishes."""
+        return cls(keep_alive=line)
+
+    @classmethod
+    def unstreamed(cls, text: str) -> Fault:
+        """Answer `text` as one JSON completion, though the request asked for a stream."""
+        return cls(text=text, whole=True)
 
     @classmethod
     def dropped(cls) -> Fault:
@@ -202,7 +215,7 @@ class _Handler(BaseHTTPRequestHandler):
         usage = {"prompt_tokens": _prompt_tokens(body.get("messages", [])), "completion_tokens": _words(answer.text)}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         try:
-            if body.get("stream"):
+            if body.get("stream") and not answer.whole:
                 include_usage = (body.get("stream_options") or {}).get("include_usage")
                 self._stream(answer, usage if include_usage else None)
             else:
@@ -218,6 +231,9 @@ class _Handler(BaseHTTPRequestHandler):
         text = answer.text
         pieces = [text[i:i + answer.chunk] for i in range(0, len(text), answer.chunk)]
         self._event(_chunk({"role": "assistant", "content": ""}, None))
+        while answer.keep_alive and self.scripted._wait(0.2):
+            self.wfile.write(answer.keep_alive.encode() + b"\n\n")
+            self.wfile.flush()
         for piece in pieces:
             if answer.drip and not self.scripted._wait(answer.drip):
                 return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 
 import pytest
@@ -121,7 +122,7 @@ def test_client_errors_are_not_retried(llm_server, make_client, sleeps, status):
 
 def test_a_stalled_server_gets_one_deadline_not_one_per_retry(llm_server, make_client, sleeps):
     llm_server.script(Fault.slow(5), Fault.slow(5))
-    with pytest.raises(LLMError, match="failed after 1 attempt: .*Timeout"):
+    with pytest.raises(LLMError, match="failed after 1 attempt: no complete answer within --llm-timeout 1.5 s"):
         make_client(llm_server.api_base, timeout=1.5, retries=3).complete(ask("go"), "propose", 1)
     assert len(llm_server.requests) == 1 and sleeps == []  # no time was left for a second attempt
 
@@ -253,6 +254,56 @@ def test_one_deadline_for_the_whole_call(llm_server, make_client):
     while llm_server.disconnects == 0 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert llm_server.disconnects == 1
+
+
+EMPTY_DELTA = ('data: {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "test-model", '
+               '"choices": [{"index": 0, "delta": {}, "finish_reason": null}]}')
+
+
+@pytest.mark.parametrize("line", [": keep-alive", EMPTY_DELTA], ids=["comments", "empty deltas"])
+def test_a_stream_kept_alive_without_an_answer_is_cut_off_at_the_deadline(llm_server, make_client, line):
+    """SSE comments (a proxy's keep-alives) or chunks that carry nothing give the stream reader nothing to
+    stop at, and each comes well within the socket's timeout: only the call's own deadline ends it."""
+    llm_server.script(Fault.kept_alive(line))
+    client = make_client(llm_server.api_base, timeout=2.0, retries=3)
+    outcome: list[BaseException] = []
+
+    def call():
+        try:
+            client.complete(ask("go"), "propose", 1)
+        except BaseException as error:  # noqa: BLE001 - handed to the test
+            outcome.append(error)
+
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    caller.join(120)  # without the deadline it would wait on this stream for ever
+    assert not caller.is_alive(), "the call outlived its deadline"
+    assert len(outcome) == 1 and isinstance(outcome[0], LLMError)
+    assert "no complete answer within --llm-timeout 2 s" in str(outcome[0])
+    deadline = time.monotonic() + 30  # the server notices the closed request at its next line
+    while llm_server.disconnects == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert llm_server.disconnects == 1
+
+
+def test_a_server_that_does_not_stream_is_asked_without_streaming(llm_server, make_client):
+    """A server that answers a streamed request with one JSON body: its answer is not lost, and later calls
+    ask it without streaming."""
+    llm_server.script(Fault.unstreamed("the first answer"), "the first answer", "the second answer")
+    client = make_client(llm_server.api_base)
+    assert client.complete(ask("go"), "propose", 1).text == "the first answer"
+    second = client.complete(ask("go on"), "propose", 2)
+    assert second.text == "the second answer" and second.completion_tokens == 3
+    assert [bool(r.get("stream")) for r in llm_server.requests] == [True, False, False]
+
+
+def test_a_character_split_across_chunks_is_joined_and_a_lone_half_replaced(llm_server, make_client, tmp_path):
+    """A character outside the BMP reaches a JSON stream as two UTF-16 halves, which a server may send in
+    two chunks; a half without its pair can be in no file as UTF-8."""
+    llm_server.script(Fault(text="ok \ud83d\ude00 then \ud83d alone", chunk=1))
+    reply = make_client(llm_server.api_base).complete(ask("go"), "propose", 1)
+    assert reply.text == "ok \U0001f600 then \ufffd alone"
+    assert json.loads((tmp_path / "llm.jsonl").read_text().splitlines()[-1])["response"] == reply.text
 
 
 def test_an_answer_has_a_size_limit(llm_server, make_client, tmp_path):
