@@ -20,9 +20,9 @@
   after checking that it was made for the same purpose and trial with the same prompt; no network is
   touched. A replay that leaves its recording raises ReplayDiverged, which stops the run.
 
-extract_json and extract_diff read what a model wrote; both forgive prose and code fences around the
-payload, and raise ValueError with a short reason an LLM can act on; neither can be made to recurse
-deeply or to take more than linear time.
+extract_json and extract_diff read what a model wrote; both skip a reasoning block (`<think>…</think>`)
+and forgive prose and code fences around the payload, and raise ValueError with a short reason an LLM
+can act on; neither can be made to recurse deeply or to take more than linear time.
 """
 
 from __future__ import annotations
@@ -60,6 +60,8 @@ _SECRET_SHAPE = re.compile(r"\b(sk-[A-Za-z0-9_\-]{8,}|sk_[A-Za-z0-9_\-]{8,}|AIza
 _FENCED_BLOCK = re.compile(r"^```[^\n]*\n(.*?)^```", re.DOTALL | re.MULTILINE)
 _DIFF_START = re.compile(r"^(diff --git |--- |@@ )", re.MULTILINE)
 _DECORATION = re.compile(r"^[#*>\s]*(description\s*:)?[*\s]*", re.IGNORECASE)
+_REASONING_START = re.compile(r"<(think|thinking|reasoning)>", re.IGNORECASE)
+_REASONING_END = re.compile(r"</(think|thinking|reasoning)>", re.IGNORECASE)
 
 
 class LLMError(ArenaError):
@@ -510,8 +512,26 @@ def json_depth(text: str) -> int:
     return deepest
 
 
+def answer_part(text: str) -> str:
+    """`text` without the model's reasoning: what follows the last `</think>` (or `</thinking>`,
+    `</reasoning>`), which reasoning models served without a reasoning parser write into the answer
+    itself, drafts included. An opening tag never closed leaves only what came before it."""
+    closing = list(_REASONING_END.finditer(text))
+    if closing:
+        return text[closing[-1].end():]
+    opening = _REASONING_START.search(text)
+    if opening is not None:
+        if not text[:opening.start()].strip():
+            raise ValueError("the answer is all reasoning (a <think> block never closed); end the reasoning "
+                             "with </think> and write the answer after it")
+        return text[:opening.start()]
+    return text
+
+
 def extract_json(text: str) -> dict[str, object]:
-    """The first JSON object in `text`; whatever surrounds it (fences, prose, more text) is ignored."""
+    """The first JSON object in `text`'s answer part (answer_part); whatever surrounds it (fences, prose, more
+    text) is ignored."""
+    text = answer_part(text)
     if not text.strip():
         raise ValueError("the answer is empty; reply with a JSON object")
     if json_depth(text) > MAX_JSON_DEPTH:
@@ -541,6 +561,7 @@ def extract_diff(text: str) -> tuple[str, str]:
     diff line (`diff --git`, `--- ` or `@@ `) on. The description may be a heading or carry a
     'Description:' label; both are stripped.
     """
+    text = answer_part(text)
     blocks = [m for m in _FENCED_BLOCK.finditer(text) if _DIFF_START.search(m.group(1))]
     if blocks:
         diff, diff_at = "".join(m.group(1) for m in blocks), blocks[0].start()

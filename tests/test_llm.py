@@ -346,6 +346,19 @@ def test_extract_json_ignores_trailing_text_and_stray_braces():
     assert extract_json('Use {x} wisely. {"depth": 4} and then {"depth": 5}') == {"depth": 4}
 
 
+def test_the_answer_after_a_reasoning_block_is_read_not_a_draft_inside_it():
+    """A reasoning model served without a reasoning parser writes its thinking, drafts included, into the answer."""
+    draft, final = '{"DEPTH": 4}', '{"DEPTH": 10}'
+    assert extract_json(f"<think>Draft: {draft} No, too shallow.</think>\n{final}") == {"DEPTH": 10}
+    assert extract_json(f"Let me see. {draft} Hmm.</think>{final}") == {"DEPTH": 10}  # the template opened it
+    assert extract_json(f"<think>x</think><think>{draft}</think>{final}") == {"DEPTH": 10}
+    draft_diff = DIFF.replace("DEPTH = 4", "DEPTH = 8")
+    text = f"<THINK>Maybe:\n```diff\n{draft_diff}```\nNo.</THINK>\nDeeper model\n```diff\n{DIFF}```"
+    assert extract_diff(text) == ("Deeper model", DIFF)
+    with pytest.raises(ValueError, match="all reasoning"):
+        extract_json(f"<think>still thinking about {draft}")
+
+
 @pytest.mark.parametrize("text, reason", [
     ("", "empty"),
     ("no object here", "no JSON object"),
