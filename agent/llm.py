@@ -66,7 +66,12 @@ _REASONING_END = re.compile(r"</(think|thinking|reasoning)>", re.IGNORECASE)
 
 class LLMError(ArenaError):
     """An LLM call that failed for good: after the last retry, or at once when retrying cannot help.
-    The message is one line."""
+    The message is one line. `refused`: the server refused the key or the model (401, 403, 404), which
+    no later call will change."""
+
+    def __init__(self, message: str, refused: bool = False):
+        super().__init__(message)
+        self.refused = refused
 
 
 class ModelUnavailable(ArenaError):
@@ -125,6 +130,7 @@ class CallResult(TypedDict):
     latency_s: float
     attempts: int
     finish_reason: str | None
+    refused: bool           # the key or the model was refused (LLMError.refused)
 
 
 class UsageTotals(TypedDict):
@@ -184,7 +190,7 @@ class LLMClient:
                               "messages": messages, **result, "replayed": self._replay is not None, "time": time.time()}
         self._append(record)
         if result["error"] is not None:
-            raise LLMError(result["error"])
+            raise LLMError(result["error"], result["refused"])
         # every call that did not fail has a response; only a hand-edited recording could lack one
         return LLMReply(result["response"] or "", result["prompt_tokens"], result["completion_tokens"],
                         result["cost_usd"], result["latency_s"], result["attempts"], self.model,
@@ -228,7 +234,8 @@ class LLMClient:
                         or time.monotonic() + wait > deadline - MIN_ATTEMPT_S):
                     plural = "s" if attempt > 1 else ""
                     message = f"{self.model} failed after {attempt} attempt{plural}: {_one_line(error)}"
-                    return _result(None, message, 0, 0, 0.0, time.monotonic() - start, attempt)
+                    return _result(None, message, 0, 0, 0.0, time.monotonic() - start, attempt,
+                                   refused=_refused(error))
                 self._sleep(wait)
                 continue
             prompt_tokens = _token_count(usage, "prompt_tokens")
@@ -326,7 +333,7 @@ class LLMClient:
                                  "made with the same settings and arena version")
         return _result(recorded["response"], recorded["error"], recorded["prompt_tokens"],
                        recorded["completion_tokens"], recorded["cost_usd"], recorded["latency_s"], recorded["attempts"],
-                       recorded.get("finish_reason"))
+                       recorded.get("finish_reason"), recorded.get("refused", False))
 
     def _write_stream(self, text: str) -> None:
         if self.stream_path is not None:
@@ -440,11 +447,16 @@ def _first_difference(recorded: list[Message], asked: list[Message]) -> str:
 
 
 def _result(response: str | None, error: str | None, prompt_tokens: int, completion_tokens: int, cost_usd: float,
-            latency_s: float, attempts: int, finish_reason: str | None = None) -> CallResult:
+            latency_s: float, attempts: int, finish_reason: str | None = None, refused: bool = False) -> CallResult:
     """The outcome part of a log line, shared by live and replayed calls."""
     return {"response": response, "error": error, "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens, "cost_usd": cost_usd, "latency_s": latency_s,
-            "attempts": attempts, "finish_reason": finish_reason}
+            "attempts": attempts, "finish_reason": finish_reason, "refused": refused}
+
+
+def _refused(error: Exception) -> bool:
+    """The server refused the key, its rights or the model: the same call will fail every time."""
+    return getattr(error, "status_code", None) in (401, 403, 404)
 
 
 def _retryable(error: Exception) -> bool:

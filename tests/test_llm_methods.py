@@ -219,6 +219,32 @@ def test_a_model_that_fails_stops_the_run_instead_of_burning_trials(tmp_path):
             centaur.propose(context(3))
 
 
+def test_centaur_stops_at_once_when_the_key_or_model_is_refused(tmp_path):
+    from agent.llm import ModelUnavailable
+
+    with ScriptedLLMServer() as server:
+        server.script(Fault.http(401, message="invalid api key"))
+        with pytest.raises(ModelUnavailable, match="nothing was recorded for trial 1"):
+            llm_method(server, tmp_path, "centaur").propose(context(1))
+
+
+def test_centaur_counts_failed_calls_across_a_resume(tmp_path):
+    """Two fallbacks after failed calls in the ledger, then a fresh Centaur (a resumed run): its first failed
+    call is the third in a row."""
+    from agent.llm import ModelUnavailable
+
+    ctx = context(3)
+    for trial in (1, 2):
+        ctx.records.append(TrialRecord(trial=trial, kind="proposal", method="centaur", status=Status.OK, val_bpb=3.1,
+                                       config=dict(get_preset("cpu").constants), kept=False, description="fallback",
+                                       proposal_meta={"source": "cmaes-fallback",
+                                                      "llm_error": "LLM call failed: HTTP 503"}))
+    with ScriptedLLMServer() as server:
+        server.script(Fault.http(500))
+        with pytest.raises(ModelUnavailable, match="nothing was recorded for trial 3"):
+            llm_method(server, tmp_path, "centaur").propose(ctx)
+
+
 @pytest.mark.slow  # arena child processes, seconds each
 def test_an_outage_ends_the_run_with_one_line_and_records_nothing(tmp_path, cache_root, stdlib_dataset):
     runs = tmp_path / "runs"

@@ -8,7 +8,8 @@ Differences from the paper's Centaur (Ferreira et al. 2026), each on purpose:
 * the prompt shows the mean, the spread of each constant and the strongest correlations in the
   constants' units (the paper showed sigma and C in Optuna's normalised space, and never the mean);
 * an unusable LLM answer falls back to CMA-ES's own candidate and is recorded as such; so does a failed
-  call, but three in a row stop the run (an outage should not quietly turn Centaur into CMA-ES);
+  call, but three in a row stop the run (an outage should not quietly turn Centaur into CMA-ES), counted
+  across a resume from the ledger, and a refused key or model stops it at once;
 * failures reach CMA-ES as worst success + 0.05 (agent/methods/failure.py), not a fixed 100.
 """
 
@@ -45,10 +46,24 @@ from agent.record import TrialRecord
 from agent.space import SearchSpace, SpaceError
 
 FAILED_CALLS_TO_STOP = 3  # LLM calls failed in a row (each after the client's retries): the model is down
+FAILED_CALL = "LLM call failed"  # how a fallback after a failed call begins its llm_error
 
 
 class CentaurState(TypedDict):
     cma: CMAESState  # the search; whose turn a proposal is, the ledger says
+
+
+def failed_calls_in_a_row(records: list[TrialRecord]) -> int:
+    """How many of the LLM's last turns in the ledger ended in a failed call."""
+    count = 0
+    for record in reversed(records):
+        source = record.proposal_meta.get("source")
+        if record.kind != "proposal" or source not in ("llm", "cmaes-fallback"):
+            continue
+        if not str(record.proposal_meta.get("llm_error", "")).startswith(FAILED_CALL):
+            break
+        count += 1
+    return count
 
 
 def is_llm_turn(index: int, ratio: Fraction) -> bool:
@@ -69,7 +84,8 @@ class Centaur:
         self.ratio = Fraction(str(settings.ratio))
         self.cma = CMAES(space, settings.seed)
         self.client = client_for(llm, run_dir)
-        self.failed_calls = 0  # in a row; at FAILED_CALLS_TO_STOP the run stops
+        self.failed_calls: int | None = None  # in a row; at FAILED_CALLS_TO_STOP the run stops. None: not yet
+        # read from the ledger (a resumed run goes on counting where it stopped)
 
     def check_ready(self) -> None:
         self.client.check_reachable()
@@ -81,13 +97,15 @@ class Centaur:
             return self.labelled(self.cma.propose(ctx), "cmaes")
         candidate = self.cma.next_candidate()
         messages = self.prompt(ctx, candidate)
+        if self.failed_calls is None:
+            self.failed_calls = failed_calls_in_a_row(ctx.records)
         try:
             reply = self.client.complete(messages, purpose="propose", trial=ctx.trial)
         except LLMError as e:
             self.failed_calls += 1
-            if self.failed_calls >= FAILED_CALLS_TO_STOP:  # an outage, not a bad answer: stop, do not burn trials
-                raise ModelUnavailable(e, ctx.trial) from None
-            return self.labelled(self.cma.propose(ctx), "cmaes-fallback", llm_error=f"LLM call failed: {e}")
+            if e.refused or self.failed_calls >= FAILED_CALLS_TO_STOP:
+                raise ModelUnavailable(e, ctx.trial) from None  # an outage or a refusal: stop, do not burn trials
+            return self.labelled(self.cma.propose(ctx), "cmaes-fallback", llm_error=f"{FAILED_CALL}: {e}")
         self.failed_calls = 0
         try:
             cut_off = reply.cut_off(self.llm.max_tokens)
