@@ -201,12 +201,19 @@ class LLMClient:
         real thing, a one-token chat call (a server may answer chat without listing its models)."""
         if self._replay is not None:
             return  # a replay never touches the network
-        try:
-            self._one_token()
-        except Exception as error:  # noqa: BLE001 - whatever the cause, the user gets one line that says what to do
-            where = self.api_base or "its provider's endpoint"
-            raise ArenaError(f"cannot reach model {self.model} at {where}: {_one_line(error)}; "
-                             "start the server or check --model/--api-base") from None
+        attempt = 0
+        while True:  # a rate limit, or a server still loading its model, is waited for; nothing else
+            attempt += 1
+            try:
+                self._one_token()
+                return
+            except Exception as error:  # noqa: BLE001 - whatever the cause, the user gets one line that says what to do
+                if attempt <= self.retries and getattr(error, "status_code", None) in (429, 503):
+                    self._sleep(self._backoff(attempt, error))
+                    continue
+                where = self.api_base or "its provider's endpoint"
+                raise ArenaError(f"cannot reach model {self.model} at {where}: {_one_line(error)}; "
+                                 "start the server or check --model/--api-base") from None
 
     def usage_totals(self) -> UsageTotals:
         """{"calls", "prompt_tokens", "completion_tokens", "cost_usd", "latency_s"} over the whole run."""

@@ -6,12 +6,14 @@
 
 Each POST to /v1/chat/completions (or /chat/completions) takes the next scripted answer: a plain
 string is the reply's text; a `Fault` is an HTTP error (with a message of the test's choosing), a
-delay, a dropped connection, an empty reply, an answer dripped slowly, or one cut off at max_tokens.
+delay, a dropped connection, an empty reply, an answer dripped slowly, one cut off at max_tokens, a
+stream kept alive with nothing in it, or one JSON body though a stream was asked for.
 With nothing left in the script the server answers HTTP 400, so a test that asks once too often fails
 at once instead of retrying; a request for one token (max_tokens 1: a reachability check) is answered
-"OK" without touching the script. Streaming requests get SSE chunks of a few characters each, a usage
-chunk when `stream_options.include_usage` is set, then `data: [DONE]`. Usage counts words:
-prompt_tokens over all message contents, completion_tokens over the answer. GET /v1/models lists the
+"OK" without touching the script (or with the next HTTP status in `check_refusals`). Streaming
+requests get SSE chunks of a few characters each, a usage chunk when `stream_options.include_usage`
+is set, then `data: [DONE]`. Usage counts words: prompt_tokens over all message contents,
+completion_tokens over the answer. GET /v1/models lists the
 one model `test-model`, unless the server was made with models=False (then it answers 501, as some
 local servers do). Every chat request body is kept in `requests`, in arrival order; `disconnects`
 counts answers the client stopped reading before their end.
@@ -113,6 +115,7 @@ class ScriptedLLMServer:
         self.models_requests = 0
         self.models = models
         self.disconnects = 0
+        self.check_refusals: deque[int] = deque()  # HTTP statuses for the next reachability checks, in order
         self._script: deque[Fault] = deque()
         # what to answer once the script is used up: a function of the request body (None: an error)
         self.responder: Callable[[dict], str] | None = None
@@ -199,6 +202,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(404, f"no route {self.path}")
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
         if body.get("max_tokens") == 1:  # a reachability check: answered, the script untouched
+            if self.scripted.check_refusals:
+                return self._error(self.scripted.check_refusals.popleft(), "scripted refusal of the check")
             return self._json(200, _completion("OK", {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}))
         answer = self.scripted._next(body)
         if answer is None:

@@ -155,6 +155,17 @@ def test_check_reachable_fails_on_a_refused_token(make_client):
             client.check_reachable()
 
 
+def test_check_reachable_waits_for_a_rate_limit_or_a_loading_server(make_client, sleeps):
+    with ScriptedLLMServer() as server:
+        server.check_refusals.extend([429, 503])
+        make_client(server.api_base, retries=2).check_reachable()
+        assert len(sleeps) == 2
+        server.check_refusals.extend([401])
+        with pytest.raises(ArenaError, match="^cannot reach model"):
+            make_client(server.api_base, retries=2).check_reachable()
+        assert len(sleeps) == 2  # a refused key is not waited for
+
+
 def test_check_reachable_names_model_and_base_when_down(make_client):
     base = closed_port_base()
     with pytest.raises(ArenaError) as caught:
