@@ -491,7 +491,8 @@ def _retry_after(error: Exception) -> float:
 
 
 def _token_count(usage: object, name: str) -> int:
-    """A token count of a stream's usage (LiteLLM's Usage); 0 when the server sent none."""
+    """A token count of a stream's usage (LiteLLM's Usage; LiteLLM estimates it when the server sent
+    none); 0 when there is none at all."""
     count = getattr(usage, name, None)
     return count if isinstance(count, int) else 0
 

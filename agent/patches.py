@@ -383,8 +383,9 @@ def _check_compiles(source: str) -> None:
             compile(source, EDITABLE_FILE, "exec")
     except SyntaxError as e:
         text = f": {e.text.strip()!r}" if e.text and e.text.strip() else ""
-        raise PatchRejected(f"{EDITABLE_FILE} does not compile: line {e.lineno}: {e.msg}{text}") from None
-    except ValueError as e:  # null bytes in the source
+        where = f"line {e.lineno}: " if e.lineno else ""  # none for null bytes (Python 3.12 and later)
+        raise PatchRejected(f"{EDITABLE_FILE} does not compile: {where}{e.msg}{text}") from None
+    except ValueError as e:  # null bytes in the source, before Python 3.12
         raise PatchRejected(f"{EDITABLE_FILE} does not compile: {e}") from None
 
 
