@@ -50,7 +50,8 @@ def no_progress(task: str, done: float, total: float) -> None:
 
 
 def default_cache_root() -> Path:
-    return Path(os.environ.get("ARENA_CACHE", Path.home() / ".cache" / "autoresearch-arena"))
+    # an empty ARENA_CACHE (a shell variable set to nothing) is no choice, not the current directory
+    return Path(os.environ.get("ARENA_CACHE") or Path.home() / ".cache" / "autoresearch-arena")
 
 
 def dataset_key(corpus_digest: str, vocab_size: int, val_fraction: float, rule: str) -> str:
