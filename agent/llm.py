@@ -2,8 +2,9 @@
 
 * Every call streams (`stream_path` holds the text of the answer so far, for a live view) and asks
   for usage in the last chunk; tokens come from the server, cost from LiteLLM's offline price map
-  (0.0 for a model it does not price, such as a local one). A server that answers a streamed request
-  with one JSON body is asked without streaming from then on.
+  (0.0 for a model it does not price, such as a local one). A stream that holds nothing from the
+  server is asked again unstreamed; a server whose whole answer then has text (one that ignores
+  `stream` and answers with one JSON body) is asked without streaming from then on.
 * One deadline for the whole call (`timeout`): every attempt, every backoff and the streaming of the
   answer fit in it; a server that drips an answer slowly, or keeps the stream alive without answering,
   is cut off at the deadline, and the request is closed so the server can stop generating. Retries are
@@ -60,8 +61,9 @@ _SECRET_SHAPE = re.compile(r"\b(sk-[A-Za-z0-9_\-]{8,}|sk_[A-Za-z0-9_\-]{8,}|AIza
 _FENCED_BLOCK = re.compile(r"^```[^\n]*\n(.*?)^```", re.DOTALL | re.MULTILINE)
 _DIFF_START = re.compile(r"^(diff --git |--- |@@ )", re.MULTILINE)
 _DECORATION = re.compile(r"^[#*>\s]*(description\s*:)?[*\s]*", re.IGNORECASE)
-_REASONING_START = re.compile(r"<(think|thinking|reasoning)>", re.IGNORECASE)
+_REASONING_START = re.compile(r"\s*<(think|thinking|reasoning)>", re.IGNORECASE)  # matched at a block's start
 _REASONING_END = re.compile(r"</(think|thinking|reasoning)>", re.IGNORECASE)
+_FENCE_LINE = re.compile(r"^```", re.MULTILINE)
 
 
 class LLMError(ArenaError):
@@ -196,17 +198,18 @@ class LLMClient:
                         result["cost_usd"], result["latency_s"], result["attempts"], self.model,
                         result["finish_reason"])
 
-    def check_reachable(self) -> None:
+    def check_reachable(self) -> bool:
         """Fail fast, before any trial, when the model cannot answer; raises ArenaError. The test is the
-        real thing, a one-token chat call (a server may answer chat without listing its models)."""
+        real thing, a one-token chat call (a server may answer chat without listing its models). True when
+        the model answered, False for a replay, which never touches the network."""
         if self._replay is not None:
-            return  # a replay never touches the network
+            return False
         attempt = 0
         while True:  # a rate limit, or a server still loading its model, is waited for; nothing else
             attempt += 1
             try:
                 self._one_token()
-                return
+                return True
             except Exception as error:  # noqa: BLE001 - whatever the cause, the user gets one line that says what to do
                 if attempt <= self.retries and getattr(error, "status_code", None) in (429, 503):
                     self._sleep(self._backoff(attempt, error))
@@ -226,14 +229,13 @@ class LLMClient:
         _litellm()  # the first import takes seconds; it is not the model's latency
         start = time.monotonic()
         deadline = start + self.timeout
-        attempt = 0
+        attempt, streaming = 0, self.streams
         while True:
             attempt += 1
             try:
-                text, usage, finish = self._stream_once(messages, deadline)
-            except NotStreamed:
-                self.streams = False  # for the rest of the run: this server answers only whole
-                attempt -= 1
+                text, usage, finish = self._stream_once(messages, deadline, streaming)
+            except NotStreamed:  # asked again unstreamed, which is not another attempt
+                streaming, attempt = False, attempt - 1
                 continue
             except Exception as error:  # noqa: BLE001 - LiteLLM raises one of its exceptions for any failed request
                 wait = self._backoff(attempt, error)
@@ -245,38 +247,47 @@ class LLMClient:
                                    refused=_refused(error))
                 self._sleep(wait)
                 continue
+            if not streaming and self.streams and text:
+                self.streams = False  # its whole answer had what its stream lacked: ask it so from now on
             prompt_tokens = _token_count(usage, "prompt_tokens")
             completion_tokens = _token_count(usage, "completion_tokens")
             return _result(text, None, prompt_tokens, completion_tokens, self._cost(prompt_tokens, completion_tokens),
                            time.monotonic() - start, attempt, finish)
 
-    def _stream_once(self, messages: list[Message], deadline: float) -> tuple[str, object, str | None]:
+    def _stream_once(self, messages: list[Message], deadline: float,
+                     streaming: bool) -> tuple[str, object, str | None]:
         """One request: the answer's text (written to the stream file as it arrives), its usage and why it
         ended ("size" when it passed MAX_ANSWER_CHARS: a model caught in a loop); raises CallDeadline past
-        the deadline. Either way the request is closed, so the server stops generating for nobody.
+        the deadline, NotStreamed when a stream held nothing from the server.
 
         The request runs in a thread of its own and this one waits for it only until the deadline: a
         stream can keep a reader busy without giving it anything to check a clock between (SSE comment
         keep-alives, chunks with empty deltas, an event dripped byte by byte), and each read then comes in
-        well within the socket's timeout. At the deadline the response is closed under the reader, which
-        then ends at its next read and writes nothing more."""
+        well within the socket's timeout. When the wait ends early (the deadline, Ctrl-C, SIGTERM) a
+        response that has begun is closed under the reader, so the server stops generating for nobody;
+        the reader ends at its next read and writes nothing more. A request still waiting for its
+        response's headers is left to the socket's own timeout (what was left of the deadline when it
+        was sent), in the background."""
         call = _Call()
-        reader = threading.Thread(target=self._read_answer, args=(messages, deadline, call), name="llm-call",
-                                  daemon=True)
+        reader = threading.Thread(target=self._read_answer, args=(messages, deadline, streaming, call),
+                                  name="llm-call", daemon=True)
         reader.start()
-        if not call.done.wait(max(deadline - time.monotonic(), 0.0)):
-            call.abandoned = True
-            _close(call.response)
+        try:
+            finished = call.done.wait(max(deadline - time.monotonic(), 0.0))
+        finally:
+            if not call.done.is_set():
+                call.abandoned = True
+                _close(call.response)
+        if not finished:
             raise CallDeadline(f"no complete answer within --llm-timeout {self.timeout:g} s")
         if call.error is not None:
             raise call.error
         return redact(_whole_characters("".join(call.pieces))[:MAX_ANSWER_CHARS]), call.usage, call.finish
 
-    def _read_answer(self, messages: list[Message], deadline: float, call: _Call) -> None:
+    def _read_answer(self, messages: list[Message], deadline: float, streaming: bool, call: _Call) -> None:
         """The reader's half of _stream_once: fills `call` and sets call.done, whatever happens."""
         try:
             # drop_params: a model that takes no temperature (say) gets the request without it, not a 400
-            streaming = self.streams
             call.response = _litellm().completion(
                 model=self.model, messages=messages, api_base=self.api_base, api_key=self._api_key(),
                 temperature=self.temperature, max_tokens=self.max_tokens,
@@ -375,9 +386,9 @@ class CallDeadline(Exception):
 
 
 class NotStreamed(Exception):
-    """A streamed request got back nothing from the server, not even the role of the answer: a server that
-    ignores `stream` and answers with one JSON body, which the stream reader cannot see. The client asks
-    it again without streaming."""
+    """A streamed request got back nothing from the server, not even the role of the answer: perhaps a
+    server that ignores `stream` and answers with one JSON body, which the stream reader cannot see. The
+    client asks it again without streaming."""
 
 
 @dataclass
@@ -533,19 +544,34 @@ def json_depth(text: str) -> int:
 
 
 def answer_part(text: str) -> str:
-    """`text` without the model's reasoning: what follows the last `</think>` (or `</thinking>`,
-    `</reasoning>`), which reasoning models served without a reasoning parser write into the answer
-    itself, drafts included. An opening tag never closed leaves only what came before it."""
-    closing = list(_REASONING_END.finditer(text))
-    if closing:
-        return text[closing[-1].end():]
-    opening = _REASONING_START.search(text)
-    if opening is not None:
-        if not text[:opening.start()].strip():
+    """`text` without the model's reasoning, which reasoning models served without a reasoning parser write
+    into the answer itself, drafts included: the blocks it opens with (`<think>…</think>`, or `thinking`,
+    `reasoning`), and, where the chat template opened the block, all before the first closing tag outside
+    a code fence. A tag anywhere else is text of the answer. A block opened and never closed is refused.
+    Linear in the text, however many tags it holds."""
+    at = 0
+    if not _REASONING_START.match(text):
+        closing = _first_outside_fences(_REASONING_END, text)
+        at = closing.end() if closing is not None else 0
+    while (opening := _REASONING_START.match(text, at)) is not None:
+        closing = _REASONING_END.search(text, opening.end())
+        if closing is None:
             raise ValueError("the answer is all reasoning (a <think> block never closed); end the reasoning "
                              "with </think> and write the answer after it")
-        return text[:opening.start()]
-    return text
+        at = closing.end()
+    return text[at:]
+
+
+def _first_outside_fences(pattern: re.Pattern[str], text: str) -> re.Match[str] | None:
+    """The first match of `pattern` not inside a ``` fenced block."""
+    fences = [fence.start() for fence in _FENCE_LINE.finditer(text)]
+    passed = 0
+    for match in pattern.finditer(text):
+        while passed < len(fences) and fences[passed] < match.start():
+            passed += 1
+        if passed % 2 == 0:
+            return match
+    return None
 
 
 def extract_json(text: str) -> dict[str, object]:

@@ -8,9 +8,11 @@ trial, kept or not; `refs/notes/arena` holds each trial's result as JSON.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import git
@@ -19,6 +21,7 @@ from agent.errors import ArenaError
 from agent.jsonl import JsonObject
 
 BEST_BRANCH = "best"
+LOCK_GRACE_S = 2.0  # git holds a ref's lock for milliseconds: one older than this belongs to no one
 NOTES_REF = "refs/notes/arena"
 IDENTITY = {"GIT_AUTHOR_NAME": "arena", "GIT_AUTHOR_EMAIL": "arena@localhost",
             "GIT_COMMITTER_NAME": "arena", "GIT_COMMITTER_EMAIL": "arena@localhost"}
@@ -60,6 +63,11 @@ class RunRepo:
         change of that ref fails). Only for the holder of the run's lock: no other writer can be at work."""
         stale = [path for path in self.path.rglob("*.lock") if path.is_file()]
         for path in stale:
+            # a git orphaned by a kill -9 of arena alone may still be at work: give it a moment to finish
+            waited_enough = time.time() + LOCK_GRACE_S
+            with contextlib.suppress(FileNotFoundError):
+                while time.time() - path.stat().st_mtime < LOCK_GRACE_S and time.time() < waited_enough:
+                    time.sleep(0.05)
             path.unlink(missing_ok=True)
         return stale
 

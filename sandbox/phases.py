@@ -227,7 +227,9 @@ def copy_model(train_out: Path, dest: Path) -> None:
         fd = open_for_reading(train_out / name, MAX_MODEL_BYTES)
         with os.fdopen(fd, "rb") as source:
             try:
-                os.link(train_out / name, dest / name, follow_symlinks=False)  # the regular file just checked
+                # the regular file just checked: no process of the phase is left to swap it meanwhile (linking
+                # /proc/self/fd/N instead fails across the mounts of some hosts)
+                os.link(train_out / name, dest / name, follow_symlinks=False)
             except OSError:
                 with open(dest / name, "wb") as target:
                     shutil.copyfileobj(source, target, 1 << 20)

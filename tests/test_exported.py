@@ -155,6 +155,29 @@ def test_every_view_is_checked_to_stay_in_its_tensors_memory(saved):
     assert unchecked == []
 
 
+def with_node(op: str, args: list):
+    """An edit that adds a node (used by nothing) on the token input: the graph still runs it."""
+    def edit(graph):
+        tokens = next(i["name"] for i in graph["inputs"] if i["kind"] == "tokens")
+        graph["nodes"].insert(0, {"name": "extra", "op": op, "args": [{"node": tokens}, *args], "kwargs": {}})
+    return edit
+
+
+def test_getitem_takes_only_a_result_of_a_tuple(saved, tmp_path):
+    """On a tensor, getitem would be Python indexing: a view made past the checks."""
+    model = exported.load(edited(saved[0], tmp_path, with_node("getitem", [0])), "cpu", SEQ)
+    with pytest.raises(Rejected, match="getitem takes one result"), torch.no_grad():
+        model(saved[1])
+
+
+def test_a_view_whose_schema_does_not_say_so_is_checked_too(saved, tmp_path):
+    model = exported.load(edited(saved[0], tmp_path, with_node("aten._unsafe_view.default", [[SEQ]])), "cpu", SEQ)
+    assert any(isinstance(node.target, exported.InBounds) and node.target.op._opname == "_unsafe_view"
+               for node in model.graph.nodes)
+    with torch.no_grad():
+        assert torch.equal(model(saved[1]), saved[2])
+
+
 def test_a_view_reaching_outside_its_memory_is_refused():
     """The guard itself, on an operator that does not check its strides (and is not on the allowlist)."""
     reshape_alias = exported.InBounds(torch.ops.aten._reshape_alias.default)

@@ -370,6 +370,14 @@ def test_the_answer_after_a_reasoning_block_is_read_not_a_draft_inside_it():
         extract_json(f"<think>still thinking about {draft}")
 
 
+def test_a_reasoning_tag_inside_the_answer_is_part_of_it():
+    """Only blocks the answer opens with are reasoning (or all before a closing tag the template opened):
+    a tag mentioned later, or inside a fenced diff, is the answer's own text."""
+    assert extract_json('Keep <reasoning> short: {"DEPTH": 10}') == {"DEPTH": 10}
+    tagged = DIFF.replace("+DEPTH = 4", "+DEPTH = 4  # </think>")
+    assert extract_diff(f"Deeper model\n```diff\n{tagged}```") == ("Deeper model", tagged)
+
+
 @pytest.mark.parametrize("text, reason", [
     ("", "empty"),
     ("no object here", "no JSON object"),
@@ -406,6 +414,9 @@ def test_extract_diff_errors(text, reason):
     ('{"MATRIX_LR": 1' + "0" * 5000 + "}", "does not parse"),  # more digits than Python converts
     ('{"a": ' * 60_000 + "1" + "}" * 60_000, "nests brackets"),
     ("{" * 200_000, "nests brackets"),
+    ("<think></think>" * 25_000, "empty"),
+    ("</think>" * 25_000 + "x", "no JSON object"),
+    ("```\n" * 25_000 + "</think>" * 25_000, "no JSON object"),
 ])
 def test_hostile_json_answers_fail_quickly_and_plainly(text, reason):
     def parse() -> None:

@@ -61,6 +61,8 @@ ALLOWED_OPS = frozenset("""
     _scaled_dot_product_fused_attention_overrideable _softmax _to_copy
     _unsafe_view to __and__ __or__ __xor__ __lshift__ __rshift__
 """.split())
+# Views whose schema does not say so (no alias annotation on the result), checked as views all the same.
+UNMARKED_VIEWS = frozenset({"_unsafe_view"})
 # Random only while training: allowed when their `train` argument is the constant False. The attention
 # operators are random when their `dropout_p` argument is not 0.
 DROPOUTS = frozenset({"dropout", "native_dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout"})
@@ -150,7 +152,7 @@ def save(model: torch.nn.Module, seq_len: int, device: str, out: Path,
 def resolve_op(name: str):
     """The callable for an operator name, or Rejected when it is not pure tensor math."""
     if name == "getitem":
-        return operator.getitem
+        return result_item
     namespace, _, rest = name.partition(".")
     opname, _, overload = rest.partition(".")
     if namespace != "aten" or not overload:
@@ -284,9 +286,9 @@ def _build(directory: Path, device: str, seq_len: int) -> torch.fx.GraphModule:
         if not isinstance(args, list):
             raise Rejected("graph", "malformed node arguments")
         kwargs = decode.kwargs(raw.get("kwargs", {}))
-        if op is not operator.getitem:
+        if op is not result_item:
             _refuse_randomness(op, args, kwargs)
-            if any(ret.alias_info is not None for ret in op._schema.returns):
+            if any(ret.alias_info is not None for ret in op._schema.returns) or op._opname in UNMARKED_VIEWS:
                 op = InBounds(op)
         decode.nodes[raw["name"]] = fx.call_function(op, tuple(args), kwargs)
     output = decode(graph.get("output"))
@@ -313,6 +315,14 @@ def _refuse_randomness(op, args: list, kwargs: dict) -> None:
         raise Rejected("operator", f"aten.{op._opname} is random unless its train argument is False")
     if "dropout_p" in names and given("dropout_p", 0.0) != 0:
         raise Rejected("operator", f"aten.{op._opname} is random unless its dropout_p argument is 0")
+
+
+def result_item(results, index: int):
+    """getitem as export writes it: one tensor of an operator's tuple of results. On a tensor it would be
+    Python indexing, a view made outside the operators this module checks."""
+    if not isinstance(results, (tuple, list)) or not isinstance(index, int):
+        raise Rejected("graph", "getitem takes one result of an operator's tuple of results, nothing else")
+    return results[index]
 
 
 class InBounds:

@@ -8,8 +8,9 @@ Differences from the paper's Centaur (Ferreira et al. 2026), each on purpose:
 * the prompt shows the mean, the spread of each constant and the strongest correlations in the
   constants' units (the paper showed sigma and C in Optuna's normalised space, and never the mean);
 * an unusable LLM answer falls back to CMA-ES's own candidate and is recorded as such; so does a failed
-  call, but three in a row stop the run (an outage should not quietly turn Centaur into CMA-ES), counted
-  across a resume from the ledger, and a refused key or model stops it at once;
+  call, but three in a row stop the run (an outage should not quietly turn Centaur into CMA-ES; the count
+  starts afresh when the model check at the start passes, else from the ledger), and a refused key or
+  model stops it at once;
 * failures reach CMA-ES as worst success + 0.05 (agent/methods/failure.py), not a fixed 100.
 """
 
@@ -85,10 +86,11 @@ class Centaur:
         self.cma = CMAES(space, settings.seed)
         self.client = client_for(llm, run_dir)
         self.failed_calls: int | None = None  # in a row; at FAILED_CALLS_TO_STOP the run stops. None: not yet
-        # read from the ledger (a resumed run goes on counting where it stopped)
+        # known, then read from the ledger (a resumed run whose model was not checked, a replay, goes on counting)
 
     def check_ready(self) -> None:
-        self.client.check_reachable()
+        if self.client.check_reachable():
+            self.failed_calls = 0  # the model answers now: an earlier outage does not count against it
 
     def propose(self, ctx: Context) -> Proposal:
         # the ledger and the trials under way count, not a state
