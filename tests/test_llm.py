@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import threading
 import time
@@ -292,6 +293,31 @@ def test_a_stream_kept_alive_without_an_answer_is_cut_off_at_the_deadline(llm_se
     assert len(outcome) == 1 and isinstance(outcome[0], LLMError)
     assert "no complete answer within --llm-timeout 2 s" in str(outcome[0])
     deadline = time.monotonic() + 30  # the server notices the closed request at its next line
+    while llm_server.disconnects == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert llm_server.disconnects == 1
+
+
+def test_an_interrupted_call_closes_its_request(llm_server, make_client):
+    """Ctrl-C or SIGTERM (here a timer's signal) while the answer streams: the server is told at once."""
+    class Interrupted(BaseException):  # as KeyboardInterrupt and arena's Terminated are
+        pass
+
+    def interrupt(signum, frame):
+        raise Interrupted
+
+    llm_server.script(Fault.dripped("x" * 300, every=0.2))
+    client = make_client(llm_server.api_base, timeout=60.0)
+    client.check_reachable()  # LiteLLM imported: the signal comes while the answer streams
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 1.5)
+        with pytest.raises(Interrupted):
+            client.complete(ask("go"), "propose", 1)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    deadline = time.monotonic() + 30  # the server notices the closed request at its next chunk
     while llm_server.disconnects == 0 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert llm_server.disconnects == 1
