@@ -411,9 +411,9 @@ def _read_stream(call: _Call, live: TextIO) -> None:
         call.usage = getattr(chunk, "usage", None) or call.usage
         choice = chunk.choices[0] if chunk.choices else None
         call.finish = getattr(choice, "finish_reason", None) or call.finish
-        delta = choice.delta.content if choice is not None else None
-        spoke = spoke or delta is not None or call.usage is not None or getattr(
-            getattr(choice, "delta", None), "role", None) is not None
+        said = choice.delta if choice is not None else None
+        delta = said.content if said is not None else None
+        spoke = spoke or call.usage is not None or (said is not None and (delta is not None or said.role is not None))
         if delta:
             call.pieces.append(delta)
             length += len(delta)

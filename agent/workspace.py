@@ -57,19 +57,17 @@ class RunRepo:
         self.git = self.repo.git
         self.path = Path(path)
 
-    def clear_stale_locks(self) -> list[Path]:
+    def clear_stale_locks(self) -> None:
         """Delete the `*.lock` files a killed git left (git takes one beside every ref or file it changes and
         renames it into place; a kill -9 of arena's process group in between leaves it, and every later
         change of that ref fails). Only for the holder of the run's lock: no other writer can be at work."""
-        stale = [path for path in self.path.rglob("*.lock") if path.is_file()]
-        for path in stale:
+        for path in [path for path in self.path.rglob("*.lock") if path.is_file()]:
             # a git orphaned by a kill -9 of arena alone may still be at work: give it a moment to finish
             waited_enough = time.time() + LOCK_GRACE_S
             with contextlib.suppress(FileNotFoundError):
                 while time.time() - path.stat().st_mtime < LOCK_GRACE_S and time.time() < waited_enough:
                     time.sleep(0.05)
             path.unlink(missing_ok=True)
-        return stale
 
     def _git_input(self, args: list[str], text: str) -> str:
         """A git command fed on stdin (GitPython wants a real file there, so call git directly)."""

@@ -254,6 +254,14 @@ def test_replay_of_a_missing_log_is_a_one_line_error(tmp_path):
 
 # ---------------------------------------------------------------------------- faults that must not hold or crash a run
 
+def assert_request_closed(server: ScriptedLLMServer) -> None:
+    """The client closed its request: the server notices at its next chunk (within 30 s on a busy host)."""
+    deadline = time.monotonic() + 30
+    while server.disconnects == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert server.disconnects == 1
+
+
 def test_one_deadline_for_the_whole_call(llm_server, make_client):
     """A server that drips an answer (one chunk every 0.4 s, 30 s in all) is cut off at the call's deadline,
     and the request is closed, so the server stops generating for nobody."""
@@ -262,10 +270,7 @@ def test_one_deadline_for_the_whole_call(llm_server, make_client):
     with pytest.raises(LLMError, match="failed after 1 attempt: no complete answer within --llm-timeout 2 s"):
         client.complete(ask("go"), "propose", 1)  # cut off: a whole answer would have been returned
     assert len(llm_server.requests) == 1  # one deadline for the call, not one per attempt
-    deadline = time.monotonic() + 30  # the server notices the closed request at its next chunk
-    while llm_server.disconnects == 0 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert llm_server.disconnects == 1
+    assert_request_closed(llm_server)
 
 
 EMPTY_DELTA = ('data: {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "test-model", '
@@ -292,10 +297,7 @@ def test_a_stream_kept_alive_without_an_answer_is_cut_off_at_the_deadline(llm_se
     assert not caller.is_alive(), "the call outlived its deadline"
     assert len(outcome) == 1 and isinstance(outcome[0], LLMError)
     assert "no complete answer within --llm-timeout 2 s" in str(outcome[0])
-    deadline = time.monotonic() + 30  # the server notices the closed request at its next line
-    while llm_server.disconnects == 0 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert llm_server.disconnects == 1
+    assert_request_closed(llm_server)
 
 
 def test_an_interrupted_call_closes_its_request(llm_server, make_client):
@@ -317,10 +319,7 @@ def test_an_interrupted_call_closes_its_request(llm_server, make_client):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-    deadline = time.monotonic() + 30  # the server notices the closed request at its next chunk
-    while llm_server.disconnects == 0 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert llm_server.disconnects == 1
+    assert_request_closed(llm_server)
 
 
 def test_a_server_that_does_not_stream_is_asked_without_streaming(llm_server, make_client):
