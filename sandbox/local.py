@@ -12,9 +12,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from sandbox.bwrap import ADVICE, bwrap_argv, find_bwrap, gpu_env
+from sandbox.cgroup import MemoryCgroup
 from sandbox.errors import SandboxError
 from sandbox.outcome import PhaseRun
 from sandbox.phases import PathMap, Phase, bare_phase, memory_bytes, sandbox_user
@@ -99,19 +101,32 @@ class LocalBackend(Backend):
 
     def run_phase(self, phase: Phase, output: PhaseOutput, python_args: list[str] | None = None) -> PhaseRun:
         self.environment(phase)
+        cgroup = MemoryCgroup.create(self.memory_limit) if self.memory_limit is not None else None
+        try:
+            run = self.run_confined(phase, output, python_args, cgroup.enter if cgroup else list)
+            run.oom_killed = cgroup is not None and cgroup.oom_kills() > 0
+            return run
+        finally:
+            if cgroup is not None:
+                cgroup.remove()
+
+    def run_confined(self, phase: Phase, output: PhaseOutput, python_args: list[str] | None,
+                     enter: Callable[[list[str]], list[str]]) -> PhaseRun:
+        """The phase in bubblewrap (or unisolated), its first process started by `enter(argv)`."""
         if self.isolation == "bwrap":
             # pinned: the sandbox may not widen its affinity onto other workers' cores
             fd = pinning_filter_fd() if self.cores else None
             try:
                 argv = bwrap_argv(self.bwrap, phase, self.python, self.gpus, python_args, fd)
-                return run_process(argv, None, {}, phase.kill_after, output, self.cores, () if fd is None else (fd,))
+                return run_process(enter(argv), None, {}, phase.kill_after, output, self.cores,
+                                   () if fd is None else (fd,))
             finally:
                 if fd is not None:
                     os.close(fd)
         paths = PathMap(phase)
         command = parent_death_guard() + phase.command(self.python, None, paths, python_args)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **phase.phase_env(paths)}
-        return run_process(command, phase.trial_dir, env, phase.kill_after, output, self.cores)
+        return run_process(enter(command), phase.trial_dir, env, phase.kill_after, output, self.cores)
 
     def preflight(self) -> None:
         """One empty sandbox before any trial: bwrap works here and its Python imports what the harness needs."""
@@ -119,9 +134,9 @@ class LocalBackend(Backend):
             phase = bare_phase(Path(tmp), PREFLIGHT_SECONDS, self.owner)
             run = self.run_phase(phase, PhaseOutput(lambda line: None), ["-c", f"import {NEEDED_MODULES}"])
         report = run.report
-        if report is not None and report.exit_code == 0:
+        if report is not None and report.exit_code == 0 and not run.oom_killed:
             return
-        if report is not None and report.memory_exceeded and self.memory_limit is not None:
+        if (run.oom_killed or (report is not None and report.memory_exceeded)) and self.memory_limit is not None:
             raise SandboxError(f"--mem-limit {self.memory_limit / 2**30:.2f}g is too small: importing the "
                                "harness's modules alone went over it; raise it")
         last = run.last_line() or f"exit code {run.exit_code}"

@@ -43,6 +43,7 @@ PHASE_PREFIX = "ARENA_PHASE "
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 MAX_PROCESSES = 4096  # for the trial's user: a fork bomb fails here instead of taking the host's pids
+OOM_SCORE_ADJ = 1000
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 MEMORY_CHECK_SECONDS = 0.1
 
@@ -80,6 +81,8 @@ def start(command: list[str], user: tuple[int, int] | None) -> tuple[int, int]:
             hard = resource.getrlimit(resource.RLIMIT_NPROC)[1]
             limit = MAX_PROCESSES if hard == resource.RLIM_INFINITY else min(MAX_PROCESSES, hard)
             resource.setrlimit(resource.RLIMIT_NPROC, (limit, limit))
+            with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as f:
+                f.write(str(OOM_SCORE_ADJ))  # short of memory, the kernel picks trial code before arena
             if user is not None:
                 os.setgroups([])
                 os.setgid(user[1])

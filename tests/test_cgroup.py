@@ -1,0 +1,113 @@
+"""The local backend's memory cgroups: found under arena's own cgroup on either interface, limited, left behind by
+no phase, and the ones an arena killed outright left removed by the next."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sandbox import LocalBackend
+from sandbox.cgroup import PREFIX, Hierarchy, MemoryCgroup, own_memory_cgroup, remove_abandoned
+from sandbox.phases import bare_phase
+from sandbox.trial import PhaseOutput
+
+V1_CGROUP = "12:pids:/\n4:memory:/process_api/abc\n1:name=systemd:/\n0::/\n"
+V1_MOUNTS = (
+    "25 24 0:22 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids\n"
+    "29 24 0:26 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n"
+    "33 24 0:30 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n"
+)
+V2_CGROUP = "0::/user.slice/arena.service\n"
+V2_MOUNTS = "35 24 0:30 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n"
+# a container without its own cgroup namespace: the mount's root is the container's cgroup
+NESTED_MOUNTS = "29 24 0:26 /docker/c0ffee /sys/fs/cgroup/memory ro - cgroup cgroup rw,memory\n"
+NESTED_CGROUP = "4:memory:/docker/c0ffee/arena\n"
+
+
+def fake_proc(tmp_path: Path, cgroup: str, mounts: str) -> Path:
+    (tmp_path / "cgroup").write_text(cgroup)
+    (tmp_path / "mountinfo").write_text(mounts)
+    return tmp_path
+
+
+@pytest.mark.parametrize(("cgroup", "mounts", "expected"), [
+    (V1_CGROUP, V1_MOUNTS, Hierarchy(Path("/sys/fs/cgroup/memory/process_api/abc"), 1)),
+    (V2_CGROUP, V2_MOUNTS, Hierarchy(Path("/sys/fs/cgroup/user.slice/arena.service"), 2)),
+    (NESTED_CGROUP, NESTED_MOUNTS, Hierarchy(Path("/sys/fs/cgroup/memory/arena"), 1)),
+    ("3:cpu:/\n", "29 24 0:26 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n", None),
+])
+def test_arenas_own_memory_cgroup_is_found(tmp_path, cgroup, mounts, expected):
+    assert own_memory_cgroup(fake_proc(tmp_path, cgroup, mounts)) == expected
+
+
+def can_make_cgroups() -> bool:
+    cgroup = MemoryCgroup.create(1 << 30)
+    if cgroup is not None:
+        cgroup.remove()
+    return cgroup is not None
+
+
+needs_cgroups = pytest.mark.skipif(not can_make_cgroups(),
+                                   reason="no memory cgroup can be made here (needs root or a delegated cgroup)")
+
+
+def dead_pid() -> int:
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+
+
+@needs_cgroups
+def test_only_the_empty_cgroups_of_arenas_that_are_gone_are_removed():
+    hierarchy = own_memory_cgroup()
+    assert hierarchy is not None
+    gone = dead_pid()
+    abandoned, busy, live = (hierarchy.path / f"{PREFIX}{gone}-abandoned", hierarchy.path / f"{PREFIX}{gone}-busy",
+                             hierarchy.path / f"{PREFIX}{os.getpid()}-live")
+    for cgroup in (abandoned, busy, live):
+        cgroup.mkdir()
+    sleeper = subprocess.Popen(MemoryCgroup(busy, hierarchy.version).enter(["sleep", "60"]))
+    try:
+        while not (busy / "cgroup.procs").read_text().strip():
+            pass  # the shell has not joined yet
+        remove_abandoned(hierarchy.path)
+        assert not abandoned.exists()
+        assert busy.exists()  # its arena is gone, but a process of it is not
+        assert live.exists()  # an arena that lives may be about to start a phase there
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        for cgroup in (abandoned, busy, live):
+            MemoryCgroup(cgroup, hierarchy.version).remove()
+
+
+@pytest.mark.slow  # a real sandbox
+@needs_cgroups
+def test_a_phase_runs_in_a_cgroup_of_its_own_that_goes_with_it(tmp_path):
+    """Limited as asked, its processes the kernel's first pick when memory runs short, and gone afterwards."""
+    backend = LocalBackend(isolation="bwrap", mem_limit="1g")
+    hierarchy = own_memory_cgroup()
+    assert hierarchy is not None
+    limit_file = "memory.limit_in_bytes" if hierarchy.version == 1 else "memory.max"
+    seen: dict[str, tuple[str, str]] = {}
+
+    def look(line: str) -> None:  # the phase waits while we look at its cgroup from outside
+        if line.startswith("OOM_SCORE_ADJ"):
+            seen.update({cgroup.name: ((cgroup / limit_file).read_text().strip(),
+                                       (cgroup / "cgroup.procs").read_text().strip())
+                         for cgroup in hierarchy.path.glob(f"{PREFIX}{os.getpid()}-*")})
+            seen["score"] = (line.split()[1], "")
+
+    code = ("import time\n"
+            "print('OOM_SCORE_ADJ', open('/proc/self/oom_score_adj').read().strip(), flush=True)\n"
+            "time.sleep(5)\n")
+    run = backend.run_phase(bare_phase(tmp_path / "phase", 60, backend.owner), PhaseOutput(look), ["-c", code])
+    assert run.report is not None and run.report.exit_code == 0, run.lines
+    assert seen.pop("score") == ("1000", "")
+    [(limit, processes)] = seen.values()
+    assert int(limit) == 1 << 30 and processes  # the sandbox's processes, in a cgroup named by this arena
+    assert not run.oom_killed
+    assert not list(hierarchy.path.glob(f"{PREFIX}{os.getpid()}-*"))
