@@ -73,13 +73,15 @@ class PhaseReport:
     max_rss_kb: int
     gpu_peak_bytes: int | None = None
     memory_exceeded: bool = False  # the supervisor ended it past the phase's memory limit
+    disk_exceeded: bool = False  # the supervisor ended it when it had taken half the disk space free at its start
 
     @classmethod
     def parse(cls, line: str) -> PhaseReport | None:
         try:
             raw = json.loads(line[len(PHASE_PREFIX):])
             return cls(raw["exit_code"], raw["signal"], raw["ready"], raw["end"], bool(raw["deadline"]),
-                       int(raw["max_rss_kb"]), raw.get("gpu_peak_bytes"), bool(raw.get("memory_exceeded")))
+                       int(raw["max_rss_kb"]), raw.get("gpu_peak_bytes"), bool(raw.get("memory_exceeded")),
+                       bool(raw.get("disk_exceeded")))
         except (ValueError, KeyError, TypeError):
             return None
 
@@ -183,6 +185,9 @@ def phase_failure(phase: str, run: PhaseRun) -> tuple[Status, str] | None:
     report = run.report
     if report is not None and report.memory_exceeded:
         return Status.OOM, f"{phase} phase went over the trial's memory limit and was stopped at once"
+    if report is not None and report.disk_exceeded:
+        return Status.CRASH, (f"{phase} phase wrote more than half the disk space free at its start and was "
+                              "stopped at once")
     if run.oom_killed or (phase == "train" and OOM_PATTERNS.search("".join(run.lines[-200:]))):
         return Status.OOM, f"{phase} phase ran out of memory"
     if run.timed_out or (report is not None and report.deadline):

@@ -137,6 +137,8 @@ class Phase:
         head += ["--user", f"{user[0]}:{user[1]}"] if user else []
         head += ["--sandboxed"] if paths.sandboxed else []
         head += ["--memory", str(self.memory_limit)] if self.memory_limit is not None else []
+        for mount in self.mounts():
+            head += ["--disk", paths(mount.target)] if mount.writable else []
         return [*head, "--", python, *(python_args or self.harness_args(paths))]
 
     def phase_env(self, paths: PathMap) -> dict[str, str]:

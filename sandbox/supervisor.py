@@ -1,6 +1,7 @@
 """The first process of every phase sandbox: runs the harness, measures it from outside, and ends it.
 
-    python3 supervisor.py --deadline SECONDS [--user UID:GID] [--sandboxed] [--memory BYTES] -- COMMAND...
+    python3 supervisor.py --deadline SECONDS [--user UID:GID] [--sandboxed] [--memory BYTES] [--disk PATH]...
+                          -- COMMAND...
 
 Standard library only, and no trial code ever runs in this process. It starts COMMAND with its output
 on a pipe, relays every line, and takes the time of the first ARENA_READY line (printed by the harness
@@ -9,7 +10,7 @@ phase is killed (with --sandboxed, every process of its pid namespace; unisolate
 nothing the trial started outlives the phase. Then it prints one line of its own:
 
     ARENA_PHASE {"exit_code": 0, "signal": null, "ready": 2.1, "end": 35.0, "deadline": false,
-                 "max_rss_kb": ..., "gpu_peak_bytes": ..., "memory_exceeded": false}
+                 "max_rss_kb": ..., "gpu_peak_bytes": ..., "memory_exceeded": false, "disk_exceeded": false}
 
 with times in seconds since it started. `max_rss_kb` is the largest resident set of any process of the
 phase, as the kernel counted it; `gpu_peak_bytes` the most GPU memory in use beyond what was in use at
@@ -20,6 +21,12 @@ whole phase is killed at once and `memory_exceeded` says so (pages that processe
 those files, count once per process and once per file: the count errs on the side of the host). Only a line
 printed by a supervisor that then exits with code 0 counts, and nothing of the trial is alive by then to
 print after it.
+
+Each --disk PATH is a place the phase may write on the host's disk. Once a second the free space of each
+one's file system is read; when a phase has taken more than half of what was free at its start, it is
+killed at once and `disk_exceeded` says so. The free space, not a walk of the files, so that a file the
+trial deleted and holds open counts too; the host keeps at least half of what it had, whatever the
+trial writes and however it hides it.
 
 As root (in a container, or under bubblewrap run by root) it hands COMMAND to `--user` and keeps only
 the right to kill it; otherwise COMMAND runs as the same user, and the supervisor makes itself
@@ -37,6 +44,7 @@ import select
 import signal
 import sys
 import time
+from dataclasses import dataclass
 
 READY_LINE = b"ARENA_READY"
 PHASE_PREFIX = "ARENA_PHASE "
@@ -46,25 +54,38 @@ MAX_PROCESSES = 4096  # for the trial's user: a fork bomb fails here instead of 
 OOM_SCORE_ADJ = 1000
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 MEMORY_CHECK_SECONDS = 0.1
+DISK_CHECK_SECONDS = 1.0
 
 
 def prctl(option: int, value: int) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
 
 
-def parse(argv: list[str]) -> tuple[float, tuple[int, int] | None, bool, int | None, list[str]]:
+@dataclass(frozen=True)
+class Options:
+    deadline: float
+    user: tuple[int, int] | None
+    sandboxed: bool
+    memory: int | None
+    disks: tuple[str, ...]
+    command: list[str]
+
+
+def parse(argv: list[str]) -> Options:
     if "--" not in argv:
         sys.exit("usage: supervisor.py --deadline SECONDS [--user UID:GID] [--sandboxed] [--memory BYTES] "
-                 "-- COMMAND...")
+                 "[--disk PATH]... -- COMMAND...")
     split = argv.index("--")
     options, command = argv[:split], argv[split + 1:]
-    deadline = float(options[options.index("--deadline") + 1])
+
     user = None
     if "--user" in options:
         uid, gid = options[options.index("--user") + 1].split(":")
         user = (int(uid), int(gid))
     memory = int(options[options.index("--memory") + 1]) if "--memory" in options else None
-    return deadline, user, "--sandboxed" in options, memory, command
+    disks = tuple(options[i + 1] for i, option in enumerate(options) if option == "--disk")
+    return Options(float(options[options.index("--deadline") + 1]), user, "--sandboxed" in options, memory, disks,
+                   command)
 
 
 def start(command: list[str], user: tuple[int, int] | None) -> tuple[int, int]:
@@ -225,14 +246,41 @@ class GpuMemory:
             self.peak = max(self.peak, self.used() - self.base)
 
 
+class DiskGuard:
+    """The free space of the file systems the phase writes to; exceeded once the phase took half of it."""
+
+    def __init__(self, paths: tuple[str, ...]):
+        self.floors: dict[str, int] = {}
+        devices = set()
+        for path in paths:
+            with contextlib.suppress(OSError):  # not there: nothing to write to
+                device = os.stat(path).st_dev
+                if device not in devices:
+                    devices.add(device)
+                    self.floors[path] = free_bytes(path) // 2
+
+    def exceeded(self) -> bool:
+        for path, floor in self.floors.items():
+            with contextlib.suppress(OSError):
+                if free_bytes(path) < floor:
+                    return True
+        return False
+
+
+def free_bytes(path: str) -> int:
+    usage = os.statvfs(path)
+    return usage.f_bavail * usage.f_frsize
+
+
 class Watch:
     """The phase as the supervisor sees it: output relayed, the ready line timed, processes reaped."""
 
-    def __init__(self, child: int, pipe: int, origin: float, gpu: GpuMemory, memory: int | None, sandboxed: bool):
+    def __init__(self, child: int, pipe: int, origin: float, gpu: GpuMemory, memory: int | None, sandboxed: bool,
+                 disk: DiskGuard):
         self.child, self.pipe, self.origin, self.gpu = child, pipe, origin, gpu
-        self.memory, self.sandboxed = memory, sandboxed
-        self.memory_exceeded = False
-        self.next_check = 0.0
+        self.memory, self.sandboxed, self.disk = memory, sandboxed, disk
+        self.memory_exceeded = self.disk_exceeded = False
+        self.next_check = self.next_disk_check = 0.0
         self.out = sys.stdout.buffer
         self.ready: float | None = None
         self.end: float | None = None
@@ -266,9 +314,22 @@ class Watch:
         self.next_check = self.now() + MEMORY_CHECK_SECONDS
         if memory_in_use(self.sandboxed) > self.memory:
             self.memory_exceeded = True
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.child, signal.SIGKILL)
-            kill_everything_else(self.sandboxed)
+            self.stop()
+
+    def check_disk(self) -> None:
+        """Past the phase's share of the disk, end it now."""
+        if self.disk_exceeded or self.end is not None or self.now() < self.next_disk_check:
+            return
+        self.next_disk_check = self.now() + DISK_CHECK_SECONDS
+        if self.disk.exceeded():
+            self.disk_exceeded = True
+            self.stop()
+
+    def stop(self) -> None:
+        """Every process of the phase, the harness first."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.child, signal.SIGKILL)
+        kill_everything_else(self.sandboxed)
 
     def reaped(self, pid: int, status: int, usage: resource.struct_rusage) -> None:
         self.max_rss = max(self.max_rss, usage.ru_maxrss)
@@ -293,19 +354,22 @@ class Watch:
     def report(self, deadline: bool) -> str:
         return PHASE_PREFIX + json.dumps({"exit_code": self.exit_code, "signal": self.signal, "ready": self.ready,
                                           "end": self.end, "deadline": deadline, "max_rss_kb": self.max_rss,
-                                          "gpu_peak_bytes": self.gpu.peak, "memory_exceeded": self.memory_exceeded})
+                                          "gpu_peak_bytes": self.gpu.peak, "memory_exceeded": self.memory_exceeded,
+                                          "disk_exceeded": self.disk_exceeded})
 
 
 def main(argv: list[str]) -> int:
-    deadline, user, sandboxed, memory, command = parse(argv)
+    options = parse(argv)
     origin = time.monotonic()
     prctl(PR_SET_DUMPABLE, 0)
     prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphans of the trial come to us, so we reap and count them
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_IGN)
     gpu = GpuMemory()  # before the harness starts: what the GPUs already use is not the trial's
-    watch = Watch(*start(command, user), origin, gpu, memory, sandboxed)
-    tick = 0.2 if memory is None else MEMORY_CHECK_SECONDS
+    disk = DiskGuard(options.disks)
+    deadline, sandboxed = options.deadline, options.sandboxed
+    watch = Watch(*start(options.command, options.user), origin, gpu, options.memory, sandboxed, disk)
+    tick = 0.2 if options.memory is None else MEMORY_CHECK_SECONDS
     hit_deadline = False
     while watch.open or watch.end is None:
         remaining = deadline - watch.now()
@@ -318,6 +382,7 @@ def main(argv: list[str]) -> int:
             time.sleep(0.05)
         watch.gpu.sample()
         watch.check_memory()
+        watch.check_disk()
         watch.reap()
         if watch.end is not None:
             kill_everything_else(sandboxed)  # the harness is done: whatever it left behind goes now

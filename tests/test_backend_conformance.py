@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
 import time
 
 import pytest
 
 from sandbox import Backend, Placement, Status
 from sandbox.cgroup import MemoryCgroup
-from sandbox.outcome import summary
+from sandbox.outcome import phase_failure, summary
 from sandbox.phases import OUTER_GRACE_SECONDS, bare_phase
 from sandbox.trial import PhaseOutput
 from tests.backends import BACKENDS, LIMITED
@@ -156,6 +157,39 @@ def test_a_compiled_step_that_cannot_fit_is_oom_before_its_kernels(make_backend,
     assert outcome.status is Status.OOM, outcome.reason + "\n" + outcome.log_tail
     assert "out of memory before compiling: one forward pass keeps 2,048 MiB" in outcome.log_tail
     assert "arena's compile-time memory check" in outcome.log_tail
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 MiB file system of its own, for a phase to fill."""
+    if os.getuid() != 0:
+        pytest.skip("mounting a small file system takes root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(disk)], check=True)
+    yield disk
+    subprocess.run(["umount", "--lazy", str(disk)], check=True)
+
+
+@pytest.mark.parametrize("hidden", [False, True], ids=["file", "deleted-file"])
+def test_a_phase_that_fills_the_disk_is_stopped(backend, small_disk, hidden):
+    """200 MiB into a phase's out directory on a disk with 256 MiB free: stopped within seconds once it holds
+    more than half, even when the file is deleted and only held open."""
+    unlink = "os.unlink('out/fill')" if hidden else "pass"
+    code = ("import os, time\n"
+            "f = open('out/fill', 'wb')\n"
+            f"{unlink}\n"
+            "for _ in range(25):\n"
+            "    f.write(b'x' * (8 << 20))\n"
+            "f.flush()\n"
+            "print('PROBE filled', flush=True)\n"
+            "time.sleep(120)\n")
+    run = backend.run_phase(bare_phase(small_disk / "phase", 100, backend.owner), PhaseOutput(lambda line: None),
+                            ["-c", code])
+    assert run.report is not None and run.report.disk_exceeded, run.lines
+    assert run.report.end is not None and run.report.end < 60  # stopped, not ended by its deadline
+    assert phase_failure("train", run) == (
+        Status.CRASH, "train phase wrote more than half the disk space free at its start and was stopped at once")
 
 
 def test_timeout(backend, stdlib_dataset):
