@@ -9,7 +9,7 @@ run without one and the supervisor's count is the limit (README, Isolation).
 
 cgroup v1 (a `memory` hierarchy) and v2 (the `memory` controller enabled for arena's own cgroup's
 children) are both used. Each phase's cgroup is a child of arena's own, so whatever limit arena runs
-under still holds, and is named arena-phase-PID-*, PID being arena's: one left empty by an arena killed
+under still holds, and is named after its arena (sandbox/owners.py): one left empty by an arena killed
 outright is removed by the next one that makes a cgroup there.
 """
 
@@ -21,6 +21,8 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+from sandbox.owners import owner_tag, tag_is_gone
 
 PREFIX = "arena-phase-"
 REMOVE_SECONDS = 5.0  # a killed phase's processes take a moment to leave their cgroup
@@ -74,7 +76,7 @@ class MemoryCgroup:
             remove_abandoned(hierarchy.path)
             if hierarchy.version == 2 and not memory_for_children(hierarchy.path):
                 return None
-            path = hierarchy.path / f"{PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
+            path = hierarchy.path / f"{PREFIX}{owner_tag()}-{uuid.uuid4().hex[:12]}"
             path.mkdir()
         except OSError:
             return None
@@ -145,17 +147,7 @@ def memory_for_children(path: Path) -> bool:
 def remove_abandoned(parent: Path) -> None:
     """Empty phase cgroups of arenas that are gone (one that lives may be about to start a phase in its own)."""
     for child in parent.glob(f"{PREFIX}*"):
-        creator = child.name[len(PREFIX):].split("-")[0]
-        with contextlib.suppress(OSError, ValueError):  # busy, or not named by us
-            if not alive(int(creator)) and not (child / "cgroup.procs").read_text().strip():
+        owner = child.name[len(PREFIX):].rpartition("-")[0]
+        with contextlib.suppress(OSError):  # busy
+            if tag_is_gone(owner) and not (child / "cgroup.procs").read_text().strip():
                 child.rmdir()
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -20,6 +20,7 @@ from docker.types import DeviceRequest, LogConfig, Mount
 from sandbox import hidden_stdlib
 from sandbox.errors import SandboxError
 from sandbox.outcome import PhaseRun
+from sandbox.owners import process_is_gone
 from sandbox.phases import MEMORY_LIMIT_ENV, SUPERVISOR_CAPABILITIES, TRIAL, PathMap, Phase, memory_bytes, sandbox_user
 from sandbox.trial import Backend, PhaseOutput
 from sandbox.workers import registered
@@ -51,13 +52,7 @@ def owner_is_gone(owner: str) -> bool:
     host, _, pid = owner.rpartition("/")
     if host != socket.gethostname() or not pid.isdigit():
         return False  # another machine's or container's arena: it may be alive, leave its trials alone
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        pass  # alive, run by another user
-    return False
+    return process_is_gone(int(pid))
 
 
 def remove_stale_containers(client: docker.DockerClient) -> int:

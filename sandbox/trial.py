@@ -5,6 +5,7 @@ says how one staged phase runs in its sandbox (Backend.run_phase)."""
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from collections import deque
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Protocol
 
 from sandbox.outcome import BudgetRule, Outcome, PhaseRun, judge
+from sandbox.owners import owner_tag, tag_is_gone
 from sandbox.phases import (
     PHASE_DATA,
     Phase,
@@ -32,6 +34,7 @@ LogSink = Callable[[str], None]
 
 EXPORT_GRACE_SECONDS = 60.0  # past budget + allowance: time to export the model before the phase is killed
 LOG_LIMIT_BYTES = 32 << 20   # per phase: a print loop cannot fill the disk
+TRIAL_DIR_PREFIX = "arena-trial-"
 KEPT_LINES = 5000            # lines of a phase kept in memory for judging (all of it goes to the log sink)
 
 
@@ -144,7 +147,8 @@ class Backend(ABC):
     def run(self, spec: TrialSpec, on_log: LogSink) -> Outcome:
         """The two phases of a trial in fresh directories, then judged; raises SandboxError only when the
         sandbox itself cannot run, never for what the trial did."""
-        with tempfile.TemporaryDirectory(prefix="arena-trial-") as tmp:
+        remove_abandoned_trial_dirs(Path(tempfile.gettempdir()))
+        with tempfile.TemporaryDirectory(prefix=f"{TRIAL_DIR_PREFIX}{owner_tag()}-") as tmp:
             train = stage(spec, "train", Path(tmp) / "train", self.owner)
             train_run = self.run_phase(train, PhaseOutput(on_log))
             report = train_run.report
@@ -160,3 +164,10 @@ class Backend(ABC):
                     on_log("=== eval phase\n")
                     evaluation = self.run_phase(phase, PhaseOutput(on_log))
             return judge(train_run, evaluation, spec.budget, read_reported(train.out_dir), missing, spec.trusted)
+
+
+def remove_abandoned_trial_dirs(parent: Path) -> None:
+    """The trial directories of arenas killed outright (a model, a compile cache and logs each)."""
+    for path in parent.glob(f"{TRIAL_DIR_PREFIX}*@*-*"):
+        if tag_is_gone(path.name[len(TRIAL_DIR_PREFIX):].rpartition("-")[0]):
+            shutil.rmtree(path, ignore_errors=True)
