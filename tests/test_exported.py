@@ -170,6 +170,31 @@ def test_getitem_takes_only_a_result_of_a_tuple(saved, tmp_path):
         model(saved[1])
 
 
+CODE_AS_A_NAME = "alpha = 1) if print('the graph ran code') else torch.ops.aten.add.Tensor(tokens, 0, alpha"
+
+
+@pytest.mark.parametrize("op, kwargs", [
+    ("aten.add.Tensor", {CODE_AS_A_NAME: 1}),  # torch.fx writes keyword names into the module's Python source
+    ("aten.add.Tensor", {"alpha": 1, "beta": 2}),
+    ("getitem", {"index": 0}),
+])
+def test_keyword_arguments_are_only_those_the_operator_has(saved, tmp_path, op, kwargs, capsys):
+    def edit(graph):
+        with_node(op, [0])(graph)
+        graph["nodes"][0]["kwargs"] = kwargs
+    with pytest.raises(Rejected, match="has no keyword argument") as info:
+        exported.load(edited(saved[0], tmp_path, edit), "cpu", SEQ)
+    assert info.value.check == "graph" and "the graph ran code" not in capsys.readouterr().out
+
+
+def test_a_keyword_argument_the_operator_has_is_kept(saved, tmp_path):
+    def edit(graph):
+        with_node("aten.add.Tensor", [0])(graph)
+        graph["nodes"][0]["kwargs"] = {"alpha": 2}
+    model = exported.load(edited(saved[0], tmp_path, edit), "cpu", SEQ)
+    assert any(node.kwargs == {"alpha": 2} for node in model.graph.nodes)
+
+
 def test_a_view_whose_schema_does_not_say_so_is_checked_too(saved, tmp_path):
     model = exported.load(edited(saved[0], tmp_path, with_node("aten._unsafe_view.default", [[SEQ]])), "cpu", SEQ)
     assert any(isinstance(node.target, exported.InBounds) and node.target.op._opname == "_unsafe_view"

@@ -230,6 +230,22 @@ HEAP_READING_GRAPH = (EVIL_EXPORT, """
         (out / "graph.json").write_text(json.dumps(graph))
 """)
 
+CODE_IN_THE_GRAPH = (EVIL_EXPORT, """
+    import json
+
+    HALVE_THE_SCORE = ("import sys; p = sys.modules['prepare']; p.__dict__.setdefault('halved', p.BpbTally.bpb); "
+                       "p.BpbTally.bpb = property(lambda self, real=p.halved: real.fget(self) / 2)")
+
+    def tamper(out):  # torch.fx writes keyword names into the Python source of the module it builds
+        name = ("alpha = 1) if exec(bytes.fromhex('%s').decode()) else torch.ops.aten.add.Tensor(tokens, 0, alpha"
+                % HALVE_THE_SCORE.encode().hex())
+        graph = json.loads((out / "graph.json").read_text())
+        tokens = next(i["name"] for i in graph["inputs"] if i["kind"] == "tokens")
+        graph["nodes"].insert(0, {"name": "code", "op": "aten.add.Tensor", "args": [{"node": tokens}, 0],
+                                  "kwargs": {name: 1}})
+        (out / "graph.json").write_text(json.dumps(graph))
+""")
+
 PEEK = ("""
     return Peek(ctx.vocab_size)
 """, """
@@ -340,6 +356,7 @@ CHEATS: list[Cheat] = [
     ("pickled weights that run code in the eval phase", PICKLED_WEIGHTS, Status.REJECTED),
     ("a graph that reads validation data from a file", FILE_READING_GRAPH, Status.REJECTED),
     ("a graph that reads the eval process's memory", HEAP_READING_GRAPH, Status.REJECTED),
+    ("a graph whose keyword argument's name is code", CODE_IN_THE_GRAPH, Status.REJECTED),
     ("a model that sees the next token", PEEK, Status.REJECTED),
     ("NaN logits", NAN_LOGITS, Status.REJECTED),
     ("a model that remembers the rows it was scored on", MEMORY, Status.REJECTED),

@@ -205,9 +205,15 @@ class _Decoder:
             return arg
         raise Rejected("graph", f"malformed argument {str(arg)[:80]}")
 
-    def kwargs(self, raw) -> dict:
-        if not isinstance(raw, dict) or not all(isinstance(k, str) for k in raw):
+    def kwargs(self, raw, op) -> dict:
+        """Keyword arguments by the names the operator's schema gives them, and no others: torch.fx writes each
+        name into the Python source of the module it builds, so any other string would be code run here."""
+        if not isinstance(raw, dict):
             raise Rejected("graph", "malformed keyword arguments")
+        names = {argument.name for argument in op._schema.arguments} if op is not result_item else set()
+        for key in raw:
+            if key not in names:
+                raise Rejected("graph", f"{op_name(op)} has no keyword argument {str(key)[:40]!r}")
         return {key: self(value) for key, value in raw.items()}
 
 
@@ -285,7 +291,7 @@ def _build(directory: Path, device: str, seq_len: int) -> torch.fx.GraphModule:
         args = decode(raw.get("args", []))
         if not isinstance(args, list):
             raise Rejected("graph", "malformed node arguments")
-        kwargs = decode.kwargs(raw.get("kwargs", {}))
+        kwargs = decode.kwargs(raw.get("kwargs", {}), op)
         if op is not result_item:
             _refuse_randomness(op, args, kwargs)
             if any(ret.alias_info is not None for ret in op._schema.returns) or op._opname in UNMARKED_VIEWS:
@@ -315,6 +321,10 @@ def _refuse_randomness(op, args: list, kwargs: dict) -> None:
         raise Rejected("operator", f"aten.{op._opname} is random unless its train argument is False")
     if "dropout_p" in names and given("dropout_p", 0.0) != 0:
         raise Rejected("operator", f"aten.{op._opname} is random unless its dropout_p argument is 0")
+
+
+def op_name(op) -> str:
+    return "getitem" if op is result_item else f"aten.{op._opname}"
 
 
 def result_item(results, index: int):
