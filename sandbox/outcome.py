@@ -188,7 +188,8 @@ def phase_failure(phase: str, run: PhaseRun) -> tuple[Status, str] | None:
     if report is not None and report.disk_exceeded:
         return Status.CRASH, (f"{phase} phase wrote more than half the disk space free at its start and was "
                               "stopped at once")
-    if run.oom_killed or (phase == "train" and OOM_PATTERNS.search("".join(run.lines[-200:]))):
+    failed = report is None or report.exit_code != 0 or report.signal is not None
+    if run.oom_killed or (phase == "train" and failed and OOM_PATTERNS.search("".join(run.lines[-200:]))):
         return Status.OOM, f"{phase} phase ran out of memory"
     if run.timed_out or (report is not None and report.deadline):
         return Status.TIMEOUT, f"{phase} phase killed after {run.wall_seconds:.0f} s"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import stat
@@ -246,8 +247,19 @@ def read_reported(train_out: Path) -> Reported:
         return {}
     if not isinstance(raw, dict):
         return {}
-    return {key: value for key, value in raw.items() if isinstance(key, str) and len(key) < 40
-            and (value is None or isinstance(value, (int, float)) or (isinstance(value, str) and len(value) < 100))}
+    return {key: value for key, value in raw.items() if isinstance(key, str) and len(key) < 40 and plain(value)}
+
+
+def plain(value: object) -> bool:
+    """A value of a trial's report arena may show and compute with: a short string, or a number no larger
+    than a float holds exactly (10**400 would raise where a rate is computed from it), never inf or nan."""
+    if value is None or (isinstance(value, str) and len(value) < 100):
+        return True
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return abs(value) <= 2**53
+    return isinstance(value, float) and math.isfinite(value) and abs(value) <= 2.0**53
 
 
 def make_dir(path: Path, owner: tuple[int, int] | None = None, mode: int = 0o755) -> Path:

@@ -4,10 +4,10 @@
                           -- COMMAND...
 
 Standard library only, and no trial code ever runs in this process. It starts COMMAND with its output
-on a pipe, relays every line, and takes the time of the first ARENA_READY line (printed by the harness
-before it imports any trial code). When COMMAND exits, or at the deadline, every other process of the
-phase is killed (with --sandboxed, every process of its pid namespace; unisolated, every descendant), so
-nothing the trial started outlives the phase. Then it prints one line of its own:
+on a pipe, relays every line (cut at MAX_LINE_BYTES), and takes the time of the first ARENA_READY line
+(printed by the harness before it imports any trial code). When COMMAND exits, or at the deadline,
+every other process of the phase is killed (with --sandboxed, every process of its pid namespace;
+unisolated, every descendant), so nothing the trial started outlives the phase. Then it prints one line of its own:
 
     ARENA_PHASE {"exit_code": 0, "signal": null, "ready": 2.1, "end": 35.0, "deadline": false,
                  "max_rss_kb": ..., "gpu_peak_bytes": ..., "memory_exceeded": false, "disk_exceeded": false}
@@ -55,6 +55,8 @@ OOM_SCORE_ADJ = 1000
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 MEMORY_CHECK_SECONDS = 0.1
 DISK_CHECK_SECONDS = 1.0
+MAX_LINE_BYTES = 64 << 10  # of a line relayed; the rest of a longer one is dropped (arena reads whole lines)
+LINE_CUT = b" [arena: line cut]"
 
 
 def prctl(option: int, value: int) -> None:
@@ -288,6 +290,7 @@ class Watch:
         self.signal: int | None = None
         self.max_rss = 0
         self.pending = b""  # the tail of the last chunk, so a ready line split across two reads is found
+        self.line_bytes = 0  # of the line being relayed, so far
         self.open = True
 
     def now(self) -> float:
@@ -304,8 +307,20 @@ class Watch:
         if self.ready is None and READY_LINE in self.pending + chunk:
             self.ready = self.now()
         self.pending = (self.pending + chunk)[-len(READY_LINE):]
-        self.out.write(chunk)
+        self.out.write(self.bounded(chunk))
         self.out.flush()
+
+    def bounded(self, chunk: bytes) -> bytes:
+        """`chunk` with each line cut at MAX_LINE_BYTES: a line with no end could fill arena's memory."""
+        parts = chunk.split(b"\n")
+        kept = bytearray()
+        for number, part in enumerate(parts):
+            kept += part[:max(MAX_LINE_BYTES - self.line_bytes, 0)]
+            self.line_bytes += len(part)
+            if number < len(parts) - 1:  # the line ends here
+                kept += (LINE_CUT if self.line_bytes > MAX_LINE_BYTES else b"") + b"\n"
+                self.line_bytes = 0
+        return bytes(kept)
 
     def check_memory(self) -> None:
         """Past the memory limit, end the phase now: every process of it, the harness first."""

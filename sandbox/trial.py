@@ -36,6 +36,8 @@ EXPORT_GRACE_SECONDS = 60.0  # past budget + allowance: time to export the model
 LOG_LIMIT_BYTES = 32 << 20   # per phase: a print loop cannot fill the disk
 TRIAL_DIR_PREFIX = "arena-trial-"
 KEPT_LINES = 5000            # lines of a phase kept in memory for judging (all of it goes to the log sink)
+KEPT_CHARS = 8 << 20         # and at most this much of them
+HARNESS_LOG_BYTES = 1 << 20  # past the log limit, the harness's lines (ARENA_...) still go to the log, up to this
 
 
 @dataclass(frozen=True)
@@ -58,17 +60,22 @@ class TrialSpec:
 
 
 class PhaseOutput:
-    """Collects a phase's output lines: every line to the sink up to a size limit, the last ones kept."""
+    """Collects a phase's output lines: every line to the sink up to a size limit (then only the harness's
+    lines, up to a smaller one), and the last ones kept, up to a number and a size."""
 
     def __init__(self, on_log: LogSink):
         self.on_log = on_log
-        self.lines: deque[str] = deque(maxlen=KEPT_LINES)
+        self.lines: deque[str] = deque()
+        self.kept = 0  # characters in self.lines
         self.written = 0
         self.truncated = False
 
     def __call__(self, line: str) -> None:
         self.lines.append(line)
-        if self.truncated and not line.startswith("ARENA_"):
+        self.kept += len(line)
+        while len(self.lines) > KEPT_LINES or self.kept > KEPT_CHARS:
+            self.kept -= len(self.lines.popleft())
+        if self.truncated and not (line.startswith("ARENA_") and self.written < LOG_LIMIT_BYTES + HARNESS_LOG_BYTES):
             return
         self.written += len(line)
         if self.written > LOG_LIMIT_BYTES and not self.truncated:

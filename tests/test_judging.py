@@ -8,8 +8,10 @@ import json
 from agent.judging import best_of, confirmation_decision, decide, judge, open_candidate
 from agent.ledger import Ledger
 from agent.record import Decision, TrialRecord
-from sandbox.outcome import BudgetRule, PhaseRun, Status
+from sandbox.outcome import BudgetRule, PhaseRun, Status, summary
 from sandbox.outcome import judge as judge_trial
+from sandbox.phases import read_reported
+from sandbox.trial import HARNESS_LOG_BYTES, KEPT_CHARS, LOG_LIMIT_BYTES, PhaseOutput
 
 
 def record(trial: int, value: float | None, **fields) -> TrialRecord:
@@ -149,3 +151,35 @@ def test_the_trusted_baseline_is_never_over_budget():
     assert judge_trial(slow, evaluation(), rule, {}).status is Status.OVER_BUDGET
     outcome = judge_trial(slow, evaluation(), rule, {}, trusted=True)
     assert outcome.status is Status.OK and outcome.result["outside_seconds"] == 89.0  # the measure for the rest
+
+
+def test_words_about_memory_in_the_log_do_not_make_a_trial_oom():
+    """Only a phase that failed is read for out-of-memory errors: a trial that prints them (or catches one and
+    goes on) and exits cleanly is judged on what it did."""
+    said = ["note: torch.OutOfMemoryError: CUDA out of memory, caught and retried smaller\n"]
+    assert judge_trial(phase(said), evaluation(), BudgetRule(30, 30), {}).status is Status.OK
+    assert judge_trial(phase(said, code=1), None, BudgetRule(30, 30), {}).status is Status.OOM
+
+
+def test_what_a_trial_reports_is_kept_only_when_arena_can_compute_with_it(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "train_stats.json").write_text('{"timed_tokens": 1' + "0" * 400 + ', "training_seconds": 2.0, '
+                                          '"steps": true, "mfu": NaN, "peak_flops": Infinity, "label": "ok", '
+                                          '"flops_per_token": 6e6}')
+    reported = read_reported(out)
+    assert reported == {"training_seconds": 2.0, "label": "ok", "flops_per_token": 6e6}
+    outcome = judge_trial(phase(["step=0\n"]), evaluation(), BudgetRule(30, 30), reported)
+    assert summary(outcome)  # the rates it shows are computed from these without an error
+
+
+def test_a_phase_output_keeps_a_bounded_tail_and_log():
+    logged: list[str] = []
+    output = PhaseOutput(logged.append)
+    for _ in range(40):
+        output("x" * (1 << 20) + "\n")  # 40 MB of output: past the log's limit
+    for _ in range(3000):
+        output("ARENA_FORGED " + "y" * 1000 + "\n")  # harness-like lines pass the cut, up to their own limit
+    output("ARENA_PHASE {}\n")
+    assert sum(map(len, logged)) < LOG_LIMIT_BYTES + HARNESS_LOG_BYTES + (2 << 20)
+    assert sum(map(len, output.lines)) <= KEPT_CHARS and output.lines[-1] == "ARENA_PHASE {}\n"

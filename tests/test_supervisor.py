@@ -9,6 +9,7 @@ import time
 
 from sandbox.outcome import PhaseRun
 from sandbox.phases import SUPERVISOR
+from sandbox.supervisor import LINE_CUT, MAX_LINE_BYTES
 
 
 def supervise(code: str, deadline: float = 30) -> tuple[PhaseRun, float]:
@@ -78,3 +79,15 @@ def test_peak_memory_is_the_kernels_count():
 def test_the_trial_runs_under_a_process_limit():  # a fork bomb fails there, not on the host
     run, _ = supervise("import resource; print('limit', resource.getrlimit(resource.RLIMIT_NPROC))")
     assert "limit (4096, 4096)" in "".join(run.lines)
+
+
+def test_a_line_with_no_end_is_cut_short():
+    """A trial printing gigabytes without a newline must not make arena hold them as one line."""
+    run, _ = supervise("import sys\n"
+                       "for _ in range(64):\n"
+                       "    sys.stdout.write('x' * (1 << 20))\n"
+                       "print()\n"
+                       "print('after')\n")
+    long, after = run.lines[0], run.lines[1]
+    assert long == "x" * MAX_LINE_BYTES + LINE_CUT.decode() + "\n"
+    assert after == "after\n" and run.report.exit_code == 0

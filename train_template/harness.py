@@ -53,7 +53,10 @@ EXIT_DIVERGED = 3
 EXIT_CONTRACT = 4
 EXIT_REJECTED = 5
 DIVERGED_LOSS = 100.0  # a loss above this (or non-finite) ends the trial as diverged, like autoresearch
-CAUSALITY_TOLERANCE = 1e-3  # nats: what an earlier position's log-probabilities may move when later tokens change
+# nats: what an earlier position's log-probabilities may move when later tokens change. The probe runs the same
+# shapes as the scored row, so an honest model's earlier positions come out the same to the last bit or within
+# float32 rounding; a peek smaller than this gains under 1e-5 bits per byte.
+CAUSALITY_TOLERANCE = 1e-5
 PEAK_BF16_FLOPS = {"H100": 989.5e12, "H200": 989.5e12, "B200": 2250e12, "A100": 312e12, "L40S": 362e12,
                    "A10": 125e12, "L4": 121e12, "RTX 4090": 165e12, "RTX 3090": 71e12}
 
