@@ -34,6 +34,7 @@ from agent.corpus import (
 )
 from agent.errors import DatasetError
 from agent.tokenizer import BOS, token_byte_lengths, train_tokenizer
+from sandbox.owners import left_behind, owner_tag
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -102,7 +103,9 @@ def build_dataset(corpus: str = "stdlib", cache_root: Path | str | None = None,
     if not val_docs or not train_docs:
         raise DatasetError(f"corpus '{corpus}' has {len(docs)} documents, too few to split into train and "
                            "validation; add more documents")
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    for left in left_behind(cache_root, f"{out.name}.tmp-"):  # builds of arenas killed before they finished
+        shutil.rmtree(left, ignore_errors=True)
+    tmp = out.with_name(f"{out.name}.tmp-{owner_tag()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     progress("train tokenizer", 0, 1)

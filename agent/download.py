@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 import urllib.error
 import urllib.request
@@ -10,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agent.errors import DatasetError
+from sandbox.owners import left_behind, owner_tag
 
 BytesProgress = Callable[[int, int], None]  # (bytes done, bytes in all or 0 when the server does not say)
 
@@ -19,7 +19,9 @@ def download(url: str, dest: Path, progress: BytesProgress, retries: int = 5, ti
     if dest.exists():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
+    for left in left_behind(dest.parent, f"{dest.name}.tmp-"):  # of arenas killed in mid-download
+        left.unlink(missing_ok=True)
+    tmp = dest.with_name(f"{dest.name}.tmp-{owner_tag()}")
     error: Exception | None = None
     for attempt in range(retries):
         try:

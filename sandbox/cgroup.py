@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandbox.owners import owner_tag, tag_is_gone
+from sandbox.owners import left_behind, owner_tag
 
 PREFIX = "arena-phase-"
 REMOVE_SECONDS = 5.0  # a killed phase's processes take a moment to leave their cgroup
@@ -76,7 +76,7 @@ class MemoryCgroup:
             remove_abandoned(hierarchy.path)
             if hierarchy.version == 2 and not memory_for_children(hierarchy.path):
                 return None
-            path = hierarchy.path / f"{PREFIX}{owner_tag()}-{uuid.uuid4().hex[:12]}"
+            path = hierarchy.path / f"{PREFIX}{uuid.uuid4().hex[:12]}-{owner_tag()}"
             path.mkdir()
         except OSError:
             return None
@@ -146,8 +146,7 @@ def memory_for_children(path: Path) -> bool:
 
 def remove_abandoned(parent: Path) -> None:
     """Empty phase cgroups of arenas that are gone (one that lives may be about to start a phase in its own)."""
-    for child in parent.glob(f"{PREFIX}*"):
-        owner = child.name[len(PREFIX):].rpartition("-")[0]
+    for child in left_behind(parent, PREFIX):
         with contextlib.suppress(OSError):  # busy
-            if tag_is_gone(owner) and not (child / "cgroup.procs").read_text().strip():
+            if not (child / "cgroup.procs").read_text().strip():
                 child.rmdir()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Protocol
 
 from sandbox.outcome import BudgetRule, Outcome, PhaseRun, judge
-from sandbox.owners import owner_tag, tag_is_gone
+from sandbox.owners import left_behind, owner_tag
 from sandbox.phases import (
     PHASE_DATA,
     Phase,
@@ -154,8 +154,9 @@ class Backend(ABC):
     def run(self, spec: TrialSpec, on_log: LogSink) -> Outcome:
         """The two phases of a trial in fresh directories, then judged; raises SandboxError only when the
         sandbox itself cannot run, never for what the trial did."""
-        remove_abandoned_trial_dirs(Path(tempfile.gettempdir()))
-        with tempfile.TemporaryDirectory(prefix=f"{TRIAL_DIR_PREFIX}{owner_tag()}-") as tmp:
+        for left in left_behind(Path(tempfile.gettempdir()), TRIAL_DIR_PREFIX):  # a model, a cache and logs each
+            shutil.rmtree(left, ignore_errors=True)
+        with tempfile.TemporaryDirectory(prefix=TRIAL_DIR_PREFIX, suffix=f"-{owner_tag()}") as tmp:
             train = stage(spec, "train", Path(tmp) / "train", self.owner)
             train_run = self.run_phase(train, PhaseOutput(on_log))
             report = train_run.report
@@ -172,9 +173,3 @@ class Backend(ABC):
                     evaluation = self.run_phase(phase, PhaseOutput(on_log))
             return judge(train_run, evaluation, spec.budget, read_reported(train.out_dir), missing, spec.trusted)
 
-
-def remove_abandoned_trial_dirs(parent: Path) -> None:
-    """The trial directories of arenas killed outright (a model, a compile cache and logs each)."""
-    for path in parent.glob(f"{TRIAL_DIR_PREFIX}*@*-*"):
-        if tag_is_gone(path.name[len(TRIAL_DIR_PREFIX):].rpartition("-")[0]):
-            shutil.rmtree(path, ignore_errors=True)

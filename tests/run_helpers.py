@@ -116,3 +116,9 @@ def baseline_only(base_run: Path, runs: Path, settings: dict | None = None, base
     info["settings"].update(settings or {})
     (run / "run.json").write_text(json.dumps(info, indent=2) + "\n")
     return run
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended (until the kernel hands it out again, which takes a while)."""
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)

@@ -1,11 +1,10 @@
 """The local backend's memory cgroups: found under arena's own cgroup on either interface, limited, left behind by
-no phase, and the ones an arena killed outright left removed by the next; its trial directories likewise."""
+no phase, and the ones an arena killed outright left removed by the next."""
 
 from __future__ import annotations
 
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,8 @@ from sandbox import LocalBackend
 from sandbox.cgroup import PREFIX, Hierarchy, MemoryCgroup, own_memory_cgroup, remove_abandoned
 from sandbox.owners import owner_tag
 from sandbox.phases import bare_phase
-from sandbox.trial import TRIAL_DIR_PREFIX, PhaseOutput, remove_abandoned_trial_dirs
+from sandbox.trial import PhaseOutput
+from tests.run_helpers import dead_pid
 
 V1_CGROUP = "12:pids:/\n4:memory:/process_api/abc\n1:name=systemd:/\n0::/\n"
 V1_MOUNTS = (
@@ -56,23 +56,6 @@ needs_cgroups = pytest.mark.skipif(not can_make_cgroups(),
                                    reason="no memory cgroup can be made here (needs root or a delegated cgroup)")
 
 
-def dead_pid() -> int:
-    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                              text=True, check=True).stdout)
-
-
-def test_only_the_trial_directories_of_arenas_that_are_gone_are_removed(tmp_path):
-    """A kill -9 skips an arena's cleanup: the next trial of any arena on the host removes what it left."""
-    gone, elsewhere = f"{dead_pid()}@{socket.gethostname()}", f"{dead_pid()}@another-host"
-    kept = [tmp_path / f"{TRIAL_DIR_PREFIX}{owner_tag()}-live1234", tmp_path / f"{TRIAL_DIR_PREFIX}{elsewhere}-x1",
-            tmp_path / f"{TRIAL_DIR_PREFIX}old_style1", tmp_path / "unrelated"]
-    abandoned = tmp_path / f"{TRIAL_DIR_PREFIX}{gone}-dead1234"
-    for path in [*kept, abandoned]:
-        (path / "train" / "out").mkdir(parents=True)
-        (path / "train" / "out" / "model.safetensors").write_bytes(b"x" * 1024)
-    remove_abandoned_trial_dirs(tmp_path)
-    assert not abandoned.exists()
-    assert all(path.exists() for path in kept)
 
 
 @needs_cgroups
@@ -80,8 +63,8 @@ def test_only_the_empty_cgroups_of_arenas_that_are_gone_are_removed():
     hierarchy = own_memory_cgroup()
     assert hierarchy is not None
     gone = f"{dead_pid()}@{socket.gethostname()}"
-    abandoned, busy, live = (hierarchy.path / f"{PREFIX}{gone}-abandoned", hierarchy.path / f"{PREFIX}{gone}-busy",
-                             hierarchy.path / f"{PREFIX}{owner_tag()}-live")
+    abandoned, busy, live = (hierarchy.path / f"{PREFIX}abandoned-{gone}", hierarchy.path / f"{PREFIX}busy-{gone}",
+                             hierarchy.path / f"{PREFIX}live-{owner_tag()}")
     for cgroup in (abandoned, busy, live):
         cgroup.mkdir()
     sleeper = subprocess.Popen(MemoryCgroup(busy, hierarchy.version).enter(["sleep", "60"]))
@@ -113,7 +96,7 @@ def test_a_phase_runs_in_a_cgroup_of_its_own_that_goes_with_it(tmp_path):
         if line.startswith("OOM_SCORE_ADJ"):
             seen.update({cgroup.name: ((cgroup / limit_file).read_text().strip(),
                                        (cgroup / "cgroup.procs").read_text().strip())
-                         for cgroup in hierarchy.path.glob(f"{PREFIX}{owner_tag()}-*")})
+                         for cgroup in hierarchy.path.glob(f"{PREFIX}*-{owner_tag()}")})
             seen["score"] = (line.split()[1], "")
 
     code = ("import time\n"
@@ -125,4 +108,4 @@ def test_a_phase_runs_in_a_cgroup_of_its_own_that_goes_with_it(tmp_path):
     [(limit, processes)] = seen.values()
     assert int(limit) == 1 << 30 and processes  # the sandbox's processes, in a cgroup named by this arena
     assert not run.oom_killed
-    assert not list(hierarchy.path.glob(f"{PREFIX}{owner_tag()}-*"))
+    assert not list(hierarchy.path.glob(f"{PREFIX}*-{owner_tag()}"))

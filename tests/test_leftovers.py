@@ -1,0 +1,44 @@
+"""What an arena killed outright (kill -9 skips every cleanup) leaves behind: trial directories, a run's and a
+dataset's scratch directories, a download's partial file, phase cgroups. Each is named after its arena's pid and
+host; the next arena to make one of its kind removes those of arenas that have ended, and nothing of one alive."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from sandbox.owners import left_behind, owner_tag
+from sandbox.trial import TRIAL_DIR_PREFIX
+from tests.run_helpers import check_run_consistent, dead_pid, fake_arena_run
+
+
+@pytest.mark.parametrize("prefix, random_part", [
+    (TRIAL_DIR_PREFIX, "k2_x9abc-"),          # tempfile's random part, then the tag
+    ("arena-phase-", "0f3a9c1d2e4b-"),        # a cgroup: a uuid's hex, then the tag
+    (".my-run.creating-", ""),                # a run being made
+    ("d6cf3966e65cc0e5.tmp-", ""),            # a dataset being built
+])
+def test_only_what_arenas_that_have_ended_left_is_found(tmp_path, prefix, random_part):
+    gone = f"{dead_pid()}@{socket.gethostname()}"
+    left = tmp_path / f"{prefix}{random_part}{gone}"
+    kept = [tmp_path / f"{prefix}{random_part}{owner_tag()}",          # this arena's: alive
+            tmp_path / f"{prefix}{random_part}{dead_pid()}@another-host-name",  # another host's may be alive
+            tmp_path / f"{prefix}{random_part}12345",                  # no tag: not ours to judge
+            tmp_path / f"other{random_part}{gone}"]                    # another prefix
+    for path in [left, *kept]:
+        path.mkdir()
+    assert left_behind(tmp_path, prefix) == [left]
+
+
+@pytest.mark.slow  # an arena child process
+def test_a_run_made_again_after_a_kill_removes_the_scratch_of_the_killed_one(tmp_path, cache_root, stdlib_dataset):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    gone = f"{dead_pid()}@{socket.gethostname()}"
+    for kind in ("creating", "replaced"):
+        (runs / f".r.{kind}-{gone}" / "repo").mkdir(parents=True)
+    proc = fake_arena_run(runs, cache_root, "--name", "r", "--trials", "1", "--budget", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    check_run_consistent(runs / "r", 1)
+    assert sorted(path.name for path in runs.iterdir()) == ["r"]
