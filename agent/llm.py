@@ -47,9 +47,9 @@ from agent.jsonl import JsonObject, read_jsonl
 Message = dict[str, str]     # one chat message: {"role": "system" | "user" | "assistant", "content": text}
 LOG_NAME = "llm.jsonl"
 BACKOFF_CAP_S = 30.0
-REACHABLE_TIMEOUT_S = 10.0
 MAX_ANSWER_CHARS = 200_000   # ten times the template's train.py: room for any diff, no room for a flood
 MIN_ATTEMPT_S = 1.0          # a retry that would have less time than this left is not made
+MIN_ANSWER_TOKENS = 512      # a prompt past the model's context is retried with max_tokens halved down to this
 MAX_JSON_DEPTH = 32
 MAX_JSON_TRIES = 50          # JSON objects tried in one answer, so a hostile answer cannot take quadratic time
 REDACTED = "[redacted]"
@@ -69,11 +69,13 @@ _FENCE_LINE = re.compile(r"^```", re.MULTILINE)
 class LLMError(ArenaError):
     """An LLM call that failed for good: after the last retry, or at once when retrying cannot help.
     The message is one line. `refused`: the server refused the key or the model (401, 403, 404), which
-    no later call will change."""
+    no later call will change. `too_long`: the prompt does not fit the model's context, even with the
+    fewest answer tokens the client asks for."""
 
-    def __init__(self, message: str, refused: bool = False):
+    def __init__(self, message: str, refused: bool = False, too_long: bool = False):
         super().__init__(message)
         self.refused = refused
+        self.too_long = too_long
 
 
 class ModelUnavailable(ArenaError):
@@ -111,14 +113,20 @@ class LLMReply:
     latency_s: float        # the whole call, retries and backoff included
     attempts: int
     model: str
-    finish_reason: str | None = None  # "length": cut off at max_tokens; "size": cut off at MAX_ANSWER_CHARS
+    # "length": cut off at max_tokens; "size": cut off at MAX_ANSWER_CHARS; "deadline": still coming at the timeout
+    finish_reason: str | None = None
+    max_tokens: int | None = None  # what the call asked for (less than --max-tokens when the context was short)
 
-    def cut_off(self, max_tokens: int) -> str | None:
+    def cut_off(self) -> str | None:
         """Why the answer is incomplete, in words a model can act on; None when it is whole."""
         if self.finish_reason == "length":
-            return f"the answer was cut off at --max-tokens {max_tokens} before it was complete; answer more briefly"
+            return (f"the answer was cut off at {self.max_tokens} tokens before it was complete; answer more "
+                    "briefly")
         if self.finish_reason == "size":
             return f"the answer passed {MAX_ANSWER_CHARS:,} characters and was cut off; answer with one short proposal"
+        if self.finish_reason == "deadline":
+            return ("the answer was still coming when the call's time (--llm-timeout) ran out; answer more briefly, "
+                    "with less reasoning")
         return None
 
 
@@ -133,6 +141,8 @@ class CallResult(TypedDict):
     attempts: int
     finish_reason: str | None
     refused: bool           # the key or the model was refused (LLMError.refused)
+    too_long: bool          # the prompt did not fit the model's context (LLMError.too_long)
+    max_tokens: int | None  # the answer length asked for on the last attempt
 
 
 class UsageTotals(TypedDict):
@@ -174,8 +184,11 @@ class LLMClient:
         self._sleep = sleep
         self._totals: UsageTotals = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0,
                                      "latency_s": 0.0}
-        for record in self._open_log():
+        logged = self._open_log()
+        for record in logged:
             self._count(record)
+        # the last answer a killed arena logged may not have reached its journal: the same request asks for it
+        self._unclaimed = logged[-1] if logged and logged[-1]["error"] is None else None
         self._replay = _load_replay(Path(replay_from)) if replay_from is not None else None
 
     # ------------------------------------------------------------------------ public
@@ -183,36 +196,45 @@ class LLMClient:
     def complete(self, messages: list[Message], purpose: str, trial: int | None = None) -> LLMReply:
         """The model's answer to `messages`; raises LLMError. `purpose` and `trial` label the log line."""
         call = self._totals["calls"]
-        if self._replay is not None:
-            result = self._replayed(self._replay, call, purpose, trial, messages)
+        unclaimed, self._unclaimed = self._unclaimed, None
+        if unclaimed is not None and (unclaimed["purpose"], unclaimed["trial"]) == (purpose, trial) \
+                and unclaimed["messages"] == json.loads(redact(json.dumps(messages))):
+            result = _logged_result(unclaimed)  # logged and counted already: asked and paid for once
             self._write_stream(result["response"] or "")
         else:
-            result = self._live(messages)
-        record: JsonObject = {"trial": trial, "purpose": purpose, "call": call, "model": self.model,
-                              "messages": messages, **result, "replayed": self._replay is not None, "time": time.time()}
-        self._append(record)
+            if self._replay is not None:
+                result = self._replayed(self._replay, call, purpose, trial, messages)
+                self._write_stream(result["response"] or "")
+            else:
+                result = self._live(messages)
+            self._append({"trial": trial, "purpose": purpose, "call": call, "model": self.model,
+                          "messages": messages, **result, "replayed": self._replay is not None, "time": time.time()})
         if result["error"] is not None:
-            raise LLMError(result["error"], result["refused"])
+            raise LLMError(result["error"], result["refused"], result["too_long"])
         # every call that did not fail has a response; only a hand-edited recording could lack one
         return LLMReply(result["response"] or "", result["prompt_tokens"], result["completion_tokens"],
                         result["cost_usd"], result["latency_s"], result["attempts"], self.model,
-                        result["finish_reason"])
+                        result["finish_reason"], result["max_tokens"] or self.max_tokens)
 
     def check_reachable(self) -> bool:
         """Fail fast, before any trial, when the model cannot answer; raises ArenaError. The test is the
-        real thing, a one-token chat call (a server may answer chat without listing its models). True when
-        the model answered, False for a replay, which never touches the network."""
+        real thing, a one-token chat call (a server may answer chat without listing its models). A rate
+        limit, or a server still loading its model (a 503, or a request held until the model is loaded), is
+        waited for, up to --llm-timeout; nothing else. True when the model answered, False for a replay,
+        which never touches the network."""
         if self._replay is not None:
             return False
+        deadline = time.monotonic() + self.timeout
         attempt = 0
-        while True:  # a rate limit, or a server still loading its model, is waited for; nothing else
+        while True:
             attempt += 1
             try:
-                self._one_token()
+                self._one_token(max(deadline - time.monotonic(), MIN_ATTEMPT_S))
                 return True
             except Exception as error:  # noqa: BLE001 - whatever the cause, the user gets one line that says what to do
-                if attempt <= self.retries and getattr(error, "status_code", None) in (429, 503):
-                    self._sleep(self._backoff(attempt, error))
+                wait = self._backoff(attempt, error)
+                if _busy(error) and time.monotonic() + wait < deadline - MIN_ATTEMPT_S:
+                    self._sleep(wait)
                     continue
                 where = self.api_base or "its provider's endpoint"
                 raise ArenaError(f"cannot reach model {self.model} at {where}: {_one_line(error)}; "
@@ -225,37 +247,64 @@ class LLMClient:
     # ------------------------------------------------------------------------ calling the model
 
     def _live(self, messages: list[Message]) -> CallResult:
-        """One call with retries, all within the call's deadline, as the result part of a log line."""
+        """One call with retries, all within the call's deadline, as the result part of a log line.
+
+        Rate limits and a server loading its model (429, 503) are waited for until the deadline; other
+        transient failures are retried --llm-retries times. A prompt past the model's context is asked again
+        with max_tokens halved, down to MIN_ANSWER_TOKENS, without counting as an attempt. An answer still
+        coming at the deadline is returned as far as it came, marked "deadline" (an unusable answer, not an
+        outage); a server that said nothing by then has failed."""
         _litellm()  # the first import takes seconds; it is not the model's latency
         start = time.monotonic()
         deadline = start + self.timeout
-        attempt, streaming = 0, self.streams
+        attempt, streaming, max_tokens = 0, self.streams, self.max_tokens
         while True:
             attempt += 1
             try:
-                text, usage, finish = self._stream_once(messages, deadline, streaming)
+                text, usage, finish = self._stream_once(messages, deadline, streaming, max_tokens)
             except NotStreamed:  # asked again unstreamed, which is not another attempt
                 streaming, attempt = False, attempt - 1
                 continue
+            except CallDeadline as late:
+                if not late.text:
+                    plural = "s" if attempt > 1 else ""
+                    return _result(None, f"{self.model} failed after {attempt} attempt{plural}: {late}", 0, 0, 0.0,
+                                   time.monotonic() - start, attempt, max_tokens=max_tokens)
+                text, usage, finish = late.text, None, "deadline"
             except Exception as error:  # noqa: BLE001 - LiteLLM raises one of its exceptions for any failed request
+                if _too_long(error) and max_tokens > MIN_ANSWER_TOKENS:
+                    max_tokens, attempt = max(max_tokens // 2, MIN_ANSWER_TOKENS), attempt - 1
+                    continue
                 wait = self._backoff(attempt, error)
-                if (attempt > self.retries or not _retryable(error)
+                if ((attempt > self.retries and not _busy(error)) or not _retryable(error)
                         or time.monotonic() + wait > deadline - MIN_ATTEMPT_S):
                     plural = "s" if attempt > 1 else ""
                     message = f"{self.model} failed after {attempt} attempt{plural}: {_one_line(error)}"
+                    too_long = _too_long(error)
+                    if too_long:
+                        message += (f"; the prompt does not fit the model's context even with --max-tokens "
+                                    f"{max_tokens}: serve the model with a longer context (llama-server -c, "
+                                    "Ollama num_ctx, vLLM --max-model-len)")
                     return _result(None, message, 0, 0, 0.0, time.monotonic() - start, attempt,
-                                   refused=_refused(error))
+                                   refused=_refused(error), too_long=too_long, max_tokens=max_tokens)
                 self._sleep(wait)
                 continue
             if not streaming and self.streams and text:
                 self.streams = False  # its whole answer had what its stream lacked: ask it so from now on
-            prompt_tokens = _token_count(usage, "prompt_tokens")
-            completion_tokens = _token_count(usage, "completion_tokens")
+            prompt_tokens = _token_count(usage, "prompt_tokens") or self._estimate(messages=messages)
+            completion_tokens = _token_count(usage, "completion_tokens") or self._estimate(text=text)
             return _result(text, None, prompt_tokens, completion_tokens, self._cost(prompt_tokens, completion_tokens),
-                           time.monotonic() - start, attempt, finish)
+                           time.monotonic() - start, attempt, finish, max_tokens=max_tokens)
 
-    def _stream_once(self, messages: list[Message], deadline: float,
-                     streaming: bool) -> tuple[str, object, str | None]:
+    def _estimate(self, **what: object) -> int:
+        """LiteLLM's count of the tokens in `messages` or `text`, for an answer whose usage never came."""
+        try:
+            return int(_litellm().token_counter(model=self.model, **what))
+        except Exception:  # noqa: BLE001 - no tokenizer for it: the count is unknown, not a failure
+            return 0
+
+    def _stream_once(self, messages: list[Message], deadline: float, streaming: bool,
+                     max_tokens: int) -> tuple[str, object, str | None]:
         """One request: the answer's text (written to the stream file as it arrives), its usage and why it
         ended ("size" when it passed MAX_ANSWER_CHARS: a model caught in a loop); raises CallDeadline past
         the deadline, NotStreamed when a stream held nothing from the server.
@@ -269,7 +318,7 @@ class LLMClient:
         response's headers is left to the socket's own timeout (what was left of the deadline when it
         was sent), in the background."""
         call = _Call()
-        reader = threading.Thread(target=self._read_answer, args=(messages, deadline, streaming, call),
+        reader = threading.Thread(target=self._read_answer, args=(messages, deadline, streaming, max_tokens, call),
                                   name="llm-call", daemon=True)
         reader.start()
         try:
@@ -278,29 +327,36 @@ class LLMClient:
             if not call.done.is_set():
                 call.abandoned = True
                 _close(call.response)
+        text = redact(_whole_characters("".join(call.pieces))[:MAX_ANSWER_CHARS])
         if not finished:
-            raise CallDeadline(f"no complete answer within --llm-timeout {self.timeout:g} s")
+            raise CallDeadline(f"no complete answer within --llm-timeout {self.timeout:g} s", text)
         if call.error is not None:
             raise call.error
-        return redact(_whole_characters("".join(call.pieces))[:MAX_ANSWER_CHARS]), call.usage, call.finish
+        return text, call.usage, call.finish
 
-    def _read_answer(self, messages: list[Message], deadline: float, streaming: bool, call: _Call) -> None:
+    def _read_answer(self, messages: list[Message], deadline: float, streaming: bool, max_tokens: int,
+                     call: _Call) -> None:
         """The reader's half of _stream_once: fills `call` and sets call.done, whatever happens."""
         try:
             # drop_params: a model that takes no temperature (say) gets the request without it, not a 400
             call.response = _litellm().completion(
                 model=self.model, messages=messages, api_base=self.api_base, api_key=self._api_key(),
-                temperature=self.temperature, max_tokens=self.max_tokens,
+                temperature=self.temperature, max_tokens=max_tokens,
                 timeout=max(deadline - time.monotonic(), 0.1), num_retries=0, stream=streaming,
                 **({"stream_options": {"include_usage": True}} if streaming else {}), drop_params=True)
             if call.abandoned:
                 return
             # truncated: it shows this attempt only; a lone surrogate half is shown as "?", never a failure
-            with open(self.stream_path or os.devnull, "w", encoding="utf-8", errors="replace") as live:
-                if streaming:
-                    _read_stream(call, live)
-                else:
-                    _read_whole(call, live)
+            with open(self.stream_path or os.devnull, "w", encoding="utf-8", errors="replace") as file:
+                live = _LiveText(file)
+                try:
+                    (_read_stream if streaming else _read_whole)(call, live)
+                except NotStreamed:
+                    raise
+                except Exception as error:
+                    raise BrokenStream(_one_line(error)) from error
+                finally:
+                    live.close()
         except BaseException as error:  # noqa: BLE001 - handed to the waiting thread, which raises it
             call.error = error
         finally:
@@ -329,10 +385,10 @@ class LLMClient:
                 "cache_read_input_token_cost": 0.0, "mode": "chat"}})
             return 0.0
 
-    def _one_token(self) -> None:
+    def _one_token(self, timeout: float) -> None:
         _litellm().completion(model=self.model, messages=[{"role": "user", "content": "Say OK."}],
-                              api_base=self.api_base, api_key=self._api_key(), max_tokens=1,
-                              timeout=min(self.timeout, REACHABLE_TIMEOUT_S), num_retries=0)
+                              api_base=self.api_base, api_key=self._api_key(), max_tokens=1, timeout=timeout,
+                              num_retries=0)
 
     # ------------------------------------------------------------------------ replay, stream file and log
 
@@ -349,9 +405,7 @@ class LLMClient:
         if recorded["messages"] != messages:
             raise ReplayDiverged(f"{where}: {_first_difference(recorded['messages'], messages)}; replay a run "
                                  "made with the same settings and arena version")
-        return _result(recorded["response"], recorded["error"], recorded["prompt_tokens"],
-                       recorded["completion_tokens"], recorded["cost_usd"], recorded["latency_s"], recorded["attempts"],
-                       recorded.get("finish_reason"), recorded.get("refused", False))
+        return _logged_result(recorded)
 
     def _write_stream(self, text: str) -> None:
         if self.stream_path is not None:
@@ -382,7 +436,16 @@ class LLMClient:
 
 
 class CallDeadline(Exception):
-    """The call's deadline passed while the answer was still streaming."""
+    """The call's deadline passed before the answer was complete; `text` is what had come of it."""
+
+    def __init__(self, message: str, text: str):
+        super().__init__(message)
+        self.text = text
+
+
+class BrokenStream(Exception):
+    """The server accepted the request, then failed while sending the answer (a crashed model runner, a
+    dropped connection, an error event in the stream): transient, so the call is retried."""
 
 
 class NotStreamed(Exception):
@@ -403,7 +466,27 @@ class _Call:
     error: BaseException | None = None
 
 
-def _read_stream(call: _Call, live: TextIO) -> None:
+class _LiveText:
+    """The answer so far, for the live view (state/llm_stream.txt): written a whole line at a time and
+    redacted, so that a secret the model echoes never reaches the file, not even in part."""
+
+    def __init__(self, file: TextIO):
+        self.file = file
+        self.pending = ""
+
+    def write(self, piece: str) -> None:
+        self.pending += piece
+        if "\n" in piece:
+            lines, _, self.pending = self.pending.rpartition("\n")
+            self.file.write(redact(lines + "\n"))
+            self.file.flush()
+
+    def close(self) -> None:
+        self.file.write(redact(self.pending))
+        self.pending = ""
+
+
+def _read_stream(call: _Call, live: _LiveText) -> None:
     spoke, length = False, 0  # spoke: a chunk came from the server (LiteLLM makes up a last one of its own)
     for chunk in call.response:  # type: ignore[attr-defined]  # LiteLLM's stream wrapper
         if call.abandoned:
@@ -418,7 +501,6 @@ def _read_stream(call: _Call, live: TextIO) -> None:
             call.pieces.append(delta)
             length += len(delta)
             live.write(delta)
-            live.flush()
         if length > MAX_ANSWER_CHARS:
             call.finish = "size"
             return
@@ -426,7 +508,7 @@ def _read_stream(call: _Call, live: TextIO) -> None:
         raise NotStreamed("the server answered a streamed request without a stream")
 
 
-def _read_whole(call: _Call, live: TextIO) -> None:
+def _read_whole(call: _Call, live: _LiveText) -> None:
     choices = getattr(call.response, "choices", None) or [None]
     message = getattr(choices[0], "message", None)
     text = getattr(message, "content", None) or ""
@@ -465,11 +547,20 @@ def _first_difference(recorded: list[Message], asked: list[Message]) -> str:
 
 
 def _result(response: str | None, error: str | None, prompt_tokens: int, completion_tokens: int, cost_usd: float,
-            latency_s: float, attempts: int, finish_reason: str | None = None, refused: bool = False) -> CallResult:
+            latency_s: float, attempts: int, finish_reason: str | None = None, refused: bool = False,
+            too_long: bool = False, max_tokens: int | None = None) -> CallResult:
     """The outcome part of a log line, shared by live and replayed calls."""
     return {"response": response, "error": error, "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens, "cost_usd": cost_usd, "latency_s": latency_s,
-            "attempts": attempts, "finish_reason": finish_reason, "refused": refused}
+            "attempts": attempts, "finish_reason": finish_reason, "refused": refused, "too_long": too_long,
+            "max_tokens": max_tokens}
+
+
+def _logged_result(record: JsonObject) -> CallResult:
+    """The outcome part of a log line as it was written (older logs lack the newer fields)."""
+    return _result(record["response"], record["error"], record["prompt_tokens"], record["completion_tokens"],
+                   record["cost_usd"], record["latency_s"], record["attempts"], record.get("finish_reason"),
+                   record.get("refused", False), record.get("too_long", False), record.get("max_tokens"))
 
 
 def _refused(error: Exception) -> bool:
@@ -478,15 +569,31 @@ def _refused(error: Exception) -> bool:
 
 
 def _retryable(error: Exception) -> bool:
-    """Rate limits, timeouts, lost connections and server errors may pass; a bad request or key will not,
-    nor an answer still streaming at the deadline."""
-    if isinstance(error, CallDeadline):
-        return False
+    """Rate limits, timeouts, lost connections, broken streams and server errors may pass; a bad request or key
+    will not."""
     litellm = _litellm()
     transient = (litellm.RateLimitError, litellm.Timeout, litellm.APIConnectionError, litellm.InternalServerError,
-                 litellm.ServiceUnavailableError, litellm.BadGatewayError)
+                 litellm.ServiceUnavailableError, litellm.BadGatewayError, BrokenStream)
     status = getattr(error, "status_code", None)
     return isinstance(error, transient) or (isinstance(status, int) and status >= 500)
+
+
+def _busy(error: Exception) -> bool:
+    """A rate limit, or a server (still) loading its model: answers 429 or 503, or holds the request past the
+    attempt's timeout. Waited for as long as the deadline allows."""
+    return getattr(error, "status_code", None) in (429, 503) or isinstance(error, _litellm().Timeout)
+
+
+_CONTEXT_MESSAGE = re.compile(r"context (length|size|window)|maximum context|too many tokens|prompt is too long",
+                              re.IGNORECASE)
+
+
+def _too_long(error: Exception) -> bool:
+    """The prompt and the answer asked for do not fit the model's context (vLLM, llama.cpp, OpenAI, Ollama
+    say so in a 400 or 413, each in its own words)."""
+    if isinstance(error, _litellm().ContextWindowExceededError):
+        return True
+    return getattr(error, "status_code", None) in (400, 413) and bool(_CONTEXT_MESSAGE.search(str(error)))
 
 
 def _retry_after(error: Exception) -> float:
@@ -603,23 +710,52 @@ def extract_json(text: str) -> dict[str, object]:
 def extract_diff(text: str) -> tuple[str, str]:
     """(description, diff): the first line of prose before the diff, and the diff itself.
 
-    The diff is the fenced blocks that hold diff lines, joined, or else everything from the first
-    diff line (`diff --git`, `--- ` or `@@ `) on. The description may be a heading or carry a
-    'Description:' label; both are stripped.
+    The diff is the fenced blocks that hold diff lines, joined (a block repeated word for word counts
+    once), or a JSON object's "diff" (and "description"), or else everything from the first diff line
+    (`diff --git`, `--- ` or `@@ `) on. The description may be a heading or carry a 'Description:' label;
+    both are stripped. With no prose before the diff, the first line after it describes the change, or
+    else the diff's first added line.
     """
     text = answer_part(text)
+    if not text.strip():
+        raise ValueError("the answer is empty; write one line saying what the change does, then the diff")
     blocks = [m for m in _FENCED_BLOCK.finditer(text) if _DIFF_START.search(m.group(1))]
     if blocks:
-        diff, diff_at = "".join(m.group(1) for m in blocks), blocks[0].start()
+        diff = "".join(dict.fromkeys(m.group(1) for m in blocks))
+        before, after = text[:blocks[0].start()], text[blocks[-1].end():]
+    elif (wrapped := _json_wrapped_diff(text)) is not None:
+        return wrapped
     else:
         start = _DIFF_START.search(text)
         if start is None:
             raise ValueError("no unified diff in the answer; write '--- a/train.py', '+++ b/train.py' and '@@' hunks")
-        diff, diff_at = text[start.start():], start.start()
-    description = _first_prose_line(text[:diff_at])
-    if not description:
-        raise ValueError("no description before the diff; start the answer with one line saying what the change does")
-    return description, diff if diff.endswith("\n") else diff + "\n"
+        diff, before, after = text[start.start():], text[:start.start()], ""
+    diff = diff if diff.endswith("\n") else diff + "\n"
+    return _first_prose_line(before) or _first_prose_line(after) or _first_added_line(diff), diff
+
+
+def _json_wrapped_diff(text: str) -> tuple[str, str] | None:
+    """(description, diff) from an answer that is a JSON object with a "diff" string; None for any other."""
+    if '"diff"' not in text:
+        return None
+    try:
+        answer = extract_json(text)
+    except ValueError:
+        return None
+    diff, description = answer.get("diff"), answer.get("description")
+    if not isinstance(diff, str) or not _DIFF_START.search(diff):
+        return None
+    diff = diff if diff.endswith("\n") else diff + "\n"
+    return (description.strip() if isinstance(description, str) and description.strip()
+            else _first_added_line(diff)), diff
+
+
+def _first_added_line(diff: str) -> str:
+    """A description made from the diff, for an answer that gave none."""
+    for line in diff.splitlines():
+        if line.startswith("+") and not line.startswith("+++") and line[1:].strip():
+            return "edit: " + line[1:].strip()
+    return "edit of train.py"
 
 
 def _first_prose_line(text: str) -> str:

@@ -53,6 +53,7 @@ from sandbox.workers import collected_by, cpu_placements, gpu_ids, gpu_placement
 
 Reporter = Callable[[str], None]
 MAX_INFEASIBLE_IN_A_ROW = 200
+MAX_UNUSABLE_IN_A_ROW = 20  # proposals, none of them usable, before the run stops: the model cannot do the task
 CRASH_ENV = "ARENA_CRASH_AT"  # fault injection for the crash-safety tests: "<point>:<trial>"
 
 
@@ -399,7 +400,8 @@ class Scheduler:
 
 
 def check_not_stuck(records: list[TrialRecord]) -> None:
-    """Stop a method that keeps proposing what cannot fit: infeasible trials cost nothing, so nothing else would."""
+    """Stop a method that keeps proposing what cannot fit (infeasible trials cost nothing, so nothing else would),
+    or a model none of whose answers in this run could be used."""
     streak = 0
     for record in reversed(records):
         if record.status is not Status.INFEASIBLE:
@@ -408,6 +410,11 @@ def check_not_stuck(records: list[TrialRecord]) -> None:
     if streak >= MAX_INFEASIBLE_IN_A_ROW:
         raise ArenaError(f"the last {streak} proposals were all predicted not to fit in memory ({records[-1].reason}); "
                          "check --device-memory, or run with --feasibility off")
+    proposals = [record for record in records if record.kind == "proposal"]
+    if len(proposals) >= MAX_UNUSABLE_IN_A_ROW and all(r.status is Status.INVALID_PATCH for r in proposals):
+        raise ArenaError(f"none of the model's {len(proposals)} proposals so far could be used (the last: "
+                         f"{records[-1].reason[:200]}); check the model's answers in `arena replay`, and use a model "
+                         "that follows the answer format (or check its chat template)")
 
 
 def best_kept(records: list[TrialRecord], k: int) -> list[int]:
@@ -435,6 +442,9 @@ def build_source(run: Run, job: Job, parent_source: str) -> str:
         source = apply_diff(parent_source, proposal.diff)
     else:
         raise InvalidPatch("the proposal holds neither a config nor a diff")
+    if source == parent_source and isinstance(run.method, Repairable):  # a model echoing what it was shown
+        raise InvalidPatch("the proposal changes nothing: train.py would be the same as the one it was proposed "
+                           "against; propose a change")
     check_train_py(source, parent_source, fixed_space=run.method.fixed_space,
                    space=run.space if run.method.fixed_space else None)
     return source
@@ -443,10 +453,10 @@ def build_source(run: Run, job: Job, parent_source: str) -> str:
 def apply_with_repairs(run: Run, job: Job, parent_source: str) -> tuple[str | None, list[Repair]]:
     """The trial's source, sending a rejected proposal back to a method that can repair it (bounded).
 
-    Returns (None, attempts) when every attempt was rejected. Each repaired proposal is journaled,
-    so a restart does not ask the model again.
+    Returns (None, attempts) when every attempt was rejected. Each repaired proposal is journaled with the
+    attempts before it, so a restart neither asks the model again nor starts the count of repairs anew.
     """
-    attempts: list[Repair] = []
+    attempts = list(job.repairs)
     while True:
         try:
             return build_source(run, job, parent_source), attempts
@@ -455,6 +465,7 @@ def apply_with_repairs(run: Run, job: Job, parent_source: str) -> tuple[str | No
             if job.kind != "proposal" or not isinstance(run.method, Repairable) or len(attempts) > run.settings.repairs:
                 return None, attempts
             job.proposal = run.method.repair(job.proposal, e.reason, job.trial)
+            job.repairs = tuple(attempts)
             run.journal_job(job)
 
 

@@ -38,7 +38,7 @@ from agent.judging import best_of
 from agent.ledger import Ledger, fsync_write, results_tsv
 from agent.methods import CODE_EDITING_METHODS, METHODS, Method, Proposal, make_method
 from agent.presets import Preset, get_preset, load_presets
-from agent.record import Kind
+from agent.record import Kind, Repair
 from agent.runlock import RunLock
 from agent.space import SearchSpace, load_space
 from agent.surrogate.data import SURROGATE_PREFIX, data_fingerprint
@@ -51,6 +51,7 @@ from agent.template import (
 )
 from agent.workspace import RunRepo, trial_ref
 from sandbox.local import ISOLATIONS
+from sandbox.owners import left_behind, owner_tag
 from sandbox.phases import memory_bytes
 from train_template.prepare import read_meta
 
@@ -109,7 +110,7 @@ class RunSettings:
                              "--api-base, anthropic/claude-..., gemini/...", group=LLM)
     api_base: str | None = flag(None, "base URL of an OpenAI-compatible or local server", group=LLM, may_change=True)
     temperature: float = flag(0.7, "sampling temperature", group=LLM)
-    max_tokens: int = flag(4096, "answer length cap", group=LLM)
+    max_tokens: int = flag(4096, "answer length cap", group=LLM, may_change=True)
     llm_timeout: float = flag(120.0, "seconds per LLM call", group=LLM, may_change=True)
     llm_retries: int = flag(3, "retries on rate limits, 5xx, timeouts", group=LLM, may_change=True)
     llm_ratio: float = flag(0.3, "Centaur: share of trials the LLM proposes after warm-up", group=LLM)
@@ -174,6 +175,7 @@ class Job:
     confirms: int | None = None
     propose_seconds: float = 0.0
     memory: Verdict | None = None  # the memory model's, decided once before it first ran (--feasibility on)
+    repairs: tuple[Repair, ...] = ()  # attempts refused so far, so a resume does not start the count again
 
 
 class Journal(TypedDict):
@@ -376,7 +378,10 @@ def create_run_dir(run_dir: Path, settings: RunSettings, preset: Preset, fingerp
                    space_file: Path | None, held: RunLock | None) -> tuple[RunInfo, RunLock]:
     """Build the run in a scratch directory, locked, and rename it into place, so a kill leaves no half-made
     run. A run with no recorded trial (`held`: its lock) is replaced; its logs are kept."""
-    scratch = run_dir.with_name(f".{run_dir.name}.creating-{os.getpid()}")
+    for kind in ("creating", "replaced"):  # left by arenas killed while they made this run
+        for left in left_behind(run_dir.parent, f".{run_dir.name}.{kind}-"):
+            shutil.rmtree(left, ignore_errors=True)
+    scratch = run_dir.with_name(f".{run_dir.name}.creating-{owner_tag()}")
     shutil.rmtree(scratch, ignore_errors=True)
     (scratch / "state").mkdir(parents=True)
     lock = RunLock.take(scratch)
@@ -395,7 +400,7 @@ def create_run_dir(run_dir: Path, settings: RunSettings, preset: Preset, fingerp
     if held is not None:  # replace the empty run we hold: its logs (failed baselines) move over
         if (run_dir / "logs").is_dir():
             shutil.move(run_dir / "logs", scratch / "logs")
-        old = run_dir.with_name(f".{run_dir.name}.replaced-{os.getpid()}")
+        old = run_dir.with_name(f".{run_dir.name}.replaced-{owner_tag()}")
         run_dir.rename(old)
         scratch.rename(run_dir)
         held.release()

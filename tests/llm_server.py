@@ -7,7 +7,11 @@
 Each POST to /v1/chat/completions (or /chat/completions) takes the next scripted answer: a plain
 string is the reply's text; a `Fault` is an HTTP error (with a message of the test's choosing), a
 delay, a dropped connection, an empty reply, an answer dripped slowly, one cut off at max_tokens, a
-stream kept alive with nothing in it, or one JSON body though a stream was asked for.
+stream kept alive with nothing in it, one JSON body though a stream was asked for, an error in the
+middle of a stream (a model runner that crashed), or, for a prompt and max_tokens past a context size,
+the 400 that vLLM or llama.cpp sends (that answer stays next in the script until a request fits).
+Ollama's own API is spoken too (POST /api/chat, NDJSON streams, and /api/show), for LiteLLM's
+`ollama_chat/` models: the same script, in Ollama's words.
 With nothing left in the script the server answers HTTP 400, so a test that asks once too often fails
 at once instead of retrying; a request for one token (max_tokens 1: a reachability check) is answered
 "OK" without touching the script (or with the next HTTP status in `check_refusals`). Streaming
@@ -35,6 +39,7 @@ import pytest
 MODEL = "test-model"
 CHAT_PATHS = ("/v1/chat/completions", "/chat/completions")
 MODELS_PATHS = ("/v1/models", "/models")
+OLLAMA_CHAT, OLLAMA_SHOW = "/api/chat", "/api/show"
 CHUNK_CHARS = 16  # chunks small enough that a short answer streams as several deltas (LiteLLM spends ~3 ms
 DRIP_CHUNK_CHARS = 4  # on each, so not smaller); a dripped answer comes in the smallest ones
 
@@ -53,6 +58,9 @@ class Fault:
     chunk: int = CHUNK_CHARS          # characters per streamed chunk
     keep_alive: str = ""              # an SSE line sent every 0.2 s instead of an answer, until the client leaves
     whole: bool = False               # one JSON body even when the request asked for a stream
+    stream_error: str = ""            # sent as an error event after the text, instead of the stream's end
+    context: int = 0                  # tokens (words) of prompt + max_tokens past which the request is refused
+    context_words: str = "vllm"       # whose words refuse it: "vllm" or "llamacpp"
 
     @classmethod
     def http(cls, status: int, retry_after: float | None = None, message: str = "") -> Fault:
@@ -84,6 +92,17 @@ class Fault:
     def unstreamed(cls, text: str) -> Fault:
         """Answer `text` as one JSON completion, though the request asked for a stream."""
         return cls(text=text, whole=True)
+
+    @classmethod
+    def broken(cls, text: str, error: str) -> Fault:
+        """Stream `text`, then an error event where the stream's end should be (a crashed model runner)."""
+        return cls(text=text, stream_error=error)
+
+    @classmethod
+    def fits(cls, context: int, text: str, words: str = "vllm") -> Fault:
+        """Answer `text` to the first request whose prompt words plus max_tokens fit in `context`; refuse each
+        one before it as vLLM (or llama.cpp) refuses a request past the model's context."""
+        return cls(text=text, context=context, context_words=words)
 
     @classmethod
     def dropped(cls) -> Fault:
@@ -172,6 +191,11 @@ class ScriptedLLMServer:
                 return self._script.popleft()
             return Fault(text=self.responder(body)) if self.responder is not None else None
 
+    def _again(self, answer: Fault) -> None:
+        """`answer` is the next one again (a request it was not for)."""
+        with self._lock:
+            self._script.appendleft(answer)
+
     def _wait(self, seconds: float) -> bool:
         """Sleep through a scripted delay; False when the server is stopping meanwhile."""
         return not self._stopping.wait(seconds)
@@ -198,16 +222,28 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(200, {"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "test"}]})
 
     def do_POST(self) -> None:
-        if self.path.rstrip("/") not in CHAT_PATHS:
+        path = self.path.rstrip("/")
+        if path == OLLAMA_SHOW:  # LiteLLM asks Ollama about the model before it prices a call
+            return self._json(200, {"details": {"family": "test", "parameter_size": "1B"}, "model_info": {},
+                                    "capabilities": ["completion"]})
+        if path not in (*CHAT_PATHS, OLLAMA_CHAT):
             return self._error(404, f"no route {self.path}")
+        ollama = path == OLLAMA_CHAT
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-        if body.get("max_tokens") == 1:  # a reachability check: answered, the script untouched
+        max_tokens = body.get("max_tokens", (body.get("options") or {}).get("num_predict"))
+        if max_tokens == 1:  # a reachability check: answered, the script untouched
             if self.scripted.check_refusals:
                 return self._error(self.scripted.check_refusals.popleft(), "scripted refusal of the check")
+            if ollama:
+                return self._json(200, _ollama_line("OK", done=True, usage=(1, 1)))
             return self._json(200, _completion("OK", {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}))
         answer = self.scripted._next(body)
         if answer is None:
             return self._error(400, "the test server's script is exhausted")
+        prompt_tokens = _prompt_tokens(body.get("messages", []))
+        if answer.context and prompt_tokens + (max_tokens or 0) > answer.context:
+            self.scripted._again(answer)
+            return self._error(400, _too_long(answer, prompt_tokens, max_tokens or 0))
         if answer.delay and not self.scripted._wait(answer.delay):
             return
         if answer.drop:
@@ -217,16 +253,36 @@ class _Handler(BaseHTTPRequestHandler):
         if answer.status != 200:
             headers = {"Retry-After": f"{answer.retry_after:g}"} if answer.retry_after is not None else {}
             return self._error(answer.status, answer.message or f"scripted HTTP {answer.status}", headers)
-        usage = {"prompt_tokens": _prompt_tokens(body.get("messages", [])), "completion_tokens": _words(answer.text)}
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": _words(answer.text)}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         try:
-            if body.get("stream") and not answer.whole:
+            if ollama:
+                self._ollama(answer, usage, streamed=body.get("stream", True))
+            elif body.get("stream") and not answer.whole:
                 include_usage = (body.get("stream_options") or {}).get("include_usage")
                 self._stream(answer, usage if include_usage else None)
             else:
                 self._json(200, _completion(answer.text, usage, answer.finish_reason))
         except (BrokenPipeError, ConnectionResetError):
             self.scripted.disconnects += 1  # the client gave up (e.g. its deadline came first)
+
+    def _ollama(self, answer: Fault, usage: dict, streamed: bool) -> None:
+        """Ollama's answer: NDJSON lines of message pieces, then a last line with done and token counts."""
+        counts = (usage["prompt_tokens"], usage["completion_tokens"])
+        if not streamed:
+            return self._json(200, _ollama_line(answer.text, done=True, usage=counts))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-ndjson")
+        self.end_headers()
+        for i in range(0, len(answer.text), answer.chunk):
+            if answer.drip and not self.scripted._wait(answer.drip):
+                return
+            self._line(_ollama_line(answer.text[i:i + answer.chunk]))
+        self._line({"error": answer.stream_error} if answer.stream_error else _ollama_line("", done=True, usage=counts))
+
+    def _line(self, payload: dict) -> None:
+        self.wfile.write(json.dumps(payload).encode() + b"\n")
+        self.wfile.flush()
 
     def _stream(self, answer: Fault, usage: dict | None) -> None:
         self.send_response(200)
@@ -243,6 +299,8 @@ class _Handler(BaseHTTPRequestHandler):
             if answer.drip and not self.scripted._wait(answer.drip):
                 return
             self._event(_chunk({"content": piece}, None))
+        if answer.stream_error:  # as llama.cpp and vLLM report a failure after the headers went out
+            return self._event({"error": {"message": answer.stream_error, "type": "server_error", "code": 500}})
         self._event(_chunk({}, answer.finish_reason))
         if usage is not None:
             self._event({**_chunk({}, None), "choices": [], "usage": usage})
@@ -273,6 +331,25 @@ def _completion(text: str, usage: dict, finish_reason: str = "stop") -> dict:
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                          "finish_reason": finish_reason}],
             "usage": usage}
+
+
+def _ollama_line(text: str, done: bool = False, usage: tuple[int, int] | None = None) -> dict:
+    line = {"model": MODEL, "created_at": "2026-01-01T00:00:00Z", "message": {"role": "assistant", "content": text},
+            "done": done}
+    if done:
+        line["done_reason"] = "stop"
+    if usage is not None:
+        line.update(prompt_eval_count=usage[0], eval_count=usage[1])
+    return line
+
+
+def _too_long(answer: Fault, prompt_tokens: int, max_tokens: int) -> str:
+    """The refusal of a request past the context, in the words of the server the answer imitates."""
+    if answer.context_words == "llamacpp":
+        return "the request exceeds the available context size, try increasing it"
+    return (f"This model's maximum context length is {answer.context} tokens. However, you requested "
+            f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, {max_tokens} in the completion). "
+            "Please reduce the length of the messages or completion.")
 
 
 def _chunk(delta: dict, finish_reason: str | None) -> dict:

@@ -25,7 +25,7 @@ MODEL = "openai/test-model"
 # LiteLLM itself touches fields pydantic 2.11 deprecates; that is not ours to see
 pytestmark = pytest.mark.filterwarnings("ignore:Accessing the 'model_:DeprecationWarning")
 LOG_FIELDS = {"trial", "purpose", "call", "model", "messages", "response", "error", "prompt_tokens",
-              "completion_tokens", "cost_usd", "latency_s", "attempts", "finish_reason", "time"}
+              "completion_tokens", "cost_usd", "latency_s", "attempts", "finish_reason", "time", "max_tokens"}
 
 
 def ask(text: str) -> list[dict]:
@@ -215,6 +215,22 @@ def test_a_resumed_run_continues_numbering_and_totals(llm_server, make_client, t
     assert [line["call"] for line in read_log(tmp_path / "llm.jsonl")] == [0, 1, 2, 3]
 
 
+def test_an_answer_logged_by_an_arena_killed_before_it_was_journaled_is_not_asked_for_again(llm_server, make_client,
+                                                                                              tmp_path):
+    """kill -9 between the log line and the journal: the resumed run asks the same for the same trial, and gets
+    the logged answer, so the model is asked (and paid) once and the log stays a faithful recording."""
+    llm_server.script("the first answer", "the next answer")
+    make_client(llm_server.api_base).complete(ask("go"), "propose", 2)
+    resumed = make_client(llm_server.api_base)
+    assert resumed.complete(ask("go"), "propose", 2).text == "the first answer"
+    assert len(llm_server.requests) == 1 and resumed.usage_totals()["calls"] == 1
+    assert resumed.complete(ask("go"), "propose", 3).text == "the next answer"  # only the first call is looked up
+    again = make_client(llm_server.api_base)
+    llm_server.script("asked anew")
+    assert again.complete(ask("go on"), "propose", 3).text == "asked anew"  # another request: asked
+    assert [line["trial"] for line in read_log(tmp_path / "llm.jsonl")] == [2, 3, 3]
+
+
 def test_replay_reproduces_the_run_without_a_server(make_client, tmp_path):
     with ScriptedLLMServer() as server:
         record_a_run(server, make_client)
@@ -262,15 +278,19 @@ def assert_request_closed(server: ScriptedLLMServer) -> None:
     assert server.disconnects == 1
 
 
-def test_one_deadline_for_the_whole_call(llm_server, make_client):
-    """A server that drips an answer (one chunk every 0.4 s, 30 s in all) is cut off at the call's deadline,
-    and the request is closed, so the server stops generating for nobody."""
+def test_an_answer_still_coming_at_the_deadline_is_returned_as_far_as_it_came(llm_server, make_client, tmp_path):
+    """A server that drips an answer (one chunk every 0.4 s, 30 s in all) is cut off at the call's deadline, and
+    the request is closed, so the server stops generating for nobody. The model was answering: what came is an
+    unusable answer, with its tokens counted, not an outage."""
     llm_server.script(Fault.dripped("x" * 300, every=0.4))
     client = make_client(llm_server.api_base, timeout=2.0, retries=3)
-    with pytest.raises(LLMError, match="failed after 1 attempt: no complete answer within --llm-timeout 2 s"):
-        client.complete(ask("go"), "propose", 1)  # cut off: a whole answer would have been returned
+    reply = client.complete(ask("go"), "propose", 1)
+    assert 0 < len(reply.text) < 300 and set(reply.text) == {"x"}
+    assert reply.finish_reason == "deadline" and "--llm-timeout" in reply.cut_off()
+    assert reply.prompt_tokens > 0 and reply.completion_tokens > 0  # estimated: the usage chunk never came
     assert len(llm_server.requests) == 1  # one deadline for the call, not one per attempt
     assert_request_closed(llm_server)
+    assert read_log(tmp_path / "llm.jsonl")[-1]["finish_reason"] == "deadline"
 
 
 EMPTY_DELTA = ('data: {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "test-model", '
@@ -347,16 +367,16 @@ def test_an_answer_has_a_size_limit(llm_server, make_client, tmp_path):
     into a server error that would be retried and then taken for an outage)."""
     llm_server.script(Fault(text="[" * (MAX_ANSWER_CHARS + 50_000), chunk=4096))
     reply = make_client(llm_server.api_base, timeout=120).complete(ask("go"), "propose", 1)
-    assert len(reply.text) == MAX_ANSWER_CHARS and "passed 200,000 characters" in reply.cut_off(4096)
+    assert len(reply.text) == MAX_ANSWER_CHARS and "passed 200,000 characters" in reply.cut_off()
     assert (tmp_path / "llm.jsonl").stat().st_size < 2 * MAX_ANSWER_CHARS
 
 
 def test_an_answer_cut_at_max_tokens_says_so(llm_server, make_client):
     llm_server.script(Fault.cut('{"DEPTH": 4, "MATRIX'), "whole")
-    client = make_client(llm_server.api_base)
+    client = make_client(llm_server.api_base, max_tokens=64)
     reply = client.complete(ask("go"), "propose", 1)
-    assert reply.text == '{"DEPTH": 4, "MATRIX' and "cut off at --max-tokens 64" in reply.cut_off(64)
-    assert client.complete(ask("go"), "propose", 2).cut_off(64) is None
+    assert reply.text == '{"DEPTH": 4, "MATRIX' and "cut off at 64 tokens" in reply.cut_off()
+    assert client.complete(ask("go"), "propose", 2).cut_off() is None
 
 
 def test_secrets_are_redacted_everywhere(llm_server, make_client, tmp_path, monkeypatch):
@@ -369,6 +389,87 @@ def test_secrets_are_redacted_everywhere(llm_server, make_client, tmp_path, monk
     log = (tmp_path / "llm.jsonl").read_text()
     for text in (str(caught.value), log):
         assert secret not in text and "token-value-987654321" not in text and "[redacted]" in text
+
+
+def test_a_secret_the_model_echoes_never_reaches_the_live_file(llm_server, make_client, tmp_path, monkeypatch):
+    """The live view's file is written as the answer streams: a line at a time, redacted, so no part of a
+    secret is ever in it, not even while the rest of the secret is still on its way."""
+    secret = "localkey-7f3a9b2c1d5e"
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    live = tmp_path / "stream.txt"
+    seen: set[str] = set()
+    done = threading.Event()
+
+    def watch() -> None:  # what the file holds while the answer streams
+        while not done.is_set():
+            seen.add(live.read_text() if live.exists() else "")
+            time.sleep(0.001)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    llm_server.script(Fault(text=f"the key you sent me is {secret}, and\nagain: {secret}\nbye", chunk=3, drip=0.02))
+    try:
+        reply = make_client(llm_server.api_base).complete(ask("go"), "propose", 1)
+    finally:
+        done.set()
+        watcher.join()
+    assert secret not in reply.text and reply.text.count("[redacted]") == 2
+    assert live.read_text() == reply.text
+    assert len(seen) > 2 and not any(secret[:6] in text for text in seen)  # not even its first part, at any moment
+
+
+@pytest.mark.parametrize("words", ["vllm", "llamacpp"])
+def test_a_prompt_past_the_context_is_asked_again_for_a_shorter_answer(llm_server, make_client, tmp_path, words):
+    """vLLM and llama.cpp refuse a prompt plus max_tokens past the model's context with a 400: the call asks again
+    with max_tokens halved (not an attempt, not an outage) and records what it asked for."""
+    prompt = ask("go")
+    prompt_words = sum(len(m["content"].split()) for m in prompt)
+    llm_server.script(Fault.fits(prompt_words + 1500, "the answer", words))
+    reply = make_client(llm_server.api_base, max_tokens=4096).complete(prompt, "propose", 1)
+    assert reply.text == "the answer" and reply.max_tokens == 1024 and reply.attempts == 1
+    assert [r["max_tokens"] for r in llm_server.requests] == [4096, 2048, 1024]
+    assert read_log(tmp_path / "llm.jsonl")[-1]["max_tokens"] == 1024
+
+
+def test_a_prompt_that_fits_no_answer_fails_with_one_line_that_says_what_to_do(llm_server, make_client):
+    llm_server.script(Fault.fits(3, "never"))  # the prompt alone is longer than the context
+    with pytest.raises(LLMError) as caught:
+        make_client(llm_server.api_base, max_tokens=4096).complete(ask("go"), "propose", 1)
+    error = caught.value
+    assert error.too_long and not error.refused and "\n" not in str(error)
+    assert "does not fit the model's context even with --max-tokens 512" in str(error)
+    assert "llama-server -c" in str(error) and "num_ctx" in str(error)
+    assert [r["max_tokens"] for r in llm_server.requests] == [4096, 2048, 1024, 512]
+
+
+@pytest.mark.parametrize("model, base", [(MODEL, "/v1"), ("ollama_chat/test-model", "")], ids=["openai", "ollama"])
+def test_an_answer_broken_off_by_the_server_is_asked_again(llm_server, make_client, model, base):
+    """A model runner that crashes mid-answer (Ollama: an error line in the NDJSON stream; llama.cpp, vLLM: an
+    error event): the server accepted the request, so the failure is transient, whatever status LiteLLM gives."""
+    llm_server.script(Fault.broken("half an ans", "an error was encountered while running the model: unexpected EOF"),
+                      "the whole answer")
+    api_base = llm_server.api_base.removesuffix("/v1") + base
+    reply = make_client(api_base, model=model).complete(ask("go"), "propose", 1)
+    assert reply.text == "the whole answer" and reply.attempts == 2
+
+
+def test_an_ollama_model_is_asked_in_ollamas_own_words(llm_server, make_client, tmp_path):
+    llm_server.script("an answer from ollama")
+    client = make_client(llm_server.api_base.removesuffix("/v1"), model="ollama_chat/test-model")
+    client.check_reachable()
+    reply = client.complete(ask("go"), "propose", 1)
+    assert reply.text == "an answer from ollama" and reply.cost_usd == 0.0
+    assert reply.prompt_tokens == 4 and reply.completion_tokens == 4  # Ollama's own counts (words, here)
+
+
+def test_a_loading_server_is_waited_for_until_the_deadline_not_the_retries(llm_server, make_client, sleeps):
+    """A server that answers 503 while it loads the model: more retries than --llm-retries, within the deadline."""
+    llm_server.script(*[Fault.http(503, message="Loading model")] * 5, "ready now")
+    reply = make_client(llm_server.api_base, retries=2).complete(ask("go"), "propose", 1)
+    assert reply.text == "ready now" and reply.attempts == 6 and len(sleeps) == 5
+    llm_server.check_refusals.extend([503] * 6)
+    make_client(llm_server.api_base, retries=2).check_reachable()
+    assert len(sleeps) == 11
 
 
 # ---------------------------------------------------------------------------- parsing answers
@@ -425,9 +526,22 @@ def test_extract_diff_without_a_fence():
     assert extract_diff(f"# Deeper model\n{DIFF.rstrip()}") == ("Deeper model", DIFF)
 
 
+@pytest.mark.parametrize("text, expected", [
+    (f"```diff\n{DIFF}```", ("edit: DEPTH = 4", DIFF)),  # no prose at all: the first added line describes it
+    (f"```diff\n{DIFF}```\nThis makes the model deeper.", ("This makes the model deeper.", DIFF)),
+    (f"Deeper.\n```diff\n{DIFF}```\nIn short:\n```diff\n{DIFF}```", ("Deeper.", DIFF)),  # a block repeated
+    ('{"description": "deeper", "diff": ' + json.dumps(DIFF) + "}", ("deeper", DIFF)),
+    ("```json\n" + json.dumps({"diff": DIFF.rstrip()}) + "\n```", ("edit: DEPTH = 4", DIFF)),
+])
+def test_extract_diff_reads_what_small_models_write(text, expected):
+    assert extract_diff(text) == expected
+
+
 @pytest.mark.parametrize("text, reason", [
     ("just prose, no diff", "no unified diff"),
-    (f"```diff\n{DIFF}```", "no description"),
+    ("", "the answer is empty"),
+    ("<think>all the work went here</think>\n", "the answer is empty"),
+    ('{"description": "deeper", "diff": "make it deeper"}', "no unified diff"),
 ])
 def test_extract_diff_errors(text, reason):
     with pytest.raises(ValueError, match=reason):

@@ -202,14 +202,14 @@ def test_hostile_and_cut_answers_are_unusable_answers_not_crashes(method, tmp_pa
             proposal = chosen.propose(context())
             reasons.append(proposal.invalid or proposal.meta.get("llm_error"))
     assert "nests brackets" in reasons[0] and "far out of any range" in reasons[1]
-    assert "cut off at --max-tokens 4096" in reasons[2]
+    assert "cut off at 4096 tokens" in reasons[2]
 
 
 def test_a_model_that_fails_stops_the_run_instead_of_burning_trials(tmp_path):
     from agent.llm import ModelUnavailable
 
     with ScriptedLLMServer() as server:
-        server.script(Fault.http(503), *[Fault.http(500)] * 3)
+        server.script(*[Fault.http(500)] * 4)
         with pytest.raises(ModelUnavailable, match=r"^the model failed \(openai/test-model failed after 1 attempt"):
             llm_method(server, tmp_path / "llm", "llm").propose(context())
         centaur = llm_method(server, tmp_path / "centaur", "centaur")
@@ -255,3 +255,79 @@ def test_an_outage_ends_the_run_with_one_line_and_records_nothing(tmp_path, cach
     assert "nothing was recorded for trial 2" in proc.stderr and "Traceback" not in proc.stderr
     records = check_run_consistent(runs / "down", 2)
     assert [r["status"] for r in records] == ["ok", "ok"]  # no invalid_patch for the outage
+
+
+def test_a_repair_shows_the_first_prompt_and_only_the_last_answer(tmp_path):
+    """Each repair asks for no more context than the one before it: the first prompt, the last answer (the start of
+    one cut off) and the note, not every earlier exchange."""
+    from agent.methods.llm_base import SHOWN_CHARS
+
+    with ScriptedLLMServer() as server:
+        server.script(Fault.cut("x" * 30_000), "no JSON here", config_answer(DEPTH=4))
+        method = llm_method(server, tmp_path)
+        first = method.propose(context())
+        second = method.repair(first, first.invalid, 1)
+        third = method.repair(second, second.invalid, 1)
+        requests = list(server.requests)
+    assert "cut off" in first.invalid and "no JSON object" in second.invalid and third.config["DEPTH"] == 4
+    assert [len(r["messages"]) for r in requests] == [2, 4, 4]
+    assert requests[1]["messages"][:2] == requests[2]["messages"][:2] == requests[0]["messages"]
+    shown = requests[1]["messages"][2]["content"]
+    assert shown.startswith("x" * SHOWN_CHARS) and len(shown) < SHOWN_CHARS + 100 and "not shown" in shown
+    assert requests[2]["messages"][2]["content"] == "no JSON here"
+
+
+def test_a_repair_past_the_models_context_is_an_unusable_answer_not_an_outage(tmp_path):
+    with ScriptedLLMServer() as server:
+        server.script("prose only", Fault.fits(20, "never"))  # the first prompt fits; a repair would not
+        method = llm_method(server, tmp_path, max_tokens=512)
+        first = method.propose(context())
+        repaired = method.repair(first, first.invalid, 1)
+    assert "did not fit the model's context" in repaired.invalid
+
+
+@pytest.mark.slow  # arena child processes, seconds each
+def test_a_proposal_that_changes_nothing_is_sent_back(tmp_path, cache_root, stdlib_dataset):
+    """A model echoing the train.py or the best config it was shown would spend a whole trial on a re-run."""
+    same = edit("WARMDOWN_RATIO = 0.5", "WARMDOWN_RATIO = 0.6").replace("+WARMDOWN_RATIO = 0.6",
+                                                                        "+WARMDOWN_RATIO = 0.5")
+    with ScriptedLLMServer() as server:
+        server.script(code_answer("nothing, really", same),
+                      code_answer("longer warmdown", edit("WARMDOWN_RATIO = 0.5", "WARMDOWN_RATIO = 0.6")))
+        proc = fake_arena_run(tmp_path / "runs", cache_root, "--name", "same", *llm_args(server, "code"), *FAST,
+                              "--trials", "2")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    records = check_run_consistent(tmp_path / "runs" / "same", 2)
+    assert records[1]["status"] == "ok" and records[1]["description"] == "longer warmdown"
+    assert "changes nothing" in records[1]["repairs"][0]["reason"]
+
+
+@pytest.mark.slow  # arena child processes, seconds each
+def test_a_model_none_of_whose_answers_can_be_used_stops_the_run(tmp_path, cache_root, stdlib_dataset):
+    with ScriptedLLMServer() as server:
+        server.responder = lambda body: ""  # every answer empty, as from a template that hides it all
+        proc = fake_arena_run(tmp_path / "runs", cache_root, "--name", "mute", *llm_args(server, "code"), *FAST,
+                              "--repairs", "0", "--trials", "100")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    line = proc.stderr.splitlines()[-1]
+    assert line.startswith("error: none of the model's 20 proposals so far could be used") and "is empty" in line
+    records = check_run_consistent(tmp_path / "runs" / "mute", 21)
+    assert {r["status"] for r in records[1:]} == {"invalid_patch"}
+
+
+
+@pytest.mark.slow  # arena child processes, seconds each
+def test_a_resume_goes_on_counting_the_repairs_it_had_made(tmp_path, cache_root, stdlib_dataset):
+    """The model failed during the second repair: the resumed run makes that repair, not two more."""
+    runs = tmp_path / "runs"
+    with ScriptedLLMServer() as server:
+        server.script("no diff, first", "no diff, second", *[Fault.http(500)] * 3)
+        down = fake_arena_run(runs, cache_root, "--name", "r", *llm_args(server, "code"), *FAST, "--trials", "2")
+    assert down.returncode == 2 and "the model failed" in down.stderr
+    with ScriptedLLMServer() as server:
+        server.script("no diff, third")
+        proc = fake_arena_run(runs, cache_root, "--name", "r", *llm_args(server, "code"), *FAST, "--trials", "2")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert len(server.requests) == 1
+    records = check_run_consistent(runs / "r", 2)
+    assert records[1]["status"] == "invalid_patch" and len(records[1]["repairs"]) == 3  # the first answer, 2 repairs

@@ -25,6 +25,9 @@ from agent.space import SearchSpace
 Config = dict[str, Value]
 
 
+MAX_DESCRIPTION_CHARS = 200
+
+
 @dataclass
 class Proposal:
     """What to try next: a fixed-space method sets `config` (constants rendered into the block), a code
@@ -40,6 +43,8 @@ class Proposal:
     def __post_init__(self) -> None:
         if sum(part is not None for part in (self.config, self.diff, self.invalid)) > 1:
             raise ValueError("a proposal is a config, a diff or an invalid answer: one of them at most")
+        if len(self.description) > MAX_DESCRIPTION_CHARS:  # it goes into every later prompt and commit subject
+            self.description = self.description[:MAX_DESCRIPTION_CHARS - 3] + "..."
 
 
 @dataclass(frozen=True)

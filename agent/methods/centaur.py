@@ -110,7 +110,7 @@ class Centaur:
             return self.labelled(self.cma.propose(ctx), "cmaes-fallback", llm_error=f"{FAILED_CALL}: {e}")
         self.failed_calls = 0
         try:
-            cut_off = reply.cut_off(self.llm.max_tokens)
+            cut_off = reply.cut_off()
             if cut_off:
                 raise ValueError(cut_off)
             config = parse_config(reply.text, self.space)

@@ -9,6 +9,16 @@ from agent.llm import LLMClient, LLMError, Message, ModelUnavailable
 from agent.methods.base import Context, LLMSettings, Proposal, TaskFacts
 from agent.record import TrialRecord
 
+SHOWN_CHARS = 2000  # of an answer cut off or too long, what a repair shows the model of it
+LONGEST_SHOWN = 24_000  # an answer longer than this is shown by its start too (a whole train.py is ~20,000)
+
+
+def shown(answer: str, cut_off: bool) -> str:
+    """The answer as a repair shows it to the model: whole, or, cut off or too long, its start."""
+    if not cut_off and len(answer) <= LONGEST_SHOWN:
+        return answer
+    return answer[:SHOWN_CHARS] + f"\n[... {len(answer) - SHOWN_CHARS:,} more characters not shown ...]"
+
 
 class ConversationState(TypedDict):
     conversation: list[Message]
@@ -22,15 +32,17 @@ def client_for(llm: LLMSettings, run_dir: Path | None) -> LLMClient:
 
 
 class ConversationMethod:
-    """An LLM method that asks once per trial and, when the answer is rejected, continues the same
-    conversation with the reason. Subclasses give the prompt, the parser and the repair note."""
+    """An LLM method that asks once per trial and, when the answer is rejected, asks again with the reason:
+    the first prompt, the rejected answer and a repair note, so that no repair asks for more context than
+    the one before it (an answer cut off or too long is shown by its start). Subclasses give the prompt,
+    the parser and the repair note."""
     name = "llm-base"
 
     def __init__(self, llm: LLMSettings, task: TaskFacts, run_dir: Path | None):
         self.llm = llm
         self.task = task
         self.client = client_for(llm, run_dir)
-        self.conversation: list[Message] = []  # the current trial's exchange, for repairs
+        self.conversation: list[Message] = []  # the current trial's prompt and last answer, for repairs
 
     def prompt(self, ctx: Context) -> list[Message]:
         raise NotImplementedError
@@ -53,14 +65,19 @@ class ConversationMethod:
 
     def ask(self, messages: list[Message], trial: int, purpose: str) -> Proposal:
         """The model's proposal. A call that fails (after the client's retries) stops the run: an outage is
-        no trial. An answer that cannot be used is a proposal marked invalid, which a repair may fix."""
+        no trial. An answer that cannot be used is a proposal marked invalid, which a repair may fix; so is
+        a repair whose conversation no longer fits the model's context."""
         try:
             reply = self.client.complete(messages, purpose=purpose, trial=trial)
         except LLMError as e:
+            if e.too_long and purpose == "repair":
+                return Proposal(f"{self.name}: unusable answer", invalid=f"answer rejected, and its repair did not "
+                                f"fit the model's context ({e})")
             raise ModelUnavailable(e, trial) from None
-        self.conversation = messages + [{"role": "assistant", "content": reply.text}]
+        cut_off = reply.cut_off()
+        first_prompt = messages if purpose == "propose" else self.conversation[:-1]
+        self.conversation = first_prompt + [{"role": "assistant", "content": shown(reply.text, cut_off is not None)}]
         try:
-            cut_off = reply.cut_off(self.llm.max_tokens)
             if cut_off:
                 raise ValueError(cut_off)
             return self.parse(reply.text)
