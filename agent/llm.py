@@ -49,6 +49,8 @@ LOG_NAME = "llm.jsonl"
 BACKOFF_CAP_S = 30.0
 MAX_ANSWER_CHARS = 200_000   # ten times the template's train.py: room for any diff, no room for a flood
 MIN_ATTEMPT_S = 1.0          # a retry that would have less time than this left is not made
+OLLAMA_PREFIXES = ("ollama/", "ollama_chat/")
+MIN_OLLAMA_CONTEXT = 8192
 MIN_ANSWER_TOKENS = 512      # a prompt past the model's context is retried with max_tokens halved down to this
 MAX_JSON_DEPTH = 32
 MAX_JSON_TRIES = 50          # JSON objects tried in one answer, so a hostile answer cannot take quadratic time
@@ -64,6 +66,7 @@ _DECORATION = re.compile(r"^[#*>\s]*(description\s*:)?[*\s]*", re.IGNORECASE)
 _REASONING_START = re.compile(r"\s*<(think|thinking|reasoning)>", re.IGNORECASE)  # matched at a block's start
 _REASONING_END = re.compile(r"</(think|thinking|reasoning)>", re.IGNORECASE)
 _FENCE_LINE = re.compile(r"^```", re.MULTILINE)
+_NOT_BLANK = re.compile(r"\S")
 
 
 class LLMError(ArenaError):
@@ -343,7 +346,8 @@ class LLMClient:
                 model=self.model, messages=messages, api_base=self.api_base, api_key=self._api_key(),
                 temperature=self.temperature, max_tokens=max_tokens,
                 timeout=max(deadline - time.monotonic(), 0.1), num_retries=0, stream=streaming,
-                **({"stream_options": {"include_usage": True}} if streaming else {}), drop_params=True)
+                **({"stream_options": {"include_usage": True}} if streaming else {}),
+                **self._context_for(messages, max_tokens), drop_params=True)
             if call.abandoned:
                 return
             # truncated: it shows this attempt only; a lone surrogate half is shown as "?", never a failure
@@ -362,6 +366,16 @@ class LLMClient:
         finally:
             _close(call.response)
             call.done.set()
+
+    def _context_for(self, messages: list[Message], max_tokens: int) -> dict[str, int]:
+        """Ollama's context size for this call (num_ctx), which it otherwise keeps at its default of 2,048 or
+        4,096 tokens and fills by dropping the start of the prompt, silently. A power of two that holds the
+        prompt (at a conservative 3 characters a token) and the answer, so that it changes, and Ollama reloads
+        the model, only when the prompt doubles. Other servers size the context themselves."""
+        if not self.model.startswith(OLLAMA_PREFIXES):
+            return {}
+        needed = sum(len(message["content"]) for message in messages) // 3 + max_tokens
+        return {"num_ctx": max(MIN_OLLAMA_CONTEXT, 1 << (needed - 1).bit_length())}
 
     def _api_key(self) -> str | None:
         # Local OpenAI-compatible servers ignore the key, but the OpenAI client refuses to send none.
@@ -691,20 +705,47 @@ def extract_json(text: str) -> dict[str, object]:
         raise ValueError(f"the answer nests brackets more than {MAX_JSON_DEPTH} deep; reply with one flat JSON object")
     decoder = json.JSONDecoder()
     first_error = None
-    for match in itertools.islice(re.finditer(r"\{", text), MAX_JSON_TRIES):
-        try:
-            value, _ = decoder.raw_decode(text, match.start())
-        except (ValueError, RecursionError) as error:  # ValueError: also numbers too long to convert
-            first_error = first_error or error
-            continue
-        if isinstance(value, dict):
-            return value
+    for candidate in (text, _relaxed(text)):  # as written; then without comments and trailing commas
+        for match in itertools.islice(re.finditer(r"\{", candidate), MAX_JSON_TRIES):
+            try:
+                value, _ = decoder.raw_decode(candidate, match.start())
+            except (ValueError, RecursionError) as error:  # ValueError: also numbers too long to convert
+                first_error = first_error or error
+                continue
+            if isinstance(value, dict):
+                return value
     if first_error is None:
         raise ValueError("no JSON object in the answer; reply with one object in {...}")
     if isinstance(first_error, json.JSONDecodeError):
         raise ValueError(f"the JSON object in the answer does not parse: {first_error.msg} "
                          f"(line {first_error.lineno}, column {first_error.colno})")
     raise ValueError(f"the JSON object in the answer does not parse: {str(first_error)[:120]}")
+
+
+def _relaxed(text: str) -> str:
+    """`text` without what JSON forbids and models write anyway: // comments and commas before a closing
+    bracket (outside strings). One pass, linear."""
+    out: list[str] = []
+    in_string = escaped = False
+    at = 0
+    while at < len(text):
+        char = text[at]
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (char == "\\", char != '"')
+        elif char == '"':
+            in_string = True
+        elif text.startswith("//", at):
+            at = text.find("\n", at)
+            at = len(text) if at < 0 else at
+            continue
+        elif char == ",":
+            after = _NOT_BLANK.search(text, at + 1)
+            if after is not None and after.group() in "}]":
+                at += 1
+                continue
+        out.append(char)
+        at += 1
+    return "".join(out)
 
 
 def extract_diff(text: str) -> tuple[str, str]:
@@ -731,7 +772,12 @@ def extract_diff(text: str) -> tuple[str, str]:
             raise ValueError("no unified diff in the answer; write '--- a/train.py', '+++ b/train.py' and '@@' hunks")
         diff, before, after = text[start.start():], text[:start.start()], ""
     diff = diff if diff.endswith("\n") else diff + "\n"
-    return _first_prose_line(before) or _first_prose_line(after) or _first_added_line(diff), diff
+    return describe(before, after, diff), diff
+
+
+def describe(before: str, after: str, diff: str) -> str:
+    """A change's description: the first line of prose before it, else after it, else its first added line."""
+    return _first_prose_line(before) or _first_prose_line(after) or _first_added_line(diff)
 
 
 def _json_wrapped_diff(text: str) -> tuple[str, str] | None:

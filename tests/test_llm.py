@@ -454,12 +454,16 @@ def test_an_answer_broken_off_by_the_server_is_asked_again(llm_server, make_clie
 
 
 def test_an_ollama_model_is_asked_in_ollamas_own_words(llm_server, make_client, tmp_path):
-    llm_server.script("an answer from ollama")
+    llm_server.script("an answer from ollama", "a second one")
     client = make_client(llm_server.api_base.removesuffix("/v1"), model="ollama_chat/test-model")
     client.check_reachable()
     reply = client.complete(ask("go"), "propose", 1)
     assert reply.text == "an answer from ollama" and reply.cost_usd == 0.0
     assert reply.prompt_tokens == 4 and reply.completion_tokens == 4  # Ollama's own counts (words, here)
+    # a context that holds the prompt and the answer, not Ollama's default that drops the prompt's start
+    assert llm_server.requests[-1]["options"] == {"num_predict": 4096, "num_ctx": 8192, "temperature": 0.7}
+    client.complete([{"role": "user", "content": "x" * 60_000}], "propose", 2)
+    assert llm_server.requests[-1]["options"]["num_ctx"] == 32768  # 20,000 + 4,096 tokens, a power of two
 
 
 def test_a_loading_server_is_waited_for_until_the_deadline_not_the_retries(llm_server, make_client, sleeps):
@@ -504,10 +508,15 @@ def test_a_reasoning_tag_inside_the_answer_is_part_of_it():
     assert extract_diff(f"Deeper model\n```diff\n{tagged}```") == ("Deeper model", tagged)
 
 
+def test_extract_json_forgives_comments_and_trailing_commas():
+    text = '```json\n{\n  "DEPTH": 4,  // deeper\n  "NAME": "a // b, }",\n  "LRS": [0.1, 0.2,],\n}\n```'
+    assert extract_json(text) == {"DEPTH": 4, "NAME": "a // b, }", "LRS": [0.1, 0.2]}
+
+
 @pytest.mark.parametrize("text, reason", [
     ("", "empty"),
     ("no object here", "no JSON object"),
-    ('```json\n{"depth": 4,}\n```', "does not parse"),
+    ('```json\n{"depth": 4 "width": 5}\n```', "does not parse"),
 ])
 def test_extract_json_errors(text, reason):
     with pytest.raises(ValueError, match=reason):
@@ -553,6 +562,7 @@ def test_extract_diff_errors(text, reason):
     ('{"MATRIX_LR": 1' + "0" * 5000 + "}", "does not parse"),  # more digits than Python converts
     ('{"a": ' * 60_000 + "1" + "}" * 60_000, "nests brackets"),
     ("{" * 200_000, "nests brackets"),
+    ('{"a": 1' + ", " * 100_000 + "// x" * 20_000, "does not parse"),  # what the relaxed reading removes
     ("<think></think>" * 25_000, "empty"),
     ("</think>" * 25_000 + "x", "no JSON object"),
     ("```\n" * 25_000 + "</think>" * 25_000, "no JSON object"),

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from agent.llm import Message, extract_diff
-from agent.methods.base import Context, Proposal, TaskFacts
-from agent.methods.llm_base import ConversationMethod
+from pathlib import Path
+
+from agent.edits import edited_source
+from agent.llm import Message, answer_part, describe, extract_diff
+from agent.methods.base import Context, LLMSettings, Proposal, TaskFacts
+from agent.methods.llm_base import ConversationMethod, ConversationState
 from agent.methods.prompts import in_flight_section, outcome_line
+from agent.patches import make_diff
 from agent.record import TrialRecord
 from agent.template import template_dir
 from sandbox.outcome import Status
@@ -32,11 +36,20 @@ def recent_trials(records: list[TrialRecord], last_n: int) -> str:
     return "\n".join(lines) or "(none yet)"
 
 
+class CodeAgentState(ConversationState):
+    source: str
+
+
 class CodeAgent(ConversationMethod):
     name = "code"
     fixed_space = False
 
+    def __init__(self, llm: LLMSettings, task: TaskFacts, run_dir: Path | None):
+        super().__init__(llm, task, run_dir)
+        self.source = ""  # the train.py the current trial's prompt showed, for answers that are not diffs
+
     def prompt(self, ctx: Context) -> list[Message]:
+        self.source = ctx.parent_source
         parent = ctx.parent
         if parent is None or parent.trial == ctx.best.trial:
             heading = "The current best train.py:"
@@ -55,8 +68,28 @@ class CodeAgent(ConversationMethod):
                 {"role": "user", "content": user}]
 
     def parse(self, text: str) -> Proposal:
-        description, diff = extract_diff(text)
+        """A diff; or, from an answer with no diff, the diff of what its search/replace blocks or whole file
+        make of the train.py shown."""
+        try:
+            description, diff = extract_diff(text)
+        except ValueError as no_diff:
+            answer = answer_part(text)
+            edited = edited_source(answer, self.source)
+            if edited is None:
+                raise no_diff from None
+            if edited == self.source:
+                raise ValueError("the answer's train.py is the one it was shown; propose a change") from None
+            diff = make_diff(self.source, edited)
+            starts = [at for at in (answer.find("<<<<<<<"), answer.find("```")) if at >= 0]
+            description = describe(answer[:min(starts, default=len(answer))], "", diff)
         return Proposal(description, diff=diff)
+
+    def state(self) -> CodeAgentState:
+        return {"conversation": self.conversation, "source": self.source}
+
+    def restore(self, state: ConversationState) -> None:
+        super().restore(state)
+        self.source = str(state.get("source", ""))  # a journal from before answers other than diffs were read
 
     def repair_note(self, reason: str) -> str:
         return (f"Your diff was rejected: {reason}\n"

@@ -1,0 +1,58 @@
+"""Code changes that models write instead of a unified diff, turned into the new train.py: search/replace
+blocks (`<<<<<<< SEARCH`, `=======`, `>>>>>>> REPLACE`, as aider asks for them) and a whole new file in a
+code block. Small local models often answer so; the code agent then sends the diff arena makes from them
+down the same path as any other (apply, check, commit)."""
+
+from __future__ import annotations
+
+import re
+
+_SEARCH_REPLACE = re.compile(r"^<{5,9} ?SEARCH[^\n]*\n(.*?)^={5,9}[ \t]*\n(.*?)^>{5,9} ?REPLACE[^\n]*$",
+                             re.DOTALL | re.MULTILINE)
+_CODE_BLOCK = re.compile(r"^```[ \t]*(?:python|py)?[ \t]*\n(.*?)^```", re.DOTALL | re.MULTILINE)
+WHOLE_FILE_MARKERS = ("def train(ctx", "ARENA CONSTANTS BEGIN", "ARENA CONSTANTS END")
+
+
+def edited_source(answer: str, source: str) -> str | None:
+    """The train.py an answer's search/replace blocks or whole-file code block make of `source`; None when the
+    answer holds neither. Raises ValueError, saying which block, when a search text is not in train.py."""
+    blocks = _SEARCH_REPLACE.findall(answer)
+    if blocks:
+        return replaced(source, blocks)
+    files = [block for block in _CODE_BLOCK.findall(answer) if all(mark in block for mark in WHOLE_FILE_MARKERS)]
+    return files[-1] if files else None
+
+
+def replaced(source: str, blocks: list[tuple[str, str]]) -> str:
+    """`source` with each block's search text replaced, in order; the text must be there, exactly or with
+    only trailing spaces differing, and once."""
+    for number, (search, replacement) in enumerate(blocks, 1):
+        if not search.strip():
+            raise ValueError(f"search/replace block {number} searches for nothing; copy the lines to change")
+        found = _find(source, search)
+        if found is None:
+            first = search.strip().splitlines()[0][:80]
+            raise ValueError(f"the SEARCH text of block {number} (starting {first!r}) is not in train.py, or is "
+                             "there more than once; copy the lines exactly, with enough of them to be unique")
+        start, end = found
+        if not source[start:end].endswith("\n"):  # matched without its newline: so is the replacement
+            replacement = replacement.removesuffix("\n")
+        source = source[:start] + replacement + source[end:]
+    return source
+
+
+def _find(source: str, search: str) -> tuple[int, int] | None:
+    """Where `search` is in `source`, once: exactly; else without its last newline (the start of a line, its
+    comment left out); else line by line with trailing spaces ignored."""
+    for text in (search, search.removesuffix("\n")):
+        if text and source.count(text) == 1:
+            at = source.index(text)
+            return at, at + len(text)
+    wanted = [line.rstrip() for line in search.splitlines()]
+    lines = source.splitlines(keepends=True)
+    starts = [i for i in range(len(lines) - len(wanted) + 1)
+              if [line.rstrip() for line in lines[i:i + len(wanted)]] == wanted]
+    if len(starts) != 1:
+        return None
+    begin = sum(len(line) for line in lines[:starts[0]])
+    return begin, begin + sum(len(line) for line in lines[starts[0]:starts[0] + len(wanted)])

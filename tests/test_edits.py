@@ -1,0 +1,67 @@
+"""Answers that are not diffs: search/replace blocks and whole files, as small local models write them, read by
+the code agent into a diff that applies to the train.py it showed."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.constants import render_constants
+from agent.edits import edited_source
+from agent.patches import apply_diff
+from agent.presets import get_preset
+from agent.template import template_dir
+from tests.llm_server import ScriptedLLMServer
+
+SOURCE = render_constants((template_dir() / "train.py").read_text(), get_preset("cpu").constants)
+REPEATED = next(line for line in SOURCE.splitlines(keepends=True) if line.strip()
+                and SOURCE.splitlines(keepends=True).count(line) > 1)
+
+
+def search_replace(search: str, replace: str) -> str:
+    return f"<<<<<<< SEARCH\n{search}=======\n{replace}>>>>>>> REPLACE\n"
+
+
+def test_search_replace_blocks_apply_in_order():
+    answer = ("Longer warmdown, and wider attention.\n```python\n"
+              + search_replace("WARMDOWN_RATIO = 0.5\n", "WARMDOWN_RATIO = 0.6\n")  # its comment left out
+              + search_replace("ADAM_BETAS = (0.8, 0.95)  \n", "ADAM_BETAS = (0.85, 0.95)\n")  # trailing spaces
+              + "```\n")
+    edited = edited_source(answer, SOURCE)
+    assert edited == SOURCE.replace("WARMDOWN_RATIO = 0.5", "WARMDOWN_RATIO = 0.6").replace(
+        "ADAM_BETAS = (0.8, 0.95)", "ADAM_BETAS = (0.85, 0.95)")
+
+
+@pytest.mark.parametrize("search, reason", [
+    ("WARMDOWN_RATIO = 0.7\n", "block 1 (starting 'WARMDOWN_RATIO = 0.7') is not in train.py"),
+    ("\n", "searches for nothing"),
+    (REPEATED, "is not in train.py, or is there more than once"),
+])
+def test_a_search_text_that_is_not_there_once_is_refused_with_its_block(search, reason):
+    with pytest.raises(ValueError, match=reason.replace("(", r"\(").replace(")", r"\)")):
+        edited_source(search_replace(search, "X = 1\n"), SOURCE)
+
+
+def test_a_whole_file_in_a_code_block_is_the_new_source():
+    new = SOURCE.replace("WARMDOWN_RATIO = 0.5", "WARMDOWN_RATIO = 0.6")
+    assert edited_source(f"Here is the full file:\n```python\n{new}```\nDone.", SOURCE) == new
+    snippet = "```python\ndef train(ctx):\n    pass\n```"  # a fragment, not train.py: no answer of this kind
+    assert edited_source(snippet, SOURCE) is None
+
+
+def test_the_code_agent_turns_them_into_diffs_against_the_train_py_it_showed(tmp_path):
+    from tests.test_llm_methods import context, llm_method
+
+    whole = SOURCE.replace("lm_head.weight, std=0.001", "lm_head.weight, std=0.002")
+    with ScriptedLLMServer() as server:
+        server.script("<think>maybe</think>Longer warmdown.\n" + search_replace("WARMDOWN_RATIO = 0.5\n",
+                                                                                "WARMDOWN_RATIO = 0.6\n"),
+                      f"```python\n{whole}```", f"```python\n{SOURCE}```")
+        agent = llm_method(server, tmp_path, "code")
+        ctx = context()
+        blocks, rewrite, same = (agent.propose(ctx) for _ in range(3))
+    assert blocks.description == "Longer warmdown." and "WARMDOWN_RATIO = 0.6" in apply_diff(SOURCE, blocks.diff)
+    assert rewrite.description.startswith("edit: ") and "std=0.002" in rewrite.description  # no prose: its edit
+    assert apply_diff(SOURCE, rewrite.diff) == whole
+    assert "is the one it was shown" in same.invalid
+    agent.restore(agent.state())  # a resumed agent still knows the train.py its prompt showed
+    assert agent.source == SOURCE
