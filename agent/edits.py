@@ -42,12 +42,13 @@ def replaced(source: str, blocks: list[tuple[str, str]]) -> str:
 
 
 def _find(source: str, search: str) -> tuple[int, int] | None:
-    """Where `search` is in `source`, once: exactly; else without its last newline (the start of a line, its
-    comment left out); else line by line with trailing spaces ignored."""
+    """Where `search` is in `source`, once, from the start of a line (its indentation may be left out):
+    exactly; else without its last newline (a line's start, its comment left out); else line by line with
+    trailing spaces ignored."""
     for text in (search, search.removesuffix("\n")):
-        if text and source.count(text) == 1:
-            at = source.index(text)
-            return at, at + len(text)
+        starts = _from_line_starts(source, text) if text else []
+        if len(starts) == 1:
+            return starts[0], starts[0] + len(text)
     wanted = [line.rstrip() for line in search.splitlines()]
     lines = source.splitlines(keepends=True)
     starts = [i for i in range(len(lines) - len(wanted) + 1)
@@ -56,3 +57,14 @@ def _find(source: str, search: str) -> tuple[int, int] | None:
         return None
     begin = sum(len(line) for line in lines[:starts[0]])
     return begin, begin + sum(len(line) for line in lines[starts[0]:starts[0] + len(wanted)])
+
+
+def _from_line_starts(source: str, text: str) -> list[int]:
+    """Where `text` is in `source` with only blanks before it on its line; two places at most."""
+    found: list[int] = []
+    at = source.find(text)
+    while at >= 0 and len(found) < 2:
+        if not source[source.rfind("\n", 0, at) + 1:at].strip():
+            found.append(at)
+        at = source.find(text, at + 1)
+    return found

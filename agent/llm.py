@@ -51,6 +51,7 @@ MAX_ANSWER_CHARS = 200_000   # ten times the template's train.py: room for any d
 MIN_ATTEMPT_S = 1.0          # a retry that would have less time than this left is not made
 OLLAMA_PREFIXES = ("ollama/", "ollama_chat/")
 MIN_OLLAMA_CONTEXT = 8192
+CHARS_PER_TOKEN = 4
 MIN_ANSWER_TOKENS = 512      # a prompt past the model's context is retried with max_tokens halved down to this
 MAX_JSON_DEPTH = 32
 MAX_JSON_TRIES = 50          # JSON objects tried in one answer, so a hostile answer cannot take quadratic time
@@ -294,17 +295,10 @@ class LLMClient:
                 continue
             if not streaming and self.streams and text:
                 self.streams = False  # its whole answer had what its stream lacked: ask it so from now on
-            prompt_tokens = _token_count(usage, "prompt_tokens") or self._estimate(messages=messages)
-            completion_tokens = _token_count(usage, "completion_tokens") or self._estimate(text=text)
+            prompt_tokens = _token_count(usage, "prompt_tokens") or _estimate(json.dumps(messages))
+            completion_tokens = _token_count(usage, "completion_tokens") or _estimate(text)
             return _result(text, None, prompt_tokens, completion_tokens, self._cost(prompt_tokens, completion_tokens),
                            time.monotonic() - start, attempt, finish, max_tokens=max_tokens)
-
-    def _estimate(self, **what: object) -> int:
-        """LiteLLM's count of the tokens in `messages` or `text`, for an answer whose usage never came."""
-        try:
-            return int(_litellm().token_counter(model=self.model, **what))
-        except Exception:  # noqa: BLE001 - no tokenizer for it: the count is unknown, not a failure
-            return 0
 
     def _stream_once(self, messages: list[Message], deadline: float, streaming: bool,
                      max_tokens: int) -> tuple[str, object, str | None]:
@@ -358,7 +352,9 @@ class LLMClient:
                 except NotStreamed:
                     raise
                 except Exception as error:
-                    raise BrokenStream(_one_line(error)) from error
+                    if not call.pieces:  # some providers send the request at the first read: its own error
+                        raise
+                    raise BrokenStream(_one_line(error)) from error  # the answer had begun, then broke off
                 finally:
                     live.close()
         except BaseException as error:  # noqa: BLE001 - handed to the waiting thread, which raises it
@@ -458,8 +454,8 @@ class CallDeadline(Exception):
 
 
 class BrokenStream(Exception):
-    """The server accepted the request, then failed while sending the answer (a crashed model runner, a
-    dropped connection, an error event in the stream): transient, so the call is retried."""
+    """The server had begun its answer, then failed (a crashed model runner, a dropped connection, an error
+    event in the stream): transient, so the call is retried, whatever status the failure carried."""
 
 
 class NotStreamed(Exception):
@@ -620,6 +616,12 @@ def _retry_after(error: Exception) -> float:
         return float(retry_after)
     except (TypeError, ValueError):
         return 0.0
+
+
+def _estimate(text: str) -> int:
+    """Tokens in `text` at 4 characters a token: for an answer whose usage never came (no tokenizer is loaded,
+    and none may be fetched, to count them)."""
+    return -(-len(text) // CHARS_PER_TOKEN)
 
 
 def _token_count(usage: object, name: str) -> int:

@@ -53,7 +53,7 @@ from sandbox.workers import collected_by, cpu_placements, gpu_ids, gpu_placement
 
 Reporter = Callable[[str], None]
 MAX_INFEASIBLE_IN_A_ROW = 200
-MAX_UNUSABLE_IN_A_ROW = 20  # proposals, none of them usable, before the run stops: the model cannot do the task
+UNUSABLE_TO_STOP = 20  # proposals, none of them usable since the run was taken up: the model cannot do the task
 CRASH_ENV = "ARENA_CRASH_AT"  # fault injection for the crash-safety tests: "<point>:<trial>"
 
 
@@ -169,6 +169,7 @@ class Scheduler:
         self.run = run
         self.report = report
         self.where = where
+        self.resumed_at = len(run.ledger.records)  # trials recorded before this arena took the run up
         self.memory: MemoryModel | None
         self.memory, line = for_run(run.settings, run.preset, run.space, where)
         if line:
@@ -224,7 +225,7 @@ class Scheduler:
             prepared = self.prepare(job, started)
             if isinstance(prepared, TrialRecord):  # refused before it ran (an invalid patch, or infeasible)
                 self.record(prepared)
-                check_not_stuck(run.ledger.records)
+                check_not_stuck(run.ledger.records, self.resumed_at)
                 continue
             worker = self.idle.pop(0)
             self.running[job.trial] = Running(job, worker, *prepared, started=started)
@@ -399,9 +400,10 @@ class Scheduler:
             run.set_status(phase="idle", trial=upcoming, workers=workers)
 
 
-def check_not_stuck(records: list[TrialRecord]) -> None:
+def check_not_stuck(records: list[TrialRecord], resumed_at: int = 0) -> None:
     """Stop a method that keeps proposing what cannot fit (infeasible trials cost nothing, so nothing else would),
-    or a model none of whose answers in this run could be used."""
+    or a model none of whose answers since this arena took the run up (`resumed_at` records) could be used:
+    a resume after the model or its template was fixed starts the count anew."""
     streak = 0
     for record in reversed(records):
         if record.status is not Status.INFEASIBLE:
@@ -410,8 +412,8 @@ def check_not_stuck(records: list[TrialRecord]) -> None:
     if streak >= MAX_INFEASIBLE_IN_A_ROW:
         raise ArenaError(f"the last {streak} proposals were all predicted not to fit in memory ({records[-1].reason}); "
                          "check --device-memory, or run with --feasibility off")
-    proposals = [record for record in records if record.kind == "proposal"]
-    if len(proposals) >= MAX_UNUSABLE_IN_A_ROW and all(r.status is Status.INVALID_PATCH for r in proposals):
+    proposals = [record for record in records[resumed_at:] if record.kind == "proposal"]
+    if len(proposals) >= UNUSABLE_TO_STOP and all(r.status is Status.INVALID_PATCH for r in proposals):
         raise ArenaError(f"none of the model's {len(proposals)} proposals so far could be used (the last: "
                          f"{records[-1].reason[:200]}); check the model's answers in `arena replay`, and use a model "
                          "that follows the answer format (or check its chat template)")

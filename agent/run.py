@@ -378,9 +378,7 @@ def create_run_dir(run_dir: Path, settings: RunSettings, preset: Preset, fingerp
                    space_file: Path | None, held: RunLock | None) -> tuple[RunInfo, RunLock]:
     """Build the run in a scratch directory, locked, and rename it into place, so a kill leaves no half-made
     run. A run with no recorded trial (`held`: its lock) is replaced; its logs are kept."""
-    for kind in ("creating", "replaced"):  # left by arenas killed while they made this run
-        for left in left_behind(run_dir.parent, f".{run_dir.name}.{kind}-"):
-            shutil.rmtree(left, ignore_errors=True)
+    clear_interrupted_creation(run_dir)
     scratch = run_dir.with_name(f".{run_dir.name}.creating-{owner_tag()}")
     shutil.rmtree(scratch, ignore_errors=True)
     (scratch / "state").mkdir(parents=True)
@@ -414,6 +412,23 @@ def create_run_dir(run_dir: Path, settings: RunSettings, preset: Preset, fingerp
         raise ArenaError(f"run '{run_dir.name}' was created by another arena process just now; run the same "
                          "command again to resume it (once that process is done with it)") from None
     return info, lock
+
+
+def clear_interrupted_creation(run_dir: Path) -> None:
+    """Remove what arenas killed while they made or remade this run left; but a run that was being replaced
+    comes back if the new one never took its place, and failed baselines' logs moved out of it go back."""
+    parent, name = run_dir.parent, run_dir.name
+    for left in left_behind(parent, f".{name}.replaced-"):
+        if not run_dir.exists():
+            with contextlib.suppress(OSError):
+                left.rename(run_dir)
+                continue
+        shutil.rmtree(left, ignore_errors=True)
+    for left in left_behind(parent, f".{name}.creating-"):
+        if (left / "logs").is_dir() and run_dir.is_dir() and not (run_dir / "logs").exists():
+            with contextlib.suppress(OSError):
+                (left / "logs").rename(run_dir / "logs")
+        shutil.rmtree(left, ignore_errors=True)
 
 
 def migrate_legacy_state(run: Run, best_commit: str) -> None:

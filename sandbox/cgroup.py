@@ -7,10 +7,11 @@ written but never mapped. Past the limit the kernel reclaims what it can (page c
 the cgroup's oom_kill count says so. Arena needs root (or a delegated cgroup) for this; elsewhere phases
 run without one and the supervisor's count is the limit (README, Isolation).
 
-cgroup v1 (a `memory` hierarchy) and v2 (the `memory` controller enabled for arena's own cgroup's
-children) are both used. Each phase's cgroup is a child of arena's own, so whatever limit arena runs
-under still holds, and is named after its arena (sandbox/owners.py): one left empty by an arena killed
-outright is removed by the next one that makes a cgroup there.
+cgroup v1 (a `memory` hierarchy) and v2 are both used; v2 only where arena's own cgroup can give its
+children the memory controller, which v2 refuses to a cgroup that holds processes unless it is the root.
+Each phase's cgroup is a child of arena's own, so whatever limit arena runs under still holds, and is named
+after its arena (sandbox/owners.py): one left empty by an arena killed outright, or by a phase whose
+processes took too long to leave, is removed by the next phase that makes a cgroup there.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 from sandbox.owners import left_behind, owner_tag
 
 PREFIX = "arena-phase-"
+_IN_USE: set[Path] = set()  # this arena's phase cgroups not yet removed
 REMOVE_SECONDS = 5.0  # a killed phase's processes take a moment to leave their cgroup
 
 
@@ -77,6 +79,7 @@ class MemoryCgroup:
             if hierarchy.version == 2 and not memory_for_children(hierarchy.path):
                 return None
             path = hierarchy.path / f"{PREFIX}{uuid.uuid4().hex[:12]}-{owner_tag()}"
+            _IN_USE.add(path)  # before it exists: another worker's phase would take it for one left empty
             path.mkdir()
         except OSError:
             return None
@@ -120,6 +123,7 @@ class MemoryCgroup:
     def remove(self) -> None:
         """Remove the cgroup once its processes are gone (they are being killed when this is called)."""
         deadline = time.monotonic() + REMOVE_SECONDS
+        _IN_USE.discard(self.path)  # removed now, or by a later phase once its processes are gone
         while True:
             try:
                 self.path.rmdir()
@@ -128,7 +132,7 @@ class MemoryCgroup:
                 return
             except OSError:
                 if time.monotonic() > deadline:
-                    return  # still busy: the next arena to make a cgroup here removes it
+                    return
                 time.sleep(0.05)
 
 
@@ -145,8 +149,10 @@ def memory_for_children(path: Path) -> bool:
 
 
 def remove_abandoned(parent: Path) -> None:
-    """Empty phase cgroups of arenas that are gone (one that lives may be about to start a phase in its own)."""
-    for child in left_behind(parent, PREFIX):
+    """Empty phase cgroups of arenas that are gone, and this arena's own that no phase uses any more (one that
+    lives may be about to start a phase in its own)."""
+    mine = {path for path in parent.glob(f"{PREFIX}*-{owner_tag()}") if path not in _IN_USE}
+    for child in mine | set(left_behind(parent, PREFIX)):
         with contextlib.suppress(OSError):  # busy
             if not (child / "cgroup.procs").read_text().strip():
                 child.rmdir()

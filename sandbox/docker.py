@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import codecs
 import contextlib
-import os
-import socket
 import threading
 import time
 from pathlib import Path
@@ -20,7 +18,7 @@ from docker.types import DeviceRequest, LogConfig, Mount
 from sandbox import hidden_stdlib
 from sandbox.errors import SandboxError
 from sandbox.outcome import PhaseRun
-from sandbox.owners import process_is_gone
+from sandbox.owners import owner_tag, tag_is_gone
 from sandbox.phases import MEMORY_LIMIT_ENV, SUPERVISOR_CAPABILITIES, TRIAL, PathMap, Phase, memory_bytes, sandbox_user
 from sandbox.trial import Backend, PhaseOutput
 from sandbox.workers import registered
@@ -43,23 +41,11 @@ def connect() -> docker.DockerClient:
     return client
 
 
-def owner_id() -> str:
-    """This host and process: what marks the containers this arena started."""
-    return f"{socket.gethostname()}/{os.getpid()}"
-
-
-def owner_is_gone(owner: str) -> bool:
-    host, _, pid = owner.rpartition("/")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False  # another machine's or container's arena: it may be alive, leave its trials alone
-    return process_is_gone(int(pid))
-
-
 def remove_stale_containers(client: docker.DockerClient) -> int:
     """Remove trial containers whose arena process has died; returns how many were removed."""
     removed = 0
     for container in client.containers.list(all=True, filters={"label": TRIAL_LABEL}):
-        if owner_is_gone(container.labels.get(OWNER_LABEL, "")):
+        if tag_is_gone(container.labels.get(OWNER_LABEL, "")):
             try:
                 container.remove(force=True)
                 removed += 1
@@ -104,7 +90,7 @@ class DockerBackend(Backend):
         self.shm_size = shm_size
         self.cpus = cpus
         self.owner = sandbox_user()
-        self.labels = {TRIAL_LABEL: "1", OWNER_LABEL: owner_id(), **({RUN_LABEL: run_name} if run_name else {})}
+        self.labels = {TRIAL_LABEL: "1", OWNER_LABEL: owner_tag(), **({RUN_LABEL: run_name} if run_name else {})}
         remove_stale_containers(self.client)
         self.hidden = self.image_test_suites()
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TypedDict, cast
 
+from sandbox.supervisor import FULL_FRACTION, MAX_FILES
+
 RESULT_PREFIX = "ARENA_EVAL "
 PHASE_PREFIX = "ARENA_PHASE "
 REJECTED_PREFIX = "ARENA_REJECTED "
@@ -73,7 +75,7 @@ class PhaseReport:
     max_rss_kb: int
     gpu_peak_bytes: int | None = None
     memory_exceeded: bool = False  # the supervisor ended it past the phase's memory limit
-    disk_exceeded: bool = False  # the supervisor ended it when it had taken half the disk space free at its start
+    disk: str | None = None  # the supervisor ended it: "exceeded" its share of the disk, or the disk was "full"
 
     @classmethod
     def parse(cls, line: str) -> PhaseReport | None:
@@ -81,7 +83,7 @@ class PhaseReport:
             raw = json.loads(line[len(PHASE_PREFIX):])
             return cls(raw["exit_code"], raw["signal"], raw["ready"], raw["end"], bool(raw["deadline"]),
                        int(raw["max_rss_kb"]), raw.get("gpu_peak_bytes"), bool(raw.get("memory_exceeded")),
-                       bool(raw.get("disk_exceeded")))
+                       raw.get("disk") if raw.get("disk") in ("exceeded", "full") else None)
         except (ValueError, KeyError, TypeError):
             return None
 
@@ -185,9 +187,12 @@ def phase_failure(phase: str, run: PhaseRun) -> tuple[Status, str] | None:
     report = run.report
     if report is not None and report.memory_exceeded:
         return Status.OOM, f"{phase} phase went over the trial's memory limit and was stopped at once"
-    if report is not None and report.disk_exceeded:
-        return Status.CRASH, (f"{phase} phase wrote more than half the disk space free at its start and was "
-                              "stopped at once")
+    if report is not None and report.disk == "exceeded":
+        return Status.CRASH, (f"{phase} phase wrote more than half the disk space free at its start (or more "
+                              f"than {MAX_FILES:,} files) and was stopped at once")
+    if report is not None and report.disk == "full":
+        return Status.CRASH, (f"{phase} phase was stopped: the disk holding its output was nearly full (under "
+                              f"1/{FULL_FRACTION} of its free space at the start)")
     failed = report is None or report.exit_code != 0 or report.signal is not None
     if run.oom_killed or (phase == "train" and failed and OOM_PATTERNS.search("".join(run.lines[-200:]))):
         return Status.OOM, f"{phase} phase ran out of memory"

@@ -1,6 +1,8 @@
-"""Who made a trial's directory, a phase's cgroup, a run's or a dataset's scratch directory: this host and arena
-process, written at the end of its name, so that a later arena removes what one killed outright (kill -9 skips
-every cleanup) left behind, and nothing of one still alive."""
+"""Who made a trial's directory or container, a phase's cgroup, a run's or a dataset's scratch directory: this
+arena process, its pid namespace and its host, written at the end of its name (or in a label), so that a later
+arena removes what one killed outright (kill -9 skips every cleanup) left behind, and nothing of one still
+alive. A pid means something only in its own namespace: two containers may share a host name and a /tmp, so an
+arena in another pid namespace is taken to be alive."""
 
 from __future__ import annotations
 
@@ -10,11 +12,20 @@ import re
 import socket
 from pathlib import Path
 
-_TAG_AT_END = re.compile(r"(?:^|-)(\d+@[^@/]+)$")  # the random parts before a tag hold no "@"
+_TAG_AT_END = re.compile(r"(?:^|-)(\d+@\d+@[^@/]+)$")  # the random parts before a tag hold no "@"
 
 
 def owner_tag() -> str:
-    return f"{os.getpid()}@{socket.gethostname()}"
+    """pid@pid-namespace@host of this arena."""
+    return f"{os.getpid()}@{pid_namespace()}@{socket.gethostname()}"
+
+
+def pid_namespace() -> int:
+    """The inode of this process's pid namespace (0 where /proc does not say)."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
 
 
 def left_behind(parent: Path, prefix: str) -> list[Path]:
@@ -28,9 +39,11 @@ def left_behind(parent: Path, prefix: str) -> list[Path]:
 
 
 def tag_is_gone(tag: str) -> bool:
-    """Whether the arena that `tag` names has ended; another host's arena may be alive."""
-    pid, _, host = tag.partition("@")
-    return host == socket.gethostname() and pid.isdigit() and process_is_gone(int(pid))
+    """Whether the arena that `tag` names has ended; one on another host or in another pid namespace may be
+    alive."""
+    pid, namespace, host = (tag.split("@", 2) + ["", ""])[:3]
+    return (host == socket.gethostname() and namespace == str(pid_namespace()) and pid.isdigit()
+            and process_is_gone(int(pid)))
 
 
 def process_is_gone(pid: int) -> bool:

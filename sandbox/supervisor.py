@@ -10,7 +10,7 @@ every other process of the phase is killed (with --sandboxed, every process of i
 unisolated, every descendant), so nothing the trial started outlives the phase. Then it prints one line of its own:
 
     ARENA_PHASE {"exit_code": 0, "signal": null, "ready": 2.1, "end": 35.0, "deadline": false,
-                 "max_rss_kb": ..., "gpu_peak_bytes": ..., "memory_exceeded": false, "disk_exceeded": false}
+                 "max_rss_kb": ..., "gpu_peak_bytes": ..., "memory_exceeded": false, "disk": null}
 
 with times in seconds since it started. `max_rss_kb` is the largest resident set of any process of the
 phase, as the kernel counted it; `gpu_peak_bytes` the most GPU memory in use beyond what was in use at
@@ -22,11 +22,12 @@ those files, count once per process and once per file: the count errs on the sid
 printed by a supervisor that then exits with code 0 counts, and nothing of the trial is alive by then to
 print after it.
 
-Each --disk PATH is a place the phase may write on the host's disk. Once a second the free space of each
-one's file system is read; when a phase has taken more than half of what was free at its start, it is
-killed at once and `disk_exceeded` says so. The free space, not a walk of the files, so that a file the
-trial deleted and holds open counts too; the host keeps at least half of what it had, whatever the
-trial writes and however it hides it.
+Each --disk PATH is a directory the phase may write to on the host's disk. Once a second the files under
+them are added up (blocks in use, each file at least one block): past half the space their file systems
+had free at the phase's start, or past MAX_FILES files, the phase is killed at once and `disk` says
+"exceeded". A file deleted and held open is in no directory; it shows in the file system's free space,
+and a file system down to a twentieth of its free space at the start ends the phase too, whoever
+filled it (`disk` "full"): the host's disk never fills.
 
 As root (in a container, or under bubblewrap run by root) it hands COMMAND to `--user` and keeps only
 the right to kill it; otherwise COMMAND runs as the same user, and the supervisor makes itself
@@ -42,6 +43,7 @@ import os
 import resource
 import select
 import signal
+import stat
 import sys
 import time
 from dataclasses import dataclass
@@ -55,6 +57,9 @@ OOM_SCORE_ADJ = 1000
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 MEMORY_CHECK_SECONDS = 0.1
 DISK_CHECK_SECONDS = 1.0
+FULL_FRACTION = 20  # a file system down to 1/20 of its free space at the phase's start is full
+MAX_FILES = 200_000  # in a phase's writable directories (a compile cache holds a few thousand)
+BLOCK_BYTES = 4096
 MAX_LINE_BYTES = 64 << 10  # of a line relayed; the rest of a longer one is dropped (arena reads whole lines)
 LINE_CUT = b" [arena: line cut]"
 
@@ -249,9 +254,11 @@ class GpuMemory:
 
 
 class DiskGuard:
-    """The free space of the file systems the phase writes to; exceeded once the phase took half of it."""
+    """The phase's writable directories: what their files take, against half the space free at the start;
+    and their file systems' free space, against a twentieth of it."""
 
     def __init__(self, paths: tuple[str, ...]):
+        self.paths = paths
         self.floors: dict[str, int] = {}
         devices = set()
         for path in paths:
@@ -259,14 +266,36 @@ class DiskGuard:
                 device = os.stat(path).st_dev
                 if device not in devices:
                     devices.add(device)
-                    self.floors[path] = free_bytes(path) // 2
+                    self.floors[path] = free_bytes(path) // FULL_FRACTION
+        self.allowance = min(self.floors.values(), default=0) * FULL_FRACTION // 2
 
-    def exceeded(self) -> bool:
+    def verdict(self) -> str | None:
+        """"exceeded": the phase's files took more than its share; "full": a file system is nearly full."""
+        if self.floors and written(self.paths, self.allowance) is None:
+            return "exceeded"
         for path, floor in self.floors.items():
             with contextlib.suppress(OSError):
                 if free_bytes(path) < floor:
-                    return True
-        return False
+                    return "full"
+        return None
+
+
+def written(paths: tuple[str, ...], allowance: int) -> int | None:
+    """The disk space the files under `paths` take (each at least a block; hard links count each time), or
+    None once it passes `allowance`, or there are more than MAX_FILES of them."""
+    total, files, pending = 0, 0, list(paths)
+    while pending:
+        with contextlib.suppress(OSError), os.scandir(pending.pop()) as entries:  # gone meanwhile: nothing
+            for entry in entries:
+                files += 1
+                with contextlib.suppress(OSError):
+                    info = entry.stat(follow_symlinks=False)
+                    total += max(info.st_blocks * 512, BLOCK_BYTES)
+                    if stat.S_ISDIR(info.st_mode):
+                        pending.append(entry.path)
+                if total > allowance or files > MAX_FILES:
+                    return None
+    return total
 
 
 def free_bytes(path: str) -> int:
@@ -280,8 +309,9 @@ class Watch:
     def __init__(self, child: int, pipe: int, origin: float, gpu: GpuMemory, memory: int | None, sandboxed: bool,
                  disk: DiskGuard):
         self.child, self.pipe, self.origin, self.gpu = child, pipe, origin, gpu
-        self.memory, self.sandboxed, self.disk = memory, sandboxed, disk
-        self.memory_exceeded = self.disk_exceeded = False
+        self.memory, self.sandboxed, self.disk_guard = memory, sandboxed, disk
+        self.memory_exceeded = False
+        self.disk: str | None = None
         self.next_check = self.next_disk_check = 0.0
         self.out = sys.stdout.buffer
         self.ready: float | None = None
@@ -332,12 +362,12 @@ class Watch:
             self.stop()
 
     def check_disk(self) -> None:
-        """Past the phase's share of the disk, end it now."""
-        if self.disk_exceeded or self.end is not None or self.now() < self.next_disk_check:
+        """Past the phase's share of the disk, or with the disk nearly full, end it now."""
+        if self.disk is not None or self.end is not None or self.now() < self.next_disk_check:
             return
         self.next_disk_check = self.now() + DISK_CHECK_SECONDS
-        if self.disk.exceeded():
-            self.disk_exceeded = True
+        self.disk = self.disk_guard.verdict()
+        if self.disk is not None:
             self.stop()
 
     def stop(self) -> None:
@@ -370,7 +400,7 @@ class Watch:
         return PHASE_PREFIX + json.dumps({"exit_code": self.exit_code, "signal": self.signal, "ready": self.ready,
                                           "end": self.end, "deadline": deadline, "max_rss_kb": self.max_rss,
                                           "gpu_peak_bytes": self.gpu.peak, "memory_exceeded": self.memory_exceeded,
-                                          "disk_exceeded": self.disk_exceeded})
+                                          "disk": self.disk})
 
 
 def main(argv: list[str]) -> int:

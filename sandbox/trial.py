@@ -172,4 +172,3 @@ class Backend(ABC):
                     on_log("=== eval phase\n")
                     evaluation = self.run_phase(phase, PhaseOutput(on_log))
             return judge(train_run, evaluation, spec.budget, read_reported(train.out_dir), missing, spec.trusted)
-

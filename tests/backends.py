@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import functools
+
 import docker
 import pytest
 
 from sandbox import Backend, LocalBackend
-from sandbox.docker import OWNER_LABEL, DockerBackend, owner_id
+from sandbox.cgroup import MemoryCgroup
+from sandbox.docker import OWNER_LABEL, DockerBackend
+from sandbox.owners import owner_tag
 
 
 def own_containers(client: docker.DockerClient) -> list:
     """The trial containers this process started and has not removed."""
-    return client.containers.list(all=True, filters={"label": f"{OWNER_LABEL}={owner_id()}"})
+    return client.containers.list(all=True, filters={"label": f"{OWNER_LABEL}={owner_tag()}"})
 
 
 def docker_backend(request: pytest.FixtureRequest, mem_limit: str = "3g") -> Backend:
@@ -37,3 +41,12 @@ LIMITED = [  # each with --mem-limit MEMORY_LIMIT
     pytest.param(lambda request: docker_backend(request, MEMORY_LIMIT), id="docker", marks=pytest.mark.slow),
 ]
 CONFINED = [case for case in BACKENDS if case.id != "none"]  # "none" confines nothing: a cheat would win there
+
+
+@functools.cache
+def memory_cgroups() -> bool:
+    """Whether arena may make a memory cgroup here (root, and a cgroup it may give children to)."""
+    cgroup = MemoryCgroup.create(1 << 30)
+    if cgroup is not None:
+        cgroup.remove()
+    return cgroup is not None

@@ -3,17 +3,20 @@ no phase, and the ones an arena killed outright left removed by the next."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from sandbox import LocalBackend
 from sandbox.cgroup import PREFIX, Hierarchy, MemoryCgroup, own_memory_cgroup, remove_abandoned
-from sandbox.owners import owner_tag
+from sandbox.owners import owner_tag, pid_namespace
 from sandbox.phases import bare_phase
 from sandbox.trial import PhaseOutput
+from tests.backends import memory_cgroups
 from tests.run_helpers import dead_pid
 
 V1_CGROUP = "12:pids:/\n4:memory:/process_api/abc\n1:name=systemd:/\n0::/\n"
@@ -45,46 +48,42 @@ def test_arenas_own_memory_cgroup_is_found(tmp_path, cgroup, mounts, expected):
     assert own_memory_cgroup(fake_proc(tmp_path, cgroup, mounts)) == expected
 
 
-def can_make_cgroups() -> bool:
-    cgroup = MemoryCgroup.create(1 << 30)
-    if cgroup is not None:
-        cgroup.remove()
-    return cgroup is not None
+@pytest.fixture
+def cgroups() -> None:
+    if not memory_cgroups():
+        pytest.skip("no memory cgroup can be made here (needs root or a delegated cgroup)")
 
 
-needs_cgroups = pytest.mark.skipif(not can_make_cgroups(),
-                                   reason="no memory cgroup can be made here (needs root or a delegated cgroup)")
-
-
-
-
-@needs_cgroups
-def test_only_the_empty_cgroups_of_arenas_that_are_gone_are_removed():
+def test_only_the_empty_cgroups_of_arenas_that_are_gone_are_removed(cgroups):
+    """Those of an arena that has ended, and this arena's own that no phase uses (one whose processes took too
+    long to leave); never one with a process in it, nor one of another arena alive."""
     hierarchy = own_memory_cgroup()
     assert hierarchy is not None
-    gone = f"{dead_pid()}@{socket.gethostname()}"
-    abandoned, busy, live = (hierarchy.path / f"{PREFIX}abandoned-{gone}", hierarchy.path / f"{PREFIX}busy-{gone}",
-                             hierarchy.path / f"{PREFIX}live-{owner_tag()}")
-    for cgroup in (abandoned, busy, live):
+    namespace, host = pid_namespace(), socket.gethostname()
+    gone, alive = f"{dead_pid()}@{namespace}@{host}", f"{os.getppid()}@{namespace}@{host}"
+    abandoned, busy, mine, other = (hierarchy.path / f"{PREFIX}{name}" for name in (
+        f"abandoned-{gone}", f"busy-{gone}", f"slow-{owner_tag()}", f"other-{alive}"))
+    for cgroup in (abandoned, busy, mine, other):
         cgroup.mkdir()
     sleeper = subprocess.Popen(MemoryCgroup(busy, hierarchy.version).enter(["sleep", "60"]))
     try:
-        while not (busy / "cgroup.procs").read_text().strip():
-            pass  # the shell has not joined yet
+        deadline = time.monotonic() + 60
+        while not (busy / "cgroup.procs").read_text().strip():  # the shell has not joined yet
+            assert time.monotonic() < deadline and sleeper.poll() is None, "the process never joined the cgroup"
+            time.sleep(0.01)
         remove_abandoned(hierarchy.path)
-        assert not abandoned.exists()
+        assert not abandoned.exists() and not mine.exists()
         assert busy.exists()  # its arena is gone, but a process of it is not
-        assert live.exists()  # an arena that lives may be about to start a phase there
+        assert other.exists()  # an arena that lives may be about to start a phase there
     finally:
         sleeper.kill()
         sleeper.wait()
-        for cgroup in (abandoned, busy, live):
+        for cgroup in (abandoned, busy, mine, other):
             MemoryCgroup(cgroup, hierarchy.version).remove()
 
 
 @pytest.mark.slow  # a real sandbox
-@needs_cgroups
-def test_a_phase_runs_in_a_cgroup_of_its_own_that_goes_with_it(tmp_path):
+def test_a_phase_runs_in_a_cgroup_of_its_own_that_goes_with_it(cgroups, tmp_path):
     """Limited as asked, its processes the kernel's first pick when memory runs short, and gone afterwards."""
     backend = LocalBackend(isolation="bwrap", mem_limit="1g")
     hierarchy = own_memory_cgroup()

@@ -21,9 +21,9 @@ from sandbox.docker import (
     OWNER_LABEL,
     TRIAL_LABEL,
     DockerBackend,
-    owner_id,
     remove_stale_containers,
 )
+from sandbox.owners import owner_tag, pid_namespace
 from sandbox.trial import stage
 from tests.backends import own_containers
 from tests.trial_helpers import CAP, cpu_template, make_spec, run, with_train
@@ -89,9 +89,9 @@ def test_stale_containers_are_removed(docker_client, trial_image):
     finished = subprocess.Popen(["true"])
     finished.wait()  # its pid now names an arena that is gone
     stale = docker_client.containers.create(trial_image, ["sleep", "300"], network_mode="none", labels={
-        TRIAL_LABEL: "1", OWNER_LABEL: f"{socket.gethostname()}/{finished.pid}"})
+        TRIAL_LABEL: "1", OWNER_LABEL: f"{finished.pid}@{pid_namespace()}@{socket.gethostname()}"})
     live = docker_client.containers.create(trial_image, ["sleep", "300"], network_mode="none", labels={
-        TRIAL_LABEL: "1", OWNER_LABEL: owner_id()})
+        TRIAL_LABEL: "1", OWNER_LABEL: owner_tag()})
     try:
         stale.start()
         assert remove_stale_containers(docker_client) == 1

@@ -31,6 +31,15 @@ def test_search_replace_blocks_apply_in_order():
         "ADAM_BETAS = (0.8, 0.95)", "ADAM_BETAS = (0.85, 0.95)")
 
 
+def test_a_search_text_matches_from_the_start_of_a_line_only():
+    """`SIZE = 2**12` is the end of TOTAL_BATCH_SIZE's line, not a line of its own: refused, not spliced in."""
+    assert "\nTOTAL_BATCH_SIZE = 2**12  #" in SOURCE
+    with pytest.raises(ValueError, match="is not in train.py"):
+        edited_source(search_replace("SIZE = 2**12\n", "TOTAL_BATCH_SIZE = 2**13\n"), SOURCE)
+    edited = edited_source(search_replace("TOTAL_BATCH_SIZE = 2**12\n", "TOTAL_BATCH_SIZE = 2**13\n"), SOURCE)
+    assert "\nTOTAL_BATCH_SIZE = 2**13  #" in edited
+
+
 @pytest.mark.parametrize("search, reason", [
     ("WARMDOWN_RATIO = 0.7\n", "block 1 (starting 'WARMDOWN_RATIO = 0.7') is not in train.py"),
     ("\n", "searches for nothing"),

@@ -8,7 +8,8 @@ import socket
 
 import pytest
 
-from sandbox.owners import left_behind, owner_tag
+from agent.run import clear_interrupted_creation
+from sandbox.owners import left_behind, owner_tag, pid_namespace
 from sandbox.trial import TRIAL_DIR_PREFIX
 from tests.run_helpers import check_run_consistent, dead_pid, fake_arena_run
 
@@ -20,25 +21,42 @@ from tests.run_helpers import check_run_consistent, dead_pid, fake_arena_run
     ("d6cf3966e65cc0e5.tmp-", ""),            # a dataset being built
 ])
 def test_only_what_arenas_that_have_ended_left_is_found(tmp_path, prefix, random_part):
-    gone = f"{dead_pid()}@{socket.gethostname()}"
+    host, namespace = socket.gethostname(), pid_namespace()
+    gone = f"{dead_pid()}@{namespace}@{host}"
     left = tmp_path / f"{prefix}{random_part}{gone}"
-    kept = [tmp_path / f"{prefix}{random_part}{owner_tag()}",          # this arena's: alive
-            tmp_path / f"{prefix}{random_part}{dead_pid()}@another-host-name",  # another host's may be alive
-            tmp_path / f"{prefix}{random_part}12345",                  # no tag: not ours to judge
-            tmp_path / f"other{random_part}{gone}"]                    # another prefix
+    kept = [tmp_path / f"{prefix}{random_part}{owner_tag()}",                      # this arena's: alive
+            tmp_path / f"{prefix}{random_part}{dead_pid()}@{namespace}@another-host",  # may be alive there
+            tmp_path / f"{prefix}{random_part}{dead_pid()}@{namespace + 1}@{host}",  # another container's
+            tmp_path / f"{prefix}{random_part}12345",                              # no tag: not ours to judge
+            tmp_path / f"other{random_part}{gone}"]                                # another prefix
     for path in [left, *kept]:
         path.mkdir()
     assert left_behind(tmp_path, prefix) == [left]
 
 
 @pytest.mark.slow  # an arena child process
-def test_a_run_made_again_after_a_kill_removes_the_scratch_of_the_killed_one(tmp_path, cache_root, stdlib_dataset):
+def test_a_run_made_after_a_kill_removes_the_scratch_of_the_killed_one(tmp_path, cache_root, stdlib_dataset):
     runs = tmp_path / "runs"
-    runs.mkdir()
-    gone = f"{dead_pid()}@{socket.gethostname()}"
-    for kind in ("creating", "replaced"):
-        (runs / f".r.{kind}-{gone}" / "repo").mkdir(parents=True)
+    (runs / f".r.creating-{dead_tag()}" / "repo").mkdir(parents=True)
     proc = fake_arena_run(runs, cache_root, "--name", "r", "--trials", "1", "--budget", "1")
     assert proc.returncode == 0, proc.stderr[-2000:]
     check_run_consistent(runs / "r", 1)
     assert sorted(path.name for path in runs.iterdir()) == ["r"]
+
+
+def test_a_run_being_replaced_when_arena_was_killed_comes_back_with_its_logs(tmp_path):
+    """Killed between its two renames, an arena remaking a run with no recorded trial left the old run aside and
+    the new one, holding the old one's logs, unfinished: the old one comes back, logs and all."""
+    run_dir = tmp_path / "r"
+    replaced, creating = tmp_path / f".r.replaced-{dead_tag()}", tmp_path / f".r.creating-{dead_tag()}"
+    (replaced / "run.json").parent.mkdir()
+    (replaced / "run.json").write_text("{}")
+    (creating / "logs").mkdir(parents=True)
+    (creating / "logs" / "trial-0000.log").write_text("the failed baseline's log")
+    clear_interrupted_creation(run_dir)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["r"]
+    assert (run_dir / "run.json").exists() and (run_dir / "logs" / "trial-0000.log").read_text().startswith("the")
+
+
+def dead_tag() -> str:
+    return f"{dead_pid()}@{pid_namespace()}@{socket.gethostname()}"

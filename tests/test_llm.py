@@ -283,7 +283,7 @@ def test_an_answer_still_coming_at_the_deadline_is_returned_as_far_as_it_came(ll
     the request is closed, so the server stops generating for nobody. The model was answering: what came is an
     unusable answer, with its tokens counted, not an outage."""
     llm_server.script(Fault.dripped("x" * 300, every=0.4))
-    client = make_client(llm_server.api_base, timeout=2.0, retries=3)
+    client = make_client(llm_server.api_base, timeout=8.0, retries=3)  # time for a first chunk on a busy machine
     reply = client.complete(ask("go"), "propose", 1)
     assert 0 < len(reply.text) < 300 and set(reply.text) == {"x"}
     assert reply.finish_reason == "deadline" and "--llm-timeout" in reply.cut_off()
@@ -451,6 +451,17 @@ def test_an_answer_broken_off_by_the_server_is_asked_again(llm_server, make_clie
     api_base = llm_server.api_base.removesuffix("/v1") + base
     reply = make_client(api_base, model=model).complete(ask("go"), "propose", 1)
     assert reply.text == "the whole answer" and reply.attempts == 2
+
+
+@pytest.mark.parametrize("model, base", [(MODEL, "/v1"), ("ollama_chat/test-model", "")], ids=["openai", "ollama"])
+def test_a_refusal_is_not_a_broken_stream_however_the_provider_reads_it(llm_server, make_client, model, base):
+    """Only an answer that had begun and then broke off is a broken stream, retried; a refusal stays a refusal.
+    (Some providers, Gemini's among them, send the request only at the stream's first read, so their refusals
+    come from the stream; the two here send it at once.)"""
+    llm_server.script(Fault.http(404, message="model 'test-model' not found"), "never asked")
+    with pytest.raises(LLMError) as caught:
+        make_client(llm_server.api_base.removesuffix("/v1") + base, model=model).complete(ask("go"), "propose", 1)
+    assert caught.value.refused and len(llm_server.requests) == 1
 
 
 def test_an_ollama_model_is_asked_in_ollamas_own_words(llm_server, make_client, tmp_path):

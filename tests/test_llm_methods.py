@@ -315,7 +315,6 @@ def test_a_model_none_of_whose_answers_can_be_used_stops_the_run(tmp_path, cache
     assert {r["status"] for r in records[1:]} == {"invalid_patch"}
 
 
-
 @pytest.mark.slow  # arena child processes, seconds each
 def test_a_resume_goes_on_counting_the_repairs_it_had_made(tmp_path, cache_root, stdlib_dataset):
     """The model failed during the second repair: the resumed run makes that repair, not two more."""

@@ -91,3 +91,10 @@ def test_a_line_with_no_end_is_cut_short():
     long, after = run.lines[0], run.lines[1]
     assert long == "x" * MAX_LINE_BYTES + LINE_CUT.decode() + "\n"
     assert after == "after\n" and run.report.exit_code == 0
+
+
+def test_a_line_cut_short_is_cut_when_the_phase_ends_in_it():
+    run, _ = supervise("import sys; sys.stdout.write('y' * (3 * MAX_LINE_BYTES)); sys.stdout.flush()"
+                       .replace("MAX_LINE_BYTES", str(MAX_LINE_BYTES)))
+    assert run.lines[0].startswith("y" * MAX_LINE_BYTES) and len(run.lines[0]) < MAX_LINE_BYTES + 100
+    assert run.report.exit_code == 0
