@@ -23,8 +23,8 @@ printed by a supervisor that then exits with code 0 counts, and nothing of the t
 print after it.
 
 Each --disk PATH is a directory the phase may write to on the host's disk. Once a second the files under
-them are added up (blocks in use, each file at least one block): past half the space their file systems
-had free at the phase's start, or past MAX_FILES files, the phase is killed at once and `disk` says
+them are added up (blocks in use, each file at least one block): past what was there at the start plus
+half the space their file systems had free then, or past MAX_FILES files, the phase is killed at once and `disk` says
 "exceeded". A file deleted and held open is in no directory; it shows in the file system's free space,
 and a file system down to a twentieth of its free space at the start ends the phase too, whoever
 filled it (`disk` "full"): the host's disk never fills.
@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import math
 import os
 import resource
 import select
@@ -267,7 +268,8 @@ class DiskGuard:
                 if device not in devices:
                     devices.add(device)
                     self.floors[path] = free_bytes(path) // FULL_FRACTION
-        self.allowance = min(self.floors.values(), default=0) * FULL_FRACTION // 2
+        # what arena staged there (a copy of the compile cache) is not the phase's writing
+        self.allowance = min(self.floors.values(), default=0) * FULL_FRACTION // 2 + (written(paths) or 0)
 
     def verdict(self) -> str | None:
         """"exceeded": the phase's files took more than its share; "full": a file system is nearly full."""
@@ -280,7 +282,7 @@ class DiskGuard:
         return None
 
 
-def written(paths: tuple[str, ...], allowance: int) -> int | None:
+def written(paths: tuple[str, ...], allowance: float = math.inf) -> int | None:
     """The disk space the files under `paths` take (each at least a block; hard links count each time), or
     None once it passes `allowance`, or there are more than MAX_FILES of them."""
     total, files, pending = 0, 0, list(paths)
