@@ -54,6 +54,7 @@ MIN_OLLAMA_CONTEXT = 8192
 CHARS_PER_TOKEN = 4
 MIN_ANSWER_TOKENS = 512      # a prompt past the model's context is retried with max_tokens halved down to this
 MAX_JSON_DEPTH = 32
+MAX_RELAXED_CHARS = 20_000  # of an answer read leniently from one brace on: a config is far shorter
 MAX_JSON_TRIES = 50          # JSON objects tried in one answer, so a hostile answer cannot take quadratic time
 REDACTED = "[redacted]"
 _SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)$", re.IGNORECASE)
@@ -707,10 +708,13 @@ def extract_json(text: str) -> dict[str, object]:
         raise ValueError(f"the answer nests brackets more than {MAX_JSON_DEPTH} deep; reply with one flat JSON object")
     decoder = json.JSONDecoder()
     first_error = None
-    for candidate in (text, _relaxed(text)):  # as written; then without comments and trailing commas
-        for match in itertools.islice(re.finditer(r"\{", candidate), MAX_JSON_TRIES):
+    for match in itertools.islice(re.finditer(r"\{", text), MAX_JSON_TRIES):
+        # as written; then from the same brace without comments and trailing commas (from there: a quote in
+        # the prose before it would turn the reading of strings inside out)
+        relaxed = _relaxed(text[match.start():match.start() + MAX_RELAXED_CHARS])
+        for candidate, start in ((text, match.start()), (relaxed, 0)):
             try:
-                value, _ = decoder.raw_decode(candidate, match.start())
+                value, _ = decoder.raw_decode(candidate, start)
             except (ValueError, RecursionError) as error:  # ValueError: also numbers too long to convert
                 first_error = first_error or error
                 continue

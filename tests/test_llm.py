@@ -522,6 +522,7 @@ def test_a_reasoning_tag_inside_the_answer_is_part_of_it():
 def test_extract_json_forgives_comments_and_trailing_commas():
     text = '```json\n{\n  "DEPTH": 4,  // deeper\n  "NAME": "a // b, }",\n  "LRS": [0.1, 0.2,],\n}\n```'
     assert extract_json(text) == {"DEPTH": 4, "NAME": "a // b, }", "LRS": [0.1, 0.2]}
+    assert extract_json('He said "try it. ' + text) == {"DEPTH": 4, "NAME": "a // b, }", "LRS": [0.1, 0.2]}
 
 
 @pytest.mark.parametrize("text, reason", [
@@ -574,6 +575,7 @@ def test_extract_diff_errors(text, reason):
     ('{"a": ' * 60_000 + "1" + "}" * 60_000, "nests brackets"),
     ("{" * 200_000, "nests brackets"),
     ('{"a": 1' + ", " * 100_000 + "// x" * 20_000, "does not parse"),  # what the relaxed reading removes
+    ("{x} " * 50 + ", " * 100_000, "does not parse"),  # every brace read leniently too
     ("<think></think>" * 25_000, "empty"),
     ("</think>" * 25_000 + "x", "no JSON object"),
     ("```\n" * 25_000 + "</think>" * 25_000, "no JSON object"),
