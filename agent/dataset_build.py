@@ -34,7 +34,7 @@ from agent.corpus import (
 )
 from agent.errors import DatasetError
 from agent.tokenizer import BOS, token_byte_lengths, train_tokenizer
-from sandbox.owners import left_behind, owner_tag
+from sandbox.owners import owner_tag, remove_left_behind
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -103,8 +103,7 @@ def build_dataset(corpus: str = "stdlib", cache_root: Path | str | None = None,
     if not val_docs or not train_docs:
         raise DatasetError(f"corpus '{corpus}' has {len(docs)} documents, too few to split into train and "
                            "validation; add more documents")
-    for left in left_behind(cache_root, f"{out.name}.tmp-"):  # builds of arenas killed before they finished
-        shutil.rmtree(left, ignore_errors=True)
+    remove_left_behind(cache_root, f"{out.name}.tmp-")  # builds of arenas killed before they finished
     tmp = out.with_name(f"{out.name}.tmp-{owner_tag()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agent.errors import DatasetError
-from sandbox.owners import left_behind, owner_tag
+from sandbox.owners import owner_tag, remove_left_behind
 
 BytesProgress = Callable[[int, int], None]  # (bytes done, bytes in all or 0 when the server does not say)
 
@@ -19,8 +19,7 @@ def download(url: str, dest: Path, progress: BytesProgress, retries: int = 5, ti
     if dest.exists():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    for left in left_behind(dest.parent, f"{dest.name}.tmp-"):  # of arenas killed in mid-download
-        left.unlink(missing_ok=True)
+    remove_left_behind(dest.parent, f"{dest.name}.tmp-")  # of arenas killed in mid-download
     tmp = dest.with_name(f"{dest.name}.tmp-{owner_tag()}")
     error: Exception | None = None
     for attempt in range(retries):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import shutil
 import socket
 from pathlib import Path
 
@@ -36,6 +37,15 @@ def left_behind(parent: Path, prefix: str) -> list[Path]:
         if match and tag_is_gone(match.group(1)):
             found.append(path)
     return found
+
+
+def remove_left_behind(parent: Path, prefix: str) -> None:
+    """Remove what left_behind finds: directories with all they hold, files."""
+    for path in left_behind(parent, prefix):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def tag_is_gone(tag: str) -> bool:

@@ -5,7 +5,6 @@ says how one staged phase runs in its sandbox (Backend.run_phase)."""
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from collections import deque
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 from sandbox.outcome import BudgetRule, Outcome, PhaseRun, judge
-from sandbox.owners import left_behind, owner_tag
+from sandbox.owners import owner_tag, remove_left_behind
 from sandbox.phases import (
     PHASE_DATA,
     Phase,
@@ -154,8 +153,7 @@ class Backend(ABC):
     def run(self, spec: TrialSpec, on_log: LogSink) -> Outcome:
         """The two phases of a trial in fresh directories, then judged; raises SandboxError only when the
         sandbox itself cannot run, never for what the trial did."""
-        for left in left_behind(Path(tempfile.gettempdir()), TRIAL_DIR_PREFIX):  # a model, a cache and logs each
-            shutil.rmtree(left, ignore_errors=True)
+        remove_left_behind(Path(tempfile.gettempdir()), TRIAL_DIR_PREFIX)  # a model, a cache and logs each
         with tempfile.TemporaryDirectory(prefix=TRIAL_DIR_PREFIX, suffix=f"-{owner_tag()}") as tmp:
             train = stage(spec, "train", Path(tmp) / "train", self.owner)
             train_run = self.run_phase(train, PhaseOutput(on_log))

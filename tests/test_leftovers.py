@@ -9,7 +9,7 @@ import socket
 import pytest
 
 from agent.run import clear_interrupted_creation
-from sandbox.owners import left_behind, owner_tag, pid_namespace
+from sandbox.owners import left_behind, owner_tag, pid_namespace, remove_left_behind
 from sandbox.trial import TRIAL_DIR_PREFIX
 from tests.run_helpers import check_run_consistent, dead_pid, fake_arena_run
 
@@ -32,6 +32,18 @@ def test_only_what_arenas_that_have_ended_left_is_found(tmp_path, prefix, random
     for path in [left, *kept]:
         path.mkdir()
     assert left_behind(tmp_path, prefix) == [left]
+
+
+def test_what_ended_arenas_left_is_removed_files_and_directories_alike(tmp_path):
+    download, build = tmp_path / f"shard.bin.tmp-{dead_tag()}", tmp_path / f"d6cf.tmp-{dead_tag()}"
+    live = tmp_path / f"d6cf.tmp-{owner_tag()}"
+    download.write_bytes(b"half a shard")
+    (build / "train.bin").parent.mkdir()
+    (build / "train.bin").write_bytes(b"half a dataset")
+    live.mkdir()
+    remove_left_behind(tmp_path, "shard.bin.tmp-")
+    remove_left_behind(tmp_path, "d6cf.tmp-")
+    assert sorted(tmp_path.iterdir()) == [live]
 
 
 @pytest.mark.slow  # an arena child process
