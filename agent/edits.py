@@ -13,14 +13,15 @@ _CODE_BLOCK = re.compile(r"^```[ \t]*(?:python|py)?[ \t]*\n(.*?)^```", re.DOTALL
 WHOLE_FILE_MARKERS = ("def train(ctx", "ARENA CONSTANTS BEGIN", "ARENA CONSTANTS END")
 
 
-def edited_source(answer: str, source: str) -> str | None:
-    """The train.py an answer's search/replace blocks or whole-file code block make of `source`; None when the
-    answer holds neither. Raises ValueError, saying which block, when a search text is not in train.py."""
-    blocks = _SEARCH_REPLACE.findall(answer)
+def edited_source(answer: str, source: str) -> tuple[str, int] | None:
+    """The train.py an answer's search/replace blocks or whole-file code block make of `source`, and where in
+    the answer the first of them starts (the prose before it describes the change); None when the answer
+    holds neither. Raises ValueError, saying which block, when a search text is not in train.py."""
+    blocks = list(_SEARCH_REPLACE.finditer(answer))
     if blocks:
-        return replaced(source, blocks)
-    files = [block for block in _CODE_BLOCK.findall(answer) if all(mark in block for mark in WHOLE_FILE_MARKERS)]
-    return files[-1] if files else None
+        return replaced(source, [(block[1], block[2]) for block in blocks]), blocks[0].start()
+    files = [block for block in _CODE_BLOCK.finditer(answer) if all(mark in block[1] for mark in WHOLE_FILE_MARKERS)]
+    return (files[-1][1], files[-1].start()) if files else None
 
 
 def replaced(source: str, blocks: list[tuple[str, str]]) -> str:

@@ -26,9 +26,10 @@ def test_search_replace_blocks_apply_in_order():
               + search_replace("WARMDOWN_RATIO = 0.5\n", "WARMDOWN_RATIO = 0.6\n")  # its comment left out
               + search_replace("ADAM_BETAS = (0.8, 0.95)  \n", "ADAM_BETAS = (0.85, 0.95)\n")  # trailing spaces
               + "```\n")
-    edited = edited_source(answer, SOURCE)
+    edited, start = edited_source(answer, SOURCE)
     assert edited == SOURCE.replace("WARMDOWN_RATIO = 0.5", "WARMDOWN_RATIO = 0.6").replace(
         "ADAM_BETAS = (0.8, 0.95)", "ADAM_BETAS = (0.85, 0.95)")
+    assert start == answer.index("<<<<<<<")  # the prose before the first block describes the change
 
 
 def test_a_search_text_matches_from_the_start_of_a_line_only():
@@ -36,7 +37,7 @@ def test_a_search_text_matches_from_the_start_of_a_line_only():
     assert "\nTOTAL_BATCH_SIZE = 2**12  #" in SOURCE
     with pytest.raises(ValueError, match="is not in train.py"):
         edited_source(search_replace("SIZE = 2**12\n", "TOTAL_BATCH_SIZE = 2**13\n"), SOURCE)
-    edited = edited_source(search_replace("TOTAL_BATCH_SIZE = 2**12\n", "TOTAL_BATCH_SIZE = 2**13\n"), SOURCE)
+    edited, _ = edited_source(search_replace("TOTAL_BATCH_SIZE = 2**12\n", "TOTAL_BATCH_SIZE = 2**13\n"), SOURCE)
     assert "\nTOTAL_BATCH_SIZE = 2**13  #" in edited
 
 
@@ -52,7 +53,8 @@ def test_a_search_text_that_is_not_there_once_is_refused_with_its_block(search, 
 
 def test_a_whole_file_in_a_code_block_is_the_new_source():
     new = SOURCE.replace("WARMDOWN_RATIO = 0.5", "WARMDOWN_RATIO = 0.6")
-    assert edited_source(f"Here is the full file:\n```python\n{new}```\nDone.", SOURCE) == new
+    answer = f"Here is the full file:\n```python\n{new}```\nDone."
+    assert edited_source(answer, SOURCE) == (new, answer.index("```"))
     snippet = "```python\ndef train(ctx):\n    pass\n```"  # a fragment, not train.py: no answer of this kind
     assert edited_source(snippet, SOURCE) is None
 

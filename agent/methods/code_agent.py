@@ -74,14 +74,14 @@ class CodeAgent(ConversationMethod):
             description, diff = extract_diff(text)
         except ValueError as no_diff:
             answer = answer_part(text)
-            edited = edited_source(answer, self.source)
-            if edited is None:
+            found = edited_source(answer, self.source)
+            if found is None:
                 raise no_diff from None
+            edited, start = found
             if edited == self.source:
                 raise ValueError("the answer's train.py is the one it was shown; propose a change") from None
             diff = make_diff(self.source, edited)
-            starts = [at for at in (answer.find("<<<<<<<"), answer.find("```")) if at >= 0]
-            description = describe(answer[:min(starts, default=len(answer))], "", diff)
+            description = describe(answer[:start], "", diff)
         return Proposal(description, diff=diff)
 
     def state(self) -> CodeAgentState:
