@@ -483,18 +483,20 @@ class _LiveText:
 
     def __init__(self, file: TextIO):
         self.file = file
-        self.pending = ""
+        self.pending: list[str] = []  # pieces of the unfinished line (joined once it ends: a long line stays linear)
 
     def write(self, piece: str) -> None:
-        self.pending += piece
-        if "\n" in piece:
-            lines, _, self.pending = self.pending.rpartition("\n")
-            self.file.write(redact(lines + "\n"))
-            self.file.flush()
+        if "\n" not in piece:
+            self.pending.append(piece)
+            return
+        lines, _, rest = piece.rpartition("\n")
+        self.file.write(redact("".join(self.pending) + lines + "\n"))
+        self.file.flush()
+        self.pending = [rest]
 
     def close(self) -> None:
-        self.file.write(redact(self.pending))
-        self.pending = ""
+        self.file.write(redact("".join(self.pending)))
+        self.pending = []
 
 
 def _read_stream(call: _Call, live: _LiveText) -> None:
