@@ -422,8 +422,7 @@ def clear_interrupted_creation(run_dir: Path) -> None:
         if not run_dir.exists():
             with contextlib.suppress(OSError):
                 left.rename(run_dir)
-                continue
-        shutil.rmtree(left, ignore_errors=True)
+        shutil.rmtree(left, ignore_errors=True)  # nothing once it came back
     for left in left_behind(parent, f".{name}.creating-"):
         if (left / "logs").is_dir() and run_dir.is_dir() and not (run_dir / "logs").exists():
             with contextlib.suppress(OSError):
