@@ -85,7 +85,6 @@ def parse(argv: list[str]) -> Options:
                  "[--disk PATH]... -- COMMAND...")
     split = argv.index("--")
     options, command = argv[:split], argv[split + 1:]
-
     user = None
     if "--user" in options:
         uid, gid = options[options.index("--user") + 1].split(":")
