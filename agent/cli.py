@@ -176,6 +176,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     quality = getattr(backend, "quality", None)
     if quality is not None:
         console.print(quality.line(), markup=False)
+        for note in getattr(backend, "notes", []):
+            console.print(f"note: {note}", markup=False)
     elif run.preset.probed_positions() < run.preset.seq_len - 1:
         console.print(f"note: with {run.preset.eval_tokens:,} validation tokens the causality probes cut at "
                       f"{run.preset.probed_positions()} of the {run.preset.seq_len - 1} positions where a model could "

@@ -304,6 +304,8 @@ def main() -> None:
                                                                      optimum=args.landscape or "near"))]
     preset = get_preset(args.preset)
     BACKEND = SurrogateBackend.fit([Path(p) for p in data], load_space(args.preset), preset.time_budget)
+    for note in BACKEND.notes:
+        print(f"note: {note}")
     checkpoints = [c for c in map(int, args.checkpoints.split(",")) if c <= args.trials] or [args.trials]
     modes = args.feasibility.split(",")
     if not set(modes) <= {"on", "off"}:

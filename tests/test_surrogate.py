@@ -130,6 +130,20 @@ def test_trials_of_another_space_are_refused(landscape, tmp_path):
         read_observations([tmp_path / "far.jsonl"], GPU)
 
 
+def test_a_few_trials_outside_the_space_are_left_out_and_said(landscape, tmp_path):
+    """An LLM method of the paper wrote WINDOW_PATTERN = 'SSLSL' five times in 338 trials: its file still fits."""
+    lines = landscape.read_text().splitlines()[:40]
+    stray = json.loads(lines[0])
+    stray["config"]["WINDOW_PATTERN"] = "SSLSL"
+    path = tmp_path / "trials.jsonl"
+    path.write_text("\n".join(lines + [json.dumps(stray)]) + "\n")
+    notes: list[str] = []
+    kept = read_observations([path], GPU, notes)
+    assert len(kept) == 40 and all(o.config["WINDOW_PATTERN"] != "SSLSL" for o in kept)
+    assert notes == [f"left out 1 of the 41 trials in {path}: outside the search space (e.g. WINDOW_PATTERN = "
+                     "'SSLSL' is not one of ['SSSL', 'SSLL', 'SLSL', 'LLLL', 'SSSS', 'LSSL'])"]
+
+
 def test_too_few_trials_to_fit_are_refused(landscape):
     with pytest.raises(ArenaError, match="at least 20 scored trials"):
         Surrogate(GPU, read_observations([landscape], GPU)[:30])

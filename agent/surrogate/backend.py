@@ -24,9 +24,10 @@ from sandbox.workers import Placement
 class SurrogateBackend:
     isolation = "surrogate"
 
-    def __init__(self, surrogate: Surrogate, time_budget: float):
+    def __init__(self, surrogate: Surrogate, time_budget: float, notes: list[str] | None = None):
         self.surrogate = surrogate
         self.time_budget = time_budget
+        self.notes = notes or []  # trials left out of the fit, and why (printed when a run starts)
 
     @property
     def quality(self) -> Quality:
@@ -36,7 +37,8 @@ class SurrogateBackend:
     @classmethod
     def fit(cls, paths: list[Path], space: SearchSpace, time_budget: float) -> SurrogateBackend:
         """Fitted with one seed whatever the run's: every run on the same trials meets the same surrogate."""
-        return cls(Surrogate(space, read_observations(paths, space)), time_budget)
+        notes: list[str] = []
+        return cls(Surrogate(space, read_observations(paths, space, notes)), time_budget, notes)
 
     def placed(self, placement: Placement) -> SurrogateBackend:
         return self  # a prediction runs on no device

@@ -66,14 +66,16 @@ def data_fingerprint(paths: list[Path]) -> str:
     return SURROGATE_PREFIX + digest.hexdigest()[:16]
 
 
-def read_observations(paths: list[Path], space: SearchSpace) -> list[Observation]:
+def read_observations(paths: list[Path], space: SearchSpace, notes: list[str] | None = None) -> list[Observation]:
     """Every usable trial in `paths` (run directories, ledger.jsonl files, the paper's trials.jsonl), each
-    configuration checked against `space`."""
+    configuration checked against `space`. A file whose trials mostly lie outside the space was recorded on
+    another one and is refused; a few outside it (an LLM method may step out of its bounds, as one of the
+    paper's did) are left out, each file's with a line in `notes`."""
     if not paths:
         raise ArenaError("the surrogate backend needs trials to learn from: --surrogate-data FILE ...")
     observations = []
     for path in paths:
-        found = _read_one(path, space)
+        found = _read_one(path, space, notes if notes is not None else [])
         if not found:
             raise ArenaError(f"{path} holds no trial with a configuration that ran; give a ledger.jsonl of a "
                              "fixed-space run or the paper's trials.jsonl")
@@ -81,7 +83,7 @@ def read_observations(paths: list[Path], space: SearchSpace) -> list[Observation
     return observations
 
 
-def _read_one(path: Path, space: SearchSpace) -> list[Observation]:
+def _read_one(path: Path, space: SearchSpace, notes: list[str]) -> list[Observation]:
     path = trial_file(path)
     records = read_jsonl(path, "the trial file", warnings=[])
     if not records:
@@ -99,22 +101,29 @@ def _read_one(path: Path, space: SearchSpace) -> list[Observation]:
                          "trials.jsonl (trial_id, config, val_bpb, success ...); check the file")
     usable = [row for row in rows if row is not None]
     for row in usable:
-        _check(row.config, space, path)
-    return usable
+        _check_names(row.config, space, path)
+    outside = {}
+    for number, row in enumerate(usable):
+        try:
+            space.check(row.config)
+        except SpaceError as e:
+            outside[number] = str(e)
+    if outside and len(outside) * 2 > len(usable):
+        raise ArenaError(f"a configuration in {path} lies outside the search space: {next(iter(outside.values()))}; "
+                         "fit on trials of the run's preset (--preset) and space (--space)")
+    if outside:
+        notes.append(f"left out {len(outside)} of the {len(usable)} trials in {path}: outside the search space "
+                     f"(e.g. {next(iter(outside.values()))})")
+    return [row for number, row in enumerate(usable) if number not in outside]
 
 
-def _check(config: dict[str, Any], space: SearchSpace, path: Path) -> None:
+def _check_names(config: dict[str, Any], space: SearchSpace, path: Path) -> None:
     missing, extra = sorted(set(space) - set(config)), sorted(set(config) - set(space))
     if missing or extra:
         raise ArenaError(f"the constants in {path} do not match the search space ({len(space)} constants): "
                          + "; ".join(part for part in (f"missing {', '.join(missing)}" if missing else "",
                                                        f"unknown {', '.join(extra)}" if extra else "") if part)
                          + "; fit on trials of the same preset (--preset) or give the matching --space")
-    try:
-        space.check(config)
-    except SpaceError as e:
-        raise ArenaError(f"a configuration in {path} lies outside the search space: {e}; fit on trials of the "
-                         "run's preset (--preset) and space (--space)") from None
 
 
 def _ledger_row(record: JsonObject, path: Path, number: int) -> Observation | None:
