@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -32,7 +32,6 @@ from numpy.typing import NDArray
 from agent.errors import ArenaError
 from agent.methods import CODE_EDITING_METHODS
 from agent.presets import Preset
-from agent.record import TrialRecord
 from agent.space import Param, SearchSpace
 from sandbox.docker import DEFAULT_MEM_LIMIT
 from sandbox.outcome import Status
@@ -60,6 +59,16 @@ MAX_MARGIN = 0.25
 OOM_WEIGHTS = (3.0, 30.0, 300.0)  # how firmly successive refits hold an OOM'd configuration at the limit
 MIN_FOR_MARGIN = 5    # measured trials before the fit's own error widens the margin
 VALUE_GATE_CHANNELS = 32
+
+
+class Measured(Protocol):
+    """What calibration reads of a trial: a ledger's TrialRecord, or a recorded trial (surrogate data)."""
+    @property
+    def config(self) -> dict[str, Any] | None: ...
+    @property
+    def status(self) -> Status: ...
+    @property
+    def peak_memory_gb(self) -> float | None: ...
 
 
 @dataclass(frozen=True)
@@ -131,11 +140,12 @@ class MemoryModel:
         """Why `config` is infeasible, or None when it is predicted to fit."""
         return self.verdict(config).reason or None
 
-    def calibrate(self, records: Iterable[TrialRecord]) -> None:
+    def calibrate(self, records: Iterable[Measured]) -> None:
         """Refit the multipliers on every trial with a configuration: measured peaks of those that ran to the
         end, and the limit as a lower bound for those that ran out of memory."""
+        records = list(records)
         measured = [(terms(r.config, self.shape), r.peak_memory_gb * GB) for r in records
-                    if r.ok and r.config and r.peak_memory_gb and r.peak_memory_gb > 0]
+                    if r.status is Status.OK and r.config and r.peak_memory_gb and r.peak_memory_gb > 0]
         ran_out = [terms(r.config, self.shape) for r in records if r.status is Status.OOM and r.config]
         multipliers = self._fit(measured, [], 1.0)
         raised: set[int] = set()  # of ran_out

@@ -65,7 +65,7 @@ def trial(number: int, config: dict, space: SearchSpace, rng: np.random.Generato
             "timestamp": "2026-01-01T00:00:00"}
     if memory > MEMORY_GB:
         return {**line, "val_bpb": None, "peak_memory_gb": None, "wall_time_seconds": 30 + 8 * rng.random(),
-                "success": False, "error": "torch.OutOfMemoryError: CUDA out of memory"}
+                "success": False, "error": "GPU out-of-memory"}  # the paper runner's words
     if rng.random() < 0.01:
         return {**line, "val_bpb": None, "peak_memory_gb": None, "wall_time_seconds": 60.0, "success": False,
                 "error": "RuntimeError: an unlucky crash"}

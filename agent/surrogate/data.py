@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ PAPER_CONSTANTS: dict[str, str] = {
     "WARMDOWN_RATIO": "WARMDOWN_RATIO", "FINAL_LR_FRAC": "FINAL_LR_FRAC", "WINDOW_PATTERN": "WINDOW_PATTERN",
 }
 PAPER_POW2 = ("HEAD_DIM", "DEVICE_BATCH_SIZE", "TOTAL_BATCH_SIZE")
+PAPER_OOM = re.compile(r"out[ -]of[ -]memory|OutOfMemory", re.IGNORECASE)
 PAPER_SEQ_LEN = 2048  # autoresearch's MAX_SEQ_LEN: a device batch is that many tokens per row
 UNUSABLE = NOT_RUN  # ran nothing
 SURROGATE_PREFIX = "surrogate-"  # of a surrogate run's fingerprint, which stands in for a dataset's
@@ -75,7 +77,7 @@ def read_observations(paths: list[Path], space: SearchSpace, notes: list[str] | 
         raise ArenaError("the surrogate backend needs trials to learn from: --surrogate-data FILE ...")
     observations = []
     for path in paths:
-        found = _read_one(path, space, notes if notes is not None else [])
+        found = read_trials(path, space, notes if notes is not None else [])
         if not found:
             raise ArenaError(f"{path} holds no trial with a configuration that ran; give a ledger.jsonl of a "
                              "fixed-space run or the paper's trials.jsonl")
@@ -83,7 +85,8 @@ def read_observations(paths: list[Path], space: SearchSpace, notes: list[str] | 
     return observations
 
 
-def _read_one(path: Path, space: SearchSpace, notes: list[str]) -> list[Observation]:
+def read_trials(path: Path, space: SearchSpace, notes: list[str]) -> list[Observation]:
+    """The usable trials of one file (or run directory), in the order they ran."""
     path = trial_file(path)
     records = read_jsonl(path, "the trial file", warnings=[])
     if not records:
@@ -142,12 +145,17 @@ def _paper_row(record: JsonObject, path: Path, number: int) -> Observation | Non
     if not isinstance(config, dict):
         raise ArenaError(f"{path} line {number} has no config object; expected the paper's trials.jsonl")
     success = record.get("success") is True and _number(record.get("val_bpb")) is not None
-    error = str(record.get("error") or "")
-    status = Status.OK if success else (Status.OOM if "out of memory" in error.lower() or "OutOfMemory" in error
-                                        else Status.CRASH)
+    status = Status.OK if success else paper_failure(str(record.get("error") or ""))
     return Observation(paper_config(config, path, number), status,
                        _number(record.get("val_bpb")) if success else None,
                        _number(record.get("peak_memory_gb")), _number(record.get("wall_time_seconds")))
+
+
+def paper_failure(error: str) -> Status:
+    """The outcome a paper trial's error names: its runner wrote "GPU out-of-memory" and "Timeout after 300.0s"."""
+    if PAPER_OOM.search(error):
+        return Status.OOM
+    return Status.TIMEOUT if error.lower().startswith("timeout") else Status.CRASH
 
 
 def paper_config(config: dict[str, Any], path: Path, number: int) -> dict[str, Any]:
