@@ -1,4 +1,4 @@
-"""The benchmarks that CI can run, at a small size: bench/methods.py end to end."""
+"""The benchmarks that CI can run, at a small size: bench/methods.py and the others end to end."""
 
 from __future__ import annotations
 
@@ -61,6 +61,36 @@ def test_the_far_landscape_has_its_optimum_away_from_the_baseline_and_past_the_m
     near, far = (np.array([OPTIMA[name][p.name] for p in space.numeric]) for name in ("near", "far"))
     assert np.abs(near - baseline).max() <= 0.3 and np.abs(far - baseline).min() >= 0.35
     assert peak_memory_gb(space.from_unit(near)) <= MEMORY_GB < peak_memory_gb(space.from_unit(far))
+
+
+def test_feasibility_bench_replays_recorded_runs_through_the_memory_model(tmp_path):
+    from bench.landscape import write_landscape
+
+    runs = [write_landscape(_seed_dir(tmp_path, "landscape", seed) / "trials.jsonl", 150, seed=seed) for seed in (0, 1)]
+    lines = [json.loads(line) for path in runs for line in path.read_text().splitlines()]
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "bench/feasibility.py", *map(str, runs), "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "calibrated memory model, limit 80 GB" in proc.stdout and "analytic memory model" in proc.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    ooms = sum(line["error"] == "GPU out-of-memory" for line in lines)
+    for tally in (summary["calibrated"]["landscape"], summary["analytic"]["landscape"]):
+        assert tally["runs"] == 2 and tally["trials"] == 300 and tally["oom"] == ooms
+        assert tally["failed"] == sum(not line["success"] for line in lines)
+    calibrated, analytic = summary["calibrated"]["landscape"], summary["analytic"]["landscape"]
+    # the landscape's memory has about the model's form: it refuses nearly every OOM and few good trials, and
+    # calibration on the trials before each one does better than the analytic prior alone
+    assert calibrated["refused_oom"] >= 0.9 * ooms and calibrated["refused_ok"] <= 0.05 * (300 - calibrated["failed"])
+    assert calibrated["refused_oom"] >= analytic["refused_oom"] and calibrated["refused_ok"] <= analytic["refused_ok"]
+    assert calibrated["seconds_saved"] > 0
+    assert (out / "feasibility.png").read_bytes().startswith(b"\x89PNG")
+
+
+def _seed_dir(root, method, seed):
+    path = root / "results" / method / f"seed_{seed}"  # the paper's layout: the method is the folder's name
+    path.mkdir(parents=True)
+    return path
 
 
 @pytest.mark.slow  # two real CPU trials
