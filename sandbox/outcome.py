@@ -44,6 +44,16 @@ class Status(StrEnum):  # str(status) and f-strings give the value: "ok", "oom",
 
 
 NOT_RUN: tuple[Status, ...] = (Status.INVALID_PATCH, Status.INFEASIBLE)  # refused before a sandbox started
+# What another tool's error message names, for trials arena reads but did not run (the paper's runner wrote
+# "GPU out-of-memory" and "Timeout after 300.0s"); anything else is a crash.
+NAMED_FAILURES = ((re.compile(r"out[ -]of[ -]memory|OutOfMemory|\boom\b", re.IGNORECASE), Status.OOM),
+                  (re.compile(r"timeout|timed out", re.IGNORECASE), Status.TIMEOUT),
+                  (re.compile(r"\bnan\b|non-finite", re.IGNORECASE), Status.NAN))
+
+
+def failure_named(error: str | None) -> Status:
+    """The failure an error message of another tool's trial record names; a crash when it names none."""
+    return next((status for pattern, status in NAMED_FAILURES if pattern.search(error or "")), Status.CRASH)
 
 
 FAILURES: tuple[Status, ...] = tuple(status for status in Status if status is not Status.OK)  # in report order

@@ -25,6 +25,7 @@ from agent.ui import compare, replay
 from agent.ui.compare import build_comparison
 from agent.ui.history import read_jsonl
 from agent.ui.sources import open_runs
+from sandbox.outcome import failure_named
 from tests.fake_runs import fake_run
 
 SEEDS = (1, 2)
@@ -351,10 +352,22 @@ def paper_trials(path: Path) -> Path:
                 lines.append({"trial_id": trial, "backend": backend, "config": {"MATRIX_LR": 0.01 * (trial + 1),
                               "WINDOW_PATTERN": "SSSL"}, "val_bpb": 1.0 - 0.01 * trial + offset + 0.001 * seed
                               if ok else None, "peak_memory_gb": 40.0, "wall_time_seconds": 360.0, "success": ok,
-                              "error": None if ok else "torch.OutOfMemoryError: CUDA out of memory", "seed": seed,
+                              "error": None if ok else "GPU out-of-memory", "seed": seed,  # the runner's words
                               "timestamp": "2026-03-01T00:00:00"})
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return path
+
+
+@pytest.mark.parametrize("error, status", [
+    ("GPU out-of-memory", "oom"),  # the paper runner's words, on 1,400 of its trials
+    ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", "oom"),
+    ("Timeout after 300.0s", "timeout"),
+    ("loss is NaN at step 12", "nan"),
+    ("RuntimeError: shape mismatch", "crash"),
+    (None, "crash"),
+])
+def test_the_failure_an_imported_trial_had_is_read_from_its_error(error, status):
+    assert failure_named(error) == status
 
 
 def test_compare_imports_paper_trials(tmp_path, capsys):

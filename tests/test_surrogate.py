@@ -19,7 +19,7 @@ from agent.constants import read_constants
 from agent.errors import ArenaError
 from agent.presets import get_preset
 from agent.space import load_space
-from agent.surrogate.data import PAPER_CONSTANTS, paper_config, paper_failure, read_observations
+from agent.surrogate.data import PAPER_CONSTANTS, paper_config, read_observations
 from agent.surrogate.model import Surrogate
 from bench.landscape import trial, write_landscape
 from sandbox.outcome import Outcome, Status
@@ -84,16 +84,6 @@ def test_a_paper_config_is_read_as_its_runner_ran_it():
     GPU.check(ran)
     with pytest.raises(ArenaError, match="constants the paper did not search: DROPOUT"):
         paper_config({**config, "DROPOUT": 0.1}, Path("t.jsonl"), 3)
-
-
-@pytest.mark.parametrize("error, status", [
-    ("GPU out-of-memory", Status.OOM),  # the paper runner's words, on 1,400 of its trials
-    ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", Status.OOM),
-    ("Timeout after 300.0s", Status.TIMEOUT),
-    ("RuntimeError: shape mismatch", Status.CRASH),
-])
-def test_a_paper_trials_failure_is_read_from_its_error(error, status):
-    assert paper_failure(error) is status
 
 
 def test_paper_trials_and_arena_ledgers_read_alike(landscape, tmp_path, cache_root):

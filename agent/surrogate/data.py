@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from agent.jsonl import JsonObject, read_jsonl
 from agent.methods import CODE_EDITING_METHODS
 from agent.record import TrialRecord
 from agent.space import SearchSpace, SpaceError
-from sandbox.outcome import NOT_RUN, Status
+from sandbox.outcome import NOT_RUN, Status, failure_named
 
 # the paper's name -> the name in space.toml's gpu space
 PAPER_CONSTANTS: dict[str, str] = {
@@ -36,7 +35,6 @@ PAPER_CONSTANTS: dict[str, str] = {
     "WARMDOWN_RATIO": "WARMDOWN_RATIO", "FINAL_LR_FRAC": "FINAL_LR_FRAC", "WINDOW_PATTERN": "WINDOW_PATTERN",
 }
 PAPER_POW2 = ("HEAD_DIM", "DEVICE_BATCH_SIZE", "TOTAL_BATCH_SIZE")
-PAPER_OOM = re.compile(r"out[ -]of[ -]memory|OutOfMemory", re.IGNORECASE)
 PAPER_SEQ_LEN = 2048  # autoresearch's MAX_SEQ_LEN: a device batch is that many tokens per row
 UNUSABLE = NOT_RUN  # ran nothing
 SURROGATE_PREFIX = "surrogate-"  # of a surrogate run's fingerprint, which stands in for a dataset's
@@ -145,17 +143,10 @@ def _paper_row(record: JsonObject, path: Path, number: int) -> Observation | Non
     if not isinstance(config, dict):
         raise ArenaError(f"{path} line {number} has no config object; expected the paper's trials.jsonl")
     success = record.get("success") is True and _number(record.get("val_bpb")) is not None
-    status = Status.OK if success else paper_failure(str(record.get("error") or ""))
+    status = Status.OK if success else failure_named(record.get("error"))
     return Observation(paper_config(config, path, number), status,
                        _number(record.get("val_bpb")) if success else None,
                        _number(record.get("peak_memory_gb")), _number(record.get("wall_time_seconds")))
-
-
-def paper_failure(error: str) -> Status:
-    """The outcome a paper trial's error names: its runner wrote "GPU out-of-memory" and "Timeout after 300.0s"."""
-    if PAPER_OOM.search(error):
-        return Status.OOM
-    return Status.TIMEOUT if error.lower().startswith("timeout") else Status.CRASH
 
 
 def paper_config(config: dict[str, Any], path: Path, number: int) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import git
 from agent.errors import ArenaError
 from agent.jsonl import JsonObject
 from agent.ui.history import RunHistory, TrialView, git_diff, read_jsonl
-from sandbox.outcome import FAILURES
+from sandbox.outcome import FAILURES, failure_named
 
 RESULTS_FILE = "results.tsv"
 PAPER_FIELDS = ("trial_id", "backend", "val_bpb", "success")
@@ -131,18 +131,6 @@ def load_autoresearch_repo(path: Path, branch: str | None = None) -> RunHistory:
 
 # ---------------------------------------------------------------------------- the paper's trials.jsonl
 
-def classify_error(error: str | None) -> str:
-    """The failure kind an error message names; a plain crash when it names none."""
-    text = (error or "").lower()
-    if "out of memory" in text or re.search(r"\boom\b", text):
-        return "oom"
-    if "timeout" in text or "timed out" in text:
-        return "timeout"
-    if re.search(r"\bnan\b|non-finite", text):
-        return "nan"
-    return "crash"
-
-
 def _describe(config: dict[str, Any] | None) -> str:
     if not config:
         return "(no config)"
@@ -159,7 +147,7 @@ def _paper_run(path: Path, backend: str, seed: object, records: list[JsonObject]
         best = value if kept else best
         trials.append(TrialView(
             trial=record["trial_id"], method=backend, kind="proposal", description=_describe(record.get("config")),
-            status="ok" if ok else classify_error(record.get("error")), reason=str(record.get("error") or ""),
+            status="ok" if ok else str(failure_named(record.get("error"))), reason=str(record.get("error") or ""),
             val_bpb=value, memory_gb=record.get("peak_memory_gb"), wall_seconds=record.get("wall_time_seconds"),
             total_seconds=record.get("wall_time_seconds"), kept=kept, config=record.get("config"),
             diff_note="the paper's data holds configs, not diffs", seed=record.get("seed"),
