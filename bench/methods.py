@@ -1,6 +1,7 @@
 """Fixed-space methods compared on a surrogate: best val_bpb so far after 50/100/300 trials over many seeds, how
 often each failed, Mann-Whitney U between each pair, and what proposing and observing cost per trial; with
-Optuna's own random, TPE and CMA-ES samplers on the same surrogate as reference rows.
+Optuna's own random, TPE and CMA-ES samplers, set up as the paper ran them, on the same surrogate as reference
+rows.
 
     python bench/methods.py [--data FILE,... | --landscape near|far] [--methods random,tpe,cmaes] [--seeds 10]
                             [--trials 300] [--checkpoints 50,100,300] [--feasibility off,on] [--workers N]
@@ -43,6 +44,7 @@ from bench.landscape import MEMORY_GB, OPTIMA, peak_memory_gb, write_landscape  
 from sandbox.outcome import Status  # noqa: E402
 
 OPTUNA = ("optuna-random", "optuna-tpe", "optuna-cmaes")
+PAPER_FAILURE_VALUE = 100.0  # what the paper's runner told Optuna for a failed trial
 BACKEND: SurrogateBackend | None = None  # fitted once in the parent; forked workers inherit it
 
 
@@ -134,16 +136,21 @@ def optuna_config(params: dict[str, Any], space: SearchSpace) -> dict[str, Any]:
 
 
 def run_optuna(job: Job) -> Result:
-    """An Optuna study on the surrogate: the baseline first, then the sampler's points; a failure told as FAIL
-    (hidden from its model), as the paper's runner did."""
+    """An Optuna study on the surrogate, set up as Ferreira et al.'s runner set it up: the baseline first, then
+    the sampler's points, a failure told as the value 100 (a COMPLETE trial), the samplers with Optuna 4.8's
+    defaults, which the paper ran. Optuna 5 made TPE multivariate with the constant liar by default; the
+    paper's TPE was univariate without it, so that is asked for by name."""
     import optuna
 
     assert BACKEND is not None
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     space = BACKEND.surrogate.space
-    samplers = {"optuna-random": optuna.samplers.RandomSampler, "optuna-tpe": optuna.samplers.TPESampler,
-                "optuna-cmaes": optuna.samplers.CmaEsSampler}
-    study = optuna.create_study(sampler=samplers[job.group](seed=job.seed))
+    samplers = {
+        "optuna-random": lambda: optuna.samplers.RandomSampler(seed=job.seed),
+        "optuna-tpe": lambda: optuna.samplers.TPESampler(seed=job.seed, multivariate=False, constant_liar=False),
+        "optuna-cmaes": lambda: optuna.samplers.CmaEsSampler(seed=job.seed),
+    }
+    study = optuna.create_study(sampler=samplers[job.group]())
     study.enqueue_trial(dict(get_preset(job.preset).constants))
     distributions = {name: distribution(space[name]) for name in space}
     result = Result(job.group, job.seed, [], fits=[] if job.landscape else None)
@@ -156,10 +163,7 @@ def run_optuna(job: Job) -> Result:
         if result.fits is not None:
             result.fits.append(fits_on_landscape(config))
         start = time.perf_counter()
-        if prediction.val_bpb is None:
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        else:
-            study.tell(trial, prediction.val_bpb)
+        study.tell(trial, PAPER_FAILURE_VALUE if prediction.val_bpb is None else prediction.val_bpb)
         result.seconds[number] = asked + time.perf_counter() - start
         result.values.append(prediction.val_bpb)
     return result
@@ -310,7 +314,7 @@ def main() -> None:
     modes = args.feasibility.split(",")
     if not set(modes) <= {"on", "off"}:
         parser.error("--feasibility takes off, on or off,on")
-    methods = args.methods.split(",")
+    methods = [m for m in args.methods.split(",") if m]  # --methods "": Optuna's rows alone
     groups = ([m for m in methods if "off" in modes] + [m + FEASIBLE_SUFFIX for m in methods if "on" in modes]
               + ([] if args.no_optuna else list(OPTUNA)))
     jobs = [Job(group, seed, args.trials, args.preset, data, runs_dir, landscape=not args.data)
