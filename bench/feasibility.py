@@ -6,7 +6,7 @@ Each argument is what `--surrogate-data` takes: an arena run directory or ledger
 or the paper's results/<method>/seed_<k>/trials.jsonl. Within each run the trials are taken in the order they
 ran; before each one the model is calibrated on the trials before it, as in a live run with `--feasibility on`,
 and judges its configuration. A second pass keeps the model analytic (never calibrated). Runs are grouped by
-method (the paper's results/<method>/ folder, or the run's directory name).
+method (the paper's results/<method>/ folder, or the method an arena ledger records).
 
 This is an offline replay: it says which recorded trials would have been refused and what that would have
 saved, not which trials a method would have proposed instead once told of the refusals (the surrogate bench,
@@ -31,6 +31,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from agent.feasibility import SURROGATE_GPU_GB, MemoryModel, Shape  # noqa: E402
+from agent.jsonl import read_jsonl  # noqa: E402
 from agent.presets import get_preset  # noqa: E402
 from agent.space import load_space  # noqa: E402
 from agent.surrogate.data import Observation, read_trials, trial_file  # noqa: E402
@@ -102,9 +103,14 @@ def replay(trials: list[Observation], model: MemoryModel, calibrated: bool,
 
 
 def group_of(path: Path) -> str:
-    """The paper's results/<method>/seed_<k>/trials.jsonl -> <method>; an arena run -> its directory's name."""
+    """The paper's results/<method>/seed_<k>/trials.jsonl -> <method>; an arena ledger -> the method of its
+    proposals; anything else -> its folder's name."""
     path = trial_file(path)
-    return path.parent.parent.name if path.parent.name.startswith("seed_") else path.parent.name
+    if path.parent.name.startswith("seed_"):
+        return path.parent.parent.name
+    methods = (record.get("method") for record in read_jsonl(path, "the trial file", warnings=[])
+               if record.get("kind") == "proposal")
+    return str(next(methods, None) or path.parent.name)
 
 
 def plot(points: list[tuple[float, float | None, str]], limit_gb: float, path: Path) -> None:

@@ -87,6 +87,19 @@ def test_feasibility_bench_replays_recorded_runs_through_the_memory_model(tmp_pa
     assert (out / "feasibility.png").read_bytes().startswith(b"\x89PNG")
 
 
+def test_feasibility_bench_groups_runs_by_method(tmp_path):
+    from bench.feasibility import group_of
+
+    run = tmp_path / "my-run"
+    run.mkdir()
+    (run / "ledger.jsonl").write_text(json.dumps({"trial": 0, "kind": "baseline", "method": "baseline"}) + "\n"
+                                      + json.dumps({"trial": 1, "kind": "proposal", "method": "cmaes"}) + "\n")
+    assert group_of(run) == "cmaes"  # an arena run: the method of its proposals
+    paper = _seed_dir(tmp_path, "smac", 2) / "trials.jsonl"
+    paper.write_text(json.dumps({"trial_id": 0, "backend": "smac3"}) + "\n")
+    assert group_of(paper) == "smac"  # the paper's layout: the folder above seed_<k>
+
+
 def _seed_dir(root, method, seed):
     path = root / "results" / method / f"seed_{seed}"  # the paper's layout: the method is the folder's name
     path.mkdir(parents=True)
