@@ -46,7 +46,7 @@ class LandscapeBackend:
         line = trial(0, config, GPU, np.random.default_rng(seed))
         if not line["success"]:
             status = Status.OOM if "out-of-memory" in line["error"] else Status.CRASH
-            return Outcome(status, line["error"])
+            return Outcome(status, line["error"], train_wall_seconds=line["wall_time_seconds"])  # time to fail
         result = {"val_bpb": line["val_bpb"], "work_seconds": line["wall_time_seconds"], "outside_seconds": 0.0,
                   "ready_seconds": 0.0, "allowance_seconds": 0.0, "peak_memory_gb": line["peak_memory_gb"],
                   "host_memory_gb": 0.0, "gpu_memory_gb": line["peak_memory_gb"], "num_params": 0, "reported": {}}
@@ -96,6 +96,11 @@ def test_paper_trials_and_arena_ledgers_read_alike(landscape, tmp_path, cache_ro
     assert len(ledger) == 12 and ledger[0].config == dict(get_preset("gpu").constants)  # the baseline
     recorded = [Status(json.loads(line)["status"]) for line in (run / "ledger.jsonl").read_text().splitlines()]
     assert [o.status for o in ledger] == [s for s in recorded if s is not Status.INFEASIBLE]  # those ran nothing
+    ran = [json.loads(line) for line in (run / "ledger.jsonl").read_text().splitlines()]
+    ran = [r for r in ran if r["status"] != "infeasible"]
+    for observation, record in zip(ledger, ran, strict=True):  # a failure's cost is the time until it failed
+        expected = record["training_seconds"] if record["status"] == "ok" else record["train_wall_seconds"]
+        assert observation.training_seconds == pytest.approx(expected) and expected
 
 
 @pytest.mark.parametrize("content, message", [

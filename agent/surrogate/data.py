@@ -46,7 +46,7 @@ class Observation:
     status: Status                       # ok, or the failure it ended in
     val_bpb: float | None                # ok trials only
     peak_memory_gb: float | None = None
-    training_seconds: float | None = None
+    training_seconds: float | None = None  # its training time; for a failure, the time until it failed
 
 
 def trial_file(path: Path) -> Path:
@@ -134,8 +134,9 @@ def _ledger_row(record: JsonObject, path: Path, number: int) -> Observation | No
         raise ArenaError(f"{path} line {number} is not a trial record ({e}); check the file") from None
     if trial.status in UNUSABLE or trial.config is None:
         return None
-    return Observation(trial.config, trial.status, trial.val_bpb if trial.status is Status.OK else None,
-                       trial.peak_memory_gb, trial.training_seconds)
+    ok = trial.status is Status.OK
+    return Observation(trial.config, trial.status, trial.val_bpb if ok else None, trial.peak_memory_gb,
+                       trial.training_seconds if ok else trial.train_wall_seconds or None)
 
 
 def _paper_row(record: JsonObject, path: Path, number: int) -> Observation | None:
