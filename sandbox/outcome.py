@@ -45,8 +45,9 @@ class Status(StrEnum):  # str(status) and f-strings give the value: "ok", "oom",
 
 NOT_RUN: tuple[Status, ...] = (Status.INVALID_PATCH, Status.INFEASIBLE)  # refused before a sandbox started
 # What another tool's error message names, for trials arena reads but did not run (the paper's runner wrote
-# "GPU out-of-memory" and "Timeout after 300.0s"); anything else is a crash.
-NAMED_FAILURES = ((re.compile(r"out[ -]of[ -]memory|OutOfMemory|\boom\b", re.IGNORECASE), Status.OOM),
+# "GPU out-of-memory" and "Timeout after 300.0s"): the words of OOM_PATTERNS and a few plainer ones; anything
+# else is a crash.
+NAMED_FAILURES = ((re.compile(rf"{OOM_PATTERNS.pattern}|out[ -]of[ -]memory|\boom\b", re.IGNORECASE), Status.OOM),
                   (re.compile(r"timeout|timed out", re.IGNORECASE), Status.TIMEOUT),
                   (re.compile(r"\bnan\b|non-finite", re.IGNORECASE), Status.NAN))
 

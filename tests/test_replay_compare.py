@@ -361,6 +361,7 @@ def paper_trials(path: Path) -> Path:
 @pytest.mark.parametrize("error, status", [
     ("GPU out-of-memory", "oom"),  # the paper runner's words, on 1,400 of its trials
     ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", "oom"),
+    ("RuntimeError: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate(handle)", "oom"),  # arena's own words
     ("Timeout after 300.0s", "timeout"),
     ("loss is NaN at step 12", "nan"),
     ("RuntimeError: shape mismatch", "crash"),
