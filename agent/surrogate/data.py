@@ -101,10 +101,9 @@ def read_trials(path: Path, space: SearchSpace, notes: list[str]) -> list[Observ
         raise ArenaError(f"{path} is neither an arena ledger (trial, status, config, val_bpb ...) nor the paper's "
                          "trials.jsonl (trial_id, config, val_bpb, success ...); check the file")
     usable = [row for row in rows if row is not None]
-    for row in usable:
-        _check_names(row.config, space, path)
     outside = {}
     for number, row in enumerate(usable):
+        _check_names(row.config, space, path)
         try:
             space.check(row.config)
         except SpaceError as e:
