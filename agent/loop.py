@@ -92,7 +92,7 @@ def make_backend(settings: RunSettings, preset: Preset, space: SearchSpace) -> T
         from agent.surrogate.backend import SurrogateBackend
 
         paths = [Path(p).expanduser() for p in settings.surrogate_data or []]
-        backend = SurrogateBackend.fit(paths, space, preset.time_budget)
+        backend = SurrogateBackend.fit(paths, space, preset)
     else:
         backend = LocalBackend(isolation=settings.isolation, mem_limit=settings.mem_limit)
     if settings.executor == "ray":

@@ -307,7 +307,7 @@ def main() -> None:
     data = args.data.split(",") if args.data else [str(write_landscape(args.out / "landscape.jsonl", 2000,
                                                                      optimum=args.landscape or "near"))]
     preset = get_preset(args.preset)
-    BACKEND = SurrogateBackend.fit([Path(p) for p in data], load_space(args.preset), preset.time_budget)
+    BACKEND = SurrogateBackend.fit([Path(p) for p in data], load_space(args.preset), preset)
     for note in BACKEND.notes:
         print(f"note: {note}")
     checkpoints = [c for c in map(int, args.checkpoints.split(",")) if c <= args.trials] or [args.trials]

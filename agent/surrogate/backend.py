@@ -13,9 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from agent.constants import read_constants
+from agent.feasibility import Shape, terms
+from agent.presets import Preset
 from agent.space import SearchSpace
 from agent.surrogate.data import read_observations
-from agent.surrogate.model import Prediction, Quality, Surrogate
+from agent.surrogate.model import MemoryTerms, Prediction, Quality, Surrogate
 from sandbox.outcome import Outcome, Status, TrialResult
 from sandbox.trial import LogSink, TrialSpec
 from sandbox.workers import Placement
@@ -35,10 +37,11 @@ class SurrogateBackend:
         return self.surrogate.quality
 
     @classmethod
-    def fit(cls, paths: list[Path], space: SearchSpace, time_budget: float) -> SurrogateBackend:
+    def fit(cls, paths: list[Path], space: SearchSpace, preset: Preset) -> SurrogateBackend:
         """Fitted with one seed whatever the run's: every run on the same trials meets the same surrogate."""
         notes: list[str] = []
-        return cls(Surrogate(space, read_observations(paths, space, notes)), time_budget, notes)
+        surrogate = Surrogate(space, read_observations(paths, space, notes), memory_terms(preset))
+        return cls(surrogate, preset.time_budget, notes)
 
     def placed(self, placement: Placement) -> SurrogateBackend:
         return self  # a prediction runs on no device
@@ -60,6 +63,12 @@ class SurrogateBackend:
             "gpu_memory_gb": prediction.peak_memory_gb, "reported": {"source": "surrogate"}}
         return Outcome(Status.OK, f"val_bpb {prediction.val_bpb:.6f} (surrogate)", result,
                        log_tail=f"surrogate: {describe(prediction)}\n", train_wall_seconds=seconds)
+
+
+def memory_terms(preset: Preset) -> MemoryTerms:
+    """A configuration's memory terms, its constants outside the space at the preset's values."""
+    shape = Shape(preset.seq_len, preset.vocab_size, preset.device)
+    return lambda config: terms({**preset.constants, **config}, shape)
 
 
 def describe(prediction: Prediction) -> str:

@@ -3,7 +3,10 @@
 Random forests (the model the paper's SMAC baseline also uses as its surrogate): a classifier of the outcome
 (ok, oom, crash, ...) on every trial, a regressor of val_bpb on the scored ones, and regressors of peak memory and
 training time where the data has them. Inputs are each constant on the scale it is searched on (space.to_unit)
-and one column per choice of a categorical one.
+and one column per choice of a categorical one. Peak memory is first fitted, by least squares, on what it is made
+of (the memory model's terms: parameters, activations, logits, a constant) and the forest learns what that leaves:
+a forest alone smooths over the steps that rounding the width up to whole heads makes (held out of the paper's
+trials, 0.82 GB mean error and 16 GB at worst against 0.014 GB and 0.23 GB with the terms).
 
 Before it is used, a surrogate is fitted on 80% of the trials (of the scored ones and of the failed ones alike)
 and scored on the other 20% (`Quality`); the models it then answers with are fitted on all of them.
@@ -11,7 +14,7 @@ and scored on the other 20% (`Quality`); the models it then answers with are fit
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -29,6 +32,8 @@ MIN_SCORED = 20       # scored trials needed to fit val_bpb and still hold some 
 MIN_MEASURED = 10     # trials with a memory or time figure needed to model it
 HOLDOUT = 0.2
 TREES = 100
+
+MemoryTerms = Callable[[dict[str, Any]], NDArray[np.float64]]  # what a configuration's peak memory is made of
 
 
 @dataclass(frozen=True)
@@ -80,10 +85,33 @@ class Features:
         return np.array([self.row(config) for config in configs], dtype=np.float64)
 
 
-class Models:
-    """The forests fitted on one set of trials."""
+class MemoryRegressor:
+    """Peak memory in GB: least squares on a configuration's memory terms, and a forest on the residual."""
 
-    def __init__(self, features: Features, observations: Sequence[Observation], seed: int):
+    def __init__(self, memory_terms: MemoryTerms, x: NDArray[np.float64], configs: Sequence[dict[str, Any]],
+                 y: Sequence[float], seed: int):
+        self.memory_terms = memory_terms
+        basis = self._basis(configs)
+        self.scale = np.abs(basis).max(axis=0)  # terms span ten orders of magnitude: solve on columns of one
+        self.scale[self.scale == 0] = 1.0
+        target = np.array(y, dtype=np.float64)
+        self.coefficients = np.linalg.lstsq(basis / self.scale, target, rcond=None)[0] / self.scale
+        self.residual = RandomForestRegressor(n_estimators=TREES, random_state=seed, n_jobs=1)
+        self.residual.fit(x, target - basis @ self.coefficients)
+
+    def _basis(self, configs: Sequence[dict[str, Any]]) -> NDArray[np.float64]:
+        return np.array([self.memory_terms(config) for config in configs], dtype=np.float64)
+
+    def predict(self, x: NDArray[np.float64], configs: Sequence[dict[str, Any]]) -> NDArray[np.float64]:
+        predicted: NDArray[np.float64] = self._basis(configs) @ self.coefficients + forest_mean(self.residual, x)
+        return predicted
+
+
+class Models:
+    """The models fitted on one set of trials."""
+
+    def __init__(self, features: Features, observations: Sequence[Observation], memory_terms: MemoryTerms,
+                 seed: int):
         self.features = features
         x = features.matrix([o.config for o in observations])
         labels = np.array([str(o.status) for o in observations])
@@ -93,7 +121,10 @@ class Models:
             self.outcome.fit(x, labels)
         scored = [i for i, o in enumerate(observations) if o.val_bpb is not None]
         self.value = self._regressor(x[scored], [observations[i].val_bpb for i in scored], seed)
-        self.memory = self._optional(x, [o.peak_memory_gb for o in observations], seed)
+        measured = [i for i, o in enumerate(observations) if o.peak_memory_gb is not None]
+        self.memory = MemoryRegressor(memory_terms, x[measured], [observations[i].config for i in measured],
+                                      [observations[i].peak_memory_gb or 0.0 for i in measured],
+                                      seed) if len(measured) >= MIN_MEASURED else None
         self.seconds = self._optional(x, [o.training_seconds for o in observations], seed)
 
     @staticmethod
@@ -119,15 +150,22 @@ class Models:
         classes, probabilities = self.outcome_probabilities(x)
         failures = [i for i, name in enumerate(classes) if name != Status.OK]
         values = forest_mean(self.value, x)
-        memory = forest_mean(self.memory, x) if self.memory is not None else [None] * len(x)
-        seconds = forest_mean(self.seconds, x) if self.seconds is not None else [None] * len(x)
+        memory, seconds = self.regressions(x, configs)
+        unknown = [None] * len(x)
         predictions = []
-        for row, value, m, s in zip(probabilities, values, memory, seconds, strict=True):
+        for row, value, m, s in zip(probabilities, values, unknown if memory is None else memory,
+                                    unknown if seconds is None else seconds, strict=True):
             failing = float(row[failures].sum()) if failures else 0.0
             status = Status(classes[max(failures, key=lambda i: row[i])]) if failing > 0.5 else Status.OK
             predictions.append(Prediction(status, failing, float(value) if status is Status.OK else None,
                                           None if m is None else float(m), None if s is None else float(s)))
         return predictions
+
+    def regressions(self, x: NDArray[np.float64], configs: Sequence[dict[str, Any]]
+                    ) -> tuple[NDArray[np.float64] | None, NDArray[np.float64] | None]:
+        """Peak memory and training time of each configuration (None where the trials had too few of them)."""
+        return (self.memory.predict(x, configs) if self.memory is not None else None,
+                forest_mean(self.seconds, x) if self.seconds is not None else None)
 
 
 def as_tree_input(x: NDArray[np.float64]) -> NDArray[np.float32]:
@@ -143,7 +181,8 @@ def forest_mean(forest: RandomForestRegressor, x: NDArray[np.float64]) -> NDArra
 class Surrogate:
     """Fitted models of a trial's outcome, and how well they did on trials they had not seen."""
 
-    def __init__(self, space: SearchSpace, observations: Sequence[Observation], seed: int = 0):
+    def __init__(self, space: SearchSpace, observations: Sequence[Observation], memory_terms: MemoryTerms,
+                 seed: int = 0):
         scored = sum(o.val_bpb is not None for o in observations)
         if scored < MIN_SCORED:
             raise ArenaError(f"the trial files hold {len(observations)} usable trials, {scored} of them scored; the "
@@ -152,8 +191,8 @@ class Surrogate:
         self.space = space
         features = Features(space)
         train, held = split(observations, np.random.default_rng(seed))
-        self.quality = measure(Models(features, train, seed), held, len(observations), scored)
-        self.models = Models(features, observations, seed)
+        self.quality = measure(Models(features, train, memory_terms, seed), held, len(observations), scored)
+        self.models = Models(features, observations, memory_terms, seed)
 
     def predict(self, config: dict[str, Any]) -> Prediction:
         return self.models.predict([config])[0]
@@ -177,7 +216,9 @@ def split(observations: Sequence[Observation],
 
 
 def measure(models: Models, held: Sequence[Observation], trials: int, scored: int) -> Quality:
-    predictions = models.predict([o.config for o in held])
+    held_configs = [o.config for o in held]
+    predictions = models.predict(held_configs)
+    memory, seconds = models.regressions(models.features.matrix(held_configs), held_configs)
     scored_held = [o for o in held if o.val_bpb is not None]
     actual = np.array([o.val_bpb for o in scored_held], dtype=np.float64)
     predicted = forest_mean(models.value, models.features.matrix([o.config for o in scored_held]))
@@ -192,14 +233,13 @@ def measure(models: Models, held: Sequence[Observation], trials: int, scored: in
         trials=trials, scored=scored, held_out=len(held), mae=float(np.abs(actual - predicted).mean()),
         r2=1.0 - residual / total if total > 0 else 0.0, rank_correlation=rank,
         failure_accuracy=float(np.mean(failed_right)),
-        memory_mae_gb=_error(models.memory, models.features, held, "peak_memory_gb"),
-        seconds_mae=_error(models.seconds, models.features, held, "training_seconds"))
+        memory_mae_gb=_error([o.peak_memory_gb for o in held], memory),
+        seconds_mae=_error([o.training_seconds for o in held], seconds))
 
 
-def _error(model: RandomForestRegressor | None, features: Features, held: Sequence[Observation],
-           name: str) -> float | None:
-    pairs = [(getattr(o, name), o.config) for o in held if getattr(o, name) is not None]
-    if model is None or not pairs:
+def _error(actual: Sequence[float | None], predicted: NDArray[np.float64] | None) -> float | None:
+    """Mean absolute error over the trials that measured the figure."""
+    if predicted is None:
         return None
-    predicted = forest_mean(model, features.matrix([config for _, config in pairs]))
-    return float(np.abs(np.array([value for value, _ in pairs]) - predicted).mean())
+    errors = [abs(a - p) for a, p in zip(actual, predicted, strict=True) if a is not None]
+    return float(np.mean(errors)) if errors else None
