@@ -26,7 +26,8 @@ uniform axis has a standard deviation of 0.29), many land outside the cube and a
 first hundred trials were no better than random search. Measured with bench/methods.py (10 seeds x 300
 trials, the memory model on): sigma0 0.3, 0.2, 0.15, 0.12, 0.08 gave 0.9895, 0.9895, 0.9888, 0.9889,
 0.9892 on the landscape whose optimum is near the baseline, and 0.3 and 0.15 both 0.9922 on the one whose
-optimum is far from it, past the memory wall. The categorical distribution starts uniform (the library's
+optimum is far from it, past the memory wall (measured while the surrogate's peak memory was a forest
+alone). The categorical distribution starts uniform (the library's
 default): a probability vector has no step size that could say "near the baseline". The population is
 the library's default, 4 + floor(3 ln n) for n searched variables (11 for the 14 constants).
 
