@@ -92,10 +92,10 @@ class MemoryRegressor:
                  y: Sequence[float], seed: int):
         self.memory_terms = memory_terms
         basis = self._basis(configs)
-        self.scale = np.abs(basis).max(axis=0)  # terms span ten orders of magnitude: solve on columns of one
-        self.scale[self.scale == 0] = 1.0
+        scale = np.abs(basis).max(axis=0)  # the terms span ten orders of magnitude: solve on columns of one
+        scale[scale == 0] = 1.0
         target = np.array(y, dtype=np.float64)
-        self.coefficients = np.linalg.lstsq(basis / self.scale, target, rcond=None)[0] / self.scale
+        self.coefficients = np.linalg.lstsq(basis / scale, target, rcond=None)[0] / scale
         self.residual = RandomForestRegressor(n_estimators=TREES, random_state=seed, n_jobs=1)
         self.residual.fit(x, target - basis @ self.coefficients)
 
