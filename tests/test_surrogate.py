@@ -8,6 +8,7 @@ so that the loop writes real ledgers of it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -178,6 +179,18 @@ def test_the_surrogate_reproduces_unseen_trials_within_its_reported_error(landsc
     assert float(np.mean([abs(a - b) for a, b in memory])) < 2 * quality.memory_mae_gb + 0.05
     assert abs(accuracy - quality.failure_accuracy) < 0.08
     assert surrogate.predict(unseen[0].config) == surrogate.predict(unseen[0].config)  # the same answer each time
+
+
+def test_only_trials_that_ran_to_the_end_teach_the_surrogate_peak_memory(landscape, unseen):
+    """A failed trial's memory is where it stopped (an OOM's is about the device's size), not the peak its
+    configuration needs: fitted on, it would bend the line through every configuration."""
+    stopped = [dataclasses.replace(o, peak_memory_gb=80.0) if o.status is not Status.OK else o
+               for o in read_observations([landscape], GPU)]
+    surrogate = Surrogate(GPU, stopped, GPU_TERMS)
+    assert surrogate.quality.memory_mae_gb is not None and surrogate.quality.memory_mae_gb < 0.5
+    predictions = surrogate.predict_many([o.config for o in unseen if o.status is Status.OK])
+    assert max(abs(peak_memory_gb(o.config) - (p.peak_memory_gb or 0.0))
+               for o, p in zip([o for o in unseen if o.status is Status.OK], predictions, strict=True)) < 2.0
 
 
 @pytest.mark.slow  # 150 trials through the loop

@@ -24,12 +24,12 @@ axis, and step-size adaptation widens the search when the optimum lies farther. 
 the short budgets this runs under: at 0.3 the first generations are as spread as uniform draws (a
 uniform axis has a standard deviation of 0.29), many land outside the cube and are clipped, and the
 first hundred trials were no better than random search. Measured with bench/methods.py (10 seeds x 300
-trials, the memory model on): sigma0 0.3, 0.2, 0.15, 0.12, 0.08 gave 0.9895, 0.9895, 0.9888, 0.9889,
-0.9892 on the landscape whose optimum is near the baseline, and 0.3 and 0.15 both 0.9922 on the one whose
-optimum is far from it, past the memory wall (measured while the surrogate's peak memory was a forest
-alone). The categorical distribution starts uniform (the library's
-default): a probability vector has no step size that could say "near the baseline". The population is
-the library's default, 4 + floor(3 ln n) for n searched variables (11 for the 14 constants).
+trials, the memory model on, while the surrogate's peak memory was a forest alone): sigma0 0.3, 0.2, 0.15,
+0.12, 0.08 gave 0.9895, 0.9895, 0.9888, 0.9889, 0.9892 on the landscape whose optimum is near the baseline,
+and 0.3 and 0.15 both 0.9922 on the one whose optimum is far from it, past the memory wall. The categorical
+distribution starts uniform (the library's default): a probability vector has no step size that could say
+"near the baseline". The population is the library's default, 4 + floor(3 ln n) for n searched variables
+(11 for the 14 constants).
 
 Generations: every propose() takes the next candidate of the current generation and every result
 fills that candidate's slot; when all of a generation's candidates have results it is told once, in

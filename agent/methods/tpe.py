@@ -6,12 +6,11 @@ Search space. One Optuna distribution per constant, named after it:
   categorical -> CategoricalDistribution(choices)
 The sampler is TPESampler as Ferreira et al. ran it (univariate, 10 random start-up trials) with the constant
 liar added (trials under way on other workers count as bad ones, so parallel proposals spread out). Multivariate
-TPE was tried and measured worse on bench/methods.py's landscapes with the memory model: far from the baseline
-0.9940 ± 0.0023 against univariate's 0.9915 ± 0.0013 (40 seeds each), near it 0.9892 ± 0.0008 against
-0.9894 ± 0.0006 (10 seeds each); on a surrogate of the paper's trials it did better without the model
-(0.9801 against 0.9826) and no better with it (0.9807 against 0.9814, 10 seeds each; the figures with the
-model measured while the surrogate's peak memory was a forest alone). Optuna 5 made
-multivariate the default: it is asked for by name.
+TPE was tried and measured worse on bench/methods.py's landscapes with the memory model (measured while the
+surrogate's peak memory was a forest alone): far from the baseline 0.9940 ± 0.0023 against univariate's
+0.9915 ± 0.0013 (40 seeds each), near it 0.9892 ± 0.0008 against 0.9894 ± 0.0006 (10 seeds each); on a
+surrogate of the paper's trials it did better without the model (0.9801 against 0.9826) and no better with
+it (0.9807 against 0.9814, 10 seeds each). Optuna 5 made multivariate the default: it is asked for by name.
 
 The study lives in the run: run_dir/state/optuna.journal (a JournalStorage on a JournalFileBackend),
 so a resumed run continues it. With run_dir None (the dry check before a run exists) it lives in memory.

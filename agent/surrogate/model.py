@@ -104,7 +104,7 @@ class MemoryRegressor:
 
     def predict(self, x: NDArray[np.float64], configs: Sequence[dict[str, Any]]) -> NDArray[np.float64]:
         predicted: NDArray[np.float64] = self._basis(configs) @ self.coefficients + forest_mean(self.residual, x)
-        return predicted
+        return np.maximum(predicted, 0.0)  # a line through large configurations may pass below zero at tiny ones
 
 
 class Models:
@@ -121,10 +121,10 @@ class Models:
             self.outcome.fit(x, labels)
         scored = [i for i, o in enumerate(observations) if o.val_bpb is not None]
         self.value = self._regressor(x[scored], [observations[i].val_bpb for i in scored], seed)
-        measured = [i for i, o in enumerate(observations) if o.peak_memory_gb is not None]
-        self.memory = MemoryRegressor(memory_terms, x[measured], [observations[i].config for i in measured],
-                                      [observations[i].peak_memory_gb or 0.0 for i in measured],
-                                      seed) if len(measured) >= MIN_MEASURED else None
+        peaks = [(i, peak) for i, peak in enumerate(map(measured_peak, observations)) if peak is not None]
+        self.memory = MemoryRegressor(memory_terms, x[[i for i, _ in peaks]],
+                                      [observations[i].config for i, _ in peaks], [peak for _, peak in peaks],
+                                      seed) if len(peaks) >= MIN_MEASURED else None
         self.seconds = self._optional(x, [o.training_seconds for o in observations], seed)
 
     @staticmethod
@@ -166,6 +166,12 @@ class Models:
         """Peak memory and training time of each configuration (None where the trials had too few of them)."""
         return (self.memory.predict(x, configs) if self.memory is not None else None,
                 forest_mean(self.seconds, x) if self.seconds is not None else None)
+
+
+def measured_peak(observation: Observation) -> float | None:
+    """The peak memory of a trial that ran to the end; a failed one's is where it stopped, not its peak."""
+    peak = observation.peak_memory_gb
+    return peak if observation.status is Status.OK and peak is not None and peak > 0 else None
 
 
 def as_tree_input(x: NDArray[np.float64]) -> NDArray[np.float32]:
@@ -233,7 +239,7 @@ def measure(models: Models, held: Sequence[Observation], trials: int, scored: in
         trials=trials, scored=scored, held_out=len(held), mae=float(np.abs(actual - predicted).mean()),
         r2=1.0 - residual / total if total > 0 else 0.0, rank_correlation=rank,
         failure_accuracy=float(np.mean(failed_right)),
-        memory_mae_gb=_error([o.peak_memory_gb for o in held], memory),
+        memory_mae_gb=_error([measured_peak(o) for o in held], memory),
         seconds_mae=_error([o.training_seconds for o in held], seconds))
 
 
