@@ -150,22 +150,15 @@ class Models:
         classes, probabilities = self.outcome_probabilities(x)
         failures = [i for i, name in enumerate(classes) if name != Status.OK]
         values = forest_mean(self.value, x)
-        memory, seconds = self.regressions(x, configs)
-        unknown = [None] * len(x)
+        memory = self.memory.predict(x, configs) if self.memory is not None else [None] * len(x)
+        seconds = forest_mean(self.seconds, x) if self.seconds is not None else [None] * len(x)
         predictions = []
-        for row, value, m, s in zip(probabilities, values, unknown if memory is None else memory,
-                                    unknown if seconds is None else seconds, strict=True):
+        for row, value, m, s in zip(probabilities, values, memory, seconds, strict=True):
             failing = float(row[failures].sum()) if failures else 0.0
             status = Status(classes[max(failures, key=lambda i: row[i])]) if failing > 0.5 else Status.OK
             predictions.append(Prediction(status, failing, float(value) if status is Status.OK else None,
                                           None if m is None else float(m), None if s is None else float(s)))
         return predictions
-
-    def regressions(self, x: NDArray[np.float64], configs: Sequence[dict[str, Any]]
-                    ) -> tuple[NDArray[np.float64] | None, NDArray[np.float64] | None]:
-        """Peak memory and training time of each configuration (None where the trials had too few of them)."""
-        return (self.memory.predict(x, configs) if self.memory is not None else None,
-                forest_mean(self.seconds, x) if self.seconds is not None else None)
 
 
 def measured_peak(observation: Observation) -> float | None:
@@ -222,9 +215,7 @@ def split(observations: Sequence[Observation],
 
 
 def measure(models: Models, held: Sequence[Observation], trials: int, scored: int) -> Quality:
-    held_configs = [o.config for o in held]
-    predictions = models.predict(held_configs)
-    memory, seconds = models.regressions(models.features.matrix(held_configs), held_configs)
+    predictions = models.predict([o.config for o in held])
     scored_held = [o for o in held if o.val_bpb is not None]
     actual = np.array([o.val_bpb for o in scored_held], dtype=np.float64)
     predicted = forest_mean(models.value, models.features.matrix([o.config for o in scored_held]))
@@ -239,13 +230,11 @@ def measure(models: Models, held: Sequence[Observation], trials: int, scored: in
         trials=trials, scored=scored, held_out=len(held), mae=float(np.abs(actual - predicted).mean()),
         r2=1.0 - residual / total if total > 0 else 0.0, rank_correlation=rank,
         failure_accuracy=float(np.mean(failed_right)),
-        memory_mae_gb=_error([measured_peak(o) for o in held], memory),
-        seconds_mae=_error([o.training_seconds for o in held], seconds))
+        memory_mae_gb=_error([measured_peak(o) for o in held], [p.peak_memory_gb for p in predictions]),
+        seconds_mae=_error([o.training_seconds for o in held], [p.training_seconds for p in predictions]))
 
 
-def _error(actual: Sequence[float | None], predicted: NDArray[np.float64] | None) -> float | None:
-    """Mean absolute error over the trials that measured the figure."""
-    if predicted is None:
-        return None
-    errors = [abs(a - p) for a, p in zip(actual, predicted, strict=True) if a is not None]
+def _error(actual: Sequence[float | None], predicted: Sequence[float | None]) -> float | None:
+    """Mean absolute error over the trials that measured the figure and were given a prediction of it."""
+    errors = [abs(a - p) for a, p in zip(actual, predicted, strict=True) if a is not None and p is not None]
     return float(np.mean(errors)) if errors else None
