@@ -120,6 +120,41 @@ def test_a_trial_that_ran_out_of_memory_below_the_limit_raises_the_model():
     assert model.refusal(smaller) is None  # what is well below still runs
 
 
+def calibrated_on_a_device(rng: np.random.Generator) -> tuple[MemoryModel, list[TrialRecord], list[dict]]:
+    """A model calibrated on 40 trials that fit in 80 GB, measured on a device unlike the priors (2% noise), and
+    200 more configurations of the space to judge it on."""
+    truth = np.array(PRIORS["cuda"]) * [1.3, 0.6, 1.5, 0.8]
+    configs = [GPU.sample(rng) for _ in range(1000)]
+    peaks = [float(terms(c, GPU_SHAPE) @ truth) / 1e9 * (1 + 0.02 * rng.standard_normal()) for c in configs]
+    fitting = [(c, p) for c, p in zip(configs, peaks, strict=True) if p < 78]
+    records = [measured(i, c, p) for i, (c, p) in enumerate(fitting[:40])]
+    model = MemoryModel(GPU_SHAPE, 80.0, "GPU memory")
+    model.calibrate(records)
+    return model, records, configs[-200:]
+
+
+def test_an_out_of_memory_trial_far_below_the_measured_trend_is_left_out():
+    """An OOM at half the limit (a shared GPU, fragmentation, a leak) can only be held at the limit by bending
+    the fit away from every measured trial: the model and its margin stay as the measured trials make them."""
+    model, records, others = calibrated_on_a_device(np.random.default_rng(1))
+    before, margin = [model.predict_gb(c) for c in others], model.calibration.margin
+    half = next(c for c in others if 0.4 < model.predict_gb(c) / 80 < 0.6)
+    model.calibrate([*records, measured(len(records), half, None, Status.OOM)])
+    assert model.calibration.raised == 0 and model.calibration.unexplained == 1
+    assert [model.predict_gb(c) for c in others] == pytest.approx(before)
+    assert model.calibration.margin == pytest.approx(margin) and model.refusal(half) is None
+    assert "1 out-of-memory trial it predicts far below the limit left out" in model.describe()
+
+
+def test_an_out_of_memory_trial_just_above_the_measured_trend_still_raises_the_model():
+    model, records, others = calibrated_on_a_device(np.random.default_rng(2))
+    near = next(c for c in others if 0.93 < model.predict_gb(c) / 80 < 0.96)
+    assert model.refusal(near) is None
+    model.calibrate([*records, measured(len(records), near, None, Status.OOM)])
+    assert model.calibration.raised == 1 and model.calibration.unexplained == 0
+    assert model.refusal(near) is not None and "1 out-of-memory one" in model.describe()
+
+
 def test_the_boundary_for_prompts_names_the_largest_values_that_fit():
     model = MemoryModel(GPU_SHAPE, 80.0, "GPU memory")
     text = model.boundary(GPU_PRESET.constants, GPU)
