@@ -13,11 +13,11 @@ with tokens = DEVICE_BATCH_SIZE * seq_len. The coefficients start at analytic va
 element, for bf16 autocast on the GPU and fp32 on the CPU) and are calibrated on every trial of the run that
 measured its peak memory: a least-squares fit of multipliers on the priors, in relative error, pulled
 towards 1 so that a few similar trials cannot swing it, and raised where a trial ran out of memory that
-the model said would fit, unless that would make it miss the measured peaks (an OOM far below them is
-left out: a shared device, fragmentation, a leak). A configuration predicted above the device's memory,
-less a margin that grows with the fit's error, is `infeasible`: the loop records it without running it
-(0 device seconds) and the method is told it failed. The model is computed from the ledger alone, so a
-resumed run refuses exactly what an uninterrupted one would.
+the model said would fit, unless (once MIN_FOR_MARGIN trials measured their peak) that would make it miss
+them: an OOM far below what they say is left out (a shared device, fragmentation, a leak). A configuration
+predicted above the device's memory, less a margin that grows with the fit's error, is `infeasible`: the
+loop records it without running it (0 device seconds) and the method is told it failed. The model is
+computed from the ledger alone, so a resumed run refuses exactly what an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -106,8 +106,15 @@ class Calibration:
     multipliers: tuple[float, ...]  # on each prior coefficient
     measured: int                   # trials with a measured peak it was fitted on
     raised: int                     # trials that ran out of memory below the limit it was raised for
-    unexplained: int                # trials that ran out far below it, where raising would miss the measured
+    unexplained: int                # trials that ran out below it, left out: raising would miss the measured peaks
     margin: float                   # share of the limit kept free
+
+
+@dataclass(frozen=True)
+class Peaks:
+    """The trials that measured their peak memory: their terms (one row each) and peaks in bytes."""
+    terms: NDArray[np.float64]
+    peaks: NDArray[np.float64]
 
 
 class MemoryModel:
@@ -147,18 +154,19 @@ class MemoryModel:
         """Refit the multipliers on every trial with a configuration: measured peaks of those that ran to the
         end, and the limit as a lower bound for those that ran out of memory where the fit can take it."""
         records = list(records)
-        measured = [(terms(r.config, self.shape), r.peak_memory_gb * GB) for r in records
-                    if r.status is Status.OK and r.config and r.peak_memory_gb and r.peak_memory_gb > 0]
+        pairs = [(terms(r.config, self.shape), r.peak_memory_gb * GB) for r in records
+                 if r.status is Status.OK and r.config and r.peak_memory_gb and r.peak_memory_gb > 0]
+        measured = Peaks(np.array([x for x, _ in pairs]).reshape(-1, len(TERMS)), np.array([y for _, y in pairs]))
         ran_out = [terms(r.config, self.shape) for r in records if r.status is Status.OOM and r.config]
         multipliers = self._fit(measured, [], 1.0)
         # An OOM far below what the measured trials say (a shared device, fragmentation, a leak; on the surrogate
         # its classifier's error) can only be held at the limit by bending the fit away from every measured
-        # trial: it is left unexplained rather than allowed to do that.
+        # trial: it is left out rather than allowed to do that.
         tolerance = self._error(measured, multipliers) + RAISE_TOLERANCE
         raised: list[int] = []  # of ran_out
-        unexplained: set[int] = set()
+        left_out: set[int] = set()
         while below := [i for i, x in enumerate(ran_out)
-                        if i not in unexplained and i not in raised and self._fits(x, multipliers)]:
+                        if i not in left_out and i not in raised and self._fits(x, multipliers)]:
             together = self._raise(measured, [ran_out[i] for i in raised + below])
             if self._error(measured, together) <= tolerance:
                 raised, multipliers = raised + below, together
@@ -171,47 +179,48 @@ class MemoryModel:
                 if self._error(measured, alone) <= tolerance:
                     raised, multipliers = raised + [i], alone
                 else:
-                    unexplained.add(i)
+                    left_out.add(i)
         margin = BASE_MARGIN
-        if len(measured) >= MIN_FOR_MARGIN:  # how far the fit falls short of what trials measured
-            shortfalls = [max(0.0, y / float(x @ (self.prior * multipliers)) - 1) for x, y in measured]
+        if len(measured.peaks) >= MIN_FOR_MARGIN:  # how far the fit falls short of what trials measured
+            shortfalls = np.maximum(0.0, measured.peaks / (measured.terms @ (self.prior * multipliers)) - 1)
             margin = min(MAX_MARGIN, BASE_MARGIN + float(np.quantile(shortfalls, 0.9)))
-        self.calibration = Calibration(tuple(float(m) for m in multipliers), len(measured), len(raised),
-                                       len(unexplained), margin)
+        unexplained = sum(self._fits(ran_out[i], multipliers) for i in left_out)  # some a later raise covered
+        self.calibration = Calibration(tuple(float(m) for m in multipliers), len(measured.peaks), len(raised),
+                                       unexplained, margin)
 
     def _fits(self, x: NDArray[np.float64], multipliers: NDArray[np.float64]) -> bool:
         return float(x @ (self.prior * multipliers)) < self.limit_gb * GB
 
-    def _raise(self, measured: list[tuple[NDArray[np.float64], float]],
-               ran_out: list[NDArray[np.float64]]) -> NDArray[np.float64]:
+    def _raise(self, measured: Peaks, ran_out: list[NDArray[np.float64]]) -> NDArray[np.float64]:
         """The fit that asks, ever more firmly, for the limit at least on each of `ran_out`."""
-        for weight in OOM_WEIGHTS:
-            multipliers = self._fit(measured, ran_out, weight)
+        weights = iter(OOM_WEIGHTS)
+        multipliers = self._fit(measured, ran_out, next(weights))
+        for weight in weights:
             if not any(self._fits(x, multipliers) for x in ran_out):
                 break
+            multipliers = self._fit(measured, ran_out, weight)
         return multipliers
 
-    def _error(self, measured: list[tuple[NDArray[np.float64], float]], multipliers: NDArray[np.float64]) -> float:
+    def _error(self, measured: Peaks, multipliers: NDArray[np.float64]) -> float:
         """How far the fit misses the measured peaks: the 90th percentile of the relative error (0 while there are
         too few to say)."""
-        if len(measured) < MIN_FOR_MARGIN:
+        if len(measured.peaks) < MIN_FOR_MARGIN:
             return 0.0
-        predicted = np.array([x for x, _ in measured]) @ (self.prior * multipliers)
-        return float(np.quantile(np.abs(predicted / np.array([y for _, y in measured]) - 1), 0.9))
+        predicted = measured.terms @ (self.prior * multipliers)
+        return float(np.quantile(np.abs(predicted / measured.peaks - 1), 0.9))
 
-    def _fit(self, measured: list[tuple[NDArray[np.float64], float]], lower_bounds: list[NDArray[np.float64]],
-             weight: float) -> NDArray[np.float64]:
+    def _fit(self, measured: Peaks, lower_bounds: list[NDArray[np.float64]], weight: float) -> NDArray[np.float64]:
         """Multipliers on the priors: relative least squares on the measured peaks and (with `weight`) the raised
         OOMs at the limit, each row divided by its target, plus PULL * (m - 1) for every multiplier."""
         from scipy.optimize import lsq_linear  # not at import: `arena --help` starts without scipy
 
-        rows = [(x * self.prior / y, 1.0) for x, y in measured]
-        rows += [(weight * x * self.prior / (self.limit_gb * GB), weight) for x in lower_bounds]
         n = len(TERMS)
-        if not rows:
+        if not len(measured.peaks) and not lower_bounds:
             return np.ones(n)
-        a = np.array([x for x, _ in rows] + list(PULL * np.eye(n)))
-        b = np.array([target for _, target in rows] + [PULL] * n)
+        bounds = np.array(lower_bounds).reshape(-1, n)
+        a = np.vstack([measured.terms * self.prior / measured.peaks[:, None],
+                       weight * bounds * self.prior / (self.limit_gb * GB), PULL * np.eye(n)])
+        b = np.concatenate([np.ones(len(measured.peaks)), np.full(len(bounds), weight), np.full(n, PULL)])
         return np.asarray(lsq_linear(a, b, bounds=MULTIPLIER_BOUNDS).x, dtype=np.float64)
 
     def describe(self, hint: str = " (--device-memory GB to change it)") -> str:
@@ -221,8 +230,8 @@ class MemoryModel:
                   + (f" and {c.raised} out-of-memory one{'s' * (c.raised != 1)}" if c.raised else "")
                   if c.measured or c.raised else "analytic (no trial has measured memory yet)")
         if c.unexplained:
-            fitted += (f"; {c.unexplained} out-of-memory trial{'s' * (c.unexplained != 1)} it predicts far below "
-                       "the limit left out (a shared device, fragmentation or a leak?)")
+            fitted += (f"; {c.unexplained} out-of-memory trial{'s' * (c.unexplained != 1)} left out, inconsistent "
+                       "with the measured peaks (a shared device, fragmentation or a leak?)")
         return (f"feasibility: configurations predicted above {self.threshold_gb:.1f} GB of the "
                 f"{self.limit_gb:.1f} GB {self.source} are not run{hint}; the memory model is {fitted}")
 

@@ -174,6 +174,7 @@ class Scheduler:
         self.memory, line = for_run(run.settings, run.preset, run.space, where)
         if line:
             report(line)
+        self.left_out = 0  # out-of-memory trials the memory model could not explain, as last reported
         self.runners = [backend.placed(placement) for placement in where]
         self.isolation = backend.isolation
         self.idle = list(range(len(where)))
@@ -250,6 +251,10 @@ class Scheduler:
         records = run.ledger.records
         if self.memory is not None:
             self.memory.calibrate(records)
+            left_out = self.memory.calibration.unexplained
+            if left_out > self.left_out:  # OOMs where trials measured room to spare: the user should look
+                self.report(self.memory.describe())
+            self.left_out = left_out
         waiting = sorted(trial for trial in run.in_flight if trial not in self.running)
         if waiting:
             return run.in_flight[waiting[0]]  # in flight when arena stopped: runs again as it was

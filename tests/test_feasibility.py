@@ -143,7 +143,7 @@ def test_an_out_of_memory_trial_far_below_the_measured_trend_is_left_out():
     assert model.calibration.raised == 0 and model.calibration.unexplained == 1
     assert [model.predict_gb(c) for c in others] == pytest.approx(before)
     assert model.calibration.margin == pytest.approx(margin) and model.refusal(half) is None
-    assert "1 out-of-memory trial it predicts far below the limit left out" in model.describe()
+    assert "1 out-of-memory trial left out, inconsistent with the measured peaks" in model.describe()
 
 
 def test_an_out_of_memory_trial_just_above_the_measured_trend_still_raises_the_model():
@@ -153,6 +153,17 @@ def test_an_out_of_memory_trial_just_above_the_measured_trend_still_raises_the_m
     model.calibrate([*records, measured(len(records), near, None, Status.OOM)])
     assert model.calibration.raised == 1 and model.calibration.unexplained == 0
     assert model.refusal(near) is not None and "1 out-of-memory one" in model.describe()
+
+
+def test_of_two_out_of_memory_trials_the_one_the_measured_trials_can_explain_raises_the_model():
+    """One at a time, nearest the limit first: the fit rises for the OOM near the trend and leaves out the other."""
+    model, records, others = calibrated_on_a_device(np.random.default_rng(3))
+    near = next(c for c in others if 0.93 < model.predict_gb(c) / 80 < 0.96)
+    half = next(c for c in others if 0.4 < model.predict_gb(c) / 80 < 0.6)
+    for order in ((half, near), (near, half)):
+        model.calibrate([*records, *(measured(len(records) + i, c, None, Status.OOM) for i, c in enumerate(order))])
+        assert (model.calibration.raised, model.calibration.unexplained) == (1, 1)
+        assert model.refusal(near) is not None and model.refusal(half) is None
 
 
 def test_the_boundary_for_prompts_names_the_largest_values_that_fit():
@@ -251,6 +262,31 @@ def test_cmaes_with_the_model_fails_less_and_resumes_to_the_same_verdicts(landsc
     again = check_run_consistent(runs / "k", 40)
     original = [json.loads(line) for line in (runs / "on" / "ledger.jsonl").read_text().splitlines()]
     assert [(r["status"], r["config"]) for r in again] == [(r["status"], r["config"]) for r in original]
+
+
+@pytest.mark.slow  # an arena child process, seconds
+def test_an_out_of_memory_trial_the_measured_trials_cannot_explain_is_reported(landscape, tmp_path, cache_root):
+    """A small configuration that ran out of memory (here the surrogate's data says it always does: a shared GPU)
+    after five trials measured their peaks: the run says the model left it out, and goes on."""
+    small = {**GPU_PRESET.constants, "DEPTH": 4, "DEVICE_BATCH_SIZE": 32}
+    data = tmp_path / "trials.jsonl"
+    ran_out = {"backend": "shared-gpu", "config": small, "seed": 0, "val_bpb": None, "peak_memory_gb": None,
+               "wall_time_seconds": 30.0, "success": False, "error": "GPU out-of-memory"}
+    data.write_text(landscape.read_text() + "".join(json.dumps({**ran_out, "trial_id": 800 + i}) + "\n"
+                                                    for i in range(60)))
+    runs = tmp_path / "runs"
+    with ScriptedLLMServer() as server:
+        server.script(*[config_answer(MATRIX_LR=lr) for lr in (0.03, 0.035, 0.045, 0.05, 0.055)],
+                      "```json\n" + json.dumps(small) + "\n```", config_answer(MATRIX_LR=0.06))
+        proc = arena_run(runs, cache_root, "--name", "s", *SURROGATE, "--surrogate-data", str(data),
+                         "--method", "llm", "--model", "openai/test-model", "--api-base", server.api_base,
+                         "--trials", "8")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = check_run_consistent(runs / "s", 8)  # the baseline and seven proposals
+    assert [r["status"] for r in records] == ["ok"] * 6 + ["oom", "ok"]
+    assert ("calibrated on 6 measured trials; 1 out-of-memory trial left out, inconsistent with the measured peaks"
+            in proc.stderr)
+    assert records[-1]["predicted_memory_gb"] == pytest.approx(records[-3]["predicted_memory_gb"], rel=0.02)
 
 
 @pytest.mark.slow  # arena child processes, seconds each
