@@ -184,7 +184,7 @@ class MemoryModel:
         if len(measured.peaks) >= MIN_FOR_MARGIN:  # how far the fit falls short of what trials measured
             shortfalls = np.maximum(0.0, measured.peaks / (measured.terms @ (self.prior * multipliers)) - 1)
             margin = min(MAX_MARGIN, BASE_MARGIN + float(np.quantile(shortfalls, 0.9)))
-        unexplained = sum(self._fits(ran_out[i], multipliers) for i in left_out)  # some a later raise covered
+        unexplained = sum(self._fits(ran_out[i], multipliers) for i in left_out)  # not those a later raise lifted
         self.calibration = Calibration(tuple(float(m) for m in multipliers), len(measured.peaks), len(raised),
                                        unexplained, margin)
 
