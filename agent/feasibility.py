@@ -73,6 +73,12 @@ class Measured(Protocol):
     def peak_memory_gb(self) -> float | None: ...
 
 
+def measured_peak(trial: Measured) -> float | None:
+    """The peak memory of a trial that ran to the end; a failed one's is where it stopped, not its peak."""
+    peak = trial.peak_memory_gb
+    return peak if trial.status is Status.OK and peak is not None and peak > 0 else None
+
+
 @dataclass(frozen=True)
 class Shape:
     """What the preset fixes: the sequence length, the vocabulary and the device kind."""
@@ -154,8 +160,8 @@ class MemoryModel:
         """Refit the multipliers on every trial with a configuration: measured peaks of those that ran to the
         end, and the limit as a lower bound for those that ran out of memory where the fit can take it."""
         records = list(records)
-        pairs = [(terms(r.config, self.shape), r.peak_memory_gb * GB) for r in records
-                 if r.status is Status.OK and r.config and r.peak_memory_gb and r.peak_memory_gb > 0]
+        pairs = [(terms(r.config, self.shape), peak * GB) for r in records
+                 if r.config and (peak := measured_peak(r)) is not None]
         measured = Peaks(np.array([x for x, _ in pairs]).reshape(-1, len(TERMS)), np.array([y for _, y in pairs]))
         ran_out = [terms(r.config, self.shape) for r in records if r.status is Status.OOM and r.config]
         multipliers = self._fit(measured, [], 1.0)

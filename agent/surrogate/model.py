@@ -24,6 +24,7 @@ from scipy.stats import spearmanr
 from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 
 from agent.errors import ArenaError
+from agent.feasibility import measured_peak
 from agent.space import SearchSpace
 from agent.surrogate.data import Observation
 from sandbox.outcome import Status
@@ -159,12 +160,6 @@ class Models:
             predictions.append(Prediction(status, failing, float(value) if status is Status.OK else None,
                                           None if m is None else float(m), None if s is None else float(s)))
         return predictions
-
-
-def measured_peak(observation: Observation) -> float | None:
-    """The peak memory of a trial that ran to the end; a failed one's is where it stopped, not its peak."""
-    peak = observation.peak_memory_gb
-    return peak if observation.status is Status.OK and peak is not None and peak > 0 else None
 
 
 def as_tree_input(x: NDArray[np.float64]) -> NDArray[np.float32]:
