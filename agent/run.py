@@ -284,11 +284,14 @@ def open_run(runs_dir: Path, given: dict[str, Any], cache_root: Path | None = No
     """Create the run named in `given`, or resume it; either way locked, reconciled and ready for the loop.
 
     Nothing on disk changes until every check has passed and `preflight` (the sandbox, the device, the
-    model) returned: a refused run is left exactly as it was, and no run is created. While a run has no
+    model) returned: a refused run is left exactly as it was, and no run is created (what a killed arena
+    left half-made of it is cleared first, and a run it was remaking comes back). While a run has no
     recorded trial its settings may still change (it is made anew with them).
     """
     run_dir = runs_dir / given["name"]
     lock = None
+    if not run_dir.exists():
+        clear_interrupted_creation(run_dir)  # an arena killed while it remade the run had put the run aside
     if run_dir.exists():
         if not (run_dir / "run.json").exists():
             raise ArenaError(f"{run_dir} exists but is not a run (no run.json); choose another --name")
@@ -336,7 +339,6 @@ def _open_locked(run_dir: Path, given: dict[str, Any], cache_root: Path | None, 
     # every check passed: from here on the run may change
     if info is None or lock is None or not keeps:
         info, lock = create_run_dir(run_dir, settings, preset, fingerprint, space_file, lock)
-    lock.claim()
     ledger.repair()
     for folder in ("state", "logs"):  # a run whose folders were deleted gets them back empty
         (run_dir / folder).mkdir(exist_ok=True)

@@ -2,7 +2,8 @@
 
 The lock is `flock` on runs/<name>/lock: taken before anything of the run is read or written, released
 by the kernel when the process ends however it ends (kill -9 included), so it is never stale. The
-holder writes its pid into the file once the run is its to change, so a second arena can say who has it.
+holder writes its pid into the file as soon as it has the lock, so a second arena can say who has it, even
+while the first is still checking its start (a second on a dataset build or a model check may wait minutes).
 """
 
 from __future__ import annotations
@@ -33,13 +34,9 @@ class RunLock:
             os.close(fd)
             raise ArenaError(f"run '{run_dir.name}' is in use by arena process {holder}; wait for it to end, or "
                              f"stop it (kill {holder}) and run the same command again") from None
+        os.ftruncate(fd, 0)  # the pid of an earlier holder, long gone, would name a process that is not arena
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         return cls(fd, path)
-
-    def claim(self) -> None:
-        """Write our pid for others to read; done once the run is ours to change (a refused start leaves the
-        file as it was)."""
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
 
     def release(self) -> None:
         if self.fd >= 0:

@@ -70,5 +70,19 @@ def test_a_run_being_replaced_when_arena_was_killed_comes_back_with_its_logs(tmp
     assert (run_dir / "run.json").exists() and (run_dir / "logs" / "trial-0000.log").read_text().startswith("the")
 
 
+def test_a_run_put_aside_by_a_killed_remake_is_resumed_as_it_was(tmp_path, cache_root, stdlib_dataset):
+    """The same kill, seen from the command line: the next `arena run` brings the run back and resumes it (it
+    used to make a new run, find the old one back in its place and stop, saying another arena had made it)."""
+    runs = tmp_path / "runs"
+    proc = fake_arena_run(runs, cache_root, "--name", "r", "--trials", "1", "--budget", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (runs / "r").rename(runs / f".r.replaced-{dead_tag()}")
+    (runs / f".r.creating-{dead_tag()}" / "logs").mkdir(parents=True)
+    proc = fake_arena_run(runs, cache_root, "--name", "r", "--trials", "2", "--budget", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(path.name for path in runs.iterdir()) == ["r"]
+    check_run_consistent(runs / "r", 2)
+
+
 def dead_tag() -> str:
     return f"{dead_pid()}@{pid_namespace()}@{socket.gethostname()}"

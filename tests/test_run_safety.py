@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from agent.ledger import Ledger
+from agent.runlock import RunLock
 from sandbox.bwrap import BWRAP_ENV
 from tests.conftest import DATASET_STAGE, ROOT, one_line_error
 from tests.run_helpers import BASE, FAST, NEXT, arena_run, check_run_consistent, fake_arena_run
@@ -52,6 +53,22 @@ def test_a_second_arena_on_a_running_run_is_refused(base_run, tmp_path, cache_ro
     _, err = first.communicate(timeout=600)
     assert first.returncode == 0, err[-2000:]
     check_run_consistent(runs / "base", BASE + 1)  # the refused one wrote nothing
+
+
+def test_the_lock_names_its_holder_from_the_moment_it_is_taken(tmp_path):
+    """Not once the holder's start is checked (seconds, or minutes on a model check): until then a second arena
+    was told the pid of the run's previous holder, maybe by now another process, and to kill it."""
+    (tmp_path / "lock").write_text("4242\n")  # the previous holder's, long gone
+    lock = RunLock.take(tmp_path)
+    try:
+        assert (tmp_path / "lock").read_text() == f"{os.getpid()}\n"
+        second = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
+                                 "from agent.runlock import RunLock; RunLock.take(Path(sys.argv[1]))", str(tmp_path)],
+                                cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert f"in use by arena process {os.getpid()}; wait for it to end, or stop it (kill {os.getpid()})" \
+            in second.stderr
+    finally:
+        lock.release()
 
 
 @pytest.mark.slow
