@@ -216,6 +216,114 @@ def test_a_view_reaching_outside_its_memory_is_refused():
     assert all(exported.within_storage(view) for view in inside)
 
 
+class NormedAttention(torch.nn.Module):
+    """Batch norm and attention, as an agent might write them: export keeps the batch norm's own kernel."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(VOCAB, 16)
+        self.norm = torch.nn.BatchNorm1d(SEQ)  # positions as channels: a transpose here would meet an export bug
+                                                # (its graph views the norm's output as if it were contiguous)
+
+    def forward(self, idx):
+        q = self.norm(self.embed(idx)).view(1, SEQ, 2, 8).transpose(1, 2)
+        y = torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True)
+        return y.transpose(1, 2).reshape(1, SEQ, 16) @ self.embed.weight.t()
+
+
+def test_kernels_that_trust_their_shapes_are_checked_and_score_as_they_ran(tmp_path):
+    model = NormedAttention()
+    with torch.no_grad():
+        model.norm.running_mean.normal_()
+        model.norm.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    exported.save(model, SEQ, "cpu", tmp_path)
+    loaded = exported.load(tmp_path, "cpu", SEQ)
+    assert [node.target.op._opname for node in loaded.graph.nodes if isinstance(node.target, exported.Agreeing)] \
+        == ["_native_batch_norm_legit_no_training"]
+    tokens = torch.randint(0, VOCAB, (1, SEQ), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.equal(loaded(tokens), model(tokens))
+
+
+def floats(shape, value=None):
+    """Graph nodes for a float tensor of `shape` made from the token input ("x") or filled with `value`."""
+    if value is not None:
+        return {"op": "aten.full.default", "args": [shape, value], "kwargs": {"dtype": {"dtype": "float32"}}}
+    return {"op": "aten.view.default", "args": [{"node": "x"}, shape], "kwargs": {}}
+
+
+# What the red team's graph did to read the eval process's heap: a bias shorter than the channels makes the batch
+# norm kernel copy the memory after it; a query batch larger than the key's makes the CPU attention kernel read
+# keys and values past their memory.
+HEAP_READS = {
+    "batch norm, short bias": [
+        ("short", floats([2], 0.0)), ("mean", floats([SEQ], 0.0)), ("var", floats([SEQ], 1.0)),
+        ("input", floats([1, SEQ, 1])),
+        ("read", {"op": "aten._native_batch_norm_legit_no_training.default",
+                  "args": [{"node": "input"}, None, {"node": "short"}, {"node": "mean"}, {"node": "var"}, 0.1, 0.0],
+                  "kwargs": {}})],
+    "attention, query batch past the key's": [
+        ("q", floats([2, 1, SEQ // 4, 2])), ("kv", floats([1, 1, SEQ // 2, 2])),
+        ("read", {"op": "aten._scaled_dot_product_flash_attention_for_cpu.default",
+                  "args": [{"node": "q"}, {"node": "kv"}, {"node": "kv"}, 0.0, False], "kwargs": {}})],
+}
+
+
+@pytest.mark.parametrize("attack", sorted(HEAP_READS))
+def test_a_kernel_given_shapes_that_would_read_past_its_tensors_is_refused(saved, tmp_path, attack):
+    def edit(graph):
+        tokens = next(i["name"] for i in graph["inputs"] if i["kind"] == "tokens")
+        nodes = [{"name": "x", "op": "aten._to_copy.default", "args": [{"node": tokens}],
+                  "kwargs": {"dtype": {"dtype": "float32"}}}]
+        nodes += [{"name": name, **node} for name, node in HEAP_READS[attack]]
+        graph["nodes"][:0] = nodes
+
+    model = exported.load(edited(saved[0], tmp_path, edit), "cpu", SEQ)
+    with pytest.raises(Rejected) as info, torch.no_grad():
+        model(saved[1])
+    assert info.value.check == "operator"
+
+
+ATTENTION = torch.ops.aten
+
+
+@pytest.mark.parametrize("op, q, kv, mask, refused", [
+    ("_scaled_dot_product_flash_attention_for_cpu", (1, 4, 8, 16), (1, 4, 8, 16), None, None),
+    ("_scaled_dot_product_flash_attention_for_cpu", (1, 4, 8, 16), (1, 2, 8, 16), None, None),  # grouped heads
+    ("_scaled_dot_product_flash_attention_for_cpu", (1, 4, 8, 16), (1, 4, 8, 16), (8, 8), None),
+    ("_scaled_dot_product_flash_attention_for_cpu", (1, 4, 8, 16), (1, 4, 8, 16), (1, 4, 8, 8), None),
+    ("_scaled_dot_product_flash_attention_for_cpu", (2, 4, 8, 16), (1, 4, 8, 16), None, "do not agree"),
+    ("_scaled_dot_product_flash_attention_for_cpu", (1, 2, 8, 16), (1, 4, 8, 16), None, "query heads"),
+    ("_scaled_dot_product_flash_attention_for_cpu", (1, 4, 8, 16), (1, 4, 8, 8), None, "do not agree"),
+    ("_scaled_dot_product_flash_attention_for_cpu", (4, 8, 16), (4, 8, 16), None, "4-d"),
+    ("_scaled_dot_product_flash_attention_for_cpu", (1, 4, 8, 16), (1, 4, 8, 16), (1, 4, 4, 8), "attn_mask"),
+    ("_scaled_dot_product_flash_attention_for_cpu", (1, 4, 8, 16), (1, 4, 8, 16), (2, 4, 8, 8), "attn_mask"),
+    ("_scaled_dot_product_efficient_attention", (1, 4, 8, 16), (1, 2, 8, 16), None, "query heads"),
+])
+def test_attention_kernels_take_only_shapes_that_agree(op, q, kv, mask, refused):
+    guarded = exported.Agreeing(getattr(ATTENTION, op).default)
+    query, key = torch.randn(q), torch.randn(kv)
+    given = {"query": query, "key": key, "value": key.clone()}
+    if mask is not None:
+        given["attn_mask" if "cpu" in op else "attn_bias"] = torch.zeros(mask)
+    problem = guarded.rule(given)
+    assert (problem is None) if refused is None else (refused in problem), problem
+    if refused is None:  # what passes runs, and as the public operator computes it
+        heads = q[1] // kv[1]
+        key = key.repeat_interleave(heads, 1)
+        expected = torch.nn.functional.scaled_dot_product_attention(query, key, key, attn_mask=given.get("attn_mask"))
+        out = guarded(query, given["key"], given["value"], 0.0, False, attn_mask=given.get("attn_mask"))[0]
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_mask_of_another_dtype_is_refused():
+    guarded = exported.Agreeing(ATTENTION._scaled_dot_product_flash_attention_for_cpu.default)
+    q = torch.randn(1, 2, 8, 16)
+    assert "dtype" in guarded.rule({"query": q, "key": q, "value": q, "attn_mask": torch.ones(8, 8, dtype=torch.bool)})
+    assert "dtype" in guarded.rule({"query": q, "key": q.double(), "value": q})
+
+
 @pytest.mark.parametrize("edit, check", [
     (lambda g: g.update(output_kinds=["user_output", "buffer_mutation"]), "state"),
     (lambda g: g["inputs"].append({"name": "obj", "kind": "custom_obj"}), "graph"),

@@ -230,6 +230,24 @@ HEAP_READING_GRAPH = (EVIL_EXPORT, """
         (out / "graph.json").write_text(json.dumps(graph))
 """)
 
+HEAP_READING_KERNEL = (EVIL_EXPORT, """
+    import json
+
+    def tamper(out):  # a batch norm whose bias is shorter than its channels: its kernel copies the heap after it
+        graph = json.loads((out / "graph.json").read_text())
+        floats = {"dtype": {"dtype": "float32"}, "device": {"device": "cpu"}}
+        graph["nodes"][:0] = [
+            {"name": "x", "op": "aten.zeros.default", "args": [[1, 4096, 1]], "kwargs": floats},
+            {"name": "bias", "op": "aten.zeros.default", "args": [[16]], "kwargs": floats},
+            {"name": "mean", "op": "aten.zeros.default", "args": [[4096]], "kwargs": floats},
+            {"name": "var", "op": "aten.ones.default", "args": [[4096]], "kwargs": floats},
+            {"name": "heap", "op": "aten._native_batch_norm_legit_no_training.default",
+             "args": [{"node": "x"}, None, {"node": "bias"}, {"node": "mean"}, {"node": "var"}, 0.1, 0.0],
+             "kwargs": {}},
+            {"name": "words", "op": "getitem", "args": [{"node": "heap"}, 0], "kwargs": {}}]
+        (out / "graph.json").write_text(json.dumps(graph))
+""")
+
 CODE_IN_THE_GRAPH = (EVIL_EXPORT, """
     import json
 
@@ -356,6 +374,7 @@ CHEATS: list[Cheat] = [
     ("pickled weights that run code in the eval phase", PICKLED_WEIGHTS, Status.REJECTED),
     ("a graph that reads validation data from a file", FILE_READING_GRAPH, Status.REJECTED),
     ("a graph that reads the eval process's memory", HEAP_READING_GRAPH, Status.REJECTED),
+    ("a graph whose kernel reads past its tensors", HEAP_READING_KERNEL, Status.REJECTED),
     ("a graph whose keyword argument's name is code", CODE_IN_THE_GRAPH, Status.REJECTED),
     ("a model that sees the next token", PEEK, Status.REJECTED),
     ("NaN logits", NAN_LOGITS, Status.REJECTED),
@@ -369,7 +388,8 @@ CHEATS: list[Cheat] = [
 # or whose output a backend carries, run on each).
 SAME_IN_EVERY_BACKEND = {"pickled weights that run code in the eval phase",
                          "a graph that reads validation data from a file",
-                         "a graph that reads the eval process's memory", "a model that sees the next token",
+                         "a graph that reads the eval process's memory",
+                         "a graph whose kernel reads past its tensors", "a model that sees the next token",
                          "NaN logits", "a model that remembers the rows it was scored on",
                          "patch what the trial reports about itself", "slow down the harness's clock",
                          "train before the clock starts"}

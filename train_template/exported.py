@@ -36,6 +36,8 @@ MAX_NODES = 200_000
 # writes files or memory outside its inputs (from_file, as_strided, _reshape_alias, empty*, set_, resize_;
 # the attention kernels' own forwards, whose sequence-offset tensors are not bounds-checked on a GPU), draws
 # random numbers (rand*, bernoulli, normal, multinomial, ...), works in place (names ending in "_") or prints.
+# Views are checked to stay in their tensor's memory (InBounds), and kernels that would read past a tensor given
+# shapes that disagree get their public operator's checks (ARGUMENT_RULES).
 ALLOWED_OPS = frozenset("""
     abs absolute acos acosh add addbmm addcdiv addcmul addmm addmv addr alias all amax amin any arange
     argmax argmin argsort asin asinh atan atan2 atanh avg_pool1d avg_pool2d baddbmm bitwise_and bitwise_not
@@ -294,7 +296,9 @@ def _build(directory: Path, device: str, seq_len: int) -> torch.fx.GraphModule:
         kwargs = decode.kwargs(raw.get("kwargs", {}), op)
         if op is not result_item:
             _refuse_randomness(op, args, kwargs)
-            if any(ret.alias_info is not None for ret in op._schema.returns) or op._opname in UNMARKED_VIEWS:
+            if op._opname in ARGUMENT_RULES:
+                op = Agreeing(op)
+            elif any(ret.alias_info is not None for ret in op._schema.returns) or op._opname in UNMARKED_VIEWS:
                 op = InBounds(op)
         decode.nodes[raw["name"]] = fx.call_function(op, tuple(args), kwargs)
     output = decode(graph.get("output"))
@@ -355,6 +359,83 @@ class InBounds:
             if isinstance(view, torch.Tensor) and not within_storage(view):
                 raise Rejected("operator", f"aten.{self.op._opname} returned a view outside its tensor's memory")
         return out
+
+
+def _attention_rule(mask: str | None, grouped_heads: bool) -> Callable[[dict], str | None]:
+    """The shapes SDPA's own kernels assume: (batch, heads, length, dim) for all three, one batch, one key length,
+    one query/key width, as many key as value heads (a multiple of them in the queries where the kernel groups
+    heads), one dtype and device; a mask or bias broadcasting to (batch, heads, query length, key length)."""
+    def rule(given: dict) -> str | None:
+        q, k, v = given.get("query"), given.get("key"), given.get("value")
+        if not all(isinstance(t, torch.Tensor) and t.dim() == 4 for t in (q, k, v)):
+            return "takes 4-d query, key and value"
+        if len({q.dtype, k.dtype, v.dtype}) > 1 or len({q.device, k.device, v.device}) > 1:
+            return "takes query, key and value of one dtype on one device"
+        (batch, heads, length, width), (kb, kh, keys, kw), (vb, vh, vk, _) = q.shape, k.shape, v.shape
+        if not (batch == kb == vb and keys == vk and width == kw and kh == vh):
+            return (f"got query, key and value of shapes {tuple(q.shape)}, {tuple(k.shape)} and {tuple(v.shape)}, "
+                    "which do not agree")
+        if not (heads == kh or (grouped_heads and kh > 0 and heads % kh == 0)):
+            return f"got {heads} query heads for {kh} key heads"
+        bias = given.get(mask) if mask else None
+        if bias is not None:
+            full = (batch, heads, length, keys)
+            if not isinstance(bias, torch.Tensor) or bias.dtype != q.dtype or bias.device != q.device:
+                return f"takes a {mask} of the query's dtype on its device"
+            try:
+                fits = bias.dim() in (2, 4) and torch.broadcast_shapes(bias.shape, full) == full
+            except RuntimeError:
+                fits = False
+            if not fits:
+                return f"got a {mask} of shape {tuple(bias.shape)} for attention of shape {full}"
+        return None
+    return rule
+
+
+def _batch_norm_rule(given: dict) -> str | None:
+    """One weight, bias, mean and variance per channel, all of one dtype (the input's, or float32 under autocast)."""
+    x = given.get("input")
+    if not isinstance(x, torch.Tensor) or x.dim() < 2:
+        return "takes an input of at least 2 dims"
+    stats = [given.get(name) for name in ("weight", "bias", "running_mean", "running_var")]
+    stats = [t for t in stats if t is not None]
+    if not all(isinstance(t, torch.Tensor) and t.dim() == 1 and t.numel() == x.size(1) for t in stats):
+        return f"needs one weight, bias, mean and variance per channel of its input of shape {tuple(x.shape)}"
+    if len({t.dtype for t in stats}) > 1 or (stats and stats[0].dtype not in (x.dtype, torch.float32)):
+        return "takes its weight, bias, mean and variance in one dtype, the input's or float32"
+    if any(t.device != x.device for t in stats):
+        return "takes its weight, bias, mean and variance on its input's device"
+    return None
+
+
+# Kernels that trust their arguments to agree in shape and read past a tensor's memory when they do not (a
+# batch larger in the query than in the key, a bias shorter than the channels): the graph could read the eval
+# process's heap, where the validation rows lie. Each rule is what the public operator checks before it calls
+# the kernel (scaled_dot_product_attention, batch_norm); checked on every call, as sizes can depend on data.
+ARGUMENT_RULES: dict[str, Callable[[dict], str | None]] = {
+    "_native_batch_norm_legit_no_training": _batch_norm_rule,
+    "_scaled_dot_product_flash_attention_for_cpu": _attention_rule("attn_mask", grouped_heads=True),
+    "_scaled_dot_product_flash_attention": _attention_rule(None, grouped_heads=True),
+    "_scaled_dot_product_efficient_attention": _attention_rule("attn_bias", grouped_heads=False),
+    "_scaled_dot_product_cudnn_attention": _attention_rule("attn_bias", grouped_heads=False),
+    "_scaled_dot_product_fused_attention_overrideable": _attention_rule("attn_bias", grouped_heads=False),
+}
+
+
+class Agreeing:
+    """An operator of ARGUMENT_RULES that refuses, on every call, arguments whose shapes its kernel does not check."""
+
+    def __init__(self, op: torch._ops.OpOverload):
+        self.op = op
+        self.rule = ARGUMENT_RULES[op._opname]
+        self.names = [argument.name for argument in op._schema.arguments]
+        self.__name__ = self.__qualname__ = f"agreeing_{op._opname}"  # the name in the module's code
+
+    def __call__(self, *args, **kwargs):
+        problem = self.rule({**dict(zip(self.names, args, strict=False)), **kwargs})
+        if problem:
+            raise Rejected("operator", f"aten.{self.op._opname} {problem}")
+        return self.op(*args, **kwargs)
 
 
 def within_storage(view: torch.Tensor) -> bool:
