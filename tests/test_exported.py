@@ -155,11 +155,12 @@ def test_every_view_is_checked_to_stay_in_its_tensors_memory(saved):
     assert unchecked == []
 
 
-def with_node(op: str, args: list):
+def with_node(op: str, args: list, kwargs: dict | None = None):
     """An edit that adds a node (used by nothing) on the token input: the graph still runs it."""
     def edit(graph):
         tokens = next(i["name"] for i in graph["inputs"] if i["kind"] == "tokens")
-        graph["nodes"].insert(0, {"name": "extra", "op": op, "args": [{"node": tokens}, *args], "kwargs": {}})
+        graph["nodes"].insert(0, {"name": "extra", "op": op, "args": [{"node": tokens}, *args],
+                                  "kwargs": kwargs or {}})
     return edit
 
 
@@ -240,7 +241,7 @@ def test_kernels_that_trust_their_shapes_are_checked_and_score_as_they_ran(tmp_p
     exported.save(model, SEQ, "cpu", tmp_path)
     loaded = exported.load(tmp_path, "cpu", SEQ)
     assert [node.target.op._opname for node in loaded.graph.nodes if isinstance(node.target, exported.Agreeing)] \
-        == ["_native_batch_norm_legit_no_training"]
+        == ["_native_batch_norm_legit_no_training", "scaled_dot_product_attention"]
     tokens = torch.randint(0, VOCAB, (1, SEQ), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         assert torch.equal(loaded(tokens), model(tokens))
@@ -294,12 +295,12 @@ ATTENTION = torch.ops.aten
     ("_scaled_dot_product_flash_attention_for_cpu", (1, 4, 8, 16), (1, 4, 8, 16), (8, 8), None),
     ("_scaled_dot_product_flash_attention_for_cpu", (1, 4, 8, 16), (1, 4, 8, 16), (1, 4, 8, 8), None),
     ("_scaled_dot_product_flash_attention_for_cpu", (2, 4, 8, 16), (1, 4, 8, 16), None, "do not agree"),
-    ("_scaled_dot_product_flash_attention_for_cpu", (1, 2, 8, 16), (1, 4, 8, 16), None, "query heads"),
+    ("_scaled_dot_product_flash_attention_for_cpu", (1, 2, 8, 16), (1, 4, 8, 16), None, "do not agree"),
     ("_scaled_dot_product_flash_attention_for_cpu", (1, 4, 8, 16), (1, 4, 8, 8), None, "do not agree"),
-    ("_scaled_dot_product_flash_attention_for_cpu", (4, 8, 16), (4, 8, 16), None, "4-d"),
+    ("_scaled_dot_product_flash_attention_for_cpu", (4, 8, 16), (4, 8, 16), None, "of 4 dims"),
     ("_scaled_dot_product_flash_attention_for_cpu", (1, 4, 8, 16), (1, 4, 8, 16), (1, 4, 4, 8), "attn_mask"),
     ("_scaled_dot_product_flash_attention_for_cpu", (1, 4, 8, 16), (1, 4, 8, 16), (2, 4, 8, 8), "attn_mask"),
-    ("_scaled_dot_product_efficient_attention", (1, 4, 8, 16), (1, 2, 8, 16), None, "query heads"),
+    ("_scaled_dot_product_efficient_attention", (1, 4, 8, 16), (1, 2, 8, 16), None, "do not agree"),
 ])
 def test_attention_kernels_take_only_shapes_that_agree(op, q, kv, mask, refused):
     guarded = exported.Agreeing(getattr(ATTENTION, op).default)
@@ -315,6 +316,61 @@ def test_attention_kernels_take_only_shapes_that_agree(op, q, kv, mask, refused)
         expected = torch.nn.functional.scaled_dot_product_attention(query, key, key, attn_mask=given.get("attn_mask"))
         out = guarded(query, given["key"], given["value"], 0.0, False, attn_mask=given.get("attn_mask"))[0]
         torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+
+
+SDPA = exported.Agreeing(ATTENTION.scaled_dot_product_attention.default)
+
+
+@pytest.mark.parametrize("q, k, v, extra, refused", [
+    ((1, 4, 8, 16), (1, 4, 8, 16), (1, 4, 8, 16), {}, None),
+    ((1, 4, 8, 16), (1, 4, 8, 16), (1, 4, 8, 32), {}, None),                         # a wider value
+    ((3, 8, 16), (3, 5, 16), (3, 5, 16), {}, None),                                  # no heads dim
+    ((1, 4, 8, 16), (1, 2, 8, 16), (1, 2, 8, 16), {"enable_gqa": True}, None),
+    ((1, 4, 8, 16), (1, 4, 8, 16), (1, 4, 8, 16), {"attn_mask": torch.ones(8, 8, dtype=torch.bool)}, None),
+    ((1, 4, 8, 16), (1, 4, 1, 16), (1, 4, 8, 16), {}, "do not agree"),              # a key shorter than the value
+    ((1, 4, 8, 16), (1, 2, 8, 16), (1, 2, 8, 16), {}, "do not agree"),              # grouped, not asked for
+    ((2, 4, 8, 16), (1, 4, 8, 16), (1, 4, 8, 16), {}, "do not agree"),              # batch broadcast
+    ((1, 4, 8, 16), (1, 4, 8, 16), (1, 4, 8, 16), {"attn_mask": torch.ones(8, 4)}, "attn_mask"),
+])
+def test_the_public_attention_takes_only_shapes_that_agree(q, k, v, extra, refused):
+    given = {"query": torch.randn(q), "key": torch.randn(k), "value": torch.randn(v), **extra}
+    problem = SDPA.rule(given)
+    assert (problem is None) if refused is None else (refused in problem), problem
+    if refused is None:
+        SDPA(given.pop("query"), given.pop("key"), given.pop("value"), **given)
+    else:
+        with pytest.raises(Rejected, match=refused):
+            SDPA(given.pop("query"), given.pop("key"), given.pop("value"), **given)
+
+
+def test_norm_kernels_take_one_contiguous_value_per_channel():
+    """An expanded bias (stride 0, one value) passes a shape check, and the group norm kernel reads it as C
+    values from its first on: C - 1 of them past its memory."""
+    group_norm = exported.Agreeing(ATTENTION.native_group_norm.default)
+    batch_norm = exported.Agreeing(ATTENTION._native_batch_norm_legit_no_training.default)
+    x, ones = torch.zeros(1, 64, 1), torch.ones(64)
+    expanded = torch.zeros(1).expand(64)
+    torch.testing.assert_close(group_norm(x, ones, torch.zeros(64), 1, 64, 1, 4, 1e-5)[0], x)
+    for bias, problem in ((expanded, "contiguous"), (torch.zeros(63), "per channel")):
+        with pytest.raises(Rejected, match=problem):
+            group_norm(x, ones, bias, 1, 64, 1, 4, 1e-5)
+        with pytest.raises(Rejected, match=problem):
+            batch_norm(x, ones, bias, torch.zeros(64), ones, 0.1, 1e-5)
+    with pytest.raises(Rejected, match="elements for N=1, C=64, HxW=2"):
+        group_norm(x, ones, torch.zeros(64), 1, 64, 2, 4, 1e-5)
+
+
+@pytest.mark.parametrize("op, args, kwargs, problem", [
+    ("aten._to_copy.default", [], {"dtype": -1}, "takes its dtype by name"),           # crashed the process
+    ("aten._to_copy.default", [], {"memory_format": 4}, "takes its memory_format by name"),
+    ("aten.zeros_like.default", [], {"layout": 1}, "takes its layout by name"),        # a sparse tensor
+    ("aten.view.dtype", [46], {}, "takes its dtype by name"),
+    ("aten._to_copy.default", [], {"dtype": {"dtype": "qint8"}}, "unknown dtype 'qint8'"),
+    ("aten.to.prim_dtype", [None, False, True], {}, "an overload for TorchScript"),    # reads a dtype left unset
+])
+def test_constants_are_named_and_plain(saved, tmp_path, op, args, kwargs, problem):
+    with pytest.raises(Rejected, match=problem):
+        exported.load(edited(saved[0], tmp_path, with_node(op, args, kwargs)), "cpu", SEQ)
 
 
 def test_a_mask_of_another_dtype_is_refused():

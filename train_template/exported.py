@@ -166,15 +166,30 @@ def resolve_op(name: str):
     op = getattr(packet, overload, None) if packet is not None else None
     if not isinstance(op, torch._ops.OpOverload) or overload == "out" or op._schema.is_mutable:
         raise Rejected("operator", f"the graph calls {name}, which does not exist or writes to its arguments")
+    if overload.startswith("prim_"):  # TorchScript's own overloads (to.prim_dtype): a dtype left unset is read
+        raise Rejected("operator", f"the graph calls {name}, an overload for TorchScript, not for tensor graphs")
     return op
 
 
+# The dtypes, layouts and memory formats a graph may name: dense tensors of plain numbers. Quantized dtypes,
+# sparse and mkldnn layouts bring kernels the allowlist was never checked with.
+CONSTANTS = {
+    "dtype": {name: getattr(torch, name) for name in (
+        "float16", "bfloat16", "float32", "float64", "uint8", "int8", "int16", "int32", "int64", "bool")},
+    "layout": {"strided": torch.strided},
+    "memory_format": {name: getattr(torch, name) for name in (
+        "contiguous_format", "preserve_format", "channels_last", "channels_last_3d")},
+}
+# An operator argument of one of these types takes the constant by name, never a number: ATen reads a number
+# there as an index into its tables without a bound (a dtype of -1 crashes; a layout of 1 makes a sparse tensor).
+CONSTANT_TYPES = {"ScalarType": "dtype", "Layout": "layout", "MemoryFormat": "memory_format"}
+
+
 def _constant(value, kind: str):
-    """A dtype, layout or memory format by name; only real ones."""
-    found = getattr(torch, value, None) if isinstance(value, str) else None
-    expected = {"dtype": torch.dtype, "layout": torch.layout, "memory_format": torch.memory_format}[kind]
-    if not isinstance(found, expected):
-        raise Rejected("graph", f"unknown {kind} {value!r}")
+    """A dtype, layout or memory format by name, of those in CONSTANTS."""
+    found = CONSTANTS[kind].get(value) if isinstance(value, str) else None
+    if found is None:
+        raise Rejected("graph", f"unknown {kind} {str(value)[:40]!r}; a graph may use {', '.join(CONSTANTS[kind])}")
     return found
 
 
@@ -296,6 +311,7 @@ def _build(directory: Path, device: str, seq_len: int) -> torch.fx.GraphModule:
         kwargs = decode.kwargs(raw.get("kwargs", {}), op)
         if op is not result_item:
             _refuse_randomness(op, args, kwargs)
+            _refuse_numbered_constants(op, args, kwargs)
             if op._opname in ARGUMENT_RULES:
                 op = Agreeing(op)
             elif any(ret.alias_info is not None for ret in op._schema.returns) or op._opname in UNMARKED_VIEWS:
@@ -325,6 +341,21 @@ def _refuse_randomness(op, args: list, kwargs: dict) -> None:
         raise Rejected("operator", f"aten.{op._opname} is random unless its train argument is False")
     if "dropout_p" in names and given("dropout_p", 0.0) != 0:
         raise Rejected("operator", f"aten.{op._opname} is random unless its dropout_p argument is 0")
+
+
+def _refuse_numbered_constants(op, args: list, kwargs: dict) -> None:
+    """Rejected unless every dtype, layout and memory format argument is one of CONSTANTS, given by name."""
+    given = {**dict(zip((a.name for a in op._schema.arguments), args, strict=False)), **kwargs}
+    for argument in op._schema.arguments:
+        kind = CONSTANT_TYPES.get(str(argument.real_type).removeprefix("Optional[").removesuffix("]"))
+        if kind is None or argument.name not in given:
+            continue
+        value = given[argument.name]
+        if value is None and str(argument.real_type).startswith("Optional["):
+            continue
+        if not any(value is allowed for allowed in CONSTANTS[kind].values()):
+            raise Rejected("graph", f"aten.{op._opname} takes its {argument.name} by name ({{\"{kind}\": ...}}: "
+                                    f"{', '.join(CONSTANTS[kind])}), not {str(value)[:40]!r}")
 
 
 def op_name(op) -> str:
@@ -361,29 +392,37 @@ class InBounds:
         return out
 
 
-def _attention_rule(mask: str | None, grouped_heads: bool) -> Callable[[dict], str | None]:
-    """The shapes SDPA's own kernels assume: (batch, heads, length, dim) for all three, one batch, one key length,
-    one query/key width, as many key as value heads (a multiple of them in the queries where the kernel groups
-    heads), one dtype and device; a mask or bias broadcasting to (batch, heads, query length, key length)."""
+def _attention_rule(mask: str | None, grouped_heads: bool | str, public: bool = False) -> Callable[[dict], str | None]:
+    """The shapes attention kernels assume: query (..., L, E), key (..., S, E) and value (..., S, Ev) with the same
+    leading dims, (batch, heads) for the kernels, which may also take as many query heads as a multiple of the key
+    heads where `grouped_heads` (or the argument it names) says so; one dtype and device; a mask or bias
+    broadcasting to (..., L, S), of the query's dtype (or bool, for the public operator)."""
+    dims = (3, 4) if public else (4,)
+
     def rule(given: dict) -> str | None:
         q, k, v = given.get("query"), given.get("key"), given.get("value")
-        if not all(isinstance(t, torch.Tensor) and t.dim() == 4 for t in (q, k, v)):
-            return "takes 4-d query, key and value"
+        if not all(isinstance(t, torch.Tensor) and t.dim() in dims for t in (q, k, v)) or \
+                len({q.dim(), k.dim(), v.dim()}) > 1:
+            return f"takes query, key and value of {' or '.join(map(str, dims))} dims alike"
         if len({q.dtype, k.dtype, v.dtype}) > 1 or len({q.device, k.device, v.device}) > 1:
             return "takes query, key and value of one dtype on one device"
-        (batch, heads, length, width), (kb, kh, keys, kw), (vb, vh, vk, _) = q.shape, k.shape, v.shape
-        if not (batch == kb == vb and keys == vk and width == kw and kh == vh):
+        *lead, length, width = q.shape
+        *key_lead, keys, key_width = k.shape
+        *value_lead, values, _ = v.shape
+        grouped = given.get(grouped_heads, False) if isinstance(grouped_heads, str) else grouped_heads
+        heads_ok = lead == key_lead or (len(lead) == 2 and grouped and lead[0] == key_lead[0] and key_lead[1] > 0
+                                        and lead[1] % key_lead[1] == 0)
+        if not (heads_ok and key_lead == value_lead and keys == values and width == key_width):
             return (f"got query, key and value of shapes {tuple(q.shape)}, {tuple(k.shape)} and {tuple(v.shape)}, "
                     "which do not agree")
-        if not (heads == kh or (grouped_heads and kh > 0 and heads % kh == 0)):
-            return f"got {heads} query heads for {kh} key heads"
         bias = given.get(mask) if mask else None
         if bias is not None:
-            full = (batch, heads, length, keys)
-            if not isinstance(bias, torch.Tensor) or bias.dtype != q.dtype or bias.device != q.device:
+            full = (*lead, length, keys)
+            if not isinstance(bias, torch.Tensor) or bias.device != q.device or \
+                    bias.dtype not in ((q.dtype, torch.bool) if public else (q.dtype,)):
                 return f"takes a {mask} of the query's dtype on its device"
             try:
-                fits = bias.dim() in (2, 4) and torch.broadcast_shapes(bias.shape, full) == full
+                fits = (public or bias.dim() in (2, 4)) and torch.broadcast_shapes(bias.shape, full) == full
             except RuntimeError:
                 fits = False
             if not fits:
@@ -392,28 +431,50 @@ def _attention_rule(mask: str | None, grouped_heads: bool) -> Callable[[dict], s
     return rule
 
 
-def _batch_norm_rule(given: dict) -> str | None:
-    """One weight, bias, mean and variance per channel, all of one dtype (the input's, or float32 under autocast)."""
-    x = given.get("input")
-    if not isinstance(x, torch.Tensor) or x.dim() < 2:
-        return "takes an input of at least 2 dims"
-    stats = [given.get(name) for name in ("weight", "bias", "running_mean", "running_var")]
-    stats = [t for t in stats if t is not None]
-    if not all(isinstance(t, torch.Tensor) and t.dim() == 1 and t.numel() == x.size(1) for t in stats):
-        return f"needs one weight, bias, mean and variance per channel of its input of shape {tuple(x.shape)}"
-    if len({t.dtype for t in stats}) > 1 or (stats and stats[0].dtype not in (x.dtype, torch.float32)):
-        return "takes its weight, bias, mean and variance in one dtype, the input's or float32"
-    if any(t.device != x.device for t in stats):
-        return "takes its weight, bias, mean and variance on its input's device"
+def _per_channel(given: dict, names: tuple[str, ...], channels: int) -> str | None:
+    """One contiguous value per channel in each of `names` given (kernels read them from their first element on,
+    whatever their strides), all of one dtype on the input's device."""
+    x = given["input"]
+    found = [given[name] for name in names if given.get(name) is not None]
+    if not all(isinstance(t, torch.Tensor) and t.dim() == 1 and t.numel() == channels and t.is_contiguous()
+               for t in found):
+        return f"needs its {', '.join(names)} as one contiguous value per channel ({channels})"
+    if len({t.dtype for t in found}) > 1 or any(t.device != x.device for t in found):
+        return f"takes its {', '.join(names)} in one dtype on its input's device"
     return None
 
 
+def _batch_norm_rule(given: dict) -> str | None:
+    """One weight, bias, mean and variance per channel, in the input's dtype or float32 (autocast's)."""
+    x = given.get("input")
+    if not isinstance(x, torch.Tensor) or x.dim() < 2:
+        return "takes an input of at least 2 dims"
+    problem = _per_channel(given, ("weight", "bias", "running_mean", "running_var"), x.size(1))
+    if problem is None and given.get("running_mean") is not None and \
+            given["running_mean"].dtype not in (x.dtype, torch.float32):
+        problem = "takes its weight, bias, mean and variance in the input's dtype or float32"
+    return problem
+
+
+def _group_norm_rule(given: dict) -> str | None:
+    """An input of N x C x HxW elements in groups that divide C, one weight and bias per channel."""
+    x, n, c, hxw, groups = (given.get(name) for name in ("input", "N", "C", "HxW", "group"))
+    if not isinstance(x, torch.Tensor) or not all(isinstance(v, int) and v > 0 for v in (n, c, hxw, groups)):
+        return "takes an input tensor and positive N, C, HxW and group"
+    if x.numel() != n * c * hxw or c % groups:
+        return f"got an input of {x.numel()} elements for N={n}, C={c}, HxW={hxw} in {groups} groups"
+    return _per_channel(given, ("weight", "bias"), c)
+
+
 # Kernels that trust their arguments to agree in shape and read past a tensor's memory when they do not (a
-# batch larger in the query than in the key, a bias shorter than the channels): the graph could read the eval
-# process's heap, where the validation rows lie. Each rule is what the public operator checks before it calls
-# the kernel (scaled_dot_product_attention, batch_norm); checked on every call, as sizes can depend on data.
+# batch larger in the query than in the key, a key shorter than the value, a bias shorter than the channels or
+# expanded from one value): the graph could read the eval process's heap, where the validation rows lie. Each
+# rule asks what the operator's own documentation does of its arguments; checked on every call, as sizes can
+# depend on data. Found by a red team and a fuzzer of every allowed operator (shapes, strides, sizes, dtypes).
 ARGUMENT_RULES: dict[str, Callable[[dict], str | None]] = {
     "_native_batch_norm_legit_no_training": _batch_norm_rule,
+    "native_group_norm": _group_norm_rule,
+    "scaled_dot_product_attention": _attention_rule("attn_mask", "enable_gqa", public=True),
     "_scaled_dot_product_flash_attention_for_cpu": _attention_rule("attn_mask", grouped_heads=True),
     "_scaled_dot_product_flash_attention": _attention_rule(None, grouped_heads=True),
     "_scaled_dot_product_efficient_attention": _attention_rule("attn_bias", grouped_heads=False),
