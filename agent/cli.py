@@ -111,8 +111,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0 if outcome.status is Status.OK else 1
 
 
+@dataclasses.dataclass
+class RunExtent:
+    """How long a run goes on and where it lives: not settings of the run, but a config file may give them."""
+    trials: int | None = None
+    hours: float | None = None
+    runs_dir: str | None = None
+
+
 SETTING_KEYS = {f.name for f in dataclasses.fields(RunSettings)}
-RUN_KEYS = {"trials", "hours", "runs_dir"}  # how long a run goes on and where it lives: not settings of the run
+RUN_KEYS = {f.name for f in dataclasses.fields(RunExtent)}
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -129,7 +137,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
     if unknown:
         raise ArenaError(f"config file {path} has unknown keys {', '.join(unknown)}; "
                          f"known: {', '.join(sorted(SETTING_KEYS | RUN_KEYS))}")
-    return parse_texts(RunSettings, config, f"config file {path}")
+    source = f"config file {path}"
+    return {**parse_texts(RunSettings, {k: v for k, v in config.items() if k in SETTING_KEYS}, source),
+            **parse_texts(RunExtent, {k: v for k, v in config.items() if k in RUN_KEYS}, source)}
 
 
 def given_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -150,8 +160,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     runs_dir = Path(given.pop("runs_dir", "runs"))
     if trials is None and hours is None:
         trials = 10
-    if (trials is not None and trials < 1) or (hours is not None and hours <= 0):
-        raise ArenaError("--trials must be at least 1 and --hours positive")
+    if trials is not None and trials < 1:
+        raise ArenaError(f"--trials must be at least 1, got {trials}")
+    if hours is not None and hours <= 0:
+        raise ArenaError(f"--hours must be positive, got {hours}")
     given.setdefault("name", f"{given.get('method', 'random')}-{given.get('preset', 'cpu')}-s{given.get('seed', 42)}")
     backends: list[TrialRunner] = []
     workers: list[Placement] = []

@@ -94,13 +94,33 @@ def check_choices(settings: DataclassInstance) -> None:
 
 
 def parse_texts(settings: type[DataclassInstance], values: Mapping[str, object], source: str) -> dict[str, object]:
-    """`values` (from a config file, say) with every string read as its flag's text would be: '0,1' as a list."""
+    """`values` (from a config file, say) with every string read as its flag's text would be ('0,1' as a list),
+    and every other value checked to be of its field's type (an int is a float too); one line when it is not."""
     parsers = text_parsers(settings)
+    hints = typing.get_type_hints(settings)
     parsed = dict(values)
     for name, value in values.items():
-        if isinstance(value, str) and name in parsers:
+        if name not in parsers:
+            continue
+        if isinstance(value, str):
             try:
                 parsed[name] = parsers[name](value)
             except ValueError:
                 raise ArenaError(f"{source}: {name} = {value!r} is not a valid {parsers[name].__name__}") from None
+        else:
+            parsed[name] = typed(hints[name], value, f"{source}: {name} = {value!r}")
     return parsed
+
+
+def typed(hint: Any, value: object, what: str) -> object:
+    """`value` if it is of the type `hint` names (str, int, float, list[str], each maybe | None), else one line."""
+    base = text_parser(hint)
+    if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if base is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if base is comma_list and isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return value
+    names: dict[object, str] = {str: "a string", int: "a whole number", float: "a number"}
+    expected = names.get(base, "a list of strings ('a,b')")
+    raise ArenaError(f"{what} is not {expected}")

@@ -104,6 +104,32 @@ def test_a_config_file_reads_text_as_the_command_line_does(tmp_path: Path):
         read_config_file(config)
 
 
+@pytest.mark.parametrize("line, problem", [
+    ('trials = "five"', "trials = 'five' is not a valid int"),
+    ("trials = 2.5", "trials = 2.5 is not a whole number"),
+    ('hours = "x"', "hours = 'x' is not a valid float"),
+    ("corpus = 3", "corpus = 3 is not a string"),
+    ("mem_limit = 8", "mem_limit = 8 is not a string"),
+    ("gpus = 0", "gpus = 0 is not a list of strings"),
+    ("confirm = true", "confirm = True is not a whole number"),
+    ('gpus = ["0", 1]', "is not a list of strings"),
+])
+def test_a_config_value_of_the_wrong_type_is_one_line(tmp_path: Path, line, problem):
+    """They used to pass through, to fail later with a traceback or to start a run nobody asked for."""
+    config = tmp_path / "run.toml"
+    config.write_text(line + "\n")
+    with pytest.raises(ArenaError, match=problem):
+        read_config_file(config)
+
+
+def test_config_values_of_their_types_are_taken(tmp_path: Path):
+    config = tmp_path / "run.toml"
+    config.write_text('trials = 3\nhours = 2\nruns_dir = "elsewhere"\nbudget = 30\ngpus = ["0", "1"]\n'
+                      "noise_margin = 0\n")
+    assert read_config_file(config) == {"trials": 3, "hours": 2.0, "runs_dir": "elsewhere", "budget": 30.0,
+                                        "gpus": ["0", "1"], "noise_margin": 0.0}
+
+
 def test_a_value_outside_the_choices_is_refused_by_the_settings():
     with pytest.raises(ArenaError, match="unknown backend 'cloud'; choose one of: local, docker"):
         RunSettings(name="x", backend="cloud").validate()
