@@ -18,7 +18,11 @@ def download(url: str, dest: Path, progress: BytesProgress, retries: int = 5, ti
     """Fetch `url` to `dest` once; partial downloads never appear under the final name."""
     if dest.exists():
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DatasetError(f"cannot write downloads to {dest.parent} ({e.strerror}); pass another --cache "
+                           "(or ARENA_CACHE)") from None
     remove_left_behind(dest.parent, f"{dest.name}.tmp-")  # of arenas killed in mid-download
     tmp = dest.with_name(f"{dest.name}.tmp-{owner_tag()}")
     error: Exception | None = None

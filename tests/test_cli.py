@@ -30,6 +30,23 @@ def test_a_bad_command_line_is_one_error_line(cache_root, args, message):
     assert proc.stderr.startswith("error: ") and proc.stderr.endswith("\n") and proc.stderr.count("\n") == 1
 
 
+@pytest.mark.parametrize("command, flag, message", [
+    ("run", "--runs-dir", "the runs directory {path} is not a directory; pass another --runs-dir"),
+    ("run", "--cache", "the dataset cache {path} is not a directory; pass another --cache"),
+    ("prepare", "--cache", "the dataset cache {path} is not a directory; pass another --cache"),
+])
+def test_a_file_where_a_directory_goes_is_one_error_line(tmp_path, command, flag, message):
+    """It was a traceback, after the corpus was read; and nothing is made of the run or the dataset."""
+    path = tmp_path / "notes.txt"
+    path.write_text("a file")
+    extra = ["--name", "r", "--trials", "1", "--runs-dir", str(tmp_path / "runs")] if command == "run" else []
+    if flag == "--runs-dir":
+        extra = extra[:-2]
+    proc = run_arena(command, *extra, flag, str(path), cache=tmp_path / "cache")
+    assert message.format(path=path) in one_line_error(proc)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
 def test_help_names_the_methods_and_presets(cache_root):
     run_help = run_arena("run", "--help", cache=cache_root)
     assert run_help.returncode == 0 and "random, tpe, cmaes, centaur, llm, code" in " ".join(run_help.stdout.split())
