@@ -325,6 +325,7 @@ def _open_locked(run_dir: Path, given: dict[str, Any], cache_root: Path | None, 
     space_file = run_dir / "space.toml" if recorded else (Path(settings.space).expanduser() if settings.space else None)
     space = load_space(settings.preset, space_file)
     probe = make_method(settings, space, None)  # an unknown method or missing model fails before any work
+    preflight(settings, preset, space, probe)  # before the dataset: a build takes a minute, a GPU check a second
     if settings.surrogate_data:  # its trials read no dataset: the trials it learns from stand in for one
         data_dir, fingerprint = run_dir, data_fingerprint([Path(p).expanduser() for p in settings.surrogate_data])
     else:
@@ -337,7 +338,6 @@ def _open_locked(run_dir: Path, given: dict[str, Any], cache_root: Path | None, 
     keeps = info is not None and (recorded or (not changed(info["settings"], settings)
                                                and info["dataset_fingerprint"] == fingerprint
                                                and may_resume_with(info["harness_hash"], harness)))
-    preflight(settings, preset, space, probe)
     # every check passed: from here on the run may change
     if info is None or lock is None or not keeps:
         info, lock = create_run_dir(run_dir, settings, preset, fingerprint, space_file, lock)

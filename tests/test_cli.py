@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from rich.console import Console
 
 from agent import datasets
@@ -45,6 +46,15 @@ def test_a_file_where_a_directory_goes_is_one_error_line(tmp_path, command, flag
     proc = run_arena(command, *extra, flag, str(path), cache=tmp_path / "cache")
     assert message.format(path=path) in one_line_error(proc)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for a machine without CUDA")
+def test_a_gpu_preset_without_cuda_is_refused_before_the_dataset_is_built(tmp_path):
+    """The gpu preset's dataset (vocabulary 8192) took a minute to build, and stayed in the cache, before this."""
+    proc = run_arena("run", "--name", "g", "--preset", "gpu", "--runs-dir", str(tmp_path / "runs"),
+                     cache=tmp_path / "cache")
+    assert "preset 'gpu' needs a CUDA GPU" in one_line_error(proc)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_help_names_the_methods_and_presets(cache_root):
