@@ -153,6 +153,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent.judging import best_of
     from agent.loop import StopRule, final_status, make_backend, placements, run_loop
     from agent.methods import ModelBacked
+    from agent.record import counted
     from agent.run import open_run
 
     given = given_options(args)
@@ -206,7 +207,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         with final_status(run):
             run_loop(run, backend, stop, report=lambda line: console.print(line, markup=False), where=workers)
     best_trial, best_value = best_of(run.ledger.records)
-    console.print(f"done: {len(run.ledger)} trials, best val_bpb {best_value:.6f} (trial {best_trial}); "
+    ran = counted(run.ledger.records)  # as --trials counts: infeasible proposals ran nothing
+    refused = f" (+{len(run.ledger) - ran} infeasible, not run)" if len(run.ledger) > ran else ""
+    console.print(f"done: {ran} trials{refused}, best val_bpb {best_value:.6f} (trial {best_trial}); "
                   f"its train.py: {run.dir / 'best_train.py'}; history: git -C {run.dir / 'repo'} log best",
                   markup=False)
     return 0

@@ -218,6 +218,7 @@ def test_an_infeasible_proposal_is_recorded_without_running_and_shown_to_the_llm
     assert "feasibility: configurations predicted above 78.4 GB of the 80.0 GB memory of the paper's GPU" in proc.stderr
     records = check_run_consistent(runs / "f", 2)  # two trials ran; the refused one is recorded beside them
     assert [r["status"] for r in records] == ["ok", "infeasible", "ok"]
+    assert "done: 2 trials (+1 infeasible, not run)" in proc.stderr  # as --trials counts
     refused = records[1]
     assert refused["commit"] is None and refused["config"]["DEPTH"] == 24 and refused["train_wall_seconds"] == 0
     assert refused["reason"].startswith("predicted peak memory") and "exceeds 78.4 GB" in refused["reason"]
