@@ -206,6 +206,16 @@ def test_half_written_ledger_line_is_tolerated_and_left_alone(run_dir, tmp_path,
     assert (run / "ledger.jsonl").read_bytes() == before
 
 
+def test_a_run_is_found_by_its_name_under_runs_as_arena_run_makes_it(groups, tmp_path, monkeypatch):
+    """`arena run --name demo` then `arena replay demo`: as `arena watch demo` takes it."""
+    shutil.copytree(groups["random"][0], tmp_path / "runs" / "demo")
+    monkeypatch.chdir(tmp_path)
+    (run,) = open_runs(Path("demo"))
+    assert len(run.trials) == 3
+    with pytest.raises(ArenaError, match="a run's name or directory"):
+        open_runs(Path("other"))
+
+
 def test_bad_inputs_are_one_line_errors(tmp_path):
     (tmp_path / "plain").mkdir()
     with pytest.raises(ArenaError) as error:

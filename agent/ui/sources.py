@@ -8,12 +8,16 @@ from agent.errors import ArenaError
 from agent.ui.history import RunHistory, load_arena_run
 from agent.ui.imports import RESULTS_FILE, load_autoresearch_repo, load_paper_trials
 
+DEFAULT_RUNS = Path("runs")  # arena run's default --runs-dir
+
 
 def open_runs(path: Path, branch: str | None = None) -> list[RunHistory]:
     """Every run recorded at `path` (a trials.jsonl file may hold several)."""
     path = Path(path).expanduser()
+    if not path.exists() and len(path.parts) == 1 and (DEFAULT_RUNS / path / "run.json").exists():
+        path = DEFAULT_RUNS / path  # a run's name, as `arena run --name` and `arena watch` take it
     if not path.exists():
-        raise ArenaError(f"{path} does not exist; pass a run directory (runs/NAME), an autoresearch git "
+        raise ArenaError(f"{path} does not exist; pass a run's name or directory (runs/NAME), an autoresearch git "
                          "repository or a trials.jsonl file")
     if path.is_file() and path.name == RESULTS_FILE:
         raise ArenaError(f"pass the repository that holds {path.name} ({path.parent}), not the file itself")
