@@ -147,6 +147,7 @@ def final_status(run: Run) -> Iterator[None]:
 def run_loop(run: Run, backend: TrialRunner, stop: StopRule, report: Reporter = print,
              where: list[Placement] | None = None) -> None:
     """Run trials until `stop`, on one worker per placement (default: the run's --gpus/--workers)."""
+    run.stop = {name: value for name, value in (("trials", stop.trials), ("hours", stop.hours)) if value is not None}
     Scheduler(run, backend, where or placements(run.settings, run.preset), report).drive(stop)
 
 

@@ -203,6 +203,7 @@ class Run:
     lock: RunLock  # held for as long as this process works on the run
     observed: list[int] = field(default_factory=list)       # trials the method has observed, in that order
     in_flight: dict[int, Job] = field(default_factory=dict)  # jobs made whose ledger line is not written yet
+    stop: dict[str, float] = field(default_factory=dict)  # this arena's --trials/--hours, for the views' ETA
 
     @property
     def state_dir(self) -> Path:
@@ -211,7 +212,7 @@ class Run:
     def set_status(self, **fields: object) -> None:
         """state/status.json: what the loop is doing now, for `arena watch` and the live view, with the
         writer's pid and host so that a view can tell a run in progress from an arena that was killed."""
-        status = {**fields, "time": time.time(), "pid": os.getpid(), "host": socket.gethostname()}
+        status = {**fields, "stop": self.stop, "time": time.time(), "pid": os.getpid(), "host": socket.gethostname()}
         fsync_write(self.state_dir / "status.json", json.dumps(status) + "\n")
 
     def log_path(self, trial: int) -> Path:

@@ -299,6 +299,7 @@ def test_watch_once_prints_one_frame(fake_live_run, cache_root):
     assert proc.returncode == 0, proc.stderr
     assert "arena" in proc.stdout and NAME in proc.stdout and "method random" in proc.stdout
     assert sorted(table_rows(proc.stdout)) == [0, 1, 2]
+    assert "trials 3/3" in proc.stdout  # the run's --trials, as its arena wrote it into status.json
     assert tree_state(fake_live_run.dir) == before
 
 

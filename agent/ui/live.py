@@ -38,6 +38,7 @@ from agent.judging import best_of
 from agent.record import TrialRecord, counted
 from agent.ui import ParserT
 from agent.ui.live_reader import LOG_LINES, RunReader, Snapshot, Training
+from agent.ui.run_files import StopLimits
 from sandbox.outcome import Status
 
 if TYPE_CHECKING:
@@ -118,7 +119,7 @@ def trial_seconds(records: list[TrialRecord]) -> float:
     return sum(r.total_seconds for r in records)
 
 
-def eta(snap: Snapshot, used: float, stop_rule: StopRule | None) -> float | None:
+def eta(snap: Snapshot, used: float, stop_rule: StopRule | StopLimits | None) -> float | None:
     """Seconds left until the stop rule, from the mean time of the trials so far (several workers share them)."""
     done = counted(snap.records)
     if stop_rule is None or not done:
@@ -140,8 +141,10 @@ def llm_totals(calls: list[JsonObject]) -> tuple[int, int, int, float]:
     return len(calls), int(total("prompt_tokens")), int(total("completion_tokens")), float(total("cost_usd"))
 
 
-def header_lines(snap: Snapshot, stop_rule: StopRule | None, width: int) -> list[Text]:
-    """Who runs (name, method, model, backend, device, preset), how far along, the best so far, LLM spend."""
+def header_lines(snap: Snapshot, stop_rule: StopRule | StopLimits | None, width: int) -> list[Text]:
+    """Who runs (name, method, model, backend, device, preset), how far along, the best so far, LLM spend.
+    Without a stop rule of its own (`arena watch`), the one the run's arena wrote into status.json."""
+    stop_rule = stop_rule or snap.status.stop
     s = snap.settings
     budget = f" · {snap.preset.time_budget:g} s/trial" if snap.preset else ""
     model = f"  model [bold]{escape(s.model)}[/]" if s.model else ""

@@ -75,6 +75,13 @@ class WorkerStatus:
 
 
 @dataclass(frozen=True)
+class StopLimits:
+    """The --trials and --hours of the arena working on a run, as status.json says them (for `arena watch`)."""
+    trials: int | None = None
+    hours: float | None = None
+
+
+@dataclass(frozen=True)
 class RunStatus:
     """state/status.json (Run.set_status): what the loop is doing now, and which process on which host says so."""
     phase: str | None = None
@@ -88,16 +95,20 @@ class RunStatus:
     pid: int | None = None
     host: str | None = None
     workers: tuple[WorkerStatus, ...] = ()  # with several workers: each one's trial
+    stop: StopLimits | None = None  # when the writing arena stops
 
     @classmethod
     def from_json(cls, raw: JsonObject) -> RunStatus:
         listed = raw.get("workers")
         workers = tuple(WorkerStatus.from_json(w, i) for i, w in enumerate(listed) if isinstance(w, dict)) \
             if isinstance(listed, list) else ()
+        limits = raw.get("stop")
+        stop = StopLimits(_int(limits, "trials"), _float(limits, "hours")) if isinstance(limits, dict) and limits \
+            else None
         return cls(phase=_str(raw, "phase"), trial=_int(raw, "trial"), time=_float(raw, "time"),
                    started=_float(raw, "started"), reason=_str(raw, "reason"), description=_str(raw, "description"),
                    method=_str(raw, "method"), diff=_str(raw, "diff"), pid=_int(raw, "pid"), host=_str(raw, "host"),
-                   workers=workers)
+                   workers=workers, stop=stop)
 
 
 @dataclass(frozen=True)
