@@ -263,7 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        args, unknown = build_parser().parse_known_args(argv)
+        if unknown:  # argparse would name the top-level parser's help; the subcommand's lists what it takes
+            raise ArenaError(f"unrecognized arguments: {' '.join(unknown)}; see `arena {args.command} --help`")
         command: Callable[[argparse.Namespace], int] = args.func
         return command(args)
     except (ArenaError, SandboxError) as e:

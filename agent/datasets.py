@@ -35,7 +35,7 @@ class StageLines:
         elapsed = time.monotonic() - self.start
         if task not in self.printed and elapsed >= QUIET_SECONDS:
             self.printed.add(task)
-            self.console.print(f"dataset: {task} ({elapsed:.0f} s)", markup=False)
+            self.console.print(f"dataset: {task} ({elapsed:.0f} s into the build)", markup=False)
 
 
 def prepare_dataset(corpus: str, vocab_size: int, *, val_fraction: float = DEFAULT_VAL_FRACTION,

@@ -149,8 +149,12 @@ class RunSettings:
             memory_bytes(self.mem_limit)  # says what is wrong with it, in one line
         if self.confirm < 0:
             raise ArenaError(f"--confirm must be zero or positive, got {self.confirm}")
-        if not self.name or "/" in self.name or self.name.startswith("."):
-            raise ArenaError(f"--name '{self.name}' must be a plain directory name")
+        check_run_name(self.name)
+
+
+def check_run_name(name: str) -> None:
+    if not name or "/" in name or name.startswith("."):
+        raise ArenaError(f"--name '{name}' must be a plain directory name")
 
 
 MAY_CHANGE_ON_RESUME = frozenset(f.name for f in dataclasses.fields(RunSettings) if f.metadata.get("may_change"))
@@ -290,6 +294,7 @@ def open_run(runs_dir: Path, given: dict[str, Any], cache_root: Path | None = No
     left half-made of it is cleared first, and a run it was remaking comes back). While a run has no
     recorded trial its settings may still change (it is made anew with them).
     """
+    check_run_name(given["name"])  # before it is a path: '' or '..' would name the runs directory or its parent
     run_dir = runs_dir / given["name"]
     require_writable_dir(runs_dir, "the runs directory", "pass another --runs-dir")
     lock = None
@@ -311,14 +316,12 @@ def _open_locked(run_dir: Path, given: dict[str, Any], cache_root: Path | None, 
                  lock: RunLock | None) -> Run:
     info: RunInfo | None = json.loads((run_dir / "run.json").read_text()) if lock is not None else None
     ledger = Ledger.read(run_dir / "ledger.jsonl")
-    if info is not None and ledger.records:
-        settings = merge_settings(info["settings"], given)
-    else:
-        stored = info["settings"] if info is not None else {}
-        settings = RunSettings(**{**stored, **{k: v for k, v in given.items() if v is not None}})
-    settings.validate()
-    preset = get_preset(settings.preset, time_budget=settings.budget, eval_tokens=settings.eval_tokens,
-                        startup_allowance=settings.startup_allowance)
+    stored = info["settings"] if info is not None else {}
+    asked = RunSettings(**{**stored, **{k: v for k, v in given.items() if v is not None}})
+    asked.validate()  # a bad value is named as such, before a resume says it differs from the run's
+    preset = get_preset(asked.preset, time_budget=asked.budget, eval_tokens=asked.eval_tokens,
+                        startup_allowance=asked.startup_allowance)
+    settings = merge_settings(stored, given) if info is not None and ledger.records else asked
     if settings.gpus and not preset.device.startswith("cuda"):
         raise ArenaError(f"--gpus applies to a GPU preset, and preset '{preset.name}' trains on the CPU; leave "
                          "--gpus out or choose --preset gpu")

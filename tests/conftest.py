@@ -23,7 +23,7 @@ from tests.run_helpers import BASE, FAST, NEXT, ROOT, arena_run, fake_arena_run
 pytest_plugins = ["tests.llm_server"]  # its `llm_server` fixture, for every test module
 
 CPU_VOCAB = 2048  # the cpu preset's vocabulary
-DATASET_STAGE = re.compile(r"^dataset: .+ \(\d+ s\)$")  # agent/datasets.py StageLines
+DATASET_STAGE = re.compile(r"^dataset: .+ \(\d+ s into the build\)$")  # agent/datasets.py StageLines
 
 
 @pytest.fixture(scope="session")
@@ -48,8 +48,9 @@ def run_arena(*args: str, cache: Path, timeout: float = 600) -> subprocess.Compl
 def one_line_error(proc: subprocess.CompletedProcess) -> str:
     """Assert the command failed with exactly one 'error:' line and no traceback; return that line.
 
-    Progress lines of a dataset stage ('dataset: read corpus (2 s)', printed off a terminal by a stage that
-    took a second or more, which on a busy machine even reading a cached corpus can) are not part of it."""
+    Progress lines of a dataset stage ('dataset: read corpus (2 s into the build)', printed off a terminal by a
+    stage that took a second or more, which on a busy machine even reading a cached corpus can) are not part of
+    it."""
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip() and not DATASET_STAGE.match(line)]

@@ -24,6 +24,10 @@ from tests.conftest import ROOT, one_line_error, run_arena
     ([], "the following arguments are required: command; see `arena --help`"),
     (["compare"], "the following arguments are required: RUN"),
     (["run", "--gpus", "0", "--trials", "1"], "--gpus applies to a GPU preset, and preset 'cpu' trains on the CPU"),
+    (["train", "--gpus", "0"], "unrecognized arguments: --gpus 0; see `arena train --help`"),
+    (["run", "--name", "..", "--trials", "1"], "--name '..' must be a plain directory name"),
+    (["run", "--name", "", "--trials", "1"], "--name '' must be a plain directory name"),
+    (["run", "--trials", "0"], "--trials must be at least 1, got 0"),
 ])
 def test_a_bad_command_line_is_one_error_line(cache_root, args, message):
     proc = run_arena(*args, cache=cache_root)

@@ -55,6 +55,15 @@ def test_a_second_arena_on_a_running_run_is_refused(base_run, tmp_path, cache_ro
     check_run_consistent(runs / "base", BASE + 1)  # the refused one wrote nothing
 
 
+def test_a_bad_value_on_resume_is_named_as_bad_not_as_changed(tmp_path, cache_root, stdlib_dataset):
+    runs = tmp_path / "runs"
+    assert fake_arena_run(runs, cache_root, "--name", "r", "--trials", "1", "--budget", "1").returncode == 0
+    before = snapshot(runs / "r")
+    line = one_line_error(fake_arena_run(runs, cache_root, "--name", "r", "--trials", "2", "--budget", "-1"))
+    assert "--budget must be a positive number of seconds, got -1.0" in line  # not "was started with budget=1.0"
+    assert snapshot(runs / "r") == before
+
+
 def test_the_lock_names_its_holder_from_the_moment_it_is_taken(tmp_path):
     """Not once the holder's start is checked (seconds, or minutes on a model check): until then a second arena
     was told the pid of the run's previous holder, maybe by now another process, and to kill it."""
