@@ -319,9 +319,11 @@ def _open_locked(run_dir: Path, given: dict[str, Any], cache_root: Path | None, 
     stored = info["settings"] if info is not None else {}
     asked = RunSettings(**{**stored, **{k: v for k, v in given.items() if v is not None}})
     asked.validate()  # a bad value is named as such, before a resume says it differs from the run's
-    preset = get_preset(asked.preset, time_budget=asked.budget, eval_tokens=asked.eval_tokens,
-                        startup_allowance=asked.startup_allowance)
+    get_preset(asked.preset, time_budget=asked.budget, eval_tokens=asked.eval_tokens,
+               startup_allowance=asked.startup_allowance)
     settings = merge_settings(stored, given) if info is not None and ledger.records else asked
+    preset = get_preset(settings.preset, time_budget=settings.budget, eval_tokens=settings.eval_tokens,
+                        startup_allowance=settings.startup_allowance)
     if settings.gpus and not preset.device.startswith("cuda"):
         raise ArenaError(f"--gpus applies to a GPU preset, and preset '{preset.name}' trains on the CPU; leave "
                          "--gpus out or choose --preset gpu")

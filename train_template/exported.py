@@ -36,8 +36,9 @@ MAX_NODES = 200_000
 # writes files or memory outside its inputs (from_file, as_strided, _reshape_alias, empty*, set_, resize_;
 # the attention kernels' own forwards, whose sequence-offset tensors are not bounds-checked on a GPU), draws
 # random numbers (rand*, bernoulli, normal, multinomial, ...), works in place (names ending in "_") or prints.
-# Views are checked to stay in their tensor's memory (InBounds), and kernels that would read past a tensor given
-# shapes that disagree get their public operator's checks (ARGUMENT_RULES).
+# Views are checked to stay in their tensor's memory (InBounds), kernels that would read past a tensor given
+# arguments that disagree are checked for what their arguments must be (ARGUMENT_RULES), and dtypes, layouts and
+# memory formats are taken by name only (CONSTANTS).
 ALLOWED_OPS = frozenset("""
     abs absolute acos acosh add addbmm addcdiv addcmul addmm addmv addr alias all amax amin any arange
     argmax argmin argsort asin asinh atan atan2 atanh avg_pool1d avg_pool2d baddbmm bitwise_and bitwise_not
