@@ -343,6 +343,42 @@ def test_the_public_attention_takes_only_shapes_that_agree(q, k, v, extra, refus
             SDPA(given.pop("query"), given.pop("key"), given.pop("value"), **given)
 
 
+def fused_qkv(heads=4, width=16):
+    """q, k and v as a GPT splits them out of one projection: views with gaps, each row's values consecutive."""
+    qkv = torch.randn(1, 8, 3 * heads * width)
+    return [t.view(1, 8, heads, width).transpose(1, 2) for t in qkv.split(heads * width, dim=2)]
+
+
+def layouts():
+    q, k, v = fused_qkv()
+    one = torch.zeros(1, 1, 1, 1)
+    return {
+        "fused qkv": ((q, k, v), None),
+        "a value expanded from one number": ((q, k, one.expand(1, 4, 8, 16)), "consecutive values"),
+        "a query whose last dim is not innermost": ((q.transpose(2, 3).contiguous().transpose(2, 3), k, v),
+                                                    "consecutive values"),
+        "a query of overlapping rows": ((torch.zeros(64).unfold(0, 16, 4)[None, None, :8].expand(1, 4, 8, 16), k, v),
+                                        "do not overlap"),
+        "no keys": ((q, k[:, :, :0], v[:, :, :0]), "do not agree"),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(layouts()))
+@pytest.mark.parametrize("op", ["scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu"])
+def test_attention_takes_only_layouts_its_cpu_kernel_reads_and_writes_within(case, op):
+    """The fuzzer's three: a value expanded along its last dim let the kernel read the heap past its one number;
+    a query whose last dim is not innermost, or whose rows overlap, left output the kernel never wrote (the
+    allocator's leftovers, freed tensors included); no keys at all divided by zero."""
+    (q, k, v), refused = layouts()[case]
+    guarded = exported.Agreeing(getattr(ATTENTION, op).default)
+    problem = guarded.rule({"query": q, "key": k, "value": v})
+    assert (problem is None) if refused is None else (refused in problem), problem
+    if refused is None:
+        out = guarded(q, k, v) if op == "scaled_dot_product_attention" else guarded(q, k, v, 0.0, False)[0]
+        expected = torch.nn.functional.scaled_dot_product_attention(q.contiguous(), k.contiguous(), v.contiguous())
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+
+
 def test_norm_kernels_take_one_contiguous_value_per_channel():
     """An expanded bias (stride 0, one value) passes a shape check, and the group norm kernel reads it as C
     values from its first on: C - 1 of them past its memory."""

@@ -413,9 +413,15 @@ def _attention_rule(mask: str | None, grouped_heads: bool | str, public: bool = 
         grouped = given.get(grouped_heads, False) if isinstance(grouped_heads, str) else grouped_heads
         heads_ok = lead == key_lead or (len(lead) == 2 and grouped and lead[0] == key_lead[0] and key_lead[1] > 0
                                         and lead[1] % key_lead[1] == 0)
-        if not (heads_ok and key_lead == value_lead and keys == values and width == key_width):
+        if not (heads_ok and key_lead == value_lead and keys == values and width == key_width) or 0 in (length, keys):
             return (f"got query, key and value of shapes {tuple(q.shape)}, {tuple(k.shape)} and {tuple(v.shape)}, "
                     "which do not agree")
+        # The CPU kernel reads a row of the last dim as that many consecutive values whatever its stride (a value
+        # expanded from one number reads the heap after it), and writes its output, laid out like the query, as
+        # if the query's last dim were innermost and its rows apart (else leaving some of it as the allocator
+        # left it).
+        if not (non_overlapping(q) and all(dense_rows(t) for t in (q, k, v))):
+            return "takes a query whose elements do not overlap, and query, key and value rows of consecutive values"
         bias = given.get(mask) if mask else None
         if bias is not None:
             full = (*lead, length, keys)
@@ -482,10 +488,8 @@ ARGUMENT_RULES: dict[str, Callable[[dict], str | None]] = {
     "_scaled_dot_product_cudnn_attention": _attention_rule("attn_bias", grouped_heads=False),
     "_scaled_dot_product_fused_attention_overrideable": _attention_rule("attn_bias", grouped_heads=False),
 }
-
-
 class Agreeing:
-    """An operator of ARGUMENT_RULES that refuses, on every call, arguments whose shapes its kernel does not check."""
+    """An operator of ARGUMENT_RULES that refuses, on every call, arguments its kernel does not check."""
 
     def __init__(self, op: torch._ops.OpOverload):
         self.op = op
@@ -498,6 +502,23 @@ class Agreeing:
         if problem:
             raise Rejected("operator", f"aten.{self.op._opname} {problem}")
         return self.op(*args, **kwargs)
+
+
+def dense_rows(t: torch.Tensor) -> bool:
+    """Whether the last dim is laid out as consecutive values (stride 1, or a single value)."""
+    return t.size(-1) <= 1 or t.stride(-1) == 1
+
+
+def non_overlapping(t: torch.Tensor) -> bool:
+    """Whether no two elements of `t` share memory: taken from the innermost dim out, each dim steps past all
+    of the dims inside it (a transpose, or a slice of a wider tensor such as q from a fused qkv, is; an expanded
+    or unfolded tensor is not)."""
+    reach = 1
+    for stride, size in sorted((stride, size) for size, stride in zip(t.shape, t.stride(), strict=True) if size > 1):
+        if stride < reach:
+            return False
+        reach = stride * size
+    return True
 
 
 def within_storage(view: torch.Tensor) -> bool:
