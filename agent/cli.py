@@ -84,6 +84,11 @@ def train_source(path: Path | None, preset: Preset) -> str:
     except OSError as e:
         raise ArenaError(f"cannot read {path}: {e.strerror}; pass an existing file to --train-py") from None
     read_constants(source)
+    try:  # as arena run checks a proposal before it runs it
+        compile(source, str(path), "exec")
+    except (SyntaxError, ValueError) as e:
+        where = f" (line {e.lineno})" if isinstance(e, SyntaxError) and e.lineno else ""
+        raise ArenaError(f"{path} does not compile{where}: {getattr(e, 'msg', None) or e}; fix it") from None
     return source
 
 

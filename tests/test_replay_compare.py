@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import git
+import numpy as np
 import pytest
 
 from agent.errors import ArenaError
@@ -366,6 +367,25 @@ def paper_trials(path: Path) -> Path:
                               "timestamp": "2026-03-01T00:00:00"})
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return path
+
+
+def test_a_convergence_curve_never_rises_when_a_run_ends_first(tmp_path):
+    """Two runs of one method: the better one ends after 2 trials, the other goes on to 5. A mean over only the
+    runs still going rose when the better one ended; an ended run keeps its last best instead."""
+    lines = []
+    for seed, scores in ((0, [0.90, 0.80]), (1, [1.00, 0.99, 0.98, 0.97, 0.96])):
+        for trial, score in enumerate(scores):
+            lines.append({"trial_id": trial, "backend": "tpe", "config": {"MATRIX_LR": 0.01}, "val_bpb": score,
+                          "peak_memory_gb": 40.0, "wall_time_seconds": 360.0, "success": True, "error": None,
+                          "seed": seed, "timestamp": "2026-03-01T00:00:00"})
+    (tmp_path / "trials.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    comparison = build_comparison(open_runs(tmp_path / "trials.jsonl"), None, False)
+    for ax in comparison.figures["convergence.png"].axes:
+        mean = np.asarray(ax.lines[0].get_ydata(), dtype=float)
+        mean = mean[~np.isnan(mean)]
+        assert len(mean) >= 2 and np.all(np.diff(mean) <= 1e-12), mean
+    by_trial = comparison.figures["convergence.png"].axes[0]
+    assert list(by_trial.lines[0].get_ydata()) == pytest.approx([0.95, 0.895, 0.89, 0.885, 0.88])
 
 
 @pytest.mark.parametrize("error, status", [

@@ -78,6 +78,7 @@ def test_unknown_preset_is_refused(cache_root):
 @pytest.mark.parametrize("edit, message", [
     (lambda s: s.replace("# ==== ARENA CONSTANTS END ====\n", ""), "exactly one constants block"),
     (lambda s: s.replace("DEPTH = 8 ", "DEPTH = eight "), "constants block is malformed"),
+    (lambda s: s.replace("def train(ctx", "def train ctx", 1), "does not compile (line "),  # ran as a crash before
 ])
 def test_broken_constants_block_is_refused(tmp_path, cache_root, edit, message):
     bad = tmp_path / "train.py"

@@ -31,10 +31,10 @@ def _band(ax: Axes, x: np.ndarray, curves: np.ndarray, colour: str, label: str) 
 
 
 def _at_hours(grid: np.ndarray, hours: list[float], best_so_far: list[float]) -> np.ndarray:
-    """A run's best-so-far at each grid time (a step function); nan before its first trial ends and after its last."""
+    """A run's best-so-far at each grid time (a step function); nan before its first trial ends, its last best
+    after its last (see by_trial)."""
     index = np.searchsorted(hours, grid, side="right") - 1
-    values = np.where(index >= 0, np.asarray(best_so_far)[np.clip(index, 0, None)], np.nan)
-    return np.where(grid <= hours[-1], values, np.nan)
+    return np.where(index >= 0, np.asarray(best_so_far)[np.clip(index, 0, None)], np.nan)
 
 
 def convergence_figure(groups: list[GroupStats]) -> Figure:
@@ -46,14 +46,18 @@ def convergence_figure(groups: list[GroupStats]) -> Figure:
         length = max(r.trials for r in group.runs)
         curves = np.full((len(group.runs), length), np.nan)
         for row, r in enumerate(group.runs):
+            # a run that ended keeps its last best: a mean over only the runs still going rose whenever the
+            # best of them ended first
             curves[row, :r.trials] = r.best_so_far
+            curves[row, r.trials:] = r.best_so_far[-1] if r.trials else np.nan
         _band(by_trial, np.arange(length), curves, colour[group.label], label)
         timed = [(r.hours, r.best_so_far) for r in group.runs if r.hours]
         if timed:
             grid = np.linspace(0, max(hours[-1] for hours, _ in timed), HOURS_GRID)
             _band(by_hours, grid, np.array([_at_hours(grid, hours, best) for hours, best in timed]),
                   colour[group.label], label)
-    by_trial.set(xlabel="trial", ylabel="best val_bpb so far", title="convergence by trial (mean, min-max band)")
+    by_trial.set(xlabel="trial", ylabel="best val_bpb so far",
+                 title="convergence by trial (mean, min-max band; an ended run keeps its last best)")
     by_hours.set(xlabel="cumulative training hours (train + eval wall time)", ylabel="best val_bpb so far",
                  title="convergence by compute (mean, min-max band)")
     by_trial.xaxis.set_major_locator(MaxNLocator(integer=True))
