@@ -33,7 +33,7 @@ from agent.corpus import (
     validation_rule,
 )
 from agent.errors import DatasetError
-from agent.paths import require_writable_dir
+from agent.paths import CACHE_REMEDY, make_dirs, require_writable_dir
 from agent.tokenizer import BOS, token_byte_lengths, train_tokenizer
 from sandbox.owners import owner_tag, remove_left_behind
 
@@ -99,7 +99,7 @@ def build_dataset(corpus: str = "stdlib", cache_root: Path | str | None = None,
     out = cache_root / dataset_key(digest, vocab_size, val_fraction, rule)
     if (out / "meta.json").exists():
         return out
-    require_writable_dir(cache_root, "the dataset cache", "pass another --cache (or ARENA_CACHE)")  # a read-only
+    require_writable_dir(cache_root, "the dataset cache", CACHE_REMEDY)  # a read-only
     # cache that holds the dataset serves it all the same
     train_docs, val_docs = split(docs, val_fraction)
     if not val_docs or not train_docs:
@@ -108,11 +108,7 @@ def build_dataset(corpus: str = "stdlib", cache_root: Path | str | None = None,
     remove_left_behind(cache_root, f"{out.name}.tmp-")  # builds of arenas killed before they finished
     tmp = out.with_name(f"{out.name}.tmp-{owner_tag()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir(parents=True)
-    except OSError as e:  # what require_writable_dir cannot tell beforehand (/proc, a full disk)
-        raise DatasetError(f"cannot write to the dataset cache {cache_root} ({e.strerror}); pass another --cache "
-                           "(or ARENA_CACHE)") from None
+    make_dirs(tmp, f"the dataset cache {cache_root}", CACHE_REMEDY, DatasetError)
     progress("train tokenizer", 0, 1)
     tok = train_tokenizer(train_docs, vocab_size)
     progress("train tokenizer", 1, 1)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agent.errors import DatasetError
+from agent.paths import CACHE_REMEDY, make_dirs
 from sandbox.owners import owner_tag, remove_left_behind
 
 BytesProgress = Callable[[int, int], None]  # (bytes done, bytes in all or 0 when the server does not say)
@@ -18,11 +19,7 @@ def download(url: str, dest: Path, progress: BytesProgress, retries: int = 5, ti
     """Fetch `url` to `dest` once; partial downloads never appear under the final name."""
     if dest.exists():
         return dest
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DatasetError(f"cannot write downloads to {dest.parent} ({e.strerror}); pass another --cache "
-                           "(or ARENA_CACHE)") from None
+    make_dirs(dest.parent, f"the downloads directory {dest.parent}", CACHE_REMEDY, DatasetError)
     remove_left_behind(dest.parent, f"{dest.name}.tmp-")  # of arenas killed in mid-download
     tmp = dest.with_name(f"{dest.name}.tmp-{owner_tag()}")
     error: Exception | None = None

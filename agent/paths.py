@@ -7,6 +7,9 @@ from pathlib import Path
 
 from agent.errors import ArenaError
 
+CACHE_REMEDY = "pass another --cache (or ARENA_CACHE)"
+RUNS_REMEDY = "pass another --runs-dir"
+
 
 def require_writable_dir(path: Path, what: str, remedy: str) -> None:
     """ArenaError, in one line, unless `path` is a directory this process can write to or can be made one; nothing
@@ -23,3 +26,12 @@ def require_writable_dir(path: Path, what: str, remedy: str) -> None:
     else:
         return
     raise ArenaError(f"{what} {path} {problem}; {remedy}")
+
+
+def make_dirs(path: Path, what: str, remedy: str, error: type[ArenaError] = ArenaError) -> None:
+    """`mkdir -p path`, or one line naming `what` and `remedy`: for what require_writable_dir cannot tell
+    beforehand (/proc, a full disk)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise error(f"cannot write to {what} ({e.strerror}); {remedy}") from None

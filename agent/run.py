@@ -37,7 +37,7 @@ from agent.flags import check_choices, flag, flag_metadata
 from agent.judging import best_of
 from agent.ledger import Ledger, fsync_write, results_tsv
 from agent.methods import CODE_EDITING_METHODS, METHODS, Method, Proposal, make_method
-from agent.paths import require_writable_dir
+from agent.paths import RUNS_REMEDY, make_dirs, require_writable_dir
 from agent.presets import Preset, get_preset, load_presets
 from agent.record import Kind, Repair
 from agent.runlock import RunLock
@@ -296,7 +296,7 @@ def open_run(runs_dir: Path, given: dict[str, Any], cache_root: Path | None = No
     """
     check_run_name(given["name"])  # before it is a path: '' or '..' would name the runs directory or its parent
     run_dir = runs_dir / given["name"]
-    require_writable_dir(runs_dir, "the runs directory", "pass another --runs-dir")
+    require_writable_dir(runs_dir, "the runs directory", RUNS_REMEDY)
     lock = None
     if not run_dir.exists():
         clear_interrupted_creation(run_dir)  # an arena killed while it remade the run had put the run aside
@@ -391,11 +391,7 @@ def create_run_dir(run_dir: Path, settings: RunSettings, preset: Preset, fingerp
     clear_interrupted_creation(run_dir)
     scratch = run_dir.with_name(f".{run_dir.name}.creating-{owner_tag()}")
     shutil.rmtree(scratch, ignore_errors=True)
-    try:
-        (scratch / "state").mkdir(parents=True)
-    except OSError as e:  # what require_writable_dir cannot tell beforehand (/proc, a full disk)
-        raise ArenaError(f"cannot write to the runs directory {run_dir.parent} ({e.strerror}); pass another "
-                         "--runs-dir") from None
+    make_dirs(scratch / "state", f"the runs directory {run_dir.parent}", RUNS_REMEDY)
     lock = RunLock.take(scratch)
     files = {name: (template_dir() / name).read_text() for name in TEMPLATE_FILES}
     files[EDITABLE_FILE] = render_constants(files[EDITABLE_FILE], preset.constants)
