@@ -329,24 +329,25 @@ def _build(directory: Path, device: str, seq_len: int) -> torch.fx.GraphModule:
     return torch.fx.GraphModule(root, fx)
 
 
+def named(names: list[str], args, kwargs: dict) -> dict:
+    """An operator call's arguments by the names its schema gives them (those given; defaults left out)."""
+    return {**dict(zip(names, args, strict=False)), **kwargs}
+
+
 def _refuse_randomness(op, args: list, kwargs: dict) -> None:
     """Rejected unless the operator is deterministic as called: a dropout with train=False, an attention
     with dropout_p 0 (its default)."""
     names = [a.name for a in op._schema.arguments]
-
-    def given(name, default):
-        index = names.index(name)
-        return args[index] if index < len(args) else kwargs.get(name, default)
-
-    if op._opname in DROPOUTS and ("train" not in names or given("train", None) is not False):
+    given = named(names, args, kwargs)
+    if op._opname in DROPOUTS and ("train" not in names or given.get("train") is not False):
         raise Rejected("operator", f"aten.{op._opname} is random unless its train argument is False")
-    if "dropout_p" in names and given("dropout_p", 0.0) != 0:
+    if "dropout_p" in names and given.get("dropout_p", 0.0) != 0:
         raise Rejected("operator", f"aten.{op._opname} is random unless its dropout_p argument is 0")
 
 
 def _refuse_numbered_constants(op, args: list, kwargs: dict) -> None:
     """Rejected unless every dtype, layout and memory format argument is one of CONSTANTS, given by name."""
-    given = {**dict(zip((a.name for a in op._schema.arguments), args, strict=False)), **kwargs}
+    given = named([a.name for a in op._schema.arguments], args, kwargs)
     for argument in op._schema.arguments:
         kind = CONSTANT_TYPES.get(str(argument.real_type).removeprefix("Optional[").removesuffix("]"))
         if kind is None or argument.name not in given:
@@ -498,7 +499,7 @@ class Agreeing:
         self.__name__ = self.__qualname__ = f"agreeing_{op._opname}"  # the name in the module's code
 
     def __call__(self, *args, **kwargs):
-        problem = self.rule({**dict(zip(self.names, args, strict=False)), **kwargs})
+        problem = self.rule(named(self.names, args, kwargs))
         if problem:
             raise Rejected("operator", f"aten.{self.op._opname} {problem}")
         return self.op(*args, **kwargs)
