@@ -204,8 +204,10 @@ def phase_failure(phase: str, run: PhaseRun) -> tuple[Status, str] | None:
     if report is not None and report.disk == "full":
         return Status.CRASH, (f"{phase} phase was stopped: the disk holding its output was nearly full (under "
                               f"1/{FULL_FRACTION} of its free space at the start)")
+    if run.oom_killed:  # the kernel's kill at the limit of the phase's own cgroup (Docker's or arena's)
+        return Status.OOM, f"{phase} phase went over the trial's memory limit and the kernel killed it"
     failed = report is None or report.exit_code != 0 or report.signal is not None
-    if run.oom_killed or (phase == "train" and failed and OOM_PATTERNS.search("".join(run.lines[-200:]))):
+    if phase == "train" and failed and OOM_PATTERNS.search("".join(run.lines[-200:])):
         return Status.OOM, f"{phase} phase ran out of memory"
     if run.timed_out or (report is not None and report.deadline):
         return Status.TIMEOUT, f"{phase} phase killed after {run.wall_seconds:.0f} s"

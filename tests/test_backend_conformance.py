@@ -87,6 +87,7 @@ def test_past_the_memory_limit_is_oom_in_seconds(make_backend, request, stdlib_d
         time.sleep(120)
     """), budget=BUDGET, cap=200))
     assert outcome.status is Status.OOM, outcome.reason + "\n" + outcome.log_tail
+    assert "went over the trial's memory limit" in outcome.reason  # whichever ended it: supervisor or kernel
     assert outcome.train_wall_seconds < 60  # the deadline is minutes away: the limit ended it
     assert outcome.result is None
 

@@ -48,6 +48,7 @@ def test_memory_hog_is_oom(docker_client, trial_image, stdlib_dataset):
             hog.append(b"x" * (64 << 20))  # written, so every page is really taken
     """), mem_limit="512m")
     assert outcome.status is Status.OOM, outcome.reason + "\n" + outcome.log_tail
+    assert "went over the trial's memory limit" in outcome.reason, outcome.reason
 
 
 @pytest.mark.slow
