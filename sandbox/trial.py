@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 from sandbox.outcome import BudgetRule, Outcome, PhaseRun, judge
-from sandbox.owners import owner_tag, remove_left_behind
+from sandbox.owners import owner_tag, remove_left_behind, remove_tree
 from sandbox.phases import (
     PHASE_DATA,
     Phase,
@@ -154,7 +154,8 @@ class Backend(ABC):
         """The two phases of a trial in fresh directories, then judged; raises SandboxError only when the
         sandbox itself cannot run, never for what the trial did."""
         remove_left_behind(Path(tempfile.gettempdir()), TRIAL_DIR_PREFIX)  # a model, a cache and logs each
-        with tempfile.TemporaryDirectory(prefix=TRIAL_DIR_PREFIX, suffix=f"-{owner_tag()}") as tmp:
+        tmp = tempfile.mkdtemp(prefix=TRIAL_DIR_PREFIX, suffix=f"-{owner_tag()}")
+        try:
             train = stage(spec, "train", Path(tmp) / "train", self.owner)
             train_run = self.run_phase(train, PhaseOutput(on_log))
             report = train_run.report
@@ -170,3 +171,5 @@ class Backend(ABC):
                     on_log("=== eval phase\n")
                     evaluation = self.run_phase(phase, PhaseOutput(on_log))
             return judge(train_run, evaluation, spec.budget, read_reported(train.out_dir), missing, spec.trusted)
+        finally:
+            remove_tree(Path(tmp))  # not TemporaryDirectory's cleanup: the trial shaped this tree

@@ -12,14 +12,16 @@ import json
 import math
 import os
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
 from sandbox import Backend, Placement, Status
 from sandbox.outcome import phase_failure, summary
 from sandbox.phases import OUTER_GRACE_SECONDS, bare_phase
-from sandbox.trial import PhaseOutput
+from sandbox.trial import TRIAL_DIR_PREFIX, PhaseOutput
 from tests.backends import BACKENDS, LIMITED, memory_cgroups
 from tests.confinement import (
     assert_confined,
@@ -186,6 +188,31 @@ def test_a_phase_that_fills_the_disk_is_stopped(backend, small_disk, hidden, mib
     assert run.report.end is not None and run.report.end < 60  # stopped, not ended by its deadline
     status, why = phase_failure("train", run)
     assert status is Status.CRASH and reason in why
+
+
+def test_a_tree_deeper_than_python_can_recurse_goes_with_its_trial(backend, stdlib_dataset):
+    """Trial code shapes the trial's directory: 3,000 levels (Python's rmtree recurses once per level and gives
+    up near 1,000) with a directory it took every permission from. The directory goes with the trial, and the
+    next trial on the host runs."""
+    def trial_dirs() -> set[str]:
+        return {path.name for path in Path(tempfile.gettempdir()).glob(f"{TRIAL_DIR_PREFIX}*")}
+
+    before = trial_dirs()
+    outcome, _ = run(backend, make_spec(stdlib_dataset, tiny_train("""
+        import os
+        fd = os.open("out", os.O_RDONLY)
+        for _ in range(3000):
+            os.mkdir("level", dir_fd=fd)
+            deeper = os.open("level", os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = deeper
+        os.chmod("out/level", 0)
+        raise SystemExit("PROBE tree made")
+    """), budget=BUDGET))
+    assert "PROBE tree made" in outcome.reason, outcome.reason + "\n" + outcome.log_tail
+    assert trial_dirs() <= before
+    outcome, _ = run(backend, make_spec(stdlib_dataset, tiny_train("raise SystemExit('PROBE next')"), budget=BUDGET))
+    assert "PROBE next" in outcome.reason, outcome.reason
 
 
 def test_timeout(backend, stdlib_dataset):

@@ -4,6 +4,7 @@ host; the next arena to make one of its kind removes those of arenas that have e
 
 from __future__ import annotations
 
+import os
 import socket
 
 import pytest
@@ -44,6 +45,23 @@ def test_what_ended_arenas_left_is_removed_files_and_directories_alike(tmp_path)
     remove_left_behind(tmp_path, "shard.bin.tmp-")
     remove_left_behind(tmp_path, "d6cf.tmp-")
     assert sorted(tmp_path.iterdir()) == [live]
+
+
+def test_a_tree_deeper_than_python_can_recurse_is_removed(tmp_path):
+    """A trial shapes its directory: 3,000 levels (past PATH_MAX, and past the recursion of Python's rmtree),
+    a directory without permissions on the way. The next arena's sweep removes it and does not fail."""
+    left = tmp_path / f"{TRIAL_DIR_PREFIX}k2_x9abc-{dead_tag()}"
+    left.mkdir()
+    fd = os.open(left, os.O_RDONLY)
+    for _ in range(3000):
+        os.mkdir("level", dir_fd=fd)
+        deeper = os.open("level", os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = deeper
+    os.close(fd)
+    os.chmod(left / "level" / "level", 0)
+    remove_left_behind(tmp_path, TRIAL_DIR_PREFIX)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow  # an arena child process
