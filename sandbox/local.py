@@ -20,7 +20,7 @@ from sandbox.cgroup import MemoryCgroup
 from sandbox.errors import SandboxError
 from sandbox.outcome import PhaseRun
 from sandbox.phases import PathMap, Phase, bare_phase, memory_bytes, sandbox_user
-from sandbox.seccomp import pinning_filter_fd
+from sandbox.seccomp import sandbox_filter_fd
 from sandbox.trial import Backend, PhaseOutput
 from sandbox.workers import pinned_to, registered
 
@@ -114,15 +114,13 @@ class LocalBackend(Backend):
                      enter: Callable[[list[str]], list[str]]) -> PhaseRun:
         """The phase in bubblewrap (or unisolated), its first process started by `enter(argv)`."""
         if self.isolation == "bwrap":
-            # pinned: the sandbox may not widen its affinity onto other workers' cores
-            fd = pinning_filter_fd() if self.cores else None
+            # no keyrings; pinned, the sandbox may not widen its affinity onto other workers' cores either
+            fd = sandbox_filter_fd(pinned=bool(self.cores))
             try:
                 argv = bwrap_argv(self.bwrap, phase, self.python, self.gpus, python_args, fd)
-                return run_process(enter(argv), None, {}, phase.kill_after, output, self.cores,
-                                   () if fd is None else (fd,))
+                return run_process(enter(argv), None, {}, phase.kill_after, output, self.cores, (fd,))
             finally:
-                if fd is not None:
-                    os.close(fd)
+                os.close(fd)
         paths = PathMap(phase)
         command = parent_death_guard() + phase.command(self.python, None, paths, python_args)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **phase.phase_env(paths)}

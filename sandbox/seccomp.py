@@ -1,14 +1,17 @@
-"""A seccomp filter that keeps a pinned trial on its cores: sched_setaffinity fails with EPERM.
+"""The seccomp filter of every bubblewrap sandbox: calls that would reach past the sandbox fail with EPERM.
 
-Pinning a worker's sandbox to its share of the cores (sandbox/workers.py) is only advice to the kernel
-until the trial is kept from changing it: a trial that widened its affinity would train on its
-neighbours' cores, gaining steps and costing them theirs. Under bubblewrap there is no cgroup to hold it
-(Docker's cpuset is one), so the sandbox gets this filter through `bwrap --seccomp FD`.
+- The kernel's keyrings (`add_key`, `keyctl`, `request_key`) belong to a user, not to a namespace: a key a
+  trial's process adds outlives its phase and arena itself, and any later trial run as the same user reads
+  it, a channel from trial to trial that no directory or process cleanup closes. Docker's default filter
+  refuses these calls too.
+- Pinning a worker's sandbox to its share of the cores (sandbox/workers.py) is only advice to the kernel
+  until the trial is kept from changing it: a trial that widened its affinity would train on its
+  neighbours' cores, gaining steps and costing them theirs. Under bubblewrap there is no cgroup to hold it
+  (Docker's cpuset is one), so a pinned sandbox's filter fails `sched_setaffinity` as well.
 
 The program is classic BPF over `struct seccomp_data` (nr at offset 0, arch at 4): for each architecture
 a trial's process could make the call in (x86-64, its x32 numbers, i386 through int 0x80, aarch64, 32-bit
-arm), the
-call's number fails; every other call is allowed.
+arm), the calls' numbers fail; every other call is allowed. `bwrap --seccomp FD` installs it.
 """
 
 from __future__ import annotations
@@ -26,12 +29,11 @@ SECCOMP_RET_ERRNO = 0x00050000
 EPERM = 1
 
 X32_BIT = 0x40000000
-SCHED_SETAFFINITY = {     # audit arch -> the call's numbers there
-    0xC000003E: (203, X32_BIT | 203),  # AUDIT_ARCH_X86_64 (and the x32 ABI, which shares it)
-    0x40000003: (241,),                # AUDIT_ARCH_I386
-    0xC00000B7: (122,),                # AUDIT_ARCH_AARCH64
-    0x40000028: (241,),                # AUDIT_ARCH_ARM (32-bit code on an arm64 host)
-}
+X86_64, I386, AARCH64, ARM = 0xC000003E, 0x40000003, 0xC00000B7, 0x40000028  # AUDIT_ARCH_*; x32 shares x86-64's
+SCHED_SETAFFINITY = {X86_64: (203, X32_BIT | 203), I386: (241,), AARCH64: (122,), ARM: (241,)}  # arch -> numbers
+KEYRING = {  # add_key, request_key, keyctl
+    X86_64: (248, 249, 250, X32_BIT | 248, X32_BIT | 249, X32_BIT | 250),
+    I386: (286, 287, 288), AARCH64: (217, 218, 219), ARM: (309, 310, 311)}
 
 
 def deny_program(denied: dict[int, tuple[int, ...]]) -> bytes:
@@ -58,10 +60,11 @@ def deny_program(denied: dict[int, tuple[int, ...]]) -> bytes:
     return program
 
 
-def pinning_filter_fd() -> int:
-    """A file descriptor holding the filter, positioned at its start, for `bwrap --seccomp FD`; the caller
-    closes it once bwrap has started."""
+def sandbox_filter_fd(pinned: bool) -> int:
+    """A file descriptor holding the filter (with `pinned`, affinity changes fail too), positioned at its start,
+    for `bwrap --seccomp FD`; the caller closes it once bwrap has started."""
+    denied = {arch: numbers + (SCHED_SETAFFINITY[arch] if pinned else ()) for arch, numbers in KEYRING.items()}
     fd = os.memfd_create("arena-seccomp", 0)
-    os.write(fd, deny_program(SCHED_SETAFFINITY))
+    os.write(fd, deny_program(denied))
     os.lseek(fd, 0, os.SEEK_SET)
     return fd

@@ -8,9 +8,11 @@ trials a confined backend must withstand are in test_reward_hacks.py."""
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import platform
 import subprocess
 import tempfile
 import time
@@ -266,6 +268,31 @@ def test_isolation(backend, tmp_path, monkeypatch):
     assert (phase.out_dir / "probe").read_text() == "probe"
     assert survivors(marker) == []  # the daemon the probe left ended with the phase
     assert data.joinpath("train.bin").read_text() == "train.bin"
+
+
+KEYRING_CALLS = {"x86_64": (248, 250), "aarch64": (217, 219)}  # add_key, keyctl
+
+
+def test_a_phase_has_no_keyring_to_leave_a_key_in(backend, tmp_path):
+    """The kernel's keyrings belong to a user, not to a namespace: a key a trial added would outlive its
+    sandbox, for the next trial run as the same user to read. Every call on them fails (EPERM)."""
+    if backend.isolation == "none":
+        pytest.skip("isolation none confines nothing")
+    if platform.machine() not in KEYRING_CALLS:
+        pytest.skip(f"the keyring calls' numbers on {platform.machine()} are not in this test")
+    add_key, keyctl = KEYRING_CALLS[platform.machine()]
+    code = ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+            "libc.syscall.restype = ctypes.c_long\n"
+            f"added = libc.syscall({add_key}, b'user', b'arena-probe', b'x', ctypes.c_size_t(1), ctypes.c_int(-4))\n"
+            "print('PROBE add_key', added, ctypes.get_errno(), flush=True)\n"
+            f"found = libc.syscall({keyctl}, ctypes.c_int(0), ctypes.c_int(-4), ctypes.c_int(0))\n"  # GET_KEYRING_ID
+            "print('PROBE keyctl', found, ctypes.get_errno(), flush=True)\n")
+    lines: list[str] = []
+    run = backend.run_phase(bare_phase(tmp_path / "phase", 60, backend.owner), PhaseOutput(lines.append),
+                            ["-c", code])
+    assert run.report is not None and run.report.exit_code == 0, lines
+    probes = [line.strip() for line in lines if line.startswith("PROBE")]
+    assert probes == [f"PROBE add_key -1 {errno.EPERM}", f"PROBE keyctl -1 {errno.EPERM}"], lines
 
 
 def test_log_streaming(backend, tmp_path):
