@@ -16,11 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sandbox.bwrap import ADVICE, bwrap_argv, find_bwrap, gpu_env
-from sandbox.cgroup import MemoryCgroup
+from sandbox.cgroup import PhaseCgroup
 from sandbox.errors import SandboxError
 from sandbox.outcome import PhaseRun
 from sandbox.phases import PathMap, Phase, bare_phase, memory_bytes, sandbox_user
 from sandbox.seccomp import sandbox_filter_fd
+from sandbox.supervisor import MAX_PROCESSES
 from sandbox.trial import Backend, PhaseOutput
 from sandbox.workers import pinned_to, registered
 
@@ -101,7 +102,8 @@ class LocalBackend(Backend):
 
     def run_phase(self, phase: Phase, output: PhaseOutput, python_args: list[str] | None = None) -> PhaseRun:
         self.environment(phase)
-        cgroup = MemoryCgroup.create(self.memory_limit) if self.memory_limit is not None else None
+        cgroup = PhaseCgroup.create(self.memory_limit, MAX_PROCESSES)
+        phase.processes_limited = cgroup is not None and cgroup.limits("pids")
         try:
             run = self.run_confined(phase, output, python_args, cgroup.enter if cgroup else list)
             run.oom_killed = cgroup is not None and cgroup.oom_kills() > 0

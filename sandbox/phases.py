@@ -94,6 +94,7 @@ class Phase:
     data_files: dict[str, Path] = field(default_factory=dict)  # name in /data -> host file
     env: dict[str, str] = field(default_factory=dict)
     memory_limit: int | None = None  # bytes all its processes may hold together, enforced by the supervisor
+    processes_limited: bool = False  # its own cgroup (Docker's or arena's) limits its processes, not a user-wide rlimit
 
     @property
     def trial_dir(self) -> Path:
@@ -138,6 +139,7 @@ class Phase:
         head += ["--user", f"{user[0]}:{user[1]}"] if user else []
         head += ["--sandboxed"] if paths.sandboxed else []
         head += ["--memory", str(self.memory_limit)] if self.memory_limit is not None else []
+        head += ["--processes-limited"] if self.processes_limited else []
         for mount in self.mounts():
             head += ["--disk", paths(mount.target)] if mount.writable else []
         return [*head, "--", python, *(python_args or self.harness_args(paths))]

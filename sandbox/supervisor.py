@@ -1,7 +1,7 @@
 """The first process of every phase sandbox: runs the harness, measures it from outside, and ends it.
 
     python3 supervisor.py --deadline SECONDS [--user UID:GID] [--sandboxed] [--memory BYTES] [--disk PATH]...
-                          -- COMMAND...
+                          [--processes-limited] -- COMMAND...
 
 Standard library only, and no trial code ever runs in this process. It starts COMMAND with its output
 on a pipe, relays every line (cut at MAX_LINE_BYTES), and takes the time of the first ARENA_READY line
@@ -53,7 +53,7 @@ READY_LINE = b"ARENA_READY"
 PHASE_PREFIX = "ARENA_PHASE "
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
-MAX_PROCESSES = 4096  # for the trial's user: a fork bomb fails here instead of taking the host's pids
+MAX_PROCESSES = 4096  # of a phase: a fork bomb fails here instead of taking the host's pids
 OOM_SCORE_ADJ = 1000
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 MEMORY_CHECK_SECONDS = 0.1
@@ -76,13 +76,14 @@ class Options:
     sandboxed: bool
     memory: int | None
     disks: tuple[str, ...]
+    processes_limited: bool  # a cgroup of the phase's own holds it to MAX_PROCESSES
     command: list[str]
 
 
 def parse(argv: list[str]) -> Options:
     if "--" not in argv:
         sys.exit("usage: supervisor.py --deadline SECONDS [--user UID:GID] [--sandboxed] [--memory BYTES] "
-                 "[--disk PATH]... -- COMMAND...")
+                 "[--disk PATH]... [--processes-limited] -- COMMAND...")
     split = argv.index("--")
     options, command = argv[:split], argv[split + 1:]
     user = None
@@ -92,10 +93,10 @@ def parse(argv: list[str]) -> Options:
     memory = int(options[options.index("--memory") + 1]) if "--memory" in options else None
     disks = tuple(options[i + 1] for i, option in enumerate(options) if option == "--disk")
     return Options(float(options[options.index("--deadline") + 1]), user, "--sandboxed" in options, memory, disks,
-                   command)
+                   "--processes-limited" in options, command)
 
 
-def start(command: list[str], user: tuple[int, int] | None) -> tuple[int, int]:
+def start(command: list[str], user: tuple[int, int] | None, processes_limited: bool) -> tuple[int, int]:
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -106,9 +107,10 @@ def start(command: list[str], user: tuple[int, int] | None) -> tuple[int, int]:
             os.close(write_end)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_DFL)
-            hard = resource.getrlimit(resource.RLIMIT_NPROC)[1]
-            limit = MAX_PROCESSES if hard == resource.RLIM_INFINITY else min(MAX_PROCESSES, hard)
-            resource.setrlimit(resource.RLIMIT_NPROC, (limit, limit))
+            if not processes_limited:  # the user's limit, counted over the host: the best there is without a cgroup
+                hard = resource.getrlimit(resource.RLIMIT_NPROC)[1]
+                limit = MAX_PROCESSES if hard == resource.RLIM_INFINITY else min(MAX_PROCESSES, hard)
+                resource.setrlimit(resource.RLIMIT_NPROC, (limit, limit))
             with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as f:
                 f.write(str(OOM_SCORE_ADJ))  # short of memory, the kernel picks trial code before arena
             if user is not None:
@@ -414,7 +416,8 @@ def main(argv: list[str]) -> int:
     gpu = GpuMemory()  # before the harness starts: what the GPUs already use is not the trial's
     disk = DiskGuard(options.disks)
     deadline, sandboxed = options.deadline, options.sandboxed
-    watch = Watch(*start(options.command, options.user), origin, gpu, options.memory, sandboxed, disk)
+    child, pipe = start(options.command, options.user, options.processes_limited)
+    watch = Watch(child, pipe, origin, gpu, options.memory, sandboxed, disk)
     tick = 0.2 if options.memory is None else MEMORY_CHECK_SECONDS
     hit_deadline = False
     while watch.open or watch.end is None:

@@ -8,7 +8,7 @@ import docker
 import pytest
 
 from sandbox import Backend, LocalBackend
-from sandbox.cgroup import MemoryCgroup
+from sandbox.cgroup import PhaseCgroup
 from sandbox.docker import OWNER_LABEL, DockerBackend
 from sandbox.owners import owner_tag
 
@@ -46,7 +46,16 @@ CONFINED = [case for case in BACKENDS if case.id != "none"]  # "none" confines n
 @functools.cache
 def memory_cgroups() -> bool:
     """Whether arena may make a memory cgroup here (root, and a cgroup it may give children to)."""
-    cgroup = MemoryCgroup.create(1 << 30)
+    cgroup = PhaseCgroup.create(1 << 30, None)
+    if cgroup is not None:
+        cgroup.remove()
+    return cgroup is not None
+
+
+@functools.cache
+def pids_cgroups() -> bool:
+    """Whether arena may make a pids cgroup here."""
+    cgroup = PhaseCgroup.create(None, 64)
     if cgroup is not None:
         cgroup.remove()
     return cgroup is not None

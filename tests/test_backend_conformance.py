@@ -15,6 +15,7 @@ import os
 import platform
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from sandbox import Backend, Placement, Status
 from sandbox.outcome import phase_failure, summary
 from sandbox.phases import OUTER_GRACE_SECONDS, bare_phase
 from sandbox.trial import TRIAL_DIR_PREFIX, PhaseOutput
-from tests.backends import BACKENDS, LIMITED, memory_cgroups
+from tests.backends import BACKENDS, LIMITED, memory_cgroups, pids_cgroups
 from tests.confinement import (
     assert_confined,
     fake_dataset,
@@ -268,6 +269,53 @@ def test_isolation(backend, tmp_path, monkeypatch):
     assert (phase.out_dir / "probe").read_text() == "probe"
     assert survivors(marker) == []  # the daemon the probe left ended with the phase
     assert data.joinpath("train.bin").read_text() == "train.bin"
+
+
+def test_a_phase_holding_all_the_processes_it_may_starves_no_phase_beside_it(backend, tmp_path):
+    """Trials run as the same user; a limit on that user's processes (RLIMIT_NPROC, counted over the host)
+    would let one trial holding them all keep the trial beside it from starting a thread. Each phase's own
+    cgroup (Docker's, or arena's where it may make one) counts its processes alone."""
+    if backend.isolation == "none":
+        pytest.skip("isolation none confines nothing")
+    if backend.isolation == "bwrap" and not pids_cgroups():
+        pytest.skip("no pids cgroup can be made here: the trial user's process limit is all there is")
+    hog = ("import os, threading, time\n"
+           "stop = threading.Event()\nthreads = []\n"
+           "try:\n"
+           "    for _ in range(4096):\n"
+           "        threads.append(threading.Thread(target=stop.wait, daemon=True))\n"
+           "        threads[-1].start()\n"
+           "except RuntimeError:\n"
+           "    pass\n"
+           "print('PROBE holding', len(threads), flush=True)\n"
+           "while not os.path.exists('out/stop'):\n"
+           "    time.sleep(0.1)\n")
+    beside = ("import threading\n"
+              "stop = threading.Event()\n"
+              "threads = [threading.Thread(target=stop.wait) for _ in range(64)]\n"
+              "for thread in threads:\n    thread.start()\n"  # all 64 alive at once
+              "print('PROBE started', len(threads), flush=True)\n"
+              "stop.set()\n")
+    holding, hog_lines = threading.Event(), []
+
+    def hog_output(line: str) -> None:
+        hog_lines.append(line)
+        if line.startswith("PROBE holding"):
+            holding.set()
+
+    hog_phase = bare_phase(tmp_path / "hog", 120, backend.owner)
+    hogging = threading.Thread(target=backend.run_phase, args=(hog_phase, PhaseOutput(hog_output), ["-c", hog]))
+    hogging.start()
+    try:
+        assert holding.wait(90), hog_lines
+        lines: list[str] = []
+        backend.run_phase(bare_phase(tmp_path / "beside", 60, backend.owner), PhaseOutput(lines.append),
+                          ["-c", beside])
+    finally:
+        (hog_phase.out_dir / "stop").write_text("")
+        hogging.join()
+    assert any(line.startswith("PROBE holding") and int(line.split()[2]) > 1000 for line in hog_lines), hog_lines
+    assert "PROBE started 64\n" in lines, lines
 
 
 KEYRING_CALLS = {"x86_64": (248, 250), "aarch64": (217, 219)}  # add_key, keyctl

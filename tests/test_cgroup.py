@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sandbox import LocalBackend
-from sandbox.cgroup import PREFIX, Hierarchy, MemoryCgroup, own_memory_cgroup, remove_abandoned
+from sandbox.cgroup import PREFIX, Hierarchy, own_cgroup, remove_abandoned, remove_when_empty
 from sandbox.owners import owner_tag, pid_namespace
 from sandbox.phases import bare_phase
 from sandbox.trial import PhaseOutput
@@ -45,7 +45,15 @@ def fake_proc(tmp_path: Path, cgroup: str, mounts: str) -> Path:
     ("3:cpu:/\n", "29 24 0:26 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n", None),
 ])
 def test_arenas_own_memory_cgroup_is_found(tmp_path, cgroup, mounts, expected):
-    assert own_memory_cgroup(fake_proc(tmp_path, cgroup, mounts)) == expected
+    assert own_cgroup("memory", fake_proc(tmp_path, cgroup, mounts)) == expected
+
+
+@pytest.mark.parametrize(("cgroup", "mounts", "expected"), [
+    (V1_CGROUP, V1_MOUNTS, Hierarchy(Path("/sys/fs/cgroup/pids"), 1)),
+    (V2_CGROUP, V2_MOUNTS, Hierarchy(Path("/sys/fs/cgroup/user.slice/arena.service"), 2)),  # one for both
+])
+def test_arenas_own_pids_cgroup_is_found(tmp_path, cgroup, mounts, expected):
+    assert own_cgroup("pids", fake_proc(tmp_path, cgroup, mounts)) == expected
 
 
 @pytest.fixture
@@ -57,7 +65,7 @@ def cgroups() -> None:
 def test_only_the_empty_cgroups_of_arenas_that_are_gone_are_removed(cgroups):
     """Those of an arena that has ended, and this arena's own that no phase uses (one whose processes took too
     long to leave); never one with a process in it, nor one of another arena alive."""
-    hierarchy = own_memory_cgroup()
+    hierarchy = own_cgroup("memory")
     assert hierarchy is not None
     namespace, host = pid_namespace(), socket.gethostname()
     gone, alive = f"{dead_pid()}@{namespace}@{host}", f"{os.getppid()}@{namespace}@{host}"
@@ -65,7 +73,7 @@ def test_only_the_empty_cgroups_of_arenas_that_are_gone_are_removed(cgroups):
         f"abandoned-{gone}", f"busy-{gone}", f"slow-{owner_tag()}", f"other-{alive}"))
     for cgroup in (abandoned, busy, mine, other):
         cgroup.mkdir()
-    sleeper = subprocess.Popen(MemoryCgroup(busy, hierarchy.version).enter(["sleep", "60"]))
+    sleeper = subprocess.Popen(["/bin/sh", "-c", 'echo $$ > "$0" && exec sleep 60', str(busy / "cgroup.procs")])
     try:
         deadline = time.monotonic() + 60
         while not (busy / "cgroup.procs").read_text().strip():  # the shell has not joined yet
@@ -79,14 +87,14 @@ def test_only_the_empty_cgroups_of_arenas_that_are_gone_are_removed(cgroups):
         sleeper.kill()
         sleeper.wait()
         for cgroup in (abandoned, busy, mine, other):
-            MemoryCgroup(cgroup, hierarchy.version).remove()
+            remove_when_empty(cgroup)
 
 
 @pytest.mark.slow  # a real sandbox
 def test_a_phase_runs_in_a_cgroup_of_its_own_that_goes_with_it(cgroups, tmp_path):
     """Limited as asked, its processes the kernel's first pick when memory runs short, and gone afterwards."""
     backend = LocalBackend(isolation="bwrap", mem_limit="1g")
-    hierarchy = own_memory_cgroup()
+    hierarchy = own_cgroup("memory")
     assert hierarchy is not None
     limit_file = "memory.limit_in_bytes" if hierarchy.version == 1 else "memory.max"
     seen: dict[str, tuple[str, str]] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -12,11 +13,11 @@ from sandbox.phases import SUPERVISOR
 from sandbox.supervisor import LINE_CUT, MAX_LINE_BYTES
 
 
-def supervise(code: str, deadline: float = 30) -> tuple[PhaseRun, float]:
+def supervise(code: str, deadline: float = 30, options: tuple[str, ...] = ()) -> tuple[PhaseRun, float]:
     """Run `code` under the supervisor, unisolated (it then ends only its own descendants)."""
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, str(SUPERVISOR), "--deadline", str(deadline), "--", sys.executable,
-                           "-c", code], capture_output=True, text=True, timeout=deadline + 30)
+    proc = subprocess.run([sys.executable, str(SUPERVISOR), "--deadline", str(deadline), *options, "--",
+                           sys.executable, "-c", code], capture_output=True, text=True, timeout=deadline + 30)
     lines = proc.stdout.splitlines(keepends=True)
     return PhaseRun(exit_code=proc.returncode, timed_out=False, wall_seconds=time.monotonic() - start,
                     lines=lines), time.monotonic() - start
@@ -77,8 +78,12 @@ def test_peak_memory_is_the_kernels_count():
 
 
 def test_the_trial_runs_under_a_process_limit():  # a fork bomb fails there, not on the host
-    run, _ = supervise("import resource; print('limit', resource.getrlimit(resource.RLIMIT_NPROC))")
+    code = "import resource; print('limit', resource.getrlimit(resource.RLIMIT_NPROC))"
+    run, _ = supervise(code)
     assert "limit (4096, 4096)" in "".join(run.lines)
+    # a cgroup of the phase's own counts its processes: the user's limit, counted over the host, is left alone
+    run, _ = supervise(code, options=("--processes-limited",))
+    assert f"limit {resource.getrlimit(resource.RLIMIT_NPROC)}" in "".join(run.lines)
 
 
 def test_a_line_with_no_end_is_cut_short():
