@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
+import string
 import sysconfig
 import urllib.parse
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from agent.download import download
+from agent.download import BadDownload, StageProgress, download
 from agent.errors import DatasetError
 from sandbox.hidden_stdlib import PACKAGE_DIRS, in_test_suite
 
-StageProgress = Callable[[str, float, float], None]  # (stage, done, total): how a dataset build reports
+MAX_CACHED_NAME = 120  # characters of a URL's file name kept in its download's name (a file name holds 255 bytes)
+NOT_TEXT_FRACTION = 0.01  # a .txt download with more undecodable or NUL bytes than this is no text
+URL_SCHEME = re.compile(r"^([a-z][a-z0-9+.-]*)://", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -55,15 +59,25 @@ def stdlib_documents() -> list[Document]:
     return [dataclasses.replace(doc, may_validate=False) if doc.text in visible else doc for doc in docs]
 
 
+class UnreadableParquet(DatasetError):
+    """A parquet file pyarrow cannot read."""
+
+
 def _parquet_documents(path: Path, name: str, column: str) -> list[Document]:
-    import pyarrow.parquet as pq  # type: ignore[import-untyped]  # pyarrow ships no type information
+    import pyarrow as pa  # type: ignore[import-untyped]  # pyarrow ships no type information
+    import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
     try:
-        table = pq.ParquetFile(path).read(columns=[column]) if column in pq.read_schema(path).names else None
+        names = pq.read_schema(path).names
+        table = pq.ParquetFile(path).read(columns=[column]) if column in names else None
     except Exception as e:  # pyarrow raises several types for corrupt files
-        raise DatasetError(f"{name}: not a readable parquet file ({e}); remove or replace it") from e
+        raise UnreadableParquet(f"{name}: not a readable parquet file ({e}); remove or replace it") from e
     if table is None:
-        raise DatasetError(f"{name}: no '{column}' column in this parquet file; pass --text-column NAME")
+        raise DatasetError(f"{name}: no '{column}' column in this parquet file (it has {', '.join(names)}); pass "
+                           "--text-column NAME")
+    kind = table.column(column).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise DatasetError(f"{name}: column '{column}' holds {kind}, not text; pass --text-column NAME")
     texts: list[str | None] = table.column(column).to_pylist()
     return [Document(f"{name}#{i}", _clean(t.encode("utf-8", "ignore")))
             for i, t in enumerate(texts) if t and t.strip()]
@@ -95,9 +109,25 @@ def directory_documents(root: Path, column: str = "text") -> list[Document]:
 
 def expand_url(url: str, shards: int) -> list[str]:
     """`https://host/shard_{shard:05d}.parquet` with shards=3 gives shards 0, 1, 2; a plain URL is itself."""
-    if "{shard" not in url:
+    fields = {field for _, field, _, _ in _format_fields(url) if field is not None}
+    if "shard" not in fields:
+        if shards > 1:
+            raise DatasetError(f"--shards {shards} needs a {{shard}} field in the URL, e.g. "
+                               "https://host/shard_{shard:05d}.parquet")
         return [url]
-    return [url.format(shard=i) for i in range(shards)]
+    try:
+        return [url.format(shard=i) for i in range(shards)]
+    except (ValueError, KeyError, IndexError) as e:
+        raise DatasetError(f"--corpus {url}: {e}; write the shard number as {{shard}} or {{shard:05d}}, and other "
+                           "braces as {{ and }}") from None
+
+
+def _format_fields(url: str) -> list[tuple[str, str | None, str | None, str | None]]:
+    try:
+        return list(string.Formatter().parse(url))
+    except ValueError as e:  # a brace never closed, or one alone
+        raise DatasetError(f"--corpus {url}: {e}; write the shard number as {{shard}} or {{shard:05d}}, and other "
+                           "braces as {{ and }}") from None
 
 
 def url_documents(url: str, shards: int, cache_root: Path, column: str, progress: StageProgress) -> list[Document]:
@@ -106,24 +136,54 @@ def url_documents(url: str, shards: int, cache_root: Path, column: str, progress
     for shard_url in expand_url(url, shards):
         name = Path(urllib.parse.urlparse(shard_url).path).name
         if not name.endswith((".parquet", ".txt")):
-            raise DatasetError(f"{shard_url}: only .parquet and .txt URLs are supported")
-        dest = cache_root / "downloads" / f"{hashlib.sha256(shard_url.encode()).hexdigest()[:12]}-{name}"
-        path = download(shard_url, dest, partial(progress, f"download {dest.name}"))
+            raise DatasetError(f"{shard_url}: only .parquet and .txt URLs are supported; for other files, download "
+                               "them into a directory and pass that directory")
+        digest = hashlib.sha256(shard_url.encode()).hexdigest()[:12]
+        dest = cache_root / "downloads" / f"{digest}-{name[-MAX_CACHED_NAME:]}"
+        verify = partial(_whole_text, shard_url) if name.endswith(".txt") else _whole_parquet
+        path = download(shard_url, dest, f"download {name[-40:]}", progress, verify)
         if name.endswith(".txt"):
             text = _clean(path.read_bytes())
             if text.strip():
                 docs.append(Document(name, text))
-        else:
+            continue
+        try:
             docs.extend(_parquet_documents(path, name, column))
+        except UnreadableParquet as e:  # whole to its footer, broken inside: the next prepare fetches it again
+            path.unlink(missing_ok=True)
+            raise DatasetError(f"{shard_url}: not a readable parquet file ({str(e.__cause__)[:200]}); the downloaded "
+                               "copy was removed: run the command again to fetch it anew, or check the URL") from None
     return docs
+
+
+def _whole_parquet(path: Path) -> None:
+    """A parquet file ends with its footer: a cut one, or an error page in its place, has none."""
+    import pyarrow.parquet as pq
+
+    try:
+        pq.read_metadata(path)
+    except Exception as e:  # pyarrow raises several types for files that are not parquet
+        raise BadDownload(f"not a whole parquet file: {str(e)[:120]}") from e
+
+
+def _whole_text(url: str, path: Path) -> None:
+    """Text, not binary data: almost every byte decodes as UTF-8, and almost none is NUL."""
+    raw = path.read_bytes()
+    undecodable = len(raw) - len(raw.decode("utf-8", errors="ignore").encode("utf-8"))
+    if max(undecodable, raw.count(0)) > NOT_TEXT_FRACTION * len(raw):
+        raise DatasetError(f"{url}: not UTF-8 text ({undecodable:,} of {len(raw):,} bytes do not decode, "
+                           f"{raw.count(0):,} are NUL); check the URL")
 
 
 def load_documents(corpus: str, cache_root: Path, shards: int, column: str, progress: StageProgress) -> list[Document]:
     """`corpus` is 'stdlib', a directory, or an http(s) URL (optionally with a {shard} field)."""
     if corpus == "stdlib":
         docs = stdlib_documents()
-    elif corpus.startswith(("http://", "https://")):
+    elif (scheme := URL_SCHEME.match(corpus)) and scheme.group(1).lower() in ("http", "https"):
         docs = url_documents(corpus, shards, cache_root, column, progress)
+    elif scheme:
+        raise DatasetError(f"--corpus {corpus}: only http(s) URLs are fetched; for files on this machine pass "
+                           "their directory")
     else:
         docs = directory_documents(Path(corpus).expanduser(), column)
     if not docs:

@@ -24,14 +24,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from agent.corpus import (
-    Document,
-    StageProgress,
-    corpus_hash,
-    load_documents,
-    split,
-    validation_rule,
-)
+from agent.corpus import Document, corpus_hash, load_documents, split, validation_rule
+from agent.download import StageProgress
 from agent.errors import DatasetError
 from agent.paths import CACHE_REMEDY, make_dirs, require_writable_dir
 from agent.tokenizer import BOS, token_byte_lengths, train_tokenizer
@@ -103,8 +97,10 @@ def build_dataset(corpus: str = "stdlib", cache_root: Path | str | None = None,
     # cache that holds the dataset serves it all the same
     train_docs, val_docs = split(docs, val_fraction)
     if not val_docs or not train_docs:
+        remedy = ("a .txt URL is one document: give a {shard} pattern over many (--shards N) or a .parquet file"
+                  if corpus.lower().endswith(".txt") and "{shard" not in corpus else "add more documents")
         raise DatasetError(f"corpus '{corpus}' has {len(docs)} documents, too few to split into train and "
-                           "validation; add more documents")
+                           f"validation; {remedy}")
     remove_left_behind(cache_root, f"{out.name}.tmp-")  # builds of arenas killed before they finished
     tmp = out.with_name(f"{out.name}.tmp-{owner_tag()}")
     shutil.rmtree(tmp, ignore_errors=True)

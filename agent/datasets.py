@@ -17,8 +17,8 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from agent.corpus import StageProgress
 from agent.dataset_build import DEFAULT_VAL_FRACTION, build_dataset
+from agent.download import StageProgress
 
 QUIET_SECONDS = 1.0  # a build that ends (or fails) sooner prints nothing: a cached dataset, a bad --corpus
 
