@@ -100,7 +100,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     require_device(preset)
     source = train_source(args.train_py, preset)
     data_dir = dataset_for(args, preset.vocab_size)
-    backend = LocalBackend(isolation=args.isolation)
+    # on a GPU preset, the first GPU, as arena run's one worker has it: the sandbox binds only the GPUs it is given
+    backend = LocalBackend(isolation=args.isolation, gpus=["0"] if preset.device.startswith("cuda") else None)
     spec = TrialSpec(source=source, data_dir=data_dir, harness_dir=template_dir(), harness_files=HARNESS_FILES,
                      harness_hash=harness_hash(), config=preset.harness_config(args.seed),
                      budget=BudgetRule(preset.time_budget, preset.startup_allowance), eval_timeout=preset.eval_timeout)

@@ -11,6 +11,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import ClassVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -31,8 +32,8 @@ def parquet_bytes(column: str = "text", values: list | None = None) -> bytes:
 
 class FaultyServer(http.server.BaseHTTPRequestHandler):
     """GET /MODE/NAME serves FILES[NAME] the way MODE says; `asked` counts the requests per path."""
-    files: dict[str, bytes] = {}
-    asked: Counter[str] = Counter()
+    files: ClassVar[dict[str, bytes]] = {}
+    asked: ClassVar[Counter[str]] = Counter()
 
     def log_message(self, *args) -> None:
         pass

@@ -76,7 +76,9 @@ def build_config(vocab_size: int, seq_len: int) -> GPTConfig:
 
 
 def norm(x: torch.Tensor) -> torch.Tensor:
-    return F.rms_norm(x, (x.size(-1),))
+    # in x's dtype: CUDA autocast computes rms_norm in float32 from torch 2.12 on, and q and k would reach
+    # attention in float32 where torch 2.11 and older gave bf16
+    return F.rms_norm(x, (x.size(-1),)).type_as(x)
 
 
 def rotary_tables(seq_len: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,7 +168,9 @@ class Attention(nn.Module):
         v = self.c_v(x).view(B, T, self.n_head, self.head_dim)
         if self.ve_gate is not None:  # value residual: mix a per-token embedding into v, gated per head
             gate = 2 * torch.sigmoid(self.ve_gate(x[..., :VE_GATE_CHANNELS]))
-            v = v + gate.unsqueeze(-1) * value_embedding.view(B, T, self.n_head, self.head_dim)
+            # in v's dtype: the float32 embedding would make v float32 under autocast, and FlexAttention in
+            # torch 2.11 and older refuses q, k and v of different dtypes
+            v = v + (gate.unsqueeze(-1) * value_embedding.view(B, T, self.n_head, self.head_dim)).to(v.dtype)
         q, k = norm(apply_rotary(q, cos, sin)), norm(apply_rotary(k, cos, sin))
         y = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), self.window)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, C))

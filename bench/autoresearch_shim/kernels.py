@@ -20,6 +20,9 @@ def sliding_window_mask(T: int, left: int, device: torch.device):
 
     Built eagerly (prepare.make_dataloader does it before the first compiled call): a mask first made inside a
     compiled graph is remade on every call, and filling this cache mid-trace makes the next call recompile."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:  # "cuda" made beforehand is "cuda:0" in q.device
+        device = torch.device("cuda", torch.cuda.current_device())
     key = (T, left, str(device))
     if key not in _block_masks:
         from torch.nn.attention.flex_attention import create_block_mask
