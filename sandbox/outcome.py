@@ -200,10 +200,11 @@ def phase_failure(phase: str, run: PhaseRun) -> tuple[Status, str] | None:
         return Status.OOM, f"{phase} phase went over the trial's memory limit and was stopped at once"
     if report is not None and report.disk == "exceeded":
         return Status.CRASH, (f"{phase} phase wrote more than half the disk space free at its start (or more "
-                              f"than {MAX_FILES:,} files) and was stopped at once")
+                              f"than {MAX_FILES:,} files, or files where they cannot be counted) and was stopped "
+                              "at once")
     if report is not None and report.disk == "full":
         return Status.CRASH, (f"{phase} phase was stopped: the disk holding its output was nearly full (under "
-                              f"1/{FULL_FRACTION} of its free space at the start)")
+                              f"1/{FULL_FRACTION} of its free space or free inodes at the start)")
     if run.oom_killed:  # the kernel's kill at the limit of the phase's own cgroup (Docker's or arena's)
         return Status.OOM, f"{phase} phase went over the trial's memory limit and the kernel killed it"
     failed = report is None or report.exit_code != 0 or report.signal is not None

@@ -41,7 +41,9 @@ MODEL_FILES = ("graph.json", "weights.safetensors")  # what crosses from the tra
 MAX_MODEL_BYTES = 64 << 30
 MAX_STATS_BYTES = 1 << 16
 NOBODY = 65534
-SUPERVISOR_CAPABILITIES = ("CAP_SETUID", "CAP_SETGID", "CAP_KILL")  # a root supervisor's: hand over, then end
+# a root supervisor's: hand over, count the phase's files (in directories the trial took its permissions from
+# too), then end it; the trial's user has none of them
+SUPERVISOR_CAPABILITIES = ("CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_DAC_READ_SEARCH")
 OUTER_GRACE_SECONDS = 30.0  # past a phase's own deadline: when the backend ends the whole sandbox itself
 GPU_UUIDS_ENV = "ARENA_GPU_UUIDS"  # the phase's GPUs, for the supervisor's memory count (see supervisor.py)
 MEMORY_LIMIT_ENV = "ARENA_MEMORY_LIMIT"  # the phase's memory limit in bytes, for train_template/memory_check.py

@@ -257,53 +257,68 @@ class GpuMemory:
 
 class DiskGuard:
     """The phase's writable directories: what their files take, against half the space free at the start;
-    and their file systems' free space, against a twentieth of it."""
+    and their file systems' free space and free inodes, against a twentieth of each."""
 
     def __init__(self, paths: tuple[str, ...]):
         self.paths = paths
-        self.floors: dict[str, int] = {}
+        self.floors: dict[str, tuple[int, int]] = {}  # a path on each file system -> its (bytes, inodes) floor
         devices = set()
         for path in paths:
             with contextlib.suppress(OSError):  # not there: nothing to write to
                 device = os.stat(path).st_dev
                 if device not in devices:
                     devices.add(device)
-                    self.floors[path] = free_bytes(path) // FULL_FRACTION
+                    free, inodes = free_space(path)
+                    self.floors[path] = (free // FULL_FRACTION, inodes // FULL_FRACTION)
         # what arena staged there (a copy of the compile cache) is not the phase's writing
-        self.allowance = min(self.floors.values(), default=0) * FULL_FRACTION // 2 + (written(paths) or 0)
+        share = min((floor for floor, _ in self.floors.values()), default=0) * FULL_FRACTION // 2
+        self.allowance = share + (written(paths) or 0)
 
     def verdict(self) -> str | None:
-        """"exceeded": the phase's files took more than its share; "full": a file system is nearly full."""
+        """"exceeded": the phase's files took more than its share, or hid from the count; "full": a file system
+        is nearly out of space or inodes."""
         if self.floors and written(self.paths, self.allowance) is None:
             return "exceeded"
-        for path, floor in self.floors.items():
+        for path, floors in self.floors.items():
             with contextlib.suppress(OSError):
-                if free_bytes(path) < floor:
+                if any(free < floor for free, floor in zip(free_space(path), floors, strict=True)):
                     return "full"
         return None
 
 
 def written(paths: tuple[str, ...], allowance: float = math.inf) -> int | None:
     """The disk space the files under `paths` take (each at least a block; hard links count each time), or
-    None once it passes `allowance`, or there are more than MAX_FILES of them."""
+    None once it passes `allowance`, there are more than MAX_FILES of them, or a directory cannot be listed:
+    a path past PATH_MAX, or one a supervisor that is not root may not read (files there would go uncounted)."""
     total, files, pending = 0, 0, list(paths)
     while pending:
-        with contextlib.suppress(OSError), os.scandir(pending.pop()) as entries:  # gone meanwhile: nothing
+        try:
+            entries = os.scandir(pending.pop())
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # gone meanwhile: nothing
+        except OSError:
+            return None
+        with entries:
             for entry in entries:
                 files += 1
-                with contextlib.suppress(OSError):
+                try:
                     info = entry.stat(follow_symlinks=False)
-                    total += max(info.st_blocks * 512, BLOCK_BYTES)
-                    if stat.S_ISDIR(info.st_mode):
-                        pending.append(entry.path)
+                except FileNotFoundError:
+                    continue
+                except OSError:
+                    return None
+                total += max(info.st_blocks * 512, BLOCK_BYTES)
+                if stat.S_ISDIR(info.st_mode):
+                    pending.append(entry.path)
                 if total > allowance or files > MAX_FILES:
                     return None
     return total
 
 
-def free_bytes(path: str) -> int:
+def free_space(path: str) -> tuple[int, int]:
+    """Bytes and inodes free to a user that is not root (inodes: 0 where the file system sets no count)."""
     usage = os.statvfs(path)
-    return usage.f_bavail * usage.f_frsize
+    return usage.f_bavail * usage.f_frsize, usage.f_favail if usage.f_files else 0
 
 
 class Watch:

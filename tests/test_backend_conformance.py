@@ -159,26 +159,38 @@ def test_a_compiled_step_that_cannot_fit_is_oom_before_its_kernels(make_backend,
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 256 MiB file system of its own, for a phase to fill."""
+    """A 256 MiB file system of its own with 20,000 inodes, for a phase to fill."""
     if os.getuid() != 0:
         pytest.skip("mounting a small file system takes root")
     disk = tmp_path / "disk"
     disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(disk)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m,nr_inodes=20000", "tmpfs", str(disk)], check=True)
     yield disk
     subprocess.run(["umount", "--lazy", str(disk)], check=True)
 
 
-@pytest.mark.parametrize("hidden, mib, verdict, reason", [
-    (False, 200, "exceeded", "wrote more than half the disk space free at its start"),
-    (True, 248, "full", "the disk holding its output was nearly full"),  # deleted, held open: in no directory
-], ids=["file", "deleted-file"])
-def test_a_phase_that_fills_the_disk_is_stopped(backend, small_disk, hidden, mib, verdict, reason):
-    """A phase's files past half the free space of its output's disk (256 MiB) end it within seconds; a file
-    it deleted and holds open is in no directory, and the disk's free space ends it before the disk fills."""
-    unlink = "os.unlink('out/fill')" if hidden else "pass"
+LEVELS = "/".join(["d" * 200] * 12)  # 2,412 characters: two of these are past PATH_MAX (4,096)
+FILL_WAYS = {  # where the phase goes to fill the disk
+    "file": "os.chdir('out')",
+    "locked-dir": "os.mkdir('out/locked'); os.chdir('out/locked'); os.chmod('.', 0o300)",  # unlistable, still writable
+    "deep-path": f"os.chdir('out')\nfor _ in range(2):\n    os.makedirs('{LEVELS}'); os.chdir('{LEVELS}')",
+}
+
+
+@pytest.mark.parametrize("how, hidden, mib, verdict, reason", [
+    ("file", False, 200, "exceeded", "wrote more than half the disk space free at its start"),
+    ("file", True, 248, "full", "the disk holding its output was nearly full"),  # deleted, held open: in no directory
+    ("locked-dir", False, 200, "exceeded", "wrote more than half the disk space free at its start"),
+    ("deep-path", False, 200, "exceeded", "wrote more than half the disk space free at its start"),
+], ids=["file", "deleted-file", "locked-dir", "deep-path"])
+def test_a_phase_that_fills_the_disk_is_stopped(backend, small_disk, how, hidden, mib, verdict, reason):
+    """A phase's files past half the free space of its output's disk (256 MiB) end it within seconds, also in a
+    directory it took every permission from or at a path too long to list; a file it deleted and holds open is
+    in no directory, and the disk's free space ends it before the disk fills."""
+    unlink = "os.unlink('fill')" if hidden else "pass"
     code = ("import os, time\n"
-            "f = open('out/fill', 'wb')\n"
+            f"{FILL_WAYS[how]}\n"
+            "f = open('fill', 'wb')\n"
             f"{unlink}\n"
             f"for _ in range({mib // 8}):\n"
             "    f.write(b'x' * (8 << 20))\n"
@@ -191,6 +203,33 @@ def test_a_phase_that_fills_the_disk_is_stopped(backend, small_disk, hidden, mib
     assert run.report.end is not None and run.report.end < 60  # stopped, not ended by its deadline
     status, why = phase_failure("train", run)
     assert status is Status.CRASH and reason in why
+
+
+def test_a_private_directory_is_counted_not_stopped(backend, small_disk):
+    """A directory only its owner may read (mkdtemp's 0700, as compile caches make) is counted like any other."""
+    code = ("import os, tempfile, time\n"
+            "with open(os.path.join(tempfile.mkdtemp(dir='out'), 'kernel.so'), 'wb') as f:\n"
+            "    f.write(b'x' * (1 << 20))\n"
+            "time.sleep(2.5)\n")  # the files are counted once a second
+    run = backend.run_phase(bare_phase(small_disk / "phase", 100, backend.owner), PhaseOutput(lambda line: None),
+                            ["-c", code])
+    assert run.report is not None and run.report.exit_code == 0 and run.report.disk is None, run.lines
+
+
+def test_a_phase_that_uses_up_the_inodes_is_stopped(backend, small_disk):
+    """Files hidden from the count (here: 19,500 empty ones, under the 200,000 a phase may have, in a directory
+    it locked) still take the file system's inodes: below a twentieth of those free at the start, it ends."""
+    code = ("import os, time\n"
+            "os.mkdir('out/locked'); os.chdir('out/locked')\n"
+            "for i in range(19_500):\n"
+            "    open(str(i), 'wb').close()\n"
+            "os.chmod('.', 0)\n"
+            "print('PROBE filled', flush=True)\n"
+            "time.sleep(120)\n")
+    run = backend.run_phase(bare_phase(small_disk / "phase", 100, backend.owner), PhaseOutput(lambda line: None),
+                            ["-c", code])
+    assert run.report is not None and run.report.disk == "full", run.lines
+    assert run.report.end is not None and run.report.end < 60
 
 
 def test_a_tree_deeper_than_python_can_recurse_goes_with_its_trial(backend, stdlib_dataset):
@@ -212,7 +251,8 @@ def test_a_tree_deeper_than_python_can_recurse_goes_with_its_trial(backend, stdl
         os.chmod("out/level", 0)
         raise SystemExit("PROBE tree made")
     """), budget=BUDGET))
-    assert "PROBE tree made" in outcome.reason, outcome.reason + "\n" + outcome.log_tail
+    # stopped as a tree too deep to count, or ended by itself first: either way, gone afterwards
+    assert outcome.status is Status.CRASH, outcome.reason + "\n" + outcome.log_tail
     assert trial_dirs() <= before
     outcome, _ = run(backend, make_spec(stdlib_dataset, tiny_train("raise SystemExit('PROBE next')"), budget=BUDGET))
     assert "PROBE next" in outcome.reason, outcome.reason
