@@ -125,14 +125,32 @@ def exporting() -> bool:
     return torch.compiler.is_exporting() if flag is None else bool(flag)
 
 
-def attention_priority():
+def attention_priority(cfg: GPTConfig, device: str):
     """On the GPU, SDPA tries cuDNN attention first: on Hopper it ran the full-context layers' forward+backward in
     2.64 ms against flash's 4.40 ms at this shape, and torch's default order (flash, efficient, math, cuDNN)
     would never reach it. A backend that cannot take a call (no cuDNN, an unsupported head size) passes it on."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    order = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    if cudnn_attention_runs(cfg, device):
+        order.insert(0, SDPBackend.CUDNN_ATTENTION)
     return sdpa_kernel(order, set_priority=True)
+
+
+def cudnn_attention_runs(cfg: GPTConfig, device: str) -> bool:
+    """Whether cuDNN attention runs at the model's shape. Its checks before a call pass on what it cannot take,
+    but it builds its plan at run time, and a compiled graph that chose it would crash on its first step
+    where that fails (a cuDNN without a plan for this shape). One eager forward and backward decides."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q = torch.randn(1, cfg.n_head, cfg.seq_len, cfg.head_dim, device=device, dtype=torch.bfloat16,
+                    requires_grad=True)
+    try:
+        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+            F.scaled_dot_product_attention(q, q, q, is_causal=True).sum().backward()
+    except RuntimeError:
+        return False
+    return True
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> torch.Tensor:
@@ -403,7 +421,7 @@ def train(ctx) -> nn.Module:
     accum_steps = max(1, TOTAL_BATCH_SIZE // (DEVICE_BATCH_SIZE * ctx.seq_len))
     batches = ctx.batches(DEVICE_BATCH_SIZE)
 
-    with attention_priority() if cuda else contextlib.nullcontext():
+    with attention_priority(cfg, ctx.device) if cuda else contextlib.nullcontext():
         try:
             return train_loop(ctx, model, forward, optimizers, autocast, accum_steps, batches)
         finally:
