@@ -21,7 +21,8 @@ from agent.download import BadDownload, StageProgress, download
 from agent.errors import DatasetError
 from sandbox.hidden_stdlib import PACKAGE_DIRS, in_test_suite
 
-MAX_CACHED_NAME = 120  # characters of a URL's file name kept in its download's name (a file name holds 255 bytes)
+MAX_CACHED_NAME = 120  # bytes of a URL's file name kept in its download's name (a file name holds 255)
+TEXT_TYPES = ("string", "large_string", "string_view")  # pyarrow's names of its text types
 NOT_TEXT_FRACTION = 0.01  # a .txt download with more undecodable or NUL bytes than this is no text
 URL_SCHEME = re.compile(r"^([a-z][a-z0-9+.-]*)://", re.IGNORECASE)
 
@@ -70,13 +71,17 @@ def _parquet_documents(path: Path, name: str, column: str) -> list[Document]:
     try:
         names = pq.read_schema(path).names
         table = pq.ParquetFile(path).read(columns=[column]) if column in names else None
+    except MemoryError:
+        raise
     except Exception as e:  # pyarrow raises several types for corrupt files
         raise UnreadableParquet(f"{name}: not a readable parquet file ({e}); remove or replace it") from e
     if table is None:
         raise DatasetError(f"{name}: no '{column}' column in this parquet file (it has {', '.join(names)}); pass "
                            "--text-column NAME")
     kind = table.column(column).type
-    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+    if pa.types.is_dictionary(kind):  # a categorical column: its values are what matters
+        kind = kind.value_type
+    if str(kind) not in TEXT_TYPES:
         raise DatasetError(f"{name}: column '{column}' holds {kind}, not text; pass --text-column NAME")
     texts: list[str | None] = table.column(column).to_pylist()
     return [Document(f"{name}#{i}", _clean(t.encode("utf-8", "ignore")))
@@ -139,7 +144,8 @@ def url_documents(url: str, shards: int, cache_root: Path, column: str, progress
             raise DatasetError(f"{shard_url}: only .parquet and .txt URLs are supported; for other files, download "
                                "them into a directory and pass that directory")
         digest = hashlib.sha256(shard_url.encode()).hexdigest()[:12]
-        dest = cache_root / "downloads" / f"{digest}-{name[-MAX_CACHED_NAME:]}"
+        kept = name.encode()[-MAX_CACHED_NAME:].decode("utf-8", errors="ignore")  # a name's limit is in bytes
+        dest = cache_root / "downloads" / f"{digest}-{kept}"
         verify = partial(_whole_text, shard_url) if name.endswith(".txt") else _whole_parquet
         path = download(shard_url, dest, f"download {name[-40:]}", progress, verify)
         if name.endswith(".txt"):

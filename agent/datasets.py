@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     Progress,
@@ -55,8 +56,8 @@ def prepare_dataset(corpus: str, vocab_size: int, *, val_fraction: float = DEFAU
         tasks: dict[str, TaskID] = {}
 
         def report(task: str, done: float, total: float) -> None:
-            if task not in tasks:
-                tasks[task] = bar.add_task(task, total=total or None)
+            if task not in tasks:  # a stage's name may hold a server's words: never markup
+                tasks[task] = bar.add_task(escape(task), total=total or None)
             bar.update(tasks[task], completed=done, total=total or None)
 
         return build(report)

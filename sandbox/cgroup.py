@@ -95,6 +95,8 @@ class PhaseCgroup:
                     _IN_USE.add(path)  # before it exists: another worker's phase would take it for one left empty
                     path.mkdir()
                     cgroup.made.append(path)
+                    if hierarchy.version == 2 and (path / "cgroup.type").read_text().strip() != "domain":
+                        continue  # it could take no process (see controller_for_children)
                 cgroup.paths[controller], cgroup.version[controller] = path, hierarchy.version
                 set_limit(path, hierarchy.version, controller, limit)
             except OSError:
@@ -166,14 +168,19 @@ def remove_when_empty(path: Path) -> None:
 
 
 def controller_for_children(path: Path, controller: str) -> bool:
-    """cgroup v2: whether `controller` is (or can be) enabled for children of `path`."""
+    """cgroup v2: whether `controller` is (or can be) enabled for children of `path`, and a child of it can
+    take processes. A cgroup other than the root (which alone has no cgroup.type) that holds processes can
+    give its children none: v2 refuses memory there, and accepts pids, a threaded controller, only to make
+    it a threaded domain whose new children take no process at all."""
+    if (path / "cgroup.type").exists() and (path / "cgroup.procs").read_text().strip():
+        return False
     control = path / "cgroup.subtree_control"
     if controller in control.read_text().split():
         return True
     try:
         control.write_text(f"+{controller}")
     except OSError:
-        return False  # not delegated, or `path` holds processes and is not the root
+        return False  # not delegated to arena
     return True
 
 

@@ -141,7 +141,8 @@ class DockerBackend(Backend):
             phase.env.setdefault("OMP_NUM_THREADS", str(max(1, int(self.cpus))))
         phase.env.setdefault(MEMORY_LIMIT_ENV, str(self.memory_limit))  # the container's, enforced by Docker
         phase.processes_limited = True  # pids_limit, per container; the trial user's rlimit would count them all
-        # The supervisor is PID 1 and starts as root with the rights to hand over and to kill, nothing else;
+        # The supervisor is PID 1 and starts as root with the rights to hand over, to kill and to read any
+        # directory (to count the phase's files), nothing else;
         # it runs the harness as the (non-root) trial user and ends the container itself at its deadline.
         command = phase.command(PYTHON, self.owner, PathMap(), python_args)
         try:

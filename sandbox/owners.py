@@ -6,9 +6,11 @@ arena in another pid namespace is taken to be alive."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
+import shutil
 import socket
 import subprocess
 from pathlib import Path
@@ -52,9 +54,15 @@ def remove_tree(path: Path) -> None:
     """Remove a directory trial code wrote into, as far as this user may, never raising. The trial shaped the
     tree: thousands of levels deep (Python's rmtree recurses once per level and gives up near 1,000), paths
     past PATH_MAX, directories it took its own permissions from. GNU rm removes a tree of any depth."""
-    if os.getuid() != 0:  # root reads and writes any directory; the trial's own user first gives them back
-        subprocess.run(["chmod", "-R", "u+rwx", "--", str(path)], capture_output=True, check=False)
-    subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)], capture_output=True, check=False)
+    if os.getuid() != 0:  # root enters any directory; this user gives back what its trial took from its own
+        with contextlib.suppress(OSError):  # directories only: a file may be a hard link into the dataset cache
+            subprocess.run(["find", str(path), "-type", "d", "!", "-perm", "-u=rwx", "-exec", "chmod", "u+rwx", "{}",
+                            ";"], capture_output=True, check=False)  # each before find enters it
+    with contextlib.suppress(OSError):
+        subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)], capture_output=True, check=False)
+    if path.exists():  # an rm without GNU's options (BusyBox): Python's own, as deep as it can go
+        with contextlib.suppress(RecursionError):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def tag_is_gone(tag: str) -> bool:

@@ -24,13 +24,15 @@ print after it.
 
 Each --disk PATH is a directory the phase may write to on the host's disk. Once a second the files under
 them are added up (blocks in use, each file at least one block): past what was there at the start plus
-half the space their file systems had free then, or past MAX_FILES files, the phase is killed at once and `disk` says
-"exceeded". A file deleted and held open is in no directory; it shows in the file system's free space,
-and a file system down to a twentieth of its free space at the start ends the phase too, whoever
-filled it (`disk` "full"): the host's disk never fills.
+half the space their file systems had free then, or past MAX_FILES files, or where files cannot be counted (a
+directory it cannot read, a path past PATH_MAX), the phase is killed at once and `disk` says "exceeded". A file
+deleted and held open is in no directory; it shows in the file system's free space, and a file system down to a
+twentieth of its free space or free inodes at the start ends the phase too, whoever filled it (`disk` "full"):
+the host's disk never fills.
 
 As root (in a container, or under bubblewrap run by root) it hands COMMAND to `--user` and keeps only
-the right to kill it; otherwise COMMAND runs as the same user, and the supervisor makes itself
+the rights to kill it and to read any directory (to count files in those the trial locked); otherwise
+COMMAND runs as the same user, and the supervisor makes itself
 non-dumpable so the trial can neither trace it nor read its memory.
 """
 
@@ -298,20 +300,21 @@ def written(paths: tuple[str, ...], allowance: float = math.inf) -> int | None:
             continue  # gone meanwhile: nothing
         except OSError:
             return None
-        with entries:
-            for entry in entries:
-                files += 1
-                try:
-                    info = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                except OSError:
-                    return None
-                total += max(info.st_blocks * 512, BLOCK_BYTES)
-                if stat.S_ISDIR(info.st_mode):
-                    pending.append(entry.path)
-                if total > allowance or files > MAX_FILES:
-                    return None
+        try:
+            with entries:
+                for entry in entries:
+                    files += 1
+                    try:
+                        info = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    total += max(info.st_blocks * 512, BLOCK_BYTES)
+                    if stat.S_ISDIR(info.st_mode):
+                        pending.append(entry.path)
+                    if total > allowance or files > MAX_FILES:
+                        return None
+        except OSError:  # a name past PATH_MAX, a directory that cannot be read: its files would go uncounted
+            return None
     return total
 
 

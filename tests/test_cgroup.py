@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sandbox import LocalBackend
-from sandbox.cgroup import PREFIX, Hierarchy, own_cgroup, remove_abandoned, remove_when_empty
+from sandbox.cgroup import PREFIX, Hierarchy, controller_for_children, own_cgroup, remove_abandoned, remove_when_empty
 from sandbox.owners import owner_tag, pid_namespace
 from sandbox.phases import bare_phase
 from sandbox.trial import PhaseOutput
@@ -54,6 +54,28 @@ def test_arenas_own_memory_cgroup_is_found(tmp_path, cgroup, mounts, expected):
 ])
 def test_arenas_own_pids_cgroup_is_found(tmp_path, cgroup, mounts, expected):
     assert own_cgroup("pids", fake_proc(tmp_path, cgroup, mounts)) == expected
+
+
+def fake_v2_cgroup(path: Path, processes: str, subtree: str, root: bool = False) -> Path:
+    path.mkdir()
+    (path / "cgroup.procs").write_text(processes)
+    (path / "cgroup.subtree_control").write_text(subtree)
+    if not root:  # the root cgroup alone has no cgroup.type
+        (path / "cgroup.type").write_text("domain\n")
+    return path
+
+
+def test_a_v2_cgroup_holding_processes_gives_its_children_no_controller(tmp_path):
+    """v2 refuses memory there, and takes pids (a threaded controller) only to make the cgroup a threaded domain
+    whose new children take no process: arena asks for neither, and changes nothing of the user's cgroup."""
+    busy = fake_v2_cgroup(tmp_path / "session.scope", "4242\n", "")
+    assert not controller_for_children(busy, "pids") and not controller_for_children(busy, "memory")
+    assert (busy / "cgroup.subtree_control").read_text() == ""
+    root = fake_v2_cgroup(tmp_path / "root", "1\n4242\n", "cpu memory pids\n", root=True)
+    assert controller_for_children(root, "pids") and controller_for_children(root, "memory")
+    empty = fake_v2_cgroup(tmp_path / "delegated", "", "")
+    assert controller_for_children(empty, "pids")
+    assert (empty / "cgroup.subtree_control").read_text() == "+pids"
 
 
 @pytest.fixture

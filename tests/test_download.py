@@ -24,9 +24,10 @@ from agent.errors import DatasetError
 TEXT = ("def add(a, b):\n    return a + b\n\n" * 400).encode()
 
 
-def parquet_bytes(column: str = "text", values: list | None = None) -> bytes:
+def parquet_bytes(column: str = "text", values: list | pa.Array | None = None) -> bytes:
     buffer = io.BytesIO()
-    pq.write_table(pa.table({column: values or [f"document {i}\n" * 50 for i in range(30)]}), buffer)
+    rows = values if values is not None else [f"document {i}\n" * 50 for i in range(30)]
+    pq.write_table(pa.table({column: rows}), buffer)
     return buffer.getvalue()
 
 
@@ -187,6 +188,11 @@ def test_a_corpus_by_url_checks_what_it_downloads(server, tmp_path):
     long = "x" * 300 + ".txt"
     FaultyServer.files[long] = TEXT
     assert len(documents(f"{server}/whole/{long}")) == 1  # the cached copy's name is cut to fit
+    with pytest.raises(DatasetError, match="not a URL arena can fetch"):  # cut to fit in bytes, not characters
+        documents(f"{server}/whole/{'文' * 100}.txt")
+    categories = pa.array([f"document {i % 3}\n" * 50 for i in range(30)]).dictionary_encode()
+    FaultyServer.files["categories.parquet"] = parquet_bytes("text", categories)
+    assert len(documents(f"{server}/whole/categories.parquet")) == 30  # a categorical column of text is text
 
 
 @pytest.mark.parametrize("url, shards, message", [

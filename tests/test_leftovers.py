@@ -5,12 +5,16 @@ host; the next arena to make one of its kind removes those of arenas that have e
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import stat
+import tempfile
+from pathlib import Path
 
 import pytest
 
 from agent.run import clear_interrupted_creation
-from sandbox.owners import left_behind, owner_tag, pid_namespace, remove_left_behind
+from sandbox.owners import left_behind, owner_tag, pid_namespace, remove_left_behind, remove_tree
 from sandbox.trial import TRIAL_DIR_PREFIX
 from tests.run_helpers import check_run_consistent, dead_pid, fake_arena_run
 
@@ -62,6 +66,44 @@ def test_a_tree_deeper_than_python_can_recurse_is_removed(tmp_path):
     os.chmod(left / "level" / "level", 0)
     remove_left_behind(tmp_path, TRIAL_DIR_PREFIX)
     assert list(tmp_path.iterdir()) == []
+
+
+def build_and_remove_a_locked_tree(base: Path) -> str:
+    """As a trial's own user would leave it: a hard link into the dataset cache, directories locked."""
+    (base / "cache").mkdir()
+    (base / "cache" / "train.bin").write_bytes(b"tokens")
+    os.chmod(base / "cache" / "train.bin", 0o444)
+    (base / "trial" / "data").mkdir(parents=True)
+    os.link(base / "cache" / "train.bin", base / "trial" / "data" / "train.bin")  # as a phase's data is staged
+    (base / "trial" / "out" / "a" / "b").mkdir(parents=True)
+    for locked in ("out/a/b", "out/a"):
+        os.chmod(base / "trial" / locked, 0)
+    remove_tree(base / "trial")
+    return f"{not (base / 'trial').exists()} {oct(stat.S_IMODE(os.stat(base / 'cache' / 'train.bin').st_mode))}"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs a process as another user")
+def test_a_tree_its_own_user_locked_is_removed_and_linked_files_keep_their_mode():
+    """An arena that is not root removes what its trial (run as the same user) locked, giving back the
+    directories' permissions only: a file may be a hard link into the dataset cache, whose mode stays."""
+    base = Path(tempfile.mkdtemp())
+    os.chown(base, 65534, 65534)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # an arena that is not root
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            os.write(write_end, build_and_remove_a_locked_tree(base).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as result:
+        found = result.read()
+    os.waitpid(pid, 0)
+    shutil.rmtree(base)
+    assert found == "True 0o444"
 
 
 @pytest.mark.slow  # an arena child process
