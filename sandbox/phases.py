@@ -21,6 +21,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import stat
 from dataclasses import dataclass, field
@@ -251,7 +252,19 @@ def read_reported(train_out: Path) -> Reported:
         return {}
     if not isinstance(raw, dict):
         return {}
-    return {key: value for key, value in raw.items() if isinstance(key, str) and len(key) < 40 and plain(value)}
+    return {printable(key): printable(value) if isinstance(value, str) else value for key, value in raw.items()
+            if isinstance(key, str) and len(key) < 40 and plain(value)}
+
+
+# Terminal control characters (all but tab and newline; C1 too): what a trial prints or reports reaches the
+# terminal, the live view, replay, the ledger's reasons and the next LLM prompt, where an escape sequence could
+# draw a fake result line, retitle the window or write to the clipboard.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """`text` with each control character replaced by U+FFFD."""
+    return CONTROL_CHARACTERS.sub("\ufffd", text)
 
 
 def plain(value: object) -> bool:

@@ -24,6 +24,7 @@ from sandbox.phases import (
     install_supervisor,
     link_data,
     make_dir,
+    printable,
     promote_cache,
     read_reported,
 )
@@ -59,8 +60,8 @@ class TrialSpec:
 
 
 class PhaseOutput:
-    """Collects a phase's output lines: every line to the sink up to a size limit (then only the harness's
-    lines, up to a smaller one), and the last ones kept, up to a number and a size."""
+    """Collects a phase's output lines, control characters replaced: every line to the sink up to a size limit
+    (then only the harness's lines, up to a smaller one), and the last ones kept, up to a number and a size."""
 
     def __init__(self, on_log: LogSink):
         self.on_log = on_log
@@ -70,6 +71,7 @@ class PhaseOutput:
         self.truncated = False
 
     def __call__(self, line: str) -> None:
+        line = printable(line)
         self.lines.append(line)
         self.kept += len(line)
         while len(self.lines) > KEPT_LINES or self.kept > KEPT_CHARS:

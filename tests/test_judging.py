@@ -173,6 +173,18 @@ def test_what_a_trial_reports_is_kept_only_when_arena_can_compute_with_it(tmp_pa
     assert summary(outcome)  # the rates it shows are computed from these without an error
 
 
+def test_control_characters_a_trial_prints_or_reports_never_reach_a_terminal(tmp_path):
+    """An escape sequence could draw a fake result line, retitle the window or write to the clipboard wherever
+    trial output is shown (terminal, live view, replay) or passed on (the ledger's reason, an LLM prompt)."""
+    logged: list[str] = []
+    output = PhaseOutput(logged.append)
+    output("\x1b[2K\rok: val_bpb 0.100000\x1b]52;c;cHduZWQ=\x07\x9b31m\ttab kept\n")
+    assert logged == list(output.lines) == ["\ufffd[2K\ufffdok: val_bpb 0.100000\ufffd]52;c;cHduZWQ=\ufffd\ufffd31m"
+                                            "\ttab kept\n"]
+    (tmp_path / "train_stats.json").write_text('{"device_name": "\\u001b]0;pwned\\u0007H100", "steps": 3}')
+    assert read_reported(tmp_path) == {"device_name": "\ufffd]0;pwned\ufffdH100", "steps": 3}
+
+
 def test_a_phase_output_keeps_a_bounded_tail_and_log():
     logged: list[str] = []
     output = PhaseOutput(logged.append)
