@@ -383,6 +383,32 @@ def test_a_phase_has_no_keyring_to_leave_a_key_in(backend, tmp_path):
     assert probes == [f"PROBE add_key -1 {errno.EPERM}", f"PROBE keyctl -1 {errno.EPERM}"], lines
 
 
+def test_a_phase_cannot_drop_or_probe_the_shared_page_cache(backend, tmp_path):
+    """Every sandbox reads the same files through one page cache: dropping chosen pages of one (fadvise
+    DONTNEED) and asking which are cached without reading them (preadv2 RWF_NOWAIT) would pass bits from trial
+    to trial. Both fail under bubblewrap; Docker's default filter allows them (README: a channel left)."""
+    if backend.isolation != "bwrap":
+        pytest.skip("the filter is bubblewrap's; Docker's default profile allows these calls")
+    code = ("import os, sys\n"
+            "fd = os.open(sys.executable, os.O_RDONLY)\n"
+            "for name, call in [('fadvise', lambda: os.posix_fadvise(fd, 0, 4096, os.POSIX_FADV_DONTNEED)),\n"
+            "                   ('nowait', lambda: os.preadv(fd, [bytearray(4096)], 0, os.RWF_NOWAIT))]:\n"
+            "    try:\n"
+            "        call()\n"
+            "        print('PROBE', name, 'ok', flush=True)\n"
+            "    except OSError as e:\n"
+            "        print('PROBE', name, e.errno, flush=True)\n"
+            "print('PROBE read', len(os.pread(fd, 4096, 0)), flush=True)\n")  # plain reads are untouched
+    lines: list[str] = []
+    run = backend.run_phase(bare_phase(tmp_path / "phase", 60, backend.owner), PhaseOutput(lines.append),
+                            ["-c", code])
+    assert run.report is not None and run.report.exit_code == 0, lines
+    probes = [line.strip() for line in lines if line.startswith("PROBE")]
+    # ENOSYS from the filter; glibc's preadv2 turns it into ENOTSUP when flags are given
+    assert probes in ([f"PROBE fadvise {errno.EPERM}", f"PROBE nowait {code}", "PROBE read 4096"]
+                      for code in (errno.ENOSYS, errno.ENOTSUP)), lines
+
+
 def test_log_streaming(backend, tmp_path):
     """Each line reaches the sink when it is printed, not when the phase ends."""
     arrivals: list[tuple[float, str]] = []
