@@ -96,7 +96,7 @@ class PhaseCgroup:
                     path.mkdir()
                     cgroup.made.append(path)
                     if hierarchy.version == 2 and (path / "cgroup.type").read_text().strip() != "domain":
-                        continue  # it could take no process (see controller_for_children)
+                        break  # it could take no process (see controller_for_children), for either controller
                 cgroup.paths[controller], cgroup.version[controller] = path, hierarchy.version
                 set_limit(path, hierarchy.version, controller, limit)
             except OSError:

@@ -116,7 +116,7 @@ class LocalBackend(Backend):
                      enter: Callable[[list[str]], list[str]]) -> PhaseRun:
         """The phase in bubblewrap (or unisolated), its first process started by `enter(argv)`."""
         if self.isolation == "bwrap":
-            # no keyrings; pinned, the sandbox may not widen its affinity onto other workers' cores either
+            # no keyrings, no page-cache probes; pinned, no widening its affinity onto other workers' cores either
             fd = sandbox_filter_fd(pinned=bool(self.cores))
             try:
                 argv = bwrap_argv(self.bwrap, phase, self.python, self.gpus, python_args, fd)
