@@ -5,6 +5,7 @@ resuming a run copy."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -43,6 +44,14 @@ def run_arena(*args: str, cache: Path, timeout: float = 600) -> subprocess.Compl
     env = {**os.environ, "ARENA_CACHE": str(cache)}
     return subprocess.run([sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True,
                           env=env, timeout=timeout, cwd=ROOT)
+
+
+def import_file(name: str, path: Path):
+    """The Python file at `path` imported as module `name` (a train.py, a bench script: files outside packages)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def one_line_error(proc: subprocess.CompletedProcess) -> str:

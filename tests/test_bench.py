@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -11,6 +10,7 @@ import sys
 
 import pytest
 
+from tests.conftest import import_file
 from tests.run_helpers import ROOT
 
 
@@ -149,9 +149,7 @@ def test_parity_bench_runs_the_template_and_a_variant_seed_by_seed(tmp_path, cac
 def test_parity_takes_out_what_the_step_counts_explain():
     """Runs whose val_bpb falls with ln(steps) at one slope (a machine's load moving the steps) and a variant
     0.02 worse at equal steps: the adjusted difference is 0.02 exactly, the measured one is not."""
-    spec = importlib.util.spec_from_file_location("parity_bench", ROOT / "bench" / "parity.py")
-    parity = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(parity)
+    parity = import_file("parity_bench", ROOT / "bench" / "parity.py")
     runs = []
     for seed, (steps_t, steps_v) in enumerate([(70, 60), (80, 85), (65, 75)]):
         base = 2.1 + 0.03 * seed

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -14,6 +13,7 @@ from agent.constants import render_constants
 from agent.presets import get_preset
 from agent.template import template_dir
 from sandbox.phases import copy_model
+from tests.conftest import import_file
 from train_template import exported
 from train_template.exported import Rejected
 
@@ -24,9 +24,7 @@ VOCAB = 2048
 def template_model(tmp_path):
     path = tmp_path / "train_cpu.py"
     path.write_text(render_constants((template_dir() / "train.py").read_text(), get_preset("cpu").constants))
-    spec = importlib.util.spec_from_file_location("train_cpu_export", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = import_file("train_cpu_export", path)
     torch.manual_seed(0)
     model = module.GPT(module.build_config(VOCAB, SEQ))
     model.init_weights()

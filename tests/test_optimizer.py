@@ -3,7 +3,6 @@ compiles to one graph (autoresearch's optimizer, built here; bench/parity.py com
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 
@@ -12,14 +11,12 @@ import torch
 import torch._dynamo.testing
 
 from agent.template import template_dir
+from tests.conftest import import_file
 
 
 @pytest.fixture(scope="module")
 def template():
-    spec = importlib.util.spec_from_file_location("train_template_optimizer", template_dir() / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_file("train_template_optimizer", template_dir() / "train.py")
 
 
 def scalars(momentum=0.9, lr=0.02, weight_decay=0.1, beta2=0.95) -> list[torch.Tensor]:

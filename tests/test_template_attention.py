@@ -3,20 +3,16 @@ autocast, and cuDNN attention goes first only where it runs."""
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 
 from agent.template import template_dir
+from tests.conftest import import_file
 
 
 @pytest.fixture(scope="module")
 def template():
-    spec = importlib.util.spec_from_file_location("train_template_attention", template_dir() / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_file("train_template_attention", template_dir() / "train.py")
 
 
 def test_q_k_and_v_reach_attention_in_the_autocast_dtype(template, monkeypatch):

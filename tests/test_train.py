@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 
@@ -13,7 +12,7 @@ import torch
 from agent.constants import render_constants
 from agent.presets import get_preset
 from agent.template import template_dir
-from tests.conftest import one_line_error, run_arena
+from tests.conftest import import_file, one_line_error, run_arena
 from train_template import prepare
 
 
@@ -21,9 +20,7 @@ def untrained_val_bpb(tmp_path, data_dir, preset) -> float:
     """val_bpb of the template's model at initialisation, scored by the same metric."""
     path = tmp_path / "train_untrained.py"
     path.write_text(render_constants((template_dir() / "train.py").read_text(), preset.constants))
-    spec = importlib.util.spec_from_file_location("train_untrained", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = import_file("train_untrained", path)
     torch.manual_seed(0)
     model = module.GPT(module.build_config(prepare.read_meta(data_dir)["vocab_size"], preset.seq_len))
     model.init_weights()

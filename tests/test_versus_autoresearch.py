@@ -7,7 +7,6 @@ against the attention they replace and the rows an arena trial trains on."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -18,16 +17,10 @@ import pytest
 import torch
 
 import train_template.prepare as arena_prepare
+from tests.conftest import import_file
 from tests.run_helpers import ROOT
 
 SHIM = ROOT / "bench" / "autoresearch_shim"
-
-
-def load(name: str, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def reference_attention(q, k, v, left: int):
@@ -45,7 +38,7 @@ def reference_attention(q, k, v, left: int):
 @pytest.mark.parametrize("left", [-1, 0, 3, 14, 15, 100])
 @pytest.mark.parametrize("kv_heads", [4, 2])
 def test_the_flash_attention_stand_in_attends_as_fa3_does(left, kv_heads):
-    kernels = load("autoresearch_kernels", SHIM / "kernels.py")
+    kernels = import_file("autoresearch_kernels", SHIM / "kernels.py")
     fa3 = kernels.get_kernel("varunneal/flash-attention-3").flash_attn_interface
     g = torch.Generator().manual_seed(left + 10 * kv_heads)
     q = torch.randn(2, 16, 4, 8, generator=g)
@@ -56,7 +49,7 @@ def test_the_flash_attention_stand_in_attends_as_fa3_does(left, kv_heads):
 
 
 def test_the_flash_attention_stand_in_refuses_what_it_does_not_do():
-    kernels = load("autoresearch_kernels", SHIM / "kernels.py")
+    kernels = import_file("autoresearch_kernels", SHIM / "kernels.py")
     q = torch.randn(1, 4, 2, 8)
     for kwargs in ({"causal": False}, {"causal": True, "window_size": (2, 2)}, {"causal": True, "softcap": 1.0}):
         with pytest.raises(NotImplementedError):
@@ -69,7 +62,7 @@ def test_the_prepare_stand_in_serves_an_arena_trials_rows_and_metric(stdlib_data
                         ("EVAL_TOKENS", eval_tokens), ("DEVICE", "cpu")):
         monkeypatch.setenv(f"ARENA_REFERENCE_{name}", str(value))
     monkeypatch.setitem(sys.modules, "arena_prepare", arena_prepare)
-    prepare = load("autoresearch_prepare", SHIM / "prepare.py")
+    prepare = import_file("autoresearch_prepare", SHIM / "prepare.py")
     assert seq_len == prepare.MAX_SEQ_LEN and prepare.TIME_BUDGET == 5.0
     tokenizer = prepare.Tokenizer.from_directory()
     meta = arena_prepare.read_meta(stdlib_dataset)
