@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -38,41 +39,55 @@ from tests.fake_runs import FAST_SETTINGS, FakeBackend
 from tests.run_helpers import BASE, ROOT, arena_run, check_run_consistent, fake_arena_run, pids_whose_command_line
 
 
-class PairedBackend(FakeBackend):
-    """Trials that overlap, and finish in the reverse of the order they started: each trial that starts while
-    no other waits holds until the next one has finished (or a few seconds went by, when none comes). The
-    baseline, which runs alone, does not wait."""
+class Hold:
+    """A trial held until its partner is recorded: the partner sets `released` as its sandbox returns, with the
+    number of records the run had then."""
 
     def __init__(self):
+        self.released = threading.Event()
+        self.records_then = 0
+
+
+class PairedBackend(FakeBackend):
+    """Trials that overlap, and are recorded in the reverse of the order they started: each trial that starts
+    while no other waits holds until the next one has been recorded (or a few seconds went by, when none comes).
+    The baseline, which runs alone, does not wait. `recorded` counts the run's records."""
+
+    def __init__(self, recorded: Callable[[], int]):
         super().__init__()
+        self.recorded = recorded
         self.lock = threading.Lock()
-        self.waiting: threading.Event | None = None
+        self.waiting: Hold | None = None
         self.now = self.most = 0
 
     def run(self, spec, on_log):
         with self.lock:
             self.now += 1
             self.most = max(self.most, self.now)
-            mine, other = (threading.Event(), None) if self.waiting is None else (None, self.waiting)
+            mine, partner = (Hold(), None) if self.waiting is None else (None, self.waiting)
             if spec.trusted:
                 mine = None
             self.waiting = mine
-        if mine is not None:  # its partner starts once the loop has proposed and committed it: seconds when busy
-            mine.wait(timeout=30)
+        # its partner starts once the loop has proposed and committed it: seconds when busy
+        if mine is not None and mine.released.wait(timeout=30):
+            deadline = time.monotonic() + 30  # no other trial is under way: the next record is the partner's
+            while self.recorded() == mine.records_then and time.monotonic() < deadline:
+                time.sleep(0.01)
         outcome = super().run(spec, on_log)
         with self.lock:
             self.now -= 1
-            if other is not None:
-                other.set()  # the one that started first finishes after this one
+            if partner is not None:
+                partner.records_then = self.recorded()
+                partner.released.set()
         return outcome
 
 
 @pytest.mark.parametrize("method", ["cmaes", "tpe"])
 def test_two_workers_finish_a_run_whose_ledger_git_and_method_state_agree(method, tmp_path, cache_root,
                                                                          stdlib_dataset):
-    runner = PairedBackend()
     run = open_run(tmp_path / "runs", {"name": "pair", "method": method, "workers": 2, **FAST_SETTINGS},
                    cache_root=cache_root)
+    runner = PairedBackend(recorded=lambda: len(run.ledger.records))
     try:
         with final_status(run):
             # the baseline alone, then ten proposals: five pairs, none left waiting for a partner
