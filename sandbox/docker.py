@@ -1,6 +1,7 @@
 """The Docker backend: each phase in a fresh container with no network, capped memory and processes,
-trial code as a non-root user, and exactly the tree phases.py describes (the train phase never sees val.bin);
-the image's standard library test suites are covered by empty directories (sandbox/hidden_stdlib.py)."""
+trial code as a non-root user under arena's seccomp filter as well as Docker's, and exactly the tree
+phases.py describes (the train phase never sees val.bin); the image's standard library test suites are
+covered by empty directories (sandbox/hidden_stdlib.py)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from sandbox.errors import SandboxError
 from sandbox.outcome import PhaseRun
 from sandbox.owners import owner_tag, tag_is_gone
 from sandbox.phases import MEMORY_LIMIT_ENV, SUPERVISOR_CAPABILITIES, TRIAL, PathMap, Phase, memory_bytes, sandbox_user
+from sandbox.seccomp import sandbox_filter
 from sandbox.trial import Backend, PhaseOutput
 from sandbox.workers import registered
 
@@ -141,6 +143,8 @@ class DockerBackend(Backend):
             phase.env.setdefault("OMP_NUM_THREADS", str(max(1, int(self.cpus))))
         phase.env.setdefault(MEMORY_LIMIT_ENV, str(self.memory_limit))  # the container's, enforced by Docker
         phase.processes_limited = True  # pids_limit, per container; the trial user's rlimit would count them all
+        # Docker's own filter allows the page-cache calls; its cpuset holds a pinned trial to its cores
+        phase.filter_harness(sandbox_filter(pinned=False))
         # The supervisor is PID 1 and starts as root with the rights to hand over, to kill and to read any
         # directory (to count the phase's files), nothing else;
         # it runs the harness as the (non-root) trial user and ends the container itself at its deadline.

@@ -36,6 +36,7 @@ IN = "/trial/in"
 DATA = "/data"
 CACHE = "/cache"
 SUPERVISOR = Path(__file__).with_name("supervisor.py")
+SECCOMP_FILE = "seccomp.bpf"
 PHASE_DATA = {"train": ("train.bin", "meta.json"),
               "eval": ("val.bin", "token_bytes.npy", "meta.json")}
 MODEL_FILES = ("graph.json", "weights.safetensors")  # what crosses from the train phase to the eval phase
@@ -98,6 +99,7 @@ class Phase:
     env: dict[str, str] = field(default_factory=dict)
     memory_limit: int | None = None  # bytes all its processes may hold together, enforced by the supervisor
     processes_limited: bool = False  # its own cgroup (Docker's or arena's) limits its processes, not a user-wide rlimit
+    filtered: bool = False  # the supervisor puts the harness under the seccomp program in SECCOMP_FILE
 
     @property
     def trial_dir(self) -> Path:
@@ -119,6 +121,12 @@ class Phase:
     def kill_after(self) -> float:
         """Seconds after which the backend ends the sandbox itself, should its supervisor not have."""
         return self.deadline + OUTER_GRACE_SECONDS
+
+    def filter_harness(self, program: bytes) -> None:
+        """Have the supervisor start the harness, and so every process of the trial, under the seccomp
+        `program` (for a sandbox that cannot install arena's filter itself: Docker)."""
+        (self.trial_dir / SECCOMP_FILE).write_bytes(program)
+        self.filtered = True
 
     def mounts(self) -> list[Mount]:
         mounts = [Mount(self.trial_dir, TRIAL), Mount(self.out_dir, OUT, writable=True)]
@@ -143,6 +151,7 @@ class Phase:
         head += ["--sandboxed"] if paths.sandboxed else []
         head += ["--memory", str(self.memory_limit)] if self.memory_limit is not None else []
         head += ["--processes-limited"] if self.processes_limited else []
+        head += ["--seccomp", paths(f"{TRIAL}/{SECCOMP_FILE}")] if self.filtered else []
         for mount in self.mounts():
             head += ["--disk", paths(mount.target)] if mount.writable else []
         return [*head, "--", python, *(python_args or self.harness_args(paths))]

@@ -1,11 +1,10 @@
-"""The seccomp filter of every bubblewrap sandbox: calls that would reach past the sandbox fail with EPERM.
+"""The seccomp filter of every confined sandbox: calls that would reach past the sandbox fail.
 
 - The kernel's keyrings (`add_key`, `keyctl`, `request_key`) belong to a user, not to a namespace: a key a
   trial's process adds outlives its phase and arena itself, and any later trial run as the same user reads
-  it, a channel from trial to trial that no directory or process cleanup closes. Docker's default filter
-  refuses these calls too.
+  it, a channel from trial to trial that no directory or process cleanup closes.
 - The page cache is the kernel's too: the calls that drop chosen pages of a shared file or ask which are
-  cached fail (below).
+  cached fail (below). Docker's default filter allows them.
 - Pinning a worker's sandbox to its share of the cores (sandbox/workers.py) is only advice to the kernel
   until the trial is kept from changing it: a trial that widened its affinity would train on its
   neighbours' cores, gaining steps and costing them theirs. Under bubblewrap there is no cgroup to hold it
@@ -13,7 +12,10 @@
 
 The program is classic BPF over `struct seccomp_data` (nr at offset 0, arch at 4): for each architecture
 a trial's process could make the call in (x86-64, its x32 numbers, i386 through int 0x80, aarch64, 32-bit
-arm), the calls' numbers fail with their errno; every other call is allowed. `bwrap --seccomp FD` installs it.
+arm), the calls' numbers fail with their errno; every other call is allowed. `bwrap --seccomp FD` installs it
+for every process of a bubblewrap sandbox; in a Docker container, where Docker's own filter cannot be
+replaced without copying its profile, the supervisor installs it for the harness and all it starts, on top
+of Docker's (seccomp filters stack: a call fails if either filter fails it).
 """
 
 from __future__ import annotations
@@ -76,11 +78,15 @@ def deny_program(denied: Calls) -> bytes:
     return program + struct.pack("HBBI", RET_K, 0, 0, SECCOMP_RET_ALLOW)
 
 
+def sandbox_filter(pinned: bool) -> bytes:
+    """The filter (with `pinned`, affinity changes fail too)."""
+    return deny_program(merged(KEYRING, PAGE_CACHE_HINTS, PAGE_CACHE_PROBES, SCHED_SETAFFINITY if pinned else {}))
+
+
 def sandbox_filter_fd(pinned: bool) -> int:
-    """A file descriptor holding the filter (with `pinned`, affinity changes fail too), positioned at its start,
-    for `bwrap --seccomp FD`; the caller closes it once bwrap has started."""
-    denied = merged(KEYRING, PAGE_CACHE_HINTS, PAGE_CACHE_PROBES, SCHED_SETAFFINITY if pinned else {})
+    """A file descriptor holding `sandbox_filter(pinned)`, positioned at its start, for `bwrap --seccomp FD`;
+    the caller closes it once bwrap has started."""
     fd = os.memfd_create("arena-seccomp", 0)
-    os.write(fd, deny_program(denied))
+    os.write(fd, sandbox_filter(pinned))
     os.lseek(fd, 0, os.SEEK_SET)
     return fd

@@ -1,7 +1,7 @@
 """The first process of every phase sandbox: runs the harness, measures it from outside, and ends it.
 
     python3 supervisor.py --deadline SECONDS [--user UID:GID] [--sandboxed] [--memory BYTES] [--disk PATH]...
-                          [--processes-limited] -- COMMAND...
+                          [--processes-limited] [--seccomp FILE] -- COMMAND...
 
 Standard library only, and no trial code ever runs in this process. It starts COMMAND with its output
 on a pipe, relays every line (cut at MAX_LINE_BYTES), and takes the time of the first ARENA_READY line
@@ -33,7 +33,9 @@ the host's disk never fills.
 As root (in a container, or under bubblewrap run by root) it hands COMMAND to `--user` and keeps only
 the rights to kill it and to read any directory (to count files in those the trial locked); otherwise
 COMMAND runs as the same user, and the supervisor makes itself
-non-dumpable so the trial can neither trace it nor read its memory.
+non-dumpable so the trial can neither trace it nor read its memory. With --seccomp, FILE holds a classic BPF
+seccomp program (sandbox/seccomp.py) that COMMAND and everything it starts run under, on top of any filter the
+sandbox already has: the supervisor itself is not filtered.
 """
 
 from __future__ import annotations
@@ -55,6 +57,9 @@ READY_LINE = b"ARENA_READY"
 PHASE_PREFIX = "ARENA_PHASE "
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
+BPF_INSTRUCTION_BYTES = 8
 MAX_PROCESSES = 4096  # of a phase: a fork bomb fails here instead of taking the host's pids
 OOM_SCORE_ADJ = 1000
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
@@ -71,6 +76,20 @@ def prctl(option: int, value: int) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
 
 
+class SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
+
+
+def install_filter(program: bytes) -> None:
+    """Put this process, and all it will start, under the seccomp `program`; OSError if the kernel refuses."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:  # what an unprivileged process needs to add a filter
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
+    fprog = SockFprog(len(program) // BPF_INSTRUCTION_BYTES, program)
+    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP)")
+
+
 @dataclass(frozen=True)
 class Options:
     deadline: float
@@ -79,13 +98,14 @@ class Options:
     memory: int | None
     disks: tuple[str, ...]
     processes_limited: bool  # a cgroup of the phase's own holds it to MAX_PROCESSES
+    seccomp: bytes | None  # the filter COMMAND runs under
     command: list[str]
 
 
 def parse(argv: list[str]) -> Options:
     if "--" not in argv:
         sys.exit("usage: supervisor.py --deadline SECONDS [--user UID:GID] [--sandboxed] [--memory BYTES] "
-                 "[--disk PATH]... [--processes-limited] -- COMMAND...")
+                 "[--disk PATH]... [--processes-limited] [--seccomp FILE] -- COMMAND...")
     split = argv.index("--")
     options, command = argv[:split], argv[split + 1:]
     user = None
@@ -94,11 +114,17 @@ def parse(argv: list[str]) -> Options:
         user = (int(uid), int(gid))
     memory = int(options[options.index("--memory") + 1]) if "--memory" in options else None
     disks = tuple(options[i + 1] for i, option in enumerate(options) if option == "--disk")
+    seccomp = None
+    if "--seccomp" in options:
+        with open(options[options.index("--seccomp") + 1], "rb") as f:
+            seccomp = f.read()
     return Options(float(options[options.index("--deadline") + 1]), user, "--sandboxed" in options, memory, disks,
-                   "--processes-limited" in options, command)
+                   "--processes-limited" in options, seccomp, command)
 
 
-def start(command: list[str], user: tuple[int, int] | None, processes_limited: bool) -> tuple[int, int]:
+def start(options: Options) -> tuple[int, int]:
+    """Fork COMMAND with its output on a pipe: as --user, under its limits and filter; its pid and the pipe."""
+    command, user = options.command, options.user
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -109,7 +135,7 @@ def start(command: list[str], user: tuple[int, int] | None, processes_limited: b
             os.close(write_end)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_DFL)
-            if not processes_limited:  # the user's limit, counted over the host: the best there is without a cgroup
+            if not options.processes_limited:  # the user's limit, counted over the host: the best without a cgroup
                 hard = resource.getrlimit(resource.RLIMIT_NPROC)[1]
                 limit = MAX_PROCESSES if hard == resource.RLIM_INFINITY else min(MAX_PROCESSES, hard)
                 resource.setrlimit(resource.RLIMIT_NPROC, (limit, limit))
@@ -119,6 +145,8 @@ def start(command: list[str], user: tuple[int, int] | None, processes_limited: b
                 os.setgroups([])
                 os.setgid(user[1])
                 os.setuid(user[0])
+            if options.seccomp is not None:  # last: the calls above need nothing it denies, and the trial runs next
+                install_filter(options.seccomp)
             os.execvp(command[0], command)
         except BaseException as e:  # noqa: BLE001 - nothing may escape a forked child
             os.write(2, f"supervisor: cannot start {command[0]}: {e}\n".encode())
@@ -434,7 +462,7 @@ def main(argv: list[str]) -> int:
     gpu = GpuMemory()  # before the harness starts: what the GPUs already use is not the trial's
     disk = DiskGuard(options.disks)
     deadline, sandboxed = options.deadline, options.sandboxed
-    child, pipe = start(options.command, options.user, options.processes_limited)
+    child, pipe = start(options)
     watch = Watch(child, pipe, origin, gpu, options.memory, sandboxed, disk)
     tick = 0.2 if options.memory is None else MEMORY_CHECK_SECONDS
     hit_deadline = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import resource
 import subprocess
@@ -10,6 +11,7 @@ import time
 
 from sandbox.outcome import PhaseRun
 from sandbox.phases import SUPERVISOR
+from sandbox.seccomp import sandbox_filter
 from sandbox.supervisor import LINE_CUT, MAX_LINE_BYTES
 
 
@@ -103,3 +105,23 @@ def test_a_line_cut_short_is_cut_when_the_phase_ends_in_it():
                        .replace("MAX_LINE_BYTES", str(MAX_LINE_BYTES)))
     assert run.lines[0].startswith("y" * MAX_LINE_BYTES) and len(run.lines[0]) < MAX_LINE_BYTES + 100
     assert run.report.exit_code == 0
+
+
+def test_the_command_and_its_children_run_under_the_seccomp_filter(tmp_path):
+    """--seccomp FILE: the command and what it starts fail the filtered calls (unprivileged too: the
+    supervisor sets no_new_privs), and the supervisor still reports."""
+    program = tmp_path / "filter.bpf"
+    program.write_bytes(sandbox_filter(pinned=False))
+    code = ("import os, subprocess, sys\n"
+            "fd = os.open(sys.executable, os.O_RDONLY)\n"
+            "try:\n"
+            "    os.posix_fadvise(fd, 0, 4096, os.POSIX_FADV_DONTNEED)\n"
+            "    print('PROBE fadvise ok', flush=True)\n"
+            "except OSError as e:\n"
+            "    print('PROBE fadvise', e.errno, flush=True)\n"
+            "child = 'import os, sys; fd = os.open(sys.executable, os.O_RDONLY); os.posix_fadvise(fd, 0, 1, 4)'\n"
+            "print('PROBE child', subprocess.run([sys.executable, '-c', child]).returncode, flush=True)\n")
+    run, _ = supervise(code, options=("--seccomp", str(program)))
+    assert run.report.exit_code == 0, run.lines
+    probes = [line.strip() for line in run.lines if line.startswith("PROBE")]
+    assert probes == [f"PROBE fadvise {errno.EPERM}", "PROBE child 1"], run.lines  # the child raised EPERM
