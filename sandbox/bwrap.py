@@ -3,10 +3,10 @@
 Each phase gets new user (when not root), pid, network, IPC, UTS and cgroup namespaces; a root
 filesystem holding only the system's /usr (and its /bin, /lib links), a few files of /etc, the Python
 installation that runs trials, a private /tmp, a minimal /dev and its own /proc; and the phase's
-mounts (phases.py). The standard library's test suites are covered by empty directories
-(sandbox/hidden_stdlib.py). The user's home, the project, the dataset cache and every run directory are not
-in it. bwrap dies with arena, and when its first process (the supervisor) exits, the kernel kills every
-process left in the pid namespace.
+mounts (phases.py). Of the host's environment, only LD_LIBRARY_PATH passes (library_path). The standard
+library's test suites are covered by empty directories (sandbox/hidden_stdlib.py). The user's home, the
+project, the dataset cache and every run directory are not in it. bwrap dies with arena, and when its first
+process (the supervisor) exits, the kernel kills every process left in the pid namespace.
 
 As root, bwrap runs without a user namespace: uid 0 inside one can still write host sysctls (seen:
 /proc/sys/kernel/core_pattern). The supervisor starts as root with only the capabilities to change user
@@ -21,7 +21,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +35,7 @@ ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "local
              "nsswitch.conf")
 SYSTEM_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 TMP_SIZE = 4 << 30
+SANDBOX_OWN = tuple(map(Path, ("/trial", "/data", "/cache", "/proc", "/dev", "/sys", "/etc")))  # not the host's
 ADVICE = ("use --backend docker, or --isolation none to run trials unisolated (only on a machine and with "
           "code you trust)")
 
@@ -100,6 +101,21 @@ def root_filesystem(python: str, binds: Binds) -> list[str]:
     for directory in python_dirs(python):
         binds.add("--ro-bind", str(directory), str(directory))
     return args
+
+
+def library_path(shown: Sequence[Path], binds: Binds, env: Mapping[str, str]) -> str | None:
+    """The host's LD_LIBRARY_PATH for the sandbox (where some systems keep the CUDA driver, e.g. GKE's
+    /usr/local/nvidia/lib64): its directories inside the trees the sandbox shows as they are; of one outside,
+    only its shared libraries are bound, one by one (such a directory may hold other files, the user's)."""
+    entries = [Path(entry) for entry in env.get("LD_LIBRARY_PATH", "").split(":") if entry.startswith("/")]
+    for directory in entries:
+        inside = [tree for tree in (*shown, *SANDBOX_OWN) if tree == directory or tree in directory.parents]
+        if inside or not directory.is_dir():
+            continue
+        for library in sorted(directory.glob("lib*.so*")):
+            if library.is_file():
+                binds.add("--ro-bind", str(library), str(library))
+    return ":".join(map(str, entries)) or None
 
 
 def shown_trees(python: str) -> list[Path]:
@@ -223,8 +239,12 @@ def bwrap_argv(bwrap: str, phase: Phase, python: str, gpus: list[str] | None,
         args += ["--ro-bind", "/sys", "/sys"]  # the CUDA driver reads the PCI topology there
     for mount in phase.mounts():
         binds.add("--bind" if mount.writable else "--ro-bind", str(mount.source), mount.target)
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", **phase.phase_env(PathMap())}
+    libraries = library_path(shown_trees(python), binds, os.environ)
+    if libraries:
+        env.setdefault("LD_LIBRARY_PATH", libraries)
     args += [*binds.args, *hide(hidden_dirs(python)), "--remount-ro", "/"]  # bwrap's own root (a tmpfs) too
-    for key, value in {"PATH": "/usr/local/bin:/usr/bin:/bin", **phase.phase_env(PathMap())}.items():
+    for key, value in env.items():
         args += ["--setenv", key, value]
     user = sandbox_user() if root else None
     return [*args, "--chdir", "/trial", "--", *phase.command(python, user, PathMap(), python_args)]

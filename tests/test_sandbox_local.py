@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 
 from sandbox import LocalBackend, SandboxError, Status
+from sandbox.phases import bare_phase
+from sandbox.trial import PhaseOutput
 from tests.trial_helpers import cpu_template, make_spec, run, with_train
 
 
@@ -33,3 +35,24 @@ def test_a_changed_harness_stops_before_anything_runs(stdlib_dataset, tmp_path):
     tampered = spec.__class__(**{**spec.__dict__, "harness_hash": "0" * 16})
     with pytest.raises(SandboxError, match=r"differ from this run's \(hash 0{16}\); reinstall"):
         LocalBackend(isolation="none").run(tampered, lambda line: None)
+
+
+def test_the_library_path_passes_with_only_the_libraries_it_names(tmp_path, monkeypatch):
+    """Some hosts find the CUDA driver only through LD_LIBRARY_PATH (GKE: /usr/local/nvidia/lib64): it
+    passes into the sandbox, and of a directory it names outside what the sandbox shows, only the shared
+    libraries are there, not the directory's other files."""
+    libraries = tmp_path / "vendor" / "lib64"
+    libraries.mkdir(parents=True)
+    (libraries / "libcuda.so.1").write_bytes(b"\x7fELF not really")
+    (libraries / "notes.txt").write_text("the user's, not the trial's")
+    monkeypatch.setenv("LD_LIBRARY_PATH", f"{libraries}:/usr/local/nvidia/lib64:relative/lib")
+    backend = LocalBackend(isolation="bwrap")
+    code = ("import os, sys\n"
+            "print('PROBE path', os.environ.get('LD_LIBRARY_PATH'), flush=True)\n"
+            f"print('PROBE files', sorted(os.listdir({str(libraries)!r})), flush=True)\n")
+    lines: list[str] = []
+    result = backend.run_phase(bare_phase(tmp_path / "phase", 60, backend.owner), PhaseOutput(lines.append),
+                               ["-c", code])
+    assert result.report is not None and result.report.exit_code == 0, lines
+    probes = [line.strip() for line in lines if line.startswith("PROBE")]
+    assert probes == [f"PROBE path {libraries}:/usr/local/nvidia/lib64", "PROBE files ['libcuda.so.1']"], lines
