@@ -19,7 +19,7 @@ from sandbox.bwrap import ADVICE, bwrap_argv, find_bwrap, gpu_env
 from sandbox.cgroup import PhaseCgroup
 from sandbox.errors import SandboxError
 from sandbox.outcome import PhaseRun
-from sandbox.phases import GPU_UUIDS_ENV, PathMap, Phase, bare_phase, memory_bytes, sandbox_user
+from sandbox.phases import PathMap, Phase, bare_phase, memory_bytes, sandbox_user
 from sandbox.seccomp import sandbox_filter_fd
 from sandbox.supervisor import MAX_PROCESSES
 from sandbox.trial import Backend, PhaseOutput
@@ -95,8 +95,6 @@ class LocalBackend(Backend):
             phase.env.update(gpu_env(self.gpus))
         elif self.gpus:  # unisolated: every GPU is there, in PCI order as NVML numbers them for the supervisor
             phase.env.update(CUDA_VISIBLE_DEVICES=",".join(self.gpus), CUDA_DEVICE_ORDER="PCI_BUS_ID")
-            if not any(gpu.isdigit() for gpu in self.gpus):  # UUIDs: the supervisor finds them by UUID, not index
-                phase.env[GPU_UUIDS_ENV] = ",".join(self.gpus)
         if self.cores:  # torch would start a thread per core of the machine, not of its share
             phase.env.setdefault("OMP_NUM_THREADS", str(len(self.cores)))
         elif "OMP_NUM_THREADS" in os.environ:

@@ -57,6 +57,16 @@ PAGE_CACHE_PROBES = failing({  # preadv2, pwritev2, io_uring_setup, cachestat
     I386: (378, 379, 425, 451), AARCH64: (286, 287, 425, 451), ARM: (392, 393, 425, 451)}, errno.ENOSYS)
 
 
+PAGE_CACHE_RESIDENCY = failing({  # mincore, process_madvise: which pages are cached; drop them from another process
+    X86_64: (27, 440, X32_BIT | 27, X32_BIT | 440), I386: (218, 440), AARCH64: (232, 440), ARM: (219, 440)},
+    errno.EPERM)
+# madvise itself is everyday work (malloc, torch), but two of its advices reclaim a mapped file's pages from the
+# page cache: a trial that owns the dataset's files (arena not run as root) could drop chosen pages with them.
+MADVISE = {X86_64: (28, X32_BIT | 28), I386: (219,), AARCH64: (233,), ARM: (220,)}
+MADV_COLD, MADV_PAGEOUT = 20, 21
+ARG2_OFFSET = 32  # the low word of args[2] in seccomp_data (every architecture here is little-endian)
+
+
 def merged(*sets: Calls) -> Calls:
     calls: Calls = {}
     for each in sets:
@@ -65,22 +75,35 @@ def merged(*sets: Calls) -> Calls:
     return calls
 
 
+def instruction(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
+    return struct.pack("HBBI", code, jt, jf, k)
+
+
 def deny_program(denied: Calls) -> bytes:
-    """The filter: each listed call of each architecture fails with its errno, everything else is allowed."""
-    program = struct.pack("HBBI", LD_W_ABS, 0, 0, ARCH_OFFSET)
+    """The filter: each listed call of each architecture fails with its errno, as does madvise with MADV_COLD
+    or MADV_PAGEOUT; everything else is allowed."""
+    program = instruction(LD_W_ABS, ARCH_OFFSET)
     for arch, numbers in denied.items():
-        program += struct.pack("HBBI", JEQ_K, 0, 1 + 2 * len(numbers) + 1, arch)  # another: skip this block
-        program += struct.pack("HBBI", LD_W_ABS, 0, 0, NR_OFFSET)
+        block = instruction(LD_W_ABS, NR_OFFSET)
         for number, error in numbers.items():
-            program += struct.pack("HBBI", JEQ_K, 0, 1, number)  # not this call: skip its return
-            program += struct.pack("HBBI", RET_K, 0, 0, SECCOMP_RET_ERRNO | error)
-        program += struct.pack("HBBI", RET_K, 0, 0, SECCOMP_RET_ALLOW)
-    return program + struct.pack("HBBI", RET_K, 0, 0, SECCOMP_RET_ALLOW)
+            block += instruction(JEQ_K, number, jf=1)  # not this call: skip its return
+            block += instruction(RET_K, SECCOMP_RET_ERRNO | error)
+        for number in MADVISE.get(arch, ()):
+            block += instruction(JEQ_K, number, jf=6)  # not madvise: past its six instructions
+            block += instruction(LD_W_ABS, ARG2_OFFSET)  # its advice
+            for advice in (MADV_COLD, MADV_PAGEOUT):
+                block += instruction(JEQ_K, advice, jf=1)
+                block += instruction(RET_K, SECCOMP_RET_ERRNO | errno.EPERM)
+            block += instruction(RET_K, SECCOMP_RET_ALLOW)  # another advice (A no longer holds the call's number)
+        block += instruction(RET_K, SECCOMP_RET_ALLOW)
+        program += instruction(JEQ_K, arch, jf=len(block) // 8) + block  # another architecture: skip this block
+    return program + instruction(RET_K, SECCOMP_RET_ALLOW)
 
 
 def sandbox_filter(pinned: bool) -> bytes:
     """The filter (with `pinned`, affinity changes fail too)."""
-    return deny_program(merged(KEYRING, PAGE_CACHE_HINTS, PAGE_CACHE_PROBES, SCHED_SETAFFINITY if pinned else {}))
+    return deny_program(merged(KEYRING, PAGE_CACHE_HINTS, PAGE_CACHE_PROBES, PAGE_CACHE_RESIDENCY,
+                               SCHED_SETAFFINITY if pinned else {}))
 
 
 def sandbox_filter_fd(pinned: bool) -> int:

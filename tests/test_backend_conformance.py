@@ -385,13 +385,23 @@ def test_a_phase_has_no_keyring_to_leave_a_key_in(backend, tmp_path):
 
 def test_a_phase_cannot_drop_or_probe_the_shared_page_cache(backend, tmp_path):
     """Every sandbox reads the same files through one page cache: dropping chosen pages of one (fadvise
-    DONTNEED) and asking which are cached without reading them (preadv2 RWF_NOWAIT) would pass bits from trial
-    to trial. Both fail in every confined sandbox (Docker's default filter allows them: arena's comes on top)."""
+    DONTNEED, madvise PAGEOUT or COLD) and asking which are cached without reading them (preadv2 RWF_NOWAIT,
+    mincore) would pass bits from trial to trial; madvise's everyday advices still work. All fail in every
+    confined sandbox (Docker's default filter allows them: arena's comes on top)."""
     if backend.isolation == "none":
         pytest.skip("isolation none confines nothing")
-    code = ("import os, sys\n"
+    code = ("import ctypes, mmap, os, sys\n"
             "fd = os.open(sys.executable, os.O_RDONLY)\n"
+            "mapped = mmap.mmap(fd, 4096, prot=mmap.PROT_READ)\n"
+            "libc = ctypes.CDLL(None, use_errno=True)\n"
+            "def mincore():\n"
+            "    page = mmap.mmap(-1, 4096)\n"
+            "    if libc.mincore(ctypes.c_void_p(ctypes.addressof(ctypes.c_char.from_buffer(page))), 4096,\n"
+            "                    ctypes.create_string_buffer(1)):\n"
+            "        raise OSError(ctypes.get_errno(), 'mincore')\n"
             "for name, call in [('fadvise', lambda: os.posix_fadvise(fd, 0, 4096, os.POSIX_FADV_DONTNEED)),\n"
+            "                   ('pageout', lambda: mapped.madvise(21)), ('cold', lambda: mapped.madvise(20)),\n"
+            "                   ('dontneed', lambda: mapped.madvise(mmap.MADV_DONTNEED)), ('mincore', mincore),\n"
             "                   ('nowait', lambda: os.preadv(fd, [bytearray(4096)], 0, os.RWF_NOWAIT))]:\n"
             "    try:\n"
             "        call()\n"
@@ -405,8 +415,9 @@ def test_a_phase_cannot_drop_or_probe_the_shared_page_cache(backend, tmp_path):
     assert run.report is not None and run.report.exit_code == 0, lines
     probes = [line.strip() for line in lines if line.startswith("PROBE")]
     # ENOSYS from the filter; glibc's preadv2 turns it into ENOTSUP when flags are given
-    assert probes in ([f"PROBE fadvise {errno.EPERM}", f"PROBE nowait {code}", "PROBE read 4096"]
-                      for code in (errno.ENOSYS, errno.ENOTSUP)), lines
+    dropped = [f"PROBE {name} {errno.EPERM}" for name in ("fadvise", "pageout", "cold")]
+    assert probes in ([*dropped, "PROBE dontneed ok", f"PROBE mincore {errno.EPERM}", f"PROBE nowait {code}",
+                       "PROBE read 4096"] for code in (errno.ENOSYS, errno.ENOTSUP)), lines
 
 
 def test_log_streaming(backend, tmp_path):

@@ -25,7 +25,6 @@ from agent.run import RunSettings, open_run
 from sandbox import Placement
 from sandbox.bwrap import gpu_devices, gpu_env, gpu_nodes
 from sandbox.errors import SandboxError
-from sandbox.phases import bare_phase
 from sandbox.workers import (
     NvidiaGpu,
     by_physical_core,
@@ -312,14 +311,3 @@ def test_a_gpu_sandbox_gets_its_own_gpus_device_and_no_other(tmp_path):
                                      "ARENA_GPU_UUIDS": "GPU-bbbb"}
     with pytest.raises(SandboxError, match="cannot tell which /dev/nvidiaN is GPU 5"):
         gpu_devices(["5"], table, dev)
-
-
-def test_an_unisolated_phase_on_a_gpu_named_by_uuid_counts_that_gpu_alone(tmp_path):
-    """Unisolated, CUDA_VISIBLE_DEVICES takes UUIDs too, but the supervisor's NVML count would take anything
-    that is not an index for "every GPU": the phase names its GPUs by UUID for it."""
-    from sandbox import LocalBackend
-
-    for gpus, uuids in ((("GPU-aaaa",), "GPU-aaaa"), (("1",), None)):
-        phase = bare_phase(tmp_path / gpus[0], 60, (os.getuid(), os.getgid()))
-        LocalBackend(isolation="none").placed(Placement(gpus=gpus)).environment(phase)
-        assert phase.env["CUDA_VISIBLE_DEVICES"] == gpus[0] and phase.env.get("ARENA_GPU_UUIDS") == uuids
