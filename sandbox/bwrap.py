@@ -35,7 +35,9 @@ ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "local
              "nsswitch.conf")
 SYSTEM_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 TMP_SIZE = 4 << 30
-SANDBOX_OWN = tuple(map(Path, ("/trial", "/data", "/cache", "/proc", "/dev", "/sys", "/etc")))  # not the host's
+SANDBOX_OWN = tuple(map(Path, ("/trial", "/data", "/cache", "/tmp", "/proc", "/dev", "/sys", "/etc")))  # not the host's
+LIBRARY_NAME = re.compile(r"lib.+\.so(\.[0-9]+)*")
+MAX_BIND_ARGS = 6000  # bwrap takes at most 9,000 arguments; each library bound costs three
 ADVICE = ("use --backend docker, or --isolation none to run trials unisolated (only on a machine and with "
           "code you trust)")
 
@@ -105,17 +107,35 @@ def root_filesystem(python: str, binds: Binds) -> list[str]:
 
 def library_path(shown: Sequence[Path], binds: Binds, env: Mapping[str, str]) -> str | None:
     """The host's LD_LIBRARY_PATH for the sandbox (where some systems keep the CUDA driver, e.g. GKE's
-    /usr/local/nvidia/lib64): its directories inside the trees the sandbox shows as they are; of one outside,
-    only its shared libraries are bound, one by one (such a directory may hold other files, the user's)."""
-    entries = [Path(entry) for entry in env.get("LD_LIBRARY_PATH", "").split(":") if entry.startswith("/")]
-    for directory in entries:
-        inside = [tree for tree in (*shown, *SANDBOX_OWN) if tree == directory or tree in directory.parents]
-        if inside or not directory.is_dir():
+    /usr/local/nvidia/lib64), its directories resolved: those inside the trees the sandbox shows as they are;
+    of one outside, only its shared libraries, bound one by one (such a directory may hold the user's files).
+    A directory where the sandbox has its own (/trial, /data, ...) is left out: trial output may lie there."""
+    shown = [Path(os.path.realpath(tree)) for tree in shown]  # /lib is /usr/lib on a merged-/usr system
+    passed: list[str] = []
+    for entry in dict.fromkeys(os.path.realpath(e) for e in env.get("LD_LIBRARY_PATH", "").split(":") if e[:1] == "/"):
+        directory = Path(entry)
+        if within(directory, SANDBOX_OWN) or not os.path.isdir(directory):
             continue
-        for library in sorted(directory.glob("lib*.so*")):
-            if library.is_file():
-                binds.add("--ro-bind", str(library), str(library))
-    return ":".join(map(str, entries)) or None
+        if within(directory, shown):
+            passed.append(entry)
+            continue
+        try:
+            names = sorted(os.listdir(directory))
+        except OSError:
+            continue  # arena cannot read it either
+        passed.append(entry)
+        libraries = [directory / name for name in names if LIBRARY_NAME.fullmatch(name)]
+        for library in filter(os.path.isfile, libraries):
+            if len(binds.args) > MAX_BIND_ARGS:
+                raise SandboxError(f"LD_LIBRARY_PATH names directories with too many shared libraries to show a "
+                                   f"sandbox one by one ({directory} among them); point it at those trials need "
+                                   "(e.g. the CUDA driver's) or unset it")
+            binds.add("--ro-bind", str(library), str(library))
+    return ":".join(passed) or None
+
+
+def within(path: Path, trees: Sequence[Path]) -> bool:
+    return any(tree == path or tree in path.parents for tree in trees)
 
 
 def shown_trees(python: str) -> list[Path]:

@@ -3,6 +3,10 @@ on a real trial, and its one-line errors. The cheating trials it must withstand 
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from sandbox import LocalBackend, SandboxError, Status
@@ -37,22 +41,36 @@ def test_a_changed_harness_stops_before_anything_runs(stdlib_dataset, tmp_path):
         LocalBackend(isolation="none").run(tampered, lambda line: None)
 
 
-def test_the_library_path_passes_with_only_the_libraries_it_names(tmp_path, monkeypatch):
+def test_the_library_path_passes_with_only_the_libraries_it_names(monkeypatch):
     """Some hosts find the CUDA driver only through LD_LIBRARY_PATH (GKE: /usr/local/nvidia/lib64): it
-    passes into the sandbox, and of a directory it names outside what the sandbox shows, only the shared
-    libraries are there, not the directory's other files."""
-    libraries = tmp_path / "vendor" / "lib64"
-    libraries.mkdir(parents=True)
-    (libraries / "libcuda.so.1").write_bytes(b"\x7fELF not really")
-    (libraries / "notes.txt").write_text("the user's, not the trial's")
-    monkeypatch.setenv("LD_LIBRARY_PATH", f"{libraries}:/usr/local/nvidia/lib64:relative/lib")
-    backend = LocalBackend(isolation="bwrap")
-    code = ("import os, sys\n"
-            "print('PROBE path', os.environ.get('LD_LIBRARY_PATH'), flush=True)\n"
-            f"print('PROBE files', sorted(os.listdir({str(libraries)!r})), flush=True)\n")
-    lines: list[str] = []
-    result = backend.run_phase(bare_phase(tmp_path / "phase", 60, backend.owner), PhaseOutput(lines.append),
-                               ["-c", code])
-    assert result.report is not None and result.report.exit_code == 0, lines
-    probes = [line.strip() for line in lines if line.startswith("PROBE")]
-    assert probes == [f"PROBE path {libraries}:/usr/local/nvidia/lib64", "PROBE files ['libcuda.so.1']"], lines
+    passes into the sandbox, resolved (/lib is /usr/lib on a merged-/usr system: nothing to bind), and of a
+    directory it names outside what the sandbox shows, only the shared libraries are there; directories where
+    the sandbox has its own (/tmp) are left out, and too many libraries to bind are one line."""
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as outside:  # /tmp is the sandbox's own
+        libraries = Path(outside) / "vendor" / "lib64"
+        libraries.mkdir(parents=True)
+        (libraries / "libcuda.so.1").write_bytes(b"\x7fELF not really")
+        (libraries / "notes.txt").write_text("the user's, not the trial's")
+        (libraries / "libraries.sorted.csv").write_text("not a library either")
+        system = os.path.realpath("/lib/x86_64-linux-gnu")
+        monkeypatch.setenv("LD_LIBRARY_PATH", f"{libraries}:/lib/x86_64-linux-gnu:/tmp/lib:relative/lib:{libraries}")
+        backend = LocalBackend(isolation="bwrap")
+        code = ("import os, sys\n"
+                "print('PROBE path', os.environ.get('LD_LIBRARY_PATH'), flush=True)\n"
+                f"print('PROBE files', sorted(os.listdir({str(libraries)!r})), flush=True)\n")
+        lines: list[str] = []
+        with tempfile.TemporaryDirectory() as root:
+            result = backend.run_phase(bare_phase(Path(root), 60, backend.owner), PhaseOutput(lines.append),
+                                       ["-c", code])
+        assert result.report is not None and result.report.exit_code == 0, lines
+        probes = [line.strip() for line in lines if line.startswith("PROBE")]
+        assert probes == [f"PROBE path {libraries}:{system}", "PROBE files ['libcuda.so.1']"], lines
+
+        many = Path(outside) / "many"
+        many.mkdir()
+        for i in range(2100):
+            (many / f"lib{i}.so").write_bytes(b"")
+        monkeypatch.setenv("LD_LIBRARY_PATH", str(many))
+        with tempfile.TemporaryDirectory() as root, pytest.raises(SandboxError) as error:
+            backend.run_phase(bare_phase(Path(root), 60, backend.owner), PhaseOutput(lines.append), ["-c", code])
+        assert "\n" not in str(error.value) and "unset it" in str(error.value)
