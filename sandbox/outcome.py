@@ -87,6 +87,7 @@ class PhaseReport:
     gpu_peak_bytes: int | None = None
     memory_exceeded: bool = False  # the supervisor ended it past the phase's memory limit
     disk: str | None = None  # the supervisor ended it: "exceeded" its share of the disk, or the disk was "full"
+    failed_to_start: str | None = None  # why the supervisor could not start the harness (the sandbox's fault)
 
     @classmethod
     def parse(cls, line: str) -> PhaseReport | None:
@@ -94,7 +95,8 @@ class PhaseReport:
             raw = json.loads(line[len(PHASE_PREFIX):])
             return cls(raw["exit_code"], raw["signal"], raw["ready"], raw["end"], bool(raw["deadline"]),
                        int(raw["max_rss_kb"]), raw.get("gpu_peak_bytes"), bool(raw.get("memory_exceeded")),
-                       raw.get("disk") if raw.get("disk") in ("exceeded", "full") else None)
+                       raw.get("disk") if raw.get("disk") in ("exceeded", "full") else None,
+                       raw["failed_to_start"] if isinstance(raw.get("failed_to_start"), str) else None)
         except (ValueError, KeyError, TypeError):
             return None
 

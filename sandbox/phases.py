@@ -3,7 +3,8 @@
 Every sandbox, whatever runs it, shows a phase the same tree and nothing else of the host:
 
     /trial        read-only: the harness files (fresh copies, hash-checked), supervisor.py, and the
-                  run.json that arena wrote; the train phase also gets the trial's train.py
+                  run.json that arena wrote (in Docker, seccomp.bpf too: the supervisor's filter);
+                  the train phase also gets the trial's train.py
     /trial/out    the phase's own output directory, the only writable place besides a private /tmp
     /trial/in     eval phase only, read-only: the exported model, copied out of the train phase
     /data         read-only, one file each: train.bin and meta.json for the train phase;
@@ -125,7 +126,9 @@ class Phase:
     def filter_harness(self, program: bytes) -> None:
         """Have the supervisor start the harness, and so every process of the trial, under the seccomp
         `program` (for a sandbox that cannot install arena's filter itself: Docker)."""
-        (self.trial_dir / SECCOMP_FILE).write_bytes(program)
+        path = self.trial_dir / SECCOMP_FILE
+        path.write_bytes(program)
+        path.chmod(0o644)  # as stage() leaves every file of /trial, whatever the umask
         self.filtered = True
 
     def mounts(self) -> list[Mount]:

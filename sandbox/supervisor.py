@@ -10,10 +10,12 @@ every other process of the phase is killed (with --sandboxed, every process of i
 unisolated, every descendant), so nothing the trial started outlives the phase. Then it prints one line of its own:
 
     ARENA_PHASE {"exit_code": 0, "signal": null, "ready": 2.1, "end": 35.0, "deadline": false,
-                 "max_rss_kb": ..., "gpu_peak_bytes": ..., "memory_exceeded": false, "disk": null}
+                 "max_rss_kb": ..., "gpu_peak_bytes": ..., "memory_exceeded": false, "disk": null,
+                 "failed_to_start": null}
 
-with times in seconds since it started. `max_rss_kb` is the largest resident set of any process of the
-phase, as the kernel counted it; `gpu_peak_bytes` the most GPU memory in use beyond what was in use at
+with times in seconds since it started. `failed_to_start` says why COMMAND could not be started (a user, a
+limit or the filter the kernel refused; it then never ran). `max_rss_kb` is the largest resident set of any
+process of the phase, as the kernel counted it; `gpu_peak_bytes` the most GPU memory in use beyond what was in use at
 its start, sampled five times a second through NVML (null without an NVIDIA driver). With --memory, the
 resident memory of all the phase's processes together is read ten times a second, with, in a sandbox,
 the files in its own tmpfs mounts (/tmp, /dev, /dev/shm) and its System V shared memory; past BYTES the
@@ -51,6 +53,7 @@ import signal
 import stat
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 READY_LINE = b"ARENA_READY"
@@ -84,10 +87,12 @@ def install_filter(program: bytes) -> None:
     """Put this process, and all it will start, under the seccomp `program`; OSError if the kernel refuses."""
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:  # what an unprivileged process needs to add a filter
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
+        error = ctypes.get_errno()
+        raise OSError(error, f"prctl(PR_SET_NO_NEW_PRIVS): {os.strerror(error)}")
     fprog = SockFprog(len(program) // BPF_INSTRUCTION_BYTES, program)
     if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP)")
+        error = ctypes.get_errno()
+        raise OSError(error, f"the kernel refused the seccomp filter: {os.strerror(error)}")
 
 
 @dataclass(frozen=True)
@@ -122,17 +127,19 @@ def parse(argv: list[str]) -> Options:
                    "--processes-limited" in options, seccomp, command)
 
 
-def start(options: Options) -> tuple[int, int]:
-    """Fork COMMAND with its output on a pipe: as --user, under its limits and filter; its pid and the pipe."""
+def start(options: Options) -> tuple[int, int, str | None]:
+    """Fork COMMAND with its output on a pipe: as --user, under its limits and filter. Its pid, the pipe, and
+    why it could not be started (told on a pipe that its exec closes, so no trial code can write there)."""
     command, user = options.command, options.user
     read_end, write_end = os.pipe()
+    failed_read, failed_write = os.pipe()  # both close on exec
     pid = os.fork()
     if pid == 0:
         try:
             os.dup2(write_end, 1)
             os.dup2(write_end, 2)
-            os.close(read_end)
-            os.close(write_end)
+            for fd in (read_end, write_end, failed_read):
+                os.close(fd)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_DFL)
             if not options.processes_limited:  # the user's limit, counted over the host: the best without a cgroup
@@ -149,10 +156,13 @@ def start(options: Options) -> tuple[int, int]:
                 install_filter(options.seccomp)
             os.execvp(command[0], command)
         except BaseException as e:  # noqa: BLE001 - nothing may escape a forked child
-            os.write(2, f"supervisor: cannot start {command[0]}: {e}\n".encode())
+            os.write(failed_write, f"cannot start {command[0]}: {e}"[:1000].encode())
         os._exit(127)
     os.close(write_end)
-    return pid, read_end
+    os.close(failed_write)
+    with os.fdopen(failed_read, "rb") as failed:  # until the exec, or the child's end
+        failure = failed.read().decode(errors="replace")
+    return pid, read_end, failure or None
 
 
 def parents() -> dict[int, int]:
@@ -241,6 +251,18 @@ def kill_everything_else(sandboxed: bool) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def gpu_keys(env: Mapping[str, str]) -> list[int | str] | None:
+    """The phase's GPUs as NVML finds them (None: every GPU): bubblewrap names them by UUID; else the entries of
+    CUDA_VISIBLE_DEVICES, each an index (NVML numbers GPUs in PCI order, as the phase's env) or a UUID."""
+    uuids = [u for u in env.get("ARENA_GPU_UUIDS", "").split(",") if u]
+    if uuids:
+        return list(uuids)
+    if "CUDA_VISIBLE_DEVICES" not in env:
+        return None
+    visible = [entry.strip() for entry in env["CUDA_VISIBLE_DEVICES"].split(",") if entry.strip()]
+    return [int(entry) if entry.isdigit() else entry for entry in visible]
+
+
 class GpuMemory:
     """Peak memory in use on the GPUs the phase may use, read through NVML (ctypes, no package); nothing
     when there is no NVIDIA driver. A GPU runs one trial at a time, so what it uses is the trial's."""
@@ -259,10 +281,8 @@ class GpuMemory:
                 return
         except (OSError, AttributeError):
             return  # no driver: a CPU phase
-        uuids = [u for u in os.environ.get("ARENA_GPU_UUIDS", "").split(",") if u]  # bubblewrap names them
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")  # NVML numbers GPUs in PCI order, as the phase's env
-        indices = [int(i) for i in visible.split(",")] if visible.replace(",", "").isdigit() else range(count.value)
-        for key in uuids or indices:
+        keys = gpu_keys(os.environ)
+        for key in range(count.value) if keys is None else keys:
             handle = ctypes.c_void_p()
             found = (self.nvml.nvmlDeviceGetHandleByUUID(key.encode(), ctypes.byref(handle)) if isinstance(key, str)
                      else self.nvml.nvmlDeviceGetHandleByIndex_v2(key, ctypes.byref(handle)))
@@ -368,6 +388,7 @@ class Watch:
         self.exit_code: int | None = None
         self.signal: int | None = None
         self.max_rss = 0
+        self.failed_to_start: str | None = None  # the phase's sandbox, not its trial, is at fault
         self.pending = b""  # the tail of the last chunk, so a ready line split across two reads is found
         self.line_bytes = 0  # of the line being relayed, so far
         self.open = True
@@ -449,7 +470,7 @@ class Watch:
         return PHASE_PREFIX + json.dumps({"exit_code": self.exit_code, "signal": self.signal, "ready": self.ready,
                                           "end": self.end, "deadline": deadline, "max_rss_kb": self.max_rss,
                                           "gpu_peak_bytes": self.gpu.peak, "memory_exceeded": self.memory_exceeded,
-                                          "disk": self.disk})
+                                          "disk": self.disk, "failed_to_start": self.failed_to_start})
 
 
 def main(argv: list[str]) -> int:
@@ -462,8 +483,9 @@ def main(argv: list[str]) -> int:
     gpu = GpuMemory()  # before the harness starts: what the GPUs already use is not the trial's
     disk = DiskGuard(options.disks)
     deadline, sandboxed = options.deadline, options.sandboxed
-    child, pipe = start(options)
+    child, pipe, failure = start(options)
     watch = Watch(child, pipe, origin, gpu, options.memory, sandboxed, disk)
+    watch.failed_to_start = failure
     tick = 0.2 if options.memory is None else MEMORY_CHECK_SECONDS
     hit_deadline = False
     while watch.open or watch.end is None:

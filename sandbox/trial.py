@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from sandbox.errors import SandboxError
 from sandbox.outcome import BudgetRule, Outcome, PhaseRun, judge
 from sandbox.owners import owner_tag, remove_left_behind, remove_tree
 from sandbox.phases import (
@@ -159,7 +160,7 @@ class Backend(ABC):
         tmp = tempfile.mkdtemp(prefix=TRIAL_DIR_PREFIX, suffix=f"-{owner_tag()}")
         try:
             train = stage(spec, "train", Path(tmp) / "train", self.owner)
-            train_run = self.run_phase(train, PhaseOutput(on_log))
+            train_run = started(self.run_phase(train, PhaseOutput(on_log)), "train")
             report = train_run.report
             evaluation, missing = None, "evaluation did not run"
             if report is not None and report.exit_code == 0 and not report.deadline and not train_run.oom_killed:
@@ -171,7 +172,18 @@ class Backend(ABC):
                     missing = f"the train phase left no usable exported model ({e})"
                 else:
                     on_log("=== eval phase\n")
-                    evaluation = self.run_phase(phase, PhaseOutput(on_log))
+                    evaluation = started(self.run_phase(phase, PhaseOutput(on_log)), "eval")
             return judge(train_run, evaluation, spec.budget, read_reported(train.out_dir), missing, spec.trusted)
         finally:
             remove_tree(Path(tmp))  # not TemporaryDirectory's cleanup: the trial shaped this tree
+
+
+def started(run: PhaseRun, phase: str) -> PhaseRun:
+    """`run`, unless its supervisor could not start the harness: no trial code ran, so that is no verdict on
+    the trial but the sandbox's failure."""
+    report = run.report
+    if report is not None and report.failed_to_start:
+        raise SandboxError(f"the {phase} phase's sandbox could not start its harness ({report.failed_to_start}); "
+                           "this is the backend's doing, not the trial's: fix it (or choose another --backend) "
+                           "and run the same command again")
+    return run

@@ -9,10 +9,14 @@ import subprocess
 import sys
 import time
 
+import pytest
+
+from sandbox.errors import SandboxError
 from sandbox.outcome import PhaseRun
 from sandbox.phases import SUPERVISOR
 from sandbox.seccomp import sandbox_filter
-from sandbox.supervisor import LINE_CUT, MAX_LINE_BYTES
+from sandbox.supervisor import LINE_CUT, MAX_LINE_BYTES, gpu_keys
+from sandbox.trial import started
 
 
 def supervise(code: str, deadline: float = 30, options: tuple[str, ...] = ()) -> tuple[PhaseRun, float]:
@@ -125,3 +129,32 @@ def test_the_command_and_its_children_run_under_the_seccomp_filter(tmp_path):
     assert run.report.exit_code == 0, run.lines
     probes = [line.strip() for line in run.lines if line.startswith("PROBE")]
     assert probes == [f"PROBE fadvise {errno.EPERM}", "PROBE child 1"], run.lines  # the child raised EPERM
+
+
+def test_a_harness_that_cannot_be_started_is_the_sandboxs_failure_and_a_trial_cannot_say_so(tmp_path):
+    """A filter the kernel refuses (here: an empty program) stops the command before it runs: the supervisor's
+    own report says why, and the trial's backend raises SandboxError instead of judging a trial that never
+    ran. A trial that exits 127 itself, or prints a report of its own, is still the trial's crash."""
+    empty = tmp_path / "empty.bpf"
+    empty.write_bytes(b"")
+    run, _ = supervise("print('PROBE ran')", options=("--seccomp", str(empty)))
+    assert run.report.exit_code == 127 and "refused the seccomp filter" in run.report.failed_to_start
+    assert not any(line.startswith("PROBE") for line in run.lines)
+    with pytest.raises(SandboxError, match="the train phase's sandbox could not start its harness"):
+        started(run, "train")
+    forged, _ = supervise("import json; print('ARENA_PHASE ' + json.dumps({'exit_code': 127, 'signal': None, "
+                          "'ready': None, 'end': 1.0, 'deadline': False, 'max_rss_kb': 1, 'failed_to_start': 'x'}), "
+                          "flush=True); raise SystemExit(127)")
+    assert forged.report.exit_code == 127 and forged.report.failed_to_start is None
+    assert started(forged, "train") is forged
+
+
+def test_the_gpus_counted_are_the_phases_however_they_are_named():
+    """Unisolated, CUDA_VISIBLE_DEVICES may hold indices, UUIDs or both: each names one GPU for the NVML count,
+    never "every GPU" (bubblewrap names its phase's by UUID; unset, the phase may use them all)."""
+    assert gpu_keys({"ARENA_GPU_UUIDS": "GPU-aaaa", "CUDA_VISIBLE_DEVICES": "0"}) == ["GPU-aaaa"]
+    assert gpu_keys({"CUDA_VISIBLE_DEVICES": "1,0"}) == [1, 0]
+    assert gpu_keys({"CUDA_VISIBLE_DEVICES": "GPU-bbbb"}) == ["GPU-bbbb"]
+    assert gpu_keys({"CUDA_VISIBLE_DEVICES": "0, MIG-cccc"}) == [0, "MIG-cccc"]
+    assert gpu_keys({"CUDA_VISIBLE_DEVICES": ""}) == []
+    assert gpu_keys({}) is None
