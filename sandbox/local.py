@@ -139,7 +139,7 @@ class LocalBackend(Backend):
         if (run.oom_killed or (report is not None and report.memory_exceeded)) and self.memory_limit is not None:
             raise SandboxError(f"--mem-limit {self.memory_limit / 2**30:.2f}g is too small: importing the "
                                "harness's modules alone went over it; raise it")
-        last = run.last_line() or f"exit code {run.exit_code}"
+        last = (report.failed_to_start if report else None) or run.last_line() or f"exit code {run.exit_code}"
         if report is None:
             raise SandboxError(f"bubblewrap cannot create a sandbox here ({self.bwrap}: {last[:200]}); allow "
                                "unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1 or "

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import json
 import math
 import os
@@ -142,21 +143,26 @@ def start(options: Options) -> tuple[int, int, str | None]:
                 os.close(fd)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_DFL)
-            if not options.processes_limited:  # the user's limit, counted over the host: the best without a cgroup
-                hard = resource.getrlimit(resource.RLIMIT_NPROC)[1]
-                limit = MAX_PROCESSES if hard == resource.RLIM_INFINITY else min(MAX_PROCESSES, hard)
-                resource.setrlimit(resource.RLIMIT_NPROC, (limit, limit))
             with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as f:
                 f.write(str(OOM_SCORE_ADJ))  # short of memory, the kernel picks trial code before arena
             if user is not None:
                 os.setgroups([])
                 os.setgid(user[1])
                 os.setuid(user[0])
+            if not options.processes_limited:  # the user's limit, counted over the host: the best without a cgroup
+                # after setuid: set before, a user already at it (other trials' threads) would fail the exec
+                hard = resource.getrlimit(resource.RLIMIT_NPROC)[1]
+                limit = MAX_PROCESSES if hard == resource.RLIM_INFINITY else min(MAX_PROCESSES, hard)
+                resource.setrlimit(resource.RLIMIT_NPROC, (limit, limit))
             if options.seccomp is not None:  # last: the calls above need nothing it denies, and the trial runs next
                 install_filter(options.seccomp)
             os.execvp(command[0], command)
         except BaseException as e:  # noqa: BLE001 - nothing may escape a forked child
-            os.write(failed_write, f"cannot start {command[0]}: {e}"[:1000].encode())
+            # short of processes, memory or files for the moment (trials may have used them up): the trial's
+            # crash, as its own fork would be; anything else is the sandbox's
+            transient = isinstance(e, OSError) and e.errno in (errno.EAGAIN, errno.ENOMEM, errno.ENFILE, errno.EMFILE)
+            with contextlib.suppress(BaseException):
+                os.write(2 if transient else failed_write, f"cannot start {command[0]}: {e}"[:1000].encode())
         os._exit(127)
     os.close(write_end)
     os.close(failed_write)
@@ -260,7 +266,7 @@ def gpu_keys(env: Mapping[str, str]) -> list[int | str] | None:
     if "CUDA_VISIBLE_DEVICES" not in env:
         return None
     visible = [entry.strip() for entry in env["CUDA_VISIBLE_DEVICES"].split(",") if entry.strip()]
-    return [int(entry) if entry.isdigit() else entry for entry in visible]
+    return [int(entry) if entry.isdecimal() else entry for entry in visible]
 
 
 class GpuMemory:
