@@ -57,9 +57,10 @@ PAGE_CACHE_PROBES = failing({  # preadv2, pwritev2, io_uring_setup, cachestat
     I386: (378, 379, 425, 451), AARCH64: (286, 287, 425, 451), ARM: (392, 393, 425, 451)}, errno.ENOSYS)
 
 
-PAGE_CACHE_RESIDENCY = failing({  # mincore, process_madvise: which pages are cached; drop them from another process
-    X86_64: (27, 440, X32_BIT | 27, X32_BIT | 440), I386: (218, 440), AARCH64: (232, 440), ARM: (219, 440)},
-    errno.EPERM)
+PAGE_CACHE_RESIDENCY = failing({  # mincore: which pages of a mapping are cached
+    X86_64: (27, X32_BIT | 27), I386: (218,), AARCH64: (232,), ARM: (219,)}, errno.EPERM)
+PROCESS_MADVISE = failing({  # madvise on another process's memory (so with any advice, PAGEOUT too)
+    X86_64: (440, X32_BIT | 440), I386: (440,), AARCH64: (440,), ARM: (440,)}, errno.ENOSYS)
 # madvise itself is everyday work (malloc, torch), but two of its advices reclaim a mapped file's pages from the
 # page cache: a trial that owns the dataset's files (arena not run as root) could drop chosen pages with them.
 MADVISE = {X86_64: (28, X32_BIT | 28), I386: (219,), AARCH64: (233,), ARM: (220,)}
@@ -102,7 +103,7 @@ def deny_program(denied: Calls) -> bytes:
 
 def sandbox_filter(pinned: bool) -> bytes:
     """The filter (with `pinned`, affinity changes fail too)."""
-    return deny_program(merged(KEYRING, PAGE_CACHE_HINTS, PAGE_CACHE_PROBES, PAGE_CACHE_RESIDENCY,
+    return deny_program(merged(KEYRING, PAGE_CACHE_HINTS, PAGE_CACHE_PROBES, PAGE_CACHE_RESIDENCY, PROCESS_MADVISE,
                                SCHED_SETAFFINITY if pinned else {}))
 
 
