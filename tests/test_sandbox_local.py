@@ -52,8 +52,8 @@ def test_the_library_path_passes_with_only_the_libraries_it_names(monkeypatch):
         (libraries / "libcuda.so.1").write_bytes(b"\x7fELF not really")
         (libraries / "notes.txt").write_text("the user's, not the trial's")
         (libraries / "libraries.sorted.csv").write_text("not a library either")
-        system = os.path.realpath("/lib/x86_64-linux-gnu")
-        monkeypatch.setenv("LD_LIBRARY_PATH", f"{libraries}:/lib/x86_64-linux-gnu:/tmp/lib:relative/lib:{libraries}")
+        system = os.path.realpath("/lib")
+        monkeypatch.setenv("LD_LIBRARY_PATH", f"{libraries}:/lib:/tmp/lib:relative/lib:{libraries}")
         backend = LocalBackend(isolation="bwrap")
         code = ("import os, sys\n"
                 "print('PROBE path', os.environ.get('LD_LIBRARY_PATH'), flush=True)\n"
