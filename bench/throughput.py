@@ -11,9 +11,9 @@ the export) and `harness.py eval` (val_bpb of the exported model). Times and pea
 supervisor's ARENA_PHASE line, val_bpb from the eval phase's ARENA_EVAL line, tokens and steps from
 what the train phase reports (train_stats.json).
 
-Only the standard library is imported here, and the dataset builder (agent/dataset_build.py: numpy,
-tokenizers) from this checkout, so it runs on a bare GPU machine with torch, numpy, safetensors and
-tokenizers, without the arena package installed.
+Only the standard library is imported here, and from this checkout the dataset builder
+(agent/dataset_build.py: numpy, tokenizers) and the GPUs' peak FLOP/s (sandbox/outcome.py), so it runs on
+a bare GPU machine with torch, numpy, safetensors and tokenizers, without the arena package installed.
 """
 
 from __future__ import annotations
@@ -31,6 +31,9 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's packages, installed or not
+from sandbox.outcome import peak_flops  # noqa: E402
+
 TEMPLATE = ROOT / "train_template"
 HARNESS_FILES = ("harness.py", "prepare.py", "exported.py", "memory_check.py")
 SUPERVISOR = ROOT / "sandbox" / "supervisor.py"
@@ -90,7 +93,6 @@ def render_constants(source: str, constants: dict) -> str:
 
 def prepare_dataset(cache: Path | None, corpus: str, vocab_size: int) -> Path:
     """The dataset a trial gets, from arena's own builder (cache None: $ARENA_CACHE or its default)."""
-    sys.path.insert(0, str(ROOT))
     from agent.dataset_build import build_dataset
 
     start = time.perf_counter()
@@ -126,7 +128,7 @@ def run_phase(phase: str, workdir: Path, data_dir: Path, env: dict, deadline: fl
 def print_table(evaluation: dict, reported: dict, train: dict, budget: float, walls: dict) -> None:
     work = train["end"] - train["ready"]
     rate = reported["timed_tokens"] / reported["training_seconds"] if reported.get("training_seconds") else None
-    flops, peak = reported.get("flops_per_token"), reported.get("peak_flops")
+    flops, peak = reported.get("flops_per_token"), peak_flops(reported.get("device_name"), reported.get("peak_flops"))
     mfu = 100 * flops * rate / peak if rate and flops and peak else None
     rows = [
         ("device", reported["device_name"]),

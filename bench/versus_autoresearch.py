@@ -40,7 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))  # also when loaded by path (tests): throughput.py is its sibling
 
-from throughput import fail, load_preset, prepare_dataset, require_cuda  # noqa: E402
+from throughput import fail, load_preset, peak_flops, prepare_dataset, require_cuda  # noqa: E402
 
 SHIM = ROOT / "bench" / "autoresearch_shim"
 THROUGHPUT = ROOT / "bench" / "throughput.py"
@@ -165,7 +165,8 @@ def run_template(args: argparse.Namespace, work: Path) -> dict:
     reported = run["reported"]
     return {"val_bpb": run["eval"]["val_bpb"], "steps": reported["steps"],
             "tokens_per_second": reported["timed_tokens"] / reported["training_seconds"],
-            "flops_per_token": reported.get("flops_per_token"), "peak_flops": reported.get("peak_flops"),
+            "flops_per_token": reported.get("flops_per_token"),
+            "peak_flops": peak_flops(reported.get("device_name"), reported.get("peak_flops")),
             "device_name": reported.get("device_name"), "peak_memory_gb": reported["peak_memory_bytes"] / 1e9,
             "training_seconds": reported["training_seconds"], "wall_seconds": time.monotonic() - start}
 
@@ -178,7 +179,7 @@ def mfu(run: dict, peak_flops: float | None) -> float | None:
 
 def compare(reference: dict, template: dict) -> dict:
     """The side-by-side figures and each goal, met or not (None where a figure is missing)."""
-    peak = template["peak_flops"]  # the same GPU: the template's harness knows its peak by name
+    peak = template["peak_flops"]  # the same GPU: known by its name
     ref_mfu, own_mfu = mfu(reference, peak), mfu(template, peak)
     speed_up = (template["tokens_per_second"] / reference["tokens_per_second"]
                 if reference["tokens_per_second"] else None)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from agent.judging import best_of, confirmation_decision, decide, judge, open_candidate
 from agent.ledger import Ledger
 from agent.record import Decision, TrialRecord
-from sandbox.outcome import BudgetRule, PhaseRun, Status, summary
+from sandbox.outcome import BudgetRule, PhaseRun, Status, reported_mfu, summary
 from sandbox.outcome import judge as judge_trial
 from sandbox.phases import read_reported
 from sandbox.trial import HARNESS_LOG_BYTES, KEPT_CHARS, LOG_LIMIT_BYTES, PhaseOutput
@@ -195,3 +197,15 @@ def test_a_phase_output_keeps_a_bounded_tail_and_log():
     output("ARENA_PHASE {}\n")
     assert sum(map(len, logged)) < LOG_LIMIT_BYTES + HARNESS_LOG_BYTES + (2 << 20)
     assert sum(map(len, output.lines)) <= KEPT_CHARS and output.lines[-1] == "ARENA_PHASE {}\n"
+
+
+def test_mfu_is_counted_against_the_gpus_own_peak():
+    """An H100 PCIe or NVL has less than the SXM part's 989.5 TFLOP/s the harness takes for every H100: arena
+    knows each by its name; a GPU it does not know keeps the harness's figure, and a CPU has no MFU."""
+    rate = {"timed_tokens": 1_000_000, "training_seconds": 1.0, "flops_per_token": 1e8}  # 1e14 FLOP/s
+    for name, percent in (("NVIDIA H100 PCIe", 100 / 7.56), ("NVIDIA H100 NVL", 100 / 8.35),
+                          ("NVIDIA H100 80GB HBM3", 100 / 9.895), ("NVIDIA A10", 80.0),
+                          ("NVIDIA A100-SXM4-80GB", 100 / 3.12)):
+        assert reported_mfu({**rate, "device_name": name, "peak_flops": 989.5e12}) == pytest.approx(percent), name
+    assert reported_mfu({**rate, "device_name": "NVIDIA RTX PRO 6000", "peak_flops": 500e12}) == pytest.approx(20.0)
+    assert reported_mfu({**rate, "device_name": "cpu", "peak_flops": None}) is None
