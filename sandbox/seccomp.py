@@ -55,8 +55,6 @@ PAGE_CACHE_HINTS = failing({  # readahead, fadvise64 (and i386's fadvise64_64, a
 PAGE_CACHE_PROBES = failing({  # preadv2, pwritev2, io_uring_setup, cachestat
     X86_64: (327, 328, 425, 451, X32_BIT | 546, X32_BIT | 547, X32_BIT | 425, X32_BIT | 451),
     I386: (378, 379, 425, 451), AARCH64: (286, 287, 425, 451), ARM: (392, 393, 425, 451)}, errno.ENOSYS)
-
-
 PAGE_CACHE_RESIDENCY = failing({  # mincore: which pages of a mapping are cached
     X86_64: (27, X32_BIT | 27), I386: (218,), AARCH64: (232,), ARM: (219,)}, errno.EPERM)
 PROCESS_MADVISE = failing({  # madvise on another process's memory (so with any advice, PAGEOUT too)

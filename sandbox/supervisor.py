@@ -260,9 +260,9 @@ def kill_everything_else(sandboxed: bool) -> None:
 def gpu_keys(env: Mapping[str, str]) -> list[int | str] | None:
     """The phase's GPUs as NVML finds them (None: every GPU): bubblewrap names them by UUID; else the entries of
     CUDA_VISIBLE_DEVICES, each an index (NVML numbers GPUs in PCI order, as the phase's env) or a UUID."""
-    uuids = [u for u in env.get("ARENA_GPU_UUIDS", "").split(",") if u]
+    uuids: list[int | str] = [u for u in env.get("ARENA_GPU_UUIDS", "").split(",") if u]
     if uuids:
-        return list(uuids)
+        return uuids
     if "CUDA_VISIBLE_DEVICES" not in env:
         return None
     visible = [entry.strip() for entry in env["CUDA_VISIBLE_DEVICES"].split(",") if entry.strip()]
