@@ -313,7 +313,7 @@ def start_run(runs: Path, cache: Path, name: str, *args: str) -> subprocess.Pope
 
 def wait_for_training(run_dir: Path, trial: int, proc: subprocess.Popen) -> None:
     log = run_dir / "logs" / f"trial-{trial:05d}.log"
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + 600  # a poll: the first step took 46 s on a loaded machine
     while not (log.exists() and "step=" in log.read_text()):
         assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.stderr else ""
         time.sleep(0.1)

@@ -530,7 +530,9 @@ def test_no_file_a_trial_can_read_holds_validation_text(backend, stdlib_dataset)
 @pytest.mark.parametrize("name, code, expected", BUDGET_CHEATS, ids=[c[0] for c in BUDGET_CHEATS])
 def test_a_budget_cheat_is_over_budget(name, code, expected, backend, known, stdlib_dataset):
     only_once(name, backend)
-    outcome, _ = run(backend, make_spec(stdlib_dataset, source_of(known, code), budget=1, cap=5))
+    # a generous deadline (the verdict is on the 5 s cap, not on it): under load the phase ran past 66 s
+    spec = make_spec(stdlib_dataset, source_of(known, code), budget=1, cap=5, export_grace=300)
+    outcome, _ = run(backend, spec)
     assert outcome.status is expected, (outcome.status, outcome.reason, outcome.log_tail[-1500:])
     assert outcome.result["outside_seconds"] > 5 and "past the 1 s budget" in outcome.reason
 

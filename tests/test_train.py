@@ -34,7 +34,10 @@ def result_of(stdout: str) -> dict:
 
 
 @pytest.mark.slow
-def test_template_trains_on_the_default_corpus(tmp_path, cache_root, stdlib_dataset):
+def test_template_trains_on_the_default_corpus(tmp_path, cache_root, stdlib_dataset, monkeypatch):
+    # one thread: two OpenMP threads on two busy cores stall each other (4 steps instead of 60 beside one busy
+    # process), and the steps asked for below are the test's, not the machine's
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     proc = run_arena("train", "--preset", "cpu", "--budget", "20", cache=cache_root)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = result_of(proc.stdout)
