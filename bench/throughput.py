@@ -12,8 +12,8 @@ supervisor's ARENA_PHASE line, val_bpb from the eval phase's ARENA_EVAL line, to
 what the train phase reports (train_stats.json).
 
 Only the standard library is imported here, and from this checkout the dataset builder
-(agent/dataset_build.py: numpy, tokenizers) and the GPUs' peak FLOP/s (sandbox/outcome.py), so it runs on
-a bare GPU machine with torch, numpy, safetensors and tokenizers, without the arena package installed.
+(agent/dataset_build.py: numpy, tokenizers) and the ledger's tokens/s and MFU (sandbox/outcome.py), so it
+runs on a bare GPU machine with torch, numpy, safetensors and tokenizers, without the arena package installed.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's packages, installed or not
-from sandbox.outcome import peak_flops  # noqa: E402
+from sandbox.outcome import reported_mfu, reported_rate  # noqa: E402
 
 TEMPLATE = ROOT / "train_template"
 HARNESS_FILES = ("harness.py", "prepare.py", "exported.py", "memory_check.py")
@@ -127,9 +127,7 @@ def run_phase(phase: str, workdir: Path, data_dir: Path, env: dict, deadline: fl
 
 def print_table(evaluation: dict, reported: dict, train: dict, budget: float, walls: dict) -> None:
     work = train["end"] - train["ready"]
-    rate = reported["timed_tokens"] / reported["training_seconds"] if reported.get("training_seconds") else None
-    flops, peak = reported.get("flops_per_token"), peak_flops(reported.get("device_name"), reported.get("peak_flops"))
-    mfu = 100 * flops * rate / peak if rate and flops and peak else None
+    rate, mfu = reported_rate(reported), reported_mfu(reported)  # as the ledger counts them
     rows = [
         ("device", reported["device_name"]),
         ("tokens/s (steady state)", f"{rate:,.0f}" if rate else "n/a"),

