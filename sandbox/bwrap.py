@@ -255,7 +255,11 @@ def bwrap_argv(bwrap: str, phase: Phase, python: str, gpus: list[str] | None,
         args += ["--unshare-user", "--disable-userns"]
     binds = Binds()
     args += root_filesystem(python, binds)
-    args += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", str(TMP_SIZE), "--tmpfs", "/tmp"]
+    args += ["--proc", "/proc", "--dev", "/dev"]
+    # bwrap's /dev/shm is a directory of its creator's: the trial's user (nobody, when arena is root) could not
+    # make POSIX semaphores there, which multiprocessing and Inductor's parallel compile workers need
+    for tmpfs in ("/tmp", "/dev/shm"):
+        args += ["--perms", "1777", "--size", str(TMP_SIZE), "--tmpfs", tmpfs]
     if gpus:
         for device in gpu_devices(gpus):
             args += ["--dev-bind", device, device]

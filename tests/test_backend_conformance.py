@@ -99,9 +99,10 @@ def test_past_the_memory_limit_is_oom_in_seconds(make_backend, request, stdlib_d
 
 IN_MEMORY_FILES = {
     "tmpfs": """
-        with open("/tmp/hoard", "wb") as f:  # a file in the sandbox's /tmp, a tmpfs: memory, in no process's RSS
-            for _ in range(32):
-                f.write(b"x" * (64 << 20))
+        for where in ("/tmp", "/dev/shm"):  # files in the sandbox's tmpfs mounts: memory, in no process's RSS;
+            with open(f"{where}/hoard", "wb") as f:  # half in each, either alone under the limit
+                for _ in range(16):
+                    f.write(b"x" * (64 << 20))
     """,
     "sysv": """
         import ctypes
@@ -273,6 +274,19 @@ def test_timeout(backend, stdlib_dataset):
 def test_nan(backend, stdlib_dataset):
     outcome, _ = run(backend, make_spec(stdlib_dataset, tiny_train("ctx.log_step(0, float('nan'))")))
     assert outcome.status is Status.NAN and "loss diverged" in outcome.reason
+
+
+def test_a_phase_can_use_multiprocessing(backend, tmp_path):
+    """Its locks and pools are POSIX semaphores in /dev/shm, as are Inductor's parallel compile workers': the
+    trial's user can make them (bubblewrap's own /dev/shm is its creator's, root's when arena is root)."""
+    code = ("from concurrent.futures import ProcessPoolExecutor\n"
+            "with ProcessPoolExecutor(2) as pool:\n"
+            "    print('PROBE', sum(pool.map(abs, [-1, -2])), flush=True)\n")
+    lines: list[str] = []
+    run = backend.run_phase(bare_phase(tmp_path / "phase", 60, backend.owner), PhaseOutput(lines.append),
+                            ["-c", code])
+    assert run.report is not None and run.report.exit_code == 0, "".join(lines)[-2000:]
+    assert "PROBE 3" in "".join(lines)
 
 
 def test_nothing_outlives_a_phase(backend, tmp_path):
