@@ -17,7 +17,10 @@ REJECTED_PREFIX = "ARENA_REJECTED "
 EXIT_DIVERGED = 3   # harness.py: the loss diverged (NaN or exploding)
 EXIT_CONTRACT = 4   # harness.py: the model broke the contract (not a module, not exportable)
 EXIT_REJECTED = 5   # harness.py: the exported model failed a check of the eval phase
+# what a failed train phase prints when memory ran out: PyTorch's caching allocator and the host's, and on the
+# GPU also what fails outside that allocator (the driver, Triton's launcher, cuBLAS' and cuDNN's workspaces)
 OOM_PATTERNS = re.compile(r"CUDA out of memory|OutOfMemoryError|MemoryError|CUBLAS_STATUS_ALLOC_FAILED|"
+                          r"CUDNN_STATUS_ALLOC_FAILED|CUDA error: out of memory|\[CUDA\]: out of memory|"
                           r"Cannot allocate memory|HIP out of memory")
 LOG_TAIL_LINES = 60
 LOG_TAIL_LINE_CHARS = 300
@@ -148,7 +151,7 @@ class Measured(TypedDict):
     outside_seconds: float
     ready_seconds: float
     allowance_seconds: float
-    peak_memory_gb: float
+    peak_memory_gb: float | None  # the device's: the GPUs' on a GPU preset (None where they could not be read)
     host_memory_gb: float
     gpu_memory_gb: float | None
 
@@ -234,24 +237,26 @@ def phase_failure(phase: str, run: PhaseRun) -> tuple[Status, str] | None:
     return Status.CRASH, f"train phase exited with code {report.exit_code}: {(last or 'no output')[:300]}"
 
 
-def measured(report: PhaseReport | None, rule: BudgetRule) -> Measured | None:
+def measured(report: PhaseReport | None, rule: BudgetRule, on_gpu: bool) -> Measured | None:
     """Time and memory of the train phase, from its supervisor: nothing here comes from the trial.
-    Peak memory is the GPUs' where the supervisor could read them, else the host's. None when the
-    harness never started trial code."""
+    Peak memory is that of the device the preset trains on: on a GPU preset the GPUs' (None where the
+    supervisor could not read them: the host's would teach the memory model the wrong device), else the
+    host's. None when the harness never started trial code."""
     if report is None or report.ready is None or report.end is None:
         return None
     work = report.end - report.ready
     host = report.max_rss_kb * 1024 / 1e9
     gpu = report.gpu_peak_bytes / 1e9 if report.gpu_peak_bytes is not None else None
     return Measured(work_seconds=work, outside_seconds=work - rule.budget, ready_seconds=report.ready,
-                    allowance_seconds=rule.allowance(report.ready), peak_memory_gb=host if gpu is None else gpu,
+                    allowance_seconds=rule.allowance(report.ready), peak_memory_gb=gpu if on_gpu else host,
                     host_memory_gb=host, gpu_memory_gb=gpu)
 
 
 def judge(train: PhaseRun, evaluation: PhaseRun | None, rule: BudgetRule, reported: Reported,
-          missing: str = "evaluation did not run", trusted: bool = False) -> Outcome:
+          missing: str = "evaluation did not run", trusted: bool = False, on_gpu: bool = False) -> Outcome:
     """Classify a trial from its two phases; `missing` says why there was no eval phase. A trusted
-    trial (the unmodified template) is never over budget: what it needed is the measure for the rest."""
+    trial (the unmodified template) is never over budget: what it needed is the measure for the rest.
+    `on_gpu`: the trial trained on GPUs, whose memory is its peak."""
     def outcome(status: Status, reason: str, result: TrialResult | None = None) -> Outcome:
         return Outcome(status, reason, result, log_tail=tail(train.lines), train_wall_seconds=train.wall_seconds,
                        eval_wall_seconds=evaluation.wall_seconds if evaluation else 0.0)
@@ -259,7 +264,7 @@ def judge(train: PhaseRun, evaluation: PhaseRun | None, rule: BudgetRule, report
     failure = phase_failure("train", train)
     if failure is not None:
         return outcome(*failure)
-    measures = measured(train.report, rule)
+    measures = measured(train.report, rule, on_gpu)
     if measures is None:
         return outcome(Status.CRASH, "the harness never started trial code")
     if evaluation is None:

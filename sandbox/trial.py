@@ -59,6 +59,10 @@ class TrialSpec:
     def train_deadline(self) -> float:
         return self.budget.budget + self.budget.cap + self.export_grace
 
+    @property
+    def on_gpu(self) -> bool:
+        return str(self.config["device"]).startswith("cuda")
+
 
 class PhaseOutput:
     """Collects a phase's output lines, control characters replaced: every line to the sink up to a size limit
@@ -91,7 +95,7 @@ def stage(spec: TrialSpec, name: str, root: Path, owner: tuple[int, int], model_
     """Lay out one phase under `root`; `owner` is the user its trial code runs as."""
     deadline = spec.train_deadline if name == "train" else spec.eval_timeout
     phase = Phase(name, root, deadline)
-    if name == "eval" and not str(spec.config["device"]).startswith("cuda"):
+    if name == "eval" and not spec.on_gpu:
         # Scoring one row at a time is thousands of tiny ops, which OpenMP threads spend waiting on each other:
         # 64 rows took 37-42 s with two threads and 2.8-3.5 s with one on a busy 2-core host.
         phase.env["OMP_NUM_THREADS"] = "1"
@@ -173,7 +177,8 @@ class Backend(ABC):
                 else:
                     on_log("=== eval phase\n")
                     evaluation = started(self.run_phase(phase, PhaseOutput(on_log)), "eval")
-            return judge(train_run, evaluation, spec.budget, read_reported(train.out_dir), missing, spec.trusted)
+            return judge(train_run, evaluation, spec.budget, read_reported(train.out_dir), missing, spec.trusted,
+                         on_gpu=spec.on_gpu)
         finally:
             remove_tree(Path(tmp))  # not TemporaryDirectory's cleanup: the trial shaped this tree
 

@@ -86,8 +86,9 @@ def test_records_round_trip_and_old_ledgers_still_read(tmp_path):
 
 
 def phase(lines: list[str], exit_code: int = 0, ready: float | None = 1.0, end: float = 40.0, code: int = 0,
-          rss_kb: int = 500_000, **kwargs) -> PhaseRun:
-    report = {"exit_code": code, "signal": None, "ready": ready, "end": end, "deadline": False, "max_rss_kb": rss_kb}
+          rss_kb: int = 500_000, gpu_bytes: int | None = None, **kwargs) -> PhaseRun:
+    report = {"exit_code": code, "signal": None, "ready": ready, "end": end, "deadline": False, "max_rss_kb": rss_kb,
+              "gpu_peak_bytes": gpu_bytes}
     return PhaseRun(exit_code=exit_code, timed_out=False, wall_seconds=end + 1,
                     lines=[*lines, "ARENA_PHASE " + json.dumps(report) + "\n"], **kwargs)
 
@@ -161,6 +162,32 @@ def test_words_about_memory_in_the_log_do_not_make_a_trial_oom():
     said = ["note: torch.OutOfMemoryError: CUDA out of memory, caught and retried smaller\n"]
     assert judge_trial(phase(said), evaluation(), BudgetRule(30, 30), {}).status is Status.OK
     assert judge_trial(phase(said, code=1), None, BudgetRule(30, 30), {}).status is Status.OOM
+
+
+@pytest.mark.parametrize("message", [
+    "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB",
+    "RuntimeError: CUDA error: out of memory",  # the driver's, outside the caching allocator
+    "RuntimeError: Triton Error [CUDA]: out of memory",  # loading a compiled kernel
+    "RuntimeError: cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
+    "RuntimeError: CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+    "MemoryError",
+])
+def test_every_way_of_running_out_of_memory_is_oom(message):
+    assert judge_trial(phase([message + "\n"], code=1), None, BudgetRule(30, 30), {}).status is Status.OOM
+    other = phase(["RuntimeError: Triton Error [CUDA]: invalid argument\n"], code=1)
+    assert judge_trial(other, None, BudgetRule(30, 30), {}).status is Status.CRASH
+
+
+def test_peak_memory_is_that_of_the_device_the_preset_trains_on():
+    rule, host = BudgetRule(30, 30), 500_000 * 1024 / 1e9
+    both = phase(["step=0\n"], gpu_bytes=40_000_000_000)
+    assert judge_trial(both, evaluation(), rule, {}, on_gpu=True).result["peak_memory_gb"] == 40.0
+    cpu = judge_trial(both, evaluation(), rule, {}).result  # a CPU preset beside GPUs that others use
+    assert cpu["peak_memory_gb"] == host and cpu["gpu_memory_gb"] == 40.0
+    # GPUs the supervisor could not read: no peak, rather than the host's, which the memory model would learn
+    unread = judge_trial(phase(["step=0\n"]), evaluation(), rule, {}, on_gpu=True)
+    assert unread.status is Status.OK and unread.result["peak_memory_gb"] is None
+    assert unread.result["host_memory_gb"] == host and "peak_mem_mb:      n/a" in summary(unread)
 
 
 def test_what_a_trial_reports_is_kept_only_when_arena_can_compute_with_it(tmp_path):
