@@ -28,6 +28,13 @@ from sandbox.workers import pinned_to, registered
 ISOLATIONS = ("bwrap", "none")
 PREFLIGHT_SECONDS = 120
 NEEDED_MODULES = "numpy, torch, safetensors"
+# CUDA in the sandbox as a trial gets it: the GPUs whose nodes are bound, and a kernel that runs on them
+GPU_CHECK = """import torch
+count = torch.cuda.device_count()
+assert count == {count}, f"torch sees {{count}} GPUs in the sandbox, not its {count}"
+torch.ones(1, device="cuda").add_(1).item()
+"""
+UVM_NODE = Path("/dev/nvidia-uvm")
 
 
 def run_process(cmd: list[str], cwd: Path | None, env: dict[str, str], timeout: float,
@@ -129,12 +136,13 @@ class LocalBackend(Backend):
         return run_process(enter(command), phase.trial_dir, env, phase.kill_after, output, self.cores)
 
     def preflight(self) -> None:
-        """One empty sandbox before any trial: bwrap works here and its Python imports what the harness needs."""
-        with tempfile.TemporaryDirectory(prefix="arena-preflight-") as tmp:
-            phase = bare_phase(Path(tmp), PREFLIGHT_SECONDS, self.owner)
-            run = self.run_phase(phase, PhaseOutput(lambda line: None), ["-c", f"import {NEEDED_MODULES}"])
+        """Empty sandboxes before any trial: bwrap works here, its Python imports what the harness needs, and
+        with GPUs, CUDA runs on them there."""
+        run = self.check(f"import {NEEDED_MODULES}")
         report = run.report
         if report is not None and report.exit_code == 0 and not run.oom_killed:
+            if self.gpus:
+                self.check_gpus()
             return
         if (run.oom_killed or (report is not None and report.memory_exceeded)) and self.memory_limit is not None:
             raise SandboxError(f"--mem-limit {self.memory_limit / 2**30:.2f}g is too small: importing the "
@@ -146,3 +154,21 @@ class LocalBackend(Backend):
                                f"kernel.apparmor_restrict_unprivileged_userns=0), or {ADVICE}")
         raise SandboxError(f"inside the sandbox, {self.python} cannot import {NEEDED_MODULES} ({last[:200]}); "
                            f"install them into that interpreter's own environment (a venv), or {ADVICE}")
+
+    def check(self, code: str) -> PhaseRun:
+        """`code` run as a trial would be, in an empty phase."""
+        with tempfile.TemporaryDirectory(prefix="arena-preflight-") as tmp:
+            phase = bare_phase(Path(tmp), PREFLIGHT_SECONDS, self.owner)
+            return self.run_phase(phase, PhaseOutput(lambda line: None), ["-c", code])
+
+    def check_gpus(self) -> None:
+        gpus = self.gpus or []
+        run = self.check(GPU_CHECK.format(count=len(gpus)))
+        if run.report is not None and run.report.exit_code == 0:
+            return
+        last = run.last_line() or f"exit code {run.exit_code}"
+        if not UVM_NODE.exists():  # made by the first CUDA program after boot, which the sandbox cannot be
+            advice = f"{UVM_NODE} does not exist yet: run `nvidia-modprobe -u -c=0` as root (or any CUDA program) once"
+        else:
+            advice = f"check that {self.python} runs CUDA outside the sandbox, or {ADVICE}"
+        raise SandboxError(f"inside the sandbox, torch cannot use GPU {','.join(gpus)} ({last[:200]}); {advice}")

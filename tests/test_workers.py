@@ -23,8 +23,9 @@ from agent.loop import StopRule, final_status, placements, run_loop
 from agent.presets import get_preset
 from agent.run import RunSettings, open_run
 from sandbox import Placement
-from sandbox.bwrap import gpu_devices, gpu_env, gpu_nodes
+from sandbox.bwrap import GpuNode, gpu_devices, gpu_env, gpu_nodes
 from sandbox.errors import SandboxError
+from sandbox.local import UVM_NODE, LocalBackend
 from sandbox.workers import (
     NvidiaGpu,
     by_physical_core,
@@ -311,3 +312,14 @@ def test_a_gpu_sandbox_gets_its_own_gpus_device_and_no_other(tmp_path):
                                      "ARENA_GPU_UUIDS": "GPU-bbbb"}
     with pytest.raises(SandboxError, match="cannot tell which /dev/nvidiaN is GPU 5"):
         gpu_devices(["5"], table, dev)
+
+
+def test_a_gpu_sandbox_whose_torch_cannot_use_the_gpu_stops_before_any_trial(monkeypatch):
+    """Before the first trial, CUDA runs in a sandbox as a trial's would. Here (no GPU, a CPU build of torch)
+    torch sees none: one line says so and what to do. Only nvidia-smi's list of the host's GPUs is made up."""
+    monkeypatch.setattr("sandbox.bwrap.gpu_table", lambda: (GpuNode("0", "GPU-aaaa", (0, 0x17, 0, 0), 0),))
+    with pytest.raises(SandboxError) as raised:
+        LocalBackend(isolation="bwrap", gpus=["0"])
+    message = str(raised.value)
+    assert "torch cannot use GPU 0" in message and "torch sees 0 GPUs in the sandbox, not its 1" in message
+    assert ("nvidia-modprobe -u -c=0" in message) is not UVM_NODE.exists() and "\n" not in message
