@@ -20,6 +20,10 @@ budget=${3:-90}
 root=$(cd "$(dirname "$0")/.." && pwd)
 cache=${TMPDIR:-/tmp}/arena-gpu-session-cache  # one dataset (the gpu preset's), for profile_step to find
 mkdir -p "$out" "$cache"
+out=$(cd "$out" && pwd)  # absolute: the parts run from the repository's root
+if [ -n "$autoresearch" ]; then
+    autoresearch=$(cd "$autoresearch" && pwd) || exit 2
+fi
 export PYTHONUNBUFFERED=1
 cd "$root" || exit 1
 python3 -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else
@@ -39,5 +43,9 @@ else
         | tee "$out/throughput.txt"
 fi
 
-data=$(dirname "$(ls -d "$cache"/*/meta.json | head -n 1)")
-python3 bench/profile_step.py --data "$data" --steps 14 2>&1 | tee "$out/profile.txt"
+meta=$(grep -l '"vocab_size": 8192' "$cache"/*/meta.json 2>/dev/null | head -n 1)  # the gpu preset's vocabulary
+if [ -z "$meta" ]; then
+    echo "no dataset of the gpu preset in $cache: the part above failed before building it" | tee "$out/profile.txt"
+    exit 1
+fi
+python3 bench/profile_step.py --data "$(dirname "$meta")" --steps 14 2>&1 | tee "$out/profile.txt"

@@ -297,8 +297,9 @@ def reported_rate(reported: Reported) -> float | None:
 # stopping recorded runs from resuming (it takes every H100 for the SXM part); this one decides the MFU arena
 # records, the harness's only for a GPU missing here.
 PEAK_BF16_FLOPS = (("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989.5e12), ("H800", 989.5e12),
-                   ("H200", 989.5e12), ("B200", 2250e12), ("A100", 312e12), ("A800", 312e12), ("L40S", 362e12),
-                   ("A10", 125e12), ("L4", 121e12), ("RTX 4090", 165e12), ("RTX 3090", 71e12))
+                   ("H200 NVL", 835e12), ("H200", 989.5e12), ("B200", 2250e12), ("A100", 312e12), ("A800", 312e12),
+                   ("L40S", 362e12), ("L40", 181e12), ("A10", 125e12), ("L4", 121e12), ("RTX 4090", 165e12),
+                   ("RTX 3090", 71e12))
 
 
 def peak_flops(device_name: object, reported_peak: object = None) -> float | None:

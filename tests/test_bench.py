@@ -184,3 +184,15 @@ def test_val_exposure_counts_a_readable_copy_and_not_a_hidden_one(tmp_path):
     copied = next(line for line in out.splitlines() if line.strip().startswith("in such a file"))
     assert int(copied.split(":")[1].split("(")[0].replace(",", "")) > 0, out
     assert str(package / "test_copy.py") in out and "test_hidden.py" not in out
+
+
+def test_the_profile_names_each_kind_of_attention_kernel():
+    profile = import_file("profile_step_bench", ROOT / "bench" / "profile_step.py")
+    kinds = {"cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3_64x128x128": "attention (cudnn)",
+             "void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<128, 128>>": "attention (flash)",
+             "fmha_cutlassF_bf16_aligned_64x128_rf_sm80(PyTorchMemEffAttention::AttentionKernel)":
+                 "attention (mem-efficient)",
+             "triton_tem_fused_0": "attention (flex)",
+             "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64": "matmul",
+             "triton_per_fused__to_copy_add_mean_mul_pow_rsqrt_0": "triton fused"}
+    assert {name: profile.kind_of(name) for name in kinds} == kinds

@@ -232,7 +232,9 @@ def test_mfu_is_counted_against_the_gpus_own_peak():
     rate = {"timed_tokens": 1_000_000, "training_seconds": 1.0, "flops_per_token": 1e8}  # 1e14 FLOP/s
     for name, percent in (("NVIDIA H100 PCIe", 100 / 7.56), ("NVIDIA H100 NVL", 100 / 8.35),
                           ("NVIDIA H100 80GB HBM3", 100 / 9.895), ("NVIDIA A10", 80.0),
-                          ("NVIDIA A100-SXM4-80GB", 100 / 3.12)):
+                          ("NVIDIA A100-SXM4-80GB", 100 / 3.12), ("NVIDIA H200 NVL", 100 / 8.35),
+                          ("NVIDIA H200", 100 / 9.895), ("NVIDIA L40", 100 / 1.81), ("NVIDIA L40S", 100 / 3.62),
+                          ("NVIDIA L4", 100 / 1.21)):
         assert reported_mfu({**rate, "device_name": name, "peak_flops": 989.5e12}) == pytest.approx(percent), name
     assert reported_mfu({**rate, "device_name": "NVIDIA RTX PRO 6000", "peak_flops": 500e12}) == pytest.approx(20.0)
     assert reported_mfu({**rate, "device_name": "cpu", "peak_flops": None}) is None
