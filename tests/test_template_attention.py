@@ -37,7 +37,7 @@ def test_cudnn_attention_goes_first_only_where_it_runs(template):
     from torch.nn.attention import SDPBackend
 
     cfg = template.build_config(512, 64)
-    assert template.cudnn_attention_runs(cfg, "cpu") is False
-    with template.attention_priority(cfg, "cpu"):
+    assert template.cudnn_attention_runs(cfg, "cpu", 2) is False
+    with template.attention_priority(cfg, "cpu", 2):
         order = torch._C._get_sdp_priority_order()
     assert order[0] == SDPBackend.FLASH_ATTENTION.value and order.index(SDPBackend.CUDNN_ATTENTION.value) > 2

@@ -125,30 +125,34 @@ def exporting() -> bool:
     return torch.compiler.is_exporting() if flag is None else bool(flag)
 
 
-def attention_priority(cfg: GPTConfig, device: str):
+def attention_priority(cfg: GPTConfig, device: str, batch: int):
     """On the GPU, SDPA tries cuDNN attention first: on Hopper it ran the full-context layers' forward+backward in
     2.64 ms against flash's 4.40 ms at this shape, and torch's default order (flash, efficient, math, cuDNN)
     would never reach it. A backend that cannot take a call (no cuDNN, an unsupported head size) passes it on."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     order = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-    if cudnn_attention_runs(cfg, device):
+    if cudnn_attention_runs(cfg, device, batch):
         order.insert(0, SDPBackend.CUDNN_ATTENTION)
     return sdpa_kernel(order, set_priority=True)
 
 
-def cudnn_attention_runs(cfg: GPTConfig, device: str) -> bool:
-    """Whether cuDNN attention runs at the model's shape. Its checks before a call pass on what it cannot take,
-    but it builds its plan at run time, and a compiled graph that chose it would crash on its first step
-    where that fails (a cuDNN without a plan for this shape). One eager forward and backward decides."""
+def cudnn_attention_runs(cfg: GPTConfig, device: str, batch: int) -> bool:
+    """Whether cuDNN attention runs at the training step's shape. Its checks before a call pass on what it cannot
+    take, but it builds its plan at run time, and a compiled graph that chose it would crash on its first step
+    where that fails (a cuDNN without a plan for this shape). One eager forward and backward decides, at the
+    step's batch and with its layout: (B, H, T, D) views of (B, T, H, D) tensors."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    q = torch.randn(1, cfg.n_head, cfg.seq_len, cfg.head_dim, device=device, dtype=torch.bfloat16,
-                    requires_grad=True)
+    def head_major() -> torch.Tensor:
+        x = torch.randn(batch, cfg.seq_len, cfg.n_head, cfg.head_dim, device=device, dtype=torch.bfloat16)
+        return x.transpose(1, 2).requires_grad_()
+
     try:
         with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
-            F.scaled_dot_product_attention(q, q, q, is_causal=True).sum().backward()
-    except RuntimeError:
+            y = F.scaled_dot_product_attention(head_major(), head_major(), head_major(), is_causal=True)
+            y.backward(torch.randn_like(y))
+    except RuntimeError:  # torch.OutOfMemoryError included: the step itself will say so
         return False
     return True
 
@@ -421,7 +425,7 @@ def train(ctx) -> nn.Module:
     accum_steps = max(1, TOTAL_BATCH_SIZE // (DEVICE_BATCH_SIZE * ctx.seq_len))
     batches = ctx.batches(DEVICE_BATCH_SIZE)
 
-    with attention_priority(cfg, ctx.device) if cuda else contextlib.nullcontext():
+    with attention_priority(cfg, ctx.device, DEVICE_BATCH_SIZE) if cuda else contextlib.nullcontext():
         try:
             return train_loop(ctx, model, forward, optimizers, autocast, accum_steps, batches)
         finally:
