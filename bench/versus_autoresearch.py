@@ -13,8 +13,8 @@ scores, arena's metric) with its time budget and sequence length from the preset
 with the preset's constants through bench/throughput.py, both harness phases as a trial runs them.
 
 It prints, for each: steady-state tokens/s, MFU by autoresearch's formula (6 FLOPs per matmul weight and
-12 x width x window per layer for attention, the template's estimate_flops too; the first 10 steps not
-timed), peak GPU memory (max_memory_allocated), optimizer steps and val_bpb; then the template's ratio and
+12 x width x window per layer for attention, the template's estimate_flops too; autoresearch's first 11
+steps and the template's first 10, the harness's warm-up, not timed), peak GPU memory (max_memory_allocated), optimizer steps and val_bpb; then the template's ratio and
 the goals of issue 12: at least 1.16x autoresearch's tokens/s, at least 42% MFU, peak memory no higher.
 A train.py whose model shape differs from the preset's is named, since memory and MFU then compare
 different models. `--out` keeps both logs and writes summary.json.
@@ -46,7 +46,9 @@ from sandbox.outcome import peak_flops  # noqa: E402  (throughput put this check
 
 SHIM = ROOT / "bench" / "autoresearch_shim"
 THROUGHPUT = ROOT / "bench" / "throughput.py"
-UNTIMED_STEPS = 10  # autoresearch times its steps from the 11th and counts step - 10 of them in its MFU
+# autoresearch times its steps from the 12th (`if step > 10`, step counted from 0); the MFU line it prints
+# divides step - 10 steps' FLOPs by that time, one step more than it timed
+UNTIMED_STEPS = 11
 SHAPE = ("DEPTH", "ASPECT_RATIO", "HEAD_DIM", "WINDOW_PATTERN", "TOTAL_BATCH_SIZE", "DEVICE_BATCH_SIZE")
 GOAL_SPEED_UP = 1.16
 GOAL_MFU = 42.0
