@@ -161,6 +161,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent.methods import ModelBacked
     from agent.record import counted
     from agent.run import open_run
+    from sandbox import Backend
 
     given = given_options(args)
     trials, hours = given.pop("trials", None), given.pop("hours", None)
@@ -181,6 +182,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             require_device(preset)
         backends.append(make_backend(settings, preset, space))  # the sandbox works here, or the surrogate fits
         workers[:] = placements(settings, preset, backends[-1])  # the GPUs named exist, the cores suffice
+        if isinstance(backends[-1], Backend):
+            for placement in workers:  # and work in a sandbox
+                backends[-1].check_placement(placement)
         for_run(settings, preset, space, workers)  # the device's memory is known, and fits the smallest config
         if isinstance(method, ModelBacked):
             method.check_ready()  # an unreachable model stops the run here, before any trial

@@ -43,7 +43,7 @@ else
         | tee "$out/throughput.txt"
 fi
 
-meta=$(grep -l '"vocab_size": 8192' "$cache"/*/meta.json 2>/dev/null | head -n 1)  # the gpu preset's vocabulary
+meta=$(grep -l '"vocab_size": 8192,' "$cache"/*/meta.json 2>/dev/null | head -n 1)  # the gpu preset's vocabulary
 if [ -z "$meta" ]; then
     echo "no dataset of the gpu preset in $cache: the part above failed before building it" | tee "$out/profile.txt"
     exit 1

@@ -14,8 +14,9 @@ with the preset's constants through bench/throughput.py, both harness phases as 
 
 It prints, for each: steady-state tokens/s, MFU by autoresearch's formula (6 FLOPs per matmul weight and
 12 x width x window per layer for attention, the template's estimate_flops too; autoresearch's first 11
-steps and the template's first 10, the harness's warm-up, not timed), peak GPU memory (max_memory_allocated), optimizer steps and val_bpb; then the template's ratio and
-the goals of issue 12: at least 1.16x autoresearch's tokens/s, at least 42% MFU, peak memory no higher.
+steps and the template's first 10, the harness's warm-up, not timed), peak GPU memory
+(max_memory_allocated), optimizer steps and val_bpb; then the template's ratio and the goals of issue 12:
+at least 1.16x autoresearch's tokens/s, at least 42% MFU, peak memory no higher.
 A train.py whose model shape differs from the preset's is named, since memory and MFU then compare
 different models. `--out` keeps both logs and writes summary.json.
 

@@ -34,7 +34,9 @@ BWRAP_ENV = "ARENA_BWRAP"  # a bwrap binary to use instead of the system's or th
 ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "localtime", "passwd", "group",
              "nsswitch.conf")
 SYSTEM_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
-TMP_SIZE = 4 << 30
+# the largest each private tmpfs may grow (files there are memory in no process: without --mem-limit, these
+# sizes are all that bounds them); /dev/shm as large as the Docker backend's
+TMP_SIZES = {"/tmp": 4 << 30, "/dev/shm": 2 << 30}
 SANDBOX_OWN = tuple(map(Path, ("/trial", "/data", "/cache", "/tmp", "/proc", "/dev", "/sys", "/etc")))  # not the host's
 LIBRARY_NAME = re.compile(r"lib.+\.so(\.[0-9]+)*")
 MAX_BIND_ARGS = 6000  # bwrap takes at most 9,000 arguments; each library bound costs three
@@ -258,8 +260,8 @@ def bwrap_argv(bwrap: str, phase: Phase, python: str, gpus: list[str] | None,
     args += ["--proc", "/proc", "--dev", "/dev"]
     # bwrap's /dev/shm is a directory of its creator's: the trial's user (nobody, when arena is root) could not
     # make POSIX semaphores there, which multiprocessing and Inductor's parallel compile workers need
-    for tmpfs in ("/tmp", "/dev/shm"):
-        args += ["--perms", "1777", "--size", str(TMP_SIZE), "--tmpfs", tmpfs]
+    for tmpfs, size in TMP_SIZES.items():
+        args += ["--perms", "1777", "--size", str(size), "--tmpfs", tmpfs]
     if gpus:
         for device in gpu_devices(gpus):
             args += ["--dev-bind", device, device]

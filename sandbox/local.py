@@ -23,16 +23,17 @@ from sandbox.phases import PathMap, Phase, bare_phase, memory_bytes, sandbox_use
 from sandbox.seccomp import sandbox_filter_fd
 from sandbox.supervisor import MAX_PROCESSES
 from sandbox.trial import Backend, PhaseOutput
-from sandbox.workers import pinned_to, registered
+from sandbox.workers import Placement, pinned_to, registered
 
 ISOLATIONS = ("bwrap", "none")
 PREFLIGHT_SECONDS = 120
 NEEDED_MODULES = "numpy, torch, safetensors"
-# CUDA in the sandbox as a trial gets it: the GPUs whose nodes are bound, and a kernel that runs on them
+# CUDA in the sandbox as a trial gets it: the GPUs whose nodes are bound, and a kernel that runs on each
 GPU_CHECK = """import torch
 count = torch.cuda.device_count()
 assert count == {count}, f"torch sees {{count}} GPUs in the sandbox, not its {count}"
-torch.ones(1, device="cuda").add_(1).item()
+for device in range(count):
+    torch.ones(1, device=f"cuda:{{device}}").add_(1).item()
 """
 UVM_NODE = Path("/dev/nvidia-uvm")
 
@@ -136,24 +137,49 @@ class LocalBackend(Backend):
         return run_process(enter(command), phase.trial_dir, env, phase.kill_after, output, self.cores)
 
     def preflight(self) -> None:
-        """Empty sandboxes before any trial: bwrap works here, its Python imports what the harness needs, and
-        with GPUs, CUDA runs on them there."""
-        run = self.check(f"import {NEEDED_MODULES}")
+        """An empty sandbox before any trial: bwrap works here and its Python imports what the harness needs;
+        with GPUs (arena train), CUDA runs on them there too. arena run checks each worker's GPUs apart
+        (check_placement), once it has placed them."""
+        last = self.failure(self.check(f"import {NEEDED_MODULES}"), f"import {NEEDED_MODULES}")
+        if last is not None:
+            raise SandboxError(f"inside the sandbox, {self.python} cannot import {NEEDED_MODULES} ({last[:200]}); "
+                               f"install them into that interpreter's own environment (a venv), or {ADVICE}")
+        if self.gpus:
+            self.check_gpus()
+
+    def check_placement(self, placement: Placement) -> None:
+        if self.isolation == "bwrap" and placement.gpus:  # unisolated, arena's own torch saw the GPUs
+            worker = self.placed(placement)
+            assert isinstance(worker, LocalBackend)
+            worker.check_gpus()
+
+    def check_gpus(self) -> None:
+        gpus = self.gpus or []
+        last = self.failure(self.check(GPU_CHECK.format(count=len(gpus))), f"use GPU {','.join(gpus)}")
+        if last is None:
+            return
+        if not UVM_NODE.exists():  # made by the first CUDA program after boot, which the sandbox cannot be
+            advice = f"{UVM_NODE} does not exist yet: run `nvidia-modprobe -u -c=0` as root (or any CUDA program) once"
+        else:
+            advice = f"check that {self.python} runs CUDA outside the sandbox, or {ADVICE}"
+        raise SandboxError(f"inside the sandbox, torch cannot use GPU {','.join(gpus)} ({last[:200]}); {advice}")
+
+    def failure(self, run: PhaseRun, what: str) -> str | None:
+        """None when a check passed, else its last line; raises for what failed around it: a sandbox that could
+        not be made, or one that went over --mem-limit (`what`: what the check only tried to do)."""
         report = run.report
         if report is not None and report.exit_code == 0 and not run.oom_killed:
-            if self.gpus:
-                self.check_gpus()
-            return
+            return None
         if (run.oom_killed or (report is not None and report.memory_exceeded)) and self.memory_limit is not None:
-            raise SandboxError(f"--mem-limit {self.memory_limit / 2**30:.2f}g is too small: importing the "
-                               "harness's modules alone went over it; raise it")
-        last = (report.failed_to_start if report else None) or run.last_line() or f"exit code {run.exit_code}"
+            raise SandboxError(f"--mem-limit {self.memory_limit / 2**30:.2f}g is too small: a sandbox that only "
+                               f"tried to {what} went over it; raise it")
         if report is None:
+            last = run.last_line() or f"exit code {run.exit_code}"
             raise SandboxError(f"bubblewrap cannot create a sandbox here ({self.bwrap}: {last[:200]}); allow "
                                "unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1 or "
                                f"kernel.apparmor_restrict_unprivileged_userns=0), or {ADVICE}")
-        raise SandboxError(f"inside the sandbox, {self.python} cannot import {NEEDED_MODULES} ({last[:200]}); "
-                           f"install them into that interpreter's own environment (a venv), or {ADVICE}")
+        ended = f"signal {report.signal}" if report.signal is not None else f"exit code {report.exit_code}"
+        return report.failed_to_start or run.last_line() or ended
 
     def check(self, code: str) -> PhaseRun:
         """`code` run as a trial would be, in an empty phase."""
@@ -161,14 +187,3 @@ class LocalBackend(Backend):
             phase = bare_phase(Path(tmp), PREFLIGHT_SECONDS, self.owner)
             return self.run_phase(phase, PhaseOutput(lambda line: None), ["-c", code])
 
-    def check_gpus(self) -> None:
-        gpus = self.gpus or []
-        run = self.check(GPU_CHECK.format(count=len(gpus)))
-        if run.report is not None and run.report.exit_code == 0:
-            return
-        last = run.last_line() or f"exit code {run.exit_code}"
-        if not UVM_NODE.exists():  # made by the first CUDA program after boot, which the sandbox cannot be
-            advice = f"{UVM_NODE} does not exist yet: run `nvidia-modprobe -u -c=0` as root (or any CUDA program) once"
-        else:
-            advice = f"check that {self.python} runs CUDA outside the sandbox, or {ADVICE}"
-        raise SandboxError(f"inside the sandbox, torch cannot use GPU {','.join(gpus)} ({last[:200]}); {advice}")

@@ -151,6 +151,11 @@ class Backend(ABC):
         clone.cores = placement.cores
         return clone
 
+    def check_placement(self, placement: Placement) -> None:
+        """Before any trial: what a worker on `placement` needs that the backend could not check without it
+        (a GPU that works in the sandbox); SandboxError, in one line, if it does not."""
+        return None  # nothing, unless a backend says otherwise
+
     @abstractmethod
     def run_phase(self, phase: Phase, output: PhaseOutput, python_args: list[str] | None = None) -> PhaseRun:
         """Run the staged `phase` under its supervisor, each line of its output to `output` as it comes;

@@ -34,6 +34,12 @@ def test_unknown_isolation_is_one_line():
         LocalBackend(isolation="chroot")
 
 
+def test_a_memory_limit_the_harness_imports_alone_exceed_is_one_line():
+    with pytest.raises(SandboxError, match=r"^--mem-limit 0.10g is too small: a sandbox that only tried to import "
+                                           r"numpy, torch, safetensors went over it; raise it$"):
+        LocalBackend(isolation="bwrap", mem_limit="100m")
+
+
 def test_a_changed_harness_stops_before_anything_runs(stdlib_dataset, tmp_path):
     spec = make_spec(stdlib_dataset, cpu_template())
     tampered = spec.__class__(**{**spec.__dict__, "harness_hash": "0" * 16})

@@ -17,13 +17,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
+from agent.cli import main
 from agent.errors import ArenaError
 from agent.loop import StopRule, final_status, placements, run_loop
 from agent.presets import get_preset
 from agent.run import RunSettings, open_run
 from sandbox import Placement
-from sandbox.bwrap import GpuNode, gpu_devices, gpu_env, gpu_nodes
+from sandbox.bwrap import gpu_devices, gpu_env, gpu_nodes, gpu_table
 from sandbox.errors import SandboxError
 from sandbox.local import UVM_NODE, LocalBackend
 from sandbox.workers import (
@@ -314,12 +316,45 @@ def test_a_gpu_sandbox_gets_its_own_gpus_device_and_no_other(tmp_path):
         gpu_devices(["5"], table, dev)
 
 
-def test_a_gpu_sandbox_whose_torch_cannot_use_the_gpu_stops_before_any_trial(monkeypatch):
+def fake_gpus(tmp_path: Path, monkeypatch, request) -> None:
+    """Two GPUs as nvidia-smi and the driver's /proc list them, on a machine that has none."""
+    smi = tmp_path / "bin" / "nvidia-smi"
+    smi.parent.mkdir()
+    listing = "0, GPU-aaaa, 00000000:17:00.0, 81559\\n1, GPU-bbbb, 00000000:65:00.0, 81559\\n"
+    smi.write_text(f"#!/bin/sh\nprintf '{listing}'\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{smi.parent}:{os.environ['PATH']}")
+    proc = tmp_path / "proc-gpus"
+    for bus, minor in (("0000:17:00.0", 0), ("0000:65:00.0", 1)):
+        (proc / bus).mkdir(parents=True)
+        (proc / bus / "information").write_text(f"Model: \t\t NVIDIA H100\nDevice Minor: \t {minor}\n")
+    monkeypatch.setattr("sandbox.bwrap.PROC_GPUS", proc)
+    for cached in (nvidia_gpus, gpu_table):  # one listing per process: this test's own, none left for the next
+        cached.cache_clear()
+        request.addfinalizer(cached.cache_clear)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for a sandbox whose torch has no CUDA")
+def test_a_gpu_sandbox_whose_torch_cannot_use_the_gpu_stops_before_any_trial(tmp_path, monkeypatch, request):
     """Before the first trial, CUDA runs in a sandbox as a trial's would. Here (no GPU, a CPU build of torch)
-    torch sees none: one line says so and what to do. Only nvidia-smi's list of the host's GPUs is made up."""
-    monkeypatch.setattr("sandbox.bwrap.gpu_table", lambda: (GpuNode("0", "GPU-aaaa", (0, 0x17, 0, 0), 0),))
+    torch sees none: one line says so and what to do. Only the host's list of GPUs is made up."""
+    fake_gpus(tmp_path, monkeypatch, request)
     with pytest.raises(SandboxError) as raised:
-        LocalBackend(isolation="bwrap", gpus=["0"])
+        LocalBackend(isolation="bwrap", gpus=["1"])  # arena train's check
     message = str(raised.value)
-    assert "torch cannot use GPU 0" in message and "torch sees 0 GPUs in the sandbox, not its 1" in message
+    assert "torch cannot use GPU 1" in message and "torch sees 0 GPUs in the sandbox, not its 1" in message
     assert ("nvidia-modprobe -u -c=0" in message) is not UVM_NODE.exists() and "\n" not in message
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for a sandbox whose torch has no CUDA")
+def test_arena_run_checks_each_workers_gpu_in_its_sandbox_before_creating_the_run(tmp_path, monkeypatch, request,
+                                                                                 capsys):
+    """arena run places its workers, then runs the check in each one's sandbox, before anything of the run
+    exists. Made up: the host's GPUs, and arena's own torch seeing them (its check, before the sandbox's)."""
+    fake_gpus(tmp_path, monkeypatch, request)
+    monkeypatch.setattr("agent.cli.require_device", lambda preset: None)
+    runs = tmp_path / "runs"
+    assert main(["run", "--name", "g", "--preset", "gpu", "--gpus", "1,0", "--runs-dir", str(runs)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: inside the sandbox, torch cannot use GPU 1 (AssertionError: torch sees 0 GPUs")
+    assert "\n" not in error and not (runs / "g").exists()

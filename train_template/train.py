@@ -135,6 +135,8 @@ def attention_priority(cfg: GPTConfig, device: str, batch: int):
     order = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
     if cudnn_attention_runs(cfg, device, batch):
         order.insert(0, SDPBackend.CUDNN_ATTENTION)
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()  # the probe's blocks (about 2 GB at the gpu preset) back to the device
     return sdpa_kernel(order, set_priority=True)
 
 
