@@ -1,7 +1,8 @@
 """LLM methods end to end: the real LiteLLM client talking to a real OpenAI-compatible server on loopback that
 plays scripted answers, bad answers included. The code agent's run is a real `arena run` with real training
-(an agent's diff that breaks training must crash for real); the fixed-space runs and the outage run the same
-command on trials that train nothing (tests/fake_arena.py), since what they test is the method and the loop."""
+(an agent's diff that breaks training must crash for real); the fixed-space runs, the outage and the replay run
+the same command on trials that train nothing (tests/fake_arena.py), since what they test is the method and the
+loop."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import json
 import pytest
 
 from agent.constants import render_constants
-from agent.ledger import Ledger
 from agent.patches import make_diff
 from agent.presets import get_preset
 from agent.record import TrialRecord
@@ -95,18 +95,30 @@ def test_code_agent_run(code_run):
     assert [c["attempts"] for c in calls][:3] == [1, 2, 1]  # the 500 was retried inside one call
 
 
-@pytest.mark.slow
-def test_replayed_run_reproduces_the_recorded_one(code_run, tmp_path, cache_root):
-    run_dir, _ = code_run
+@pytest.mark.slow  # arena child processes, seconds each
+def test_replayed_run_reproduces_the_recorded_one(tmp_path, cache_root):
+    """A replay needs every prompt as recorded, what trials measured included, and real training on a wall
+    clock does not measure the same twice: here the trials train nothing, and score the same every time."""
     runs = tmp_path / "runs"
-    proc = arena_run(runs, cache_root, "--name", "again", "--method", "code", "--model", "openai/test-model",
-                     "--llm-replay", str(run_dir), *FAST, "--trials", "3")  # no server: the answers of llm.jsonl
+    bad_context = edit("ADAM_BETAS = (0.8, 0.95)", "ADAM_BETAS = (0.85, 0.95)").replace(
+        "VE_GATE_CHANNELS = 32", "VE_GATE_CHANNELS = 33")
+    with ScriptedLLMServer() as server:
+        server.script(
+            code_answer("longer warmdown", edit("WARMDOWN_RATIO = 0.5", "WARMDOWN_RATIO = 0.6")),   # trial 1
+            Fault.http(500), code_answer("adam betas", bad_context),
+            code_answer("adam betas, fixed", edit("ADAM_BETAS = (0.8, 0.95)", "ADAM_BETAS = (0.85, 0.95)")),
+        )
+        recorded = fake_arena_run(runs, cache_root, "--name", "code", *llm_args(server, "code"), *FAST, "--trials", "3")
+        assert recorded.returncode == 0, recorded.stderr[-3000:]
+    proc = fake_arena_run(runs, cache_root, "--name", "again", "--method", "code", "--model", "openai/test-model",
+                          "--llm-replay", str(runs / "code"), *FAST, "--trials", "3")  # no server: llm.jsonl's answers
     assert proc.returncode == 0, proc.stderr[-3000:]
-    original = [r.to_json() for r in Ledger.read(run_dir / "ledger.jsonl").records]
-    replayed = check_run_consistent(runs / "again", 3)  # a kept edit, then one repaired after a 500 and a retry
-    for a, b in zip(original, replayed):
-        assert (a["description"], a["diff"], a["status"], len(a.get("repairs") or [])) == \
-               (b["description"], b["diff"], b["status"], len(b.get("repairs") or []))
+    original = check_run_consistent(runs / "code", 3)
+    replayed = check_run_consistent(runs / "again", 3)  # an edit, then one repaired after a 500 and a retry
+    assert len(replayed[2]["repairs"]) == 1
+    for a, b in zip(original, replayed, strict=True):
+        assert (a["description"], a["diff"], a["status"], a["val_bpb"], a["kept"], a.get("repairs")) == \
+               (b["description"], b["diff"], b["status"], b["val_bpb"], b["kept"], b.get("repairs"))
 
 
 @pytest.mark.slow  # arena child processes, seconds each
