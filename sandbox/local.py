@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -19,14 +18,13 @@ from sandbox.bwrap import ADVICE, bwrap_argv, find_bwrap, gpu_env
 from sandbox.cgroup import PhaseCgroup
 from sandbox.errors import SandboxError
 from sandbox.outcome import PhaseRun
-from sandbox.phases import PathMap, Phase, bare_phase, memory_bytes, sandbox_user
+from sandbox.phases import PathMap, Phase, memory_bytes, sandbox_user
 from sandbox.seccomp import sandbox_filter_fd
 from sandbox.supervisor import MAX_PROCESSES
 from sandbox.trial import Backend, PhaseOutput
 from sandbox.workers import Placement, pinned_to, registered
 
 ISOLATIONS = ("bwrap", "none")
-PREFLIGHT_SECONDS = 120
 NEEDED_MODULES = "numpy, torch, safetensors"
 # CUDA in the sandbox as a trial gets it: the GPUs whose nodes are bound, and a kernel that runs on each
 GPU_CHECK = """import torch
@@ -180,10 +178,4 @@ class LocalBackend(Backend):
                                f"kernel.apparmor_restrict_unprivileged_userns=0), or {ADVICE}")
         ended = f"signal {report.signal}" if report.signal is not None else f"exit code {report.exit_code}"
         return report.failed_to_start or run.last_line() or ended
-
-    def check(self, code: str) -> PhaseRun:
-        """`code` run as a trial would be, in an empty phase."""
-        with tempfile.TemporaryDirectory(prefix="arena-preflight-") as tmp:
-            phase = bare_phase(Path(tmp), PREFLIGHT_SECONDS, self.owner)
-            return self.run_phase(phase, PhaseOutput(lambda line: None), ["-c", code])
 

@@ -19,6 +19,7 @@ from sandbox.owners import owner_tag, remove_left_behind, remove_tree
 from sandbox.phases import (
     PHASE_DATA,
     Phase,
+    bare_phase,
     copy_cache,
     copy_harness,
     copy_model,
@@ -36,6 +37,7 @@ LogSink = Callable[[str], None]
 EXPORT_GRACE_SECONDS = 60.0  # past budget + allowance: time to export the model before the phase is killed
 LOG_LIMIT_BYTES = 32 << 20   # per phase: a print loop cannot fill the disk
 TRIAL_DIR_PREFIX = "arena-trial-"
+CHECK_SECONDS = 120          # a check of the sandbox: imports torch, at most runs a kernel
 KEPT_LINES = 5000            # lines of a phase kept in memory for judging (all of it goes to the log sink)
 KEPT_CHARS = 8 << 20         # and at most this much of them
 HARNESS_LOG_BYTES = 1 << 20  # past the log limit, the harness's lines (ARENA_...) still go to the log, up to this
@@ -150,6 +152,12 @@ class Backend(ABC):
             clone.gpus = list(placement.gpus)
         clone.cores = placement.cores
         return clone
+
+    def check(self, code: str) -> PhaseRun:
+        """`python -c code` run as a trial's code would be, in an empty phase: a check of the sandbox itself."""
+        with tempfile.TemporaryDirectory(prefix="arena-check-") as tmp:
+            phase = bare_phase(Path(tmp), CHECK_SECONDS, self.owner)
+            return self.run_phase(phase, PhaseOutput(lambda line: None), ["-c", code])
 
     def check_placement(self, placement: Placement) -> None:
         """Before any trial: what a worker on `placement` needs that the backend could not check without it

@@ -276,17 +276,14 @@ def test_nan(backend, stdlib_dataset):
     assert outcome.status is Status.NAN and "loss diverged" in outcome.reason
 
 
-def test_a_phase_can_use_multiprocessing(backend, tmp_path):
+def test_a_phase_can_use_multiprocessing(backend):
     """Its locks and pools are POSIX semaphores in /dev/shm, as are Inductor's parallel compile workers': the
     trial's user can make them (bubblewrap's own /dev/shm is its creator's, root's when arena is root)."""
-    code = ("from concurrent.futures import ProcessPoolExecutor\n"
-            "with ProcessPoolExecutor(2) as pool:\n"
-            "    print('PROBE', sum(pool.map(abs, [-1, -2])), flush=True)\n")
-    lines: list[str] = []
-    run = backend.run_phase(bare_phase(tmp_path / "phase", 60, backend.owner), PhaseOutput(lines.append),
-                            ["-c", code])
-    assert run.report is not None and run.report.exit_code == 0, "".join(lines)[-2000:]
-    assert "PROBE 3" in "".join(lines)
+    run = backend.check("from concurrent.futures import ProcessPoolExecutor\n"
+                        "with ProcessPoolExecutor(2) as pool:\n"
+                        "    print('PROBE', sum(pool.map(abs, [-1, -2])), flush=True)\n")
+    assert run.report is not None and run.report.exit_code == 0, "".join(run.lines)[-2000:]
+    assert "PROBE 3" in "".join(run.lines)
 
 
 def test_nothing_outlives_a_phase(backend, tmp_path):

@@ -275,16 +275,23 @@ def test_two_real_workers_train_side_by_side_each_on_its_own_cores(base_run, tmp
     check_run_consistent(runs / "base", BASE + 2)
 
 
+def fake_nvidia_smi(listing: str, tmp_path: Path, monkeypatch, request) -> None:
+    """An nvidia-smi on PATH that prints `listing` (printf's escapes), and the host's GPU tables read anew."""
+    smi = tmp_path / "bin" / "nvidia-smi"
+    smi.parent.mkdir()
+    smi.write_text(f"#!/bin/sh\nprintf '{listing}'\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{smi.parent}:{os.environ['PATH']}")
+    for cached in (nvidia_gpus, gpu_table):  # one listing per process: this test's own, none left for the next
+        cached.cache_clear()
+        request.addfinalizer(cached.cache_clear)
+
+
 def test_nvidia_smi_listing_gives_ids_bus_and_memory(tmp_path, monkeypatch, request):
     """One nvidia-smi query serves placement (index, UUID, bus id) and the feasibility limit (memory.total);
     a board without a size is skipped for the limit, and one-line errors name --device-memory."""
-    smi = tmp_path / "nvidia-smi"
-    listing = "0, GPU-aaaa, 00000000:17:00.0, 81559\\n1, GPU-bbbb, 00000000:65:00.0, [N/A]\\n"
-    smi.write_text(f"#!/bin/sh\nprintf '{listing}'\n")
-    smi.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
-    nvidia_gpus.cache_clear()  # one listing per process: this test's own, and none left for the next test
-    request.addfinalizer(nvidia_gpus.cache_clear)
+    fake_nvidia_smi("0, GPU-aaaa, 00000000:17:00.0, 81559\\n1, GPU-bbbb, 00000000:65:00.0, [N/A]\\n",
+                    tmp_path, monkeypatch, request)
     assert nvidia_gpus() == (NvidiaGpu("0", "GPU-aaaa", "00000000:17:00.0", 81559 * 2**20 / 1e9),
                              NvidiaGpu("1", "GPU-bbbb", "00000000:65:00.0", None))
     assert gpu_memory_gb(["GPU-aaaa", "1"]) == pytest.approx(85.52, abs=0.01)
@@ -318,20 +325,13 @@ def test_a_gpu_sandbox_gets_its_own_gpus_device_and_no_other(tmp_path):
 
 def fake_gpus(tmp_path: Path, monkeypatch, request) -> None:
     """Two GPUs as nvidia-smi and the driver's /proc list them, on a machine that has none."""
-    smi = tmp_path / "bin" / "nvidia-smi"
-    smi.parent.mkdir()
-    listing = "0, GPU-aaaa, 00000000:17:00.0, 81559\\n1, GPU-bbbb, 00000000:65:00.0, 81559\\n"
-    smi.write_text(f"#!/bin/sh\nprintf '{listing}'\n")
-    smi.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{smi.parent}:{os.environ['PATH']}")
+    fake_nvidia_smi("0, GPU-aaaa, 00000000:17:00.0, 81559\\n1, GPU-bbbb, 00000000:65:00.0, 81559\\n",
+                    tmp_path, monkeypatch, request)
     proc = tmp_path / "proc-gpus"
     for bus, minor in (("0000:17:00.0", 0), ("0000:65:00.0", 1)):
         (proc / bus).mkdir(parents=True)
         (proc / bus / "information").write_text(f"Model: \t\t NVIDIA H100\nDevice Minor: \t {minor}\n")
     monkeypatch.setattr("sandbox.bwrap.PROC_GPUS", proc)
-    for cached in (nvidia_gpus, gpu_table):  # one listing per process: this test's own, none left for the next
-        cached.cache_clear()
-        request.addfinalizer(cached.cache_clear)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for a sandbox whose torch has no CUDA")
