@@ -22,8 +22,8 @@ from sandbox.outcome import PhaseRun
 from sandbox.owners import owner_tag, tag_is_gone
 from sandbox.phases import MEMORY_LIMIT_ENV, SUPERVISOR_CAPABILITIES, TRIAL, PathMap, Phase, memory_bytes, sandbox_user
 from sandbox.seccomp import sandbox_filter
-from sandbox.trial import Backend, PhaseOutput
-from sandbox.workers import registered
+from sandbox.trial import GPU_CHECK, Backend, PhaseOutput
+from sandbox.workers import Placement, registered
 
 TRIAL_LABEL = "arena.trial"
 OWNER_LABEL = "arena.owner"
@@ -126,6 +126,24 @@ class DockerBackend(Backend):
     def __setstate__(self, state: dict[str, object]) -> None:
         self.__dict__.update(state)
         self.client = connect()
+
+    def check_placement(self, placement: Placement) -> None:
+        """A worker's GPUs as its trials get them: the engine hands them to a container (else watch says to
+        install the NVIDIA Container Toolkit), and the image's torch sees exactly them and runs a kernel on each."""
+        if not placement.gpus:
+            return
+        gpus = ",".join(placement.gpus)
+        run = self.placed(placement).check(GPU_CHECK.format(count=len(placement.gpus)))
+        report = run.report
+        if report is not None and report.exit_code == 0 and not run.oom_killed:
+            return
+        if run.oom_killed or (report is not None and report.memory_exceeded):
+            raise SandboxError(f"--mem-limit {self.mem_limit} is too small: a container that only tried to use GPU "
+                               f"{gpus} went over it; raise it")
+        last = run.last_line() or f"exit code {run.exit_code}"
+        raise SandboxError(f"in a container of '{self.image}', torch cannot use GPU {gpus} ({last[:200]}); check "
+                           f"that `docker run --rm --gpus all {self.image} python3 -c 'import torch; "
+                           "print(torch.cuda.is_available())'` prints True (a CUDA build of torch, the Dockerfile's)")
 
     def run_phase(self, phase: Phase, output: PhaseOutput, python_args: list[str] | None = None) -> PhaseRun:
         container = self.create(phase, python_args)

@@ -21,18 +21,11 @@ from sandbox.outcome import PhaseRun
 from sandbox.phases import PathMap, Phase, memory_bytes, sandbox_user
 from sandbox.seccomp import sandbox_filter_fd
 from sandbox.supervisor import MAX_PROCESSES
-from sandbox.trial import Backend, PhaseOutput
+from sandbox.trial import GPU_CHECK, Backend, PhaseOutput
 from sandbox.workers import Placement, pinned_to, registered
 
 ISOLATIONS = ("bwrap", "none")
 NEEDED_MODULES = "numpy, torch, safetensors"
-# CUDA in the sandbox as a trial gets it: the GPUs whose nodes are bound, and a kernel that runs on each
-GPU_CHECK = """import torch
-count = torch.cuda.device_count()
-assert count == {count}, f"torch sees {{count}} GPUs in the sandbox, not its {count}"
-for device in range(count):
-    torch.ones(1, device=f"cuda:{{device}}").add_(1).item()
-"""
 UVM_NODE = Path("/dev/nvidia-uvm")
 
 

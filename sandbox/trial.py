@@ -41,6 +41,13 @@ CHECK_SECONDS = 120          # a check of the sandbox: imports torch, at most ru
 KEPT_LINES = 5000            # lines of a phase kept in memory for judging (all of it goes to the log sink)
 KEPT_CHARS = 8 << 20         # and at most this much of them
 HARNESS_LOG_BYTES = 1 << 20  # past the log limit, the harness's lines (ARENA_...) still go to the log, up to this
+# CUDA in the sandbox as a trial gets it: the GPUs handed to it, and a kernel that runs on each
+GPU_CHECK = """import torch
+count = torch.cuda.device_count()
+assert count == {count}, f"torch sees {{count}} GPUs in the sandbox, not its {count}"
+for device in range(count):
+    torch.ones(1, device=f"cuda:{{device}}").add_(1).item()
+"""
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ import time
 import docker
 import pytest
 
-from sandbox import SandboxError, Status
+from agent.cli import main
+from sandbox import Placement, SandboxError, Status
 from sandbox.docker import (
     OWNER_LABEL,
     TRIAL_LABEL,
@@ -26,6 +27,7 @@ from sandbox.docker import (
 from sandbox.owners import owner_tag, pid_namespace
 from sandbox.trial import stage
 from tests.backends import own_containers
+from tests.fake_gpus import fake_gpus
 from tests.trial_helpers import CAP, cpu_template, make_spec, run, with_train
 
 BUDGET = 5.0
@@ -120,8 +122,43 @@ def test_unreachable_engine_is_a_one_line_error(monkeypatch, tmp_path):
 
 @pytest.mark.slow  # needs a Docker engine: the quick subset never starts dockerd
 def test_gpu_request_without_nvidia_runtime_is_a_one_line_error(docker_client, trial_image, stdlib_dataset):
-    if "nvidia" in docker_client.info().get("Runtimes", {}):
-        pytest.skip("this engine has the NVIDIA runtime")
+    without_nvidia_runtime(docker_client)
     with pytest.raises(SandboxError, match="GPUs 0 requested .* NVIDIA Container Toolkit"):
         run_trial(docker_client, trial_image, stdlib_dataset, cpu_template(), gpus=["0"])
+    assert own_containers(docker_client) == []
+
+
+def without_nvidia_runtime(client) -> None:
+    if "nvidia" in client.info().get("Runtimes", {}):
+        pytest.skip("this engine has the NVIDIA runtime")
+
+
+@pytest.mark.slow  # needs a Docker engine: the quick subset never starts dockerd
+def test_a_workers_gpus_are_checked_in_a_container_before_any_trial(docker_client, trial_image):
+    """The GPU check runs in a container given the worker's GPUs, as its trials' would be; an engine that
+    cannot hand them over says so in one line. A worker without GPUs starts no container for it."""
+    without_nvidia_runtime(docker_client)
+    backend = DockerBackend(trial_image, client=docker_client, mem_limit="2g")
+    backend.check_placement(Placement(cores=(0,)))
+    with pytest.raises(SandboxError) as raised:
+        backend.check_placement(Placement(gpus=("1",)))
+    message = str(raised.value)
+    assert message.startswith("GPUs 1 requested but the Docker engine cannot provide them") and "\n" not in message
+    assert "install the NVIDIA Container Toolkit" in message
+    assert own_containers(docker_client) == []
+
+
+@pytest.mark.slow  # needs a Docker engine: the quick subset never starts dockerd
+def test_arena_run_on_docker_checks_its_gpus_before_creating_the_run(docker_client, trial_image, tmp_path,
+                                                                     monkeypatch, request, capsys):
+    """arena run --backend docker on a GPU preset stops before anything of the run exists when the engine
+    cannot give a worker its GPU. Made up: the host's list of GPUs (nvidia-smi)."""
+    without_nvidia_runtime(docker_client)
+    fake_gpus(tmp_path, monkeypatch, request)
+    runs = tmp_path / "runs"
+    assert main(["run", "--name", "g", "--preset", "gpu", "--backend", "docker", "--image", trial_image,
+                 "--gpus", "1", "--runs-dir", str(runs)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: GPUs 1 requested but the Docker engine cannot provide them"), error
+    assert "\n" not in error and not (runs / "g").exists()
     assert own_containers(docker_client) == []

@@ -25,7 +25,7 @@ from agent.loop import StopRule, final_status, placements, run_loop
 from agent.presets import get_preset
 from agent.run import RunSettings, open_run
 from sandbox import Placement
-from sandbox.bwrap import gpu_devices, gpu_env, gpu_nodes, gpu_table
+from sandbox.bwrap import gpu_devices, gpu_env, gpu_nodes
 from sandbox.errors import SandboxError
 from sandbox.local import UVM_NODE, LocalBackend
 from sandbox.workers import (
@@ -38,6 +38,7 @@ from sandbox.workers import (
     nvidia_gpus,
 )
 from tests.conftest import one_line_error
+from tests.fake_gpus import fake_gpus, fake_nvidia_smi
 from tests.fake_runs import FAST_SETTINGS, FakeBackend
 from tests.run_helpers import BASE, ROOT, arena_run, check_run_consistent, fake_arena_run, pids_whose_command_line
 
@@ -275,18 +276,6 @@ def test_two_real_workers_train_side_by_side_each_on_its_own_cores(base_run, tmp
     check_run_consistent(runs / "base", BASE + 2)
 
 
-def fake_nvidia_smi(listing: str, tmp_path: Path, monkeypatch, request) -> None:
-    """An nvidia-smi on PATH that prints `listing` (printf's escapes), and the host's GPU tables read anew."""
-    smi = tmp_path / "bin" / "nvidia-smi"
-    smi.parent.mkdir()
-    smi.write_text(f"#!/bin/sh\nprintf '{listing}'\n")
-    smi.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{smi.parent}:{os.environ['PATH']}")
-    for cached in (nvidia_gpus, gpu_table):  # one listing per process: this test's own, none left for the next
-        cached.cache_clear()
-        request.addfinalizer(cached.cache_clear)
-
-
 def test_nvidia_smi_listing_gives_ids_bus_and_memory(tmp_path, monkeypatch, request):
     """One nvidia-smi query serves placement (index, UUID, bus id) and the feasibility limit (memory.total);
     a board without a size is skipped for the limit, and one-line errors name --device-memory."""
@@ -321,17 +310,6 @@ def test_a_gpu_sandbox_gets_its_own_gpus_device_and_no_other(tmp_path):
                                      "ARENA_GPU_UUIDS": "GPU-bbbb"}
     with pytest.raises(SandboxError, match="cannot tell which /dev/nvidiaN is GPU 5"):
         gpu_devices(["5"], table, dev)
-
-
-def fake_gpus(tmp_path: Path, monkeypatch, request) -> None:
-    """Two GPUs as nvidia-smi and the driver's /proc list them, on a machine that has none."""
-    fake_nvidia_smi("0, GPU-aaaa, 00000000:17:00.0, 81559\\n1, GPU-bbbb, 00000000:65:00.0, 81559\\n",
-                    tmp_path, monkeypatch, request)
-    proc = tmp_path / "proc-gpus"
-    for bus, minor in (("0000:17:00.0", 0), ("0000:65:00.0", 1)):
-        (proc / bus).mkdir(parents=True)
-        (proc / bus / "information").write_text(f"Model: \t\t NVIDIA H100\nDevice Minor: \t {minor}\n")
-    monkeypatch.setattr("sandbox.bwrap.PROC_GPUS", proc)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for a sandbox whose torch has no CUDA")
