@@ -14,10 +14,12 @@ element, for bf16 autocast on the GPU and fp32 on the CPU) and are calibrated on
 measured its peak memory: a least-squares fit of multipliers on the priors, in relative error, pulled
 towards 1 so that a few similar trials cannot swing it, and raised where a trial ran out of memory that
 the model said would fit, unless (once MIN_FOR_MARGIN trials measured their peak) that would make it miss
-them: an OOM far below what they say is left out (a shared device, fragmentation, a leak). A configuration
-predicted above the device's memory, less a margin that grows with the fit's error, is `infeasible`: the
-loop records it without running it (0 device seconds) and the method is told it failed. The model is
-computed from the ledger alone, so a resumed run refuses exactly what an uninterrupted one would.
+them: an OOM far below what they say is left out (a shared device, fragmentation, a leak). Left-out OOMs
+that cluster above every configuration that ran (CEILING_OOMS of them) say that less memory is free than the
+device has: the lowest of them becomes a ceiling. A configuration predicted above the device's memory, less a
+margin that grows with the fit's error, or at the ceiling or above, is `infeasible`: the loop records it
+without running it (0 device seconds) and the method is told it failed. The model is computed from the ledger
+alone, so a resumed run refuses exactly what an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ MAX_MARGIN = 0.25
 OOM_WEIGHTS = (3.0, 30.0, 300.0)  # how firmly successive refits hold an OOM'd configuration at the limit
 RAISE_TOLERANCE = 0.05  # how much more (90th percentile relative error) the fit may miss measured peaks for OOMs
 MIN_FOR_MARGIN = 5    # measured trials before the fit's own error widens the margin
+CEILING_OOMS = 2      # left-out OOMs above every measured trial that make the lowest of them a ceiling (one is a fluke)
 VALUE_GATE_CHANNELS = 32
 
 
@@ -114,6 +117,8 @@ class Calibration:
     raised: int                     # trials that ran out of memory below the limit it was raised for
     unexplained: int                # trials that ran out below it, left out: raising would miss the measured peaks
     margin: float                   # share of the limit kept free
+    ceiling_gb: float | None = None  # the lowest of a cluster of those above every measured trial: refused from it up
+    ceiling_trials: int = 0          # how many that cluster has
 
 
 @dataclass(frozen=True)
@@ -143,14 +148,24 @@ class MemoryModel:
 
     @property
     def threshold_gb(self) -> float:
-        return self.limit_gb * (1 - self.calibration.margin)
+        """The most a configuration may be predicted to need (at the ceiling itself it is refused)."""
+        return min(self.limit_gb * (1 - self.calibration.margin), self.calibration.ceiling_gb or math.inf)
 
     def verdict(self, config: Mapping[str, Any]) -> Verdict:
-        predicted, threshold = self.predict_gb(config), self.threshold_gb
-        reason = "" if predicted <= threshold else (
-            f"predicted peak memory {predicted:.1f} GB exceeds {threshold:.1f} GB "
-            f"({1 - self.calibration.margin:.0%} of the {self.limit_gb:.1f} GB {self.source}); not run")
+        predicted, threshold, ceiling = self.predict_gb(config), self.threshold_gb, self.calibration.ceiling_gb
+        if ceiling is not None and predicted >= ceiling:
+            reason = (f"predicted peak memory {predicted:.1f} GB is at or above {ceiling:.1f} GB, where "
+                      f"{self.ceiling_note()}; not run")
+        elif predicted > threshold:
+            reason = (f"predicted peak memory {predicted:.1f} GB exceeds {threshold:.1f} GB "
+                      f"({1 - self.calibration.margin:.0%} of the {self.limit_gb:.1f} GB {self.source}); not run")
+        else:
+            reason = ""
         return Verdict(predicted, threshold, reason)
+
+    def ceiling_note(self) -> str:
+        return (f"{self.calibration.ceiling_trials} trials ran out of memory above every trial that measured its peak "
+                "(less memory is free than the device has?)")
 
     def refusal(self, config: Mapping[str, Any]) -> str | None:
         """Why `config` is infeasible, or None when it is predicted to fit."""
@@ -190,9 +205,14 @@ class MemoryModel:
         if len(measured.peaks) >= MIN_FOR_MARGIN:  # how far the fit falls short of what trials measured
             shortfalls = np.maximum(0.0, measured.peaks / (measured.terms @ (self.prior * multipliers)) - 1)
             margin = min(MAX_MARGIN, BASE_MARGIN + float(np.quantile(shortfalls, 0.9)))
-        unexplained = sum(self._fits(ran_out[i], multipliers) for i in left_out)  # not those a later raise lifted
+        unexplained = [i for i in left_out if self._fits(ran_out[i], multipliers)]  # not those a later raise lifted
+        # Where several ran out above every configuration that ran, the device has less free than its size says
+        coefficients = self.prior * multipliers
+        highest = float(np.max(measured.terms @ coefficients, initial=0.0))
+        above = sorted(float(ran_out[i] @ coefficients) for i in unexplained if ran_out[i] @ coefficients > highest)
+        ceiling = above[0] / GB if len(above) >= CEILING_OOMS else None
         self.calibration = Calibration(tuple(float(m) for m in multipliers), len(measured.peaks), len(raised),
-                                       unexplained, margin)
+                                       len(unexplained), margin, ceiling, len(above) if ceiling else 0)
 
     def _fits(self, x: NDArray[np.float64], multipliers: NDArray[np.float64]) -> bool:
         return float(x @ (self.prior * multipliers)) < self.limit_gb * GB
@@ -238,6 +258,8 @@ class MemoryModel:
         if c.unexplained:
             fitted += (f"; {c.unexplained} out-of-memory trial{'s' * (c.unexplained != 1)} left out, inconsistent "
                        "with the measured peaks (a shared device, fragmentation or a leak?)")
+        if c.ceiling_gb is not None:
+            fitted += f"; refused from {c.ceiling_gb:.1f} GB up, where {self.ceiling_note()}"
         return (f"feasibility: configurations predicted above {self.threshold_gb:.1f} GB of the "
                 f"{self.limit_gb:.1f} GB {self.source} are not run{hint}; the memory model is {fitted}")
 

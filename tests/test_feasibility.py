@@ -120,13 +120,14 @@ def test_a_trial_that_ran_out_of_memory_below_the_limit_raises_the_model():
     assert model.refusal(smaller) is None  # what is well below still runs
 
 
-def calibrated_on_a_device(rng: np.random.Generator) -> tuple[MemoryModel, list[TrialRecord], list[dict]]:
-    """A model calibrated on 40 trials that fit in 80 GB, measured on a device unlike the priors (2% noise), and
-    200 more configurations of the space to judge it on."""
+def calibrated_on_a_device(rng: np.random.Generator, free_gb: float = 80.0,
+                           ) -> tuple[MemoryModel, list[TrialRecord], list[dict]]:
+    """A model of an 80 GB device calibrated on 40 trials that fit in what is free of it, measured on a device
+    unlike the priors (2% noise), and 200 more configurations of the space to judge it on."""
     truth = np.array(PRIORS["cuda"]) * [1.3, 0.6, 1.5, 0.8]
     configs = [GPU.sample(rng) for _ in range(1000)]
     peaks = [float(terms(c, GPU_SHAPE) @ truth) / 1e9 * (1 + 0.02 * rng.standard_normal()) for c in configs]
-    fitting = [(c, p) for c, p in zip(configs, peaks, strict=True) if p < 78]
+    fitting = [(c, p) for c, p in zip(configs, peaks, strict=True) if p < free_gb - 2]
     records = [measured(i, c, p) for i, (c, p) in enumerate(fitting[:40])]
     model = MemoryModel(GPU_SHAPE, 80.0, "GPU memory")
     model.calibrate(records)
@@ -164,6 +165,28 @@ def test_of_two_out_of_memory_trials_the_one_the_measured_trials_can_explain_rai
         model.calibrate([*records, *(measured(len(records) + i, c, None, Status.OOM) for i, c in enumerate(order))])
         assert (model.calibration.raised, model.calibration.unexplained) == (1, 1)
         assert model.refusal(near) is not None and model.refusal(half) is None
+
+
+def test_out_of_memory_trials_clustered_above_every_measured_one_set_a_ceiling():
+    """On a device with 50 of its 80 GB free, every trial that ran measured less than that. One OOM above them
+    could be a fluke and changes nothing; a second makes the lowest of them a ceiling: from it up nothing runs,
+    below it the model's verdicts stand."""
+    model, records, others = calibrated_on_a_device(np.random.default_rng(4), free_gb=50.0)
+    highest = max(model.predict_gb(r.config) for r in records)
+    over = sorted((c for c in others if 60 < model.predict_gb(c) < 75), key=model.predict_gb)[:2]
+    below = next(c for c in others if highest < model.predict_gb(c) < model.predict_gb(over[0]))
+    assert len(over) == 2 and model.refusal(below) is None
+    model.calibrate([*records, measured(len(records), over[1], None, Status.OOM)])
+    assert model.calibration.unexplained == 1 and model.calibration.ceiling_gb is None
+    assert model.refusal(over[1]) is None
+    model.calibrate([*records, *(measured(len(records) + i, c, None, Status.OOM) for i, c in enumerate(over))])
+    assert model.calibration.unexplained == 2
+    assert model.calibration.ceiling_gb == pytest.approx(model.predict_gb(over[0]))
+    assert model.threshold_gb == model.calibration.ceiling_gb
+    for config in over:
+        assert "where 2 trials ran out of memory above every trial that measured its peak" in model.refusal(config)
+    assert model.refusal(below) is None
+    assert f"refused from {model.calibration.ceiling_gb:.1f} GB up" in model.describe()
 
 
 def test_the_boundary_for_prompts_names_the_largest_values_that_fit():
