@@ -19,6 +19,8 @@ EXIT_CONTRACT = 4   # harness.py: the model broke the contract (not a module, no
 EXIT_REJECTED = 5   # harness.py: the exported model failed a check of the eval phase
 # what a failed train phase prints when memory ran out: PyTorch's caching allocator and the host's, and on the
 # GPU also what fails outside that allocator (the driver, Triton's launcher, cuBLAS' and cuDNN's workspaces)
+NUMBER = re.compile(r"(?<![\w.])[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?(?![\w.])|(?<![\w.])(nan|inf)(?!\w)",
+                    re.IGNORECASE)
 OOM_PATTERNS = re.compile(r"CUDA out of memory|OutOfMemoryError|MemoryError|CUBLAS_STATUS_ALLOC_FAILED|"
                           r"CUDNN_STATUS_ALLOC_FAILED|CUDA error: out of memory|\[CUDA\]: out of memory|"
                           r"Cannot allocate memory|HIP out of memory")
@@ -197,9 +199,17 @@ def parse_result(lines: list[str]) -> EvalResult | None:
     return None
 
 
+def without_numbers(verdict: str) -> str:
+    """An eval-phase verdict with its numbers masked: a shape or a position there may have been computed
+    from validation tokens (an exported graph can make any of them a tensor's size), and the reason goes
+    to the ledger and into the next prompt. Numbers inside names (float32, conv2d) stay."""
+    return NUMBER.sub("#", verdict)
+
+
 def phase_failure(phase: str, run: PhaseRun) -> tuple[Status, str] | None:
     """Why a phase failed, or None when it exited cleanly. Eval-phase reasons carry no output of the
-    phase beyond the harness's own verdict lines, so nothing measured on validation data leaks out."""
+    phase beyond the harness's own verdict lines, numbers masked, so nothing measured on validation data
+    leaks out."""
     report = run.report
     if report is not None and report.memory_exceeded:
         return Status.OOM, f"{phase} phase went over the trial's memory limit and was stopped at once"
@@ -227,9 +237,9 @@ def phase_failure(phase: str, run: PhaseRun) -> tuple[Status, str] | None:
     if phase == "eval":
         if report.exit_code == EXIT_REJECTED:
             verdict = run.last_line(REJECTED_PREFIX) or "rejected"
-            return Status.REJECTED, verdict.removeprefix(REJECTED_PREFIX)[:300]
+            return Status.REJECTED, without_numbers(verdict.removeprefix(REJECTED_PREFIX))[:300]
         last = run.last_line("ARENA_")
-        detail = f": {last[:300]}" if last else ""
+        detail = f": {without_numbers(last)[:300]}" if last else ""
         return Status.CRASH, f"eval phase exited with code {report.exit_code}{detail}"
     if report.exit_code == EXIT_DIVERGED:
         return Status.NAN, (run.last_line("ARENA_DIVERGED") or "loss diverged")[:300]

@@ -230,6 +230,26 @@ HEAP_READING_GRAPH = (EVIL_EXPORT, """
         (out / "graph.json").write_text(json.dumps(graph))
 """)
 
+VERDICT_NAMING_TOKENS = (EVIL_EXPORT, """
+    import json
+
+    def tamper(out):  # the row's first 12 tokens as the sizes of (memoryless) q, k and v that cannot agree
+        graph = json.loads((out / "graph.json").read_text())
+        tokens = next(i["name"] for i in graph["inputs"] if i["kind"] == "tokens")
+        floats = {"dtype": {"dtype": "float32"}, "device": {"device": "cpu"}}
+        nodes = [{"name": "row", "op": "aten.select.int", "args": [{"node": tokens}, 0, 0], "kwargs": {}},
+                 {"name": "one", "op": "aten.ones.default", "args": [[1, 1, 1, 1]], "kwargs": floats}]
+        nodes += [{"name": f"t{i}", "op": "aten.select.int", "args": [{"node": "row"}, 0, i], "kwargs": {}}
+                  for i in range(12)]
+        nodes += [{"name": name, "op": "aten.expand.default",
+                   "args": [{"node": "one"}, [{"node": f"t{4 * j + d}"} for d in range(4)]], "kwargs": {}}
+                  for j, name in enumerate("qkv")]
+        nodes.append({"name": "attention", "op": "aten.scaled_dot_product_attention.default",
+                      "args": [{"node": "q"}, {"node": "k"}, {"node": "v"}], "kwargs": {}})
+        graph["nodes"][:0] = nodes
+        (out / "graph.json").write_text(json.dumps(graph))
+""")
+
 HEAP_READING_KERNEL = (EVIL_EXPORT, """
     import json
 
@@ -375,6 +395,7 @@ CHEATS: list[Cheat] = [
     ("a graph that reads validation data from a file", FILE_READING_GRAPH, Status.REJECTED),
     ("a graph that reads the eval process's memory", HEAP_READING_GRAPH, Status.REJECTED),
     ("a graph whose kernel reads past its tensors", HEAP_READING_KERNEL, Status.REJECTED),
+    ("a graph whose rejection names validation tokens", VERDICT_NAMING_TOKENS, Status.REJECTED),
     ("a graph whose keyword argument's name is code", CODE_IN_THE_GRAPH, Status.REJECTED),
     ("a model that sees the next token", PEEK, Status.REJECTED),
     ("NaN logits", NAN_LOGITS, Status.REJECTED),
@@ -390,6 +411,7 @@ SAME_IN_EVERY_BACKEND = {"pickled weights that run code in the eval phase",
                          "a graph that reads validation data from a file",
                          "a graph that reads the eval process's memory",
                          "a graph whose kernel reads past its tensors", "a model that sees the next token",
+                         "a graph whose rejection names validation tokens",
                          "NaN logits", "a model that remembers the rows it was scored on",
                          "patch what the trial reports about itself", "slow down the harness's clock",
                          "train before the clock starts"}
@@ -443,6 +465,8 @@ def test_a_cheat_gains_nothing(name, code, expected, backend, known, stdlib_data
     fingerprint = json.loads((stdlib_dataset / "meta.json").read_text())["fingerprint"]
     assert len(outcome.log_tail) <= 8192 and fingerprint not in outcome.log_tail
     assert "=== eval phase" not in outcome.log_tail
+    first = np.fromfile(stdlib_dataset / "val.bin", dtype=np.uint16, count=4)
+    assert ", ".join(map(str, first)) not in outcome.reason  # no verdict names what was measured on validation
     if expected is not None:
         assert outcome.status is expected, (outcome.status, outcome.reason, outcome.log_tail[-2000:])
     if outcome.status is Status.OK:
