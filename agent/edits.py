@@ -11,6 +11,10 @@ _SEARCH_REPLACE = re.compile(r"^<{5,9} ?SEARCH[^\n]*\n(.*?)^={5,9}[ \t]*\n(.*?)^
                              re.DOTALL | re.MULTILINE)
 _CODE_BLOCK = re.compile(r"^```[ \t]*(?:python|py)?[ \t]*\n(.*?)^```", re.DOTALL | re.MULTILINE)
 WHOLE_FILE_MARKERS = ("def train(ctx", "ARENA CONSTANTS BEGIN", "ARENA CONSTANTS END")
+# A line that stands for code left out ("# ... rest unchanged ...", "...", "# (existing code)"): a model that
+# writes the whole file, or a replacement, in short; applied as written it deletes that code.
+_ELISION = re.compile(r"^(#\s*)?(\.\.\.|…)|^#.*\b(unchanged|omitted|as before|existing code|code (above|below))\b"
+                      r"[\s.…)\]]*$|^#\s*[(\[]?\s*(the\s+)?(rest|remainder)\s+of\b", re.IGNORECASE)
 
 
 def edited_source(answer: str, source: str) -> tuple[str, int] | None:
@@ -69,3 +73,14 @@ def _from_line_starts(source: str, text: str) -> list[int]:
             found.append(at)
         at = source.find(text, at + 1)
     return found
+
+
+def elided_line(diff: str, source: str) -> str | None:
+    """The first line the diff adds that stands for code left out, unless `source` has it already."""
+    present = {line.strip() for line in source.splitlines()}
+    for line in diff.splitlines():
+        if line.startswith("+") and not line.startswith("+++"):
+            text = line[1:].strip()
+            if _ELISION.search(text) and text not in present:
+                return text
+    return None

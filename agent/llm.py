@@ -43,6 +43,7 @@ from typing import TextIO, TypedDict
 
 from agent.errors import ArenaError
 from agent.jsonl import JsonObject, read_jsonl
+from agent.patches import ends_mid_hunk
 
 Message = dict[str, str]     # one chat message: {"role": "system" | "user" | "assistant", "content": text}
 LOG_NAME = "llm.jsonl"
@@ -762,6 +763,9 @@ def extract_diff(text: str) -> tuple[str, str]:
         if start is None:
             raise ValueError("no unified diff in the answer; write '--- a/train.py', '+++ b/train.py' and '@@' hunks")
         diff, before, after = text[start.start():], text[:start.start()], ""
+        if len(_FENCE_LINE.findall(before)) % 2 or ends_mid_hunk(diff):  # a fence opened and never closed
+            raise ValueError("the answer stops in the middle of the diff (cut off?); send the whole diff again, "
+                             "in a ```diff block that is closed with ```")
     diff = diff if diff.endswith("\n") else diff + "\n"
     return describe(before, after, diff), diff
 

@@ -11,8 +11,10 @@ Applying is as forgiving as good coding agents are with LLM-written diffs, and e
   Blank lines inside a body are blank context lines whose leading space an editor stripped.
 * Each hunk's old lines (context and removed) are looked for, in this order, until one way finds them:
   exactly; with whitespace differences ignored (runs of blanks, leading and trailing); and with blank
-  lines ignored as well. Where a way finds several places, the one nearest the header's line (shifted by
-  what earlier hunks added or removed) wins, so an exact match at the stated line is always taken first.
+  lines ignored as well. Where a way finds several places, the one at the header's line (shifted by what
+  earlier hunks added or removed; within NEAR_HEADER lines, and nearer than the others) wins, so an exact
+  match at the stated line is always taken first; with none there the hunk is refused (models guess line
+  numbers, so the nearest of two far places is a coin toss), as is a hunk that only adds lines.
 * Context lines keep the file's text; when the match ignored whitespace and the file indents every
   matched line by the same extra amount, added lines are shifted by that amount too.
 * Hunks apply in order to the file as earlier hunks left it, and may not match lines an earlier hunk
@@ -49,6 +51,7 @@ from agent.template import EDITABLE_FILE
 NO_NEWLINE_MARKER = "\\ No newline at end of file"
 _FENCED_BLOCK = re.compile(r"^```[^\n]*\n(.*?)^```", re.DOTALL | re.MULTILINE)
 _DIFF_START = re.compile(r"^(diff --git |--- |@@|Binary files )", re.MULTILINE)
+NEAR_HEADER = 10  # lines: how far from its header's line a hunk whose old lines occur in several places may be
 _HUNK_HEADER = re.compile(r"^@@ -(\d+)(?:,\d+)? \+(\d+)(?:,\d+)? @@ ?(.*)$")
 
 
@@ -145,6 +148,25 @@ def _recount_hunks(text: str) -> tuple[str, list[str]]:
         out += [_recounted_header(line, body), *body]
         index = end
     return "\n".join(out) + "\n", headers
+
+
+def ends_mid_hunk(diff_text: str) -> bool:
+    """Whether the diff stops inside its last hunk: the body runs to the end of the text, ends on a removed
+    line (a whole hunk ends on context, unless at the file's end; a hunk's lines to add come after those it
+    removes) and falls short of both counts its header gives. What an answer cut off by the model's length
+    limit looks like when the server did not say so (one cut after an added line cannot be told from a whole
+    hunk with counts too high, which models often write)."""
+    lines = diff_text.replace("\r\n", "\n").rstrip("\n").split("\n")
+    start = max((i for i, line in enumerate(lines) if line.startswith("@@")), default=None)
+    if start is None or _hunk_body_end(lines, start + 1) < len(lines):
+        return False
+    counts = re.match(r"^@@ -\d+,(\d+) \+\d+,(\d+) @@", lines[start])
+    body = lines[start + 1:]
+    if counts is None or not body or not body[-1].startswith("-"):
+        return False
+    old = sum(1 for line in body if line == "" or line[0] in " -")
+    new = sum(1 for line in body if line == "" or line[0] in " +")
+    return old < int(counts[1]) and new < int(counts[2])
 
 
 def _parse(diff_text: str, path: str) -> tuple[PatchSet, list[str]]:
@@ -250,14 +272,24 @@ def _first(alignment: Alignment) -> int:
 
 
 def _place(hunk: _Hunk, lines: list[str], added: list[bool], expected: int, path: str, total: int) -> Alignment:
-    """Where the hunk's old lines are: the first way that finds them, nearest to `expected`."""
+    """Where the hunk's old lines are: the first way that finds them; of several places, the one at the
+    header's line (within NEAR_HEADER lines, and nearer than any other)."""
     blocked = False
     for finder in _FINDERS:
         found = finder(hunk.old, lines)
         free = [a for a in found if not any(added[j] for j in a if j is not None)]
         blocked = blocked or len(free) < len(found)
+        if len(free) == 1:
+            return free[0]
         if free:
-            return min(free, key=lambda a: abs(_first(a) - expected))
+            nearest, second = sorted(free, key=lambda a: abs(_first(a) - expected))[:2]
+            distance = abs(_first(nearest) - expected)
+            if distance <= NEAR_HEADER and distance < abs(_first(second) - expected):
+                return nearest
+            places = ", ".join(str(_first(a) + 1) for a in sorted(free, key=_first)[:5])
+            raise PatchError(f"hunk {hunk.number} of {total} ({hunk.header}): its old lines are in {path} at lines "
+                             f"{places}, and its header's line ({expected + 1}) does not say which; add unchanged "
+                             "lines around the change that occur only at the place you mean")
     if blocked:
         raise PatchError(f"hunk {hunk.number} of {total} ({hunk.header}) matches {path} only where an earlier "
                          f"hunk added lines; hunks may not overlap, so merge them into one hunk")
@@ -357,6 +389,9 @@ def apply_diff(original: str, diff_text: str, path: str = EDITABLE_FILE) -> str:
     offset = 0
     for hunk in hunks:
         expected = min(max(hunk.start + offset, 0), len(lines))
+        if not hunk.old and lines:  # its place would be the header's line alone, which models guess
+            raise PatchError(f"hunk {hunk.number} of {len(hunks)} ({hunk.header}) only adds lines, with no unchanged "
+                             f"line of {path} around them to say where; add the lines before and after the change")
         alignment = _place(hunk, lines, added, expected, path, len(hunks)) if hunk.old else []
         start, end, block = _rewrite(hunk, lines, alignment, expected)
         lines[start:end] = [line for line, _ in block]

@@ -76,3 +76,26 @@ def test_the_code_agent_turns_them_into_diffs_against_the_train_py_it_showed(tmp
     assert "is the one it was shown" in same.invalid
     agent.restore(agent.state())  # a resumed agent still knows the train.py its prompt showed
     assert agent.source == SOURCE
+
+
+def test_an_answer_that_leaves_code_out_is_refused_however_it_is_written(tmp_path):
+    """A whole file, a replacement or a diff with '# ... rest unchanged ...' (or a bare '...') in place of code
+    would delete that code: the model is told what stands for left-out lines, not handed a crash later."""
+    from tests.test_llm_methods import context, llm_method
+
+    lines = SOURCE.splitlines(keepends=True)
+    start = next(i for i, line in enumerate(lines) if line.startswith("def train(ctx"))
+    shortened = "".join(lines[:start + 1]) + "    # ... rest of train() unchanged ...\n"
+    assert "ARENA CONSTANTS END" in shortened
+    diff = ("--- a/train.py\n+++ b/train.py\n@@ -1,3 +1,2 @@\n"
+            + "".join(" " + line for line in lines[:1]) + "-" + lines[1] + "-" + lines[2] + "+...\n")
+    with ScriptedLLMServer() as server:
+        server.script(f"Shorter.\n```python\n{shortened}```",
+                      "Shorter.\n" + search_replace(lines[start], lines[start] + "    # existing code\n"),
+                      f"Shorter.\n```diff\n{diff}```")
+        agent = llm_method(server, tmp_path, "code")
+        refused = [agent.propose(context()) for _ in range(3)]
+    assert [p.invalid.split(" stands for")[0] for p in refused] == [
+        "answer rejected: the change leaves code out ('# ... rest of train() unchanged ...'",
+        "answer rejected: the change leaves code out ('# existing code'",
+        "answer rejected: the change leaves code out ('...'"]

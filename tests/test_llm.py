@@ -545,6 +545,8 @@ def test_extract_diff_from_a_fence_with_a_description():
 
 def test_extract_diff_without_a_fence():
     assert extract_diff(f"# Deeper model\n{DIFF.rstrip()}") == ("Deeper model", DIFF)
+    miscounted = DIFF.replace("@@ -1,1 +1,1 @@", "@@ -1,3 +1,3 @@")  # whole, its last line a change: counts err
+    assert extract_diff(f"Deeper model\n{miscounted}") == ("Deeper model", miscounted)
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -563,6 +565,11 @@ def test_extract_diff_reads_what_small_models_write(text, expected):
     ("", "the answer is empty"),
     ("<think>all the work went here</think>\n", "the answer is empty"),
     ('{"description": "deeper", "diff": "make it deeper"}', "no unified diff"),
+    # cut off by the model's length limit, which the server did not report: a fence never closed, or a bare
+    # diff whose last hunk stops on a removed line short of both of its header's counts
+    (f"Deeper\n```diff\n{DIFF}", "stops in the middle of the diff"),
+    ("Deeper\n" + DIFF.replace("@@ -1,1 +1,1 @@", "@@ -1,3 +1,3 @@").replace("+DEPTH = 4\n", ""),
+     "stops in the middle of the diff"),
 ])
 def test_extract_diff_errors(text, reason):
     with pytest.raises(ValueError, match=reason):

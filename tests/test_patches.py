@@ -113,6 +113,25 @@ def test_the_occurrence_nearest_the_stated_line_wins():
     assert apply_diff(SOURCE, first) == replaced(SOURCE, "    return total\n\n\n", "    return total / 10\n\n\n")
 
 
+def test_a_hunk_found_in_several_places_far_from_its_header_is_refused():
+    """Where the old lines occur twice and the header's line is near neither (models guess line numbers: the
+    prompt has none), the nearest is a coin toss: the model is asked for more context instead."""
+    diff = "--- a/train.py\n+++ b/train.py\n@@ -{},3 +{},3 @@\n     for step in range(10):\n" \
+           "         total += model.forward(step)\n-    return total\n+    return total / 10\n"
+    places = [i + 1 for i, line in enumerate(SOURCE.splitlines()) if line == "    for step in range(10):"]
+    assert len(places) == 2
+    for header in (1, 15):
+        with pytest.raises(PatchError, match=f"at lines {places[0]}, {places[1]}, and its header's line"):
+            apply_diff(SOURCE, diff.format(header, header))
+    assert apply_diff(SOURCE, diff.format(places[1] + 5, places[1] + 5)).count("return total / 10") == 1
+
+
+def test_a_hunk_of_added_lines_alone_is_refused():
+    diff = "--- a/train.py\n+++ b/train.py\n@@ -12,0 +13,1 @@\n+EXTRA = 1\n"
+    with pytest.raises(PatchError, match="only adds lines, with no unchanged line of train.py around them"):
+        apply_diff(SOURCE, diff)
+
+
 def test_whitespace_mangled_context_applies_and_keeps_the_files_text():
     diff = ("--- a/train.py\n+++ b/train.py\n@@ -18,4 +18,4 @@\n class  Model:   \n \tdef __init__(self,  width):\n"
             "         self.width = width\t\n-          self.scale = 1.0\n+        self.scale = 2.0\n")

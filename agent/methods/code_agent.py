@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.edits import edited_source
+from agent.edits import edited_source, elided_line
 from agent.llm import Message, answer_part, describe, extract_diff
 from agent.methods.base import Context, LLMSettings, Proposal, TaskFacts
 from agent.methods.llm_base import ConversationMethod, ConversationState
@@ -82,6 +82,10 @@ class CodeAgent(ConversationMethod):
                 raise ValueError("the answer's train.py is the one it was shown; propose a change") from None
             diff = make_diff(self.source, edited)
             description = describe(answer[:start], "", diff)
+        elided = elided_line(diff, self.source)
+        if elided is not None:
+            raise ValueError(f"the change leaves code out ({elided[:80]!r} stands for lines it would delete); "
+                             "write out every line you change, and only those, in a unified diff")
         return Proposal(description, diff=diff)
 
     def state(self) -> CodeAgentState:
