@@ -28,11 +28,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from agent.constants import read_constants
+from agent.constants import Value, read_constants
 from agent.errors import ArenaError, Terminated
 from agent.feasibility import MemoryModel, Verdict, for_run
 from agent.judging import best_of, confirmation_decision, judge, open_candidate
 from agent.methods import Context, Paced, Proposal, Repairable
+from agent.methods.prompts import outcome_line
 from agent.patches import (
     InvalidPatch,
     apply_diff,
@@ -450,12 +451,32 @@ def build_source(run: Run, job: Job, parent_source: str) -> str:
         source = apply_diff(parent_source, proposal.diff)
     else:
         raise InvalidPatch("the proposal holds neither a config nor a diff")
-    if source == parent_source and isinstance(run.method, Repairable):  # a model echoing what it was shown
-        raise InvalidPatch("the proposal changes nothing: train.py would be the same as the one it was proposed "
-                           "against; propose a change")
+    if isinstance(run.method, Repairable):  # a model echoing what it was shown, or what it was told ran
+        if source == parent_source:
+            raise InvalidPatch("the proposal changes nothing: train.py would be the same as the one it was "
+                               "proposed against; propose a change")
+        repeated = earlier_run_of(run.ledger.records, job.parent, make_diff(parent_source, source),
+                                  read_constants(source) if run.method.fixed_space else None)
+        if repeated is not None:
+            raise InvalidPatch(f"the proposal repeats trial {repeated.trial}, which ran already: "
+                               f"{outcome_line(repeated)}; propose something not yet tried")
     check_train_py(source, parent_source, fixed_space=run.method.fixed_space,
                    space=run.space if run.method.fixed_space else None)
     return source
+
+
+def earlier_run_of(records: list[TrialRecord], parent: str | None, diff: str,
+                   config: dict[str, Value] | None) -> TrialRecord | None:
+    """The first trial that ran what a proposal would: the same constants (`config`, for a fixed-space
+    method, whatever it built on), else the same change of the same commit."""
+    for record in records:
+        if record.commit is None or record.kind == "confirm":
+            continue  # never ran (refused), or a re-run of a trial found first
+        if config is not None and record.config == config:
+            return record
+        if config is None and record.parent == parent and record.diff == diff:
+            return record
+    return None
 
 
 def apply_with_repairs(run: Run, job: Job, parent_source: str) -> tuple[str | None, list[Repair]]:

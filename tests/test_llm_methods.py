@@ -17,6 +17,7 @@ from agent.record import TrialRecord
 from agent.template import template_dir
 from sandbox.outcome import Status
 from tests.conftest import one_line_error
+from tests.fake_runs import fake_score
 from tests.llm_server import Fault, ScriptedLLMServer
 from tests.run_helpers import arena_run, check_run_consistent, fake_arena_run
 
@@ -312,6 +313,37 @@ def test_a_proposal_that_changes_nothing_is_sent_back(tmp_path, cache_root, stdl
     records = check_run_consistent(tmp_path / "runs" / "same", 2)
     assert records[1]["status"] == "ok" and records[1]["description"] == "longer warmdown"
     assert "changes nothing" in records[1]["repairs"][0]["reason"]
+
+
+def worse_than_the_baseline(name: str, values: tuple) -> object:
+    """A value of constant `name` whose train.py the fake backend scores worse than the baseline's: discarded,
+    so a repeat of it builds on the same parent."""
+    constants = get_preset("cpu").constants
+    baseline = fake_score(BASELINE)
+    return next(v for v in values if fake_score(render_constants(BASELINE, {**constants, name: v})) > baseline)
+
+
+@pytest.mark.slow  # arena child processes, seconds each
+@pytest.mark.parametrize("method", ["code", "llm"])
+def test_a_proposal_that_repeats_a_trial_is_sent_back(method, tmp_path, cache_root, stdlib_dataset):
+    """A small model proposing again what it was told ran (a config, or a diff of the same parent) would spend
+    a trial measuring noise; confirmation runs are the way to re-measure."""
+    value = worse_than_the_baseline("WARMDOWN_RATIO", (0.6, 0.7, 0.4, 0.3, 0.8, 0.2))
+    if method == "code":
+        answers = [code_answer(f"warmdown {value}", edit("WARMDOWN_RATIO = 0.5", f"WARMDOWN_RATIO = {value}"))] * 2
+        answers.append(code_answer("shorter warmup", edit("WARMUP_RATIO = 0.0", "WARMUP_RATIO = 0.05")))
+    else:
+        answers = [config_answer(WARMDOWN_RATIO=value)] * 2 + [config_answer(WARMUP_RATIO=0.05)]
+    with ScriptedLLMServer() as server:
+        server.script(*answers)
+        proc = fake_arena_run(tmp_path / "runs", cache_root, "--name", "again", *llm_args(server, method), *FAST,
+                              "--trials", "3")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    records = check_run_consistent(tmp_path / "runs" / "again", 3)
+    assert records[1]["status"] == "ok" and not records[1]["kept"]
+    assert records[2]["status"] == "ok" and records[2]["config"]["WARMUP_RATIO"] == 0.05
+    reason = records[2]["repairs"][0]["reason"]
+    assert reason.startswith("the proposal repeats trial 1, which ran already: val_bpb ") and "discarded" in reason
 
 
 @pytest.mark.slow  # arena child processes, seconds each

@@ -67,6 +67,12 @@ def failed_calls_in_a_row(records: list[TrialRecord]) -> int:
     return count
 
 
+def ran_already(config: Config, records: list[TrialRecord]) -> int | None:
+    """The first trial that ran these constants (a search result, not a confirmation's re-run); None if none."""
+    return next((r.trial for r in records if r.commit is not None and r.kind != "confirm" and r.config
+                 and all(r.config.get(name) == value for name, value in config.items())), None)
+
+
 def is_llm_turn(index: int, ratio: Fraction) -> bool:
     """Whether the index-th proposal after warm-up (0-based) goes to the LLM; exact share `ratio`."""
     return index >= 0 and math.floor((index + 1) * ratio) > math.floor(index * ratio)
@@ -114,6 +120,9 @@ class Centaur:
             if cut_off:
                 raise ValueError(cut_off)
             config = parse_config(reply.text, self.space)
+            repeated = ran_already(config, ctx.records)
+            if repeated is not None:
+                raise ValueError(f"the configuration repeats trial {repeated}, which ran already")
             self.cma.replace_candidate(config)
         except (ValueError, SpaceError) as e:
             return self.labelled(self.cma.propose(ctx), "cmaes-fallback", llm_error=f"answer rejected: {e}",
