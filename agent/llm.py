@@ -28,6 +28,7 @@ can act on; neither can be made to recurse deeply or to take more than linear ti
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import itertools
 import json
@@ -69,9 +70,10 @@ _DECORATION = re.compile(r"^[#*>\s]*(description\s*:)?[*\s]*", re.IGNORECASE)
 _REASONING_START = re.compile(r"\s*<(think|thinking|reasoning)>", re.IGNORECASE)  # matched at a block's start
 _REASONING_END = re.compile(r"</(think|thinking|reasoning)>", re.IGNORECASE)
 _FENCE_LINE = re.compile(r"^```", re.MULTILINE)
-# A string (kept whole, so what looks like a comment or a comma inside it stays), a // comment, or a comma before
-# a closing bracket; a string left open runs to the end, as a reader of it would take it.
-_JSON_NOISE = re.compile(r'"(?:[^"\\]|\\.)*"?|//[^\n]*|,(?=\s*[}\]])', re.DOTALL)
+# A string (kept whole, so what looks like a comment or a comma inside it stays), a // comment, a comma before
+# a closing bracket, or a small power (2**12); a string left open runs to the end, as a reader of it would take it.
+_JSON_NOISE = re.compile(r'"(?:[^"\\]|\\.)*"?|//[^\n]*|,(?=\s*[}\]])|\b(\d{1,2})\s*\*\*\s*(\d{1,2})\b',
+                         re.DOTALL)
 
 
 class LLMError(ArenaError):
@@ -706,12 +708,20 @@ def _first_outside_fences(pattern: re.Pattern[str], text: str) -> re.Match[str] 
 def extract_json(text: str) -> dict[str, object]:
     """The first JSON object in `text`'s answer part (answer_part); whatever surrounds it (fences, prose, more
     text) is ignored."""
+    return json_objects(text)[0]
+
+
+def json_objects(text: str) -> list[dict[str, object]]:
+    """Every object in `text`'s answer part, in order (one inside another too), read as JSON; or, failing
+    that, with // comments, trailing commas and powers (2**12) forgiven; or as a Python dict (single quotes,
+    # comments, True). Raises ValueError, with the first reason, when there is none."""
     text = answer_part(text)
     if not text.strip():
         raise ValueError("the answer is empty; reply with a JSON object")
     if json_depth(text) > MAX_JSON_DEPTH:
         raise ValueError(f"the answer nests brackets more than {MAX_JSON_DEPTH} deep; reply with one flat JSON object")
     decoder = json.JSONDecoder()
+    found: list[dict[str, object]] = []
     first_error = None
     for match in itertools.islice(re.finditer(r"\{", text), MAX_JSON_TRIES):
         # as written; then from the same brace without comments and trailing commas (from there: a quote in
@@ -724,7 +734,14 @@ def extract_json(text: str) -> dict[str, object]:
                 first_error = first_error or error
                 continue
             if isinstance(value, dict):
-                return value
+                found.append(value)
+            break
+        else:
+            value = _python_dict(text, match.start())
+            if value is not None:
+                found.append(value)
+    if found:
+        return found
     if first_error is None:
         raise ValueError("no JSON object in the answer; reply with one object in {...}")
     if isinstance(first_error, json.JSONDecodeError):
@@ -735,9 +752,48 @@ def extract_json(text: str) -> dict[str, object]:
 
 def _relaxed(text: str) -> str:
     """`text` without what JSON forbids and models write anyway: // comments and commas before a closing
-    bracket (outside strings). One pass of one regular expression: linear, and in C (a hostile answer has
-    MAX_JSON_TRIES braces read this way)."""
-    return _JSON_NOISE.sub(lambda found: found.group() if found.group().startswith('"') else "", text)
+    bracket, and with small powers (2**12) worked out (outside strings). One pass of one regular expression:
+    linear, and in C (a hostile answer has MAX_JSON_TRIES braces read this way)."""
+    def fixed(found: re.Match[str]) -> str:
+        if found.group().startswith('"'):
+            return found.group()
+        return str(int(found[1]) ** int(found[2])) if found[1] else ""
+
+    return _JSON_NOISE.sub(fixed, text)
+
+
+def _python_dict(text: str, start: int) -> dict[str, object] | None:
+    """The Python dict literal that opens at `start` (single quotes, # comments, True and None, 4_096), read
+    with ast.literal_eval, which runs no code; None when there is none."""
+    limit = min(len(text), start + MAX_RELAXED_CHARS)
+    at, depth, quote = start, 0, ""
+    while at < limit:
+        char = text[at]
+        if quote:
+            if char == "\\":
+                at += 1  # the escaped character, whatever it is
+            elif char == quote:
+                quote = ""
+        elif char in "'\"":
+            quote = char
+        elif char == "#":  # a comment runs to the line's end, quotes and brackets in it included
+            at = text.find("\n", at, limit)
+            if at < 0:
+                return None
+        elif char in "{[(":
+            depth += 1
+        elif char in "}])":
+            depth -= 1
+            if depth == 0:
+                break
+        at += 1
+    else:
+        return None
+    try:
+        value = ast.literal_eval(text[start:at + 1])
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return None
+    return value if isinstance(value, dict) and all(isinstance(key, str) for key in value) else None
 
 
 def extract_diff(text: str) -> tuple[str, str]:

@@ -18,6 +18,7 @@ from agent.llm import (
     ReplayDiverged,
     extract_diff,
     extract_json,
+    json_objects,
 )
 from tests.llm_server import Fault, ScriptedLLMServer
 
@@ -624,3 +625,38 @@ def test_constants_from_an_llm_must_be_plain_finite_values(value, reason):
     text = json.dumps(config).replace('"MATRIX_LR": 0.04', f'"MATRIX_LR": {value}')
     with pytest.raises(ValueError, match=reason):
         parse_config(text, load_space("cpu"))
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("{'DEPTH': 4, 'NAME': 'a # b', 'ON': True}  # a Python dict", {"DEPTH": 4, "NAME": "a # b", "ON": True}),
+    ('{\n  "DEPTH": 4,  # deeper\n  "BATCH": 4_096,\n}', {"DEPTH": 4, "BATCH": 4096}),
+    ('{"BATCH": 2**12, "NOTE": "2**3"}', {"BATCH": 4096, "NOTE": "2**3"}),
+])
+def test_json_objects_forgive_what_small_models_write(text, expected):
+    assert json_objects(text) == [expected]
+
+
+def test_json_objects_are_every_object_in_order_and_run_no_code():
+    assert json_objects('best {"D": 3}. Now {"why": "x", "config": {"D": 4}}') == [
+        {"D": 3}, {"why": "x", "config": {"D": 4}}, {"D": 4}]
+    with pytest.raises(ValueError, match="does not parse"):
+        json_objects("{'D': __import__('os').system('echo CHEAT')}")
+
+
+def test_a_config_answer_is_read_as_a_small_model_means_it():
+    """The proposal, not the best it echoed; inside a wrapper; names in any case; only what it changes (the rest
+    as the best it was shown); whole floats and numeric strings as the numbers they are."""
+    from agent.methods.llm_fixed import parse_config
+    from agent.presets import load_presets
+    from agent.space import load_space
+
+    space, best = load_space("cpu"), dict(load_presets()["cpu"].constants)
+    proposal = {**best, "DEPTH": best["DEPTH"] + 1}
+    assert parse_config(f"The best is {json.dumps(best)}. I propose {json.dumps(proposal)}", space, best) == proposal
+    assert parse_config(f"I propose {json.dumps(proposal)}, up from {json.dumps(best)}", space, best) == proposal
+    wrapped = {"reasoning": "deeper", "config": {"depth": float(best["DEPTH"] + 1), "matrix_lr": "0.05"}}
+    assert parse_config(json.dumps(wrapped), space, best) == {**proposal, "MATRIX_LR": 0.05}
+    with pytest.raises(ValueError, match="missing keys"):  # without a best to build on, every constant is needed
+        parse_config('{"DEPTH": 4}', space)
+    with pytest.raises(ValueError, match="unknown keys DROPOUT"):
+        parse_config(json.dumps({**proposal, "DROPOUT": 0.1}), space, best)

@@ -119,7 +119,7 @@ class Centaur:
             cut_off = reply.cut_off()
             if cut_off:
                 raise ValueError(cut_off)
-            config = parse_config(reply.text, self.space)
+            config = parse_config(reply.text, self.space, ctx.best.config)
             repeated = ran_already(config, ctx.records)
             if repeated is not None:
                 raise ValueError(f"the configuration repeats trial {repeated}, which ran already")

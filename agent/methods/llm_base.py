@@ -10,6 +10,7 @@ from agent.methods.base import Context, LLMSettings, Proposal, TaskFacts
 from agent.record import TrialRecord
 
 SHOWN_CHARS = 2000  # of an answer cut off or too long, what a repair shows the model of it
+REJECTED = "answer rejected: "  # how an unusable answer's reason begins in the ledger
 LONGEST_SHOWN = 24_000  # an answer longer than this is shown by its start too (a whole train.py is ~20,000)
 
 
@@ -61,7 +62,8 @@ class ConversationMethod:
         return self.ask(self.prompt(ctx), ctx.trial, "propose")
 
     def repair(self, proposal: Proposal, reason: str, trial: int) -> Proposal:
-        return self.ask(self.conversation + [{"role": "user", "content": self.repair_note(reason)}], trial, "repair")
+        note = self.repair_note(reason.removeprefix(REJECTED))  # the note says it was rejected
+        return self.ask(self.conversation + [{"role": "user", "content": note}], trial, "repair")
 
     def ask(self, messages: list[Message], trial: int, purpose: str) -> Proposal:
         """The model's proposal. A call that fails (after the client's retries) stops the run: an outage is
@@ -82,7 +84,7 @@ class ConversationMethod:
                 raise ValueError(cut_off)
             return self.parse(reply.text)
         except ValueError as e:
-            return Proposal(f"{self.name}: unusable answer", invalid=f"answer rejected: {e}",
+            return Proposal(f"{self.name}: unusable answer", invalid=f"{REJECTED}{e}",
                             meta={"answer": reply.text})
 
     def observe(self, record: TrialRecord) -> None:
