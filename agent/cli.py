@@ -206,6 +206,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                       f"{run.preset.probed_positions()} of the {run.preset.seq_len - 1} positions where a model could "
                       "peek at the next token, so one that peeks at a few can pass; the preset's own --eval-tokens "
                       "covers them all", markup=False)
+    if trials is not None and trials < counted(run.ledger.records):
+        console.print(f"note: the run has {counted(run.ledger.records)} trials already, more than --trials {trials}: "
+                      "nothing more to run", markup=False)
+        trials = counted(run.ledger.records)  # the target the run reached stays the one it shows
     stop = StopRule(trials=trials, hours=hours)
     signal.signal(signal.SIGTERM, raise_terminated)
     if sys.stdout.isatty() and not args.no_tui:
@@ -219,7 +223,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     best_trial, best_value = best_of(run.ledger.records)
     ran = counted(run.ledger.records)  # as --trials counts: infeasible proposals ran nothing
     refused = f" (+{len(run.ledger) - ran} infeasible, not run)" if len(run.ledger) > ran else ""
-    console.print(f"done: {ran} trials{refused}, best val_bpb {best_value:.6f} (trial {best_trial}); "
+    console.print(f"done: {ran} trial{'s' * (ran != 1)}{refused}, best val_bpb {best_value:.6f} (trial {best_trial}); "
                   f"its train.py: {run.dir / 'best_train.py'}; history: git -C {run.dir / 'repo'} log best",
                   markup=False)
     return 0
@@ -272,8 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    resume = ""  # what to do after an interruption
     try:
         args, unknown = build_parser().parse_known_args(argv)
+        resume = "; run the same command to resume" if args.command == "run" else ""
         if unknown:  # argparse would name the top-level parser's help; the subcommand's lists what it takes
             raise ArenaError(f"unrecognized arguments: {' '.join(unknown)}; see `arena {args.command} --help`")
         command: Callable[[argparse.Namespace], int] = args.func
@@ -289,10 +295,10 @@ def main(argv: list[str] | None = None) -> int:
                       "same command again")
         return 2
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]")
+        console.print(f"[yellow]interrupted[/]{resume}")
         return 130
     except Terminated:
-        console.print("[yellow]terminated (SIGTERM)[/]")
+        console.print(f"[yellow]terminated (SIGTERM)[/]{resume}")
         return 143
 
 

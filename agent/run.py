@@ -127,7 +127,11 @@ class RunSettings:
         if self.backend == "docker" and self.isolation == "none":
             raise ArenaError("--isolation none applies to the local backend; Docker always isolates each phase")
         if self.backend == "docker" and not self.image:
-            raise ArenaError("the docker backend needs --image; build one with `docker build -t arena-gpu .`")
+            raise ArenaError("the docker backend needs --image; build one with `docker build -t arena-gpu .` (CUDA; "
+                             "a CPU image: `bash tests/build_test_image.sh NAME`)")
+        if self.image and self.backend != "docker":
+            raise ArenaError(f"--image is the docker backend's; add --backend docker, or leave --image out to run "
+                             f"on the {self.backend} backend")
         if (self.backend == "surrogate") != bool(self.surrogate_data):
             raise ArenaError("--backend surrogate and --surrogate-data FILE[,FILE...] go together: the surrogate "
                              "answers trials from the recorded trials it is given")
@@ -272,7 +276,8 @@ def merge_settings(stored: dict[str, Any], given: dict[str, Any]) -> RunSettings
         if value is None or key in MAY_CHANGE_ON_RESUME:
             continue
         if key in stored and stored[key] != value:
-            raise ArenaError(f"run '{stored['name']}' was started with {key}={stored[key]!r}, not {value!r}; "
+            was = "the default" if stored[key] is None else repr(stored[key])  # None: the preset's, or none
+            raise ArenaError(f"run '{stored['name']}' was started with {key}={was}, not {value!r}; "
                              "resume it with the same settings or choose another --name")
     merged = {**stored, **{k: v for k, v in given.items() if v is not None and k in MAY_CHANGE_ON_RESUME}}
     return RunSettings(**merged)
@@ -317,6 +322,8 @@ def _open_locked(run_dir: Path, given: dict[str, Any], cache_root: Path | None, 
     info: RunInfo | None = json.loads((run_dir / "run.json").read_text()) if lock is not None else None
     ledger = Ledger.read(run_dir / "ledger.jsonl")
     stored = info["settings"] if info is not None else {}
+    if stored.get("image") and stored.get("backend") != "docker":  # recorded before that was refused: unused
+        stored = {**stored, "image": None}
     asked = RunSettings(**{**stored, **{k: v for k, v in given.items() if v is not None}})
     asked.validate()  # a bad value is named as such, before a resume says it differs from the run's
     get_preset(asked.preset, time_budget=asked.budget, eval_tokens=asked.eval_tokens,

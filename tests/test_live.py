@@ -293,9 +293,10 @@ def test_watch_refuses_what_is_not_a_run(tmp_path, cache_root):
     assert "no run directory" in line
 
 
-def test_watch_once_prints_one_frame(fake_live_run, cache_root):
+@pytest.mark.parametrize("once", [["--once"], []])  # without a terminal to redraw on, one frame all the same
+def test_watch_once_prints_one_frame(once, fake_live_run, cache_root):
     before = tree_state(fake_live_run.dir)
-    proc = run_arena("watch", NAME, "--runs-dir", str(fake_live_run.dir.parent), "--once", cache=cache_root)
+    proc = run_arena("watch", NAME, "--runs-dir", str(fake_live_run.dir.parent), *once, cache=cache_root)
     assert proc.returncode == 0, proc.stderr
     assert "arena" in proc.stdout and NAME in proc.stdout and "method random" in proc.stdout
     assert sorted(table_rows(proc.stdout)) == [0, 1, 2]
@@ -344,6 +345,8 @@ def test_every_way_out_leaves_a_final_status(how, phase, words, code, tmp_path, 
     wait_for_training(runs / "stop", 0, proc)
     proc.send_signal(how)
     assert proc.wait(timeout=120) == code
+    last = proc.stderr.read().splitlines()[-1]
+    assert last.startswith(words.split(" (")[0]) and last.endswith("; run the same command to resume"), last
     status = status_of(runs / "stop")
     assert status["phase"] == phase and words in status["reason"] and "run the same command" in status["reason"]
     text = frame(runs / "stop")

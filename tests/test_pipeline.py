@@ -180,6 +180,7 @@ def test_resume_is_refused_after_the_harness_or_the_dataset_changed(key, value, 
     (["--backend", "cloud"], "unknown backend 'cloud'"),
     (["--preset", "tpu"], "unknown preset 'tpu'"),
     (["--backend", "docker"], "needs --image"),
+    (["--image", "arena-gpu"], "--image is the docker backend's; add --backend docker"),
     (["--trials", "0"], "--trials must be at least 1"),
     (["--name", "../escape"], "plain directory name"),
 ])

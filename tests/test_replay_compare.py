@@ -452,6 +452,17 @@ def test_compare_marks_runs_whose_trials_ran_unisolated(groups, tmp_path, capsys
     assert summary["groups"][0]["unisolated_runs"] == 1
 
 
+def test_compare_warns_of_runs_that_share_a_seed(groups, tmp_path, capsys):
+    """A copy of a run, or a rerun with the same seed, is no second seed: the spread would be made up."""
+    twin = tmp_path / "twin"
+    shutil.copytree(groups["random"][0], twin)
+    assert arena("compare", groups["random"][0], twin, groups["random"][1], "--out", tmp_path / "cmp") == 0
+    seed = json.loads((twin / "run.json").read_text())["settings"]["seed"]
+    assert f"several runs share seed {seed}: they count as separate seeds" in capsys.readouterr().err
+    assert arena("compare", *groups["random"], "--out", tmp_path / "cmp") == 0
+    assert "share seed" not in capsys.readouterr().err
+
+
 def test_single_runs_get_no_interval_and_cpu_runs_no_gpu_hours(groups, tmp_path, capsys):
     assert arena("compare", groups["random"][0], groups["tpe"][0], "--out", tmp_path / "cmp") == 0
     out = capsys.readouterr().out

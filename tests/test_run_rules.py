@@ -9,6 +9,7 @@ it, so the trials after it get the preset's whole start-up allowance."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -90,3 +91,9 @@ def test_hours_stop_the_run_after_the_first_trial_that_crosses_them(margin_run, 
     again = fake_arena_run(runs, cache_root, "--name", run.name, "--hours", repr(limit / 3600))
     assert again.returncode == 0, again.stderr[-3000:]
     assert check_run_consistent(runs / run.name, 2) == records
+    # resumed with fewer --trials than it has: nothing runs, and the target it shows stays the one it reached
+    fewer = fake_arena_run(runs, cache_root, "--name", run.name, "--trials", "1")
+    assert fewer.returncode == 0, fewer.stderr[-3000:]
+    assert "the run has 2 trials already, more than --trials 1: nothing more to run" in fewer.stderr
+    assert check_run_consistent(runs / run.name, 2) == records
+    assert json.loads((runs / run.name / "state" / "status.json").read_text())["stop"]["trials"] == 2

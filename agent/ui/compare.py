@@ -197,6 +197,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         err.print(Text(f"WARNING: the trials of {', '.join(unisolated)} ran unisolated (--isolation none, or "
                        "made before runs were isolated): nothing kept them from touching their own score",
                        style="bold yellow"))
+    for group in comparison.groups:
+        repeated = sorted({seed for seed in group.seeds if seed is not None and group.seeds.count(seed) > 1})
+        if repeated:  # a resumed copy or a rerun: its spread is not a spread over seeds
+            err.print(Text(f"WARNING: in {group.label}, several runs share seed {', '.join(map(str, repeated))}: "
+                           "they count as separate seeds in the statistics", style="bold yellow"))
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)  # piped: keep rows whole
     console.print(groups_table(comparison))
     if comparison.tests:

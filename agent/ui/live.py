@@ -315,7 +315,7 @@ def leader_lines(records: list[TrialRecord]) -> list[tuple[str, str]]:
     scored = sorted(((r.val_bpb, r) for r in records if r.ok and r.val_bpb is not None),
                     key=lambda pair: (pair[0], pair[1].trial))
     baseline = records[0].val_bpb if records else None
-    lines = [(f"leaderboard (top {LEADERS})", "bold"), (LEADER_HEADER, "bold")]
+    lines = [(f"leaderboard (top {LEADERS}; lower val_bpb is better)", "bold"), (LEADER_HEADER, "bold")]
     for rank, (value, r) in enumerate(scored[:LEADERS], start=1):
         change = f"{(value / baseline - 1) * 100:+.2f}%" if baseline else "-"
         lines.append((f"{rank:>4}  {r.trial:>5}  {fmt_bpb(value):>8}  {change:>11}  {r.method}",
@@ -490,7 +490,7 @@ def wait_for_quit() -> None:
 
 def watch(run_dir: Path, once: bool = False, console: Console | None = None) -> int:
     console = console or Console()
-    if once:
+    if once or not console.is_terminal:  # a live view redraws in place: on a pipe or a file it would show nothing
         console.print(RunView(run_dir).frame(console))
         return 0
     with live_view(run_dir, console=console, footer=WATCH_FOOTER), contextlib.suppress(KeyboardInterrupt):
