@@ -5,6 +5,11 @@
   it, a channel from trial to trial that no directory or process cleanup closes.
 - The page cache is the kernel's too: the calls that drop chosen pages of a shared file or ask which are
   cached fail (below). Docker's default filter allows them.
+- A user namespace of its own would make a trial root inside it, in reach of kernel code (mounts,
+  netfilter, ...) that only root can otherwise call: `unshare` and `clone` with CLONE_NEWUSER fail, and
+  `clone3`, whose flags sit in a struct no filter can read, fails with ENOSYS, on which glibc falls back
+  to `clone` (as under Docker's default filter). bubblewrap's --disable-userns does the same only when
+  arena is not root.
 - Pinning a worker's sandbox to its share of the cores (sandbox/workers.py) is only advice to the kernel
   until the trial is kept from changing it: a trial that widened its affinity would train on its
   neighbours' cores, gaining steps and costing them theirs. Under bubblewrap there is no cgroup to hold it
@@ -26,6 +31,7 @@ import struct
 
 LD_W_ABS = 0x20     # BPF_LD | BPF_W | BPF_ABS: A = the 32-bit word at offset k of seccomp_data
 JEQ_K = 0x15        # BPF_JMP | BPF_JEQ | BPF_K: jump jt if A == k, else jf
+JSET_K = 0x45       # BPF_JMP | BPF_JSET | BPF_K: jump jt if A & k, else jf
 RET_K = 0x06        # BPF_RET | BPF_K: return k
 NR_OFFSET, ARCH_OFFSET = 0, 4
 SECCOMP_RET_ALLOW = 0x7FFF0000
@@ -63,7 +69,12 @@ PROCESS_MADVISE = failing({  # madvise on another process's memory (so with any 
 # page cache: a trial that owns the dataset's files (arena not run as root) could drop chosen pages with them.
 MADVISE = {X86_64: (28, X32_BIT | 28), I386: (219,), AARCH64: (233,), ARM: (220,)}
 MADV_COLD, MADV_PAGEOUT = 20, 21
-ARG2_OFFSET = 32  # the low word of args[2] in seccomp_data (every architecture here is little-endian)
+ARG0_OFFSET = 16  # the low word of args[0] in seccomp_data (every architecture here is little-endian)
+ARG2_OFFSET = 32  # and of args[2]
+# clone and unshare, whose first argument holds the namespace flags on every architecture here
+NEW_NAMESPACES = {X86_64: (56, 272, X32_BIT | 56, X32_BIT | 272), I386: (120, 310), AARCH64: (220, 97), ARM: (120, 337)}
+CLONE_NEWUSER = 0x10000000
+CLONE3 = failing({X86_64: (435, X32_BIT | 435), I386: (435,), AARCH64: (435,), ARM: (435,)}, errno.ENOSYS)
 
 
 def merged(*sets: Calls) -> Calls:
@@ -79,14 +90,20 @@ def instruction(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
 
 
 def deny_program(denied: Calls) -> bytes:
-    """The filter: each listed call of each architecture fails with its errno, as does madvise with MADV_COLD
-    or MADV_PAGEOUT; everything else is allowed."""
+    """The filter: each listed call of each architecture fails with its errno, as do clone and unshare with
+    CLONE_NEWUSER and madvise with MADV_COLD or MADV_PAGEOUT (EPERM); everything else is allowed."""
     program = instruction(LD_W_ABS, ARCH_OFFSET)
     for arch, numbers in denied.items():
         block = instruction(LD_W_ABS, NR_OFFSET)
         for number, error in numbers.items():
             block += instruction(JEQ_K, number, jf=1)  # not this call: skip its return
             block += instruction(RET_K, SECCOMP_RET_ERRNO | error)
+        for number in NEW_NAMESPACES.get(arch, ()):
+            block += instruction(JEQ_K, number, jf=4)  # not this call: past its four instructions
+            block += instruction(LD_W_ABS, ARG0_OFFSET)  # its flags
+            block += instruction(JSET_K, CLONE_NEWUSER, jf=1)
+            block += instruction(RET_K, SECCOMP_RET_ERRNO | errno.EPERM)
+            block += instruction(RET_K, SECCOMP_RET_ALLOW)  # other flags (A no longer holds the call's number)
         for number in MADVISE.get(arch, ()):
             block += instruction(JEQ_K, number, jf=6)  # not madvise: past its six instructions
             block += instruction(LD_W_ABS, ARG2_OFFSET)  # its advice
@@ -102,7 +119,7 @@ def deny_program(denied: Calls) -> bytes:
 def sandbox_filter(pinned: bool) -> bytes:
     """The filter (with `pinned`, affinity changes fail too)."""
     return deny_program(merged(KEYRING, PAGE_CACHE_HINTS, PAGE_CACHE_PROBES, PAGE_CACHE_RESIDENCY, PROCESS_MADVISE,
-                               SCHED_SETAFFINITY if pinned else {}))
+                               CLONE3, SCHED_SETAFFINITY if pinned else {}))
 
 
 def sandbox_filter_fd(pinned: bool) -> int:

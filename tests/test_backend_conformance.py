@@ -394,6 +394,28 @@ def test_a_phase_has_no_keyring_to_leave_a_key_in(backend, tmp_path):
     assert probes == [f"PROBE add_key -1 {errno.EPERM}", f"PROBE keyctl -1 {errno.EPERM}"], lines
 
 
+def test_a_phase_cannot_make_a_user_namespace(backend, tmp_path):
+    """Root in a user namespace of its own would put a trial in reach of kernel code only root may call: that
+    fails (EPERM), while threads, processes and a mount namespace alone are still made."""
+    if backend.isolation == "none":
+        pytest.skip("isolation none confines nothing")
+    code = ("import ctypes, os, subprocess, sys, threading\n"
+            "libc = ctypes.CDLL(None, use_errno=True)\n"
+            "print('PROBE userns', libc.unshare(0x10000000), ctypes.get_errno(), flush=True)\n"
+            "print('PROBE userns+mount', libc.unshare(0x10020000), ctypes.get_errno(), flush=True)\n"
+            "thread = threading.Thread(target=print, args=('PROBE thread',), kwargs={'flush': True})\n"
+            "thread.start(); thread.join()\n"
+            "print('PROBE child', subprocess.run([sys.executable, '-c', 'print(6 * 7)'], capture_output=True,"
+            " text=True).stdout.strip(), flush=True)\n")
+    lines: list[str] = []
+    run = backend.run_phase(bare_phase(tmp_path / "phase", 60, backend.owner), PhaseOutput(lines.append),
+                            ["-c", code])
+    assert run.report is not None and run.report.exit_code == 0, lines
+    probes = [line.strip() for line in lines if line.startswith("PROBE")]
+    assert probes == [f"PROBE userns -1 {errno.EPERM}", f"PROBE userns+mount -1 {errno.EPERM}", "PROBE thread",
+                      "PROBE child 42"], lines
+
+
 def test_a_phase_cannot_drop_or_probe_the_shared_page_cache(backend, tmp_path):
     """Every sandbox reads the same files through one page cache: dropping chosen pages of one (fadvise
     DONTNEED, madvise PAGEOUT or COLD) and asking which are cached without reading them (preadv2 RWF_NOWAIT,
