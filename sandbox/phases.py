@@ -271,11 +271,13 @@ def read_reported(train_out: Path) -> Reported:
 # Terminal control characters (all but tab and newline; C1 too): what a trial prints or reports reaches the
 # terminal, the live view, replay, the ledger's reasons and the next LLM prompt, where an escape sequence could
 # draw a fake result line, retitle the window or write to the clipboard.
-CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# C0 and C1 controls, and what terminals and viewers take for line breaks or for a change of text direction
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 def printable(text: str) -> str:
-    """`text` with each control character replaced by U+FFFD."""
+    """`text` with each control character (line and paragraph separators, direction overrides) replaced by
+    U+FFFD."""
     return CONTROL_CHARACTERS.sub("\ufffd", text)
 
 

@@ -222,6 +222,8 @@ def test_control_characters_a_trial_prints_or_reports_never_reach_a_terminal(tmp
     output("\x1b[2K\rok: val_bpb 0.100000\x1b]52;c;cHduZWQ=\x07\x9b31m\ttab kept\n")
     assert logged == list(output.lines) == ["\ufffd[2K\ufffdok: val_bpb 0.100000\ufffd]52;c;cHduZWQ=\ufffd\ufffd31m"
                                             "\ttab kept\n"]
+    output("train\u2028ok: val_bpb 0.1 \u202eevil\n")  # a line break to Unicode, a change of direction
+    assert logged[-1] == "train\ufffdok: val_bpb 0.1 \ufffdevil\n"
     (tmp_path / "train_stats.json").write_text('{"device_name": "\\u001b]0;pwned\\u0007H100", "steps": 3}')
     assert read_reported(tmp_path) == {"device_name": "\ufffd]0;pwned\ufffdH100", "steps": 3}
 
