@@ -9,6 +9,7 @@ import re
 
 _SEARCH_REPLACE = re.compile(r"^<{5,9} ?SEARCH[^\n]*\n(.*?)^={5,9}[ \t]*\n(.*?)^>{5,9} ?REPLACE[^\n]*$",
                              re.DOTALL | re.MULTILINE)
+_SEARCH_START = re.compile(r"^<{5,9} ?SEARCH", re.MULTILINE)
 _CODE_BLOCK = re.compile(r"^```[ \t]*(?:python|py)?[ \t]*\n(.*?)^```", re.DOTALL | re.MULTILINE)
 WHOLE_FILE_MARKERS = ("def train(ctx", "ARENA CONSTANTS BEGIN", "ARENA CONSTANTS END")
 # A line that stands for code left out ("# ... rest unchanged ...", "...", "# (existing code)"): a model that
@@ -24,6 +25,9 @@ def edited_source(answer: str, source: str) -> tuple[str, int] | None:
     blocks = list(_SEARCH_REPLACE.finditer(answer))
     if blocks:
         return replaced(source, [(block[1], block[2]) for block in blocks]), blocks[0].start()
+    if _SEARCH_START.search(answer):
+        raise ValueError("a search/replace block is not complete (cut off?): each needs '<<<<<<< SEARCH', the lines "
+                         "as they are, '=======', the new lines and '>>>>>>> REPLACE'")
     files = [block for block in _CODE_BLOCK.finditer(answer) if all(mark in block[1] for mark in WHOLE_FILE_MARKERS)]
     return (files[-1][1], files[-1].start()) if files else None
 

@@ -67,6 +67,9 @@ _SECRET_SHAPE = re.compile(r"\b(sk-[A-Za-z0-9_\-]{8,}|sk_[A-Za-z0-9_\-]{8,}|AIza
 _FENCED_BLOCK = re.compile(r"^```[^\n]*\n(.*?)^```", re.DOTALL | re.MULTILINE)
 _DIFF_START = re.compile(r"^(diff --git |--- |@@ )", re.MULTILINE)
 _DECORATION = re.compile(r"^[#*>\s]*(description\s*:)?[*\s]*", re.IGNORECASE)
+_LABEL = re.compile(r"^[#*>\s]*description\s*:[*\s]*\S", re.IGNORECASE)
+_OPENER = re.compile(r"^(sure|certainly|of course|okay|ok|absolutely|alright|great)\b[!.,]*\s*"
+                     r"((here('s| is)|i('ll| will| can))\b[^.!?]*[.:!?]?)?\s*$", re.IGNORECASE)
 _REASONING_START = re.compile(r"\s*<(think|thinking|reasoning)>", re.IGNORECASE)  # matched at a block's start
 _REASONING_END = re.compile(r"</(think|thinking|reasoning)>", re.IGNORECASE)
 _FENCE_LINE = re.compile(r"^```", re.MULTILINE)
@@ -747,6 +750,9 @@ def json_objects(text: str) -> list[dict[str, object]]:
     if isinstance(first_error, json.JSONDecodeError):
         raise ValueError(f"the JSON object in the answer does not parse: {first_error.msg} "
                          f"(line {first_error.lineno}, column {first_error.colno})")
+    if "digits" in str(first_error):  # Python's own advice (sys.set_int_max_str_digits) is not the model's to take
+        raise ValueError("the JSON object in the answer does not parse: a number has thousands of digits; write "
+                         "plain numbers")
     raise ValueError(f"the JSON object in the answer does not parse: {str(first_error)[:120]}")
 
 
@@ -856,10 +862,12 @@ def _first_added_line(diff: str) -> str:
 
 
 def _first_prose_line(text: str) -> str:
-    for line in text.splitlines():
-        if line.strip().startswith("```"):
-            continue
+    """The line labelled 'Description:', else the first that says something: not a fence, not an opener
+    ("Sure! Here's my idea.") and not a lead-in to what follows ("Here is the diff:")."""
+    lines = [line for line in text.splitlines() if not line.strip().startswith("```")]
+    labelled = [line for line in lines if _LABEL.match(line)]
+    for line in labelled + lines:
         stripped = _DECORATION.sub("", line).strip().rstrip("*").strip()
-        if stripped:
+        if stripped and (line in labelled or not (stripped.endswith(":") or _OPENER.match(stripped))):
             return stripped
     return ""

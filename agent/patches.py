@@ -180,8 +180,13 @@ def _parse(diff_text: str, path: str) -> tuple[PatchSet, list[str]]:
                          f"write a unified diff of {path}") from None
 
 
+def _same_file(name: str, path: str) -> bool:
+    """Whether a diff header names `path`: as it is, under a/ or b/, or in a folder (train_template/train.py,
+    the template's place in this repository, which models have seen)."""
+    return name == path or name.endswith(f"/{path}")
+
+
 def _check_files(patch: PatchSet, path: str) -> None:
-    allowed = {path, f"a/{path}", f"b/{path}", f"./{path}"}
     for patched in patch:
         source, target = (patched.source_file or "").strip('"'), (patched.target_file or "").strip('"')
         if patched.is_binary_file:
@@ -191,9 +196,9 @@ def _check_files(patch: PatchSet, path: str) -> None:
                              f"so put new code inside it")
         if target == DEV_NULL:
             raise PatchError(f"the diff deletes {source}; proposals may only edit {path}")
-        if (source in allowed and target not in allowed) or (target in allowed and source not in allowed):
+        if _same_file(source, path) != _same_file(target, path):
             raise PatchError(f"the diff renames {source} to {target}; proposals may only edit {path} in place")
-        if source not in allowed:
+        if not _same_file(source, path):
             raise PatchError(f"the diff changes {patched.path}; proposals may change only {path} "
                              f"(the harness files are read-only)")
     if not any(len(patched) for patched in patch):

@@ -99,3 +99,8 @@ def test_an_answer_that_leaves_code_out_is_refused_however_it_is_written(tmp_pat
         "answer rejected: the change leaves code out ('# ... rest of train() unchanged ...'",
         "answer rejected: the change leaves code out ('# existing code'",
         "answer rejected: the change leaves code out ('...'"]
+
+
+def test_a_search_replace_block_left_open_says_so():
+    with pytest.raises(ValueError, match="a search/replace block is not complete"):
+        edited_source("<<<<<<< SEARCH\nWARMDOWN_RATIO = 0.5\n=======\nWARMDOWN_RATIO = 0.6\n", SOURCE)

@@ -556,6 +556,10 @@ def test_extract_diff_without_a_fence():
     (f"Deeper.\n```diff\n{DIFF}```\nIn short:\n```diff\n{DIFF}```", ("Deeper.", DIFF)),  # a block repeated
     ('{"description": "deeper", "diff": ' + json.dumps(DIFF) + "}", ("deeper", DIFF)),
     ("```json\n" + json.dumps({"diff": DIFF.rstrip()}) + "\n```", ("edit: DEPTH = 4", DIFF)),
+    # an opener or a lead-in is no description; a labelled line wins wherever it is
+    (f"Sure! Here's my idea.\n**Description:** deeper\n```diff\n{DIFF}```", ("deeper", DIFF)),
+    (f"Here is the diff:\n```diff\n{DIFF}```\nThis deepens the model.", ("This deepens the model.", DIFF)),
+    (f"Sure, a deeper model helps.\n```diff\n{DIFF}```", ("Sure, a deeper model helps.", DIFF)),
 ])
 def test_extract_diff_reads_what_small_models_write(text, expected):
     assert extract_diff(text) == expected
@@ -579,7 +583,7 @@ def test_extract_diff_errors(text, reason):
 
 @pytest.mark.parametrize("text, reason", [
     ('{"DEPTH": ' + "[" * 1200, "nests brackets more than 32 deep"),
-    ('{"MATRIX_LR": 1' + "0" * 5000 + "}", "does not parse"),  # more digits than Python converts
+    ('{"MATRIX_LR": 1' + "0" * 5000 + "}", "a number has thousands of digits"),  # more than Python converts
     ('{"a": ' * 60_000 + "1" + "}" * 60_000, "nests brackets"),
     ("{" * 200_000, "nests brackets"),
     ('{"a": 1' + ", " * 100_000 + "// x" * 20_000, "does not parse"),  # what the relaxed reading removes

@@ -200,6 +200,15 @@ def test_diffs_that_are_not_edits_of_train_py_are_refused(diff, message):
     assert message in err.value.reason and "\n" not in err.value.reason
 
 
+def test_train_py_may_be_named_with_its_folder():
+    """Models that know this repository write the template's own path, train_template/train.py."""
+    diff = make_diff(SOURCE, SCALED).replace("a/train.py", "a/train_template/train.py").replace(
+        "b/train.py", "b/train_template/train.py")
+    assert apply_diff(SOURCE, diff) == SCALED
+    with pytest.raises(PatchError, match="changes prepare_train.py"):
+        apply_diff(SOURCE, diff.replace("train_template/train.py", "prepare_train.py"))
+
+
 def test_a_second_file_in_the_diff_is_refused():
     other = "--- a/harness.py\n+++ b/harness.py\n@@ -1 +1 @@\n-x = 1\n+x = 2\n"
     with pytest.raises(PatchError, match="changes harness.py"):
