@@ -14,8 +14,12 @@ _CODE_BLOCK = re.compile(r"^```[ \t]*(?:python|py)?[ \t]*\n(.*?)^```", re.DOTALL
 WHOLE_FILE_MARKERS = ("def train(ctx", "ARENA CONSTANTS BEGIN", "ARENA CONSTANTS END")
 # A line that stands for code left out ("# ... rest unchanged ...", "...", "# (existing code)"): a model that
 # writes the whole file, or a replacement, in short; applied as written it deletes that code.
-_ELISION = re.compile(r"^(#\s*)?(\.\.\.|…)|^#.*\b(unchanged|omitted|as before|existing code|code (above|below))\b"
-                      r"[\s.…)\]]*$|^#\s*[(\[]?\s*(the\s+)?(rest|remainder)\s+of\b", re.IGNORECASE)
+_ELISION = re.compile(
+    r"^(#\s*)?(\.\.\.|…)"                                                   # "...", "# ... rest unchanged ..."
+    r"|^#\s*[(\[]?\s*(unchanged|omitted|same as (before|above)|existing code)\b"  # "# (unchanged)", "# existing code"
+    r"|^#.*\b(existing code|code (above|below))\b"
+    r"|^#\s*[(\[]?\s*(the\s+)?(rest|remainder)\s+of\b.*\b(unchanged|omitted|as before|the same|follows)\b",
+    re.IGNORECASE)
 
 
 def edited_source(answer: str, source: str) -> tuple[str, int] | None:
@@ -23,11 +27,11 @@ def edited_source(answer: str, source: str) -> tuple[str, int] | None:
     the answer the first of them starts (the prose before it describes the change); None when the answer
     holds neither. Raises ValueError, saying which block, when a search text is not in train.py."""
     blocks = list(_SEARCH_REPLACE.finditer(answer))
-    if blocks:
-        return replaced(source, [(block[1], block[2]) for block in blocks]), blocks[0].start()
-    if _SEARCH_START.search(answer):
+    if len(_SEARCH_START.findall(answer)) > len(blocks):  # a block left open: the answer was cut off
         raise ValueError("a search/replace block is not complete (cut off?): each needs '<<<<<<< SEARCH', the lines "
                          "as they are, '=======', the new lines and '>>>>>>> REPLACE'")
+    if blocks:
+        return replaced(source, [(block[1], block[2]) for block in blocks]), blocks[0].start()
     files = [block for block in _CODE_BLOCK.finditer(answer) if all(mark in block[1] for mark in WHOLE_FILE_MARKERS)]
     return (files[-1][1], files[-1].start()) if files else None
 

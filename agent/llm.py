@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import itertools
 import json
 import os
 import re
@@ -69,13 +68,16 @@ _DIFF_START = re.compile(r"^(diff --git |--- |@@ )", re.MULTILINE)
 _DECORATION = re.compile(r"^[#*>\s]*(description\s*:)?[*\s]*", re.IGNORECASE)
 _LABEL = re.compile(r"^[#*>\s]*description\s*:[*\s]*\S", re.IGNORECASE)
 _OPENER = re.compile(r"^(sure|certainly|of course|okay|ok|absolutely|alright|great)\b[!.,]*\s*"
-                     r"((here('s| is)|i('ll| will| can))\b[^.!?]*[.:!?]?)?\s*$", re.IGNORECASE)
+                     r"((here('s| is| are)|i('ll| will| can))\s+((is|are|propose|suggest|try)\s+)?"
+                     r"((my|the|a|an|one)\s+)?"
+                     r"(idea|change|diff|proposal|patch|suggestion|modification|edit|update|plan)s?\s*[.:!?]?)?\s*$",
+                     re.IGNORECASE)
 _REASONING_START = re.compile(r"\s*<(think|thinking|reasoning)>", re.IGNORECASE)  # matched at a block's start
 _REASONING_END = re.compile(r"</(think|thinking|reasoning)>", re.IGNORECASE)
 _FENCE_LINE = re.compile(r"^```", re.MULTILINE)
 # A string (kept whole, so what looks like a comment or a comma inside it stays), a // comment, a comma before
 # a closing bracket, or a small power (2**12); a string left open runs to the end, as a reader of it would take it.
-_JSON_NOISE = re.compile(r'"(?:[^"\\]|\\.)*"?|//[^\n]*|,(?=\s*[}\]])|\b(\d{1,2})\s*\*\*\s*(\d{1,2})\b',
+_JSON_NOISE = re.compile(r'"(?:[^"\\]|\\.)*"?|//[^\n]*|,(?=\s*[}\]])|(?<![\d.])(\d{1,2})\s*\*\*\s*(\d{1,2})(?![\d.])',
                          re.DOTALL)
 
 
@@ -726,23 +728,27 @@ def json_objects(text: str) -> list[dict[str, object]]:
     decoder = json.JSONDecoder()
     found: list[dict[str, object]] = []
     first_error = None
-    for match in itertools.islice(re.finditer(r"\{", text), MAX_JSON_TRIES):
-        # as written; then from the same brace without comments and trailing commas (from there: a quote in
-        # the prose before it would turn the reading of strings inside out)
-        relaxed = _relaxed(text[match.start():match.start() + MAX_RELAXED_CHARS])
-        for candidate, start in ((text, match.start()), (relaxed, 0)):
-            try:
-                value, _ = decoder.raw_decode(candidate, start)
-            except (ValueError, RecursionError) as error:  # ValueError: also numbers too long to convert
-                first_error = first_error or error
-                continue
-            if isinstance(value, dict):
-                found.append(value)
+    tries, inside = 0, -1  # braces tried; the end of the last object read (braces before it are in it)
+    for match in re.finditer(r"\{", text):
+        if match.start() < inside:
+            continue  # within an object read already: its own objects are taken from its value, not its text
+        tries += 1
+        if tries > MAX_JSON_TRIES:
             break
-        else:
-            value = _python_dict(text, match.start())
-            if value is not None:
-                found.append(value)
+        # as written; then from the same brace without comments and trailing commas (from there: a quote in
+        # the prose before it would turn the reading of strings inside out); then as a Python dict
+        value: object = None
+        try:
+            value, inside = decoder.raw_decode(text, match.start())
+        except (ValueError, RecursionError) as error:  # ValueError: also numbers too long to convert
+            first_error = first_error or error
+            try:
+                value, _ = decoder.raw_decode(_relaxed(text[match.start():match.start() + MAX_RELAXED_CHARS]))
+            except (ValueError, RecursionError):
+                value = _python_dict(text, match.start())
+            closing = _closing_brace(text, match.start())
+            inside = match.start() + 1 if value is None or closing is None else closing + 1
+        found += _objects_in(value)
     if found:
         return found
     if first_error is None:
@@ -768,9 +774,31 @@ def _relaxed(text: str) -> str:
     return _JSON_NOISE.sub(fixed, text)
 
 
+def _objects_in(value: object) -> list[dict[str, object]]:
+    """The objects of a value read from an answer, each before those it holds (its depth is bounded)."""
+    if isinstance(value, dict):
+        return [value, *(inner for item in value.values() for inner in _objects_in(item))]
+    if isinstance(value, list):
+        return [inner for item in value for inner in _objects_in(item)]
+    return []
+
+
 def _python_dict(text: str, start: int) -> dict[str, object] | None:
     """The Python dict literal that opens at `start` (single quotes, # comments, True and None, 4_096), read
     with ast.literal_eval, which runs no code; None when there is none."""
+    end = _closing_brace(text, start)
+    if end is None:
+        return None
+    try:
+        value = ast.literal_eval(text[start:end + 1])
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return None
+    return value if isinstance(value, dict) and all(isinstance(key, str) for key in value) else None
+
+
+def _closing_brace(text: str, start: int) -> int | None:
+    """Where the bracket that opens at `start` closes, strings (either quote) and # comments skipped; None
+    when it does not within MAX_RELAXED_CHARS."""
     limit = min(len(text), start + MAX_RELAXED_CHARS)
     at, depth, quote = start, 0, ""
     while at < limit:
@@ -791,15 +819,9 @@ def _python_dict(text: str, start: int) -> dict[str, object] | None:
         elif char in "}])":
             depth -= 1
             if depth == 0:
-                break
+                return at
         at += 1
-    else:
-        return None
-    try:
-        value = ast.literal_eval(text[start:at + 1])
-    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-        return None
-    return value if isinstance(value, dict) and all(isinstance(key, str) for key in value) else None
+    return None
 
 
 def extract_diff(text: str) -> tuple[str, str]:
@@ -868,6 +890,10 @@ def _first_prose_line(text: str) -> str:
     labelled = [line for line in lines if _LABEL.match(line)]
     for line in labelled + lines:
         stripped = _DECORATION.sub("", line).strip().rstrip("*").strip()
-        if stripped and (line in labelled or not (stripped.endswith(":") or _OPENER.match(stripped))):
+        if stripped and line in labelled:
+            return stripped
+        if stripped.endswith(":"):  # a lead-in, after what it may say first: "Longer warmdown. Here it is:"
+            stripped = " ".join(re.split(r"(?<=[.!?])\s+", stripped)[:-1])
+        if stripped and not _OPENER.match(stripped):
             return stripped
     return ""

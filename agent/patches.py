@@ -106,14 +106,16 @@ def _extract_diff(text: str, path: str) -> str:
     return text
 
 
-def _hunk_body_end(lines: list[str], start: int) -> int:
+def _hunk_body_end(lines: list[str], start: int, file_lines: frozenset[str] = frozenset()) -> int:
+    """Where the hunk body that starts at `start` ends: at the next header, or at a line that is neither a
+    hunk line nor a line of the file (`file_lines`: an unindented context line whose leading space was lost)."""
     end = start
     while end < len(lines):
         line = lines[end]
         next_line = lines[end + 1] if end + 1 < len(lines) else ""
         if line.startswith(("@@", "diff --git ")) or (line.startswith("--- ") and next_line.startswith("+++ ")):
             break
-        if line.strip() and line[0] not in " +-\\":
+        if line.strip() and line[0] not in " +-\\" and line not in file_lines:
             break
         end += 1
     return end
@@ -127,8 +129,9 @@ def _recounted_header(header: str, body: list[str]) -> str:
     return f"@@ -{source},{old} +{target},{new} @@" + (f" {section}" if section else "")
 
 
-def _recount_hunks(text: str) -> tuple[str, list[str]]:
-    """`text` with every @@ header's counts recomputed from its body, and the headers as written."""
+def _recount_hunks(text: str, file_lines: frozenset[str] = frozenset()) -> tuple[str, list[str]]:
+    """`text` with every @@ header's counts recomputed from its body, and the headers as written; a body line
+    without its leading space that is a line of the file (`file_lines`) is context."""
     lines = text.split("\n")
     out: list[str] = []
     headers: list[str] = []
@@ -140,10 +143,11 @@ def _recount_hunks(text: str) -> tuple[str, list[str]]:
                 out.append(line)
             index += 1
             continue
-        end = _hunk_body_end(lines, index + 1)
-        body = [text if text.strip() else "" for text in lines[index + 1:end]]  # any blank line: blank context
-        while body and body[-1] == "":  # separators after the hunk, not blank context
-            body.pop()
+        end = _hunk_body_end(lines, index + 1, file_lines)
+        raw = [line if not line.strip() or line[0] in " +-\\" else " " + line for line in lines[index + 1:end]]
+        while raw and not raw[-1].strip() and not raw[-1].startswith(" "):  # separators after the hunk; a blank
+            raw.pop()                                                       # line written " " is blank context
+        body = [text if text.strip() else "" for text in raw]  # any blank line inside: blank context
         headers.append(line.rstrip())
         out += [_recounted_header(line, body), *body]
         index = end
@@ -152,27 +156,29 @@ def _recount_hunks(text: str) -> tuple[str, list[str]]:
 
 def ends_mid_hunk(diff_text: str) -> bool:
     """Whether the diff stops inside its last hunk: the body runs to the end of the text, ends on a removed
-    line (a whole hunk ends on context, unless at the file's end; a hunk's lines to add come after those it
-    removes) and falls short of both counts its header gives. What an answer cut off by the model's length
-    limit looks like when the server did not say so (one cut after an added line cannot be told from a whole
-    hunk with counts too high, which models often write)."""
+    line with none to add (a whole hunk ends on context, unless at the file's end; a hunk's lines to add come
+    after those it removes) and falls short of both counts its header gives. What an answer cut off by the
+    model's length limit looks like when the server did not say so (one cut after an added line cannot be
+    told from a whole hunk with counts too high, which models often write)."""
     lines = diff_text.replace("\r\n", "\n").rstrip("\n").split("\n")
     start = max((i for i, line in enumerate(lines) if line.startswith("@@")), default=None)
     if start is None or _hunk_body_end(lines, start + 1) < len(lines):
         return False
     counts = re.match(r"^@@ -\d+,(\d+) \+\d+,(\d+) @@", lines[start])
     body = lines[start + 1:]
-    if counts is None or not body or not body[-1].startswith("-"):
-        return False
+    if counts is None or not body or not body[-1].startswith("-") or any(line.startswith("+") for line in body):
+        return False  # (with lines to add before, a whole hunk written + before - with its counts too high)
     old = sum(1 for line in body if line == "" or line[0] in " -")
     new = sum(1 for line in body if line == "" or line[0] in " +")
     return old < int(counts[1]) and new < int(counts[2])
 
 
-def _parse(diff_text: str, path: str) -> tuple[PatchSet, list[str]]:
+def _parse(diff_text: str, path: str, original: str = "") -> tuple[PatchSet, list[str]]:
     if not diff_text.strip():
         raise PatchError(f"the diff is empty; propose at least one change to {path}")
-    text, headers = _recount_hunks(_extract_diff(diff_text.replace("\r\n", "\n"), path))
+    # lines of the file that start a line of a diff as no hunk line does (an unindented line: "def f():")
+    file_lines = frozenset(line for line in original.split("\n") if line.strip() and line[0] not in " +-\\@")
+    text, headers = _recount_hunks(_extract_diff(diff_text.replace("\r\n", "\n"), path), file_lines)
     try:
         return PatchSet(text), headers
     except UnidiffParseError as e:
@@ -386,7 +392,7 @@ def _join(lines: list[str]) -> str:
 
 def apply_diff(original: str, diff_text: str, path: str = EDITABLE_FILE) -> str:
     """`original` with the diff applied (see the module docstring); raises PatchError with the reason."""
-    patch, headers = _parse(diff_text, path)
+    patch, headers = _parse(diff_text, path, original)
     _check_files(patch, path)
     hunks = _hunks(patch, headers)
     lines = _split_lines(original)

@@ -17,10 +17,11 @@ REJECTED_PREFIX = "ARENA_REJECTED "
 EXIT_DIVERGED = 3   # harness.py: the loss diverged (NaN or exploding)
 EXIT_CONTRACT = 4   # harness.py: the model broke the contract (not a module, not exportable)
 EXIT_REJECTED = 5   # harness.py: the exported model failed a check of the eval phase
+# Digits in an eval-phase verdict, unless a name holds them (float32, conv2d; "x" counts as a separator: 37x2048),
+# and the words of a non-finite number: what may have been computed from validation tokens
+NUMBER = re.compile(r"(?<![A-WYZa-wyz_\d])\d+|(?<![\w.])(nan|inf)(?!\w)", re.IGNORECASE)
 # what a failed train phase prints when memory ran out: PyTorch's caching allocator and the host's, and on the
 # GPU also what fails outside that allocator (the driver, Triton's launcher, cuBLAS' and cuDNN's workspaces)
-NUMBER = re.compile(r"(?<![\w.])[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?(?![\w.])|(?<![\w.])(nan|inf)(?!\w)",
-                    re.IGNORECASE)
 OOM_PATTERNS = re.compile(r"CUDA out of memory|OutOfMemoryError|MemoryError|CUBLAS_STATUS_ALLOC_FAILED|"
                           r"CUDNN_STATUS_ALLOC_FAILED|CUDA error: out of memory|\[CUDA\]: out of memory|"
                           r"Cannot allocate memory|HIP out of memory")

@@ -102,5 +102,17 @@ def test_an_answer_that_leaves_code_out_is_refused_however_it_is_written(tmp_pat
 
 
 def test_a_search_replace_block_left_open_says_so():
-    with pytest.raises(ValueError, match="a search/replace block is not complete"):
-        edited_source("<<<<<<< SEARCH\nWARMDOWN_RATIO = 0.5\n=======\nWARMDOWN_RATIO = 0.6\n", SOURCE)
+    """Alone, or after whole blocks (an answer cut off in its second block would apply only its first)."""
+    left_open = "<<<<<<< SEARCH\nWARMDOWN_RATIO = 0.5\n=======\nWARMDOWN_RATIO = 0.6\n"
+    whole = search_replace("WARMUP_RATIO = 0.0\n", "WARMUP_RATIO = 0.1\n")
+    for answer in (left_open, whole + left_open):
+        with pytest.raises(ValueError, match="a search/replace block is not complete"):
+            edited_source(answer, SOURCE)
+
+
+@pytest.mark.parametrize("comment", ["# keep the learning rate unchanged", "# the rest of the blocks use GELU",
+                                     "# weights as before", "# reuse the existing buffers"])
+def test_a_comment_that_only_mentions_the_rest_is_no_elision(comment):
+    from agent.edits import elided_line
+
+    assert elided_line(f"+    {comment}\n", SOURCE) is None

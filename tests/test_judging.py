@@ -140,10 +140,10 @@ def test_eval_output_never_reaches_the_log_tail():
 def test_numbers_in_an_eval_verdict_are_masked():
     """A shape or a position in an eval-phase verdict may have been computed from validation tokens; names keep
     their digits."""
-    rejected = phase(["ARENA_REJECTED operator: aten.conv2d got float32 shapes (0, 634, 558), -1.5e-05 and nan\n"],
-                     ready=None, code=5)
+    rejected = phase(["ARENA_REJECTED operator: aten.conv2d got float32 shapes (0, 634, 558), 37x2048, -1.5e-05 "
+                      "and nan\n"], ready=None, code=5)
     outcome = judge_trial(phase(["step=0\n"]), rejected, BudgetRule(30, 30), {})
-    assert outcome.reason == "operator: aten.conv2d got float32 shapes (#, #, #), # and #"
+    assert outcome.reason == "operator: aten.conv2d got float32 shapes (#, #, #), #x#, -#.#e-# and #"
     crashed = judge_trial(phase(["step=0\n"]), phase(["ARENA_DATA row 634 of 1032\n"], ready=None, code=1),
                           BudgetRule(30, 30), {})
     assert crashed.reason == "eval phase exited with code 1: ARENA_DATA row # of #"

@@ -548,6 +548,8 @@ def test_extract_diff_without_a_fence():
     assert extract_diff(f"# Deeper model\n{DIFF.rstrip()}") == ("Deeper model", DIFF)
     miscounted = DIFF.replace("@@ -1,1 +1,1 @@", "@@ -1,3 +1,3 @@")  # whole, its last line a change: counts err
     assert extract_diff(f"Deeper model\n{miscounted}") == ("Deeper model", miscounted)
+    added_first = "--- a/train.py\n+++ b/train.py\n@@ -1,4 +1,4 @@\n+DEPTH = 4\n-DEPTH = 3\n"  # + before -
+    assert extract_diff(f"Deeper model\n{added_first}") == ("Deeper model", added_first)
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -560,6 +562,8 @@ def test_extract_diff_without_a_fence():
     (f"Sure! Here's my idea.\n**Description:** deeper\n```diff\n{DIFF}```", ("deeper", DIFF)),
     (f"Here is the diff:\n```diff\n{DIFF}```\nThis deepens the model.", ("This deepens the model.", DIFF)),
     (f"Sure, a deeper model helps.\n```diff\n{DIFF}```", ("Sure, a deeper model helps.", DIFF)),
+    (f"Sure, I will make the model deeper.\n```diff\n{DIFF}```", ("Sure, I will make the model deeper.", DIFF)),
+    (f"Deeper model. Here is the diff:\n```diff\n{DIFF}```", ("Deeper model.", DIFF)),
 ])
 def test_extract_diff_reads_what_small_models_write(text, expected):
     assert extract_diff(text) == expected
@@ -643,6 +647,11 @@ def test_json_objects_forgive_what_small_models_write(text, expected):
 def test_json_objects_are_every_object_in_order_and_run_no_code():
     assert json_objects('best {"D": 3}. Now {"why": "x", "config": {"D": 4}}') == [
         {"D": 3}, {"why": "x", "config": {"D": 4}}, {"D": 4}]
+    quoted = '{"why": "trial 3 with {\'D\': 5} ran out of memory", "config": {"D": 2}}'  # text in a string
+    assert json_objects(quoted) == [{"why": "trial 3 with {'D': 5} ran out of memory", "config": {"D": 2}}, {"D": 2}]
+    assert json_objects('{"B": 2**12}') == [{"B": 4096}]
+    with pytest.raises(ValueError, match="does not parse"):  # a decimal's power is not worked out as another
+        json_objects('{"B": 1.5**2}')
     with pytest.raises(ValueError, match="does not parse"):
         json_objects("{'D': __import__('os').system('echo CHEAT')}")
 
@@ -658,6 +667,8 @@ def test_a_config_answer_is_read_as_a_small_model_means_it():
     proposal = {**best, "DEPTH": best["DEPTH"] + 1}
     assert parse_config(f"The best is {json.dumps(best)}. I propose {json.dumps(proposal)}", space, best) == proposal
     assert parse_config(f"I propose {json.dumps(proposal)}, up from {json.dumps(best)}", space, best) == proposal
+    echoed = json.dumps({k: str(v) for k, v in best.items()})  # the best again, its numbers quoted
+    assert parse_config(f"Best: {echoed}. Next: {json.dumps(proposal)}", space, best) == proposal
     wrapped = {"reasoning": "deeper", "config": {"depth": float(best["DEPTH"] + 1), "matrix_lr": "0.05"}}
     assert parse_config(json.dumps(wrapped), space, best) == {**proposal, "MATRIX_LR": 0.05}
     with pytest.raises(ValueError, match="missing keys"):  # without a best to build on, every constant is needed

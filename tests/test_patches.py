@@ -126,6 +126,20 @@ def test_a_hunk_found_in_several_places_far_from_its_header_is_refused():
     assert apply_diff(SOURCE, diff.format(places[1] + 5, places[1] + 5)).count("return total / 10") == 1
 
 
+def test_an_unindented_context_line_that_lost_its_leading_space_is_context():
+    """`def evaluate_again(model):` written without the space a context line starts with: a line of the file,
+    so context, not the end of the hunk (which dropped the change after it)."""
+    diff = make_diff(SOURCE, TWO_CHANGES).replace("\n def evaluate_again(model):", "\ndef evaluate_again(model):")
+    assert "\ndef evaluate_again(model):" in diff
+    assert apply_diff(SOURCE, diff) == TWO_CHANGES
+
+
+def test_a_hunk_whose_only_context_is_blank_lines_applies():
+    """make_diff writes a blank context line as ' ': it is context, not a separator after the hunk."""
+    old, new = "\n\n\na\n", "z\n\n\n\na\n"
+    assert apply_diff(old, make_diff(old, new)) == new
+
+
 def test_a_hunk_of_added_lines_alone_is_refused():
     diff = "--- a/train.py\n+++ b/train.py\n@@ -12,0 +13,1 @@\n+EXTRA = 1\n"
     with pytest.raises(PatchError, match="only adds lines, with no unchanged line of train.py around them"):

@@ -35,7 +35,8 @@ def parse_config(text: str, space: SearchSpace, best: Config | None = None) -> C
     taken as the number a numeric constant needs."""
     objects = [_named(answer, space) for answer in json_objects(text)]
     relevant = [answer for answer in objects if set(answer) & set(space)]
-    differs = [answer for answer in relevant if best is None or any(best.get(k) != v for k, v in answer.items())]
+    differs = [answer for answer in relevant if best is None
+               or any(best.get(k) != _as_kind(space[k], v) for k, v in answer.items() if k in space)]
     order = ([a for a in differs if set(space) <= set(a)] + differs + [a for a in relevant if set(space) <= set(a)]
              + relevant + objects)
     answer = order[0]
