@@ -6,8 +6,10 @@ Applying is as forgiving as good coding agents are with LLM-written diffs, and e
   hold diff lines are joined. CRLF line ends in the diff are read as LF. A diff of bare @@ hunks (no
   ---/+++ lines) is taken to be against train.py.
 * The line counts in @@ headers are ignored: before unidiff parses the diff, every header is rewritten
-  with the counts its body really has (a body ends at the first line that is not ' ', '+', '-', '\\' or
-  blank; trailing blank lines are separators). A header without numbers (`@@ ... @@`) counts as line 1.
+  with the counts its body really has (a body ends at the first line that is not ' ', '+', '-', '\\',
+  blank, or a line of the file, which is an unindented context line that lost its leading space; trailing
+  empty lines are separators, a line ' ' is blank context). A header without numbers (`@@ ... @@`) counts
+  as line 1.
   Blank lines inside a body are blank context lines whose leading space an editor stripped.
 * Each hunk's old lines (context and removed) are looked for, in this order, until one way finds them:
   exactly; with whitespace differences ignored (runs of blanks, leading and trailing); and with blank
