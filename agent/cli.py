@@ -166,9 +166,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     given = given_options(args)
     trials, hours = given.pop("trials", None), given.pop("hours", None)
     runs_dir = Path(given.pop("runs_dir", "runs"))
-    asked_for = "--trials"
-    if trials is None and hours is None:
-        trials, asked_for = 10, "the default of 10 trials"
+    default_trials = trials is None and hours is None
+    if default_trials:
+        trials = 10
     if trials is not None and trials < 1:
         raise ArenaError(f"--trials must be at least 1, got {trials}")
     if hours is not None and hours <= 0:
@@ -208,7 +208,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                       "peek at the next token, so one that peeks at a few can pass; the preset's own --eval-tokens "
                       "covers them all", markup=False)
     if trials is not None and trials < counted(run.ledger.records):
-        asked = f"--trials {trials}" if asked_for == "--trials" else asked_for
+        asked = f"the default of {trials} trials" if default_trials else f"--trials {trials}"
         console.print(f"note: the run has {counted(run.ledger.records)} trials already, more than {asked}: nothing "
                       "more to run", markup=False)
         trials = counted(run.ledger.records)  # the target the run reached stays the one it shows

@@ -43,7 +43,7 @@ from agent.patches import (
     render_config,
 )
 from agent.presets import Preset
-from agent.record import Repair, TrialRecord, counted
+from agent.record import Repair, TrialRecord, counted, first_run_with, ran_in_search
 from agent.run import Job, Run, RunSettings
 from agent.space import SearchSpace
 from agent.template import EDITABLE_FILE, HARNESS_FILES, template_dir
@@ -469,14 +469,9 @@ def earlier_run_of(records: list[TrialRecord], parent: str | None, diff: str,
                    config: dict[str, Value] | None) -> TrialRecord | None:
     """The first trial that ran what a proposal would: the same constants (`config`, for a fixed-space
     method, whatever it built on), else the same change of the same commit."""
-    for record in records:
-        if record.commit is None or record.kind == "confirm":
-            continue  # never ran (refused), or a re-run of a trial found first
-        if config is not None and record.config == config:
-            return record
-        if config is None and record.parent == parent and record.diff == diff:
-            return record
-    return None
+    if config is not None:
+        return first_run_with(records, config)
+    return next((r for r in records if ran_in_search(r) and r.parent == parent and r.diff == diff), None)
 
 
 def apply_with_repairs(run: Run, job: Job, parent_source: str) -> tuple[str | None, list[Repair]]:

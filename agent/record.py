@@ -133,3 +133,14 @@ class TrialRecord:
 def counted(records: list[TrialRecord]) -> int:
     """The trials that count towards --trials: all but the infeasible ones, which ran nothing."""
     return sum(1 for r in records if r.status is not Status.INFEASIBLE)
+
+
+def ran_in_search(record: TrialRecord) -> bool:
+    """Whether a trial ran as a search result: not refused before running (no commit), no confirmation's re-run."""
+    return record.commit is not None and record.kind != "confirm"
+
+
+def first_run_with(records: list[TrialRecord], config: dict[str, Any]) -> TrialRecord | None:
+    """The first trial that ran as a search result with these constants (and any others)."""
+    return next((r for r in records if ran_in_search(r) and r.config
+                 and all(r.config.get(name) == value for name, value in config.items())), None)

@@ -134,10 +134,9 @@ class DockerBackend(Backend):
             return
         gpus = ",".join(placement.gpus)
         run = self.placed(placement).check(GPU_CHECK.format(count=len(placement.gpus)))
-        report = run.report
-        if report is not None and report.exit_code == 0 and not run.oom_killed:
+        if run.succeeded:
             return
-        if run.oom_killed or (report is not None and report.memory_exceeded):
+        if run.over_memory:
             raise SandboxError(f"--mem-limit {self.mem_limit} is too small: a container that only tried to use GPU "
                                f"{gpus} went over it; raise it")
         last = run.last_line() or f"exit code {run.exit_code}"

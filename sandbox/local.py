@@ -158,12 +158,12 @@ class LocalBackend(Backend):
     def failure(self, run: PhaseRun, what: str) -> str | None:
         """None when a check passed, else its last line; raises for what failed around it: a sandbox that could
         not be made, or one that went over --mem-limit (`what`: what the check only tried to do)."""
-        report = run.report
-        if report is not None and report.exit_code == 0 and not run.oom_killed:
+        if run.succeeded:
             return None
-        if (run.oom_killed or (report is not None and report.memory_exceeded)) and self.memory_limit is not None:
+        if run.over_memory and self.memory_limit is not None:
             raise SandboxError(f"--mem-limit {self.memory_limit / 2**30:.2f}g is too small: a sandbox that only "
                                f"tried to {what} went over it; raise it")
+        report = run.report
         if report is None:
             last = run.last_line() or f"exit code {run.exit_code}"
             raise SandboxError(f"bubblewrap cannot create a sandbox here ({self.bwrap}: {last[:200]}); allow "

@@ -124,6 +124,18 @@ class PhaseRun:
         last = next((line for line in reversed(self.lines) if line.startswith(PHASE_PREFIX)), None)
         return PhaseReport.parse(last) if last else None
 
+    @property
+    def succeeded(self) -> bool:
+        """Whether what ran in the phase exited 0, by its supervisor's report, and nothing killed it for memory."""
+        report = self.report
+        return report is not None and report.exit_code == 0 and not self.oom_killed
+
+    @property
+    def over_memory(self) -> bool:
+        """Whether the phase went over its memory limit: its supervisor stopped it, or the kernel or engine."""
+        report = self.report
+        return self.oom_killed or (report is not None and report.memory_exceeded)
+
     def last_line(self, prefix: str = "") -> str | None:
         return next((line.strip() for line in reversed(self.lines)
                      if line.strip() and line.startswith(prefix) and not line.startswith(PHASE_PREFIX)), None)

@@ -31,3 +31,4 @@ def fake_gpus(tmp_path: Path, monkeypatch, request) -> None:
         (proc / bus).mkdir(parents=True)
         (proc / bus / "information").write_text(f"Model: \t\t NVIDIA H100\nDevice Minor: \t {minor}\n")
     monkeypatch.setattr("sandbox.bwrap.PROC_GPUS", proc)
+    assert [gpu.uuid for gpu in nvidia_gpus()] == ["GPU-aaaa", "GPU-bbbb"]  # what placement will read now

@@ -369,6 +369,15 @@ def test_a_phase_holding_all_the_processes_it_may_starves_no_phase_beside_it(bac
     assert "PROBE started 64\n" in lines, lines
 
 
+def probes(backend, tmp_path, code: str) -> list[str]:
+    """The PROBE lines `python -c code` prints in an empty phase of `backend`, which must exit 0."""
+    lines: list[str] = []
+    run = backend.run_phase(bare_phase(tmp_path / "phase", 60, backend.owner), PhaseOutput(lines.append),
+                            ["-c", code])
+    assert run.report is not None and run.report.exit_code == 0, lines
+    return [line.strip() for line in lines if line.startswith("PROBE")]
+
+
 KEYRING_CALLS = {"x86_64": (248, 250), "aarch64": (217, 219)}  # add_key, keyctl
 
 
@@ -386,12 +395,7 @@ def test_a_phase_has_no_keyring_to_leave_a_key_in(backend, tmp_path):
             "print('PROBE add_key', added, ctypes.get_errno(), flush=True)\n"
             f"found = libc.syscall({keyctl}, ctypes.c_int(0), ctypes.c_int(-4), ctypes.c_int(0))\n"  # GET_KEYRING_ID
             "print('PROBE keyctl', found, ctypes.get_errno(), flush=True)\n")
-    lines: list[str] = []
-    run = backend.run_phase(bare_phase(tmp_path / "phase", 60, backend.owner), PhaseOutput(lines.append),
-                            ["-c", code])
-    assert run.report is not None and run.report.exit_code == 0, lines
-    probes = [line.strip() for line in lines if line.startswith("PROBE")]
-    assert probes == [f"PROBE add_key -1 {errno.EPERM}", f"PROBE keyctl -1 {errno.EPERM}"], lines
+    assert probes(backend, tmp_path, code) == [f"PROBE add_key -1 {errno.EPERM}", f"PROBE keyctl -1 {errno.EPERM}"]
 
 
 def test_a_phase_cannot_make_a_user_namespace(backend, tmp_path):
@@ -407,13 +411,8 @@ def test_a_phase_cannot_make_a_user_namespace(backend, tmp_path):
             "thread.start(); thread.join()\n"
             "print('PROBE child', subprocess.run([sys.executable, '-c', 'print(6 * 7)'], capture_output=True,"
             " text=True).stdout.strip(), flush=True)\n")
-    lines: list[str] = []
-    run = backend.run_phase(bare_phase(tmp_path / "phase", 60, backend.owner), PhaseOutput(lines.append),
-                            ["-c", code])
-    assert run.report is not None and run.report.exit_code == 0, lines
-    probes = [line.strip() for line in lines if line.startswith("PROBE")]
-    assert probes == [f"PROBE userns -1 {errno.EPERM}", f"PROBE userns+mount -1 {errno.EPERM}", "PROBE thread",
-                      "PROBE child 42"], lines
+    assert probes(backend, tmp_path, code) == [f"PROBE userns -1 {errno.EPERM}", f"PROBE userns+mount -1 {errno.EPERM}",
+                                                "PROBE thread", "PROBE child 42"]
 
 
 def test_a_phase_cannot_drop_or_probe_the_shared_page_cache(backend, tmp_path):
@@ -442,15 +441,11 @@ def test_a_phase_cannot_drop_or_probe_the_shared_page_cache(backend, tmp_path):
             "    except OSError as e:\n"
             "        print('PROBE', name, e.errno, flush=True)\n"
             "print('PROBE read', len(os.pread(fd, 4096, 0)), flush=True)\n")  # plain reads are untouched
-    lines: list[str] = []
-    run = backend.run_phase(bare_phase(tmp_path / "phase", 60, backend.owner), PhaseOutput(lines.append),
-                            ["-c", code])
-    assert run.report is not None and run.report.exit_code == 0, lines
-    probes = [line.strip() for line in lines if line.startswith("PROBE")]
     # ENOSYS from the filter; glibc's preadv2 turns it into ENOTSUP when flags are given
     dropped = [f"PROBE {name} {errno.EPERM}" for name in ("fadvise", "pageout", "cold")]
-    assert probes in ([*dropped, "PROBE dontneed ok", f"PROBE mincore {errno.EPERM}", f"PROBE nowait {code}",
-                       "PROBE read 4096"] for code in (errno.ENOSYS, errno.ENOTSUP)), lines
+    found = probes(backend, tmp_path, code)
+    assert found in ([*dropped, "PROBE dontneed ok", f"PROBE mincore {errno.EPERM}", f"PROBE nowait {code}",
+                      "PROBE read 4096"] for code in (errno.ENOSYS, errno.ENOTSUP)), found
 
 
 def test_log_streaming(backend, tmp_path):
@@ -474,9 +469,5 @@ def test_a_pinned_phase_stays_on_its_cores(backend, tmp_path):
     code = ("import os\nprint('PROBE before', sorted(os.sched_getaffinity(0)))\n"
             "try:\n    os.sched_setaffinity(0, range(os.cpu_count() or 1))\nexcept OSError as e:\n"
             "    print('PROBE refused', e.errno)\nprint('PROBE after', sorted(os.sched_getaffinity(0)))\n")
-    pinned = backend.placed(Placement(cores=(0,)))
-    lines: list[str] = []
-    run = pinned.run_phase(bare_phase(tmp_path / "phase", 60, pinned.owner), PhaseOutput(lines.append), ["-c", code])
-    assert run.report is not None and run.report.exit_code == 0
-    probes = [line.strip() for line in lines if line.startswith("PROBE")]
-    assert probes[0] == "PROBE before [0]" and probes[-1] == "PROBE after [0]"  # refused, or cut to its cpuset
+    found = probes(backend.placed(Placement(cores=(0,))), tmp_path, code)
+    assert found[0] == "PROBE before [0]" and found[-1] == "PROBE after [0]", found  # refused, or cut to its cpuset

@@ -43,7 +43,7 @@ from agent.methods.prompts import (
     json_answer_rules,
     task_section,
 )
-from agent.record import TrialRecord
+from agent.record import TrialRecord, first_run_with
 from agent.space import SearchSpace, SpaceError
 
 FAILED_CALLS_TO_STOP = 3  # LLM calls failed in a row (each after the client's retries): the model is down
@@ -65,12 +65,6 @@ def failed_calls_in_a_row(records: list[TrialRecord]) -> int:
             break
         count += 1
     return count
-
-
-def ran_already(config: Config, records: list[TrialRecord]) -> int | None:
-    """The first trial that ran these constants (a search result, not a confirmation's re-run); None if none."""
-    return next((r.trial for r in records if r.commit is not None and r.kind != "confirm" and r.config
-                 and all(r.config.get(name) == value for name, value in config.items())), None)
 
 
 def is_llm_turn(index: int, ratio: Fraction) -> bool:
@@ -120,9 +114,9 @@ class Centaur:
             if cut_off:
                 raise ValueError(cut_off)
             config = parse_config(reply.text, self.space, ctx.best.config)
-            repeated = ran_already(config, ctx.records)
+            repeated = first_run_with(ctx.records, config)
             if repeated is not None:
-                raise ValueError(f"the configuration repeats trial {repeated}, which ran already")
+                raise ValueError(f"the configuration repeats trial {repeated.trial}, which ran already")
             self.cma.replace_candidate(config)
         except (ValueError, SpaceError) as e:
             return self.labelled(self.cma.propose(ctx), "cmaes-fallback", llm_error=f"answer rejected: {e}",
