@@ -123,9 +123,14 @@ def _hunk_body_end(lines: list[str], start: int, file_lines: frozenset[str] = fr
     return end
 
 
+def _body_counts(body: list[str]) -> tuple[int, int]:
+    """The old and the new lines a hunk's body has (a blank line is blank context)."""
+    return (sum(1 for line in body if line == "" or line[0] in " -"),
+            sum(1 for line in body if line == "" or line[0] in " +"))
+
+
 def _recounted_header(header: str, body: list[str]) -> str:
-    old = sum(1 for line in body if line == "" or line[0] in " -")
-    new = sum(1 for line in body if line == "" or line[0] in " +")
+    old, new = _body_counts(body)
     match = _HUNK_HEADER.match(header)
     source, target, section = match.groups() if match else ("1", "1", "")
     return f"@@ -{source},{old} +{target},{new} @@" + (f" {section}" if section else "")
@@ -170,8 +175,7 @@ def ends_mid_hunk(diff_text: str) -> bool:
     body = lines[start + 1:]
     if counts is None or not body or not body[-1].startswith("-") or any(line.startswith("+") for line in body):
         return False  # (with lines to add before, a whole hunk written + before - with its counts too high)
-    old = sum(1 for line in body if line == "" or line[0] in " -")
-    new = sum(1 for line in body if line == "" or line[0] in " +")
+    old, new = _body_counts(body)
     return old < int(counts[1]) and new < int(counts[2])
 
 
