@@ -44,7 +44,7 @@ from agent.patches import (
 )
 from agent.presets import Preset
 from agent.record import Repair, TrialRecord, counted, first_run_with, ran_in_search
-from agent.run import Job, Run, RunSettings
+from agent.run import Change, Job, Run, RunSettings
 from agent.space import SearchSpace
 from agent.template import EDITABLE_FILE, HARNESS_FILES, template_dir
 from sandbox import BudgetRule, LiveSandboxes, LocalBackend, Outcome, Placement, Status, TrialRunner, TrialSpec
@@ -451,27 +451,42 @@ def build_source(run: Run, job: Job, parent_source: str) -> str:
         source = apply_diff(parent_source, proposal.diff)
     else:
         raise InvalidPatch("the proposal holds neither a config nor a diff")
-    if isinstance(run.method, Repairable):  # a model echoing what it was shown, or what it was told ran
+    change = None
+    # a model echoing what it was shown, or what it was told ran; once accepted (journaled), a proposal runs:
+    # a resume must not refuse it for a trial that finished since
+    if isinstance(run.method, Repairable) and job.accepted is None:
         if source == parent_source:
             raise InvalidPatch("the proposal changes nothing: train.py would be the same as the one it was "
                                "proposed against; propose a change")
-        repeated = earlier_run_of(run.ledger.records, job.parent, make_diff(parent_source, source),
-                                  read_constants(source) if run.method.fixed_space else None)
-        if repeated is not None:
-            raise InvalidPatch(f"the proposal repeats trial {repeated.trial}, which ran already: "
-                               f"{outcome_line(repeated)}; propose something not yet tried")
+        change = Change(make_diff(parent_source, source), read_constants(source) if run.method.fixed_space else None)
+        repeated = repeat_of(run, job, change)
+        if repeated:
+            raise InvalidPatch(f"the proposal repeats trial {repeated}; propose something not yet tried")
     check_train_py(source, parent_source, fixed_space=run.method.fixed_space,
                    space=run.space if run.method.fixed_space else None)
+    if change is not None:
+        job.accepted = change
     return source
 
 
-def earlier_run_of(records: list[TrialRecord], parent: str | None, diff: str,
-                   config: dict[str, Value] | None) -> TrialRecord | None:
-    """The first trial that ran what a proposal would: the same constants (`config`, for a fixed-space
-    method, whatever it built on), else the same change of the same commit."""
-    if config is not None:
-        return first_run_with(records, config)
-    return next((r for r in records if ran_in_search(r) and r.parent == parent and r.diff == diff), None)
+def repeat_of(run: Run, job: Job, change: Change) -> str:
+    """The trial a proposal would repeat, and how it went ("" if none): the first that ran, or one under way,
+    with the same constants (`change.config`, for a fixed-space method, whatever it built on), else with the
+    same change of the same commit."""
+    def same(parent: str | None, diff: str | None, config: dict[str, Value] | None) -> bool:
+        if change.config is not None:
+            return config is not None and all(config.get(name) == value for name, value in change.config.items())
+        return parent == job.parent and diff == change.diff
+
+    if change.config is not None:
+        ran = first_run_with(run.ledger.records, change.config)
+    else:
+        ran = next((r for r in run.ledger.records if ran_in_search(r) and same(r.parent, r.diff, None)), None)
+    if ran is not None:
+        return f"{ran.trial}, which ran already: {outcome_line(ran)}"
+    running = [other.trial for other in run.in_flight.values() if other.trial != job.trial and other.accepted
+               and same(other.parent, other.accepted.diff, other.accepted.config)]
+    return f"{min(running)}, which is under way" if running else ""
 
 
 def apply_with_repairs(run: Run, job: Job, parent_source: str) -> tuple[str | None, list[Repair]]:
@@ -481,9 +496,10 @@ def apply_with_repairs(run: Run, job: Job, parent_source: str) -> tuple[str | No
     attempts before it, so a restart neither asks the model again nor starts the count of repairs anew.
     """
     attempts = list(job.repairs)
+    accepted_before = job.accepted is not None
     while True:
         try:
-            return build_source(run, job, parent_source), attempts
+            source = build_source(run, job, parent_source)
         except InvalidPatch as e:
             attempts.append(Repair(job.proposal.description, e.reason, job.proposal.diff, job.proposal.config))
             if job.kind != "proposal" or not isinstance(run.method, Repairable) or len(attempts) > run.settings.repairs:
@@ -491,6 +507,10 @@ def apply_with_repairs(run: Run, job: Job, parent_source: str) -> tuple[str | No
             job.proposal = run.method.repair(job.proposal, e.reason, job.trial)
             job.repairs = tuple(attempts)
             run.journal_job(job)
+            continue
+        if job.accepted is not None and not accepted_before:
+            run.journal_job(job)
+        return source, attempts
 
 
 def budget_rule(run: Run) -> BudgetRule:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
 
-from agent.constants import render_constants
+from agent.constants import Value, render_constants
 from agent.dataset_build import DEFAULT_VAL_FRACTION
 from agent.datasets import prepare_dataset
 from agent.errors import ArenaError
@@ -172,6 +172,14 @@ class RunInfo(TypedDict):
     created: str
 
 
+@dataclass(frozen=True)
+class Change:
+    """What an accepted proposal runs: its diff of the parent, and its constants for a fixed-space method. The
+    repeat check compares a new proposal with these, for the trials still under way."""
+    diff: str
+    config: dict[str, Value] | None
+
+
 @dataclass
 class Job:
     """A trial the loop has decided to run: its number, what it runs and on which commit. Journaled from
@@ -185,6 +193,7 @@ class Job:
     propose_seconds: float = 0.0
     memory: Verdict | None = None  # the memory model's, decided once before it first ran (--feasibility on)
     repairs: tuple[Repair, ...] = ()  # attempts refused so far, so a resume does not start the count again
+    accepted: Change | None = None  # what it runs, once its proposal passed every rule (journaled)
 
 
 class Journal(TypedDict):

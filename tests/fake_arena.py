@@ -24,10 +24,14 @@ def hold() -> None:
         time.sleep(float(os.environ.get(HOLD_ENV, "0")))
 
 
-agent.loop.make_backend = lambda settings, preset, space: FakeBackend(isolation=settings.isolation, gate=hold)
-# cli imports make_backend from agent.loop when a run starts: a name bound in agent.cli at import time would
-# escape the patch above, and these "fake" runs would train for real, slowly, and still pass
-assert not hasattr(agent.cli, "make_backend"), "agent.cli binds make_backend itself; patch it there too"
+def patch_backend() -> None:
+    """Only when run as a program: a test importing HOLD_ENV must not make its own process's runs fake."""
+    agent.loop.make_backend = lambda settings, preset, space: FakeBackend(isolation=settings.isolation, gate=hold)
+    # cli imports make_backend from agent.loop when a run starts: a name bound in agent.cli at import time would
+    # escape the patch above, and these "fake" runs would train for real, slowly, and still pass
+    assert not hasattr(agent.cli, "make_backend"), "agent.cli binds make_backend itself; patch it there too"
+
 
 if __name__ == "__main__":
+    patch_backend()
     sys.exit(main())

@@ -17,6 +17,7 @@ from agent.record import TrialRecord
 from agent.template import template_dir
 from sandbox.outcome import Status
 from tests.conftest import one_line_error
+from tests.fake_arena import HOLD_ENV
 from tests.fake_runs import fake_score
 from tests.llm_server import Fault, ScriptedLLMServer
 from tests.run_helpers import arena_run, check_run_consistent, fake_arena_run
@@ -344,6 +345,29 @@ def test_a_proposal_that_repeats_a_trial_is_sent_back(method, tmp_path, cache_ro
     assert records[2]["status"] == "ok" and records[2]["config"]["WARMUP_RATIO"] == 0.05
     reason = records[2]["repairs"][0]["reason"]
     assert reason.startswith("the proposal repeats trial 1, which ran already: val_bpb ") and "discarded" in reason
+
+
+@pytest.mark.slow  # arena child processes, seconds each
+@pytest.mark.parametrize("method", ["code", "llm"])
+def test_a_proposal_that_repeats_a_trial_under_way_is_sent_back(method, tmp_path, cache_root, stdlib_dataset):
+    """With two workers, a model asked for trial 2 while trial 1 still trains may propose trial 1 again: two
+    trials would measure the same thing at once."""
+    if method == "code":
+        answers = [code_answer("longer warmdown", edit("WARMDOWN_RATIO = 0.5", "WARMDOWN_RATIO = 0.6"))] * 2
+        answers.append(code_answer("shorter warmup", edit("WARMUP_RATIO = 0.0", "WARMUP_RATIO = 0.05")))
+    else:
+        answers = [config_answer(WARMDOWN_RATIO=0.6)] * 2 + [config_answer(WARMUP_RATIO=0.05)]
+    with ScriptedLLMServer() as server:
+        server.script(*answers)
+        # trials after the baseline hold their worker for 10 s, so trial 1 is under way when trial 2 is asked for
+        proc = fake_arena_run(tmp_path / "runs", cache_root, "--name", "twice", *llm_args(server, method), *FAST,
+                              "--trials", "3", "--workers", "2", env={HOLD_ENV: "10"})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    records = {r["trial"]: r for r in check_run_consistent(tmp_path / "runs" / "twice", 3)}
+    assert records[1]["config"]["WARMDOWN_RATIO"] == 0.6 and not records[1]["repairs"]
+    assert records[2]["config"]["WARMUP_RATIO"] == 0.05 and records[2]["config"]["WARMDOWN_RATIO"] == 0.5
+    assert records[2]["repairs"][0]["reason"] == ("the proposal repeats trial 1, which is under way; "
+                                                  "propose something not yet tried")
 
 
 @pytest.mark.slow  # arena child processes, seconds each
