@@ -43,7 +43,7 @@ from agent.patches import (
     render_config,
 )
 from agent.presets import Preset
-from agent.record import Repair, TrialRecord, counted, first_run_with, ran_in_search
+from agent.record import Repair, TrialRecord, counted, first_run_with, has_constants, ran_in_search
 from agent.run import Change, Job, Run, RunSettings
 from agent.space import SearchSpace
 from agent.template import EDITABLE_FILE, HARNESS_FILES, template_dir
@@ -475,7 +475,7 @@ def repeat_of(run: Run, job: Job, change: Change) -> str:
     same change of the same commit."""
     def same(parent: str | None, diff: str | None, config: dict[str, Value] | None) -> bool:
         if change.config is not None:
-            return config is not None and all(config.get(name) == value for name, value in change.config.items())
+            return has_constants(config, change.config)
         return parent == job.parent and diff == change.diff
 
     if change.config is not None:

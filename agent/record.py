@@ -140,7 +140,11 @@ def ran_in_search(record: TrialRecord) -> bool:
     return record.commit is not None and record.kind != "confirm"
 
 
+def has_constants(config: dict[str, Any] | None, wanted: dict[str, Any]) -> bool:
+    """Whether a trial's constants (`config`) hold every one of `wanted`'s values."""
+    return config is not None and bool(config) and all(config.get(name) == value for name, value in wanted.items())
+
+
 def first_run_with(records: list[TrialRecord], config: dict[str, Any]) -> TrialRecord | None:
     """The first trial that ran as a search result with these constants (and any others)."""
-    return next((r for r in records if ran_in_search(r) and r.config
-                 and all(r.config.get(name) == value for name, value in config.items())), None)
+    return next((r for r in records if ran_in_search(r) and has_constants(r.config, config)), None)

@@ -10,7 +10,7 @@ from fractions import Fraction
 import pytest
 
 from agent.methods import make_method
-from agent.methods.base import Context
+from agent.methods.base import Context, Proposal
 from agent.methods.centaur import Centaur, is_llm_turn
 from agent.presets import get_preset
 from agent.record import TrialRecord
@@ -110,23 +110,28 @@ def test_centaur_share_prompt_fallback_and_resume(tmp_path):
     assert [p.meta["source"] for p in again] == [p.meta["source"] for p in later]
 
 
-def test_an_llm_config_that_ran_already_falls_back_to_cmaes(tmp_path):
-    """Re-running a configuration that ran measures noise (confirmation runs do that on purpose): CMA-ES's
-    candidate runs instead, and the ledger says why."""
-    ran = {**START, "MATRIX_LR": 0.05}
+def test_an_llm_config_that_ran_already_or_is_under_way_falls_back_to_cmaes(tmp_path):
+    """Re-running a configuration that ran measures noise (confirmation runs do that on purpose), and one
+    under way on another worker would measure it twice at once: CMA-ES's candidate runs instead, and the
+    ledger says why."""
+    ran, under_way = {**START, "MATRIX_LR": 0.05}, {**START, "MATRIX_LR": 0.07}
     baseline = replace(fake_record(0, START, 2.5), kind="baseline", method="baseline", commit="a" * 40)
     records = [baseline, replace(fake_record(1, ran, 2.4), commit="b" * 40)]
     (tmp_path / "state").mkdir()
     settings = RunSettings(name="c", method="centaur", model="openai/test-model", llm_ratio=1.0, llm_warmup=0,
                            llm_timeout=LLM_TIMEOUT, llm_retries=0)
     with ScriptedLLMServer() as server:
-        server.script(json.dumps(ran), json.dumps({**ran, "MATRIX_LR": 0.06}))
+        server.script(json.dumps(ran), json.dumps(under_way), json.dumps({**ran, "MATRIX_LR": 0.06}))
         centaur = make_method(replace(settings, api_base=server.api_base), SPACE, tmp_path)
         for record in records:
             centaur.observe(record)
-        again, fresh = (centaur.propose(Context(2, records, records[1], "", SPACE)) for _ in range(2))
+        in_flight = {2: Proposal("trial 2", config=under_way)}
+        again, twice, fresh = (centaur.propose(Context(3, records, records[1], "", SPACE, in_flight=in_flight))
+                               for _ in range(3))
     assert again.meta["source"] == "cmaes-fallback" and again.config != ran
     assert again.meta["llm_error"] == "answer rejected: the configuration repeats trial 1, which ran already"
+    assert twice.meta["source"] == "cmaes-fallback" and twice.config != under_way
+    assert twice.meta["llm_error"] == "answer rejected: the configuration repeats trial 2, which is under way"
     assert fresh.meta["source"] == "llm" and fresh.config["MATRIX_LR"] == 0.06
 
 

@@ -43,7 +43,7 @@ from agent.methods.prompts import (
     json_answer_rules,
     task_section,
 )
-from agent.record import TrialRecord, first_run_with
+from agent.record import TrialRecord, first_run_with, has_constants
 from agent.space import SearchSpace, SpaceError
 
 FAILED_CALLS_TO_STOP = 3  # LLM calls failed in a row (each after the client's retries): the model is down
@@ -117,6 +117,9 @@ class Centaur:
             repeated = first_run_with(ctx.records, config)
             if repeated is not None:
                 raise ValueError(f"the configuration repeats trial {repeated.trial}, which ran already")
+            under_way = sorted(t for t, proposal in ctx.in_flight.items() if has_constants(proposal.config, config))
+            if under_way:
+                raise ValueError(f"the configuration repeats trial {under_way[0]}, which is under way")
             self.cma.replace_candidate(config)
         except (ValueError, SpaceError) as e:
             return self.labelled(self.cma.propose(ctx), "cmaes-fallback", llm_error=f"answer rejected: {e}",
