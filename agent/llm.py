@@ -49,6 +49,7 @@ Message = dict[str, str]     # one chat message: {"role": "system" | "user" | "a
 LOG_NAME = "llm.jsonl"
 BACKOFF_CAP_S = 30.0
 MAX_ANSWER_CHARS = 200_000   # ten times the template's train.py: room for any diff, no room for a flood
+PROBE: list[Message] = [{"role": "user", "content": "Say OK."}]  # the reachability check's one-token question
 MIN_ATTEMPT_S = 1.0          # a retry that would have less time than this left is not made
 OLLAMA_PREFIXES = ("ollama/", "ollama_chat/")
 MIN_OLLAMA_CONTEXT = 8192
@@ -158,6 +159,7 @@ class CallResult(TypedDict):
     refused: bool           # the key or the model was refused (LLMError.refused)
     too_long: bool          # the prompt did not fit the model's context (LLMError.too_long)
     max_tokens: int | None  # the answer length asked for on the last attempt
+    usage_estimated: bool   # no token counts came with the answer (cut off, or none sent): ours, 4 characters a token
 
 
 class UsageTotals(TypedDict):
@@ -233,27 +235,37 @@ class LLMClient:
 
     def check_reachable(self) -> bool:
         """Fail fast, before any trial, when the model cannot answer; raises ArenaError. The test is the
-        real thing, a one-token chat call (a server may answer chat without listing its models). A rate
+        real thing, a one-token chat call (a server may answer chat without listing its models), asked as
+        answers will be (streamed, then whole from a server that does not stream) and bounded alike. A rate
         limit, or a server still loading its model (a 503, or a request held until the model is loaded), is
         waited for, up to --llm-timeout; nothing else. True when the model answered, False for a replay,
         which never touches the network."""
         if self._replay is not None:
             return False
+        _litellm()  # imported before the clock starts, as for a call
         deadline = time.monotonic() + self.timeout
-        attempt = 0
+        attempt, streaming = 0, self.streams
         while True:
             attempt += 1
             try:
-                self._one_token(max(deadline - time.monotonic(), MIN_ATTEMPT_S))
+                self._stream_once(PROBE, deadline, streaming, 1, shown=False)
                 return True
-            except Exception as error:  # noqa: BLE001 - whatever the cause, the user gets one line that says what to do
-                wait = self._backoff(attempt, error)
-                if _busy(error) and time.monotonic() + wait < deadline - MIN_ATTEMPT_S:
-                    self._sleep(wait)
-                    continue
-                where = self.api_base or "its provider's endpoint"
-                raise ArenaError(f"cannot reach model {self.model} at {where}: {_one_line(error)}; "
-                                 "start the server or check --model/--api-base") from None
+            except NotStreamed:
+                streaming, attempt = False, attempt - 1
+                continue
+            except CallDeadline as late:
+                if late.text:
+                    return True  # it answers, slowly
+                error: Exception = late
+            except Exception as failure:  # noqa: BLE001 - whatever the cause, the user gets one line that says what to do
+                error = failure
+            wait = self._backoff(attempt, error)
+            if _busy(error) and time.monotonic() + wait < deadline - MIN_ATTEMPT_S:
+                self._sleep(wait)
+                continue
+            where = self.api_base or "its provider's endpoint"
+            raise ArenaError(f"cannot reach model {self.model} at {where}: {_one_line(error)}; "
+                             "start the server or check --model/--api-base") from None
 
     def usage_totals(self) -> UsageTotals:
         """{"calls", "prompt_tokens", "completion_tokens", "cost_usd", "latency_s"} over the whole run."""
@@ -306,14 +318,16 @@ class LLMClient:
                 continue
             if not streaming and self.streams and text:
                 self.streams = False  # its whole answer had what its stream lacked: ask it so from now on
-            prompt_tokens = _token_count(usage, "prompt_tokens") or _estimate(json.dumps(messages))
-            completion_tokens = _token_count(usage, "completion_tokens") or _estimate(text)
+            counted = _token_count(usage, "prompt_tokens"), _token_count(usage, "completion_tokens")
+            prompt_tokens = counted[0] or _estimate(json.dumps(messages))
+            completion_tokens = counted[1] or _estimate(text)
             return _result(text, None, prompt_tokens, completion_tokens, self._cost(prompt_tokens, completion_tokens),
-                           time.monotonic() - start, attempt, finish, max_tokens=max_tokens)
+                           time.monotonic() - start, attempt, finish, max_tokens=max_tokens,
+                           usage_estimated=not all(counted))
 
-    def _stream_once(self, messages: list[Message], deadline: float, streaming: bool,
-                     max_tokens: int) -> tuple[str, object, str | None]:
-        """One request: the answer's text (written to the stream file as it arrives), its usage and why it
+    def _stream_once(self, messages: list[Message], deadline: float, streaming: bool, max_tokens: int,
+                     shown: bool = True) -> tuple[str, object, str | None]:
+        """One request: the answer's text (written to the stream file as it arrives, when `shown`), its usage and why it
         ended ("size" when it passed MAX_ANSWER_CHARS: a model caught in a loop); raises CallDeadline past
         the deadline, NotStreamed when a stream held nothing from the server.
 
@@ -326,7 +340,8 @@ class LLMClient:
         response's headers is left to the socket's own timeout (what was left of the deadline when it
         was sent), in the background."""
         call = _Call()
-        reader = threading.Thread(target=self._read_answer, args=(messages, deadline, streaming, max_tokens, call),
+        reader = threading.Thread(target=self._read_answer, args=(messages, deadline, streaming, max_tokens, shown,
+                                                                  call),
                                   name="llm-call", daemon=True)
         reader.start()
         try:
@@ -342,7 +357,7 @@ class LLMClient:
             raise call.error
         return text, call.usage, call.finish
 
-    def _read_answer(self, messages: list[Message], deadline: float, streaming: bool, max_tokens: int,
+    def _read_answer(self, messages: list[Message], deadline: float, streaming: bool, max_tokens: int, shown: bool,
                      call: _Call) -> None:
         """The reader's half of _stream_once: fills `call` and sets call.done, whatever happens."""
         try:
@@ -356,7 +371,8 @@ class LLMClient:
             if call.abandoned:
                 return
             # truncated: it shows this attempt only; a lone surrogate half is shown as "?", never a failure
-            with open(self.stream_path or os.devnull, "w", encoding="utf-8", errors="replace") as file:
+            shown_at = self.stream_path if shown and self.stream_path is not None else os.devnull
+            with open(shown_at, "w", encoding="utf-8", errors="replace") as file:
                 live = _LiveText(file)
                 try:
                     (_read_stream if streaming else _read_whole)(call, live)
@@ -405,11 +421,6 @@ class LLMClient:
                 "input_cost_per_token": 0.0, "output_cost_per_token": 0.0, "cache_creation_input_token_cost": 0.0,
                 "cache_read_input_token_cost": 0.0, "mode": "chat"}})
             return 0.0
-
-    def _one_token(self, timeout: float) -> None:
-        _litellm().completion(model=self.model, messages=[{"role": "user", "content": "Say OK."}],
-                              api_base=self.api_base, api_key=self._api_key(), max_tokens=1, timeout=timeout,
-                              num_retries=0)
 
     # ------------------------------------------------------------------------ replay, stream file and log
 
@@ -571,19 +582,20 @@ def _first_difference(recorded: list[Message], asked: list[Message]) -> str:
 
 def _result(response: str | None, error: str | None, prompt_tokens: int, completion_tokens: int, cost_usd: float,
             latency_s: float, attempts: int, finish_reason: str | None = None, refused: bool = False,
-            too_long: bool = False, max_tokens: int | None = None) -> CallResult:
+            too_long: bool = False, max_tokens: int | None = None, usage_estimated: bool = False) -> CallResult:
     """The outcome part of a log line, shared by live and replayed calls."""
     return {"response": response, "error": error, "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens, "cost_usd": cost_usd, "latency_s": latency_s,
             "attempts": attempts, "finish_reason": finish_reason, "refused": refused, "too_long": too_long,
-            "max_tokens": max_tokens}
+            "max_tokens": max_tokens, "usage_estimated": usage_estimated}
 
 
 def _logged_result(record: JsonObject) -> CallResult:
     """The outcome part of a log line as it was written (older logs lack the newer fields)."""
     return _result(record["response"], record["error"], record["prompt_tokens"], record["completion_tokens"],
                    record["cost_usd"], record["latency_s"], record["attempts"], record.get("finish_reason"),
-                   record.get("refused", False), record.get("too_long", False), record.get("max_tokens"))
+                   record.get("refused", False), record.get("too_long", False), record.get("max_tokens"),
+                   record.get("usage_estimated", False))
 
 
 def _refused(error: Exception) -> bool:
@@ -645,7 +657,12 @@ def _token_count(usage: object, name: str) -> int:
 
 
 def _one_line(error: Exception) -> str:
-    return redact(" ".join(str(error).split()))[:400] or type(error).__name__
+    text = redact(" ".join(str(error).split()))
+    if "codec can't decode" in text:  # the SDK decodes strictly: an answer with one stray byte cannot be read
+        byte = re.search(r"can't decode byte (0x[0-9a-f]+)", text)
+        return (f"the server sent an answer that is not valid UTF-8 (byte {byte.group(1) if byte else '?'}); "
+                "check the server and its model's tokenizer")
+    return text[:400] or type(error).__name__
 
 
 def _load_replay(path: Path) -> list[JsonObject]:

@@ -8,13 +8,13 @@ Each POST to /v1/chat/completions (or /chat/completions) takes the next scripted
 string is the reply's text; a `Fault` is an HTTP error (with a message of the test's choosing), a
 delay, a dropped connection, an empty reply, an answer dripped slowly, one cut off at max_tokens, a
 stream kept alive with nothing in it, one JSON body though a stream was asked for, an error in the
-middle of a stream (a model runner that crashed), or, for a prompt and max_tokens past a context size,
+middle of a stream (a model runner that crashed), a byte that is not UTF-8, or, for a prompt and max_tokens past a context size,
 the 400 that vLLM or llama.cpp sends (that answer stays next in the script until a request fits).
 Ollama's own API is spoken too (POST /api/chat, NDJSON streams, and /api/show), for LiteLLM's
 `ollama_chat/` models: the same script, in Ollama's words.
 With nothing left in the script the server answers HTTP 400, so a test that asks once too often fails
 at once instead of retrying; a request for one token (max_tokens 1: a reachability check) is answered
-"OK" without touching the script (or with the next HTTP status in `check_refusals`). Streaming
+"OK", streamed or whole as asked, without touching the script (or with the next Fault in `check_answers`). Streaming
 requests get SSE chunks of a few characters each, a usage chunk when `stream_options.include_usage`
 is set, then `data: [DONE]`. Usage counts words: prompt_tokens over all message contents,
 completion_tokens over the answer. GET /v1/models lists the
@@ -40,6 +40,8 @@ MODEL = "test-model"
 CHAT_PATHS = ("/v1/chat/completions", "/chat/completions")
 MODELS_PATHS = ("/v1/models", "/models")
 OLLAMA_CHAT, OLLAMA_SHOW = "/api/chat", "/api/show"
+NOT_UTF8 = "\udce9"  # the byte 0xE9 as Python's surrogateescape holds it in a str
+NOT_UTF8_ESCAPED = json.dumps(NOT_UTF8).strip('"').encode()  # as JSON writes it
 CHUNK_CHARS = 16  # chunks small enough that a short answer streams as several deltas (LiteLLM spends ~3 ms
 DRIP_CHUNK_CHARS = 4  # on each, so not smaller); a dripped answer comes in the smallest ones
 
@@ -89,6 +91,12 @@ class Fault:
         return cls(keep_alive=line)
 
     @classmethod
+    def not_utf8(cls, text: str) -> Fault:
+        """Stream `text` with the byte 0xE9 alone in its middle, which no UTF-8 decoder takes."""
+        middle = len(text) // 2
+        return cls(text=text[:middle] + NOT_UTF8 + text[middle:])
+
+    @classmethod
     def unstreamed(cls, text: str) -> Fault:
         """Answer `text` as one JSON completion, though the request asked for a stream."""
         return cls(text=text, whole=True)
@@ -134,7 +142,7 @@ class ScriptedLLMServer:
         self.models_requests = 0
         self.models = models
         self.disconnects = 0
-        self.check_refusals: deque[int] = deque()  # HTTP statuses for the next reachability checks, in order
+        self.check_answers: deque[Fault] = deque()  # the next reachability checks' answers, in order (else "OK")
         self._script: deque[Fault] = deque()
         # what to answer once the script is used up: a function of the request body (None: an error)
         self.responder: Callable[[dict], str] | None = None
@@ -232,14 +240,13 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
         max_tokens = body.get("max_tokens", (body.get("options") or {}).get("num_predict"))
         if max_tokens == 1:  # a reachability check: answered, the script untouched
-            if self.scripted.check_refusals:
-                return self._error(self.scripted.check_refusals.popleft(), "scripted refusal of the check")
-            if ollama:
-                return self._json(200, _ollama_line("OK", done=True, usage=(1, 1)))
-            return self._json(200, _completion("OK", {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}))
-        answer = self.scripted._next(body)
-        if answer is None:
-            return self._error(400, "the test server's script is exhausted")
+            checks = self.scripted.check_answers
+            answer = checks.popleft() if checks else Fault(text="OK")
+        else:
+            next_answer = self.scripted._next(body)
+            if next_answer is None:
+                return self._error(400, "the test server's script is exhausted")
+            answer = next_answer
         prompt_tokens = _prompt_tokens(body.get("messages", []))
         if answer.context and prompt_tokens + (max_tokens or 0) > answer.context:
             self.scripted._again(answer)
@@ -308,7 +315,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
     def _event(self, payload: dict) -> None:
-        self.wfile.write(b"data: " + json.dumps(payload).encode() + b"\n\n")
+        data = json.dumps(payload).encode().replace(NOT_UTF8_ESCAPED, b"\xe9")  # NOT_UTF8 as its byte
+        self.wfile.write(b"data: " + data + b"\n\n")
         self.wfile.flush()
 
     def _json(self, status: int, payload: dict, headers: dict | None = None) -> None:

@@ -26,7 +26,8 @@ MODEL = "openai/test-model"
 # LiteLLM itself touches fields pydantic 2.11 deprecates; that is not ours to see
 pytestmark = pytest.mark.filterwarnings("ignore:Accessing the 'model_:DeprecationWarning")
 LOG_FIELDS = {"trial", "purpose", "call", "model", "messages", "response", "error", "prompt_tokens",
-              "completion_tokens", "cost_usd", "latency_s", "attempts", "finish_reason", "time", "max_tokens"}
+              "completion_tokens", "cost_usd", "latency_s", "attempts", "finish_reason", "time", "max_tokens",
+              "usage_estimated"}
 
 
 def ask(text: str) -> list[dict]:
@@ -129,6 +130,18 @@ def test_a_stalled_server_gets_one_deadline_not_one_per_retry(llm_server, make_c
     assert len(llm_server.requests) == 1 and sleeps == []  # no time was left for a second attempt
 
 
+def test_an_answer_that_is_not_utf8_fails_with_one_line_that_names_the_server(llm_server, make_client, sleeps):
+    """LiteLLM's SDK decodes a stream strictly: one stray byte makes the answer unreadable. Retried (the next
+    answer may be clean), then one line that says what is wrong, not a codec's traceback."""
+    llm_server.script(*[Fault.not_utf8("an answer with a stray byte")] * 3)
+    with pytest.raises(LLMError) as caught:
+        make_client(llm_server.api_base).complete(ask("go"), "propose", 1)
+    assert str(caught.value) == (f"{MODEL} failed after 3 attempts: the server sent an answer that is not valid UTF-8 "
+                                 "(byte 0xe9); check the server and its model's tokenizer")
+    llm_server.script(Fault.not_utf8("once"), "clean")
+    assert make_client(llm_server.api_base).complete(ask("go"), "propose", 1).text == "clean"
+
+
 def test_connection_refused_fails_after_the_retries(make_client, sleeps):
     with pytest.raises(LLMError, match="failed after 3 attempts"):
         make_client(closed_port_base()).complete(ask("go"), "propose", 1)
@@ -159,13 +172,47 @@ def test_check_reachable_fails_on_a_refused_token(make_client):
 
 def test_check_reachable_waits_for_a_rate_limit_or_a_loading_server(make_client, sleeps):
     with ScriptedLLMServer() as server:
-        server.check_refusals.extend([429, 503])
+        server.check_answers.extend([Fault.http(429), Fault.http(503)])
         make_client(server.api_base, retries=2).check_reachable()
         assert len(sleeps) == 2
-        server.check_refusals.extend([401])
+        server.check_answers.append(Fault.http(401))
         with pytest.raises(ArenaError, match="^cannot reach model"):
             make_client(server.api_base, retries=2).check_reachable()
         assert len(sleeps) == 2  # a refused key is not waited for
+
+
+def test_check_reachable_is_bounded_by_the_deadline_like_a_call(make_client):
+    """A server that holds the check's stream open without answering (keep-alives well within the socket's
+    timeout) is given --llm-timeout, as a call is, not for ever."""
+    with ScriptedLLMServer() as server:
+        server.check_answers.append(Fault.kept_alive())
+        client = make_client(server.api_base, timeout=2.0)
+        outcome: list[BaseException] = []
+
+        def check():
+            try:
+                client.check_reachable()
+            except BaseException as error:  # noqa: BLE001 - handed to the test
+                outcome.append(error)
+
+        checker = threading.Thread(target=check, daemon=True)
+        checker.start()
+        checker.join(120)  # without the deadline it would wait on this stream for ever
+        assert not checker.is_alive(), "the check outlived its deadline"
+    assert len(outcome) == 1 and isinstance(outcome[0], ArenaError)
+    message = str(outcome[0])
+    assert "no complete answer within --llm-timeout 2 s" in message and "\n" not in message
+    assert message.endswith("start the server or check --model/--api-base")
+
+
+def test_check_reachable_passes_a_server_that_answers_a_stream_with_one_body(make_client, tmp_path):
+    """The check asks as calls do, streamed, then whole where the server sent one JSON body; what it
+    answered is not shown in the live view's stream file."""
+    with ScriptedLLMServer() as server:
+        server.check_answers.append(Fault.unstreamed("OK"))
+        assert make_client(server.api_base).check_reachable()
+        assert not server.check_answers
+    assert not (tmp_path / "stream.txt").exists()
 
 
 def test_check_reachable_names_model_and_base_when_down(make_client):
@@ -203,6 +250,7 @@ def test_every_call_is_one_log_line(llm_server, make_client, tmp_path):
     assert totals["calls"] == 3
     assert totals["prompt_tokens"] == sum(line["prompt_tokens"] for line in lines) > 0
     assert totals["completion_tokens"] == 4 and totals["cost_usd"] == 0.0
+    assert lines[0]["usage_estimated"] is False  # the server's own counts
 
 
 def test_a_resumed_run_continues_numbering_and_totals(llm_server, make_client, tmp_path):
@@ -291,7 +339,8 @@ def test_an_answer_still_coming_at_the_deadline_is_returned_as_far_as_it_came(ll
     assert reply.prompt_tokens > 0 and reply.completion_tokens > 0  # estimated: the usage chunk never came
     assert len(llm_server.requests) == 1  # one deadline for the call, not one per attempt
     assert_request_closed(llm_server)
-    assert read_log(tmp_path / "llm.jsonl")[-1]["finish_reason"] == "deadline"
+    logged = read_log(tmp_path / "llm.jsonl")[-1]
+    assert logged["finish_reason"] == "deadline" and logged["usage_estimated"] is True
 
 
 EMPTY_DELTA = ('data: {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "test-model", '
@@ -483,7 +532,7 @@ def test_a_loading_server_is_waited_for_until_the_deadline_not_the_retries(llm_s
     llm_server.script(*[Fault.http(503, message="Loading model")] * 5, "ready now")
     reply = make_client(llm_server.api_base, retries=2).complete(ask("go"), "propose", 1)
     assert reply.text == "ready now" and reply.attempts == 6 and len(sleeps) == 5
-    llm_server.check_refusals.extend([503] * 6)
+    llm_server.check_answers.extend([Fault.http(503)] * 6)
     make_client(llm_server.api_base, retries=2).check_reachable()
     assert len(sleeps) == 11
 

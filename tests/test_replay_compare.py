@@ -180,16 +180,18 @@ def test_llm_prompt_and_answer_are_replayed(run_dir, tmp_path, capsys):
                          {"role": "user", "content": "Best so far: 4.46. Propose a diff."}],
             "response": "```diff\n-DEPTH = 3\n+DEPTH = 4\n```", "error": None, "prompt_tokens": 1200,
             "completion_tokens": 80, "cost_usd": 0.0125, "latency_s": 3.2, "attempts": 1, "time": 0}
-    (run / "llm.jsonl").write_text(json.dumps(call) + "\n")
+    cut_off = {**call, "purpose": "repair", "call": 2, "prompt_tokens": 900, "completion_tokens": 50,
+               "cost_usd": 0.0, "usage_estimated": True}  # no counts came with it: arena's estimate
+    (run / "llm.jsonl").write_text(json.dumps(call) + "\n" + json.dumps(cut_off) + "\n")
     assert arena("replay", run, "--trial", "1") == 0
     out = capsys.readouterr().out
     assert "You tune train.py." in out and "Best so far: 4.46. Propose a diff." in out and "+DEPTH = 4" in out
-    assert "1,200 + 80 tokens" in out
+    assert "1,200 + 80 tokens" in out and "about 1,200" not in out and "about 900 + 50 tokens" in out
     assert arena("replay", run, "--export", "md", "--out", tmp_path / "r.md") == 0
     assert "Best so far: 4.46" in (tmp_path / "r.md").read_text()
     assert arena("compare", run, "--out", tmp_path / "cmp") == 0
     group = json.loads((tmp_path / "cmp" / "summary.json").read_text())["groups"][0]
-    assert group["llm_tokens"] == 1280 and group["llm_cost_usd"] == pytest.approx(0.0125)
+    assert group["llm_tokens"] == 1280 + 950 and group["llm_cost_usd"] == pytest.approx(0.0125)
 
 
 def test_half_written_ledger_line_is_tolerated_and_left_alone(run_dir, tmp_path, capsys):

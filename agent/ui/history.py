@@ -38,6 +38,7 @@ class LlmCall:
     prompt_tokens: int
     completion_tokens: int
     cost_usd: float
+    usage_estimated: bool = False  # the server sent no token counts: arena's estimate
 
 
 @dataclass
@@ -137,7 +138,8 @@ def read_llm_calls(path: Path, warnings: list[str]) -> list[LlmCall]:
                              model=record.get("model"), messages=messages, response=_text(record.get("response")),
                              error=record.get("error"), prompt_tokens=int(record.get("prompt_tokens") or 0),
                              completion_tokens=int(record.get("completion_tokens") or 0),
-                             cost_usd=float(record.get("cost_usd") or 0.0)))
+                             cost_usd=float(record.get("cost_usd") or 0.0),
+                             usage_estimated=record.get("usage_estimated") is True))
     return calls
 
 

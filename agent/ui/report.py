@@ -72,5 +72,5 @@ def trial_facts(view: TrialView) -> list[tuple[str, str]]:
 
 
 def call_title(number: int, call: LlmCall) -> str:
-    tokens = f"{call.prompt_tokens:,} + {call.completion_tokens:,} tokens"
+    tokens = f"{'about ' if call.usage_estimated else ''}{call.prompt_tokens:,} + {call.completion_tokens:,} tokens"
     return f"LLM call {number}: {call.purpose}, {call.model or 'model ?'}, {tokens}, ${call.cost_usd:.4f}"
