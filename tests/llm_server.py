@@ -8,8 +8,9 @@ Each POST to /v1/chat/completions (or /chat/completions) takes the next scripted
 string is the reply's text; a `Fault` is an HTTP error (with a message of the test's choosing), a
 delay, a dropped connection, an empty reply, an answer dripped slowly, one cut off at max_tokens, a
 stream kept alive with nothing in it, one JSON body though a stream was asked for, an error in the
-middle of a stream (a model runner that crashed), a byte that is not UTF-8, or, for a prompt and max_tokens past a context size,
-the 400 that vLLM or llama.cpp sends (that answer stays next in the script until a request fits).
+middle of a stream (a model runner that crashed), a byte that is not UTF-8, or, for a prompt and
+max_tokens past a context size, the 400 that vLLM or llama.cpp sends (that answer stays next in the
+script until a request fits).
 Ollama's own API is spoken too (POST /api/chat, NDJSON streams, and /api/show), for LiteLLM's
 `ollama_chat/` models: the same script, in Ollama's words.
 With nothing left in the script the server answers HTTP 400, so a test that asks once too often fails
