@@ -10,7 +10,9 @@
   is cut off at the deadline, and the request is closed so the server can stop generating. Retries are
   ours (LiteLLM's are off): rate limits, timeouts, lost connections and 5xx errors are retried with
   exponential backoff (honouring Retry-After) while time is left; anything else fails at once. A call
-  that fails for good raises LLMError, whose message is one line.
+  that fails for good raises LLMError, whose message is one line. What arrives is bounded where it
+  arrives (agent.llm_transport): no response is read past 64 MiB or past its call's abandonment, and no
+  redirect is followed.
 * An answer is at most MAX_ANSWER_CHARS long; one cut off there or at max_tokens says so
   (`LLMReply.cut_off`), and the method treats it as an unusable answer, not as a failed call.
 * Secrets (the values of environment variables named like keys, tokens or passwords, and strings that
@@ -43,6 +45,7 @@ from typing import TextIO, TypedDict
 
 from agent.errors import ArenaError
 from agent.jsonl import JsonObject, read_jsonl
+from agent.llm_transport import watching
 from agent.patches import ends_mid_hunk
 
 Message = dict[str, str]     # one chat message: {"role": "system" | "user" | "assistant", "content": text}
@@ -361,34 +364,39 @@ class LLMClient:
                      call: _Call) -> None:
         """The reader's half of _stream_once: fills `call` and sets call.done, whatever happens."""
         try:
-            # drop_params: a model that takes no temperature (say) gets the request without it, not a 400
-            call.response = _litellm().completion(
-                model=self.model, messages=messages, api_base=self.api_base, api_key=self._api_key(),
-                temperature=self.temperature, max_tokens=max_tokens,
-                timeout=max(deadline - time.monotonic(), 0.1), num_retries=0, stream=streaming,
-                **({"stream_options": {"include_usage": True}} if streaming else {}),
-                **self._context_for(messages, max_tokens), drop_params=True)
-            if call.abandoned:
-                return
-            # truncated: it shows this attempt only; a lone surrogate half is shown as "?", never a failure
-            shown_at = self.stream_path if shown and self.stream_path is not None else os.devnull
-            with open(shown_at, "w", encoding="utf-8", errors="replace") as file:
-                live = _LiveText(file)
-                try:
-                    (_read_stream if streaming else _read_whole)(call, live)
-                except NotStreamed:
-                    raise
-                except Exception as error:
-                    if not call.pieces:  # some providers send the request at the first read: its own error
-                        raise
-                    raise BrokenStream(_one_line(error)) from error  # the answer had begun, then broke off
-                finally:
-                    live.close()
+            with watching(call):
+                self._receive(messages, deadline, streaming, max_tokens, shown, call)
         except BaseException as error:  # noqa: BLE001 - handed to the waiting thread, which raises it
-            call.error = error
+            call.error = ServerProblem(call.problem) if call.problem else error
         finally:
             _close(call.response)
             call.done.set()
+
+    def _receive(self, messages: list[Message], deadline: float, streaming: bool, max_tokens: int, shown: bool,
+                 call: _Call) -> None:
+        # drop_params: a model that takes no temperature (say) gets the request without it, not a 400
+        call.response = _litellm().completion(
+            model=self.model, messages=messages, api_base=self.api_base, api_key=self._api_key(),
+            temperature=self.temperature, max_tokens=max_tokens,
+            timeout=max(deadline - time.monotonic(), 0.1), num_retries=0, stream=streaming,
+            **({"stream_options": {"include_usage": True}} if streaming else {}),
+            **self._context_for(messages, max_tokens), drop_params=True)
+        if call.abandoned:
+            return
+        # truncated: it shows this attempt only; a lone surrogate half is shown as "?", never a failure
+        shown_at = self.stream_path if shown and self.stream_path is not None else os.devnull
+        with open(shown_at, "w", encoding="utf-8", errors="replace") as file:
+            live = _LiveText(file)
+            try:
+                (_read_stream if streaming else _read_whole)(call, live)
+            except NotStreamed:
+                raise
+            except Exception as error:
+                if not call.pieces:  # some providers send the request at the first read: its own error
+                    raise
+                raise BrokenStream(_one_line(error)) from error  # the answer had begun, then broke off
+            finally:
+                live.close()
 
     def _context_for(self, messages: list[Message], max_tokens: int) -> dict[str, int]:
         """Ollama's context size for this call (num_ctx), which it otherwise keeps at its default of 2,048 or
@@ -480,6 +488,11 @@ class BrokenStream(Exception):
     event in the stream): transient, so the call is retried, whatever status the failure carried."""
 
 
+class ServerProblem(Exception):
+    """The server's response could not be taken (an endless body, a redirect; agent.llm_transport): the same
+    request would meet it again, so the call fails at once."""
+
+
 class NotStreamed(Exception):
     """A streamed request got back nothing from the server, not even the role of the answer: perhaps a
     server that ignores `stream` and answers with one JSON body, which the stream reader cannot see. The
@@ -496,6 +509,7 @@ class _Call:
     usage: object = None
     finish: str | None = None
     error: BaseException | None = None
+    problem: str | None = None  # what the transport found wrong with the response (agent.llm_transport)
 
 
 class _LiveText:

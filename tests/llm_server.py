@@ -8,7 +8,8 @@ Each POST to /v1/chat/completions (or /chat/completions) takes the next scripted
 string is the reply's text; a `Fault` is an HTTP error (with a message of the test's choosing), a
 delay, a dropped connection, an empty reply, an answer dripped slowly, one cut off at max_tokens, a
 stream kept alive with nothing in it, one JSON body though a stream was asked for, an error in the
-middle of a stream (a model runner that crashed), a byte that is not UTF-8, or, for a prompt and
+middle of a stream (a model runner that crashed), a byte that is not UTF-8, a redirect, a body that
+never ends, or, for a prompt and
 max_tokens past a context size, the 400 that vLLM or llama.cpp sends (that answer stays next in the
 script until a request fits).
 Ollama's own API is spoken too (POST /api/chat, NDJSON streams, and /api/show), for LiteLLM's
@@ -64,6 +65,8 @@ class Fault:
     stream_error: str = ""            # sent as an error event after the text, instead of the stream's end
     context: int = 0                  # tokens (words) of prompt + max_tokens past which the request is refused
     context_words: str = "vllm"       # whose words refuse it: "vllm" or "llamacpp"
+    redirect: int = 0                 # an HTTP redirect status, to `text` as its Location
+    endless: float | None = None      # seconds between the pieces of a body that never ends
 
     @classmethod
     def http(cls, status: int, retry_after: float | None = None, message: str = "") -> Fault:
@@ -90,6 +93,17 @@ class Fault:
         """Stream `line` (an SSE comment, or an event with an empty delta) forever and never an answer: a
         proxy waiting on a model that never finishes."""
         return cls(keep_alive=line)
+
+    @classmethod
+    def redirected(cls, status: int, location: str) -> Fault:
+        """Redirect the request to `location` (a proxy sending http to https, a server that moved)."""
+        return cls(redirect=status, text=location)
+
+    @classmethod
+    def endless_body(cls, every: float = 0.0) -> Fault:
+        """One JSON body, streamed or not, that never ends: its start, then 64 KiB of spaces every `every`
+        seconds until the client leaves."""
+        return cls(endless=every)
 
     @classmethod
     def not_utf8(cls, text: str) -> Fault:
@@ -264,6 +278,10 @@ class _Handler(BaseHTTPRequestHandler):
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": _words(answer.text)}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         try:
+            if answer.redirect:
+                return self._json(answer.redirect, {}, {"Location": answer.text})
+            if answer.endless is not None:
+                return self._endless(answer.endless)
             if ollama:
                 self._ollama(answer, usage, streamed=body.get("stream", True))
             elif body.get("stream") and not answer.whole:
@@ -314,6 +332,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._event({**_chunk({}, None), "choices": [], "usage": usage})
         self.wfile.write(b"data: [DONE]\n\n")
         self.wfile.flush()
+
+    def _endless(self, every: float) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()  # HTTP/1.0: the body ends when the connection closes, which the server never does
+        self.wfile.write(b'{"id": "chatcmpl-test", "choices": [')
+        while self.scripted._wait(every):
+            self.wfile.write(b" " * 65536)
+            self.wfile.flush()
 
     def _event(self, payload: dict) -> None:
         data = json.dumps(payload).encode().replace(NOT_UTF8_ESCAPED, b"\xe9")  # NOT_UTF8 as its byte

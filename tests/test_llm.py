@@ -343,6 +343,41 @@ def test_an_answer_still_coming_at_the_deadline_is_returned_as_far_as_it_came(ll
     assert logged["finish_reason"] == "deadline" and logged["usage_estimated"] is True
 
 
+def test_an_unstreamed_answer_still_coming_at_the_deadline_is_closed(llm_server, make_client):
+    """LiteLLM reads an unstreamed answer whole, out of the client's reach: a body that goes on past the
+    deadline is closed under it at its next piece, so the server stops sending for nobody."""
+    llm_server.script(Fault.unstreamed("learned"), "learned", Fault.endless_body(every=0.05))  # asked twice, then
+    client = make_client(llm_server.api_base, timeout=8.0)  # time for the first answer on a busy machine
+    assert client.complete(ask("go"), "propose", 1).text == "learned"  # ... it asks this server unstreamed
+    with pytest.raises(LLMError, match="no complete answer within --llm-timeout 8 s"):
+        client.complete(ask("go"), "propose", 2)
+    assert_request_closed(llm_server)
+
+
+def test_a_body_that_never_ends_fails_at_the_size_limit(llm_server, make_client, monkeypatch, sleeps):
+    """An endless response (a broken proxy) is read up to MAX_RESPONSE_BYTES, not until memory runs out;
+    the same request would meet it again, so it is not retried."""
+    monkeypatch.setattr("agent.llm_transport.MAX_RESPONSE_BYTES", 2**20)
+    llm_server.script(Fault.endless_body())
+    with pytest.raises(LLMError) as caught:
+        make_client(llm_server.api_base).complete(ask("go"), "propose", 1)
+    assert str(caught.value) == (f"{MODEL} failed after 1 attempt: the server's response passed 1 MiB without "
+                                 "ending; check the server")
+    assert_request_closed(llm_server)
+
+
+@pytest.mark.parametrize("status", [301, 307])
+def test_a_redirect_is_not_followed(llm_server, make_client, status, sleeps):
+    """Following it would turn the POST into a GET (301) or send the prompt to another address (307)."""
+    elsewhere = f"{closed_port_base()}/chat/completions"
+    llm_server.script(Fault.redirected(status, elsewhere))
+    with pytest.raises(LLMError) as caught:
+        make_client(llm_server.api_base).complete(ask("go"), "propose", 1)
+    assert str(caught.value) == (f"{MODEL} failed after 1 attempt: the server redirected the request (HTTP "
+                                 f"{status}) to {elsewhere}; point --api-base at where it redirects")
+    assert len(llm_server.requests) == 1 and sleeps == []
+
+
 EMPTY_DELTA = ('data: {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "test-model", '
                '"choices": [{"index": 0, "delta": {}, "finish_reason": null}]}')
 
