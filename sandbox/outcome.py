@@ -94,6 +94,7 @@ class PhaseReport:
     memory_exceeded: bool = False  # the supervisor ended it past the phase's memory limit
     disk: str | None = None  # the supervisor ended it: "exceeded" its share of the disk, or the disk was "full"
     failed_to_start: str | None = None  # why the supervisor could not start the harness (the sandbox's fault)
+    stopped: bool = False  # a process of the phase stopped the supervisor; it ended the phase once continued
 
     @classmethod
     def parse(cls, line: str) -> PhaseReport | None:
@@ -102,7 +103,8 @@ class PhaseReport:
             return cls(raw["exit_code"], raw["signal"], raw["ready"], raw["end"], bool(raw["deadline"]),
                        int(raw["max_rss_kb"]), raw.get("gpu_peak_bytes"), bool(raw.get("memory_exceeded")),
                        raw.get("disk") if raw.get("disk") in ("exceeded", "full") else None,
-                       raw["failed_to_start"] if isinstance(raw.get("failed_to_start"), str) else None)
+                       raw["failed_to_start"] if isinstance(raw.get("failed_to_start"), str) else None,
+                       raw.get("stopped") is True)
         except (ValueError, KeyError, TypeError):
             return None
 
@@ -224,6 +226,9 @@ def phase_failure(phase: str, run: PhaseRun) -> tuple[Status, str] | None:
     phase beyond the harness's own verdict lines, numbers masked, so nothing measured on validation data
     leaks out."""
     report = run.report
+    if report is not None and report.stopped:
+        return Status.CRASH, (f"{phase} phase stopped its supervisor (SIGSTOP), which watches its memory and disk, "
+                              "and was ended once it was continued")
     if report is not None and report.memory_exceeded:
         return Status.OOM, f"{phase} phase went over the trial's memory limit and was stopped at once"
     if report is not None and report.disk == "exceeded":

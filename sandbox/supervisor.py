@@ -53,6 +53,7 @@ import select
 import signal
 import stat
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -378,6 +379,9 @@ def free_space(path: str) -> tuple[int, int]:
     return usage.f_bavail * usage.f_frsize, usage.f_favail if usage.f_files else 0
 
 
+CONTINUED = threading.Event()  # set by SIGCONT: the supervisor had been stopped
+
+
 class Watch:
     """The phase as the supervisor sees it: output relayed, the ready line timed, processes reaped."""
 
@@ -386,6 +390,7 @@ class Watch:
         self.child, self.pipe, self.origin, self.gpu = child, pipe, origin, gpu
         self.memory, self.sandboxed, self.disk_guard = memory, sandboxed, disk
         self.memory_exceeded = False
+        self.stopped = False  # a process of the phase stopped the supervisor (SIGSTOP), halting its limits
         self.disk: str | None = None
         self.next_check = self.next_disk_check = 0.0
         self.out = sys.stdout.buffer
@@ -437,6 +442,13 @@ class Watch:
             self.memory_exceeded = True
             self.stop()
 
+    def check_stopped(self) -> None:
+        """Continued after a stop: a SIGSTOP, which no process can ignore, came from the phase (arena sends none;
+        without root it runs as our user). The limits were not watched meanwhile: end the phase now."""
+        if CONTINUED.is_set() and not self.stopped and self.end is None:
+            self.stopped = True
+            self.stop()
+
     def check_disk(self) -> None:
         """Past the phase's share of the disk, or with the disk nearly full, end it now."""
         if self.disk is not None or self.end is not None or self.now() < self.next_disk_check:
@@ -476,7 +488,8 @@ class Watch:
         return PHASE_PREFIX + json.dumps({"exit_code": self.exit_code, "signal": self.signal, "ready": self.ready,
                                           "end": self.end, "deadline": deadline, "max_rss_kb": self.max_rss,
                                           "gpu_peak_bytes": self.gpu.peak, "memory_exceeded": self.memory_exceeded,
-                                          "disk": self.disk, "failed_to_start": self.failed_to_start})
+                                          "disk": self.disk, "failed_to_start": self.failed_to_start,
+                                          "stopped": self.stopped})
 
 
 def main(argv: list[str]) -> int:
@@ -484,8 +497,10 @@ def main(argv: list[str]) -> int:
     origin = time.monotonic()
     prctl(PR_SET_DUMPABLE, 0)
     prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphans of the trial come to us, so we reap and count them
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE, signal.SIGTSTP, signal.SIGTTIN,
+                signal.SIGTTOU):
         signal.signal(sig, signal.SIG_IGN)
+    signal.signal(signal.SIGCONT, lambda signum, frame: CONTINUED.set())
     gpu = GpuMemory()  # before the harness starts: what the GPUs already use is not the trial's
     disk = DiskGuard(options.disks)
     deadline, sandboxed = options.deadline, options.sandboxed
@@ -504,6 +519,7 @@ def main(argv: list[str]) -> int:
         else:
             time.sleep(0.05)
         watch.gpu.sample()
+        watch.check_stopped()
         watch.check_memory()
         watch.check_disk()
         watch.reap()

@@ -70,6 +70,29 @@ def test_crash(backend, stdlib_dataset):
     assert "Traceback (most recent call last)" in outcome.log_tail
 
 
+def test_a_trial_that_stops_its_supervisor_is_ended(backend, stdlib_dataset):
+    """SIGSTOP cannot be ignored: a trial of the supervisor's own user (arena not root, or unisolated) can halt
+    the watch on its memory and disk, and continue it before the end. The supervisor notices the SIGCONT and
+    ends the phase; where the trial runs as another user the signal is refused."""
+    outcome, streamed = run(backend, make_spec(stdlib_dataset, tiny_train("""
+        import os, signal
+        supervisor = os.getppid()
+        try:
+            os.kill(supervisor, signal.SIGSTOP)
+        except PermissionError:
+            raise SystemExit("PROBE refused")
+        time.sleep(0.5)  # here the trial would take what the supervisor would refuse
+        os.kill(supervisor, signal.SIGCONT)
+        time.sleep(60)
+        return Uniform(ctx.vocab_size)
+    """), budget=BUDGET, cap=200))
+    assert outcome.status is Status.CRASH, outcome.reason + "\n" + outcome.log_tail
+    if "PROBE refused" not in streamed:
+        assert outcome.reason == ("train phase stopped its supervisor (SIGSTOP), which watches its memory and disk, "
+                                  "and was ended once it was continued")
+        assert outcome.train_wall_seconds < 60  # ended at once, not at its deadline
+
+
 def test_oom(backend, stdlib_dataset):
     """More memory than the machine can give: refused at once, whatever the backend's own limit."""
     outcome, _ = run(backend, make_spec(stdlib_dataset, tiny_train("bytearray(1 << 50)")))
