@@ -407,6 +407,41 @@ def test_constants_are_named_and_plain(saved, tmp_path, op, args, kwargs, proble
         exported.load(edited(saved[0], tmp_path, with_node(op, args, kwargs)), "cpu", SEQ)
 
 
+def with_nodes(*nodes: tuple[str, list]):
+    """An edit that adds nodes (used by nothing) before the graph's own: `first` is the first token (a 0-d
+    tensor), `above` a mask of the tokens, and each (op, args) after them is named extra0, extra1, ..."""
+    def edit(graph):
+        tokens = next(i["name"] for i in graph["inputs"] if i["kind"] == "tokens")
+        added = [{"name": "row", "op": "aten.select.int", "args": [{"node": tokens}, 0, 0]},
+                 {"name": "first", "op": "aten.select.int", "args": [{"node": "row"}, 0, 0]},
+                 {"name": "above", "op": "aten.gt.Scalar", "args": [{"node": tokens}, 100]}]
+        added += [{"name": f"extra{i}", "op": op, "args": args} for i, (op, args) in enumerate(nodes)]
+        graph["nodes"][:0] = added
+    return edit
+
+
+@pytest.mark.parametrize("nodes, problem", [
+    ([("aten.ones.default", [[{"node": "first"}, 65536]])], "aten.ones takes its size from a tensor"),
+    ([("aten.arange.default", [{"node": "first"}])], "aten.arange takes its end from a tensor"),
+    ([("aten.narrow.default", [{"node": "row"}, 0, 0, {"node": "first"}])], "aten.narrow takes its length from"),
+    ([("aten.repeat_interleave.Tensor", [{"node": "row"}])], "sizes its result by a tensor's values"),
+])
+def test_no_size_follows_the_tokens(saved, tmp_path, nodes, problem):
+    """Memory and time that follow the tokens would carry them out of the eval phase to a trial running beside
+    it (a red team read them from the host's /proc/meminfo): every size a graph makes is a constant."""
+    with pytest.raises(Rejected, match=problem):
+        exported.load(edited(saved[0], tmp_path, with_nodes(*nodes)), "cpu", SEQ)
+
+
+def test_a_mask_is_no_index(saved, tmp_path):
+    """A boolean index selects as many elements as it holds True: refused when the graph runs."""
+    model = exported.load(edited(saved[0], tmp_path, with_nodes(("aten.index.Tensor", [{"node": "row"},
+                                                                                         [{"node": "above"}]]))),
+                          "cpu", SEQ)
+    with pytest.raises(Rejected, match="aten.index takes a mask as an index"), torch.no_grad():
+        model(saved[1])
+
+
 def test_a_mask_of_another_dtype_is_refused():
     guarded = exported.Agreeing(ATTENTION._scaled_dot_product_flash_attention_for_cpu.default)
     q = torch.randn(1, 2, 8, 16)

@@ -313,6 +313,7 @@ def _build(directory: Path, device: str, seq_len: int) -> torch.fx.GraphModule:
         if op is not result_item:
             _refuse_randomness(op, args, kwargs)
             _refuse_numbered_constants(op, args, kwargs)
+            _refuse_sizes_from_data(op, args, kwargs)
             if op._opname in ARGUMENT_RULES:
                 op = Agreeing(op)
             elif any(ret.alias_info is not None for ret in op._schema.returns) or op._opname in UNMARKED_VIEWS:
@@ -358,6 +359,37 @@ def _refuse_numbered_constants(op, args: list, kwargs: dict) -> None:
         if not any(value is allowed for allowed in CONSTANTS[kind].values()):
             raise Rejected("graph", f"aten.{op._opname} takes its {argument.name} by name ({{\"{kind}\": ...}}: "
                                     f"{', '.join(CONSTANTS[kind])}), not {str(value)[:40]!r}")
+
+
+# Overloads that size their result by a tensor's values.
+DATA_SIZED = frozenset({"repeat_interleave.Tensor", "repeat_interleave.self_Tensor",
+                        "tensor_split.tensor_indices_or_sections"})
+
+
+def _refuse_sizes_from_data(op, args: list, kwargs: dict) -> None:
+    """Rejected where a size could follow the tokens: a tensor passed for a number (ATen reads a 0-d tensor as
+    its value: a size, a length, an end) or an overload that sizes its result by a tensor's values. The eval
+    phase's memory and time would then carry validation tokens out to trials running beside it, which see
+    both (a red team read tokens from /proc/meminfo so). Every number a graph passes is a constant."""
+    given = named([a.name for a in op._schema.arguments], args, kwargs)
+    for argument in op._schema.arguments:
+        if argument.name in given and _holds_node(given[argument.name]) and not _takes_tensors(argument.type):
+            raise Rejected("graph", f"aten.{op._opname} takes its {argument.name} from a tensor; a graph passes "
+                                    "numbers as constants, so that no size follows the data")
+    if f"{op._opname}.{op._overloadname}" in DATA_SIZED:
+        raise Rejected("operator", f"aten.{op._opname}.{op._overloadname} sizes its result by a tensor's values; "
+                                   "a graph's sizes may not follow the data")
+
+
+def _takes_tensors(kind) -> bool:
+    """Whether a schema type is a tensor, or an optional or a list of them."""
+    while isinstance(kind, (torch.OptionalType, torch.ListType)):
+        kind = kind.getElementType()
+    return isinstance(kind, torch.TensorType)
+
+
+def _holds_node(value) -> bool:
+    return isinstance(value, torch.fx.Node) or (isinstance(value, list) and any(map(_holds_node, value)))
 
 
 def op_name(op) -> str:
@@ -474,12 +506,21 @@ def _group_norm_rule(given: dict) -> str | None:
     return _per_channel(given, ("weight", "bias"), c)
 
 
+def _index_rule(given: dict) -> str | None:
+    """Indices, never a mask: a boolean index selects as many elements as it holds True, a size that follows the
+    data (see _refuse_sizes_from_data)."""
+    if any(isinstance(t, torch.Tensor) and t.dtype in (torch.bool, torch.uint8) for t in given.get("indices") or []):
+        return "takes a mask as an index: its result's size would follow the data"
+    return None
+
+
 # Kernels that trust their arguments to agree in shape and read past a tensor's memory when they do not (a
 # batch larger in the query than in the key, a key shorter than the value, a bias shorter than the channels or
 # expanded from one value): the graph could read the eval process's heap, where the validation rows lie. Each
 # rule asks what the operator's own documentation does of its arguments; checked on every call, as sizes can
 # depend on data. Found by a red team and a fuzzer of every allowed operator (shapes, strides, sizes, dtypes).
 ARGUMENT_RULES: dict[str, Callable[[dict], str | None]] = {
+    "index": _index_rule,
     "_native_batch_norm_legit_no_training": _batch_norm_rule,
     "native_group_norm": _group_norm_rule,
     "scaled_dot_product_attention": _attention_rule("attn_mask", "enable_gqa", public=True),
