@@ -7,6 +7,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -56,6 +57,24 @@ def closed_port_base() -> str:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     return f"http://127.0.0.1:{port}/v1"
+
+
+def raised_within(call: Callable[[], object], limit: float = 120) -> BaseException | None:
+    """What `call` raised (None if nothing), run in a thread that must end within `limit` seconds: without its
+    deadline, a call on a stream kept alive would wait for ever."""
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as error:  # noqa: BLE001 - handed to the test
+            raised.append(error)
+
+    caller = threading.Thread(target=run, daemon=True)
+    caller.start()
+    caller.join(limit)
+    assert not caller.is_alive(), "the call outlived its deadline"
+    return raised[0] if raised else None
 
 
 def read_log(path) -> list[dict]:
@@ -186,21 +205,9 @@ def test_check_reachable_is_bounded_by_the_deadline_like_a_call(make_client):
     timeout) is given --llm-timeout, as a call is, not for ever."""
     with ScriptedLLMServer() as server:
         server.check_answers.append(Fault.kept_alive())
-        client = make_client(server.api_base, timeout=2.0)
-        outcome: list[BaseException] = []
-
-        def check():
-            try:
-                client.check_reachable()
-            except BaseException as error:  # noqa: BLE001 - handed to the test
-                outcome.append(error)
-
-        checker = threading.Thread(target=check, daemon=True)
-        checker.start()
-        checker.join(120)  # without the deadline it would wait on this stream for ever
-        assert not checker.is_alive(), "the check outlived its deadline"
-    assert len(outcome) == 1 and isinstance(outcome[0], ArenaError)
-    message = str(outcome[0])
+        error = raised_within(make_client(server.api_base, timeout=2.0).check_reachable)
+    assert isinstance(error, ArenaError)
+    message = str(error)
     assert "no complete answer within --llm-timeout 2 s" in message and "\n" not in message
     assert message.endswith("start the server or check --model/--api-base")
 
@@ -388,20 +395,8 @@ def test_a_stream_kept_alive_without_an_answer_is_cut_off_at_the_deadline(llm_se
     stop at, and each comes well within the socket's timeout: only the call's own deadline ends it."""
     llm_server.script(Fault.kept_alive(line))
     client = make_client(llm_server.api_base, timeout=2.0, retries=3)
-    outcome: list[BaseException] = []
-
-    def call():
-        try:
-            client.complete(ask("go"), "propose", 1)
-        except BaseException as error:  # noqa: BLE001 - handed to the test
-            outcome.append(error)
-
-    caller = threading.Thread(target=call, daemon=True)
-    caller.start()
-    caller.join(120)  # without the deadline it would wait on this stream for ever
-    assert not caller.is_alive(), "the call outlived its deadline"
-    assert len(outcome) == 1 and isinstance(outcome[0], LLMError)
-    assert "no complete answer within --llm-timeout 2 s" in str(outcome[0])
+    error = raised_within(lambda: client.complete(ask("go"), "propose", 1))
+    assert isinstance(error, LLMError) and "no complete answer within --llm-timeout 2 s" in str(error)
     assert_request_closed(llm_server)
 
 
