@@ -18,7 +18,7 @@ from sandbox.bwrap import ADVICE, bwrap_argv, find_bwrap, gpu_env
 from sandbox.cgroup import PhaseCgroup
 from sandbox.errors import SandboxError
 from sandbox.outcome import PhaseRun
-from sandbox.phases import PathMap, Phase, memory_bytes, sandbox_user
+from sandbox.phases import SUPERVISOR, PathMap, Phase, memory_bytes, sandbox_user
 from sandbox.seccomp import sandbox_filter_fd
 from sandbox.supervisor import MAX_PROCESSES
 from sandbox.trial import GPU_CHECK, Backend, PhaseOutput
@@ -27,6 +27,56 @@ from sandbox.workers import Placement, pinned_to, registered
 ISOLATIONS = ("bwrap", "none")
 NEEDED_MODULES = "numpy, torch, safetensors"
 UVM_NODE = Path("/dev/nvidia-uvm")
+STOP_CHECK_SECONDS = 1.0  # how often arena looks for a supervisor its trial stopped
+
+
+class SupervisorWatch:
+    """The phase's supervisor, seen from arena. A trial of the supervisor's own user (arena not root, or
+    unisolated) can SIGSTOP it, and with it the watch on the phase's memory and disk, and never continue it. Arena
+    sends no SIGSTOP, so a stopped supervisor was stopped by its trial: arena continues it, and the supervisor,
+    seeing the SIGCONT, ends the phase and says why (supervisor.Watch.check_stopped)."""
+
+    def __init__(self, root: int):
+        self.root = root  # bwrap, or (unisolated) the supervisor itself
+        self.pid: int | None = None
+
+    def find(self) -> int | None:
+        """The shallowest process that runs supervisor.py, at most two levels under root (bwrap, its pid 1, the
+        supervisor): every process of the trial is its descendant (or its orphan, which it reaps as subreaper), so
+        a trial's look-alike is always deeper."""
+        level = [self.root]
+        for _ in range(3):
+            for pid in level:
+                argv = proc_file(pid, "cmdline").split(b"\0")
+                if len(argv) > 1 and argv[1].endswith(b"/" + SUPERVISOR.name.encode()):
+                    return pid
+            level = [child for pid in level for child in children(pid)]
+        return None
+
+    def continue_if_stopped(self) -> None:
+        self.pid = self.pid or self.find()
+        if self.pid is not None and process_state(self.pid) == b"T":
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGCONT)
+
+
+def proc_file(pid: int, name: str) -> bytes:
+    """/proc/<pid>/<name>, or nothing for a process that is gone."""
+    try:
+        return Path(f"/proc/{pid}/{name}").read_bytes()
+    except OSError:
+        return b""
+
+
+def children(pid: int) -> list[int]:
+    return [int(child) for task in Path(f"/proc/{pid}/task").glob("*")
+            for child in proc_file(pid, f"task/{task.name}/children").split()]
+
+
+def process_state(pid: int) -> bytes:
+    """The state letter of /proc/<pid>/stat (after the command name, which may hold spaces and parentheses)."""
+    stat = proc_file(pid, "stat")
+    return stat[stat.rfind(b")") + 2:][:1]
 
 
 def run_process(cmd: list[str], cwd: Path | None, env: dict[str, str], timeout: float,
@@ -52,12 +102,15 @@ def run_process(cmd: list[str], cwd: Path | None, env: dict[str, str], timeout: 
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
-    timed_out = False
+    supervisor = SupervisorWatch(proc.pid)
+    deadline = start + timeout
     try:
         with registered(kill):
-            proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        timed_out = True
+            while proc.poll() is None and time.monotonic() < deadline:
+                supervisor.continue_if_stopped()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=max(min(STOP_CHECK_SECONDS, deadline - time.monotonic()), 0))
+        timed_out = proc.poll() is None
     finally:
         kill()
         proc.wait()

@@ -70,11 +70,13 @@ def test_crash(backend, stdlib_dataset):
     assert "Traceback (most recent call last)" in outcome.log_tail
 
 
-def test_a_trial_that_stops_its_supervisor_is_ended(backend, stdlib_dataset):
+@pytest.mark.parametrize("continues", [True, False], ids=["continued", "left-stopped"])
+def test_a_trial_that_stops_its_supervisor_is_ended(backend, stdlib_dataset, continues):
     """SIGSTOP cannot be ignored: a trial of the supervisor's own user (arena not root, or unisolated) can halt
-    the watch on its memory and disk, and continue it before the end. The supervisor notices the SIGCONT and
-    ends the phase; where the trial runs as another user the signal is refused."""
-    outcome, streamed = run(backend, make_spec(stdlib_dataset, tiny_train("""
+    the watch on its memory and disk, and continue it before the end, or never. The supervisor notices the
+    SIGCONT, its trial's or, for one left stopped, arena's, and ends the phase; where the trial runs as another
+    user the signal is refused."""
+    outcome, streamed = run(backend, make_spec(stdlib_dataset, tiny_train(f"""
         import os, signal
         supervisor = os.getppid()
         try:
@@ -82,7 +84,8 @@ def test_a_trial_that_stops_its_supervisor_is_ended(backend, stdlib_dataset):
         except PermissionError:
             raise SystemExit("PROBE refused")
         time.sleep(0.5)  # here the trial would take what the supervisor would refuse
-        os.kill(supervisor, signal.SIGCONT)
+        if {continues}:
+            os.kill(supervisor, signal.SIGCONT)
         time.sleep(60)
         return Uniform(ctx.vocab_size)
     """), budget=BUDGET, cap=200))

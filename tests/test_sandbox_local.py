@@ -4,14 +4,22 @@ on a real trial, and its one-line errors. The cheating trials it must withstand 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import tempfile
+import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
 from sandbox import LocalBackend, SandboxError, Status
+from sandbox.bwrap import find_bwrap
+from sandbox.local import SupervisorWatch, proc_file, process_state
 from sandbox.phases import bare_phase
 from sandbox.trial import PhaseOutput
+from tests.run_helpers import pids_whose_command_line
 from tests.trial_helpers import cpu_template, make_spec, run, with_train
 
 
@@ -80,3 +88,37 @@ def test_the_library_path_passes_with_only_the_libraries_it_names(monkeypatch):
         with tempfile.TemporaryDirectory() as root, pytest.raises(SandboxError) as error:
             backend.run_phase(bare_phase(Path(root), 60, backend.owner), PhaseOutput(lines.append), ["-c", code])
         assert "\n" not in str(error.value) and "unset it" in str(error.value)
+
+
+def test_a_supervisor_its_trial_left_stopped_is_found_in_bwrap_and_continued(tmp_path):
+    """Arena's side of the stop check, on a real bubblewrap tree (bwrap, its pid 1, the supervisor): the
+    supervisor is found under its look-alikes, and continued once stopped; a stopped look-alike is left alone."""
+    (tmp_path / "supervisor.py").write_text(textwrap.dedent("""
+        import subprocess, sys, time
+        if sys.argv[1:] == ["first"]:  # the supervisor: a trial under it, which runs a look-alike of it
+            subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
+                              f"subprocess.Popen([sys.executable, {__file__!r}, '--lookalike']); time.sleep(60)"])
+        print("up", flush=True)
+        time.sleep(60)
+    """))
+    bwrap = subprocess.Popen([find_bwrap(), "--die-with-parent", "--new-session", "--unshare-pid", "--ro-bind", "/",
+                              "/", "--proc", "/proc", "--dev", "/dev", sys.executable, str(tmp_path / "supervisor.py"),
+                              "first"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert bwrap.stdout.readline() == "up\n" and bwrap.stdout.readline() == "up\n"  # both started
+        watch = SupervisorWatch(bwrap.pid)
+        supervisor = watch.find()
+        assert supervisor is not None and proc_file(supervisor, "cmdline").endswith(b"supervisor.py\0first\0")
+        [lookalike] = pids_whose_command_line(lambda line: line.endswith("supervisor.py\0--lookalike\0"))
+        for pid in (supervisor, lookalike):
+            os.kill(pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 30
+        while process_state(supervisor) != b"T" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        watch.continue_if_stopped()
+        while process_state(supervisor) == b"T" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert process_state(supervisor) in (b"S", b"R") and process_state(lookalike) == b"T"
+    finally:
+        bwrap.kill()
+        bwrap.wait()
