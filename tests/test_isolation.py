@@ -77,11 +77,18 @@ from sandbox.phases import bare_phase, link_data
 from sandbox.trial import PhaseOutput
 root = Path({root!r})
 phase = bare_phase(root, 60, (os.getuid(), os.getgid()))
-Path(phase.trial_dir / "escape_probe.py").write_text(Path({probe!r}).read_text())
+Path(phase.trial_dir / {script!r}).write_text(Path({script_path!r}).read_text())
 phase.data_files = link_data(Path({data!r}), ("train.bin", "meta.json"), root / "data")
-argv = bwrap_argv(find_bwrap(), phase, sys.executable, None, ["escape_probe.py", {spec!r}])
+argv = bwrap_argv(find_bwrap(), phase, sys.executable, None, [{script!r}, *{args!r}])
 run = run_process(argv, None, {{}}, 90, PhaseOutput(lambda line: None))
-print(json.dumps({{"lines": list(run.lines), "exit_code": run.exit_code}}))
+report = run.report
+print(json.dumps({{"lines": list(run.lines), "exit_code": run.exit_code, "wall_seconds": run.wall_seconds,
+                  "stopped": report is not None and report.stopped}}))
+"""
+STOP_THE_SUPERVISOR = """
+import os, signal, time
+os.kill(os.getppid(), signal.SIGSTOP)  # and never continue it
+time.sleep(60)
 """
 
 
@@ -111,9 +118,8 @@ def unprivileged_copy(open_dir: Path, bwrap: str) -> tuple[Path, str]:
     return shared, bwrap
 
 
-@pytest.mark.parametrize("bwrap", bwraps())
-def test_probe_as_an_unprivileged_user_finds_nothing(bwrap, open_dir):
-    """The same sandbox when arena runs as a normal user: bwrap makes a user namespace itself."""
+def unprivileged_python() -> str:
+    """A Python an unprivileged user can run, where unprivileged users may make user namespaces (or a skip)."""
     if os.geteuid() != 0:
         pytest.skip("needs root to switch to an unprivileged user for the test")
     python = "/usr/bin/python3"
@@ -124,6 +130,13 @@ def test_probe_as_an_unprivileged_user_finds_nothing(bwrap, open_dir):
     if userns.returncode:
         pytest.skip(f"this kernel gives unprivileged users no user namespaces ({userns.stderr.strip()}): bwrap "
                     "could run here only installed setuid")
+    return python
+
+
+def run_unprivileged(open_dir: Path, bwrap: str, script: Path, args: list[str], env: dict[str, str]) -> dict:
+    """`script` with `args` as a bare phase in bubblewrap, with arena's sandbox code run as `nobody`; what
+    run_process saw of it."""
+    python = unprivileged_python()
     shared, bwrap = unprivileged_copy(open_dir, bwrap)
     data = shared / "cache" / "dataset"
     data.mkdir(parents=True)
@@ -134,21 +147,38 @@ def test_probe_as_an_unprivileged_user_finds_nothing(bwrap, open_dir):
     root = shared / "phase"
     root.mkdir()
     os.chown(root, NOBODY, NOBODY)
+    driver = shared / "driver.py"
+    driver.write_text(DRIVER.format(lib=str(shared / "lib"), root=str(root), script=script.name,
+                                    script_path=str(script), data=str(data), args=args))
+    driver.chmod(0o644)
+    proc = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", python,
+                           str(driver)], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin",
+                           BWRAP_ENV: bwrap, **env}, timeout=120, cwd=str(shared))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "data": data}
+
+
+@pytest.mark.parametrize("bwrap", bwraps())
+def test_probe_as_an_unprivileged_user_finds_nothing(bwrap, open_dir):
+    """The same sandbox when arena runs as a normal user: bwrap makes a user namespace itself."""
     marker = f"arena-survivor-{os.getpid()}-user-{Path(bwrap).parent.name}"
+    data = open_dir / "shared" / "cache" / "dataset"
     with listening() as port:
         spec = probe_spec(open_dir, data, port, marker, home=Path("/root"))
-        driver = shared / "driver.py"
-        driver.write_text(DRIVER.format(lib=str(shared / "lib"), root=str(root), probe=str(shared / "escape_probe.py"),
-                                        data=str(data), spec=json.dumps(spec)))
-        driver.chmod(0o644)
-        env = {"PATH": "/usr/bin:/bin", BWRAP_ENV: bwrap, "OPENAI_API_KEY": "sk-probe-secret"}
-        proc = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", python,
-                               str(driver)], capture_output=True, text=True, env=env, timeout=120, cwd=str(shared))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+        result = run_unprivileged(open_dir, bwrap, PROBE, [json.dumps(spec)], {"OPENAI_API_KEY": "sk-probe-secret"})
     found = parse_probe(result["lines"])
-    assert_confined(found, data, NOBODY)  # the same user as arena: nothing more
+    assert_confined(found, result["data"], NOBODY)  # the same user as arena: nothing more
     assert survivors(marker) == []
+
+
+def test_a_supervisor_stopped_by_an_unprivileged_trial_ends_its_phase(open_dir):
+    """As a normal user, the trial runs as the supervisor's own user and can SIGSTOP it: arena continues it
+    within a second, and it ends the phase at once, not at its deadline (60 s), and says why."""
+    script = open_dir / "stop_the_supervisor.py"
+    script.write_text(STOP_THE_SUPERVISOR)
+    script.chmod(0o644)
+    result = run_unprivileged(open_dir, find_bwrap(), script, [], {})
+    assert result["stopped"] and result["wall_seconds"] < 30, result
 
 
 def test_missing_bwrap_is_one_line(monkeypatch, tmp_path):
