@@ -163,10 +163,10 @@ def with_node(op: str, args: list, kwargs: dict | None = None):
 
 
 def test_getitem_takes_only_a_result_of_a_tuple(saved, tmp_path):
-    """On a tensor, getitem would be Python indexing: a view made past the checks."""
-    model = exported.load(edited(saved[0], tmp_path, with_node("getitem", [0])), "cpu", SEQ)
-    with pytest.raises(Rejected, match="getitem takes one result"), torch.no_grad():
-        model(saved[1])
+    """On a tensor, getitem would be Python indexing: a view made past the checks. Refused as the size pass
+    runs the graph, at load."""
+    with pytest.raises(Rejected, match="getitem takes one result"):
+        exported.load(edited(saved[0], tmp_path, with_node("getitem", [0])), "cpu", SEQ)
 
 
 CODE_AS_A_NAME = "alpha = 1) if print('the graph ran code') else torch.ops.aten.add.Tensor(tokens, 0, alpha"
@@ -425,6 +425,11 @@ def with_nodes(*nodes: tuple[str, list]):
     ([("aten.arange.default", [{"node": "first"}])], "aten.arange takes its end from a tensor"),
     ([("aten.narrow.default", [{"node": "row"}, 0, 0, {"node": "first"}])], "aten.narrow takes its length from"),
     ([("aten.repeat_interleave.Tensor", [{"node": "row"}])], "sizes its result by a tensor's values"),
+    ([("aten.where.default", [{"node": "above"}])], "aten.where.default sizes its result by a tensor's values"),
+    ([("aten.one_hot.default", [{"node": "row"}])], "aten.one_hot without a number of classes"),
+    ([("aten.one_hot.default", [{"node": "row"}, -1])], "aten.one_hot without a number of classes"),
+    # no rule names it: the size pass, which runs the graph on tensors without data, finds it
+    ([("aten.index.Tensor", [{"node": "row"}, [{"node": "above"}]])], "aten.index needs a tensor's values"),
 ])
 def test_no_size_follows_the_tokens(saved, tmp_path, nodes, problem):
     """Memory and time that follow the tokens would carry them out of the eval phase to a trial running beside
@@ -433,13 +438,21 @@ def test_no_size_follows_the_tokens(saved, tmp_path, nodes, problem):
         exported.load(edited(saved[0], tmp_path, with_nodes(*nodes)), "cpu", SEQ)
 
 
-def test_a_mask_is_no_index(saved, tmp_path):
-    """A boolean index selects as many elements as it holds True: refused when the graph runs."""
-    model = exported.load(edited(saved[0], tmp_path, with_nodes(("aten.index.Tensor", [{"node": "row"},
-                                                                                         [{"node": "above"}]]))),
-                          "cpu", SEQ)
-    with pytest.raises(Rejected, match="aten.index takes a mask as an index"), torch.no_grad():
-        model(saved[1])
+def test_the_size_pass_runs_the_template_to_its_end(saved, capsys):
+    """The pass that finds sizes following the data (run on tensors without data) checks every operator of an
+    honest graph: none stops it before the logits."""
+    exported.load(saved[0], "cpu", SEQ)
+    assert "size pass" not in capsys.readouterr().out
+
+
+def test_a_mask_is_no_index():
+    """A boolean index selects as many elements as it holds True; beside the size pass, the rule refuses one
+    whenever the graph runs."""
+    guarded = exported.Agreeing(torch.ops.aten.index.Tensor)
+    tokens = torch.arange(8)
+    with pytest.raises(Rejected, match="aten.index takes a mask as an index"):
+        guarded(tokens, [tokens > 3])
+    assert guarded(tokens, [tokens[:2]]).tolist() == [0, 1]
 
 
 def test_a_mask_of_another_dtype_is_refused():

@@ -250,6 +250,20 @@ VERDICT_NAMING_TOKENS = (EVIL_EXPORT, """
         (out / "graph.json").write_text(json.dumps(graph))
 """)
 
+MEMORY_BY_TOKENS = (EVIL_EXPORT, """
+    import json
+
+    def tamper(out):  # one_hot counting its classes: 256 KiB of memory per unit of the row's first token
+        graph = json.loads((out / "graph.json").read_text())
+        tokens = next(i["name"] for i in graph["inputs"] if i["kind"] == "tokens")
+        graph["nodes"][:0] = [
+            {"name": "row", "op": "aten.select.int", "args": [{"node": tokens}, 0, 0], "kwargs": {}},
+            {"name": "first", "op": "aten.slice.Tensor", "args": [{"node": "row"}, 0, 0, 1], "kwargs": {}},
+            {"name": "many", "op": "aten.expand.default", "args": [{"node": "first"}, [32768]], "kwargs": {}},
+            {"name": "hot", "op": "aten.one_hot.default", "args": [{"node": "many"}, -1], "kwargs": {}}]
+        (out / "graph.json").write_text(json.dumps(graph))
+""")
+
 HEAP_READING_KERNEL = (EVIL_EXPORT, """
     import json
 
@@ -396,6 +410,7 @@ CHEATS: list[Cheat] = [
     ("a graph that reads the eval process's memory", HEAP_READING_GRAPH, Status.REJECTED),
     ("a graph whose kernel reads past its tensors", HEAP_READING_KERNEL, Status.REJECTED),
     ("a graph whose rejection names validation tokens", VERDICT_NAMING_TOKENS, Status.REJECTED),
+    ("a graph whose memory follows the tokens", MEMORY_BY_TOKENS, Status.REJECTED),
     ("a graph whose keyword argument's name is code", CODE_IN_THE_GRAPH, Status.REJECTED),
     ("a model that sees the next token", PEEK, Status.REJECTED),
     ("NaN logits", NAN_LOGITS, Status.REJECTED),
@@ -411,7 +426,7 @@ SAME_IN_EVERY_BACKEND = {"pickled weights that run code in the eval phase",
                          "a graph that reads validation data from a file",
                          "a graph that reads the eval process's memory",
                          "a graph whose kernel reads past its tensors", "a model that sees the next token",
-                         "a graph whose rejection names validation tokens",
+                         "a graph whose rejection names validation tokens", "a graph whose memory follows the tokens",
                          "NaN logits", "a model that remembers the rows it was scored on",
                          "patch what the trial reports about itself", "slow down the harness's clock",
                          "train before the clock starts"}

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, ContextManager
 
 import torch
+from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException, FakeTensorMode
 
 FORMAT = 1
 GRAPH_FILE = "graph.json"
@@ -261,10 +262,14 @@ def read_weights(path: Path, device: str) -> dict[str, torch.Tensor]:
         raise Rejected("archive", f"{path.name} is not a plain safetensors file of tensors ({str(e)[:120]})") from None
 
 
-def load(directory: Path, device: str, seq_len: int) -> torch.fx.GraphModule:
-    """Check the exported model in `directory` and build it as a module of allowlisted operators."""
+def load(directory: Path, device: str, seq_len: int,
+         context: Callable[[], ContextManager] = contextlib.nullcontext) -> torch.fx.GraphModule:
+    """Check the exported model in `directory` and build it as a module of allowlisted operators; `context`: what
+    the eval phase runs it in (autocast)."""
     try:
-        return _build(directory, device, seq_len)
+        module = _build(directory, device, seq_len)
+        _refuse_data_sized_results(module, device, seq_len, context)
+        return module
     except Rejected:
         raise
     except Exception as e:  # whatever else a crafted archive provokes is the archive's fault
@@ -311,9 +316,10 @@ def _build(directory: Path, device: str, seq_len: int) -> torch.fx.GraphModule:
             raise Rejected("graph", "malformed node arguments")
         kwargs = decode.kwargs(raw.get("kwargs", {}), op)
         if op is not result_item:
-            _refuse_randomness(op, args, kwargs)
-            _refuse_numbered_constants(op, args, kwargs)
-            _refuse_sizes_from_data(op, args, kwargs)
+            given = named([a.name for a in op._schema.arguments], args, kwargs)
+            _refuse_randomness(op, given)
+            _refuse_numbered_constants(op, given)
+            _refuse_sizes_from_data(op, given)
             if op._opname in ARGUMENT_RULES:
                 op = Agreeing(op)
             elif any(ret.alias_info is not None for ret in op._schema.returns) or op._opname in UNMARKED_VIEWS:
@@ -335,20 +341,18 @@ def named(names: list[str], args, kwargs: dict) -> dict:
     return {**dict(zip(names, args, strict=False)), **kwargs}
 
 
-def _refuse_randomness(op, args: list, kwargs: dict) -> None:
-    """Rejected unless the operator is deterministic as called: a dropout with train=False, an attention
-    with dropout_p 0 (its default)."""
+def _refuse_randomness(op, given: dict) -> None:
+    """Rejected unless the operator is deterministic as called (`given`: its arguments by name): a dropout with
+    train=False, an attention with dropout_p 0 (its default)."""
     names = [a.name for a in op._schema.arguments]
-    given = named(names, args, kwargs)
     if op._opname in DROPOUTS and ("train" not in names or given.get("train") is not False):
         raise Rejected("operator", f"aten.{op._opname} is random unless its train argument is False")
     if "dropout_p" in names and given.get("dropout_p", 0.0) != 0:
         raise Rejected("operator", f"aten.{op._opname} is random unless its dropout_p argument is 0")
 
 
-def _refuse_numbered_constants(op, args: list, kwargs: dict) -> None:
+def _refuse_numbered_constants(op, given: dict) -> None:
     """Rejected unless every dtype, layout and memory format argument is one of CONSTANTS, given by name."""
-    given = named([a.name for a in op._schema.arguments], args, kwargs)
     for argument in op._schema.arguments:
         kind = CONSTANT_TYPES.get(str(argument.real_type).removeprefix("Optional[").removesuffix("]"))
         if kind is None or argument.name not in given:
@@ -361,17 +365,18 @@ def _refuse_numbered_constants(op, args: list, kwargs: dict) -> None:
                                     f"{', '.join(CONSTANTS[kind])}), not {str(value)[:40]!r}")
 
 
-# Overloads that size their result by a tensor's values.
+# Overloads that size their result by a tensor's values (where with a condition alone is nonzero's).
 DATA_SIZED = frozenset({"repeat_interleave.Tensor", "repeat_interleave.self_Tensor",
-                        "tensor_split.tensor_indices_or_sections"})
+                        "tensor_split.tensor_indices_or_sections", "where.default"})
 
 
-def _refuse_sizes_from_data(op, args: list, kwargs: dict) -> None:
+def _refuse_sizes_from_data(op, given: dict) -> None:
     """Rejected where a size could follow the tokens: a tensor passed for a number (ATen reads a 0-d tensor as
-    its value: a size, a length, an end) or an overload that sizes its result by a tensor's values. The eval
-    phase's memory and time would then carry validation tokens out to trials running beside it, which see
-    both (a red team read tokens from /proc/meminfo so). Every number a graph passes is a constant."""
-    given = named([a.name for a in op._schema.arguments], args, kwargs)
+    its value: a size, a length, an end), an overload that sizes its result by a tensor's values, or one_hot left
+    to count its classes from its input's largest value. The eval phase's memory and time would then carry
+    validation tokens out to trials running beside it, which see both (a red team read tokens from
+    /proc/meminfo so). Every number a graph passes is a constant. The size pass (_refuse_data_sized_results)
+    then runs the whole graph without data, for whatever else needs a tensor's values for a size."""
     for argument in op._schema.arguments:
         if argument.name in given and _holds_node(given[argument.name]) and not _takes_tensors(argument.type):
             raise Rejected("graph", f"aten.{op._opname} takes its {argument.name} from a tensor; a graph passes "
@@ -379,6 +384,47 @@ def _refuse_sizes_from_data(op, args: list, kwargs: dict) -> None:
     if f"{op._opname}.{op._overloadname}" in DATA_SIZED:
         raise Rejected("operator", f"aten.{op._opname}.{op._overloadname} sizes its result by a tensor's values; "
                                    "a graph's sizes may not follow the data")
+    classes = given.get("num_classes", -1)
+    if op._opname == "one_hot" and not (isinstance(classes, int) and classes > 0):
+        raise Rejected("operator", "aten.one_hot without a number of classes counts them from its input's largest "
+                                   "value; a graph's sizes may not follow the data")
+
+
+class _SizePass(torch.fx.Interpreter):
+    """The graph's operators themselves (without the rules InBounds and Agreeing add, which read strides that a
+    tensor without data may not have as the real one would) on tensors that have sizes and no data."""
+
+    at = "the start"  # the node running, for a pass that cannot go on
+
+    def run_node(self, n: torch.fx.Node):
+        self.at = n.name
+        return super().run_node(n)
+
+    def call_function(self, target, args, kwargs):
+        op = target.op if isinstance(target, (InBounds, Agreeing)) else target
+        try:
+            return op(*args, **kwargs)
+        except (DataDependentOutputException, DynamicOutputShapeException):
+            raise Rejected("operator", f"{op_name(op)} needs a tensor's values to shape its result as the graph "
+                                       "calls it; a graph's sizes may not follow the data") from None
+
+
+def _refuse_data_sized_results(module: torch.fx.GraphModule, device: str, seq_len: int,
+                               context: Callable[[], ContextManager]) -> None:
+    """Rejected when an operator needs a tensor's values to know the size of its result: the graph runs on an
+    input of the eval's shape (one row of seq_len tokens) whose tensors, its weights' too, hold no data, so such
+    an operator cannot run. Every size is then known before any token is read, whichever operator the
+    rules above did not name. An operator that fails without data for another reason ends the pass (said in
+    the log); the real run, under the rules, decides about it."""
+    size_pass = _SizePass(module)
+    try:
+        with FakeTensorMode(allow_non_fake_inputs=True), context(), torch.no_grad():
+            size_pass.run(torch.zeros(1, seq_len, dtype=torch.long, device=device))
+    except Rejected:
+        raise
+    except Exception as e:  # not a verdict: the pass cannot go on, and the real run decides
+        print(f"size pass: stopped at node {size_pass.at[:80]} ({type(e).__name__}); the rules decide the rest",
+              flush=True)
 
 
 def _takes_tensors(kind) -> bool:
@@ -410,8 +456,8 @@ class InBounds:
     A view shares its input's memory and reads wherever its sizes and strides point. ATen checks them
     for every view operator on the allowlist, so this should never fire; it is here because one
     unchecked operator (as _reshape_alias was) would let the graph read the eval process's heap, where
-    the validation rows lie. The sizes can depend on data (a one-element tensor passes as an int), so
-    the check runs on every call.
+    the validation rows lie. It runs on every call: cheap, and it holds should a size ever follow the data
+    past _refuse_sizes_from_data and the size pass.
     """
 
     def __init__(self, op: torch._ops.OpOverload):
@@ -517,8 +563,8 @@ def _index_rule(given: dict) -> str | None:
 # Kernels that trust their arguments to agree in shape and read past a tensor's memory when they do not (a
 # batch larger in the query than in the key, a key shorter than the value, a bias shorter than the channels or
 # expanded from one value): the graph could read the eval process's heap, where the validation rows lie. Each
-# rule asks what the operator's own documentation does of its arguments; checked on every call, as sizes can
-# depend on data. Found by a red team and a fuzzer of every allowed operator (shapes, strides, sizes, dtypes).
+# rule asks what the operator's own documentation does of its arguments; checked on every call, as InBounds.
+# Found by a red team and a fuzzer of every allowed operator (shapes, strides, sizes, dtypes).
 ARGUMENT_RULES: dict[str, Callable[[dict], str | None]] = {
     "index": _index_rule,
     "_native_batch_norm_legit_no_training": _batch_norm_rule,

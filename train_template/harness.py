@@ -260,7 +260,7 @@ def causality_check(forward, vocab_size: int, cuts: np.ndarray, rng: np.random.G
 def run_eval(config: dict, data_dir: Path, model_dir: Path) -> dict:
     device = config["device"]
     start = time.perf_counter()
-    model = exported.load(model_dir, device, config["seq_len"])
+    model = exported.load(model_dir, device, config["seq_len"], lambda: autocast_for(device))
     meta = prepare.read_meta(data_dir)
     rng = np.random.default_rng(secrets.randbits(128))
     cuts = probe_cuts(config["eval_tokens"] // config["seq_len"], config["seq_len"], config["causality_probes"], rng)
