@@ -314,10 +314,16 @@ def judge(train: PhaseRun, evaluation: PhaseRun | None, rule: BudgetRule, report
 
 
 def reported_rate(reported: Reported) -> float | None:
-    """Tokens per second while the trial's own clock ran, as the trial reported them."""
+    """Tokens per second while the trial's own clock ran, as the trial reported them (None where that makes no
+    finite number: a report of 2**53 tokens in 5e-324 s would put Infinity, which is not JSON, in the ledger)."""
     seconds, tokens = reported.get("training_seconds"), reported.get("timed_tokens")
-    return tokens / seconds if isinstance(tokens, (int, float)) and isinstance(seconds, (int, float)) and seconds > 0 \
-        else None
+    if not (isinstance(tokens, (int, float)) and isinstance(seconds, (int, float)) and seconds > 0):
+        return None
+    return finite(tokens / seconds)
+
+
+def finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 # Dense bf16 FLOP/s of each GPU, found by a part of its name (the more specific first: "H100 PCIe" before
@@ -346,7 +352,7 @@ def reported_mfu(reported: Reported) -> float | None:
     peak = peak_flops(reported.get("device_name"), reported.get("peak_flops"))
     if rate is None or not isinstance(flops, (int, float)) or peak is None:
         return None
-    return 100 * flops * rate / peak
+    return finite(100 * flops * rate / peak)
 
 
 def summary(outcome: Outcome) -> str:

@@ -10,7 +10,7 @@ import pytest
 from agent.judging import best_of, confirmation_decision, decide, judge, open_candidate
 from agent.ledger import Ledger
 from agent.record import Decision, TrialRecord
-from sandbox.outcome import BudgetRule, PhaseRun, Status, reported_mfu, summary
+from sandbox.outcome import BudgetRule, PhaseRun, Status, reported_mfu, reported_rate, summary
 from sandbox.outcome import judge as judge_trial
 from sandbox.phases import read_reported
 from sandbox.trial import HARNESS_LOG_BYTES, KEPT_CHARS, LOG_LIMIT_BYTES, PhaseOutput
@@ -252,3 +252,12 @@ def test_mfu_is_counted_against_the_gpus_own_peak():
         assert reported_mfu({**rate, "device_name": name, "peak_flops": 989.5e12}) == pytest.approx(percent), name
     assert reported_mfu({**rate, "device_name": "NVIDIA RTX PRO 6000", "peak_flops": 500e12}) == pytest.approx(20.0)
     assert reported_mfu({**rate, "device_name": "cpu", "peak_flops": None}) is None
+
+
+def test_a_report_whose_rate_is_not_finite_gives_none():
+    """Reported figures are bounded (sandbox.phases.plain), yet 2**53 tokens in 5e-324 s is a rate of inf, which
+    the ledger would write as Infinity, not JSON: no rate and no MFU instead."""
+    report = {"timed_tokens": 2**53, "training_seconds": 5e-324, "flops_per_token": 1e8, "device_name": "NVIDIA H100"}
+    assert reported_rate(report) is None and reported_mfu(report) is None
+    huge = {**report, "training_seconds": 1e-290, "flops_per_token": 2**53}
+    assert reported_rate(huge) is not None and reported_mfu(huge) is None  # the rate is finite, its MFU is not
