@@ -415,10 +415,11 @@ def _refuse_data_sized_results(module: torch.fx.GraphModule, device: str, seq_le
     input of the eval's shape (one row of seq_len tokens) whose tensors, its weights' too, hold no data, so such
     an operator cannot run. Every size is then known before any token is read, whichever operator the
     rules above did not name. An operator that fails without data for another reason ends the pass (said in
-    the log); the real run, under the rules, decides about it."""
+    the log); the real run, under the rules, decides about it. No kernel runs: an operator with no
+    implementation for tensors without data ends the pass too, rather than run on zeros outside the rules."""
     size_pass = _SizePass(module)
     try:
-        with FakeTensorMode(allow_non_fake_inputs=True), context(), torch.no_grad():
+        with FakeTensorMode(allow_non_fake_inputs=True, allow_fallback_kernels=False), context(), torch.no_grad():
             size_pass.run(torch.zeros(1, seq_len, dtype=torch.long, device=device))
     except Rejected:
         raise
