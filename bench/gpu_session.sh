@@ -8,7 +8,9 @@
 # 1. the device and the torch, CUDA and cuDNN versions;
 # 2. the template side by side with karpathy/autoresearch's train.py (bench/versus_autoresearch.py) when a
 #    checkout is given, else the template alone (bench/throughput.py): tokens/s, MFU, peak memory, val_bpb,
-#    and with them a check of the GPU export under the eval phase's rules and the 1e-5 causality tolerance;
+#    and with them a check of the GPU export under the eval phase's rules and the 1e-5 causality tolerance
+#    (and of its size pass: the eval log says "size pass: stopped at ..." if fake tensors could not run the GPU
+#    graph to its end, which leaves the argument rules alone in charge);
 # 3. where the GPU time of a step goes (bench/profile_step.py): which attention kernels ran (cuDNN, flash,
 #    FlexAttention), matmuls, the optimizer.
 # Each part's output is in OUT_DIR (one text file each); a part that fails does not stop the next.
@@ -42,6 +44,9 @@ else
     python3 bench/throughput.py --budget "$budget" --cache "$cache" --json "$out/throughput.json" 2>&1 \
         | tee "$out/throughput.txt"
 fi
+
+grep -h "size pass: stopped" "$out"/versus.txt "$out"/throughput.txt 2>/dev/null | head -n 3 \
+    || echo "the size pass ran the GPU graph to its end"
 
 meta=$(grep -l '"vocab_size": 8192,' "$cache"/*/meta.json 2>/dev/null | head -n 1)  # the gpu preset's vocabulary
 if [ -z "$meta" ]; then
