@@ -32,9 +32,10 @@ STOP_CHECK_SECONDS = 1.0  # how often arena looks for a supervisor its trial sto
 
 class SupervisorWatch:
     """The phase's supervisor, seen from arena. A trial of the supervisor's own user (arena not root, or
-    unisolated) can SIGSTOP it, and with it the watch on the phase's memory and disk, and never continue it. Arena
-    sends no SIGSTOP, so a stopped supervisor was stopped by its trial: arena continues it, and the supervisor,
-    seeing the SIGCONT, ends the phase and says why (supervisor.Watch.check_stopped)."""
+    unisolated) can SIGSTOP it, and with it the watch on the phase's memory and disk. Continued, the supervisor
+    ends the phase itself (supervisor.Watch.check_stopped); but a trial may never continue it, or stop it again
+    at once each time it is. Arena sends no SIGSTOP, so a supervisor it finds stopped was stopped by its trial,
+    and arena ends the phase."""
 
     def __init__(self, root: int):
         self.root = root  # bwrap, or (unisolated) the supervisor itself
@@ -53,11 +54,9 @@ class SupervisorWatch:
             level = [child for pid in level for child in children(pid)]
         return None
 
-    def continue_if_stopped(self) -> None:
+    def stopped(self) -> bool:
         self.pid = self.pid or self.find()
-        if self.pid is not None and process_state(self.pid) == b"T":
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGCONT)
+        return self.pid is not None and process_state(self.pid) == b"T"
 
 
 def proc_file(pid: int, name: str) -> bytes:
@@ -104,19 +103,22 @@ def run_process(cmd: list[str], cwd: Path | None, env: dict[str, str], timeout: 
     reader.start()
     supervisor = SupervisorWatch(proc.pid)
     deadline = start + timeout
+    stopped = False
     try:
         with registered(kill):
             while proc.poll() is None and time.monotonic() < deadline:
-                supervisor.continue_if_stopped()
+                if supervisor.stopped():
+                    stopped = True
+                    break
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=max(min(STOP_CHECK_SECONDS, deadline - time.monotonic()), 0))
-        timed_out = proc.poll() is None
+        timed_out = proc.poll() is None and not stopped
     finally:
         kill()
         proc.wait()
         reader.join(timeout=5)
     return PhaseRun(exit_code=proc.returncode, timed_out=timed_out, wall_seconds=time.monotonic() - start,
-                    lines=list(output.lines))
+                    lines=list(output.lines), supervisor_stopped=stopped)
 
 
 def parent_death_guard() -> list[str]:

@@ -117,6 +117,7 @@ class PhaseRun:
     wall_seconds: float
     lines: list[str] = field(default_factory=list)
     oom_killed: bool = False  # the container engine or kernel killed it for memory
+    supervisor_stopped: bool = False  # the backend found its supervisor stopped (SIGSTOP) and ended it
 
     @property
     def report(self) -> PhaseReport | None:
@@ -226,9 +227,9 @@ def phase_failure(phase: str, run: PhaseRun) -> tuple[Status, str] | None:
     phase beyond the harness's own verdict lines, numbers masked, so nothing measured on validation data
     leaks out."""
     report = run.report
-    if report is not None and report.stopped:
+    if run.supervisor_stopped or (report is not None and report.stopped):
         return Status.CRASH, (f"{phase} phase stopped its supervisor (SIGSTOP), which watches its memory and disk, "
-                              "and was ended once it was continued")
+                              "and was ended")
     if report is not None and report.memory_exceeded:
         return Status.OOM, f"{phase} phase went over the trial's memory limit and was stopped at once"
     if report is not None and report.disk == "exceeded":

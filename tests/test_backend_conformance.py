@@ -70,12 +70,19 @@ def test_crash(backend, stdlib_dataset):
     assert "Traceback (most recent call last)" in outcome.log_tail
 
 
-@pytest.mark.parametrize("continues", [True, False], ids=["continued", "left-stopped"])
-def test_a_trial_that_stops_its_supervisor_is_ended(backend, stdlib_dataset, continues):
+STOPPERS = {
+    "continued": "os.kill(supervisor, signal.SIGCONT)",
+    "left-stopped": "pass",
+    "stopped-again-and-again": "while True: os.kill(supervisor, signal.SIGSTOP)",  # after each SIGCONT at once
+}
+
+
+@pytest.mark.parametrize("then", STOPPERS.values(), ids=STOPPERS.keys())
+def test_a_trial_that_stops_its_supervisor_is_ended(backend, stdlib_dataset, then):
     """SIGSTOP cannot be ignored: a trial of the supervisor's own user (arena not root, or unisolated) can halt
-    the watch on its memory and disk, and continue it before the end, or never. The supervisor notices the
-    SIGCONT, its trial's or, for one left stopped, arena's, and ends the phase; where the trial runs as another
-    user the signal is refused."""
+    the watch on its memory and disk, and continue it before the end, or never, or stop it again each time it
+    is continued. The supervisor notices a SIGCONT and ends the phase, and arena ends one whose supervisor it
+    finds stopped; where the trial runs as another user the signal is refused."""
     outcome, streamed = run(backend, make_spec(stdlib_dataset, tiny_train(f"""
         import os, signal
         supervisor = os.getppid()
@@ -84,15 +91,14 @@ def test_a_trial_that_stops_its_supervisor_is_ended(backend, stdlib_dataset, con
         except PermissionError:
             raise SystemExit("PROBE refused")
         time.sleep(0.5)  # here the trial would take what the supervisor would refuse
-        if {continues}:
-            os.kill(supervisor, signal.SIGCONT)
+        {then}
         time.sleep(60)
         return Uniform(ctx.vocab_size)
     """), budget=BUDGET, cap=200))
     assert outcome.status is Status.CRASH, outcome.reason + "\n" + outcome.log_tail
     if "PROBE refused" not in streamed:
         assert outcome.reason == ("train phase stopped its supervisor (SIGSTOP), which watches its memory and disk, "
-                                  "and was ended once it was continued")
+                                  "and was ended")
         assert outcome.train_wall_seconds < 60  # ended at once, not at its deadline
 
 

@@ -81,9 +81,8 @@ Path(phase.trial_dir / {script!r}).write_text(Path({script_path!r}).read_text())
 phase.data_files = link_data(Path({data!r}), ("train.bin", "meta.json"), root / "data")
 argv = bwrap_argv(find_bwrap(), phase, sys.executable, None, [{script!r}, *{args!r}])
 run = run_process(argv, None, {{}}, 90, PhaseOutput(lambda line: None))
-report = run.report
 print(json.dumps({{"lines": list(run.lines), "exit_code": run.exit_code, "wall_seconds": run.wall_seconds,
-                  "stopped": report is not None and report.stopped}}))
+                  "stopped": run.supervisor_stopped}}))
 """
 STOP_THE_SUPERVISOR = """
 import os, signal, time
@@ -172,8 +171,8 @@ def test_probe_as_an_unprivileged_user_finds_nothing(bwrap, open_dir):
 
 
 def test_a_supervisor_stopped_by_an_unprivileged_trial_ends_its_phase(open_dir):
-    """As a normal user, the trial runs as the supervisor's own user and can SIGSTOP it: arena continues it
-    within a second, and it ends the phase at once, not at its deadline (60 s), and says why."""
+    """As a normal user, the trial runs as the supervisor's own user and can SIGSTOP it: arena finds it stopped
+    within a second and ends the phase, not at its deadline (60 s), and says why."""
     script = open_dir / "stop_the_supervisor.py"
     script.write_text(STOP_THE_SUPERVISOR)
     script.chmod(0o644)

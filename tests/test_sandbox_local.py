@@ -90,9 +90,9 @@ def test_the_library_path_passes_with_only_the_libraries_it_names(monkeypatch):
         assert "\n" not in str(error.value) and "unset it" in str(error.value)
 
 
-def test_a_supervisor_its_trial_left_stopped_is_found_in_bwrap_and_continued(tmp_path):
+def test_a_stopped_supervisor_is_found_in_bwrap_under_its_look_alikes(tmp_path):
     """Arena's side of the stop check, on a real bubblewrap tree (bwrap, its pid 1, the supervisor): the
-    supervisor is found under its look-alikes, and continued once stopped; a stopped look-alike is left alone."""
+    supervisor is found under its look-alikes, and seen once stopped; a stopped look-alike is not it."""
     (tmp_path / "supervisor.py").write_text(textwrap.dedent("""
         import subprocess, sys, time
         if sys.argv[1:] == ["first"]:  # the supervisor: a trial under it, which runs a look-alike of it
@@ -110,15 +110,13 @@ def test_a_supervisor_its_trial_left_stopped_is_found_in_bwrap_and_continued(tmp
         supervisor = watch.find()
         assert supervisor is not None and proc_file(supervisor, "cmdline").endswith(b"supervisor.py\0first\0")
         [lookalike] = pids_whose_command_line(lambda line: line.endswith("supervisor.py\0--lookalike\0"))
-        for pid in (supervisor, lookalike):
-            os.kill(pid, signal.SIGSTOP)
         deadline = time.monotonic() + 30
-        while process_state(supervisor) != b"T" and time.monotonic() < deadline:
-            time.sleep(0.05)
-        watch.continue_if_stopped()
-        while process_state(supervisor) == b"T" and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert process_state(supervisor) in (b"S", b"R") and process_state(lookalike) == b"T"
+        for pid in (lookalike, supervisor):
+            assert not watch.stopped()
+            os.kill(pid, signal.SIGSTOP)
+            while process_state(pid) != b"T" and time.monotonic() < deadline:
+                time.sleep(0.05)
+        assert watch.stopped()
     finally:
         bwrap.kill()
         bwrap.wait()
