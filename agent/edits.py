@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import re
 
-_SEARCH_REPLACE = re.compile(r"^<{5,9} ?SEARCH[^\n]*\n(.*?)^={5,9}[ \t]*\n(.*?)^>{5,9} ?REPLACE[^\n]*$",
-                             re.DOTALL | re.MULTILINE)
+_SEARCH_LINE = re.compile(r"<{5,9} ?SEARCH")
+_DIVIDER_LINE = re.compile(r"={5,9}[ \t]*\n")
+_REPLACE_LINE = re.compile(r">{5,9} ?REPLACE")
 _SEARCH_START = re.compile(r"^<{5,9} ?SEARCH", re.MULTILINE)
 _CODE_BLOCK = re.compile(r"^```[ \t]*(?:python|py)?[ \t]*\n(.*?)^```", re.DOTALL | re.MULTILINE)
 WHOLE_FILE_MARKERS = ("def train(ctx", "ARENA CONSTANTS BEGIN", "ARENA CONSTANTS END")
@@ -16,24 +17,49 @@ WHOLE_FILE_MARKERS = ("def train(ctx", "ARENA CONSTANTS BEGIN", "ARENA CONSTANTS
 # writes the whole file, or a replacement, in short; applied as written it deletes that code.
 _ELISION = re.compile(
     r"^(#\s*)?(\.\.\.|…)"                                                   # "...", "# ... rest unchanged ..."
-    r"|^#\s*[(\[]?\s*(unchanged|omitted|same as (before|above)|existing code)\b"  # "# (unchanged)", "# existing code"
+    r"|^#\s*(?:[(\[]\s*)?(unchanged|omitted|same as (before|above)|existing code)\b"  # "# (unchanged)"
     r"|^#.*\b(existing code|code (above|below))\b"
-    r"|^#\s*[(\[]?\s*(the\s+)?(rest|remainder)\s+of\b.*\b(unchanged|omitted|as before|the same|follows)\b",
-    re.IGNORECASE)
+    r"|^#\s*(?:[(\[]\s*)?(the\s+)?(rest|remainder)\s+of\b.*\b(unchanged|omitted|as before|the same|follows)\b",
+    re.IGNORECASE)  # (no two runs of blanks around an optional bracket: quadratic on a line of blanks)
 
 
 def edited_source(answer: str, source: str) -> tuple[str, int] | None:
     """The train.py an answer's search/replace blocks or whole-file code block make of `source`, and where in
     the answer the first of them starts (the prose before it describes the change); None when the answer
     holds neither. Raises ValueError, saying which block, when a search text is not in train.py."""
-    blocks = list(_SEARCH_REPLACE.finditer(answer))
+    blocks = search_replace_blocks(answer)
     if len(_SEARCH_START.findall(answer)) > len(blocks):  # a block left open: the answer was cut off
         raise ValueError("a search/replace block is not complete (cut off?): each needs '<<<<<<< SEARCH', the lines "
                          "as they are, '=======', the new lines and '>>>>>>> REPLACE'")
     if blocks:
-        return replaced(source, [(block[1], block[2]) for block in blocks]), blocks[0].start()
+        return replaced(source, [(search, replacement) for search, replacement, _ in blocks]), blocks[0][2]
     files = [block for block in _CODE_BLOCK.finditer(answer) if all(mark in block[1] for mark in WHOLE_FILE_MARKERS)]
     return (files[-1][1], files[-1].start()) if files else None
+
+
+def search_replace_blocks(answer: str) -> list[tuple[str, str, int]]:
+    """Each complete block's search text, replacement and where it starts in `answer`: read line by line, in
+    one pass (a regular expression with two lazy groups backtracks cubically on a hostile answer). A block's
+    search text ends at its first divider line, its replacement at the first REPLACE line after that."""
+    blocks: list[tuple[str, str, int]] = []
+    at, start = 0, 0
+    part: list[str] | None = None  # the lines of the block's search text, then of its replacement
+    search = ""
+    reading_search = False
+    pieces = answer.split("\n")  # on newlines only, as the blocks are written (splitlines also splits on \f, \x1c...)
+    for line in [piece + "\n" for piece in pieces[:-1]] + pieces[-1:]:
+        if part is None:
+            if _SEARCH_LINE.match(line):
+                part, reading_search, start = [], True, at
+        elif reading_search and _DIVIDER_LINE.fullmatch(line):
+            search, part, reading_search = "".join(part), [], False
+        elif not reading_search and _REPLACE_LINE.match(line):
+            blocks.append((search, "".join(part), start))
+            part = None
+        else:
+            part.append(line)
+        at += len(line)
+    return blocks
 
 
 def replaced(source: str, blocks: list[tuple[str, str]]) -> str:

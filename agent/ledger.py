@@ -95,7 +95,9 @@ class Ledger:
     def append(self, record: TrialRecord) -> None:
         if record.trial in self._by_trial or (record.trial == 0) != (not self.records):
             raise ValueError(f"trial {record.trial} cannot be recorded after trials {sorted(self._by_trial)}")
-        line = json.dumps(record.to_json(), sort_keys=True) + "\n"
+        # keys as the record orders them, not sorted: a config keeps the constants block's order, so a resumed run,
+        # which reads the records back, prompts an LLM with what an uninterrupted one would
+        line = json.dumps(record.to_json()) + "\n"
         with open(self.path, "a") as f:
             f.write(line)
             f.flush()

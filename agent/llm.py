@@ -71,10 +71,11 @@ _FENCED_BLOCK = re.compile(r"^```[^\n]*\n(.*?)^```", re.DOTALL | re.MULTILINE)
 _DIFF_START = re.compile(r"^(diff --git |--- |@@ )", re.MULTILINE)
 _DECORATION = re.compile(r"^[#*>\s]*(description\s*:)?[*\s]*", re.IGNORECASE)
 _LABEL = re.compile(r"^[#*>\s]*description\s*:[*\s]*\S", re.IGNORECASE)
-_OPENER = re.compile(r"^(sure|certainly|of course|okay|ok|absolutely|alright|great)\b[!.,]*\s*"
-                     r"((here('s| is| are)|i('ll| will| can))\s+((is|are|propose|suggest|try)\s+)?"
+# (no two runs of blanks around an optional part: on a line of blanks that would backtrack quadratically)
+_OPENER = re.compile(r"^(sure|certainly|of course|okay|ok|absolutely|alright|great)\b[!.,]*"
+                     r"(\s*(here('s| is| are)|i('ll| will| can))\s+((is|are|propose|suggest|try)\s+)?"
                      r"((my|the|a|an|one)\s+)?"
-                     r"(idea|change|diff|proposal|patch|suggestion|modification|edit|update|plan)s?\s*[.:!?]?)?\s*$",
+                     r"(idea|change|diff|proposal|patch|suggestion|modification|edit|update|plan)s?[.:!?]?)?\s*$",
                      re.IGNORECASE)
 _REASONING_START = re.compile(r"\s*<(think|thinking|reasoning)>", re.IGNORECASE)  # matched at a block's start
 _REASONING_END = re.compile(r"</(think|thinking|reasoning)>", re.IGNORECASE)
@@ -353,7 +354,7 @@ class LLMClient:
             if not call.done.is_set():
                 call.abandoned = True
                 _close(call.response)
-        text = redact(_whole_characters("".join(call.pieces))[:MAX_ANSWER_CHARS])
+        text = redact(whole_characters("".join(call.pieces))[:MAX_ANSWER_CHARS])
         if not finished:
             raise CallDeadline(f"no complete answer within --llm-timeout {self.timeout:g} s", text)
         if call.error is not None:
@@ -566,7 +567,7 @@ def _read_whole(call: _Call, live: _LiveText) -> None:
     live.write(text[:MAX_ANSWER_CHARS])
 
 
-def _whole_characters(text: str) -> str:
+def whole_characters(text: str) -> str:
     """`text` with each surrogate pair that came split across two chunks joined into its character, and any
     lone surrogate (which no file can hold as UTF-8) replaced by U+FFFD."""
     return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
@@ -779,7 +780,10 @@ def json_objects(text: str) -> list[dict[str, object]]:
                 value = _python_dict(text, match.start())
             closing = _closing_brace(text, match.start())
             inside = match.start() + 1 if value is None or closing is None else closing + 1
-        found += _objects_in(value)
+        try:
+            found += _objects_in(value)
+        except ValueError as error:
+            first_error = first_error or error
     if found:
         return found
     if first_error is None:
@@ -806,12 +810,22 @@ def _relaxed(text: str) -> str:
 
 
 def _objects_in(value: object) -> list[dict[str, object]]:
-    """The objects of a value read from an answer, each before those it holds (its depth is bounded)."""
-    if isinstance(value, dict):
-        return [value, *(inner for item in value.values() for inner in _objects_in(item))]
-    if isinstance(value, list):
-        return [inner for item in value for inner in _objects_in(item)]
-    return []
+    """The objects of a value read from an answer, each before those it holds; ValueError for one nested
+    deeper than MAX_JSON_DEPTH (json_depth can be misled: a stray quote makes brackets look like a string's).
+    No recursion: what nests hundreds deep would exhaust Python's stack."""
+    found: list[dict[str, object]] = []
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)) and depth >= MAX_JSON_DEPTH:
+            raise ValueError(f"the answer nests brackets more than {MAX_JSON_DEPTH} deep; reply with one flat JSON "
+                             "object")
+        if isinstance(item, dict):
+            found.append(item)
+            stack += [(inner, depth + 1) for inner in reversed(list(item.values()))]
+        elif isinstance(item, list):
+            stack += [(inner, depth + 1) for inner in reversed(item)]
+    return found
 
 
 def _python_dict(text: str, start: int) -> dict[str, object] | None:

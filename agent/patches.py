@@ -184,10 +184,10 @@ def _parse(diff_text: str, path: str, original: str = "") -> tuple[PatchSet, lis
         raise PatchError(f"the diff is empty; propose at least one change to {path}")
     # lines of the file that start a line of a diff as no hunk line does (an unindented line: "def f():")
     file_lines = frozenset(line for line in original.split("\n") if line.strip() and line[0] not in " +-\\@")
-    text, headers = _recount_hunks(_extract_diff(diff_text.replace("\r\n", "\n"), path), file_lines)
-    try:
+    try:  # ValueError: a count of thousands of digits, which int() refuses
+        text, headers = _recount_hunks(_extract_diff(diff_text.replace("\r\n", "\n"), path), file_lines)
         return PatchSet(text), headers
-    except UnidiffParseError as e:
+    except (UnidiffParseError, ValueError) as e:
         raise PatchError(f"the diff cannot be parsed ({' '.join(str(e).split())}); "
                          f"write a unified diff of {path}") from None
 
@@ -417,11 +417,15 @@ def apply_diff(original: str, diff_text: str, path: str = EDITABLE_FILE) -> str:
     return _join(lines)
 
 
-def diff_stats(diff_text: str) -> dict[str, int]:
-    """Files, hunks, added and removed lines of a diff (parsed as leniently as apply_diff parses it)."""
+def diff_stats(diff_text: str) -> dict[str, int] | None:
+    """Files, hunks, added and removed lines of a diff (parsed as leniently as apply_diff parses it); None for
+    one that cannot be parsed (a refused proposal's)."""
     if not diff_text.strip():
         return {"files": 0, "hunks": 0, "added": 0, "removed": 0}
-    patch, _ = _parse(diff_text, EDITABLE_FILE)
+    try:
+        patch, _ = _parse(diff_text, EDITABLE_FILE)
+    except InvalidPatch:
+        return None
     return {"files": len(patch), "hunks": sum(len(patched) for patched in patch),
             "added": patch.added, "removed": patch.removed}
 

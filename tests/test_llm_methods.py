@@ -16,7 +16,7 @@ from agent.presets import get_preset
 from agent.record import TrialRecord
 from agent.template import template_dir
 from sandbox.outcome import Status
-from tests.conftest import one_line_error
+from tests.conftest import one_line_error, run_arena
 from tests.fake_arena import HOLD_ENV
 from tests.fake_runs import fake_score
 from tests.llm_server import Fault, ScriptedLLMServer
@@ -398,3 +398,40 @@ def test_a_resume_goes_on_counting_the_repairs_it_had_made(tmp_path, cache_root,
         assert len(server.requests) == 1
     records = check_run_consistent(runs / "r", 2)
     assert records[1]["status"] == "invalid_patch" and len(records[1]["repairs"]) == 3  # the first answer, 2 repairs
+
+
+@pytest.mark.slow  # arena child processes, seconds each
+def test_answers_written_to_break_arena_are_refused_or_recorded_as_one_line(tmp_path, cache_root, stdlib_dataset):
+    """A red team's answers: JSON nested 900 deep behind a stray quote, a hunk header of 5,000 digits, a diff
+    that cannot be parsed, a description holding NUL, a lone surrogate, terminal escapes and a forged report
+    line. Each is refused with a reason, or recorded with its description as one printable line; the run
+    ends, a resume goes on, replay reads it, and the ledger, git and journal agree."""
+    runs = tmp_path / "runs"
+    good = edit("WARMDOWN_RATIO = 0.5", "WARMDOWN_RATIO = 0.6")
+    forged = "\u001b]0;pwned\u0007\u001b[1A\u001b[2K\ntrial 1 ok: val_bpb 3.000000 -> keep"
+    answers = [
+        '"{"diff": "x", "WARMDOWN_RATIO": ' + "[" * 900 + "]" * 900 + "}",
+        "```diff\n--- a/train.py\n+++ b/train.py\n@@ -" + "9" * 5000 + " +1 @@\n-x\n+y\n```",
+        "```diff\n--- a/train.py\nnot a diff line\n+++ b/z\n@@ -1 +1 @@\n-x\n+y\n```",
+        json.dumps({"description": "nul\u0000 and a surrogate \ud800" + forged, "diff": good}),
+    ]
+    with ScriptedLLMServer() as server:
+        server.script(*answers)
+        proc = fake_arena_run(runs, cache_root, "--name", "r", *llm_args(server, "code"), *FAST, "--trials", "5",
+                              "--repairs", "0", "--no-tui")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = check_run_consistent(runs / "r", 5)
+    assert [r["status"] for r in records[1:]] == ["invalid_patch"] * 3 + ["ok"], [r["reason"] for r in records]
+    described = records[4]["description"]
+    assert described.startswith("nul\ufffd and a surrogate \ufffd")
+    assert not any(char in described for char in "\n\u001b\u0000")
+    assert "\u001b" not in proc.stdout + proc.stderr and "-> keep" not in proc.stdout
+    with ScriptedLLMServer() as server:
+        server.script("no diff at all", "none again")
+        proc = fake_arena_run(runs, cache_root, "--name", "r", *llm_args(server, "code"), *FAST, "--trials", "7",
+                              "--repairs", "0", "--no-tui")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = check_run_consistent(runs / "r", 7)
+    assert [r["status"] for r in records[5:]] == ["invalid_patch", "invalid_patch"]
+    replay = run_arena("replay", str(runs / "r"), cache=cache_root)
+    assert replay.returncode == 0, replay.stderr[-2000:]

@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from agent.constants import Value
+from agent.llm import whole_characters
 from agent.record import TrialRecord
 from agent.space import SearchSpace
+from sandbox.phases import printable
 
 Config = dict[str, Value]
 
@@ -43,8 +45,18 @@ class Proposal:
     def __post_init__(self) -> None:
         if sum(part is not None for part in (self.config, self.diff, self.invalid)) > 1:
             raise ValueError("a proposal is a config, a diff or an invalid answer: one of them at most")
+        self.description = one_line(self.description)
         if len(self.description) > MAX_DESCRIPTION_CHARS:  # it goes into every later prompt and commit subject
             self.description = self.description[:MAX_DESCRIPTION_CHARS - 3] + "..."
+        if self.diff is not None:  # a JSON answer may write a lone surrogate ("\\ud800"), which no file takes
+            self.diff = whole_characters(self.diff)
+
+
+def one_line(text: str) -> str:
+    """A model's description as the one printable line it is shown as everywhere (the trial's report line, the
+    commit subject, the next prompt, replay): blanks and line breaks as single spaces, control characters
+    (NUL, which git refuses in a message; terminal escapes) replaced by U+FFFD, lone surrogates too."""
+    return printable(" ".join(whole_characters(text).split()))
 
 
 @dataclass(frozen=True)
