@@ -184,11 +184,14 @@ def _parse(diff_text: str, path: str, original: str = "") -> tuple[PatchSet, lis
         raise PatchError(f"the diff is empty; propose at least one change to {path}")
     # lines of the file that start a line of a diff as no hunk line does (an unindented line: "def f():")
     file_lines = frozenset(line for line in original.split("\n") if line.strip() and line[0] not in " +-\\@")
-    try:  # ValueError: a count of thousands of digits, which int() refuses
+    try:
         text, headers = _recount_hunks(_extract_diff(diff_text.replace("\r\n", "\n"), path), file_lines)
         return PatchSet(text), headers
-    except (UnidiffParseError, ValueError) as e:
+    except UnidiffParseError as e:
         raise PatchError(f"the diff cannot be parsed ({' '.join(str(e).split())}); "
+                         f"write a unified diff of {path}") from None
+    except ValueError:  # int() refuses a number of thousands of digits (with advice that is not the model's)
+        raise PatchError(f"the diff cannot be parsed (a hunk header holds a number of thousands of digits); "
                          f"write a unified diff of {path}") from None
 
 
