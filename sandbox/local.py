@@ -20,7 +20,7 @@ from sandbox.errors import SandboxError
 from sandbox.outcome import PhaseRun
 from sandbox.phases import SUPERVISOR, PathMap, Phase, memory_bytes, sandbox_user
 from sandbox.seccomp import sandbox_filter_fd
-from sandbox.supervisor import MAX_PROCESSES
+from sandbox.supervisor import MAX_PROCESSES, parents
 from sandbox.trial import GPU_CHECK, Backend, PhaseOutput
 from sandbox.workers import Placement, pinned_to, registered
 
@@ -45,13 +45,14 @@ class SupervisorWatch:
         """The shallowest process that runs supervisor.py, at most two levels under root (bwrap, its pid 1, the
         supervisor): every process of the trial is its descendant (or its orphan, which it reaps as subreaper), so
         a trial's look-alike is always deeper."""
+        tree = parents()
         level = [self.root]
         for _ in range(3):
             for pid in level:
                 argv = proc_file(pid, "cmdline").split(b"\0")
                 if len(argv) > 1 and argv[1].endswith(b"/" + SUPERVISOR.name.encode()):
                     return pid
-            level = [child for pid in level for child in children(pid)]
+            level = [child for child, parent in tree.items() if parent in level]
         return None
 
     def stopped(self) -> bool:
@@ -65,11 +66,6 @@ def proc_file(pid: int, name: str) -> bytes:
         return Path(f"/proc/{pid}/{name}").read_bytes()
     except OSError:
         return b""
-
-
-def children(pid: int) -> list[int]:
-    return [int(child) for task in Path(f"/proc/{pid}/task").glob("*")
-            for child in proc_file(pid, f"task/{task.name}/children").split()]
 
 
 def process_state(pid: int) -> bytes:

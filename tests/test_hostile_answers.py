@@ -4,8 +4,6 @@ run through the real loop in tests/test_llm_methods.py."""
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 
 from agent.edits import edited_source, elided_line, search_replace_blocks
@@ -15,6 +13,7 @@ from agent.methods.base import Proposal
 from agent.patches import PatchError, apply_diff, diff_stats
 from agent.record import TrialRecord
 from sandbox.outcome import Status
+from tests.test_llm import raised_within
 
 SOURCE = "x = 1\n"
 # far above the microseconds these take now, and far below the minutes to hours they took: a hang fails, a busy
@@ -25,21 +24,15 @@ DEADLINE = 60
 def within_deadline(work) -> object:
     """work(), which must end within DEADLINE seconds; its result."""
     result: list[object] = []
-    thread = threading.Thread(target=lambda: result.append(work()), daemon=True)
-    thread.start()
-    thread.join(DEADLINE)
-    assert not thread.is_alive(), f"still reading the answer after {DEADLINE} s"
+    raised = raised_within(lambda: result.append(work()), DEADLINE)
+    assert raised is None, raised
     return result[0]
 
 
 def refusal(work) -> str:
-    def caught() -> str:
-        try:
-            work()
-        except ValueError as e:
-            return str(e)
-        raise AssertionError("the answer was not refused")
-    return str(within_deadline(caught))
+    raised = raised_within(work, DEADLINE)
+    assert isinstance(raised, ValueError), f"the answer was not refused: {raised!r}"
+    return str(raised)
 
 
 def test_unclosed_search_blocks_of_the_largest_answer_are_read_in_one_pass():
