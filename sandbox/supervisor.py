@@ -4,7 +4,8 @@
                           [--processes-limited] [--seccomp FILE] -- COMMAND...
 
 Standard library only, and no trial code ever runs in this process. It starts COMMAND with its output
-on a pipe, relays every line (cut at MAX_LINE_BYTES), and takes the time of the first ARENA_READY line
+on a pipe, relays its lines (each cut at MAX_LINE_BYTES) as they come up to RELAY_BYTES, then keeps only
+the last ones and relays those when the phase ends, and takes the time of the first ARENA_READY line
 (printed by the harness before it imports any trial code). When COMMAND exits, or at the deadline,
 every other process of the phase is killed (with --sandboxed, every process of its pid namespace;
 unisolated, every descendant), so nothing the trial started outlives the phase. Then it prints one line of its own:
@@ -55,6 +56,7 @@ import stat
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -75,6 +77,11 @@ MAX_FILES = 200_000  # in a phase's writable directories (a compile cache holds 
 BLOCK_BYTES = 4096
 MAX_LINE_BYTES = 64 << 10  # of a line relayed; the rest of a longer one is dropped (arena reads whole lines)
 LINE_CUT = b" [arena: line cut]"
+# Relayed as it comes; past it, only the last lines, when the phase ends. Reading a flood costs arena (and
+# Docker's engine) CPU that neighbouring trials share, and holds this process in writes while it should
+# watch; arena keeps 32 MB of a phase's log anyway.
+RELAY_BYTES = 40 << 20
+TAIL_LINES, TAIL_BYTES = 2000, 1 << 20  # what is held back past RELAY_BYTES: how the phase ended
 
 
 def prctl(option: int, value: int) -> None:
@@ -379,6 +386,35 @@ def free_space(path: str) -> tuple[int, int]:
     return usage.f_bavail * usage.f_frsize, usage.f_favail if usage.f_files else 0
 
 
+class HeldBack:
+    """The output past RELAY_BYTES: its last lines, and a count of those left out."""
+
+    def __init__(self) -> None:
+        self.lines: deque[bytes] = deque()
+        self.bytes = 0
+        self.partial = b""  # a line not ended yet (at most MAX_LINE_BYTES, cut by Watch.bounded)
+        self.left_out_lines = self.left_out_bytes = 0
+
+    def add(self, data: bytes) -> None:
+        *ended, self.partial = (self.partial + data).split(b"\n")
+        for line in ended:
+            self.lines.append(line + b"\n")
+            self.bytes += len(line) + 1
+        while len(self.lines) > TAIL_LINES or self.bytes > TAIL_BYTES:
+            line = self.lines.popleft()
+            self.bytes -= len(line)
+            self.left_out_lines += 1
+            self.left_out_bytes += len(line)
+
+    def release(self) -> bytes:
+        """A line that says what was left out, then the last lines (nothing if nothing was held back)."""
+        if not (self.lines or self.partial):
+            return b""
+        notice = (f"\n[arena: {self.left_out_lines} lines ({self.left_out_bytes / 2**20:.1f} MB) of output left out "
+                  f"after the first {RELAY_BYTES >> 20} MB; the last {len(self.lines)} follow]\n")
+        return notice.encode() + b"".join(self.lines) + self.partial
+
+
 CONTINUED = threading.Event()  # set by SIGCONT: the supervisor had been stopped
 
 
@@ -402,6 +438,8 @@ class Watch:
         self.failed_to_start: str | None = None  # the phase's sandbox, not its trial, is at fault
         self.pending = b""  # the tail of the last chunk, so a ready line split across two reads is found
         self.line_bytes = 0  # of the line being relayed, so far
+        self.relayed = 0
+        self.held = HeldBack()
         self.open = True
 
     def now(self) -> float:
@@ -418,7 +456,12 @@ class Watch:
         if self.ready is None and READY_LINE in self.pending + chunk:
             self.ready = self.now()
         self.pending = (self.pending + chunk)[-len(READY_LINE):]
-        self.out.write(self.bounded(chunk))
+        data = self.bounded(chunk)
+        if self.relayed >= RELAY_BYTES:
+            self.held.add(data)
+            return
+        self.relayed += len(data)
+        self.out.write(data)
         self.out.flush()
 
     def bounded(self, chunk: bytes) -> bytes:
@@ -531,7 +574,7 @@ def main(argv: list[str]) -> int:
             watch.reaped(*os.wait4(-1, 0))
         except ChildProcessError:
             break
-    watch.out.write(("\n" + watch.report(hit_deadline) + "\n").encode())
+    watch.out.write(watch.held.release() + ("\n" + watch.report(hit_deadline) + "\n").encode())
     watch.out.flush()
     return 0
 

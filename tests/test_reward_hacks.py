@@ -351,7 +351,7 @@ MEMORY = ("""
 """)
 
 FLOOD_AND_CRASH = """
-    for i in range(300):
+    for i in range(1000):  # 50 MB: past what the supervisor relays as it comes (then only the last lines)
         print("CHEAT flood", i, "x" * 50_000)
     raise RuntimeError("CHEAT crashed after a flood")
 """
@@ -437,6 +437,8 @@ def only_once(name: str, backend) -> None:
         pytest.skip(f"judged by the harness and the supervisor, the same in every backend: run on {CONFINED[0].id}")
 
 
+LAST_WORDS = {"flood the log, then crash": "CHEAT crashed after a flood"}
+
 BUDGET_CHEATS: list[Cheat] = [
     ("ignore should_stop()", IGNORE_SHOULD_STOP, Status.OVER_BUDGET),
     ("slow down the harness's clock", SLOW_CLOCK, Status.OVER_BUDGET),
@@ -484,6 +486,7 @@ def test_a_cheat_gains_nothing(name, code, expected, backend, known, stdlib_data
     assert ", ".join(map(str, first)) not in outcome.reason  # no verdict names what was measured on validation
     if expected is not None:
         assert outcome.status is expected, (outcome.status, outcome.reason, outcome.log_tail[-2000:])
+    assert LAST_WORDS.get(name, "") in outcome.reason  # how the phase ended, however much it printed before
     if outcome.status is Status.OK:
         assert outcome.val_bpb > 0.5 * honest, (outcome.val_bpb, honest)  # a real gain would be far below
         assert outcome.result["eval_tokens"] == 4096 and outcome.result["val_tokens"] > 4000
