@@ -271,6 +271,13 @@ class LLMClient:
             raise ArenaError(f"cannot reach model {self.model} at {where}: {_one_line(error)}; "
                              "start the server or check --model/--api-base") from None
 
+    def used_through(self, calls: int | None) -> None:
+        """The method's journal was written when `calls` calls were logged: their answers were used (a repair asks
+        the same as the attempt it repairs when a model repeats itself), so none is handed back as unclaimed.
+        None: a journal from before this was recorded."""
+        if calls is not None and self._unclaimed is not None and self._unclaimed["call"] < calls:
+            self._unclaimed = None
+
     def usage_totals(self) -> UsageTotals:
         """{"calls", "prompt_tokens", "completion_tokens", "cost_usd", "latency_s"} over the whole run."""
         return self._totals.copy()

@@ -287,6 +287,21 @@ def test_an_answer_logged_by_an_arena_killed_before_it_was_journaled_is_not_aske
     assert [line["trial"] for line in read_log(tmp_path / "llm.jsonl")] == [2, 3, 3]
 
 
+def test_an_answer_the_journal_used_is_not_taken_for_a_request_that_repeats_it(llm_server, make_client, tmp_path):
+    """A model that repeats an unusable answer makes the next repair ask what the last one asked. Killed during
+    that call, the resumed run must ask it, not take the last repair's answer (used: the journal says how many
+    calls it had seen) for it: that lost an attempt, and a replay of the run diverged."""
+    llm_server.script("the same unusable answer", "a fresh answer", "never asked")
+    make_client(llm_server.api_base).complete(ask("repair it"), "repair", 2)
+    resumed = make_client(llm_server.api_base)
+    resumed.used_through(1)
+    assert resumed.complete(ask("repair it"), "repair", 2).text == "a fresh answer"
+    assert len(llm_server.requests) == 2 and [line["call"] for line in read_log(tmp_path / "llm.jsonl")] == [0, 1]
+    again = make_client(llm_server.api_base)  # killed after that answer was logged, before the journal took it
+    again.used_through(1)
+    assert again.complete(ask("repair it"), "repair", 2).text == "a fresh answer" and len(llm_server.requests) == 2
+
+
 def test_replay_reproduces_the_run_without_a_server(make_client, tmp_path):
     with ScriptedLLMServer() as server:
         record_a_run(server, make_client)

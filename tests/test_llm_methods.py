@@ -7,6 +7,10 @@ loop."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -16,7 +20,7 @@ from agent.presets import get_preset
 from agent.record import TrialRecord
 from agent.template import template_dir
 from sandbox.outcome import Status
-from tests.conftest import one_line_error, run_arena
+from tests.conftest import ROOT, one_line_error, run_arena
 from tests.fake_arena import HOLD_ENV
 from tests.fake_runs import fake_score
 from tests.llm_server import Fault, ScriptedLLMServer
@@ -398,6 +402,36 @@ def test_a_resume_goes_on_counting_the_repairs_it_had_made(tmp_path, cache_root,
         assert len(server.requests) == 1
     records = check_run_consistent(runs / "r", 2)
     assert records[1]["status"] == "invalid_patch" and len(records[1]["repairs"]) == 3  # the first answer, 2 repairs
+
+
+@pytest.mark.slow  # arena child processes, seconds each
+def test_a_repair_killed_while_asked_is_asked_again_not_taken_from_the_last_one(tmp_path, cache_root, stdlib_dataset):
+    """A model that repeats itself makes the second repair ask what the first asked. arena killed while it waits
+    for that answer: the resumed run asks the model, and llm.jsonl holds every call an uninterrupted run would."""
+    runs = tmp_path / "runs"
+    args = ["--runs-dir", str(runs), "--name", "r", *FAST, "--trials", "2"]
+    with ScriptedLLMServer() as server:
+        server.script("no diff", "no diff", Fault(text="never sent", delay=120))
+        arena = subprocess.Popen([sys.executable, "-m", "tests.fake_arena", "run", *llm_args(server, "code"), *args],
+                                 env={**os.environ, "ARENA_CACHE": str(cache_root)}, cwd=ROOT,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 300
+            while len(server.requests) < 3 and arena.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert len(server.requests) == 3, arena.poll()
+        finally:
+            arena.kill()
+            arena.wait()
+    with ScriptedLLMServer() as server:
+        server.script("no diff, at last")
+        proc = fake_arena_run(runs, cache_root, *llm_args(server, "code"), *args[2:])
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert len(server.requests) == 1
+    records = check_run_consistent(runs / "r", 2)
+    assert records[1]["status"] == "invalid_patch" and len(records[1]["repairs"]) == 3  # the answer and 2 repairs
+    calls = [(line["purpose"], line["response"]) for line in map(json.loads, (runs / "r" / "llm.jsonl").open())]
+    assert calls == [("propose", "no diff"), ("repair", "no diff"), ("repair", "no diff, at last")]
 
 
 @pytest.mark.slow  # arena child processes, seconds each

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 from pathlib import Path
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 import numpy as np
 
@@ -52,6 +52,7 @@ FAILED_CALL = "LLM call failed"  # how a fallback after a failed call begins its
 
 class CentaurState(TypedDict):
     cma: CMAESState  # the search; whose turn a proposal is, the ledger says
+    llm_calls: NotRequired[int]  # logged when the state was taken (absent in journals from before it was kept)
 
 
 def failed_calls_in_a_row(records: list[TrialRecord]) -> int:
@@ -174,7 +175,8 @@ class Centaur:
         self.cma.observe(record)
 
     def state(self) -> CentaurState:
-        return {"cma": self.cma.state()}
+        return {"cma": self.cma.state(), "llm_calls": self.client.usage_totals()["calls"]}
 
     def restore(self, state: CentaurState) -> None:
         self.cma.restore(state["cma"])
+        self.client.used_through(state.get("llm_calls"))

@@ -89,7 +89,7 @@ class CodeAgent(ConversationMethod):
         return Proposal(description, diff=diff)
 
     def state(self) -> CodeAgentState:
-        return {"conversation": self.conversation, "source": self.source}
+        return {**super().state(), "source": self.source}
 
     def restore(self, state: ConversationState) -> None:
         super().restore(state)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 from agent.llm import LLMClient, LLMError, Message, ModelUnavailable
 from agent.methods.base import Context, LLMSettings, Proposal, TaskFacts
@@ -23,6 +23,7 @@ def shown(answer: str, cut_off: bool) -> str:
 
 class ConversationState(TypedDict):
     conversation: list[Message]
+    llm_calls: NotRequired[int]  # logged when the state was taken (absent in journals from before it was kept)
 
 
 def client_for(llm: LLMSettings, run_dir: Path | None) -> LLMClient:
@@ -91,7 +92,8 @@ class ConversationMethod:
         pass  # the ledger is the memory: the history is shown afresh at each proposal
 
     def state(self) -> ConversationState:
-        return {"conversation": self.conversation}
+        return {"conversation": self.conversation, "llm_calls": self.client.usage_totals()["calls"]}
 
     def restore(self, state: ConversationState) -> None:
         self.conversation = state["conversation"]
+        self.client.used_through(state.get("llm_calls"))

@@ -115,7 +115,7 @@ class LLMFixedSpace(ConversationMethod):
         return f"That answer was rejected: {reason}. " + json_answer_rules(self.space)
 
     def state(self) -> LLMFixedState:
-        return {"conversation": self.conversation, "best": self.best}
+        return {**super().state(), "best": self.best}
 
     def restore(self, state: ConversationState) -> None:
         super().restore(state)
