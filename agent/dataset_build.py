@@ -73,6 +73,28 @@ def _encode_to_file(tok: Tokenizer, docs: list[Document], path: Path, bos_id: in
     return n_tokens
 
 
+def check_cached(out: Path, digest: str, vocab_size: int) -> None:
+    """A cached dataset whole as its build left it (builds are renamed into place complete, so anything else was
+    done to it since): its meta.json, the tokenizer it names, and token files of the sizes it gives."""
+    problem = None
+    try:
+        meta = json.loads((out / "meta.json").read_text())
+        tokens = meta["tokens"]
+        if meta["corpus_sha256"] != digest or meta["vocab_size"] != vocab_size:
+            problem = "its meta.json names another corpus or vocabulary"
+        elif hashlib.sha256((out / "tokenizer.json").read_bytes()).hexdigest() != meta["tokenizer_sha256"]:
+            problem = "its tokenizer.json is not the one it was built with"
+        for split_name in ("train", "val"):
+            size = (out / f"{split_name}.bin").stat().st_size
+            if problem is None and size != 2 * tokens[split_name]:
+                problem = f"{split_name}.bin holds {size // 2:,} tokens, not the {tokens[split_name]:,} of its build"
+    except (OSError, ValueError, KeyError, TypeError) as e:  # missing files, JSON that is not meta.json's
+        problem = f"{type(e).__name__}: {e}"
+    if problem is not None:
+        raise DatasetError(f"the cached dataset {out} is damaged ({problem}); delete that directory and run again "
+                           "to rebuild it")
+
+
 def build_dataset(corpus: str = "stdlib", cache_root: Path | str | None = None,
                   vocab_size: int = DEFAULT_VOCAB_SIZE, val_fraction: float = DEFAULT_VAL_FRACTION, shards: int = 1,
                   column: str = "text", progress: StageProgress = no_progress) -> Path:
@@ -91,7 +113,8 @@ def build_dataset(corpus: str = "stdlib", cache_root: Path | str | None = None,
     progress("read corpus", 1, 1)
     rule = validation_rule(docs)
     out = cache_root / dataset_key(digest, vocab_size, val_fraction, rule)
-    if (out / "meta.json").exists():
+    if out.exists():
+        check_cached(out, digest, vocab_size)
         return out
     require_writable_dir(cache_root, "the dataset cache", CACHE_REMEDY)  # a read-only
     # cache that holds the dataset serves it all the same

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import http.server
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -215,3 +216,34 @@ def test_bad_corpora_are_one_line_errors(tmp_path, setup, kwargs, message):
     with pytest.raises(DatasetError) as err:
         build_dataset(str(corpus), tmp_path / "cache", **{"vocab_size": SMALL_VOCAB, **kwargs})
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def truncate(path: Path, size: int) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(size)
+
+
+def edit_meta(data_dir: Path, **changes) -> None:
+    meta = json.loads((data_dir / "meta.json").read_text())
+    (data_dir / "meta.json").write_text(json.dumps({**meta, **changes}))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: truncate(d / "train.bin", 1000), "train.bin holds 500 tokens, not the"),
+    (lambda d: truncate(d / "val.bin", 1001), "val.bin holds 500 tokens"),
+    (lambda d: (d / "meta.json").unlink(), "FileNotFoundError"),
+    (lambda d: (d / "meta.json").write_text("garbage"), "JSONDecodeError"),
+    (lambda d: (d / "meta.json").write_bytes(b"\xff"), "UnicodeDecodeError"),
+    (lambda d: edit_meta(d, vocab_size=99), "names another corpus or vocabulary"),
+    (lambda d: (d / "tokenizer.json").write_text("{}"), "tokenizer.json is not the one it was built with"),
+])
+def test_a_damaged_cached_dataset_is_one_line_that_says_to_rebuild_it(tmp_path, damage, message):
+    """It was served as it was: trained on 500 tokens and called ok, or blamed the model for a short val.bin."""
+    corpus = write_small_corpus(tmp_path / "corpus", n_files=60)
+    built = build_dataset(str(corpus), tmp_path / "cache", vocab_size=SMALL_VOCAB)
+    damage(built)
+    with pytest.raises(DatasetError) as err:
+        build_dataset(str(corpus), tmp_path / "cache", vocab_size=SMALL_VOCAB)
+    assert message in str(err.value) and "delete that directory and run again" in str(err.value)
+    shutil.rmtree(built)  # the advice works
+    assert read_meta(build_dataset(str(corpus), tmp_path / "cache", vocab_size=SMALL_VOCAB))["tokens"]["train"] > 500
