@@ -91,7 +91,9 @@ def _parquet_documents(path: Path, name: str, column: str) -> list[Document]:
 def directory_documents(root: Path, column: str = "text") -> list[Document]:
     """Every .txt file (one document each) and .parquet row under `root`, in sorted path order."""
     if not root.is_dir():
-        raise DatasetError(f"corpus directory {root} does not exist; pass an existing directory to --corpus")
+        problem = "is a file, not a directory" if root.exists() else "does not exist"
+        raise DatasetError(f"corpus directory {root} {problem}; pass an existing directory to --corpus (a file: "
+                           "put it in a directory of its own)")
     paths = sorted((p for p in root.rglob("*") if p.suffix in (".txt", ".parquet") and p.is_file()),
                    key=lambda p: p.relative_to(root).as_posix())
     if not paths:
@@ -115,11 +117,14 @@ def directory_documents(root: Path, column: str = "text") -> list[Document]:
 def expand_url(url: str, shards: int) -> list[str]:
     """`https://host/shard_{shard:05d}.parquet` with shards=3 gives shards 0, 1, 2; a plain URL is itself."""
     fields = {field for _, field, _, _ in _format_fields(url) if field is not None}
+    if fields - {"shard"}:
+        raise DatasetError(f"--corpus {url}: {{{sorted(fields - {'shard'})[0]}}} is not a field arena fills; write the "
+                           "shard number as {shard} or {shard:05d}, and other braces as {{ and }}")
     if "shard" not in fields:
         if shards > 1:
             raise DatasetError(f"--shards {shards} needs a {{shard}} field in the URL, e.g. "
                                "https://host/shard_{shard:05d}.parquet")
-        return [url]
+        return [url.format()]  # {{ and }} become braces, as in a URL with shards
     try:
         return [url.format(shard=i) for i in range(shards)]
     except (ValueError, KeyError, IndexError) as e:
@@ -190,6 +195,8 @@ def load_documents(corpus: str, cache_root: Path, shards: int, column: str, prog
     elif scheme:
         raise DatasetError(f"--corpus {corpus}: only http(s) URLs are fetched; for files on this machine pass "
                            "their directory")
+    elif not corpus.strip():  # Path('') is the current directory: a shell variable set to nothing, most likely
+        raise DatasetError("--corpus is empty; give 'stdlib', a directory of .txt/.parquet files or an http(s) URL")
     else:
         docs = directory_documents(Path(corpus).expanduser(), column)
     if not docs:

@@ -195,7 +195,8 @@ def test_a_corpus_by_url_checks_what_it_downloads(server, tmp_path):
 
 @pytest.mark.parametrize("url, shards, message", [
     ("https://h/shard_{shard:q}.parquet", 3, "Unknown format code"),
-    ("https://h/shard_{shard:05d}.parquet?sig={token}", 3, "'token'; write the shard number as"),
+    ("https://h/shard_{shard:05d}.parquet?sig={token}", 3, r"\{token\} is not a field arena fills; write the shard"),
+    ("https://h/one.txt?sig={token}", 1, r"\{token\} is not a field arena fills"),  # was fetched as it was
     ("https://h/shard_{shard.parquet", 3, "expected '}'"),
     ("https://h/shard_00000.parquet", 3, r"--shards 3 needs a \{shard\} field"),
 ])
@@ -208,3 +209,4 @@ def test_url_patterns_expand():
     assert expand_url("https://h/s_{shard:02d}.parquet?x={{y}}", 2) == ["https://h/s_00.parquet?x={y}",
                                                                        "https://h/s_01.parquet?x={y}"]
     assert expand_url("https://h/one.parquet", 1) == ["https://h/one.parquet"]
+    assert expand_url("https://h/one.parquet?x={{y}}", 1) == ["https://h/one.parquet?x={y}"]
