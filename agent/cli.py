@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import re
 import signal
@@ -24,7 +25,8 @@ from agent.constants import read_constants, render_constants
 from agent.datasets import prepare_dataset
 from agent.errors import ArenaError, Terminated, raise_terminated
 from agent.feasibility import for_run
-from agent.flags import add_flags, parse_texts
+from agent.flags import add_flags, check_bounds, parse_texts
+from agent.paths import path_argument, read_text_file
 from agent.presets import Preset, get_preset, load_presets
 from agent.run import RunSettings
 from agent.template import HARNESS_FILES, harness_hash, template_dir
@@ -40,22 +42,23 @@ console = Console(stderr=True, highlight=False, soft_wrap=True)  # errors stay o
 
 
 DATA_SETTINGS = ("corpus", "shards", "text_column", "val_fraction")
+MAX_TRAIN_PY_BYTES = 1 << 20  # the template is 24 KB; a file past this is a mistake
+MAX_CONFIG_BYTES = 1 << 20
 
 
 def add_cache_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cache", type=Path, default=None,
+    parser.add_argument("--cache", type=path_argument, default=None,
                         help="dataset cache directory (default $ARENA_CACHE or ~/.cache/autoresearch-arena)")
 
 
 def dataset_for(args: argparse.Namespace, vocab_size: int) -> Path:
-    if args.shards < 1:
-        raise ArenaError(f"--shards must be at least 1, got {args.shards}")
     return prepare_dataset(args.corpus, vocab_size, val_fraction=args.val_fraction, shards=args.shards,
                            column=args.text_column, cache_root=args.cache, console=console)
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    vocab_size = args.vocab_size or get_preset(args.preset).vocab_size
+    check_bounds(RunSettings, vars(args))  # what argparse's types leave open: NaN, a shard count of 0, ...
+    vocab_size = args.vocab_size if args.vocab_size is not None else get_preset(args.preset).vocab_size
     data_dir = dataset_for(args, vocab_size)
     meta = read_meta(data_dir)
     console.print(f"dataset {meta['fingerprint']}  corpus={meta['corpus']}  vocab={meta['vocab_size']}  "
@@ -79,10 +82,7 @@ def train_source(path: Path | None, preset: Preset) -> str:
     run's best_train.py, say), its constants block checked."""
     if path is None:
         return render_constants((template_dir() / "train.py").read_text(), preset.constants)
-    try:
-        source = path.read_text()
-    except OSError as e:
-        raise ArenaError(f"cannot read {path}: {e.strerror}; pass an existing file to --train-py") from None
+    source = read_text_file(path, "--train-py", MAX_TRAIN_PY_BYTES)
     read_constants(source)
     try:  # as arena run checks a proposal before it runs it
         compile(source, str(path), "exec")
@@ -96,12 +96,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from sandbox import BudgetRule, LocalBackend, Status, TrialSpec
     from sandbox.outcome import summary
 
+    check_bounds(RunSettings, vars(args))  # NaN or an endless budget, a negative seed, ...
     preset = get_preset(args.preset, time_budget=args.budget, eval_tokens=args.eval_tokens)
     require_device(preset)
     source = train_source(args.train_py, preset)
-    data_dir = dataset_for(args, preset.vocab_size)
     # on a GPU preset, the first GPU, as arena run's one worker has it: the sandbox binds only the GPUs it is given
     backend = LocalBackend(isolation=args.isolation, gpus=["0"] if preset.device.startswith("cuda") else None)
+    data_dir = dataset_for(args, preset.vocab_size)  # after the sandbox's checks: a build takes a while
     spec = TrialSpec(source=source, data_dir=data_dir, harness_dir=template_dir(), harness_files=HARNESS_FILES,
                      harness_hash=harness_hash(), config=preset.harness_config(args.seed),
                      budget=BudgetRule(preset.time_budget, preset.startup_allowance), eval_timeout=preset.eval_timeout)
@@ -133,9 +134,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
     """Settings from a TOML file; keys are the long flag names (dashes or underscores), and a string value is
     read as the flag's text would be."""
     try:
-        raw = tomllib.loads(path.read_text())
-    except OSError as e:
-        raise ArenaError(f"cannot read config file {path}: {e.strerror}") from None
+        raw = tomllib.loads(read_text_file(path, "config file", MAX_CONFIG_BYTES))
     except tomllib.TOMLDecodeError as e:
         raise ArenaError(f"config file {path} is not valid TOML ({e}); fix it") from None
     config = {key.replace("-", "_"): value for key, value in raw.items()}
@@ -171,8 +170,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         trials = 10
     if trials is not None and trials < 1:
         raise ArenaError(f"--trials must be at least 1, got {trials}")
-    if hours is not None and hours <= 0:
-        raise ArenaError(f"--hours must be positive, got {hours}")
+    if hours is not None and not 0 < hours < math.inf:
+        raise ArenaError(f"--hours must be a positive finite number, got {hours}")
     given.setdefault("name", f"{given.get('method', 'random')}-{given.get('preset', 'cpu')}-s{given.get('seed', 42)}")
     backends: list[TrialRunner] = []
     workers: list[Placement] = []
@@ -255,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="run the training template once, unmodified, and print its result")
     add_flags(p, RunSettings, (*DATA_SETTINGS, "preset", "seed", "budget", "eval_tokens", "isolation"))
     add_cache_argument(p)
-    p.add_argument("--train-py", type=Path, default=None, help="train this file instead of the template's")
+    p.add_argument("--train-py", type=path_argument, default=None, help="train this file instead of the template's")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("run", help="run a search: trials proposed by a method, each a git commit, best kept")
@@ -264,8 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 10)")
     p.add_argument("--hours", type=float, default=None, help="stop after this much trial time")
     add_cache_argument(p)
-    p.add_argument("--config", type=Path, default=None, help="TOML file with any of these settings")
-    p.add_argument("--runs-dir", type=Path, default=None, help="where runs live (default ./runs)")
+    p.add_argument("--config", type=path_argument, default=None, help="TOML file with any of these settings")
+    p.add_argument("--runs-dir", type=path_argument, default=None, help="where runs live (default ./runs)")
     p.add_argument("--no-tui", action="store_true", help="plain progress lines instead of the live view")
     p.set_defaults(func=cmd_run)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -19,7 +20,8 @@ T = TypeVar("T")
 
 
 def flag_metadata(help: str, choices: Iterable[str] = (), **extra: object) -> dict[str, object]:
-    """A field's flag: its help, the values it accepts (none: any), and what else the dataclass keeps there."""
+    """A field's flag: its help, the values it accepts (none: any), and what else the dataclass keeps there:
+    bounds of a number as `minimum`/`maximum` (inclusive) or `above`/`below` (exclusive)."""
     return {"help": help, "choices": tuple(choices), **extra}
 
 
@@ -91,6 +93,31 @@ def check_choices(settings: DataclassInstance) -> None:
         value, choices = getattr(settings, field.name), field.metadata.get("choices")
         if choices and value not in choices:
             raise ArenaError(f"unknown {field.name.replace('_', ' ')} '{value}'; choose one of: {', '.join(choices)}")
+
+
+BOUNDS = (("minimum", "at least", float.__ge__), ("above", "more than", float.__gt__),
+          ("maximum", "at most", float.__le__), ("below", "less than", float.__lt__))
+
+
+def out_of_bounds(field: dataclasses.Field[Any], value: object) -> str | None:
+    """What is wrong with a number for its field (not finite, or outside the bounds it declares), or None."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    if not math.isfinite(value):
+        return "must be a finite number"
+    bounds = [(words, field.metadata[key], holds) for key, words, holds in BOUNDS if key in field.metadata]
+    if all(holds(float(value), float(bound)) for _, bound, holds in bounds):
+        return None
+    return "must be " + " and ".join(f"{words} {bound}" for words, bound, _ in bounds)
+
+
+def check_bounds(settings: type[DataclassInstance], values: Mapping[str, object]) -> None:
+    """Every number in `values` finite and within its field's bounds, whether it came from a flag, a file or a
+    stored run; one line naming the flag when it is not."""
+    for field in dataclasses.fields(settings):
+        problem = out_of_bounds(field, values.get(field.name))
+        if problem:
+            raise ArenaError(f"--{field.name.replace('_', '-')} {problem}, got {values[field.name]}")
 
 
 def parse_texts(settings: type[DataclassInstance], values: Mapping[str, object], source: str) -> dict[str, object]:

@@ -45,8 +45,9 @@ def parse_records(raw: list[JsonObject], path: Path) -> list[TrialRecord]:
     seen: set[int] = set()
     for index, line in enumerate(raw):
         trial = line.get("trial")
-        if not isinstance(trial, int) or trial in seen or (trial == 0) != (index == 0):
-            what = ("the baseline, trial 0, belongs there" if index == 0
+        if not isinstance(trial, int) or isinstance(trial, bool) or trial in seen or (trial == 0) != (index == 0):
+            what = ("not a trial number" if not isinstance(trial, int) or isinstance(trial, bool)
+                    else "the baseline, trial 0, belongs there" if index == 0
                     else "a trial recorded twice, or the baseline again")
             raise ArenaError(f"{path} holds trial {trial!r} on line {index + 1} ({what}); the ledger is damaged — "
                              "restore it from a backup")

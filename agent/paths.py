@@ -1,8 +1,12 @@
-"""Directories arena writes to (the dataset cache, the runs directory), checked before any work is done."""
+"""Paths the user names: directories arena writes to (the dataset cache, the runs directory), checked before any
+work is done, and the small text files it reads (--train-py, --config)."""
 
 from __future__ import annotations
 
+import argparse
+import math
 import os
+import stat
 from pathlib import Path
 
 from agent.errors import ArenaError
@@ -35,3 +39,37 @@ def make_dirs(path: Path, what: str, remedy: str, error: type[ArenaError] = Aren
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise error(f"cannot write to {what} ({e.strerror}); {remedy}") from None
+
+
+def path_argument(text: str) -> Path:
+    """An argparse type: a path, but not an empty one (which Path reads as the current directory)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path; name a file or directory")
+    return Path(text)
+
+
+def finite_float(text: str) -> float:
+    """An argparse type: a float that is a number (not NaN or infinite)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def read_text_file(path: Path, what: str, limit: int) -> str:
+    """A regular UTF-8 file of at most `limit` bytes, or one line saying what is wrong (a FIFO would block)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        raise ArenaError(f"cannot read {what} {path}: {e.strerror}; name an existing file") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ArenaError(f"{what} {path} is not a regular file; name a file")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ArenaError(f"{what} {path} is over {limit >> 10} KiB; name a smaller file")
+    try:
+        return data.decode()
+    except UnicodeDecodeError as e:
+        raise ArenaError(f"{what} {path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None

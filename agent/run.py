@@ -23,6 +23,7 @@ import pickle
 import shutil
 import socket
 import time
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,13 +34,13 @@ from agent.dataset_build import DEFAULT_VAL_FRACTION
 from agent.datasets import prepare_dataset
 from agent.errors import ArenaError
 from agent.feasibility import Verdict
-from agent.flags import check_choices, flag, flag_metadata
+from agent.flags import check_bounds, check_choices, flag, flag_metadata
 from agent.judging import best_of
 from agent.ledger import Ledger, fsync_write, results_tsv
 from agent.methods import CODE_EDITING_METHODS, METHODS, Method, Proposal, make_method
 from agent.paths import RUNS_REMEDY, make_dirs, require_writable_dir
 from agent.presets import Preset, get_preset, load_presets
-from agent.record import Kind, Repair
+from agent.record import Kind, Repair, fits, type_name
 from agent.runlock import RunLock
 from agent.space import SearchSpace, load_space
 from agent.surrogate.data import SURROGATE_PREFIX, data_fingerprint
@@ -62,6 +63,7 @@ BACKENDS = ("local", "docker", "surrogate")
 EXECUTORS = ("local", "ray")
 FEASIBILITY = ("auto", "on", "off")
 LLM = "LLM methods (centaur, llm, code)"  # the help's heading for the flags only they read
+MAX_SECONDS = 1_000_000  # of a time setting: 11 days; past it, a typo (or inf) that would never end
 
 
 @dataclass(frozen=True)
@@ -72,10 +74,12 @@ class RunSettings:
                                              "METHOD-PRESET-sSEED)", may_change=True))
     method: str = flag("random", "search method", METHODS)
     preset: str = flag("cpu", "a trial's device, model size, evaluation and budget", load_presets())
-    budget: float | None = flag(None, "training seconds per trial (default: the preset's)")
-    eval_tokens: int | None = flag(None, "validation tokens (default: the preset's)")
+    budget: float | None = flag(None, "training seconds per trial (default: the preset's)", above=0,
+                                maximum=MAX_SECONDS)
+    eval_tokens: int | None = flag(None, "validation tokens (default: the preset's)", minimum=1)
     startup_allowance: float | None = flag(None, "seconds a trial's training phase may spend outside the budget "
-                                           "(start-up, compile) before it is over_budget (default: the preset's)")
+                                           "(start-up, compile) before it is over_budget (default: the preset's)",
+                                           minimum=0, maximum=MAX_SECONDS)
     backend: str = flag("local", "where trials run", BACKENDS)
     executor: str = flag("local", "local: trials on this machine; ray: each trial a Ray task on a cluster (one GPU, "
                          "or one CPU on a CPU preset), run there by --backend", EXECUTORS, may_change=True)
@@ -87,13 +91,14 @@ class RunSettings:
     gpus: list[str] | None = flag(None, "GPUs for trials, one worker each: ids as nvidia-smi numbers them, e.g. 0 or "
                                   "0,1,2,3", may_change=True)
     workers: int | None = flag(None, "trials run at once (default: one per --gpus id, else 1); on a CPU preset "
-                               "the cores are split between them", may_change=True)
-    seed: int = flag(42, "seed of the method and of every trial")
-    noise_margin: float = flag(0.0, "keep only trials better than the best by more than this")
-    confirm: int = flag(0, "re-run a would-be best with this many other seeds; keep it only if the mean still wins")
+                               "the cores are split between them", may_change=True, minimum=1)
+    seed: int = flag(42, "seed of the method and of every trial", minimum=0, maximum=2**32 - 1)
+    noise_margin: float = flag(0.0, "keep only trials better than the best by more than this", minimum=0)
+    confirm: int = flag(0, "re-run a would-be best with this many other seeds; keep it only if the mean still wins",
+                       minimum=0)
     corpus: str = flag("stdlib", "'stdlib' (offline), a directory of .txt/.parquet files, or an http(s) URL of a "
                        ".parquet/.txt file; '{shard:05d}' in the URL expands to --shards files")
-    shards: int = flag(1, "how many shards a '{shard}' URL expands to")
+    shards: int = flag(1, "how many shards a '{shard}' URL expands to", minimum=1)
     text_column: str = flag("text", "parquet column that holds the text")
     val_fraction: float = flag(DEFAULT_VAL_FRACTION, "share of documents held out for validation, chosen by a hash "
                                "of each document")
@@ -102,7 +107,7 @@ class RunSettings:
     feasibility: str = flag("auto", "fixed-space methods: refuse a configuration the memory model predicts will not "
                             "fit, without running it (auto: on for GPU presets)", FEASIBILITY)
     device_memory: float | None = flag(None, "GB a trial may use, the feasibility limit (default: the GPU's memory "
-                                       "on a GPU preset, 80 on the surrogate, else --mem-limit or the host's)")
+                                       "on a GPU preset, 80 on the surrogate, else --mem-limit or the host's)", above=0)
     surrogate_data: list[str] | None = flag(None, "surrogate backend: the trials it learns from, comma-separated: "
                                             "run directories, ledger.jsonl files, the paper's trials.jsonl")
     space: str | None = flag(None, "your own space.toml for fixed-space methods, copied into the run at creation "
@@ -110,20 +115,24 @@ class RunSettings:
     model: str | None = flag(None, "LiteLLM model, e.g. ollama_chat/qwen3:8b, hosted_vllm/ID, openai/ID with "
                              "--api-base, anthropic/claude-..., gemini/...", group=LLM)
     api_base: str | None = flag(None, "base URL of an OpenAI-compatible or local server", group=LLM, may_change=True)
-    temperature: float = flag(0.7, "sampling temperature", group=LLM)
-    max_tokens: int = flag(4096, "answer length cap", group=LLM, may_change=True)
-    llm_timeout: float = flag(120.0, "seconds per LLM call", group=LLM, may_change=True)
-    llm_retries: int = flag(3, "retries on rate limits, 5xx, timeouts", group=LLM, may_change=True)
-    llm_ratio: float = flag(0.3, "Centaur: share of trials the LLM proposes after warm-up", group=LLM)
-    llm_warmup: int = flag(10, "Centaur: CMA-ES-only trials first", group=LLM)
-    top_k: int = flag(5, "best trials shown to the LLM", group=LLM)
-    last_n: int = flag(20, "recent trials shown to the LLM", group=LLM)
-    repairs: int = flag(2, "code agent: repair attempts for a rejected diff", group=LLM)
+    temperature: float = flag(0.7, "sampling temperature", group=LLM, minimum=0, maximum=2)
+    max_tokens: int = flag(4096, "answer length cap", group=LLM, may_change=True, minimum=1)
+    llm_timeout: float = flag(120.0, "seconds per LLM call", group=LLM, may_change=True, above=0,
+                             maximum=MAX_SECONDS)
+    llm_retries: int = flag(3, "retries on rate limits, 5xx, timeouts", group=LLM, may_change=True, minimum=0,
+                            maximum=100)
+    llm_ratio: float = flag(0.3, "Centaur: share of trials the LLM proposes after warm-up", group=LLM, minimum=0,
+                            maximum=1)
+    llm_warmup: int = flag(10, "Centaur: CMA-ES-only trials first", group=LLM, minimum=0)
+    top_k: int = flag(5, "best trials shown to the LLM", group=LLM, minimum=0)
+    last_n: int = flag(20, "recent trials shown to the LLM", group=LLM, minimum=0)
+    repairs: int = flag(2, "code agent: repair attempts for a rejected diff", group=LLM, minimum=0)
     llm_replay: str | None = flag(None, "answer from this run's recorded llm.jsonl instead of calling the model",
                                   group=LLM, may_change=True)
 
     def validate(self) -> None:
         check_choices(self)
+        check_bounds(RunSettings, vars(self))
         if self.backend == "docker" and self.isolation == "none":
             raise ArenaError("--isolation none applies to the local backend; Docker always isolates each phase")
         if self.backend == "docker" and not self.image:
@@ -138,27 +147,25 @@ class RunSettings:
         if self.backend == "surrogate" and self.method in CODE_EDITING_METHODS:
             raise ArenaError(f"the surrogate knows a train.py by its constants alone, so method '{self.method}' "
                              "cannot run on it; choose a fixed-space method (random, tpe, cmaes, centaur, llm)")
-        if self.noise_margin < 0:
-            raise ArenaError(f"--noise-margin must be zero or positive, got {self.noise_margin}")
         if self.ray_address and self.executor != "ray":
             raise ArenaError("--ray-address goes with --executor ray")
         if self.executor == "ray" and self.gpus:
             raise ArenaError("with --executor ray the cluster gives each trial its GPU; leave --gpus out (--workers "
                              "caps the trials under way)")
-        if self.workers is not None and self.workers < 1:
-            raise ArenaError(f"--workers must be at least 1, got {self.workers}")
-        if self.device_memory is not None and not self.device_memory > 0:
-            raise ArenaError(f"--device-memory is in GB and must be positive, got {self.device_memory}")
         if self.mem_limit is not None:
             memory_bytes(self.mem_limit)  # says what is wrong with it, in one line
-        if self.confirm < 0:
-            raise ArenaError(f"--confirm must be zero or positive, got {self.confirm}")
         check_run_name(self.name)
 
 
+MAX_NAME_CHARS = 100
+
+
 def check_run_name(name: str) -> None:
-    if not name or "/" in name or name.startswith("."):
-        raise ArenaError(f"--name '{name}' must be a plain directory name")
+    """A plain directory name that prints as itself: it heads every report line and names files."""
+    if (not name or "/" in name or name.startswith(".") or not name.isprintable() or name != name.strip()
+            or len(name) > MAX_NAME_CHARS):
+        raise ArenaError(f"--name {name!r} must be a plain directory name: printable characters, no '/', not "
+                         f"starting with '.', at most {MAX_NAME_CHARS}")
 
 
 MAY_CHANGE_ON_RESUME = frozenset(f.name for f in dataclasses.fields(RunSettings) if f.metadata.get("may_change"))
@@ -258,10 +265,13 @@ class Run:
 
 def load_journal(path: Path) -> Journal:
     """The run's own journal (written by _atomic_pickle, never by a trial), checked for its keys."""
-    value = pickle.loads(path.read_bytes())
+    advice = "delete it to let the run rebuild the method's state from the ledger"
+    try:
+        value = pickle.loads(path.read_bytes())
+    except Exception as e:  # noqa: BLE001 - damaged bytes can make unpickling raise nearly anything
+        raise ArenaError(f"{path} is unreadable ({type(e).__name__}: {e}); {advice}") from None
     if not isinstance(value, dict) or not set(Journal.__annotations__) <= set(value):
-        raise ArenaError(f"{path} is not arena's journal; delete it to let the run rebuild the method's state "
-                         "from the ledger")
+        raise ArenaError(f"{path} is not arena's journal; {advice}")
     return value  # type: ignore[return-value]  # its keys checked just above
 
 
@@ -328,8 +338,14 @@ def open_run(runs_dir: Path, given: dict[str, Any], cache_root: Path | None = No
 
 def _open_locked(run_dir: Path, given: dict[str, Any], cache_root: Path | None, preflight: Preflight,
                  lock: RunLock | None) -> Run:
-    info: RunInfo | None = json.loads((run_dir / "run.json").read_text()) if lock is not None else None
+    info = read_run_info(run_dir) if lock is not None else None
+    for folder in ("state", "logs"):
+        if (run_dir / folder).exists() and not (run_dir / folder).is_dir():
+            raise ArenaError(f"{run_dir / folder} is not a directory; move it out of the run, then run the same "
+                             "command again")
     ledger = Ledger.read(run_dir / "ledger.jsonl")
+    if info is not None:
+        check_journal_covered(run_dir, ledger.trials)
     stored = info["settings"] if info is not None else {}
     if stored.get("image") and stored.get("backend") != "docker":  # recorded before that was refused: unused
         stored = {**stored, "image": None}
@@ -356,7 +372,7 @@ def _open_locked(run_dir: Path, given: dict[str, Any], cache_root: Path | None, 
         fingerprint = read_meta(data_dir)["fingerprint"]
     harness = harness_hash()
     if info is not None and recorded:
-        check_unchanged(run_dir, info, fingerprint, harness, ledger.trials)
+        check_unchanged(info, fingerprint, harness)
     keeps = info is not None and (recorded or (not changed(info["settings"], settings)
                                                and info["dataset_fingerprint"] == fingerprint
                                                and may_resume_with(info["harness_hash"], harness)))
@@ -374,14 +390,35 @@ def _open_locked(run_dir: Path, given: dict[str, Any], cache_root: Path | None, 
     return run
 
 
+def read_run_info(run_dir: Path) -> RunInfo:
+    """run.json, checked for what a resume reads of it; one line saying what to do when it is damaged."""
+    path = run_dir / "run.json"
+    damaged = "restore it from a backup, or start a new run under another --name"
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ArenaError(f"{path} is unreadable ({e}); {damaged}") from None
+    hints = typing.get_type_hints(RunSettings)
+    if (not isinstance(info, dict) or not isinstance(info.get("settings"), dict)
+            or not all(isinstance(info.get(key), str) for key in ("dataset_fingerprint", "harness_hash"))):
+        raise ArenaError(f"{path} is not a run's run.json (settings, dataset_fingerprint, harness_hash); {damaged}")
+    for key, value in info["settings"].items():
+        if key not in hints:
+            raise ArenaError(f"{path} holds a setting this arena does not know, {key!r}; finish the run with the "
+                             f"arena version that started it, or {damaged}")
+        if not fits(hints[key], value):
+            raise ArenaError(f"{path}: setting {key} is {value!r}, not {type_name(hints[key])}; {damaged}")
+    return typing.cast(RunInfo, info)
+
+
 def changed(stored: dict[str, Any], settings: RunSettings) -> bool:
     """Whether `settings` differ from a run's stored ones in anything a trial depends on."""
     current = dataclasses.asdict(settings)
     return any(stored.get(key) != current[key] for key in current if key not in MAY_CHANGE_ON_RESUME)
 
 
-def check_unchanged(run_dir: Path, info: RunInfo, fingerprint: str, harness: str, recorded: set[int]) -> None:
-    """What a resume needs to be the same run: its dataset, its harness, a method state the ledger covers."""
+def check_unchanged(info: RunInfo, fingerprint: str, harness: str) -> None:
+    """What a resume needs to be the same run: its dataset and its harness."""
     name = info["settings"]["name"]
     if info["dataset_fingerprint"] != fingerprint:
         what = "the surrogate's trial files" if fingerprint.startswith(SURROGATE_PREFIX) else "the corpus"
@@ -391,13 +428,18 @@ def check_unchanged(run_dir: Path, info: RunInfo, fingerprint: str, harness: str
     if not may_resume_with(info["harness_hash"], harness):
         raise ArenaError(f"the harness ({'/'.join(HARNESS_FILES)}) changed since run '{name}' started; "
                          "finish it with the arena version that started it or start a new run")
+
+
+def check_journal_covered(run_dir: Path, recorded: set[int]) -> None:
+    """The method observes a trial only once its ledger line is written: trials it observed that the ledger
+    lacks (an emptied or deleted ledger too) are lost lines, not a fresh run."""
     journal_path = run_dir / "state" / JOURNAL_FILE
     if journal_path.exists():
         unrecorded = set(load_journal(journal_path)["observed"]) - recorded
         if unrecorded:
             raise ArenaError(f"the method in {journal_path} has observed trials the ledger does not hold "
                              f"({', '.join(map(str, sorted(unrecorded)))}); the ledger lost lines — restore it from "
-                             "a backup")
+                             f"a backup, or delete {journal_path.parent} to run those trials again")
 
 
 def create_run_dir(run_dir: Path, settings: RunSettings, preset: Preset, fingerprint: str,

@@ -63,7 +63,7 @@ def memory_bytes(text: str) -> int:
         value = float(number) * MEMORY_UNITS[unit]
     except (ValueError, KeyError):
         value = 0.0
-    if not value >= 2**20:
+    if not 2**20 <= value < math.inf:
         raise SandboxError(f"memory size {text!r} is not one: write a number with a unit, e.g. 64g or 512m "
                            "(at least 1m)")
     return int(value)

@@ -28,6 +28,26 @@ from tests.conftest import ROOT, one_line_error, run_arena
     (["run", "--name", "..", "--trials", "1"], "--name '..' must be a plain directory name"),
     (["run", "--name", "", "--trials", "1"], "--name '' must be a plain directory name"),
     (["run", "--trials", "0"], "--trials must be at least 1, got 0"),
+    # numbers argparse's types let through: each would have failed later, hung, or made a run that never resumes
+    (["run", "--seed", "-1"], "--seed must be at least 0 and at most 4294967295, got -1"),
+    (["train", "--seed", str(2**64)], "--seed must be at least 0 and at most 4294967295"),
+    (["train", "--budget", "nan"], "--budget must be a finite number, got nan"),
+    (["run", "--budget", "inf"], "--budget must be a finite number, got inf"),
+    (["run", "--llm-timeout", "0"], "--llm-timeout must be more than 0 and at most 1000000, got 0.0"),
+    (["run", "--temperature", "-5"], "--temperature must be at least 0 and at most 2, got -5.0"),
+    (["run", "--noise-margin", "nan"], "--noise-margin must be a finite number, got nan"),
+    (["run", "--hours", "nan"], "--hours must be a positive finite number, got nan"),
+    (["run", "--mem-limit", "1e999g"], "memory size '1e999g' is not one"),
+    (["prepare", "--shards", "0"], "--shards must be at least 1, got 0"),
+    (["prepare", "--vocab-size", "0"], "vocab size 0 is too small"),
+    (["compare", "--target", "nan", "r"], "argument --target: 'nan' is not a finite number"),
+    # an empty value is no choice, not the current directory
+    (["prepare", "--cache", ""], "argument --cache: an empty path"),
+    (["prepare", "--corpus", ""], "--corpus is empty"),
+    (["run", "--runs-dir", " "], "argument --runs-dir: an empty path"),
+    # a name heads report lines and names files
+    (["run", "--name", "a\nb"], "--name 'a\\nb' must be a plain directory name"),
+    (["run", "--name", "x" * 300], "at most 100"),
 ])
 def test_a_bad_command_line_is_one_error_line(cache_root, args, message):
     proc = run_arena(*args, cache=cache_root)
@@ -50,6 +70,20 @@ def test_a_file_where_a_directory_goes_is_one_error_line(tmp_path, command, flag
     proc = run_arena(command, *extra, flag, str(path), cache=tmp_path / "cache")
     assert message.format(path=path) in one_line_error(proc)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("flag", ["--train-py", "--config"])
+def test_a_file_that_is_not_small_utf8_text_is_one_error_line(tmp_path, flag):
+    """A FIFO would block the read for ever; bytes that are not UTF-8 were a traceback."""
+    command = "train" if flag == "--train-py" else "run"
+    fifo, binary, huge = tmp_path / "fifo", tmp_path / "binary", tmp_path / "huge"
+    os.mkfifo(fifo)
+    binary.write_bytes(b"\x00\xff")
+    huge.write_text("#" * (2 << 20))
+    for path, message in ((fifo, "is not a regular file"), (binary, "is not UTF-8 text"), (huge, "is over 1024 KiB"),
+                          (tmp_path / "missing", "No such file or directory")):
+        proc = run_arena(command, flag, str(path), cache=tmp_path / "cache")
+        assert message in one_line_error(proc), proc.stderr
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for a machine without CUDA")

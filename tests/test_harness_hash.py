@@ -26,9 +26,9 @@ def test_a_resume_accepts_only_the_same_trial_code(tmp_path: Path, monkeypatch) 
     info = {"settings": {"name": "old"}, "dataset_fingerprint": "f" * 16}
     for recorded in (current, "e" * 16):
         assert may_resume_with(recorded, current)
-        check_unchanged(tmp_path, {**info, "harness_hash": recorded}, "f" * 16, current, 1)
+        check_unchanged({**info, "harness_hash": recorded}, "f" * 16, current)
     with pytest.raises(ArenaError, match="the harness .* changed since run 'old' started"):
-        check_unchanged(tmp_path, {**info, "harness_hash": "0" * 16}, "f" * 16, current, 1)
+        check_unchanged({**info, "harness_hash": "0" * 16}, "f" * 16, current)
     assert not may_resume_with("0" * 16, current)
     assert not may_resume_with(next(iter(SAME_TRIAL_CODE)), "0" * 16)  # an entry names one harness only
 

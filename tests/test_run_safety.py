@@ -148,6 +148,48 @@ def test_a_repository_git_refuses_is_one_line(fake_base_run, tmp_path, cache_roo
     assert "git fsck" in line
 
 
+def damage_settings(run_dir: Path, change) -> None:
+    info = json.loads((run_dir / "run.json").read_text())
+    change(info["settings"])
+    (run_dir / "run.json").write_text(json.dumps(info))
+
+
+def replace_val_bpb(run_dir: Path, value) -> None:
+    path = run_dir / "ledger.jsonl"
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    lines[-1]["val_bpb"] = value
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+DAMAGE = {  # what a resume met as a traceback (or, for the ledger, as a fresh start that dropped the trials)
+    "run.json not JSON": (lambda d: (d / "run.json").write_text("garbage"), "run.json is unreadable"),
+    "run.json not UTF-8": (lambda d: (d / "run.json").write_bytes(b"\xff"), "run.json is unreadable"),
+    "run.json a list": (lambda d: (d / "run.json").write_text("[]"), "is not a run's run.json"),
+    "a setting unknown": (lambda d: damage_settings(d, lambda s: s.update(bogus=1)), "does not know, 'bogus'"),
+    "a setting of the wrong type": (lambda d: damage_settings(d, lambda s: s.update(budget="fast")),
+                                    "setting budget is 'fast'"),
+    "journal garbage": (lambda d: (d / "state" / "journal.pkl").write_text("garbage"), "journal.pkl is unreadable"),
+    "journal a directory": (lambda d: ((d / "state" / "journal.pkl").unlink(), (d / "state" / "journal.pkl").mkdir()),
+                            "journal.pkl is unreadable"),
+    "state a file": (lambda d: (shutil.rmtree(d / "state"), (d / "state").write_text("")), "state is not a directory"),
+    "val_bpb a string": (lambda d: replace_val_bpb(d, "abc"), "its val_bpb is 'abc'"),
+    "ledger emptied": (lambda d: (d / "ledger.jsonl").write_text(""), "has observed trials the ledger does not hold"),
+    "ledger deleted": (lambda d: (d / "ledger.jsonl").unlink(), "has observed trials the ledger does not hold"),
+}
+
+
+@pytest.mark.slow  # arena child processes, seconds each
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_run_is_one_line_and_left_as_it_was(fake_base_run, tmp_path, cache_root, damage):
+    runs = tmp_path / "runs"
+    shutil.copytree(fake_base_run, runs / "base")
+    do, message = DAMAGE[damage]
+    do(runs / "base")
+    before = snapshot(runs / "base")
+    assert message in one_line_error(fake_arena_run(runs, cache_root, "--name", "base", "--trials", NEXT))
+    assert snapshot(runs / "base") == before
+
+
 @pytest.mark.slow
 def test_a_failed_preflight_creates_nothing_and_its_advice_works(tmp_path, cache_root, stdlib_dataset):
     runs = tmp_path / "runs"

@@ -21,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from agent.errors import ArenaError
+from agent.paths import finite_float, path_argument
 from agent.ui import ParserT
 from agent.ui.history import RunHistory
 from agent.ui.render import print_warnings
@@ -37,9 +38,9 @@ def add_parser(subparsers: argparse._SubParsersAction[ParserT]) -> None:
                               "LLM cost, significance tests, convergence plots")
     p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run directories (runs/NAME), autoresearch "
                    "git repositories with results.tsv, or the paper's trials.jsonl files")
-    p.add_argument("--out", type=Path, default=Path("compare-out"),
+    p.add_argument("--out", type=path_argument, default=Path("compare-out"),
                    help="directory for summary.csv, summary.json and the plots (default ./compare-out)")
-    p.add_argument("--target", type=float, default=None,
+    p.add_argument("--target", type=finite_float, default=None,
                    help="a val_bpb to reach: report how many trials and hours each group needed")
     p.add_argument("--allow-mixed", action="store_true", help="rank runs with different datasets, budgets or "
                    "validation sets together anyway (with a warning; their val_bpb are not comparable)")

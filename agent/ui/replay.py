@@ -13,6 +13,7 @@ from pathlib import Path
 from rich.console import Console
 
 from agent.errors import ArenaError
+from agent.paths import path_argument
 from agent.ui import ParserT
 from agent.ui.export import html_report, markdown_report
 from agent.ui.history import RunHistory
@@ -31,7 +32,7 @@ def add_parser(subparsers: argparse._SubParsersAction[ParserT]) -> None:
                    "autoresearch's protocol (with results.tsv), or a trials.jsonl file")
     p.add_argument("--trial", type=int, default=None, help="show only this trial (on a terminal: start there)")
     p.add_argument("--export", choices=sorted(EXPORTERS), default=None, help="write an audit report instead")
-    p.add_argument("--out", type=Path, default=None, help="report file (default ./<run>-replay.<md|html>)")
+    p.add_argument("--out", type=path_argument, default=None, help="report file (default ./<run>-replay.<md|html>)")
     p.add_argument("--branch", default=None, help="autoresearch repository: the experiment branch "
                    "(default: the checked-out one)")
     p.set_defaults(func=cmd_replay)
@@ -87,6 +88,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     trials = [run.trial(args.trial)] if args.trial is not None else run.trials
     if args.export:
         out = args.out or Path(f"{run.name.replace('/', '_').replace(':', '_')}-replay.{args.export}")
+        if out.exists() and not out.is_file():  # a directory, or a FIFO that would hold the write until read
+            raise ArenaError(f"{out} exists and is not a regular file; choose another --out")
         try:
             out.write_text(EXPORTERS[args.export](run, trials), encoding="utf-8")
         except OSError as e:
