@@ -107,6 +107,10 @@ def build_dataset(corpus: str = "stdlib", cache_root: Path | str | None = None,
     if not 0.0 < val_fraction < 0.5:
         raise DatasetError(f"val fraction {val_fraction} must be between 0 and 0.5 (default {DEFAULT_VAL_FRACTION})")
     cache_root = Path(cache_root) if cache_root else default_cache_root()
+    try:
+        str(cache_root).encode()
+    except UnicodeEncodeError:  # bytes from the environment that are not UTF-8: the tokenizer library takes only text
+        raise DatasetError(f"the dataset cache {str(cache_root)!r} is not a UTF-8 path; {CACHE_REMEDY}") from None
     progress("read corpus", 0, 1)
     docs = load_documents(corpus, cache_root, shards, column, progress)
     digest = corpus_hash(docs)

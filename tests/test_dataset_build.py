@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import http.server
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -247,3 +248,10 @@ def test_a_damaged_cached_dataset_is_one_line_that_says_to_rebuild_it(tmp_path, 
     assert message in str(err.value) and "delete that directory and run again" in str(err.value)
     shutil.rmtree(built)  # the advice works
     assert read_meta(build_dataset(str(corpus), tmp_path / "cache", vocab_size=SMALL_VOCAB))["tokens"]["train"] > 500
+
+
+def test_a_cache_path_that_is_not_utf8_is_one_line_before_any_work(tmp_path):
+    """ARENA_CACHE with bytes that are not UTF-8: the tokenizer library failed on it after the whole build."""
+    with pytest.raises(DatasetError, match="is not a UTF-8 path; pass another --cache"):
+        build_dataset("stdlib", tmp_path / os.fsdecode(b"cache\xff"), vocab_size=SMALL_VOCAB)
+    assert list(tmp_path.iterdir()) == []
