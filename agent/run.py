@@ -51,7 +51,7 @@ from agent.template import (
     may_resume_with,
     template_dir,
 )
-from agent.workspace import RunRepo, trial_ref
+from agent.workspace import BEST_BRANCH, RunRepo, trial_ref
 from sandbox.local import ISOLATIONS
 from sandbox.owners import left_behind, owner_tag
 from sandbox.phases import memory_bytes
@@ -458,7 +458,7 @@ def create_run_dir(run_dir: Path, settings: RunSettings, preset: Preset, fingerp
     (scratch / "space.toml").write_text(files["space.toml"])
     repo = RunRepo.create(scratch / "repo", files, f"baseline: the template with preset '{preset.name}'",
                           {"Arena-Trial": 0, "Arena-Method": "baseline"})
-    repo.git.update_ref(trial_ref(0), repo.best())
+    repo.git.update_ref(trial_ref(0), f"refs/heads/{BEST_BRANCH}")
     info: RunInfo = {"settings": dataclasses.asdict(settings), "dataset_fingerprint": fingerprint,
             "harness_hash": harness_hash(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     fsync_write(scratch / "run.json", json.dumps(info, indent=2) + "\n")

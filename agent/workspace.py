@@ -137,8 +137,12 @@ class RunRepo:
         if sha:
             self.git.update_ref("-d", trial_ref(trial))
 
-    def best(self) -> str:
-        return str(self.git.rev_parse(f"refs/heads/{BEST_BRANCH}"))
+    def best(self) -> str | None:
+        """The best branch's commit; None when the branch is gone (a resume makes it again from the ledger)."""
+        try:
+            return str(self.git.rev_parse("--verify", "--quiet", f"refs/heads/{BEST_BRANCH}^{{commit}}"))
+        except git.GitCommandError:
+            return None
 
     def set_best(self, sha: str) -> None:
         self.git.update_ref(f"refs/heads/{BEST_BRANCH}", sha)

@@ -121,6 +121,16 @@ def test_a_lost_state_folder_is_rebuilt_from_the_ledger(fake_base_run, fake_stra
 
 
 @pytest.mark.slow  # arena child processes, seconds each
+def test_a_lost_best_branch_is_made_again_from_the_ledger(fake_base_run, tmp_path, cache_root):
+    runs = tmp_path / "runs"
+    shutil.copytree(fake_base_run, runs / "base")
+    subprocess.run(["git", "-C", str(runs / "base" / "repo"), "update-ref", "-d", "refs/heads/best"], check=True)
+    proc = fake_arena_run(runs, cache_root, "--name", "base", "--trials", NEXT)
+    assert proc.returncode == 0, proc.stderr[-2000:]  # was: "check it with git fsck", which makes no branch
+    check_run_consistent(runs / "base", BASE + 1)
+
+
+@pytest.mark.slow  # arena child processes, seconds each
 def test_locks_a_killed_git_left_do_not_stop_a_resume(fake_base_run, fake_straight_run, tmp_path, cache_root):
     """git takes `<ref>.lock` beside each ref it moves and renames it into place: a kill -9 of arena's process
     group in between leaves it, and every later move of that ref would fail."""
