@@ -121,11 +121,13 @@ class PhaseRun:
 
     @property
     def report(self) -> PhaseReport | None:
-        """The supervisor's last line, trusted only when the supervisor itself exited cleanly."""
+        """The supervisor's line, trusted only as the very last of the output (the trial may print look-alikes
+        before it, and a reader that fell behind the sandbox's end has not reached it) and only when the
+        supervisor itself exited cleanly."""
         if self.exit_code != 0:
             return None
-        last = next((line for line in reversed(self.lines) if line.startswith(PHASE_PREFIX)), None)
-        return PhaseReport.parse(last) if last else None
+        last = next((line for line in reversed(self.lines) if line.strip()), None)
+        return PhaseReport.parse(last) if last is not None and last.startswith(PHASE_PREFIX) else None
 
     @property
     def succeeded(self) -> bool:

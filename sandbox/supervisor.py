@@ -4,8 +4,8 @@
                           [--processes-limited] [--seccomp FILE] -- COMMAND...
 
 Standard library only, and no trial code ever runs in this process. It starts COMMAND with its output
-on a pipe, relays its lines (each cut at MAX_LINE_BYTES) as they come up to RELAY_BYTES, then keeps only
-the last ones and relays those when the phase ends, and takes the time of the first ARENA_READY line
+on a pipe, relays its lines (each cut at MAX_LINE_BYTES) as they come up to RELAY_BYTES or RELAY_LINES, then
+keeps only the last ones and relays those when the phase ends, and takes the time of the first ARENA_READY line
 (printed by the harness before it imports any trial code). When COMMAND exits, or at the deadline,
 every other process of the phase is killed (with --sandboxed, every process of its pid namespace;
 unisolated, every descendant), so nothing the trial started outlives the phase. Then it prints one line of its own:
@@ -77,11 +77,11 @@ MAX_FILES = 200_000  # in a phase's writable directories (a compile cache holds 
 BLOCK_BYTES = 4096
 MAX_LINE_BYTES = 64 << 10  # of a line relayed; the rest of a longer one is dropped (arena reads whole lines)
 LINE_CUT = b" [arena: line cut]"
-# Relayed as it comes; past it, only the last lines, when the phase ends. Reading a flood costs arena (and
-# Docker's engine) CPU that neighbouring trials share, and holds this process in writes while it should
-# watch; arena keeps 32 MB of a phase's log anyway.
-RELAY_BYTES = 40 << 20
-TAIL_LINES, TAIL_BYTES = 2000, 1 << 20  # what is held back past RELAY_BYTES: how the phase ended
+# Relayed as it comes; past either, only the last lines, when the phase ends. Reading a flood costs arena (and
+# Docker's engine) CPU that neighbouring trials share, holds this process in writes while it should watch, and
+# keeps Docker's log reader behind the container's end; below arena's 32 MB log limit, so the log shows the end.
+RELAY_BYTES, RELAY_LINES = 16 << 20, 200_000
+TAIL_LINES, TAIL_BYTES = 2000, 1 << 20  # what is held back past the relay limits: how the phase ended
 
 
 def prctl(option: int, value: int) -> None:
@@ -387,7 +387,7 @@ def free_space(path: str) -> tuple[int, int]:
 
 
 class HeldBack:
-    """The output past RELAY_BYTES: its last lines, and a count of those left out."""
+    """The output past the relay limits: its last lines, and a count of those left out."""
 
     def __init__(self) -> None:
         self.lines: deque[bytes] = deque()
@@ -411,7 +411,8 @@ class HeldBack:
         if not (self.lines or self.partial):
             return b""
         notice = (f"\n[arena: {self.left_out_lines} lines ({self.left_out_bytes / 2**20:.1f} MB) of output left out "
-                  f"after the first {RELAY_BYTES >> 20} MB; the last {len(self.lines)} follow]\n")
+                  f"after the first {RELAY_BYTES >> 20} MB or {RELAY_LINES:,} lines; the last {len(self.lines)} "
+                  "follow]\n")
         return notice.encode() + b"".join(self.lines) + self.partial
 
 
@@ -438,7 +439,7 @@ class Watch:
         self.failed_to_start: str | None = None  # the phase's sandbox, not its trial, is at fault
         self.pending = b""  # the tail of the last chunk, so a ready line split across two reads is found
         self.line_bytes = 0  # of the line being relayed, so far
-        self.relayed = 0
+        self.relayed = self.relayed_lines = 0
         self.held = HeldBack()
         self.open = True
 
@@ -456,13 +457,26 @@ class Watch:
         if self.ready is None and READY_LINE in self.pending + chunk:
             self.ready = self.now()
         self.pending = (self.pending + chunk)[-len(READY_LINE):]
-        data = self.bounded(chunk)
-        if self.relayed >= RELAY_BYTES:
-            self.held.add(data)
-            return
-        self.relayed += len(data)
-        self.out.write(data)
-        self.out.flush()
+        head, rest = self.within_limits(self.bounded(chunk))
+        if rest:
+            self.held.add(rest)
+        if head:
+            self.out.write(head)
+            self.out.flush()
+
+    def within_limits(self, data: bytes) -> tuple[bytes, bytes]:
+        """`data` split into what may still be relayed now and what is past the limits (from a line's start
+        where the line limit falls in it; the byte limit is passed by at most one chunk)."""
+        if self.relayed >= RELAY_BYTES or self.relayed_lines >= RELAY_LINES:
+            return b"", data
+        room, cut = RELAY_LINES - self.relayed_lines, len(data)
+        if data.count(b"\n") > room:
+            cut = 0
+            for _ in range(room):
+                cut = data.index(b"\n", cut) + 1
+        self.relayed += cut
+        self.relayed_lines += min(room, data.count(b"\n"))
+        return data[:cut], data[cut:]
 
     def bounded(self, chunk: bytes) -> bytes:
         """`chunk` with each line cut at MAX_LINE_BYTES: a line with no end could fill arena's memory."""

@@ -10,7 +10,7 @@ import pytest
 from agent.judging import best_of, confirmation_decision, decide, judge, open_candidate
 from agent.ledger import Ledger
 from agent.record import Decision, TrialRecord
-from sandbox.outcome import BudgetRule, PhaseRun, Status, reported_mfu, reported_rate, summary
+from sandbox.outcome import BudgetRule, PhaseRun, Status, phase_failure, reported_mfu, reported_rate, summary
 from sandbox.outcome import judge as judge_trial
 from sandbox.phases import read_reported
 from sandbox.trial import HARNESS_LOG_BYTES, KEPT_CHARS, LOG_LIMIT_BYTES, PhaseOutput
@@ -91,6 +91,15 @@ def phase(lines: list[str], exit_code: int = 0, ready: float | None = 1.0, end: 
               "gpu_peak_bytes": gpu_bytes}
     return PhaseRun(exit_code=exit_code, timed_out=False, wall_seconds=end + 1,
                     lines=[*lines, "ARENA_PHASE " + json.dumps(report) + "\n"], **kwargs)
+
+
+def test_a_report_is_trusted_only_as_the_last_line():
+    """Docker's log reader can fall behind the container's end: what it has read by then may end in a report a
+    trial printed, followed by more of its output. Only the supervisor's line, last of all, counts."""
+    forged = phase(["step 1\n"])
+    behind = PhaseRun(exit_code=0, timed_out=False, wall_seconds=41, lines=[*forged.lines, "flood\n", "\n"])
+    assert forged.report is not None and behind.report is None
+    assert phase_failure("train", behind)[0] is Status.CRASH
 
 
 def evaluation(val_bpb: float = 2.0) -> PhaseRun:

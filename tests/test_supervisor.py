@@ -15,7 +15,7 @@ from sandbox.errors import SandboxError
 from sandbox.outcome import PhaseRun
 from sandbox.phases import SUPERVISOR
 from sandbox.seccomp import sandbox_filter
-from sandbox.supervisor import LINE_CUT, MAX_LINE_BYTES, RELAY_BYTES, TAIL_BYTES, gpu_keys
+from sandbox.supervisor import LINE_CUT, MAX_LINE_BYTES, RELAY_BYTES, RELAY_LINES, TAIL_BYTES, TAIL_LINES, gpu_keys
 from sandbox.trial import started
 
 
@@ -111,18 +111,21 @@ def test_a_line_cut_short_is_cut_when_the_phase_ends_in_it():
     assert run.report.exit_code == 0
 
 
-def test_a_flood_is_relayed_up_to_a_limit_and_then_only_its_last_lines():
+@pytest.mark.parametrize("lines, width", [(3 * RELAY_BYTES // 1000, 990), (3 * RELAY_LINES, 1)],
+                         ids=["megabytes", "short lines"])
+def test_a_flood_is_relayed_up_to_a_limit_and_then_only_its_last_lines(lines, width):
     """However much a trial prints, arena (and Docker's engine) read a bounded amount, and still how it ended."""
     run, _ = supervise("import sys\n"
-                       f"for i in range({3 * RELAY_BYTES // 1000}):\n"
-                       "    print('flood', i, 'x' * 990)\n"
+                       f"for i in range({lines}):\n"
+                       f"    print('flood', i, 'x' * {width})\n"
                        "for i in range(3):\n"
                        "    print('last words', i)\n"
                        "sys.stdout.write('no newline at the end'); sys.stdout.flush()\n"
                        "raise SystemExit(3)\n", deadline=120)
     assert sum(map(len, run.lines)) < RELAY_BYTES + TAIL_BYTES + 2 * MAX_LINE_BYTES
+    assert len(run.lines) < RELAY_LINES + TAIL_LINES + 10
     notice = next(line for line in run.lines if line.startswith("[arena: "))
-    assert "lines" in notice and f"after the first {RELAY_BYTES >> 20} MB" in notice
+    assert "lines" in notice and f"after the first {RELAY_BYTES >> 20} MB or {RELAY_LINES:,} lines" in notice
     text = [line.strip() for line in run.lines if line.strip()]
     assert text[-5:-1] == ["last words 0", "last words 1", "last words 2", "no newline at the end"]
     assert text[-6].startswith("flood ") and run.report.exit_code == 3
