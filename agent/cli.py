@@ -164,7 +164,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     given = given_options(args)
     trials, hours = given.pop("trials", None), given.pop("hours", None)
-    runs_dir = Path(given.pop("runs_dir", "runs"))
+    runs_dir = str(given.pop("runs_dir", "runs"))
+    if not runs_dir.strip():  # from a config file (the flag's type refuses it): not the current directory
+        raise ArenaError("runs_dir is empty; name a directory, or leave it out for ./runs")
     default_trials = trials is None and hours is None
     if default_trials:
         trials = 10
@@ -189,7 +191,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if isinstance(method, ModelBacked):
             method.check_ready()  # an unreachable model stops the run here, before any trial
 
-    run = open_run(runs_dir, given, cache_root=args.cache, preflight=preflight)
+    run = open_run(Path(runs_dir), given, cache_root=args.cache, preflight=preflight)
     backend = backends[-1]
     done = len(run.ledger)
     console.print(f"run '{run.settings.name}' in {run.dir}: method {run.settings.method}, preset "

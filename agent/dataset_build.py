@@ -75,7 +75,8 @@ def _encode_to_file(tok: Tokenizer, docs: list[Document], path: Path, bos_id: in
 
 def check_cached(out: Path, digest: str, vocab_size: int) -> None:
     """A cached dataset whole as its build left it (builds are renamed into place complete, so anything else was
-    done to it since): its meta.json, the tokenizer it names, and token files of the sizes it gives."""
+    done to it since): its meta.json, the tokenizer it names, the bytes of each token, and token files of the
+    sizes it gives."""
     problem = None
     try:
         meta = json.loads((out / "meta.json").read_text())
@@ -84,11 +85,13 @@ def check_cached(out: Path, digest: str, vocab_size: int) -> None:
             problem = "its meta.json names another corpus or vocabulary"
         elif hashlib.sha256((out / "tokenizer.json").read_bytes()).hexdigest() != meta["tokenizer_sha256"]:
             problem = "its tokenizer.json is not the one it was built with"
+        elif np.load(out / "token_bytes.npy").shape != (vocab_size,):  # the eval phase's bytes per token
+            problem = "its token_bytes.npy does not hold one length per token"
         for split_name in ("train", "val"):
             size = (out / f"{split_name}.bin").stat().st_size
             if problem is None and size != 2 * tokens[split_name]:
                 problem = f"{split_name}.bin holds {size // 2:,} tokens, not the {tokens[split_name]:,} of its build"
-    except (OSError, ValueError, KeyError, TypeError) as e:  # missing files, JSON that is not meta.json's
+    except (OSError, EOFError, ValueError, KeyError, TypeError) as e:  # missing or cut files, JSON not meta.json's
         problem = f"{type(e).__name__}: {e}"
     if problem is not None:
         raise DatasetError(f"the cached dataset {out} is damaged ({problem}); delete that directory and run again "

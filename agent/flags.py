@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import operator
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -21,7 +22,7 @@ T = TypeVar("T")
 
 def flag_metadata(help: str, choices: Iterable[str] = (), **extra: object) -> dict[str, object]:
     """A field's flag: its help, the values it accepts (none: any), and what else the dataclass keeps there:
-    bounds of a number as `minimum`/`maximum` (inclusive) or `above`/`below` (exclusive)."""
+    bounds of a number as `minimum`/`maximum` (inclusive) or `above` (exclusive)."""
     return {"help": help, "choices": tuple(choices), **extra}
 
 
@@ -95,18 +96,18 @@ def check_choices(settings: DataclassInstance) -> None:
             raise ArenaError(f"unknown {field.name.replace('_', ' ')} '{value}'; choose one of: {', '.join(choices)}")
 
 
-BOUNDS = (("minimum", "at least", float.__ge__), ("above", "more than", float.__gt__),
-          ("maximum", "at most", float.__le__), ("below", "less than", float.__lt__))
+BOUNDS = (("minimum", "at least", operator.ge), ("above", "more than", operator.gt),
+          ("maximum", "at most", operator.le))
 
 
 def out_of_bounds(field: dataclasses.Field[Any], value: object) -> str | None:
     """What is wrong with a number for its field (not finite, or outside the bounds it declares), or None."""
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return None
-    if not math.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):
         return "must be a finite number"
     bounds = [(words, field.metadata[key], holds) for key, words, holds in BOUNDS if key in field.metadata]
-    if all(holds(float(value), float(bound)) for _, bound, holds in bounds):
+    if all(holds(value, bound) for _, bound, holds in bounds):  # exact for ints of any size, unlike float()
         return None
     return "must be " + " and ".join(f"{words} {bound}" for words, bound, _ in bounds)
 

@@ -56,19 +56,25 @@ def finite_float(text: str) -> float:
     return value
 
 
+finite_float.__name__ = "number"  # argparse names the type in "invalid number value: 'abc'"
+
+
 def read_text_file(path: Path, what: str, limit: int) -> str:
-    """A regular UTF-8 file of at most `limit` bytes, or one line saying what is wrong (a FIFO would block)."""
+    """A UTF-8 file, or a pipe (`<(...)`), of at most `limit` bytes; else one line saying what is wrong. Opened
+    without waiting: a named FIFO that no process writes to reads as empty instead of blocking for ever."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as e:
         raise ArenaError(f"cannot read {what} {path}: {e.strerror}; name an existing file") from None
+    mode = os.fstat(fd).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+        os.close(fd)
+        raise ArenaError(f"{what} {path} is not a file; name a file")
+    os.set_blocking(fd, True)  # a pipe's writer may not have written yet
     with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise ArenaError(f"{what} {path} is not a regular file; name a file")
         data = f.read(limit + 1)
     if len(data) > limit:
-        raise ArenaError(f"{what} {path} is over {limit >> 10} KiB; name a smaller file")
+        raise ArenaError(f"{what} {path} is over {limit / 2**20:g} MiB; name a smaller file")
     try:
         return data.decode()
     except UnicodeDecodeError as e:

@@ -17,6 +17,9 @@ from sandbox.outcome import Status
 
 Kind = Literal["baseline", "proposal", "confirm"]
 KINDS: tuple[Kind, ...] = ("baseline", "proposal", "confirm")
+# Figures early versions copied from what a trial said of itself, unchecked: one of the wrong type there is
+# dropped (display only), not taken for damage
+ONCE_SELF_REPORTED = ("steps", "gpu")
 NOTE_FIELDS = ("trial", "status", "reason", "val_bpb", "peak_memory_gb", "training_seconds", "seed", "kept",
                "candidate")
 
@@ -113,6 +116,14 @@ class TrialRecord:
         """A record from its JSON form; raises ValueError (naming the field) when it is not one."""
         hints = typing.get_type_hints(cls)
         values = {name: value for name, value in raw.items() if name in hints}
+        for name in ("proposal_meta", "reported"):  # null in ledgers of early versions
+            values[name] = values.get(name) or {}
+        for name in ("reason", "log_tail"):
+            values[name] = values.get(name) or ""
+        values["repairs"] = values.get("repairs") or []
+        for name in ONCE_SELF_REPORTED:
+            if not fits(hints[name], values.get(name)):
+                values[name] = None
         for name, value in values.items():
             if not fits(hints[name], value):
                 raise ValueError(f"its {name} is {value!r}, not {type_name(hints[name])}")
@@ -123,11 +134,7 @@ class TrialRecord:
             if values.get("decision") is not None:
                 values["decision"] = Decision(**values["decision"])
             values["repairs"] = [Repair(**{k: v for k, v in r.items() if k in Repair.__dataclass_fields__})
-                                 for r in values.get("repairs") or []]
-            for name in ("proposal_meta", "reported"):
-                values[name] = values.get(name) or {}
-            values["reason"] = values.get("reason") or ""
-            values["log_tail"] = values.get("log_tail") or ""
+                                 for r in values["repairs"]]
             return cls(**values)
         except KeyError as e:
             raise ValueError(f"a trial record needs {e}") from None

@@ -92,7 +92,7 @@ class RunSettings:
                                   "0,1,2,3", may_change=True)
     workers: int | None = flag(None, "trials run at once (default: one per --gpus id, else 1); on a CPU preset "
                                "the cores are split between them", may_change=True, minimum=1)
-    seed: int = flag(42, "seed of the method and of every trial", minimum=0, maximum=2**32 - 1)
+    seed: int = flag(42, "seed of the method and of every trial", minimum=0, maximum=2**63 - 1)  # torch's range
     noise_margin: float = flag(0.0, "keep only trials better than the best by more than this", minimum=0)
     confirm: int = flag(0, "re-run a would-be best with this many other seeds; keep it only if the mean still wins",
                        minimum=0)
@@ -115,7 +115,7 @@ class RunSettings:
     model: str | None = flag(None, "LiteLLM model, e.g. ollama_chat/qwen3:8b, hosted_vllm/ID, openai/ID with "
                              "--api-base, anthropic/claude-..., gemini/...", group=LLM)
     api_base: str | None = flag(None, "base URL of an OpenAI-compatible or local server", group=LLM, may_change=True)
-    temperature: float = flag(0.7, "sampling temperature", group=LLM, minimum=0, maximum=2)
+    temperature: float = flag(0.7, "sampling temperature", group=LLM, minimum=0)
     max_tokens: int = flag(4096, "answer length cap", group=LLM, may_change=True, minimum=1)
     llm_timeout: float = flag(120.0, "seconds per LLM call", group=LLM, may_change=True, above=0,
                              maximum=MAX_SECONDS)
@@ -158,14 +158,22 @@ class RunSettings:
 
 
 MAX_NAME_CHARS = 100
+NAME_MAX = 255  # bytes of a file name, on Linux's file systems
 
 
 def check_run_name(name: str) -> None:
-    """A plain directory name that prints as itself: it heads every report line and names files."""
-    if (not name or "/" in name or name.startswith(".") or not name.isprintable() or name != name.strip()
-            or len(name) > MAX_NAME_CHARS):
-        raise ArenaError(f"--name {name!r} must be a plain directory name: printable characters, no '/', not "
-                         f"starting with '.', at most {MAX_NAME_CHARS}")
+    """A plain directory name: '' or '..' would name the runs directory or its parent."""
+    if not name or "/" in name or name.startswith(".") or len(os.fsencode(name)) > NAME_MAX:
+        raise ArenaError(f"--name {name!r} must be a plain directory name: no '/', not starting with '.', at most "
+                         f"{NAME_MAX} bytes")
+
+
+def check_new_run_name(name: str) -> None:
+    """A new run's name prints as itself: it heads every report line and names files (runs made before this
+    rule keep theirs)."""
+    if not name.isprintable() or name != name.strip() or len(name) > MAX_NAME_CHARS:
+        raise ArenaError(f"--name {name!r} must be a plain directory name: printable characters, no spaces at "
+                         f"either end, at most {MAX_NAME_CHARS}")
 
 
 MAY_CHANGE_ON_RESUME = frozenset(f.name for f in dataclasses.fields(RunSettings) if f.metadata.get("may_change"))
@@ -324,6 +332,8 @@ def open_run(runs_dir: Path, given: dict[str, Any], cache_root: Path | None = No
     lock = None
     if not run_dir.exists():
         clear_interrupted_creation(run_dir)  # an arena killed while it remade the run had put the run aside
+    if not run_dir.exists():
+        check_new_run_name(given["name"])
     if run_dir.exists():
         if not (run_dir / "run.json").exists():
             raise ArenaError(f"{run_dir} exists but is not a run (no run.json); choose another --name")
@@ -408,6 +418,11 @@ def read_run_info(run_dir: Path) -> RunInfo:
                              f"arena version that started it, or {damaged}")
         if not fits(hints[key], value):
             raise ArenaError(f"{path}: setting {key} is {value!r}, not {type_name(hints[key])}; {damaged}")
+    try:
+        check_bounds(RunSettings, info["settings"])
+    except ArenaError as e:  # a flag the user may not have given, and cannot change once trials are recorded
+        raise ArenaError(f"{path} holds a value this arena refuses ({e}); finish the run with the arena version "
+                         "that started it, or start a new run under another --name") from None
     return typing.cast(RunInfo, info)
 
 

@@ -14,6 +14,7 @@ import torch
 from rich.console import Console
 
 from agent import datasets
+from agent.paths import read_text_file
 from tests.conftest import ROOT, one_line_error, run_arena
 
 
@@ -29,12 +30,12 @@ from tests.conftest import ROOT, one_line_error, run_arena
     (["run", "--name", "", "--trials", "1"], "--name '' must be a plain directory name"),
     (["run", "--trials", "0"], "--trials must be at least 1, got 0"),
     # numbers argparse's types let through: each would have failed later, hung, or made a run that never resumes
-    (["run", "--seed", "-1"], "--seed must be at least 0 and at most 4294967295, got -1"),
-    (["train", "--seed", str(2**64)], "--seed must be at least 0 and at most 4294967295"),
+    (["run", "--seed", "-1"], "--seed must be at least 0 and at most 9223372036854775807, got -1"),
+    (["train", "--seed", "1" + "0" * 400], "--seed must be at least 0 and at most"),  # no float() overflow
     (["train", "--budget", "nan"], "--budget must be a finite number, got nan"),
     (["run", "--budget", "inf"], "--budget must be a finite number, got inf"),
     (["run", "--llm-timeout", "0"], "--llm-timeout must be more than 0 and at most 1000000, got 0.0"),
-    (["run", "--temperature", "-5"], "--temperature must be at least 0 and at most 2, got -5.0"),
+    (["run", "--temperature", "-5"], "--temperature must be at least 0, got -5.0"),
     (["run", "--noise-margin", "nan"], "--noise-margin must be a finite number, got nan"),
     (["run", "--hours", "nan"], "--hours must be a positive finite number, got nan"),
     (["run", "--mem-limit", "1e999g"], "memory size '1e999g' is not one"),
@@ -47,7 +48,8 @@ from tests.conftest import ROOT, one_line_error, run_arena
     (["run", "--runs-dir", " "], "argument --runs-dir: an empty path"),
     # a name heads report lines and names files
     (["run", "--name", "a\nb"], "--name 'a\\nb' must be a plain directory name"),
-    (["run", "--name", "x" * 300], "at most 100"),
+    (["run", "--name", "x" * 300], "at most 255 bytes"),  # was a traceback (File name too long)
+    (["run", "--name", "x" * 150], "at most 100"),
 ])
 def test_a_bad_command_line_is_one_error_line(cache_root, args, message):
     proc = run_arena(*args, cache=cache_root)
@@ -74,16 +76,25 @@ def test_a_file_where_a_directory_goes_is_one_error_line(tmp_path, command, flag
 
 @pytest.mark.parametrize("flag", ["--train-py", "--config"])
 def test_a_file_that_is_not_small_utf8_text_is_one_error_line(tmp_path, flag):
-    """A FIFO would block the read for ever; bytes that are not UTF-8 were a traceback."""
+    """Bytes that are not UTF-8 were a traceback, and a FIFO blocked the read for ever."""
     command = "train" if flag == "--train-py" else "run"
-    fifo, binary, huge = tmp_path / "fifo", tmp_path / "binary", tmp_path / "huge"
-    os.mkfifo(fifo)
+    binary, huge = tmp_path / "binary", tmp_path / "huge"
     binary.write_bytes(b"\x00\xff")
     huge.write_text("#" * (2 << 20))
-    for path, message in ((fifo, "is not a regular file"), (binary, "is not UTF-8 text"), (huge, "is over 1024 KiB"),
+    for path, message in ((tmp_path, "is not a file"), (binary, "is not UTF-8 text"), (huge, "is over 1 MiB"),
                           (tmp_path / "missing", "No such file or directory")):
         proc = run_arena(command, flag, str(path), cache=tmp_path / "cache")
         assert message in one_line_error(proc), proc.stderr
+
+
+def test_a_pipe_is_read_and_a_fifo_no_one_writes_to_reads_as_empty(tmp_path):
+    read, write = os.pipe()
+    os.write(write, b"DEPTH = 4\n")
+    os.close(write)
+    assert read_text_file(Path(f"/dev/fd/{read}"), "--train-py", 1 << 20) == "DEPTH = 4\n"  # as from <(...)
+    os.close(read)
+    os.mkfifo(tmp_path / "fifo")
+    assert read_text_file(tmp_path / "fifo", "--config", 1 << 20) == ""
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for a machine without CUDA")

@@ -237,6 +237,8 @@ def edit_meta(data_dir: Path, **changes) -> None:
     (lambda d: (d / "meta.json").write_bytes(b"\xff"), "UnicodeDecodeError"),
     (lambda d: edit_meta(d, vocab_size=99), "names another corpus or vocabulary"),
     (lambda d: (d / "tokenizer.json").write_text("{}"), "tokenizer.json is not the one it was built with"),
+    (lambda d: (d / "token_bytes.npy").unlink(), "FileNotFoundError"),
+    (lambda d: truncate(d / "token_bytes.npy", 200), "ValueError"),
 ])
 def test_a_damaged_cached_dataset_is_one_line_that_says_to_rebuild_it(tmp_path, damage, message):
     """It was served as it was: trained on 500 tokens and called ok, or blamed the model for a short val.bin."""

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from agent.errors import ArenaError
 from agent.judging import best_of, confirmation_decision, decide, judge, open_candidate
 from agent.ledger import Ledger
 from agent.record import Decision, TrialRecord
@@ -80,6 +81,20 @@ def test_records_round_trip_and_old_ledgers_still_read(tmp_path):
     (tmp_path / "ledger.jsonl").write_text(json.dumps(old) + "\n")
     [baseline] = Ledger.read(tmp_path / "ledger.jsonl").records
     assert baseline.status is Status.OK and baseline.outside_seconds is None and baseline.repairs == []
+    # nulls early versions wrote, and figures they copied from the trial's self-report unchecked
+    early = {**old, "reason": None, "log_tail": None, "proposal_meta": None, "reported": None, "repairs": None,
+             "steps": 1.5, "gpu": 3}
+    (tmp_path / "ledger.jsonl").write_text(json.dumps(early) + "\n")
+    [baseline] = Ledger.read(tmp_path / "ledger.jsonl").records
+    assert (baseline.reason, baseline.reported, baseline.steps, baseline.gpu) == ("", {}, None, None)
+
+
+def test_a_ledger_line_of_the_wrong_shape_is_one_line(tmp_path):
+    line = {"trial": 0, "kind": "baseline", "method": "baseline", "description": "baseline", "status": "ok",
+            "val_bpb": "abc"}  # what broke results.tsv, replay and compare with tracebacks
+    (tmp_path / "ledger.jsonl").write_text(json.dumps(line) + "\n")
+    with pytest.raises(ArenaError, match="trial 0 is not a trial record \\(its val_bpb is 'abc', not float"):
+        Ledger.read(tmp_path / "ledger.jsonl")
 
 
 # ---------------------------------------------------------------------------- the sandbox's verdict

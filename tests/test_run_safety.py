@@ -121,6 +121,17 @@ def test_a_lost_state_folder_is_rebuilt_from_the_ledger(fake_base_run, fake_stra
 
 
 @pytest.mark.slow  # arena child processes, seconds each
+def test_a_run_named_before_the_rules_for_new_names_still_resumes(fake_base_run, tmp_path, cache_root):
+    runs, name = tmp_path / "runs", "a long name " * 10  # 120 characters, a space at the end
+    shutil.copytree(fake_base_run, runs / name)
+    damage_settings(runs / name, lambda settings: settings.update(name=name))
+    proc = fake_arena_run(runs, cache_root, "--name", name, "--trials", NEXT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    check_run_consistent(runs / name, BASE + 1)
+    assert "at most 100" in one_line_error(fake_arena_run(runs, cache_root, "--name", name + "new"))
+
+
+@pytest.mark.slow  # arena child processes, seconds each
 def test_a_lost_best_branch_is_made_again_from_the_ledger(fake_base_run, tmp_path, cache_root):
     runs = tmp_path / "runs"
     shutil.copytree(fake_base_run, runs / "base")
@@ -178,6 +189,8 @@ DAMAGE = {  # what a resume met as a traceback (or, for the ledger, as a fresh s
     "a setting unknown": (lambda d: damage_settings(d, lambda s: s.update(bogus=1)), "does not know, 'bogus'"),
     "a setting of the wrong type": (lambda d: damage_settings(d, lambda s: s.update(budget="fast")),
                                     "setting budget is 'fast'"),
+    "a setting out of range": (lambda d: damage_settings(d, lambda s: s.update(seed=-1)),
+                               "holds a value this arena refuses (--seed must be at least 0"),
     "journal garbage": (lambda d: (d / "state" / "journal.pkl").write_text("garbage"), "journal.pkl is unreadable"),
     "journal a directory": (lambda d: ((d / "state" / "journal.pkl").unlink(), (d / "state" / "journal.pkl").mkdir()),
                             "journal.pkl is unreadable"),
