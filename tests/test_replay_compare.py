@@ -9,10 +9,14 @@ nothing to what they are tested for. Two methods (random search and TPE), two se
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import html
+import io
 import json
+import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import ClassVar
@@ -151,6 +155,19 @@ class TagChecker(HTMLParser):
 
     def handle_endtag(self, tag):
         assert self.stack and self.stack.pop() == tag, tag
+
+
+def test_an_export_goes_to_a_pipe_and_a_fifo_no_one_reads_is_one_line(run_dir, tmp_path):
+    read, write = os.pipe()
+    with ThreadPoolExecutor(1) as reader, open(read, "rb") as pipe:
+        received = reader.submit(pipe.read)  # as `arena replay ... --out /dev/stdout | less` reads it
+        with contextlib.redirect_stdout(io.StringIO()):  # the path it prints
+            assert arena("replay", run_dir, "--export", "md", "--out", f"/dev/fd/{write}") == 0
+        os.close(write)
+        assert received.result().startswith(b"# Replay of")
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(ArenaError, match="it is a FIFO no process reads; choose another --out"):  # it blocked
+        arena("replay", run_dir, "--export", "md", "--out", tmp_path / "fifo")
 
 
 def test_html_export(run_dir, tmp_path):

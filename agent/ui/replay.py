@@ -7,6 +7,8 @@ On a terminal it steps through the trials (n/enter, p, j N, q); otherwise it pri
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 from pathlib import Path
 
@@ -88,12 +90,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
     trials = [run.trial(args.trial)] if args.trial is not None else run.trials
     if args.export:
         out = args.out or Path(f"{run.name.replace('/', '_').replace(':', '_')}-replay.{args.export}")
-        if out.exists() and not out.is_file():  # a directory, or a FIFO that would hold the write until read
-            raise ArenaError(f"{out} exists and is not a regular file; choose another --out")
-        try:
-            out.write_text(EXPORTERS[args.export](run, trials), encoding="utf-8")
+        report = EXPORTERS[args.export](run, trials)
+        try:  # opened without waiting: a FIFO no process reads fails (ENXIO) instead of blocking for ever
+            fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK, 0o644)
+            os.set_blocking(fd, True)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(report)
         except OSError as e:
-            raise ArenaError(f"cannot write {out}: {e.strerror}; choose another --out") from None
+            why = "it is a FIFO no process reads" if e.errno == errno.ENXIO else e.strerror
+            raise ArenaError(f"cannot write {out}: {why}; choose another --out") from None
         print(out)
         return 0
     console = Console(highlight=False, soft_wrap=True)  # diff lines stay whole when piped
