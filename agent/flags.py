@@ -143,12 +143,33 @@ def parse_texts(settings: type[DataclassInstance], values: Mapping[str, object],
 def typed(hint: Any, value: object, what: str) -> object:
     """`value` if it is of the type `hint` names (str, int, float, list[str], each maybe | None), else one line."""
     base = text_parser(hint)
-    if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if base is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if base is comma_list and isinstance(value, list) and all(isinstance(item, str) for item in value):
-        return value
+    if value is not None and fits(hint, value):
+        if base is float:
+            return float(typing.cast(float, value))
+        if base is not comma_list or all(isinstance(item, str) for item in typing.cast(list[object], value)):
+            return value
     names: dict[object, str] = {str: "a string", int: "a whole number", float: "a number"}
     expected = names.get(base, "a list of strings ('a,b')")
     raise ArenaError(f"{what} is not {expected}")
+
+
+PLAIN_TYPES: dict[object, tuple[type, ...]] = {int: (int,), float: (int, float), str: (str,), bool: (bool,)}
+
+
+def fits(hint: Any, value: object) -> bool:
+    """Whether a JSON or TOML value has the shape a dataclass field's type asks for: its plain types (an int is a
+    float too), None where it may be None, a dict or a list where it holds one. Other types (an enum, a dataclass)
+    are left to whoever builds them."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(fits(arg, value) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if typing.get_origin(hint) in (dict, list):
+        return isinstance(value, typing.get_origin(hint))
+    if hint in PLAIN_TYPES:
+        return isinstance(value, PLAIN_TYPES[hint]) and (hint is bool or not isinstance(value, bool))
+    return True
+
+
+def type_name(hint: Any) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint)

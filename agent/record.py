@@ -8,11 +8,11 @@ takes its default, and keys this version does not know are ignored.
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from agent.flags import fits, type_name
 from sandbox.outcome import Status
 
 Kind = Literal["baseline", "proposal", "confirm"]
@@ -140,27 +140,6 @@ class TrialRecord:
             raise ValueError(f"a trial record needs {e}") from None
         except TypeError as e:  # a missing required field, or a decision/repair of the wrong shape
             raise ValueError(str(e)) from None
-
-
-PLAIN_TYPES: dict[object, tuple[type, ...]] = {int: (int,), float: (int, float), str: (str,), bool: (bool,)}
-
-
-def fits(hint: Any, value: object) -> bool:
-    """Whether a JSON value has the shape a field's type asks for: its plain types, None where it may be None,
-    a dict or a list where it holds one. Statuses, kinds, decisions and repairs are checked as they are built."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return any(fits(arg, value) for arg in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if typing.get_origin(hint) in (dict, list):
-        return isinstance(value, typing.get_origin(hint))
-    if hint in PLAIN_TYPES:
-        return isinstance(value, PLAIN_TYPES[hint]) and (hint is bool or not isinstance(value, bool))
-    return True
-
-
-def type_name(hint: Any) -> str:
-    return hint.__name__ if isinstance(hint, type) else str(hint)
 
 
 def counted(records: list[TrialRecord]) -> int:

@@ -34,13 +34,13 @@ from agent.dataset_build import DEFAULT_VAL_FRACTION
 from agent.datasets import prepare_dataset
 from agent.errors import ArenaError
 from agent.feasibility import Verdict
-from agent.flags import check_bounds, check_choices, flag, flag_metadata
+from agent.flags import check_bounds, check_choices, fits, flag, flag_metadata, type_name
 from agent.judging import best_of
 from agent.ledger import Ledger, fsync_write, results_tsv
 from agent.methods import CODE_EDITING_METHODS, METHODS, Method, Proposal, make_method
 from agent.paths import RUNS_REMEDY, make_dirs, require_writable_dir
 from agent.presets import Preset, get_preset, load_presets
-from agent.record import Kind, Repair, fits, type_name
+from agent.record import Kind, Repair
 from agent.runlock import RunLock
 from agent.space import SearchSpace, load_space
 from agent.surrogate.data import SURROGATE_PREFIX, data_fingerprint
