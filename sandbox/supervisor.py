@@ -469,13 +469,13 @@ class Watch:
         where the line limit falls in it; the byte limit is passed by at most one chunk)."""
         if self.relayed >= RELAY_BYTES or self.relayed_lines >= RELAY_LINES:
             return b"", data
-        room, cut = RELAY_LINES - self.relayed_lines, len(data)
-        if data.count(b"\n") > room:
+        room, ended, cut = RELAY_LINES - self.relayed_lines, data.count(b"\n"), len(data)
+        if ended > room:
             cut = 0
             for _ in range(room):
                 cut = data.index(b"\n", cut) + 1
         self.relayed += cut
-        self.relayed_lines += min(room, data.count(b"\n"))
+        self.relayed_lines += min(room, ended)
         return data[:cut], data[cut:]
 
     def bounded(self, chunk: bytes) -> bytes:
